@@ -1,0 +1,1 @@
+//! Content-based protocol detection across all parsers (never by port).

@@ -1,0 +1,225 @@
+//! Protocol stage: turns one connection's two byte streams into request/response
+//! exchanges (HTTP/1.x, PostgreSQL v3, Redis RESP2/3).
+//!
+//! Guarantees:
+//! - Detection is by content, never by port ([`detect`]).
+//! - Parsers are incremental: a message may be split across any number of
+//!   chunks, and one chunk may hold many messages (pipelining).
+//! - Malformed, truncated or mid-stream input never panics: it is counted in
+//!   [`ParseStats`] and the parser resynchronises or gives the connection up.
+//! - Every parser holds bounded state (queues of in-flight requests and
+//!   buffered bytes have fixed caps; overflow is counted).
+
+pub mod detect;
+pub mod http;
+pub mod postgres;
+pub mod redis;
+
+use crate::span::model::{Attributes, SpanStatus};
+
+/// Which way bytes moved, seen from the traced process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The process read these bytes (recv, read, accept side input).
+    Ingress,
+    /// The process wrote these bytes.
+    Egress,
+}
+
+/// The traced process's side of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// It serves requests: requests are Ingress, responses Egress.
+    Server,
+    /// It makes requests: requests are Egress, responses Ingress.
+    Client,
+}
+
+impl Role {
+    /// Direction in which this side sees requests.
+    pub fn request_direction(self) -> Direction {
+        match self {
+            Role::Server => Direction::Ingress,
+            Role::Client => Direction::Egress,
+        }
+    }
+}
+
+/// A piece of one direction of a connection's byte stream, as captured by one
+/// syscall (or one iovec of it).
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk<'a> {
+    pub dir: Direction,
+    /// Kernel monotonic time (ns) when the syscall completed.
+    pub ts_ns: u64,
+    /// Thread that made the syscall.
+    pub tid: u32,
+    /// The captured prefix of the bytes moved.
+    pub data: &'a [u8],
+    /// Bytes really moved (>= `data.len()`); `len - data.len()` bytes after
+    /// `data` were not captured and are unknown.
+    pub len: usize,
+}
+
+impl Chunk<'_> {
+    /// Bytes moved but not captured.
+    pub fn missing(&self) -> usize {
+        self.len.saturating_sub(self.data.len())
+    }
+}
+
+/// Application protocols kspan understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Postgres,
+    Redis,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Http, Protocol::Postgres, Protocol::Redis];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Postgres => "postgresql",
+            Protocol::Redis => "redis",
+        }
+    }
+}
+
+/// One completed request/response pair (or a request that ended without a
+/// response, e.g. the connection closed), ready for the span stage.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub role: Role,
+    /// Server: first request byte read. Client: first request byte written.
+    pub start_ns: u64,
+    /// Server: last response byte written. Client: last response byte read.
+    pub end_ns: u64,
+    /// Thread that read (server) or wrote (client) the first request byte.
+    pub tid: u32,
+    pub record: Record,
+}
+
+/// Protocol-specific content of an exchange.
+#[derive(Clone, Debug)]
+pub enum Record {
+    Http(http::HttpExchange),
+    Postgres(postgres::PgExchange),
+    Redis(redis::RedisExchange),
+}
+
+impl Record {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Record::Http(_) => Protocol::Http,
+            Record::Postgres(_) => Protocol::Postgres,
+            Record::Redis(_) => Protocol::Redis,
+        }
+    }
+}
+
+/// What the span stage needs from a record: a name, attributes and a status.
+/// Each protocol maps its record to OpenTelemetry semantic conventions.
+#[derive(Clone, Debug, Default)]
+pub struct Described {
+    pub name: String,
+    /// Exported attributes (already privacy-filtered).
+    pub attributes: Attributes,
+    /// Attributes rules may read but that are never exported (raw header
+    /// values, query string, Redis keys...). Keys follow OTel naming, e.g.
+    /// `http.request.header.x-tenant-id`, `url.query`.
+    pub private: Attributes,
+    pub status: SpanStatus,
+    /// W3C trace context found in the request (HTTP only), raw header values.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// Privacy switches shared by all protocols. Everything is off by default.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Privacy {
+    /// Export `url.query` (query strings often carry tokens and PII).
+    pub capture_url_query: bool,
+    /// Export SQL text as sent, literals included.
+    pub raw_sql: bool,
+    /// Export Redis argument values (not only command and key).
+    pub redis_values: bool,
+    /// Extra request headers exported as `http.request.header.<name>`
+    /// (lower-case names). Authorization, Proxy-Authorization, Cookie and
+    /// Set-Cookie are never exported raw even if listed.
+    pub capture_headers: Vec<String>,
+}
+
+/// Header names whose values are never exported raw.
+pub const SENSITIVE_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
+
+/// Per-protocol parse counters (summed per protocol by the agent and exposed
+/// as metrics). Every counter only grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParseStats {
+    /// Exchanges produced.
+    pub exchanges: u64,
+    /// Bytes that could not be parsed as the protocol (garbage, bad framing).
+    pub malformed: u64,
+    /// Messages that could not be fully understood because bytes were not
+    /// captured (capture limit, lost events).
+    pub truncated: u64,
+    /// Times the parser dropped its position and searched for a new message start.
+    pub resyncs: u64,
+    /// Responses that arrived with no request waiting (dropped).
+    pub unmatched_responses: u64,
+    /// Requests dropped: in-flight queue full, or connection closed before a response.
+    pub dropped_requests: u64,
+}
+
+impl ParseStats {
+    pub fn add(&mut self, o: &ParseStats) {
+        self.exchanges += o.exchanges;
+        self.malformed += o.malformed;
+        self.truncated += o.truncated;
+        self.resyncs += o.resyncs;
+        self.unmatched_responses += o.unmatched_responses;
+        self.dropped_requests += o.dropped_requests;
+    }
+}
+
+/// The interface every protocol's per-connection parser implements.
+pub trait StreamParser: Send {
+    /// Feeds one captured chunk; completed exchanges are appended to `out`.
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, stats: &mut ParseStats);
+    /// The connection closed at `ts_ns`: emit what can still be emitted
+    /// (e.g. a response delimited by close) and count what is dropped.
+    fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats);
+}
+
+/// Result of sniffing the first bytes seen in one direction of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detection {
+    /// Definitely not this protocol.
+    No,
+    /// Could be; more bytes are needed to decide.
+    NeedMore,
+    /// This protocol, and the traced process has this role.
+    Yes(Role),
+}
+
+/// Addresses of a connection, from the traced process's point of view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnMeta {
+    pub local: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+impl Record {
+    /// Maps the record to a span name, attributes and status (semantic conventions).
+    pub fn describe(&self, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
+        match self {
+            Record::Http(r) => http::describe(r, role, conn, privacy),
+            Record::Postgres(r) => postgres::describe(r, role, conn, privacy),
+            Record::Redis(r) => redis::describe(r, role, conn, privacy),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Kernel/user ABI of kspan: every struct the eBPF programs write into maps or
+//! the ring buffer, and every struct the agent writes into maps for the
+//! programs to read, is defined here once.
+//!
+//! Guarantees:
+//! - All types are `#[repr(C)]`, padding-free (explicit `_pad` fields) and
+//!   contain only integers and byte arrays, because the two sides are built by
+//!   different compilers for different targets.
+//! - [`ABI_VERSION`] changes whenever a layout changes; the agent refuses an
+//!   object whose version differs (see `KernelConfig::abi_version`).
+//! - The encoders in [`encode`] are the byte layout the kernel writes; the
+//!   agent's decoder and its tests and fuzz target use them, so decoding is
+//!   tested without a kernel.
+#![no_std]
+
+pub mod encode;
+
+/// Bumped on every layout change of anything in this crate.
+pub const ABI_VERSION: u32 = 1;
+
+/// Size of the per-CPU scratch payload buffer in the kernel; the largest
+/// capture a single data event can carry. Must be a power of two (the kernel
+/// masks lengths with `MAX_CAPTURE - 1` so the verifier can bound them).
+pub const MAX_CAPTURE: usize = 16 * 1024;
+/// Smallest capture size the agent accepts (a request header block must fit).
+pub const MIN_CAPTURE: usize = 4 * 1024;
+/// How many iovecs of one readv/writev/recvmsg/sendmsg call are captured
+/// (each becomes its own data event, in order).
+pub const MAX_IOVECS: u32 = 8;
+/// Entries in the per-process selection map.
+pub const MAX_TRACED_PROCS: u32 = 65_536;
+/// Entries in the kernel's (tgid, fd) -> socket map (LRU: the oldest are evicted).
+pub const MAX_SOCKETS: u32 = 262_144;
+/// Entries in the per-thread in-flight syscall map.
+pub const MAX_INFLIGHT: u32 = 65_536;
+/// Entries in the port filter map.
+pub const MAX_PORTS: u32 = 1_024;
+
+/// Kind tag at offset 0 of every ring buffer record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`DataHeader`] followed by `captured` payload bytes.
+    Data = 1,
+    /// [`ConnEvent`]: a socket of a traced process seen for the first time.
+    ConnOpen = 2,
+    /// [`CloseEvent`]: a known socket fd was closed.
+    ConnClose = 3,
+    /// [`ProcEvent`]: a process called execve (any process).
+    ProcExec = 4,
+    /// [`ProcEvent`]: a traced process (thread group) exited.
+    ProcExit = 5,
+    /// [`ProcEvent`]: a traced process forked a child that is now traced too.
+    ProcFork = 6,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Data,
+            2 => Self::ConnOpen,
+            3 => Self::ConnClose,
+            4 => Self::ProcExec,
+            5 => Self::ProcExit,
+            6 => Self::ProcFork,
+            _ => return None,
+        })
+    }
+}
+
+/// `DataHeader::flags` bit: the process wrote these bytes (egress).
+pub const DATA_EGRESS: u32 = 1;
+
+/// Header of a data event; `captured` payload bytes follow it in the record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataHeader {
+    pub kind: u32,
+    pub flags: u32,
+    /// Kernel monotonic time (ns) when the syscall returned.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// Payload bytes that follow this header.
+    pub captured: u32,
+    /// Bytes the syscall really moved for this (part of the) buffer; may be
+    /// larger than `captured`.
+    pub len: u64,
+    /// Kernel address of the `struct sock`: tells a reused fd from the old one.
+    pub sock_id: u64,
+}
+
+/// Connection role as known by the kernel.
+pub const ROLE_UNKNOWN: u32 = 0;
+/// The fd came from accept/accept4.
+pub const ROLE_SERVER: u32 = 1;
+/// The fd was passed to connect.
+pub const ROLE_CLIENT: u32 = 2;
+
+/// A socket of a traced process seen for the first time (accept, connect, or
+/// first data on a socket that existed before).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub kind: u32,
+    /// One of `ROLE_*`.
+    pub role: u32,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// AF_INET (2), AF_INET6 (10) or AF_UNIX (1).
+    pub family: u16,
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Peer port, host byte order.
+    pub rport: u16,
+    pub _pad: [u16; 3],
+    /// Local address: IPv4 in the first 4 bytes, or IPv6.
+    pub laddr: [u8; 16],
+    /// Peer address, same encoding.
+    pub raddr: [u8; 16],
+    pub sock_id: u64,
+}
+
+/// A known socket fd was closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub kind: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub _pad2: u32,
+    pub sock_id: u64,
+}
+
+/// Process lifecycle event (exec, exit, fork).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    /// Parent tgid (fork) or 0.
+    pub ppid: u32,
+    pub comm: [u8; 16],
+}
+
+/// Agent -> kernel settings, element 0 of the `CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    pub abi_version: u32,
+    /// 1: every process is traced (except `self_tgid`); 0: only `TRACED` tgids.
+    pub trace_all: u32,
+    /// The agent's own tgid: never traced (its exports would loop).
+    pub self_tgid: u32,
+    /// Payload bytes copied per data event (<= MAX_CAPTURE).
+    pub capture_bytes: u32,
+    /// 1: only sockets whose local or peer port is in `PORTS`.
+    pub port_filter: u32,
+    /// Ring buffer bytes pending before the kernel wakes the agent.
+    pub wakeup_bytes: u32,
+    pub offsets: KernelOffsets,
+}
+
+/// Byte offsets of kernel struct fields, resolved by the agent from the
+/// running kernel's BTF (so one object works across kernel versions).
+/// `u32::MAX` marks a field that is absent or unusable (e.g. a bitfield).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_type: u32,
+}
+
+/// Value of the kernel's (tgid, fd) socket map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockState {
+    pub sock_id: u64,
+    pub role: u32,
+    /// 1: filtered out by the port filter (no data events).
+    pub ignored: u32,
+}
+
+/// Packs a (tgid, fd) map key.
+#[inline(always)]
+pub const fn sock_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), padding-free and valid for any bit pattern.
+    unsafe impl aya::Pod for super::KernelConfig {}
+    unsafe impl aya::Pod for super::SockState {}
+}
