@@ -14,6 +14,8 @@ pub mod detect;
 pub mod http;
 pub mod postgres;
 pub mod redis;
+#[cfg(test)]
+pub mod testutil;
 
 use crate::span::model::{Attributes, SpanStatus};
 
