@@ -50,8 +50,6 @@ pub enum EventKind {
     ProcExec = 4,
     /// [`ProcEvent`]: a traced process (thread group) exited.
     ProcExit = 5,
-    /// [`ProcEvent`]: a traced process forked a child that is now traced too.
-    ProcFork = 6,
 }
 
 impl EventKind {
@@ -62,7 +60,6 @@ impl EventKind {
             3 => Self::ConnClose,
             4 => Self::ProcExec,
             5 => Self::ProcExit,
-            6 => Self::ProcFork,
             _ => return None,
         })
     }
@@ -138,7 +135,7 @@ pub struct CloseEvent {
     pub sock_id: u64,
 }
 
-/// Process lifecycle event (exec, exit, fork).
+/// Process lifecycle event (exec, exit).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcEvent {
@@ -146,8 +143,8 @@ pub struct ProcEvent {
     pub _pad: u32,
     pub ts_ns: u64,
     pub tgid: u32,
-    /// Parent tgid (fork) or 0.
-    pub ppid: u32,
+    /// Thread id that triggered the event.
+    pub tid: u32,
     pub comm: [u8; 16],
 }
 
@@ -166,6 +163,12 @@ pub struct KernelConfig {
     pub port_filter: u32,
     /// Ring buffer bytes pending before the kernel wakes the agent.
     pub wakeup_bytes: u32,
+    /// 1: every exec'ing process is traced provisionally (`TRACED` value
+    /// [`TRACED_PENDING`]) until the agent confirms or removes it, so a process
+    /// started after kspan loses no early traffic while `--exe` is decided.
+    pub exe_filter: u32,
+    /// Offset of `child_pid` in the `sched_process_fork` tracepoint record.
+    pub fork_child_pid_off: u32,
     pub offsets: KernelOffsets,
 }
 
@@ -191,6 +194,29 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
     pub sk_type: u32,
+}
+
+/// `TRACED` value: selected by the agent.
+pub const TRACED_YES: u8 = 1;
+/// `TRACED` value: exec'd while an exe filter is active, not decided yet.
+pub const TRACED_PENDING: u8 = 2;
+
+/// Indexes of the per-CPU drop/error counters (`COUNTERS` map).
+pub mod counter {
+    /// Data events lost: ring buffer full.
+    pub const RINGBUF_FULL_DATA: u32 = 0;
+    /// Connection/process events lost: ring buffer full.
+    pub const RINGBUF_FULL_CTRL: u32 = 1;
+    /// Syscalls not followed: in-flight map full.
+    pub const INFLIGHT_FULL: u32 = 2;
+    /// Payload copies from user memory that failed (event sent without payload).
+    pub const READ_USER_FAILED: u32 = 3;
+    /// Sockets not remembered: socket map update failed.
+    pub const SOCKS_FULL: u32 = 4;
+    /// Forked children not traced: selection map full.
+    pub const TRACED_FULL: u32 = 5;
+    /// Number of counters.
+    pub const COUNT: u32 = 6;
 }
 
 /// Value of the kernel's (tgid, fd) socket map.

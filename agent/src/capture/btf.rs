@@ -1,0 +1,141 @@
+//! Kernel struct field offsets from the running kernel's BTF, so one eBPF
+//! object walks `task_struct`/`file`/`sock` correctly on any kernel version.
+
+use btf_rs::{Btf, Type};
+use kspan_common::KernelOffsets;
+
+use super::CaptureError;
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+struct Resolver {
+    btf: Btf,
+}
+
+impl Resolver {
+    fn struct_by_name(&self, name: &str) -> Result<btf_rs::Struct, CaptureError> {
+        let types = self.btf.resolve_types_by_name(name).map_err(|e| CaptureError::Btf(format!("{name}: {e}")))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| CaptureError::Btf(format!("struct {name} not found")))
+    }
+
+    /// Follows typedef/const/volatile to a struct or union.
+    fn composite(&self, mut t: Type) -> Option<btf_rs::Struct> {
+        for _ in 0..16 {
+            match t {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                    let bt = t.as_btf_type()?;
+                    t = self.btf.resolve_chained_type(bt).ok()?;
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Byte offset and bitfield-ness of `name` inside `s`, searching anonymous
+    /// struct/union members too.
+    fn member(&self, s: &btf_rs::Struct, name: &str, depth: u32) -> Option<(u32, bool)> {
+        for m in &s.members {
+            let mname = self.btf.resolve_name(m).unwrap_or_default();
+            if mname == name {
+                return Some((m.bit_offset() / 8, m.bitfield_size().is_some_and(|b| b != 0) || m.bit_offset() % 8 != 0));
+            }
+            if mname.is_empty() && depth < 8 {
+                let inner = self.btf.resolve_chained_type(m).ok().and_then(|t| self.composite(t));
+                if let Some(inner) = inner
+                    && let Some((off, bf)) = self.member(&inner, name, depth + 1)
+                {
+                    return Some((m.bit_offset() / 8 + off, bf));
+                }
+            }
+        }
+        None
+    }
+
+    /// Offset of a dotted path such as `__sk_common.skc_family` in struct `root`.
+    fn offset(&self, root: &str, path: &str) -> Result<(u32, bool), CaptureError> {
+        let mut s = self.struct_by_name(root)?;
+        let mut total = 0;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let (off, bf) =
+                self.member(&s, part, 0).ok_or_else(|| CaptureError::Btf(format!("{root}.{path}: no member {part}")))?;
+            total += off;
+            if i + 1 == parts.len() {
+                return Ok((total, bf));
+            }
+            // Descend into the member's type.
+            let m = s.members.iter().find(|m| self.btf.resolve_name(*m).unwrap_or_default() == *part);
+            let next = m
+                .and_then(|m| self.btf.resolve_chained_type(m).ok())
+                .and_then(|t| self.composite(t))
+                .ok_or_else(|| CaptureError::Btf(format!("{root}.{path}: {part} is not a struct")))?;
+            s = next;
+        }
+        Ok((total, false))
+    }
+
+    fn plain(&self, root: &str, path: &str) -> Result<u32, CaptureError> {
+        match self.offset(root, path)? {
+            (off, false) => Ok(off),
+            (_, true) => Err(CaptureError::Btf(format!("{root}.{path} is a bitfield"))),
+        }
+    }
+}
+
+/// Resolves every offset the kernel side needs.
+pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
+    let btf = Btf::from_file(path).map_err(|e| CaptureError::Btf(format!("{path}: {e}")))?;
+    let r = Resolver { btf };
+    // sk_type was a bitfield before Linux 5.6; then it cannot be read directly
+    // and the stream check is skipped (the agent's parsers reject non-TCP data).
+    let sk_type = match r.offset("sock", "sk_type") {
+        Ok((off, false)) => off,
+        _ => u32::MAX,
+    };
+    Ok(KernelOffsets {
+        task_files: r.plain("task_struct", "files")?,
+        files_fdt: r.plain("files_struct", "fdt")?,
+        fdt_max_fds: r.plain("fdtable", "max_fds")?,
+        fdt_fd: r.plain("fdtable", "fd")?,
+        file_inode: r.plain("file", "f_inode")?,
+        file_private_data: r.plain("file", "private_data")?,
+        inode_mode: r.plain("inode", "i_mode")?,
+        socket_sk: r.plain("socket", "sk")?,
+        sk_family: r.plain("sock", "__sk_common.skc_family")?,
+        sk_num: r.plain("sock", "__sk_common.skc_num")?,
+        sk_dport: r.plain("sock", "__sk_common.skc_dport")?,
+        sk_rcv_saddr: r.plain("sock", "__sk_common.skc_rcv_saddr")?,
+        sk_daddr: r.plain("sock", "__sk_common.skc_daddr")?,
+        sk_v6_rcv_saddr: r.plain("sock", "__sk_common.skc_v6_rcv_saddr")?,
+        sk_v6_daddr: r.plain("sock", "__sk_common.skc_v6_daddr")?,
+        sk_type,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_offsets_from_this_kernel() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipping: no {VMLINUX_BTF}");
+            return;
+        }
+        let o = resolve_offsets(VMLINUX_BTF).expect("offsets");
+        // skc_family follows the address/port words at the start of sock_common.
+        assert!(o.sk_family >= 8 && o.sk_family < 64, "{o:?}");
+        assert!(o.sk_daddr < o.sk_rcv_saddr.max(8), "{o:?}");
+        assert!(o.task_files > 0 && o.file_inode > 0 && o.socket_sk > 0, "{o:?}");
+        assert_ne!(o.sk_type, u32::MAX, "sk_type is a plain field on modern kernels");
+    }
+}

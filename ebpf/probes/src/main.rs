@@ -1,0 +1,508 @@
+//! kspan's kernel side: syscall and scheduler tracepoints that report, for
+//! selected processes, the bytes moved on TCP sockets plus socket and process
+//! lifecycle events, through one ring buffer.
+//!
+//! Guarantees:
+//! - Only TCP (stream, AF_INET/AF_INET6) sockets of selected processes produce
+//!   data events; the agent itself is never traced.
+//! - A socket is recognised by walking the task's fd table (offsets from the
+//!   running kernel's BTF, given by the agent), so sockets opened before kspan
+//!   started, or inherited across fork, are traced like new ones.
+//! - Every loss is counted (`COUNTERS`): a full ring buffer, a full map, a
+//!   failed user-memory copy. Nothing blocks the traced process.
+//! - Program entries are thin; logic lives in fallible `try_*` functions.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod sock;
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use kspan_common::{
+    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, ProcEvent,
+    ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter, sock_key,
+};
+use maps::{CONFIG, EVENTS, INFLIGHT, Inflight, PORTS, SCRATCH, SOCKS, TRACED, count};
+
+const OP_READ: u32 = 1;
+const OP_WRITE: u32 = 2;
+const OP_READV: u32 = 3;
+const OP_WRITEV: u32 = 4;
+const OP_CONNECT: u32 = 5;
+
+/// Offset of the first syscall argument in a sys_enter record.
+const ARG0: usize = 16;
+/// Offset of the return value in a sys_exit record.
+const RET: usize = 16;
+const EINPROGRESS: i64 = 115;
+
+type Res = Result<u32, u32>;
+
+#[inline(always)]
+fn config() -> Option<&'static KernelConfig> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+fn is_traced(cfg: &KernelConfig, tgid: u32) -> bool {
+    if tgid == cfg.self_tgid {
+        return false;
+    }
+    if cfg.trace_all != 0 {
+        return true;
+    }
+    // SAFETY: read-only lookup of a plain u8 value.
+    unsafe { TRACED.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+fn wake_flags(cfg: &KernelConfig) -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: syscall tracepoint records hold 6 u64 arguments after the header.
+    unsafe { ctx.read_at::<u64>(ARG0 + n * 8) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: sys_exit records hold the i64 return value at RET.
+    unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1)
+}
+
+fn port_selected(lport: u16, rport: u16) -> bool {
+    // SAFETY: read-only lookups of plain u8 values.
+    unsafe { PORTS.get(&lport).is_some() || PORTS.get(&rport).is_some() }
+}
+
+/// Looks up (tgid, fd) in the socket map; on a miss (or when `fresh` says the
+/// fd was just created) walks the fd table, remembers the socket and reports it.
+#[inline(always)]
+fn socket_state(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, role: u32, fresh: bool) -> Option<SockState> {
+    let key = sock_key(tgid, fd);
+    if !fresh {
+        // SAFETY: plain-old-data value, copied out at once.
+        if let Some(st) = unsafe { SOCKS.get(&key) } {
+            return Some(*st);
+        }
+    }
+    let info = sock::lookup(&cfg.offsets, fd)?;
+    let ignored = cfg.port_filter != 0 && !port_selected(info.lport, info.rport);
+    let st = SockState { sock_id: info.sk, role, ignored: ignored as u32 };
+    if SOCKS.insert(&key, &st, 0).is_err() {
+        count(counter::SOCKS_FULL);
+    }
+    if !ignored {
+        if let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) {
+            entry.write(ConnEvent {
+                kind: EventKind::ConnOpen as u32,
+                role,
+                // SAFETY: helper without preconditions.
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                tgid,
+                tid,
+                fd,
+                family: info.family,
+                lport: info.lport,
+                rport: info.rport,
+                _pad: [0; 3],
+                laddr: info.laddr,
+                raddr: info.raddr,
+                sock_id: info.sk,
+            });
+            entry.submit(wake_flags(cfg));
+        } else {
+            count(counter::RINGBUF_FULL_CTRL);
+        }
+    }
+    Some(st)
+}
+
+/// Sends one data event for `len` bytes at user address `src`.
+#[inline(always)]
+fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight, egress: bool, src: u64, len: u64) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    let mut cap = len;
+    if cap > cfg.capture_bytes as u64 {
+        cap = cfg.capture_bytes as u64;
+    }
+    if cap > MAX_CAPTURE as u64 {
+        cap = MAX_CAPTURE as u64;
+    }
+    // SAFETY: scratch is this CPU's map value; cap <= MAX_CAPTURE = payload size.
+    unsafe {
+        let payload = (*scratch).payload.as_mut_ptr();
+        let mut captured = cap as u32;
+        if captured > 0 && bpf_probe_read_user(payload.cast(), captured, src as *const _) != 0 {
+            captured = 0;
+            count(counter::READ_USER_FAILED);
+        }
+        (*scratch).hdr = DataHeader {
+            kind: EventKind::Data as u32,
+            flags: if egress { DATA_EGRESS } else { 0 },
+            ts_ns: bpf_ktime_get_ns(),
+            tgid,
+            tid,
+            fd: inf.fd,
+            captured,
+            len,
+            sock_id: inf.sock_id,
+        };
+        let mut size = core::mem::size_of::<DataHeader>() + captured as usize;
+        if size > core::mem::size_of::<maps::Scratch>() {
+            size = core::mem::size_of::<maps::Scratch>();
+        }
+        let bytes = core::slice::from_raw_parts(scratch as *const u8, size);
+        if EVENTS.output::<[u8]>(bytes, wake_flags(cfg)).is_err() {
+            count(counter::RINGBUF_FULL_DATA);
+        }
+    }
+}
+
+fn enter_data(ctx: &TracePointContext, op: u32, fd: u64, buf: u64, iovcnt: u64) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if !is_traced(cfg, tgid) || fd > i32::MAX as u64 {
+        return Ok(0);
+    }
+    let _ = ctx;
+    let st = socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false).ok_or(0u32)?;
+    if st.ignored != 0 {
+        return Ok(0);
+    }
+    let inf = Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id };
+    if INFLIGHT.insert(&id, &inf, 0).is_err() {
+        count(counter::INFLIGHT_FULL);
+    }
+    Ok(0)
+}
+
+/// User-space `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+fn exit_data(ctx: &TracePointContext) -> Res {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out before removal.
+    let inf = match unsafe { INFLIGHT.get(&id) } {
+        Some(i) => *i,
+        None => return Ok(0),
+    };
+    let _ = INFLIGHT.remove(&id);
+    let r = ret(ctx);
+    if r <= 0 {
+        return Ok(0);
+    }
+    let cfg = config().ok_or(0u32)?;
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let total = r as u64;
+    match inf.op {
+        OP_READ | OP_WRITE => emit_data(cfg, tgid, tid, &inf, inf.op == OP_WRITE, inf.buf, total),
+        OP_READV | OP_WRITEV => {
+            let egress = inf.op == OP_WRITEV;
+            let mut left = total;
+            let n = if inf.iovcnt < MAX_IOVECS as u64 { inf.iovcnt } else { MAX_IOVECS as u64 };
+            for i in 0..MAX_IOVECS as u64 {
+                if i >= n || left == 0 {
+                    break;
+                }
+                // SAFETY: reading the caller's iovec array from user memory.
+                let Ok(iov) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user((inf.buf + i * 16) as *const Iovec) })
+                else {
+                    break;
+                };
+                let take = if iov.len < left { iov.len } else { left };
+                if take > 0 {
+                    emit_data(cfg, tgid, tid, &inf, egress, iov.base, take);
+                }
+                left -= take;
+            }
+        }
+        _ => {}
+    }
+    Ok(0)
+}
+
+macro_rules! data_enter {
+    ($name:ident, $op:expr, buf) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match enter_data(&ctx, $op, arg(&ctx, 0), arg(&ctx, 1), 0) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
+    ($name:ident, $op:expr, iov) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match enter_data(&ctx, $op, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2)) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
+    ($name:ident, $op:expr, msg) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+            let msg = arg(&ctx, 1);
+            // SAFETY: reads of the caller's msghdr from user memory.
+            let iov = unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            let cnt = unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+            match enter_data(&ctx, $op, arg(&ctx, 0), iov, cnt) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
+}
+
+macro_rules! data_exit {
+    ($name:ident) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match exit_data(&ctx) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
+}
+
+data_enter!(kspan_enter_read, OP_READ, buf);
+data_enter!(kspan_enter_recvfrom, OP_READ, buf);
+data_enter!(kspan_enter_write, OP_WRITE, buf);
+data_enter!(kspan_enter_sendto, OP_WRITE, buf);
+data_enter!(kspan_enter_readv, OP_READV, iov);
+data_enter!(kspan_enter_writev, OP_WRITEV, iov);
+data_enter!(kspan_enter_recvmsg, OP_READV, msg);
+data_enter!(kspan_enter_sendmsg, OP_WRITEV, msg);
+data_exit!(kspan_exit_data);
+
+fn try_exit_accept(ctx: &TracePointContext) -> Res {
+    let r = ret(ctx);
+    if r < 0 {
+        return Ok(0);
+    }
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if is_traced(cfg, tgid) {
+        let _ = socket_state(cfg, tgid, tid, r as u32, ROLE_SERVER, true);
+    }
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn kspan_exit_accept(ctx: TracePointContext) -> u32 {
+    match try_exit_accept(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_enter_connect(ctx: &TracePointContext) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced(cfg, (id >> 32) as u32) {
+        return Ok(0);
+    }
+    let inf = Inflight { op: OP_CONNECT, fd: arg(ctx, 0) as u32, buf: 0, iovcnt: 0, sock_id: 0 };
+    if INFLIGHT.insert(&id, &inf, 0).is_err() {
+        count(counter::INFLIGHT_FULL);
+    }
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn kspan_enter_connect(ctx: TracePointContext) -> u32 {
+    match try_enter_connect(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_exit_connect(ctx: &TracePointContext) -> Res {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out before removal.
+    let inf = match unsafe { INFLIGHT.get(&id) } {
+        Some(i) => *i,
+        None => return Ok(0),
+    };
+    let _ = INFLIGHT.remove(&id);
+    let r = ret(ctx);
+    if inf.op != OP_CONNECT || (r != 0 && r != -EINPROGRESS) {
+        return Ok(0);
+    }
+    let cfg = config().ok_or(0u32)?;
+    let _ = socket_state(cfg, (id >> 32) as u32, id as u32, inf.fd, ROLE_CLIENT, true);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn kspan_exit_connect(ctx: TracePointContext) -> u32 {
+    match try_exit_connect(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_enter_close(ctx: &TracePointContext) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if !is_traced(cfg, tgid) {
+        return Ok(0);
+    }
+    let fd = arg(ctx, 0) as u32;
+    let key = sock_key(tgid, fd);
+    // SAFETY: value copied out before removal.
+    let st = match unsafe { SOCKS.get(&key) } {
+        Some(s) => *s,
+        None => return Ok(0),
+    };
+    let _ = SOCKS.remove(&key);
+    if st.ignored != 0 {
+        return Ok(0);
+    }
+    if let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) {
+        entry.write(CloseEvent {
+            kind: EventKind::ConnClose as u32,
+            _pad: 0,
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid,
+            tid,
+            fd,
+            _pad2: 0,
+            sock_id: st.sock_id,
+        });
+        entry.submit(wake_flags(cfg));
+    } else {
+        count(counter::RINGBUF_FULL_CTRL);
+    }
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn kspan_enter_close(ctx: TracePointContext) -> u32 {
+    match try_enter_close(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn emit_proc(cfg: &KernelConfig, kind: EventKind, tgid: u32, tid: u32) {
+    if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
+        entry.write(ProcEvent {
+            kind: kind as u32,
+            _pad: 0,
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid,
+            tid,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        });
+        // Process events are rare and the agent acts on them: wake it.
+        let _ = cfg;
+        entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    } else {
+        count(counter::RINGBUF_FULL_CTRL);
+    }
+}
+
+fn try_exec(_ctx: &TracePointContext) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if tgid == cfg.self_tgid {
+        return Ok(0);
+    }
+    if cfg.trace_all == 0 && cfg.exe_filter != 0 {
+        // SAFETY: read-only lookup.
+        if unsafe { TRACED.get(&tgid).is_none() } && TRACED.insert(&tgid, &TRACED_PENDING, 0).is_err() {
+            count(counter::TRACED_FULL);
+        }
+    }
+    emit_proc(cfg, EventKind::ProcExec, tgid, tid);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn kspan_sched_exec(ctx: TracePointContext) -> u32 {
+    match try_exec(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_exit(_ctx: &TracePointContext) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, pid) = ((id >> 32) as u32, id as u32);
+    if pid != tgid {
+        // A thread: forget it if a fork handler inserted it.
+        if cfg.trace_all == 0 {
+            let _ = TRACED.remove(&pid);
+        }
+        return Ok(0);
+    }
+    if !is_traced(cfg, tgid) {
+        return Ok(0);
+    }
+    if cfg.trace_all == 0 {
+        let _ = TRACED.remove(&tgid);
+    }
+    emit_proc(cfg, EventKind::ProcExit, tgid, pid);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn kspan_sched_exit(ctx: TracePointContext) -> u32 {
+    match try_exit(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_fork(ctx: &TracePointContext) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    if cfg.trace_all != 0 {
+        return Ok(0);
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: plain u8 value copied out.
+    let Some(v) = (unsafe { TRACED.get(&tgid) }).copied() else {
+        return Ok(0);
+    };
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let child = unsafe { ctx.read_at::<i32>(cfg.fork_child_pid_off as usize) }.map_err(|_| 0u32)? as u32;
+    if TRACED.insert(&child, &v, 0).is_err() {
+        count(counter::TRACED_FULL);
+    }
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn kspan_sched_fork(ctx: TracePointContext) -> u32 {
+    match try_fork(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,71 @@
+//! Every map of the kernel side, in one place. Sizes are defaults; the agent
+//! may override `EVENTS` (ring buffer bytes) at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use kspan_common::{
+    KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, MAX_SOCKETS, MAX_TRACED_PROCS, SockState, counter,
+};
+
+/// Agent settings (element 0).
+#[map]
+pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
+
+/// Selected processes by tgid (`TRACED_YES` / `TRACED_PENDING`).
+#[map]
+pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCS, 0);
+
+/// Port filter: local or peer ports that select a socket.
+#[map]
+pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// Known sockets by `sock_key(tgid, fd)`.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Syscalls in flight, by pid_tgid, between sys_enter and sys_exit.
+#[map]
+pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Per-CPU scratch space where a data event is assembled before output.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Drop and error counters (see `kspan_common::counter`).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The one ring buffer to the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// What a sys_enter handler remembers for the matching sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    /// One of the `OP_*` constants in main.rs.
+    pub op: u32,
+    pub fd: u32,
+    /// Buffer pointer, or iovec array pointer for vectored calls.
+    pub buf: u64,
+    /// Number of iovecs for vectored calls.
+    pub iovcnt: u64,
+    pub sock_id: u64,
+}
+
+/// A data event under construction: header, then payload.
+#[repr(C)]
+pub struct Scratch {
+    pub hdr: kspan_common::DataHeader,
+    pub payload: [u8; MAX_CAPTURE],
+}
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
