@@ -9,3 +9,5 @@
 pub mod protocol;
 pub mod span;
 pub mod capture;
+pub mod conntrack;
+pub mod enrich;

@@ -1,0 +1,246 @@
+//! Agent configuration: the YAML config file, CLI overrides applied in one
+//! place ([`Config::apply_cli`]), defaults in one place ([`Default`] impls),
+//! and [`Config::validate`] with precise messages.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::protocol::Privacy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse { file: String, line: usize, column: usize, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where spans go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// One readable line per span on stdout.
+    Stdout,
+    /// One JSON object per span on stdout.
+    Jsonl,
+    /// OTLP to the configured endpoint(s).
+    Otlp,
+    /// Nothing (capture and count only).
+    None,
+}
+
+/// Capture and tracking limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    /// Payload bytes copied per syscall (4096..=16384).
+    pub capture_bytes: u32,
+    /// Ring buffer size in bytes (power of two).
+    pub ring_buffer_bytes: u32,
+    /// Pending ring buffer bytes that wake the agent early.
+    pub wakeup_bytes: u32,
+    /// The agent drains the ring buffer at least this often (ms).
+    pub drain_interval_ms: u64,
+    /// Tracked connections at most.
+    pub max_connections: usize,
+    /// Connections without traffic for this long are forgotten (s).
+    pub idle_timeout_secs: u64,
+    /// Processes whose metadata is cached at most.
+    pub max_processes: usize,
+    /// Spans queued between capture and export at most.
+    pub span_queue: usize,
+}
+
+impl Default for CaptureSection {
+    fn default() -> Self {
+        Self {
+            capture_bytes: 4096,
+            ring_buffer_bytes: 8 << 20,
+            wakeup_bytes: 256 << 10,
+            drain_interval_ms: 10,
+            max_connections: 65_536,
+            idle_timeout_secs: 600,
+            max_processes: 16_384,
+            span_queue: 65_536,
+        }
+    }
+}
+
+/// Which processes and sockets are traced. Empty means every process.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectSection {
+    /// These processes and their descendants.
+    pub pids: Vec<u32>,
+    /// Processes whose executable path or command line matches one of these regexes.
+    pub exe: Vec<String>,
+    /// Only sockets with one of these local or peer ports.
+    pub ports: Vec<u16>,
+    /// Every process (overrides pids/exe).
+    pub all: bool,
+}
+
+/// Self-telemetry HTTP endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// Address of /metrics, /healthz, /readyz; `null` disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) }
+    }
+}
+
+/// The whole config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub capture: CaptureSection,
+    pub select: SelectSection,
+    pub privacy: Privacy,
+    /// Outputs; empty means `otlp` if an endpoint is configured, else `stdout`.
+    pub outputs: Vec<OutputKind>,
+    /// `executable name -> service.name` when a process sets no OTEL_SERVICE_NAME.
+    pub service_names: HashMap<String, String>,
+    /// Extra resource attributes on every span.
+    pub resource_attributes: HashMap<String, String>,
+    pub telemetry: TelemetrySection,
+    /// Business rules and sampling (see docs/rules.md).
+    pub rules_file: Option<PathBuf>,
+    /// Seconds allowed to flush spans at shutdown.
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+/// CLI selections and outputs (already parsed by clap in main.rs).
+#[derive(Clone, Debug, Default)]
+pub struct CliOverrides {
+    pub pids: Vec<u32>,
+    pub exe: Vec<String>,
+    pub ports: Vec<u16>,
+    pub all: bool,
+    pub outputs: Vec<OutputKind>,
+    pub rules_file: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses config text; errors carry file, line and column.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError::Parse { file: file.to_owned(), line, column, message: e.to_string() }
+        })
+    }
+
+    /// CLI flags extend/override the file.
+    pub fn apply_cli(&mut self, cli: CliOverrides) {
+        self.select.pids.extend(cli.pids);
+        self.select.exe.extend(cli.exe);
+        self.select.ports.extend(cli.ports);
+        self.select.all |= cli.all;
+        if !cli.outputs.is_empty() {
+            self.outputs = cli.outputs;
+        }
+        if cli.rules_file.is_some() {
+            self.rules_file = cli.rules_file;
+        }
+        if cli.metrics_listen.is_some() {
+            self.telemetry.listen = cli.metrics_listen;
+        }
+    }
+
+    /// True when no process selector is set (trace the whole host).
+    pub fn traces_all(&self) -> bool {
+        self.select.all || (self.select.pids.is_empty() && self.select.exe.is_empty())
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.capture;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(kspan_common::MIN_CAPTURE as u32..=kspan_common::MAX_CAPTURE as u32).contains(&c.capture_bytes) {
+            return bad(format!(
+                "capture.capture_bytes = {}: must be between {} and {}",
+                c.capture_bytes,
+                kspan_common::MIN_CAPTURE,
+                kspan_common::MAX_CAPTURE
+            ));
+        }
+        if !c.ring_buffer_bytes.is_power_of_two() || c.ring_buffer_bytes < 4096 {
+            return bad(format!("capture.ring_buffer_bytes = {}: must be a power of two >= 4096", c.ring_buffer_bytes));
+        }
+        if c.max_connections == 0 || c.span_queue == 0 || c.max_processes == 0 {
+            return bad("capture.max_connections, span_queue and max_processes must be > 0".into());
+        }
+        for re in &self.select.exe {
+            if let Err(e) = regex::RegexBuilder::new(re).size_limit(1 << 20).build() {
+                return bad(format!("select.exe {re:?}: {e}"));
+            }
+        }
+        if self.select.pids.contains(&0) {
+            return bad("select.pids: 0 is not a process id".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse("", "x.yaml").unwrap();
+        assert_eq!(c.capture.capture_bytes, 4096);
+        assert!(c.traces_all());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_column() {
+        let err = Config::parse("capture:\n  capture_bytes: 8192\n  ring_bytes: 4\n", "kspan.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("kspan.yaml:3:"), "{msg}");
+        assert!(msg.contains("unknown field `ring_bytes`"), "{msg}");
+    }
+
+    #[test]
+    fn validation_rejects_bad_values() {
+        let mut c = Config::default();
+        c.capture.capture_bytes = 100;
+        assert!(c.validate().unwrap_err().to_string().contains("capture.capture_bytes = 100"));
+        let mut c = Config::default();
+        c.capture.ring_buffer_bytes = 5000;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.select.exe = vec!["(unclosed".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("select.exe"));
+    }
+
+    #[test]
+    fn cli_overrides_extend_the_file() {
+        let mut c = Config::parse("select:\n  pids: [10]\noutputs: [jsonl]\n", "f").unwrap();
+        c.apply_cli(CliOverrides { pids: vec![11], outputs: vec![OutputKind::Stdout], ..Default::default() });
+        assert_eq!(c.select.pids, vec![10, 11]);
+        assert_eq!(c.outputs, vec![OutputKind::Stdout]);
+        assert!(!c.traces_all());
+    }
+}

@@ -1,0 +1,234 @@
+//! Connection tracking: one entry per (tgid, fd) socket of a traced process,
+//! with its addresses, role and protocol parser; bytes are routed to the
+//! parser and completed exchanges come out.
+//!
+//! Guarantees:
+//! - Bounded: at most `max_connections` entries; a new socket beyond that is
+//!   not tracked and counted (`rejected_full`); idle entries are swept.
+//! - A reused fd (different kernel socket id) starts a fresh connection.
+//! - Entries are removed on close and when their process exits.
+//! - Detection is by content ([`crate::protocol::detect`]); a connection whose
+//!   first bytes match no protocol becomes opaque and its bytes are ignored.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use kspan_common::{ConnEvent, DATA_EGRESS, DataHeader, ROLE_CLIENT, ROLE_SERVER};
+
+use crate::protocol::detect::{Detector, Verdict};
+use crate::protocol::{Chunk, ConnMeta, Direction, Exchange, ParseStats, Protocol, Role, StreamParser};
+
+/// Limits of the connection table.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    /// Entries with no traffic for this long are dropped by [`ConnTable::sweep`].
+    pub idle_timeout_ns: u64,
+}
+
+/// Counters of the connection table (all only grow).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnStats {
+    pub opened: u64,
+    pub closed: u64,
+    pub rejected_full: u64,
+    pub swept_idle: u64,
+    pub opaque: u64,
+    pub fd_reused: u64,
+}
+
+/// An exchange plus the connection it happened on.
+#[derive(Debug)]
+pub struct ConnExchange {
+    pub tgid: u32,
+    pub fd: u32,
+    pub meta: ConnMeta,
+    pub exchange: Exchange,
+}
+
+enum State {
+    Detecting(Detector),
+    Parsing(Protocol, Box<dyn StreamParser>),
+    Opaque,
+}
+
+struct Conn {
+    sock_id: u64,
+    role: Option<Role>,
+    meta: ConnMeta,
+    state: State,
+    last_ts: u64,
+}
+
+/// The connection table.
+pub struct ConnTable {
+    conns: HashMap<(u32, u32), Conn>,
+    limits: ConnLimits,
+    pub stats: ConnStats,
+    parse: [ParseStats; 3],
+    scratch: Vec<Exchange>,
+}
+
+fn proto_index(p: Protocol) -> usize {
+    match p {
+        Protocol::Http => 0,
+        Protocol::Postgres => 1,
+        Protocol::Redis => 2,
+    }
+}
+
+fn addr(family: u16, raw: &[u8; 16], port: u16) -> Option<SocketAddr> {
+    let ip = match family {
+        2 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        10 => {
+            let v6 = Ipv6Addr::from(*raw);
+            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Builds the per-protocol parser for a detected protocol.
+pub fn new_parser(p: Protocol, role: Role) -> Box<dyn StreamParser> {
+    match p {
+        Protocol::Http => Box::new(crate::protocol::http::HttpParser::new(role)),
+        Protocol::Postgres => Box::new(crate::protocol::postgres::PgParser::new(role)),
+        Protocol::Redis => Box::new(crate::protocol::redis::RedisParser::new(role)),
+    }
+}
+
+impl ConnTable {
+    pub fn new(limits: ConnLimits) -> Self {
+        Self { conns: HashMap::new(), limits, stats: ConnStats::default(), parse: Default::default(), scratch: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Parse counters of one protocol.
+    pub fn parse_stats(&self, p: Protocol) -> ParseStats {
+        self.parse[proto_index(p)]
+    }
+
+    fn insert(&mut self, key: (u32, u32), sock_id: u64, role: Option<Role>, meta: ConnMeta, ts: u64) -> bool {
+        if !self.conns.contains_key(&key) && self.conns.len() >= self.limits.max_connections {
+            self.stats.rejected_full += 1;
+            return false;
+        }
+        self.stats.opened += 1;
+        let conn = Conn { sock_id, role, meta, state: State::Detecting(Detector::default()), last_ts: ts };
+        self.conns.insert(key, conn);
+        true
+    }
+
+    /// A socket seen for the first time (accept, connect or first data).
+    pub fn on_open(&mut self, ev: &ConnEvent, out: &mut Vec<ConnExchange>) {
+        let key = (ev.tgid, ev.fd);
+        if self.conns.contains_key(&key) {
+            self.close_key(key, ev.ts_ns, out);
+            self.stats.fd_reused += 1;
+        }
+        let role = match ev.role {
+            ROLE_SERVER => Some(Role::Server),
+            ROLE_CLIENT => Some(Role::Client),
+            _ => None,
+        };
+        let meta = ConnMeta { local: addr(ev.family, &ev.laddr, ev.lport), peer: addr(ev.family, &ev.raddr, ev.rport) };
+        self.insert(key, ev.sock_id, role, meta, ev.ts_ns);
+    }
+
+    /// Bytes moved on a socket.
+    pub fn on_data(&mut self, hdr: &DataHeader, payload: &[u8], out: &mut Vec<ConnExchange>) {
+        let key = (hdr.tgid, hdr.fd);
+        let stale = self.conns.get(&key).is_some_and(|c| c.sock_id != hdr.sock_id);
+        if stale {
+            self.stats.fd_reused += 1;
+            self.close_key(key, hdr.ts_ns, out);
+        }
+        if !self.conns.contains_key(&key) && !self.insert(key, hdr.sock_id, None, ConnMeta::default(), hdr.ts_ns) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        conn.last_ts = hdr.ts_ns;
+        let chunk = Chunk {
+            dir: if hdr.flags & DATA_EGRESS != 0 { Direction::Egress } else { Direction::Ingress },
+            ts_ns: hdr.ts_ns,
+            tid: hdr.tid,
+            data: payload,
+            len: usize::try_from(hdr.len).unwrap_or(usize::MAX),
+        };
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        match &mut conn.state {
+            State::Opaque => return,
+            State::Parsing(p, parser) => parser.feed(&chunk, scratch, &mut self.parse[proto_index(*p)]),
+            State::Detecting(det) => match det.offer(&chunk, conn.role) {
+                Verdict::Undecided => return,
+                Verdict::Opaque => {
+                    self.stats.opaque += 1;
+                    conn.state = State::Opaque;
+                    return;
+                }
+                Verdict::Detected(proto, role) => {
+                    let role = conn.role.unwrap_or(role);
+                    conn.role = Some(role);
+                    let mut parser = new_parser(proto, role);
+                    let stats = &mut self.parse[proto_index(proto)];
+                    for c in det.pending() {
+                        parser.feed(&c.as_chunk(), scratch, stats);
+                    }
+                    parser.feed(&chunk, scratch, stats);
+                    conn.state = State::Parsing(proto, parser);
+                }
+            },
+        }
+        let meta = conn.meta;
+        out.extend(scratch.drain(..).map(|exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange }));
+    }
+
+    fn close_key(&mut self, key: (u32, u32), ts: u64, out: &mut Vec<ConnExchange>) {
+        let Some(mut conn) = self.conns.remove(&key) else { return };
+        self.stats.closed += 1;
+        if let State::Parsing(p, parser) = &mut conn.state {
+            let mut v = Vec::new();
+            parser.close(ts, &mut v, &mut self.parse[proto_index(*p)]);
+            let meta = conn.meta;
+            out.extend(v.into_iter().map(|exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange }));
+        }
+    }
+
+    /// A socket was closed.
+    pub fn on_close(&mut self, tgid: u32, fd: u32, sock_id: u64, ts: u64, out: &mut Vec<ConnExchange>) {
+        if self.conns.get(&(tgid, fd)).is_some_and(|c| c.sock_id == sock_id) {
+            self.close_key((tgid, fd), ts, out);
+        }
+    }
+
+    /// A process exited: all its connections end.
+    pub fn on_exit(&mut self, tgid: u32, ts: u64, out: &mut Vec<ConnExchange>) {
+        let keys: Vec<_> = self.conns.keys().filter(|k| k.0 == tgid).copied().collect();
+        for k in keys {
+            self.close_key(k, ts, out);
+        }
+    }
+
+    /// Drops connections idle for longer than the limit (their close was
+    /// never seen, e.g. lost); returns how many.
+    pub fn sweep(&mut self, now_ns: u64) -> usize {
+        let limit = self.limits.idle_timeout_ns;
+        let before = self.conns.len();
+        self.conns.retain(|_, c| now_ns.saturating_sub(c.last_ts) < limit);
+        let n = before - self.conns.len();
+        self.stats.swept_idle += n as u64;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests;

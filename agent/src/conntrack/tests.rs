@@ -1,0 +1,111 @@
+use kspan_common::{ConnEvent, DataHeader, EventKind, ROLE_SERVER};
+
+use super::*;
+
+fn limits(max: usize) -> ConnLimits {
+    ConnLimits { max_connections: max, idle_timeout_ns: 1_000 }
+}
+
+fn open(tgid: u32, fd: u32, sock: u64) -> ConnEvent {
+    ConnEvent {
+        kind: EventKind::ConnOpen as u32,
+        role: ROLE_SERVER,
+        tgid,
+        fd,
+        family: 2,
+        lport: 80,
+        rport: 5000,
+        laddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        raddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        sock_id: sock,
+        ..Default::default()
+    }
+}
+
+fn data(tgid: u32, fd: u32, sock: u64, ts: u64, payload: &[u8]) -> DataHeader {
+    DataHeader {
+        kind: EventKind::Data as u32,
+        flags: 0,
+        ts_ns: ts,
+        tgid,
+        tid: tgid,
+        fd,
+        captured: payload.len() as u32,
+        len: payload.len() as u64,
+        sock_id: sock,
+    }
+}
+
+#[test]
+fn addresses_come_from_the_open_event() {
+    let mut t = ConnTable::new(limits(4));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    assert_eq!(t.len(), 1);
+    let c = &t.conns[&(1, 3)];
+    assert_eq!(c.meta.local, Some("127.0.0.1:80".parse().unwrap()));
+    assert_eq!(c.meta.peer, Some("10.0.0.2:5000".parse().unwrap()));
+    assert_eq!(c.role, Some(Role::Server));
+}
+
+#[test]
+fn table_is_bounded_and_counts_rejections() {
+    let mut t = ConnTable::new(limits(2));
+    let mut out = Vec::new();
+    for fd in 0..5 {
+        t.on_open(&open(1, fd, fd as u64 + 100), &mut out);
+    }
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.stats.rejected_full, 3);
+}
+
+#[test]
+fn close_and_exit_remove_entries() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    t.on_open(&open(1, 4, 10), &mut out);
+    t.on_open(&open(2, 3, 11), &mut out);
+    t.on_close(1, 3, 999, 5, &mut out);
+    assert_eq!(t.len(), 3, "a close for another socket on the same fd is ignored");
+    t.on_close(1, 3, 9, 5, &mut out);
+    assert_eq!(t.len(), 2);
+    t.on_exit(1, 6, &mut out);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.stats.closed, 2);
+}
+
+#[test]
+fn reused_fd_starts_a_new_connection() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let payload = b"\x00\x01garbage that is no protocol at all, not even close to one, really";
+    t.on_data(&data(1, 3, 77, 10, payload), payload, &mut out);
+    assert_eq!(t.stats.fd_reused, 1);
+    assert_eq!(t.conns[&(1, 3)].sock_id, 77);
+}
+
+#[test]
+fn idle_connections_are_swept() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    assert_eq!(t.sweep(500), 0);
+    assert_eq!(t.sweep(5_000), 1);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn unknown_bytes_make_the_connection_opaque() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let payload = [0xffu8; 100];
+    t.on_data(&data(1, 3, 9, 10, &payload), &payload, &mut out);
+    let mut h = data(1, 3, 9, 11, &payload);
+    h.flags = DATA_EGRESS;
+    t.on_data(&h, &payload, &mut out);
+    assert_eq!(t.stats.opaque, 1);
+    assert!(out.is_empty());
+}
