@@ -8,3 +8,6 @@
 
 pub mod protocol;
 pub mod span;
+
+pub mod export;
+pub mod telemetry;
