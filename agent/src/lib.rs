@@ -6,8 +6,12 @@
 //!  events)      streams)       Redis)        context)   business attrs)   drop)      stdout)
 //! ```
 
-pub mod protocol;
-pub mod span;
 pub mod capture;
+pub mod config;
 pub mod conntrack;
 pub mod enrich;
+pub mod export;
+pub mod protocol;
+pub mod run;
+pub mod span;
+pub mod telemetry;

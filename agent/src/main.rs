@@ -1,14 +1,71 @@
-use std::time::Duration;
-fn main() {
-    let cfg = kspan::capture::CaptureConfig { capture_bytes: 4096, ring_bytes: 1 << 23, wakeup_bytes: 65536, trace_all: true, exe_filter: false, ports: vec![] };
-    let mut c = match kspan::capture::Capture::load(&cfg) { Ok(c) => c, Err(e) => { eprintln!("{e}"); std::process::exit(1) } };
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        c.poll(Duration::from_millis(50), |b| match kspan::capture::decode::decode(b) {
-            Ok(kspan::capture::decode::RawEvent::Data { hdr, payload }) => println!("data tgid={} fd={} flags={} len={} cap={} {:?}", hdr.tgid, hdr.fd, hdr.flags, hdr.len, hdr.captured, String::from_utf8_lossy(&payload[..payload.len().min(40)])),
-            Ok(e) => println!("{e:?}"),
-            Err(e) => println!("ERR {e}"),
-        }).unwrap();
+//! `kspan`: CLI -> Config -> run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kspan::config::{CliOverrides, Config, OutputKind};
+
+#[derive(Parser)]
+#[command(name = "kspan", version, about = "Distributed traces for any Linux service, from eBPF, without code changes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Trace processes and export spans.
+    Run {
+        /// Trace this process and its descendants (repeatable).
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
+        /// Trace processes whose executable path or command line matches (repeatable).
+        #[arg(long = "exe", value_name = "REGEX")]
+        exe: Vec<String>,
+        /// Only sockets with this local or peer port (repeatable).
+        #[arg(long = "port")]
+        ports: Vec<u16>,
+        /// Trace every process (the default when no --pid/--exe is given).
+        #[arg(long)]
+        all: bool,
+        /// YAML config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where spans go (repeatable); default: otlp if an endpoint is configured, else stdout.
+        #[arg(long = "output", value_enum)]
+        outputs: Vec<OutputKind>,
+        /// Business rules and sampling file.
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+        /// Address for /metrics, /healthz and /readyz.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KSPAN_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Run { pids, exe, ports, all, config, outputs, rules, metrics_addr } => {
+            let mut cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            cfg.apply_cli(CliOverrides { pids, exe, ports, all, outputs, rules_file: rules, metrics_listen: metrics_addr });
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .thread_name("kspan-async")
+                .build()
+                .context("starting the tokio runtime")?;
+            rt.block_on(kspan::run::run(cfg)).map_err(|e| anyhow::anyhow!("{e}"))
+        }
     }
-    println!("{:?}", c.kernel_counters());
 }

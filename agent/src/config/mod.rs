@@ -117,6 +117,8 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     /// Seconds allowed to flush spans at shutdown.
     pub shutdown_timeout_secs: Option<u64>,
+    /// OTLP endpoints (in addition to the OTEL_EXPORTER_OTLP_* variables).
+    pub otlp: Vec<crate::export::OtlpConfig>,
 }
 
 /// CLI selections and outputs (already parsed by clap in main.rs).

@@ -1,0 +1,300 @@
+//! The two OTLP transports: gRPC (tonic, the generated TraceService client)
+//! and HTTP/protobuf (reqwest), both over rustls when the endpoint is https.
+//!
+//! Guarantees:
+//! - One request attempt never outlives its timeout (the caller's, which is
+//!   the configured one or less near the shutdown deadline).
+//! - Connection failures and timeouts are retryable; statuses are classified
+//!   by [`super::retry`]; a 2xx/OK response's partial success is reported.
+//! - An HTTP response body is read up to [`MAX_RESPONSE_BYTES`] only.
+
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_types::StatusExt;
+
+use super::config::{Compression, OtlpSettings, Protocol};
+use super::retry::{Verdict, classify_grpc, classify_http, parse_retry_after};
+use crate::export::ExportError;
+
+/// Largest HTTP response body read (a partial-success message is tiny).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+fn user_agent() -> String {
+    format!("kspan/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A request ready to send (encoded once, re-sent as-is on retries).
+pub enum Payload {
+    Grpc(ExportTraceServiceRequest),
+    Http(Bytes),
+}
+
+/// Result of one attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The endpoint accepted the request; `rejected` spans of it were refused
+    /// (OTLP partial success), with the server's message.
+    Accepted { rejected: u64, message: String },
+    /// The attempt failed; `detail` is safe to log (no header values).
+    Failed { verdict: Verdict, detail: String },
+}
+
+pub enum Transport {
+    Grpc {
+        client: TraceServiceClient<Channel>,
+        metadata: MetadataMap,
+    },
+    Http {
+        client: reqwest::Client,
+        url: reqwest::Url,
+        headers: HeaderMap,
+        gzip: bool,
+    },
+}
+
+impl Transport {
+    /// Builds the client. Connecting is lazy: an endpoint that is down at
+    /// start is retried like any other failure.
+    pub fn build(s: &OtlpSettings) -> Result<Self, ExportError> {
+        let mut headers = HeaderMap::with_capacity(s.headers.len());
+        for (k, v) in &s.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        match s.protocol {
+            Protocol::Grpc => Self::build_grpc(s, headers),
+            Protocol::HttpProtobuf => Self::build_http(s, headers),
+        }
+    }
+
+    fn build_grpc(s: &OtlpSettings, headers: HeaderMap) -> Result<Self, ExportError> {
+        let err = |source| ExportError::GrpcEndpoint {
+            exporter: s.name.clone(),
+            source,
+        };
+        let authority = s.endpoint.as_str().trim_end_matches('/').to_owned();
+        let mut endpoint = Channel::from_shared(authority)
+            .map_err(|source| ExportError::GrpcUri {
+                exporter: s.name.clone(),
+                source,
+            })?
+            .connect_timeout(s.timeout)
+            .user_agent(user_agent())
+            .map_err(err)?;
+        if s.endpoint.scheme() == "https" {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &s.tls.ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &s.tls.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(err)?;
+        }
+        let mut client = TraceServiceClient::new(endpoint.connect_lazy());
+        if s.compression == Compression::Gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(Transport::Grpc {
+            client,
+            metadata: MetadataMap::from_headers(headers),
+        })
+    }
+
+    fn build_http(s: &OtlpSettings, headers: HeaderMap) -> Result<Self, ExportError> {
+        let err = |source| ExportError::HttpClient {
+            exporter: s.name.clone(),
+            source,
+        };
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(user_agent())
+            .connect_timeout(s.timeout)
+            .pool_max_idle_per_host(2);
+        if let Some(ca) = &s.tls.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(ca).map_err(err)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some((cert, key)) = &s.tls.identity {
+            let mut pem = cert.clone();
+            pem.push(b'\n');
+            pem.extend_from_slice(key);
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(err)?);
+        }
+        Ok(Transport::Http {
+            client: builder.build().map_err(err)?,
+            url: s.endpoint.clone(),
+            headers,
+            gzip: s.compression == Compression::Gzip,
+        })
+    }
+
+    /// Encodes the request for this transport (gzip for HTTP when asked;
+    /// tonic compresses gRPC messages itself).
+    pub fn prepare(&self, req: ExportTraceServiceRequest) -> Payload {
+        match self {
+            Transport::Grpc { .. } => Payload::Grpc(req),
+            Transport::Http { gzip, .. } => {
+                let raw = req.encode_to_vec();
+                if *gzip {
+                    let mut enc = flate2::write::GzEncoder::new(
+                        Vec::with_capacity(raw.len() / 4),
+                        flate2::Compression::fast(),
+                    );
+                    // Writing into a Vec cannot fail.
+                    if enc.write_all(&raw).is_ok()
+                        && let Ok(gz) = enc.finish()
+                    {
+                        return Payload::Http(Bytes::from(gz));
+                    }
+                }
+                Payload::Http(Bytes::from(raw))
+            }
+        }
+    }
+
+    /// One attempt, bounded by `timeout`.
+    pub async fn send(&self, payload: &Payload, timeout: Duration) -> Attempt {
+        let attempt = async {
+            match (self, payload) {
+                (Transport::Grpc { client, metadata }, Payload::Grpc(req)) => {
+                    send_grpc(client.clone(), metadata.clone(), req.clone(), timeout).await
+                }
+                (
+                    Transport::Http {
+                        client,
+                        url,
+                        headers,
+                        gzip,
+                    },
+                    Payload::Http(body),
+                ) => send_http(client, url, headers, *gzip, body.clone(), timeout).await,
+                _ => Attempt::Failed {
+                    verdict: Verdict::Drop(crate::export::DropReason::NonRetryable),
+                    detail: "payload prepared for another transport".to_owned(),
+                },
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(a) => a,
+            Err(_) => Attempt::Failed {
+                verdict: Verdict::Retry { after: None },
+                detail: format!("no response within {} ms", timeout.as_millis()),
+            },
+        }
+    }
+}
+
+async fn send_grpc(
+    mut client: TraceServiceClient<Channel>,
+    metadata: MetadataMap,
+    req: ExportTraceServiceRequest,
+    timeout: Duration,
+) -> Attempt {
+    let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), req);
+    request.set_timeout(timeout);
+    match client.export(request).await {
+        Ok(resp) => accepted(resp.into_inner()),
+        Err(status) => {
+            let retry_info = status.get_details_retry_info().and_then(|r| r.retry_delay);
+            Attempt::Failed {
+                verdict: classify_grpc(status.code(), retry_info),
+                detail: format!("gRPC status {:?}: {}", status.code(), status.message()),
+            }
+        }
+    }
+}
+
+async fn send_http(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    headers: &HeaderMap,
+    gzip: bool,
+    body: Bytes,
+    timeout: Duration,
+) -> Attempt {
+    let mut rb = client
+        .post(url.clone())
+        .timeout(timeout)
+        .headers(headers.clone())
+        .header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+    if gzip {
+        rb = rb.header(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    let mut resp = match rb.body(body).send().await {
+        Ok(r) => r,
+        Err(err) => {
+            // Connect errors, resets and timeouts: the spec says retry.
+            let verdict = if err.is_builder() {
+                Verdict::Drop(crate::export::DropReason::NonRetryable)
+            } else {
+                Verdict::Retry { after: None }
+            };
+            return Attempt::Failed {
+                verdict,
+                detail: format!("HTTP request failed: {}", error_chain(&err)),
+            };
+        }
+    };
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if status.is_success() {
+        // An undecodable body still means the data was accepted.
+        return accepted(ExportTraceServiceResponse::decode(body.as_slice()).unwrap_or_default());
+    }
+    Attempt::Failed {
+        verdict: classify_http(status.as_u16(), retry_after),
+        detail: format!("HTTP status {status}"),
+    }
+}
+
+fn accepted(resp: ExportTraceServiceResponse) -> Attempt {
+    let (rejected, message) = resp
+        .partial_success
+        .map(|p| {
+            (
+                u64::try_from(p.rejected_spans).unwrap_or(0),
+                p.error_message,
+            )
+        })
+        .unwrap_or_default();
+    Attempt::Accepted { rejected, message }
+}
+
+/// `err: cause: cause` (reqwest's Display hides the root cause).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,129 @@
+//! The pipeline's own metrics: capture, conntrack, parse and span counters,
+//! published from the pipeline thread's plain counters as deltas.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::capture::COUNTER_NAMES;
+use crate::conntrack::ConnStats;
+use crate::protocol::{ParseStats, Protocol};
+use crate::telemetry::Telemetry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtoKind {
+    protocol: String,
+    kind: String,
+}
+
+/// Plain counters owned by the pipeline thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PipelineCounters {
+    pub events_read: u64,
+    pub events_undecodable: u64,
+    pub events_unselected: u64,
+    pub spans_built: u64,
+    pub spans_queue_full: u64,
+    pub bad_traceparent: u64,
+    pub kernel: [u64; kspan_common::counter::COUNT as usize],
+    pub conns: ConnStats,
+    pub parse: [ParseStats; 3],
+    pub open_connections: u64,
+}
+
+/// Registered metric handles plus what was last published.
+pub struct PipelineMetrics {
+    events_read: Counter,
+    events_dropped: Family<Reason, Counter>,
+    spans_built: Counter,
+    spans_dropped: Family<Reason, Counter>,
+    bad_traceparent: Counter,
+    kernel_lost: Family<Reason, Counter>,
+    conns: Family<Reason, Counter>,
+    parse: Family<ProtoKind, Counter>,
+    open_connections: Gauge,
+    last: PipelineCounters,
+}
+
+fn delta(c: &Counter, now: u64, before: u64) {
+    if now > before {
+        c.inc_by(now - before);
+    }
+}
+
+impl PipelineMetrics {
+    pub fn register(t: &Arc<Telemetry>) -> Self {
+        let m = Self {
+            events_read: Counter::default(),
+            events_dropped: Family::default(),
+            spans_built: Counter::default(),
+            spans_dropped: Family::default(),
+            bad_traceparent: Counter::default(),
+            kernel_lost: Family::default(),
+            conns: Family::default(),
+            parse: Family::default(),
+            open_connections: Gauge::default(),
+            last: PipelineCounters::default(),
+        };
+        t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
+        t.register("kspan_events_dropped", "Records read but not used, by reason", m.events_dropped.clone());
+        t.register("kspan_kernel_lost", "Events lost or not produced in the kernel, by reason", m.kernel_lost.clone());
+        t.register("kspan_spans_built", "Spans built from exchanges", m.spans_built.clone());
+        t.register("kspan_spans_dropped", "Spans dropped before export, by reason", m.spans_dropped.clone());
+        t.register("kspan_bad_traceparent", "Requests with an invalid traceparent header", m.bad_traceparent.clone());
+        t.register("kspan_connections", "Connection table events, by reason", m.conns.clone());
+        t.register("kspan_parse", "Protocol parser outcomes, by protocol and kind", m.parse.clone());
+        t.register("kspan_open_connections", "Connections tracked now", m.open_connections.clone());
+        m
+    }
+
+    /// Publishes the growth since the last call.
+    pub fn publish(&mut self, now: &PipelineCounters) {
+        let last = self.last;
+        delta(&self.events_read, now.events_read, last.events_read);
+        let r = |s: &str| Reason { reason: s.to_owned() };
+        delta(&self.events_dropped.get_or_create(&r("undecodable")), now.events_undecodable, last.events_undecodable);
+        delta(&self.events_dropped.get_or_create(&r("unselected_process")), now.events_unselected, last.events_unselected);
+        delta(&self.spans_built, now.spans_built, last.spans_built);
+        delta(&self.spans_dropped.get_or_create(&r("queue_full")), now.spans_queue_full, last.spans_queue_full);
+        delta(&self.bad_traceparent, now.bad_traceparent, last.bad_traceparent);
+        for (i, name) in COUNTER_NAMES.iter().enumerate() {
+            delta(&self.kernel_lost.get_or_create(&r(name)), now.kernel[i], last.kernel[i]);
+        }
+        let (c, l) = (&now.conns, &last.conns);
+        for (name, a, b) in [
+            ("opened", c.opened, l.opened),
+            ("closed", c.closed, l.closed),
+            ("rejected_full", c.rejected_full, l.rejected_full),
+            ("swept_idle", c.swept_idle, l.swept_idle),
+            ("opaque", c.opaque, l.opaque),
+            ("fd_reused", c.fd_reused, l.fd_reused),
+        ] {
+            delta(&self.conns.get_or_create(&r(name)), a, b);
+        }
+        for (i, p) in Protocol::ALL.iter().enumerate() {
+            let (a, b) = (&now.parse[i], &last.parse[i]);
+            for (kind, x, y) in [
+                ("exchanges", a.exchanges, b.exchanges),
+                ("malformed", a.malformed, b.malformed),
+                ("truncated", a.truncated, b.truncated),
+                ("resyncs", a.resyncs, b.resyncs),
+                ("unmatched_responses", a.unmatched_responses, b.unmatched_responses),
+                ("dropped_requests", a.dropped_requests, b.dropped_requests),
+            ] {
+                let key = ProtoKind { protocol: p.as_str().to_owned(), kind: kind.to_owned() };
+                delta(&self.parse.get_or_create(&key), x, y);
+            }
+        }
+        self.open_connections.set(now.open_connections as i64);
+        self.last = *now;
+    }
+}

@@ -1,0 +1,203 @@
+//! Wires the stages together and runs them until a signal: the capture thread
+//! (capture -> conntrack -> protocol -> span) feeds a bounded queue that the
+//! async side drains into export. Shutdown is ordered: stop capture, drain the
+//! queue, flush outputs within a deadline, report what was dropped.
+
+pub mod metrics;
+pub mod pipeline;
+pub mod select;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::capture::{Capture, CaptureConfig, CaptureError};
+use crate::config::{Config, ConfigError, OutputKind};
+use crate::conntrack::{ConnLimits, ConnTable};
+use crate::enrich::process::{HostInfo, ProcessTable};
+use crate::export::{ExportConfigError, ExportError, ExportMetrics, Exporters, LineFormat, OtlpConfig, OtlpExporter, Output, StreamSink};
+use crate::span::builder::{Clock, SpanBuilder};
+use crate::span::model::Attributes;
+use crate::telemetry::{Telemetry, TelemetryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    ExportConfig(#[from] ExportConfigError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error("select.exe: {0}")]
+    Regex(#[from] regex::Error),
+    #[error("capture thread: {0}")]
+    Thread(String),
+}
+
+/// Which outputs to start: explicit ones, else OTLP when an endpoint is
+/// configured (file or environment), else stdout.
+pub fn resolve_outputs(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<OutputKind> {
+    if !config.outputs.is_empty() {
+        return config.outputs.clone();
+    }
+    let endpoint_env =
+        env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    if !config.otlp.is_empty() || endpoint_env { vec![OutputKind::Otlp] } else { vec![OutputKind::Stdout] }
+}
+
+fn build_outputs(config: &Config, telemetry: &Arc<Telemetry>) -> Result<Exporters, RunError> {
+    let env = |k: &str| std::env::var(k).ok();
+    let metrics = ExportMetrics::register(telemetry);
+    let mut outputs = Vec::new();
+    for kind in resolve_outputs(config, &env) {
+        match kind {
+            OutputKind::Stdout => outputs.push(Output::Stream(StreamSink::stdout(
+                LineFormat::Text,
+                crate::export::stdout::DEFAULT_CAPACITY,
+                metrics.for_exporter("stdout"),
+            )?)),
+            OutputKind::Jsonl => outputs.push(Output::Stream(StreamSink::stdout(
+                LineFormat::Jsonl,
+                crate::export::stdout::DEFAULT_CAPACITY,
+                metrics.for_exporter("jsonl"),
+            )?)),
+            OutputKind::Otlp => {
+                for settings in OtlpConfig::from_env_and_file(&config.otlp, &env)? {
+                    tracing::info!(exporter = %settings.name, endpoint = %settings.endpoint, "OTLP exporter");
+                    outputs.push(Output::Otlp(OtlpExporter::spawn(settings, &metrics)?));
+                }
+            }
+            OutputKind::None => {}
+        }
+    }
+    Ok(Exporters::new(outputs))
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    config.validate()?;
+    let telemetry = Telemetry::new();
+    let exporters = build_outputs(&config, &telemetry)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = match config.telemetry.listen {
+        Some(addr) => {
+            let mut rx = stop_rx.clone();
+            Some(telemetry.clone().serve(addr, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })?)
+        }
+        None => None,
+    };
+
+    let all = config.traces_all();
+    let mut selector = select::Selector::new(all, &config.select.pids, &config.select.exe)?;
+    let c = &config.capture;
+    let mut capture = Capture::load(&CaptureConfig {
+        capture_bytes: c.capture_bytes,
+        ring_bytes: c.ring_buffer_bytes,
+        wakeup_bytes: c.wakeup_bytes,
+        trace_all: all,
+        exe_filter: !all && !config.select.exe.is_empty(),
+        ports: config.select.ports.clone(),
+    })?;
+    let initial = selector.initial();
+    for pid in &initial {
+        capture.select(*pid)?;
+    }
+    if all {
+        tracing::info!("tracing every process on the host");
+    } else {
+        tracing::info!(processes = initial.len(), "tracing selected processes (more are picked up as they start)");
+    }
+
+    let mut extra = Attributes::new();
+    for (k, v) in &config.resource_attributes {
+        extra.set(k.clone(), v.clone());
+    }
+    let (span_tx, mut span_rx) = mpsc::channel(c.span_queue);
+    let pipeline = pipeline::Pipeline {
+        capture,
+        selector,
+        conns: ConnTable::new(ConnLimits {
+            max_connections: c.max_connections,
+            idle_timeout_ns: c.idle_timeout_secs.saturating_mul(1_000_000_000),
+        }),
+        procs: ProcessTable::new(HostInfo::detect(), config.service_names.clone(), extra, c.max_processes),
+        builder: SpanBuilder::new(Clock::now(), config.privacy.clone()),
+        spans: span_tx,
+        drain_interval: Duration::from_millis(c.drain_interval_ms.max(1)),
+        counters: Default::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pmetrics = metrics::PipelineMetrics::register(&telemetry);
+    let thread_stop = stop.clone();
+    let capture_thread = std::thread::Builder::new()
+        .name("kspan-capture".into())
+        .spawn(move || pipeline.run(thread_stop, |c| pmetrics.publish(c)))
+        .map_err(|e| RunError::Thread(e.to_string()))?;
+    telemetry.set_ready(true);
+    tracing::info!("kspan is running");
+
+    let exporters = Arc::new(exporters);
+    let forward = {
+        let exporters = exporters.clone();
+        tokio::spawn(async move {
+            while let Some(span) = span_rx.recv().await {
+                exporters.submit(Arc::new(span));
+            }
+        })
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: stopping capture");
+    telemetry.set_ready(false);
+    stop.store(true, Ordering::Relaxed);
+    let counters = tokio::task::spawn_blocking(move || capture_thread.join())
+        .await
+        .map_err(|e| RunError::Thread(e.to_string()))?
+        .map_err(|_| RunError::Thread("panicked".into()))?;
+    // The capture thread dropped its sender: the forwarder ends after the queue drains.
+    let _ = forward.await;
+    let deadline = Duration::from_secs(config.shutdown_timeout_secs.unwrap_or(5));
+    let report = match Arc::try_unwrap(exporters) {
+        Ok(e) => e.shutdown(deadline).await,
+        Err(_) => Default::default(),
+    };
+    let _ = stop_tx.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    let kernel_lost: u64 = counters.kernel.iter().sum();
+    tracing::info!(
+        events = counters.events_read,
+        spans = counters.spans_built,
+        exported = report.exported(),
+        dropped_export = report.dropped(),
+        dropped_queue = counters.spans_queue_full,
+        kernel_lost,
+        "kspan stopped"
+    );
+    Ok(())
+}
+

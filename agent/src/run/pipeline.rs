@@ -1,0 +1,135 @@
+//! The capture thread: drains the ring buffer and runs conntrack, protocol
+//! parsing and span building synchronously (no allocation per event beyond
+//! what parsers keep), handing finished spans to the async side through a
+//! bounded queue (full: dropped and counted).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::metrics::PipelineCounters;
+use super::select::{KernelUpdate, Selector};
+use crate::capture::Capture;
+use crate::capture::decode::{RawEvent, decode};
+use crate::conntrack::{ConnExchange, ConnTable};
+use crate::enrich::process::ProcessTable;
+use crate::protocol::Protocol;
+use crate::span::builder::{Clock, SpanBuilder};
+use crate::span::model::Span;
+
+/// Everything the capture thread owns.
+pub struct Pipeline {
+    pub capture: Capture,
+    pub selector: Selector,
+    pub conns: ConnTable,
+    pub procs: ProcessTable,
+    pub builder: SpanBuilder,
+    pub spans: mpsc::Sender<Span>,
+    pub drain_interval: Duration,
+    pub counters: PipelineCounters,
+}
+
+/// Processes one ring buffer record.
+fn handle(
+    bytes: &[u8],
+    selector: &mut Selector,
+    conns: &mut ConnTable,
+    procs: &mut ProcessTable,
+    counters: &mut PipelineCounters,
+    out: &mut Vec<ConnExchange>,
+) {
+    counters.events_read += 1;
+    let ev = match decode(bytes) {
+        Ok(ev) => ev,
+        Err(e) => {
+            counters.events_undecodable += 1;
+            tracing::debug!("undecodable ring buffer record: {e}");
+            return;
+        }
+    };
+    match ev {
+        RawEvent::Data { hdr, payload } => {
+            if selector.allows(hdr.tgid) {
+                conns.on_data(&hdr, payload, out);
+            } else {
+                counters.events_unselected += 1;
+            }
+        }
+        RawEvent::ConnOpen(c) => {
+            if selector.allows(c.tgid) {
+                conns.on_open(&c, out);
+            } else {
+                counters.events_unselected += 1;
+            }
+        }
+        RawEvent::Close(c) => conns.on_close(c.tgid, c.fd, c.sock_id, c.ts_ns, out),
+        RawEvent::Exec(p) => {
+            procs.forget(p.tgid);
+            selector.on_exec(p.tgid);
+        }
+        RawEvent::Exit(p) => {
+            conns.on_exit(p.tgid, p.ts_ns, out);
+            selector.on_exit(p.tgid);
+            procs.forget(p.tgid);
+        }
+    }
+}
+
+impl Pipeline {
+    /// Runs until `stop` is set; then closes nothing (connections may live
+    /// on) and returns its counters.
+    pub fn run(mut self, stop: Arc<AtomicBool>, mut publish: impl FnMut(&PipelineCounters)) -> PipelineCounters {
+        let mut out = Vec::new();
+        let mut last_housekeeping = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let interval = self.drain_interval;
+            let Self { capture, selector, conns, procs, counters, .. } = &mut self;
+            if let Err(e) = capture.poll(interval, |b| handle(b, selector, conns, procs, counters, &mut out)) {
+                tracing::error!("{e}");
+                std::thread::sleep(self.drain_interval);
+            }
+            for u in self.selector.updates.drain(..) {
+                match u {
+                    KernelUpdate::Select(pid) => {
+                        if let Err(e) = self.capture.select(pid) {
+                            tracing::warn!("cannot select pid {pid}: {e}");
+                        }
+                    }
+                    KernelUpdate::Unselect(pid) => self.capture.unselect(pid),
+                }
+            }
+            for cx in out.drain(..) {
+                let resource = self.procs.resource(cx.tgid);
+                let span = self.builder.build(&cx, resource);
+                self.counters.spans_built += 1;
+                if self.spans.try_send(span).is_err() {
+                    self.counters.spans_queue_full += 1;
+                }
+            }
+            if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+                last_housekeeping = Instant::now();
+                let swept = self.conns.sweep(Clock::monotonic_now());
+                if swept > 0 {
+                    tracing::debug!("forgot {swept} idle connections");
+                }
+                self.snapshot();
+                publish(&self.counters);
+            }
+        }
+        self.snapshot();
+        publish(&self.counters);
+        self.counters
+    }
+
+    fn snapshot(&mut self) {
+        self.counters.kernel = self.capture.kernel_counters();
+        self.counters.conns = self.conns.stats;
+        self.counters.bad_traceparent = self.builder.stats.bad_traceparent;
+        self.counters.open_connections = self.conns.len() as u64;
+        for (i, p) in Protocol::ALL.iter().enumerate() {
+            self.counters.parse[i] = self.conns.parse_stats(*p);
+        }
+    }
+}
