@@ -1,0 +1,54 @@
+"""Threaded HTTP/1.1 test server (one thread per connection, keep-alive).
+
+Routes: GET /users/<n> -> 200, /missing -> 404, /boom -> 500, /slow?ms=N,
+POST /upload -> 200 with the body length. Usage: http_app.py PORT [TAG]
+(TAG is ignored; it lets tests select the process by command line).
+"""
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse, parse_qs
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code, body=b"ok\n"):
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        u = urlparse(self.path)
+        if u.path.startswith("/users/"):
+            self.reply(200, b'{"user": "%s"}\n' % u.path[7:].encode())
+        elif u.path == "/missing":
+            self.reply(404, b"not found\n")
+        elif u.path == "/boom":
+            self.reply(500, b"internal error\n")
+        elif u.path == "/slow":
+            ms = int(parse_qs(u.query).get("ms", ["100"])[0])
+            time.sleep(ms / 1000.0)
+            self.reply(200)
+        else:
+            self.reply(200)
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        self.reply(200, b"got %d\n" % len(body))
+
+
+if __name__ == "__main__":
+    srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    srv.daemon_threads = True
+    print("ready", flush=True)
+    srv.serve_forever()

@@ -1,0 +1,217 @@
+//! Harness for end-to-end tests: runs the real `kspan` binary (path in
+//! `KSPAN_BIN`, set by `cargo xtask test`) as root with JSON-lines output,
+//! starts real servers on free ports, and collects the spans kspan prints.
+//!
+//! Every helper fails loudly (panics with context) rather than skipping: a
+//! missing binary, server or privilege is a test failure, not a pass.
+
+pub mod servers;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of the kspan binary under test.
+pub fn kspan_bin() -> PathBuf {
+    let p = std::env::var_os("KSPAN_BIN")
+        .map(PathBuf::from)
+        .expect("KSPAN_BIN is not set: run the end-to-end tests with `cargo xtask test`");
+    assert!(p.exists(), "KSPAN_BIN {} does not exist", p.display());
+    p
+}
+
+/// Directory of the test apps (Python servers and clients).
+pub fn apps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Waits until something accepts on `port`.
+pub fn wait_port(port: u16, timeout: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+}
+
+/// A running kspan and the spans it printed.
+pub struct Kspan {
+    child: Child,
+    spans: Arc<Mutex<Vec<Value>>>,
+    log: Arc<Mutex<String>>,
+    pub metrics_port: u16,
+}
+
+impl Kspan {
+    /// Starts `kspan run --output jsonl <args>` and waits until it is attached.
+    pub fn start(args: &[&str]) -> Self {
+        let metrics_port = free_port();
+        let mut child = Command::new(kspan_bin())
+            .arg("run")
+            .args(["--output", "jsonl", "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(args)
+            .env("KSPAN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kspan");
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("stdout");
+        let s2 = spans.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => s2.lock().unwrap().push(v),
+                    Err(e) => panic!("kspan printed a non-JSON line on stdout ({e}): {line}"),
+                }
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[kspan] {line}");
+                let mut l = l2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let k = Self { child, spans, log, metrics_port };
+        k.wait_log("kspan is running", Duration::from_secs(60));
+        k
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.log.lock().unwrap().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("kspan did not log {needle:?} within {timeout:?}; log:\n{}", self.log.lock().unwrap());
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// All spans so far.
+    pub fn spans(&self) -> Vec<Value> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` spans match `pred`, then a short grace period
+    /// for extra (unexpected) ones; returns the matching spans.
+    pub fn wait_spans(&self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let t = Instant::now();
+        loop {
+            let got: Vec<Value> = self.spans().into_iter().filter(|s| pred(s)).collect();
+            if got.len() >= n {
+                std::thread::sleep(Duration::from_millis(300));
+                return self.spans().into_iter().filter(|s| pred(s)).collect();
+            }
+            if t.elapsed() > timeout {
+                panic!(
+                    "wanted {n} matching spans within {timeout:?}, got {}: {:#?}\nall spans: {:#?}\nlog:\n{}",
+                    got.len(),
+                    got,
+                    self.spans(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fetches /metrics.
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status success.
+    pub fn stop(mut self) -> bool {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for Kspan {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP GET over loopback (for the metrics endpoint).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+/// Span attribute as string.
+pub fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span.get("attributes").and_then(|a| a.get(key))
+}
+
+pub fn attr_str<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
+    attr(span, key).and_then(Value::as_str)
+}
+
+pub fn attr_i64(span: &Value, key: &str) -> Option<i64> {
+    attr(span, key).and_then(Value::as_i64)
+}
+
+pub fn resource_str<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
+    span.get("resource").and_then(|a| a.get(key)).and_then(Value::as_str)
+}
+
+pub fn kind(span: &Value) -> &str {
+    span["kind"].as_str().unwrap_or("")
+}
+
+pub fn duration_ns(span: &Value) -> u64 {
+    let s = span["start_unix_nanos"].as_u64().expect("start");
+    let e = span["end_unix_nanos"].as_u64().expect("end");
+    e.saturating_sub(s)
+}
+
+/// Runs a command to completion, panicking with its output on failure.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,99 @@
+//! Real servers for the end-to-end tests, each on a free loopback port and
+//! stopped on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{apps_dir, free_port, wait_port};
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    _dir: Option<TempDir>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signal our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("kspan-e2e-{tag}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The Python threaded HTTP app (`apps/http_app.py PORT TAG`).
+pub fn python_http(tag: &str) -> Proc {
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .arg(apps_dir().join("http_app.py"))
+        .arg(port.to_string())
+        .arg(tag)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python http app");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready", "python app did not start");
+    wait_port(port, Duration::from_secs(10));
+    Proc { child, port, _dir: None }
+}
+
+/// nginx (master + 1 worker) serving a small static tree; `/err` returns 500.
+pub fn nginx() -> Proc {
+    let dir = TempDir::new("nginx");
+    let port = free_port();
+    let root = dir.0.join("www");
+    std::fs::create_dir_all(root.join("api")).expect("www");
+    std::fs::write(root.join("index.html"), "<h1>kspan</h1>\n").expect("index");
+    std::fs::write(root.join("api/items.json"), "[1,2,3]\n").expect("items");
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+         server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    keepalive_requests 1000;\n    \
+         location = /err {{ return 500; }}\n  }}\n}}\n",
+        d = dir.0.display(),
+        root = root.display()
+    );
+    let conf_path = dir.0.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let child = Command::new("nginx")
+        .args(["-c"])
+        .arg(&conf_path)
+        .args(["-p"])
+        .arg(&dir.0)
+        .args(["-g", "daemon off;"])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start nginx (apt-get install nginx; `cargo xtask setup` does it)");
+    wait_port(port, Duration::from_secs(10));
+    Proc { child, port, _dir: Some(dir) }
+}

@@ -1,0 +1,195 @@
+//! End-to-end: the real kspan (real eBPF programs) traces real HTTP servers
+//! driven by real clients; spans are read from kspan's JSON-lines output.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kspan_e2e::servers::{nginx, python_http};
+use kspan_e2e::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn server_spans_of(pid: u32) -> impl Fn(&Value) -> bool {
+    move |s| kind(s) == "server" && s["resource"]["process.pid"].as_i64() == Some(pid as i64)
+}
+
+/// curl with several URLs reuses one connection; prints time_total per URL.
+fn curl_keepalive(port: u16, paths: &[&str]) -> Vec<f64> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{num_connects}\\n"]);
+    for p in paths {
+        cmd.arg(format!("http://127.0.0.1:{port}{p}"));
+    }
+    let out = run_ok(&mut cmd);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), paths.len(), "curl output: {out}");
+    let connects: u32 = lines.iter().map(|l| l.split_whitespace().nth(2).unwrap().parse::<u32>().unwrap()).sum();
+    assert_eq!(connects, 1, "curl must reuse one keep-alive connection: {out}");
+    lines.iter().map(|l| l.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap()).collect()
+}
+
+fn by_route<'a>(spans: &'a [Value], route: &str) -> Vec<&'a Value> {
+    spans.iter().filter(|s| attr_str(s, "http.route") == Some(route)).collect()
+}
+
+#[test]
+fn python_server_keepalive_404_and_500_over_one_connection() {
+    let app = python_http("keepalive");
+    let k = Kspan::start(&["--pid", &app.pid().to_string()]);
+    let paths = ["/users/1", "/users/22", "/missing", "/boom"];
+    let times = curl_keepalive(app.port, &paths);
+    let spans = k.wait_spans(4, WAIT, server_spans_of(app.pid()));
+    assert_eq!(spans.len(), 4, "exactly one span per request: {spans:#?}");
+    let users = by_route(&spans, "/users/{id}");
+    assert_eq!(users.len(), 2, "numeric ids are templated: {spans:#?}");
+    for s in &spans {
+        assert_eq!(attr_str(s, "http.request.method"), Some("GET"));
+        assert_eq!(s["name"].as_str().unwrap(), format!("GET {}", attr_str(s, "http.route").unwrap()));
+        assert_eq!(attr_i64(s, "server.port"), Some(app.port as i64), "{s:#}");
+        assert_eq!(attr_str(s, "client.address"), Some("127.0.0.1"), "{s:#}");
+    }
+    let status = |route: &str| attr_i64(by_route(&spans, route)[0], "http.response.status_code");
+    assert_eq!(status("/missing"), Some(404));
+    assert_eq!(status("/boom"), Some(500));
+    assert_eq!(users.iter().map(|s| attr_i64(s, "http.response.status_code")).collect::<Vec<_>>(), [Some(200); 2]);
+    // Server errors are errors; a 404 is not an error for the server.
+    assert_eq!(by_route(&spans, "/boom")[0]["status"]["code"], "error");
+    assert_eq!(by_route(&spans, "/missing")[0]["status"]["code"], "unset");
+    // Durations lie inside what the client measured for the same request.
+    for (p, t) in paths.iter().zip(&times) {
+        let s = spans.iter().find(|s| attr_str(s, "url.path") == Some(p)).expect("span per path");
+        let client_ns = (t * 1e9) as u64;
+        assert!(duration_ns(s) <= client_ns, "{p}: span {} ns > client {client_ns} ns", duration_ns(s));
+        assert!(duration_ns(s) > 0, "{p}: zero duration");
+    }
+    assert!(k.stop(), "kspan exits cleanly on SIGTERM");
+}
+
+#[test]
+fn nginx_served_to_curl() {
+    let ng = nginx();
+    let k = Kspan::start(&["--pid", &ng.pid().to_string()]);
+    curl_keepalive(ng.port, &["/index.html", "/api/items.json", "/nope", "/err"]);
+    let spans = k.wait_spans(4, WAIT, |s| kind(s) == "server" && resource_str(s, "process.executable.name") == Some("nginx"));
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let code = |p: &str| {
+        let s = spans.iter().find(|s| attr_str(s, "url.path") == Some(p)).unwrap_or_else(|| panic!("no span for {p}"));
+        attr_i64(s, "http.response.status_code")
+    };
+    assert_eq!(code("/index.html"), Some(200));
+    assert_eq!(code("/api/items.json"), Some(200));
+    assert_eq!(code("/nope"), Some(404));
+    assert_eq!(code("/err"), Some(500));
+    assert!(spans.iter().all(|s| resource_str(s, "service.name") == Some("nginx")));
+    assert!(k.stop());
+}
+
+fn client(args: &[&str]) -> Vec<Value> {
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("http_client.py")).args(args));
+    serde_json::from_str(out.trim()).expect("client JSON")
+}
+
+#[test]
+fn request_body_sent_in_several_writes() {
+    let app = python_http("pieces");
+    let k = Kspan::start(&["--pid", &app.pid().to_string()]);
+    let r = client(&["pieces", &app.port.to_string()]);
+    assert_eq!(r[0]["status"], 200);
+    let spans = k.wait_spans(1, WAIT, server_spans_of(app.pid()));
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let s = &spans[0];
+    assert_eq!(attr_str(s, "http.request.method"), Some("POST"));
+    assert_eq!(attr_str(s, "http.route"), Some("/upload"));
+    assert_eq!(attr_i64(s, "http.response.status_code"), Some(200));
+    assert_eq!(attr_i64(s, "http.request.body.size"), Some(3000));
+    // The request started with its first byte: the body writes were 3 x 50 ms later.
+    assert!(duration_ns(s) >= 100_000_000, "span covers the body writes: {} ns", duration_ns(s));
+    let client_ns = r[0]["end"].as_u64().unwrap() - r[0]["start"].as_u64().unwrap();
+    assert!(duration_ns(s) <= client_ns);
+}
+
+#[test]
+fn connection_opened_before_kspan_started() {
+    let app = python_http("preopened");
+    let mut c = Command::new("python3")
+        .arg(apps_dir().join("http_client.py"))
+        .args(["preopened", &app.port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("/users/1"), "{line}");
+    let k = Kspan::start(&["--pid", &app.pid().to_string()]);
+    writeln!(c.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("/users/2"), "{line}");
+    c.wait().unwrap();
+    let spans = k.wait_spans(1, WAIT, server_spans_of(app.pid()));
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(attr_str(&spans[0], "url.path"), Some("/users/2"));
+    assert_eq!(attr_i64(&spans[0], "http.response.status_code"), Some(200));
+    assert_eq!(attr_i64(&spans[0], "server.port"), Some(app.port as i64), "addresses known for pre-existing sockets");
+}
+
+#[test]
+fn pid_selects_only_that_process() {
+    let a = python_http("selected");
+    let b = python_http("ignored");
+    let k = Kspan::start(&["--pid", &a.pid().to_string()]);
+    curl_keepalive(b.port, &["/users/9"]);
+    curl_keepalive(a.port, &["/users/1"]);
+    curl_keepalive(b.port, &["/users/9"]);
+    let spans = k.wait_spans(1, WAIT, |s| kind(s) == "server");
+    std::thread::sleep(Duration::from_millis(500));
+    let all = k.spans();
+    assert!(all.iter().all(|s| s["resource"]["process.pid"].as_i64() == Some(a.pid() as i64)), "{all:#?}");
+    assert_eq!(spans.len(), 1);
+    assert!(all.iter().all(|s| kind(s) == "server"), "curl is not traced with --pid: {all:#?}");
+}
+
+#[test]
+fn exe_picks_up_a_process_started_later_and_curl_client_spans() {
+    let tag = format!("late-{}", free_port());
+    let k = Kspan::start(&["--exe", &tag, "--exe", "^/usr/bin/curl$"]);
+    let app = python_http(&tag);
+    curl_keepalive(app.port, &["/users/5", "/boom"]);
+    let spans = k.wait_spans(2, WAIT, server_spans_of(app.pid()));
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let clients = k.wait_spans(2, WAIT, |s| kind(s) == "client");
+    assert_eq!(clients.len(), 2, "{clients:#?}");
+    for c in &clients {
+        assert_eq!(resource_str(c, "process.executable.name"), Some("curl"));
+        assert_eq!(attr_i64(c, "server.port"), Some(app.port as i64));
+    }
+    let boom = clients.iter().find(|c| attr_str(c, "url.path") == Some("/boom")).expect("client /boom");
+    assert_eq!(boom["status"]["code"], "error", "a 5xx is an error for the client");
+    // Client span contains the server span.
+    let server_boom = spans.iter().find(|s| attr_str(s, "url.path") == Some("/boom")).unwrap();
+    assert!(duration_ns(server_boom) <= duration_ns(boom));
+}
+
+#[test]
+fn non_http_bytes_and_huge_headers_are_counted_not_fatal() {
+    let app = python_http("garbage");
+    let k = Kspan::start(&["--pid", &app.pid().to_string()]);
+    client(&["garbage", &app.port.to_string()]);
+    // A 64 KiB header block (the server rejects it; kspan must survive and count).
+    let big = "a".repeat(64 * 1024);
+    let _ = Command::new("curl").args(["-s", "-o", "/dev/null", "-H", &format!("X-Big: {big}")])
+        .arg(format!("http://127.0.0.1:{}/users/1", app.port)).status();
+    curl_keepalive(app.port, &["/users/3"]);
+    let spans = k.wait_spans(1, WAIT, |s| attr_str(s, "url.path") == Some("/users/3"));
+    assert_eq!(attr_i64(&spans[0], "http.response.status_code"), Some(200));
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = k.metrics();
+    let opaque = m.lines().find(|l| l.starts_with("kspan_connections_total{reason=\"opaque\"}")).unwrap_or("");
+    let n: f64 = opaque.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    assert!(n >= 1.0, "the garbage connection is counted as opaque:\n{m}");
+    assert!(k.stop(), "kspan is still healthy");
+}

@@ -1,0 +1,126 @@
+//! Idempotent installation of everything kspan builds and tests with:
+//! nightly rust-src, bpf-linker against the nightly toolchain's LLVM,
+//! cargo-fuzz, Debian packages (servers, clients, load generators) and PyPI
+//! packages (a real OTLP collector, client libraries).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::sh;
+
+const APT_PACKAGES: &[&str] =
+    &["postgresql", "postgresql-contrib", "redis-server", "redis-tools", "nginx", "wrk", "curl", "python3-pip", "openssl"];
+const PIP_PACKAGES: &[&str] =
+    &["rotel", "psycopg[binary]", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "redis"];
+const PY_IMPORTS: &str = "import rotel, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, redis";
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"))
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]).output()?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker must use the same LLVM as rustc nightly; the toolchain ships
+/// its libLLVM, which we expose under a stable prefix and build against.
+fn bpf_linker() -> Result<()> {
+    if quiet(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).env_remove("RUSTUP_TOOLCHAIN").output()?;
+    let sysroot = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") && n.ends_with("-nightly"))
+        .context("nightly toolchain has no libLLVM.so.*-nightly")?;
+    let major = lib.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or("").to_owned();
+    let prefix = cargo_home().join("kspan-llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    for name in ["libLLVM.so".to_owned(), lib.clone()] {
+        let link = prefix.join("lib").join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(sysroot.join("lib").join(&lib), &link)?;
+    }
+    sh(Command::new("cargo")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env("LLVM_PREFIX", &prefix)
+        .args(["install", "bpf-linker", "--no-default-features", "--features", &format!("llvm-{major}"), "--locked"]))
+}
+
+fn cargo_fuzz() -> Result<()> {
+    if quiet(Command::new("cargo").args(["fuzz", "--version"]).env_remove("RUSTUP_TOOLCHAIN")) {
+        return Ok(());
+    }
+    sh(Command::new("cargo").env_remove("RUSTUP_TOOLCHAIN").args(["install", "cargo-fuzz", "--locked"]))
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> =
+        APT_PACKAGES.iter().copied().filter(|p| !quiet(Command::new("dpkg").args(["-s", p]))).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    sh(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))?;
+    // Tests start their own servers on free ports; the distro services are not needed.
+    for svc in ["nginx", "redis-server", "postgresql"] {
+        let _ = quiet(Command::new("systemctl").args(["disable", "--now", svc]));
+    }
+    Ok(())
+}
+
+fn pip() -> Result<()> {
+    if quiet(Command::new("python3").args(["-c", PY_IMPORTS])) {
+        return Ok(());
+    }
+    let mut c = Command::new("python3");
+    c.args(["-m", "pip", "install", "-q"]).args(PIP_PACKAGES);
+    if sh(&mut c).is_err() {
+        // Debian's system Python refuses pip without this flag (PEP 668).
+        sh(Command::new("python3").args(["-m", "pip", "install", "-q", "--break-system-packages"]).args(PIP_PACKAGES))?;
+    }
+    if !quiet(Command::new("python3").args(["-c", PY_IMPORTS])) {
+        bail!("python packages still not importable after pip install: {PY_IMPORTS}");
+    }
+    Ok(())
+}
+
+fn tracefs() {
+    if !std::path::Path::new("/sys/kernel/tracing/events").is_dir() {
+        let _ = quiet(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]));
+    }
+}
+
+/// `minimal`: only what building and running kspan needs.
+pub fn setup(minimal: bool) -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    tracefs();
+    if minimal {
+        return Ok(());
+    }
+    apt()?;
+    pip()?;
+    cargo_fuzz()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
