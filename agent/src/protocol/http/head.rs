@@ -154,7 +154,8 @@ pub(super) fn parse_request(block: &[u8]) -> Result<RequestHead, HeadError> {
         (None, Some(0) | None) => Framing::None,
         (None, Some(n)) => Framing::Length(n),
     };
-    ex.request_body_size = (framing != Framing::None).then_some(0);
+    // Known (possibly zero) when the request declares a body framing.
+    ex.request_body_size = (framing != Framing::None || ex.header("content-length").is_some()).then_some(0);
     Ok(RequestHead { ex, framing })
 }
 
