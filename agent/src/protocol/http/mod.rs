@@ -1,33 +1,269 @@
-//! http parser (placeholder: replaced by the real parser).
+//! HTTP/1.0 and HTTP/1.1: detection, incremental parsing, route templating
+//! and the mapping of exchanges to OpenTelemetry HTTP span conventions.
+//!
+//! Guarantees:
+//! - [`detect`] decides from the first bytes of one direction, by content only,
+//!   and answers `No` at once for TLS, PostgreSQL and Redis openings.
+//! - [`HttpParser`] pairs requests and responses in FIFO order (keep-alive and
+//!   pipelining), skips bodies without buffering them, and holds at most
+//!   64 KiB of header bytes per direction and 64 in-flight requests.
+//! - Garbage, truncated captures and over-long header blocks are counted in
+//!   [`ParseStats`](super::ParseStats) and the parser resynchronises; a response
+//!   is never paired with a request other than its own: when either stream
+//!   loses its place, the requests that could be mis-paired are dropped and
+//!   counted instead.
+//! - [`HttpExchange`] keeps a bounded request (64 headers, 4 KiB per value)
+//!   in one text buffer, so a parsed request costs two allocations.
 
-use super::{Chunk, ConnMeta, Described, Detection, Direction, Exchange, ParseStats, Privacy, Role, StreamParser};
+mod body;
+mod describe;
+mod head;
+mod parse;
+mod route;
 
-/// One parsed request/response pair.
-#[derive(Clone, Debug, Default)]
-pub struct HttpExchange {}
+pub use describe::describe;
+pub use parse::{HttpParser, MAX_IN_FLIGHT};
+pub use route::template_route;
 
-/// Sniffs the first bytes of one direction.
-pub fn detect(_dir: Direction, _data: &[u8]) -> Detection {
-    Detection::No
+use super::{Detection, Direction, Role};
+
+/// Request headers kept per exchange (more are parsed for framing, not kept).
+pub const MAX_KEPT_HEADERS: usize = 64;
+/// Header values longer than this are cut (at a byte boundary, then decoded lossily).
+pub const MAX_HEADER_VALUE: usize = 4096;
+
+/// Request method. Unknown tokens are `Other` (OTel `_OTHER`), with the original
+/// kept in [`HttpExchange::method_original`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Method {
+    #[default]
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Connect,
+    Options,
+    Trace,
+    Patch,
+    Other,
 }
 
-/// Per-connection parser state.
-pub struct HttpParser {
-    _role: Role,
-}
+impl Method {
+    /// Known methods with their tokens (methods are case-sensitive).
+    pub const KNOWN: [(Method, &'static [u8]); 9] = [
+        (Method::Get, b"GET"),
+        (Method::Post, b"POST"),
+        (Method::Put, b"PUT"),
+        (Method::Delete, b"DELETE"),
+        (Method::Head, b"HEAD"),
+        (Method::Options, b"OPTIONS"),
+        (Method::Patch, b"PATCH"),
+        (Method::Connect, b"CONNECT"),
+        (Method::Trace, b"TRACE"),
+    ];
 
-impl HttpParser {
-    pub fn new(role: Role) -> Self {
-        Self { _role: role }
+    pub fn from_token(token: &[u8]) -> Method {
+        Self::KNOWN.iter().find(|(_, t)| *t == token).map_or(Method::Other, |(m, _)| *m)
+    }
+
+    /// The `http.request.method` value: the token, or `_OTHER`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Connect => "CONNECT",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+            Method::Other => "_OTHER",
+        }
     }
 }
 
-impl StreamParser for HttpParser {
-    fn feed(&mut self, _chunk: &Chunk<'_>, _out: &mut Vec<Exchange>, _stats: &mut ParseStats) {}
-    fn close(&mut self, _ts_ns: u64, _out: &mut Vec<Exchange>, _stats: &mut ParseStats) {}
+/// HTTP version of the request line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Version {
+    Http10,
+    #[default]
+    Http11,
 }
 
-/// Semantic-convention name, attributes and status of an exchange.
-pub fn describe(_r: &HttpExchange, _role: Role, _conn: &ConnMeta, _privacy: &Privacy) -> Described {
-    Described::default()
+impl Version {
+    /// The `network.protocol.version` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "1.0",
+            Version::Http11 => "1.1",
+        }
+    }
 }
+
+/// Byte range into [`HttpExchange`]'s text buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TextRange {
+    start: u32,
+    end: u32,
+}
+
+/// One request and its final response.
+///
+/// Text fields (original method, path, query, headers) live in one buffer and
+/// are read through accessors.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpExchange {
+    pub method: Method,
+    pub version: Version,
+    /// Request body bytes (payload of a chunked body); `None` when the request
+    /// had no body framing at all.
+    pub request_body_size: Option<u64>,
+    /// Final response status (never 1xx except 101).
+    pub status: u16,
+    /// Response body bytes; `None` when the response has no body by definition
+    /// (HEAD, 1xx, 204, 304) or when its framing was lost (truncated capture).
+    pub response_body_size: Option<u64>,
+    /// The response's `content-type` header (cut at 4 KiB).
+    pub response_content_type: Option<String>,
+    /// Request headers beyond [`MAX_KEPT_HEADERS`] that were not kept.
+    pub headers_dropped: u32,
+    text: String,
+    method_original: Option<TextRange>,
+    path: TextRange,
+    query: Option<TextRange>,
+    headers: Vec<(TextRange, TextRange)>,
+}
+
+impl HttpExchange {
+    fn with_capacity(text: usize, headers: usize) -> Self {
+        Self { text: String::with_capacity(text), headers: Vec::with_capacity(headers), ..Self::default() }
+    }
+
+    fn push_text(&mut self, s: &str) -> TextRange {
+        let start = self.text.len();
+        self.text.push_str(s);
+        TextRange { start: to_u32(start), end: to_u32(self.text.len()) }
+    }
+
+    fn push_bytes_lossy(&mut self, b: &[u8]) -> TextRange {
+        let start = self.text.len();
+        self.text.push_str(&String::from_utf8_lossy(b));
+        TextRange { start: to_u32(start), end: to_u32(self.text.len()) }
+    }
+
+    /// Adds a request header (name lower-cased, value trimmed and cut); counts
+    /// it in `headers_dropped` beyond the cap.
+    fn push_header(&mut self, name: &str, value: &[u8]) {
+        if self.headers.len() >= MAX_KEPT_HEADERS {
+            self.headers_dropped = self.headers_dropped.saturating_add(1);
+            return;
+        }
+        let start = self.text.len();
+        self.text.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+        let name = TextRange { start: to_u32(start), end: to_u32(self.text.len()) };
+        let value = self.push_bytes_lossy(cut_value(value));
+        self.headers.push((name, value));
+    }
+
+    fn get(&self, r: TextRange) -> &str {
+        self.text.get(r.start as usize..r.end as usize).unwrap_or("")
+    }
+
+    /// The method token as sent when it is not a known method.
+    pub fn method_original(&self) -> Option<&str> {
+        self.method_original.map(|r| self.get(r))
+    }
+
+    /// The path of the request target (origin form; scheme and authority of
+    /// an absolute-form target removed), without the query.
+    pub fn path(&self) -> &str {
+        self.get(self.path)
+    }
+
+    /// The raw query string (after `?`), if the target had one.
+    pub fn query(&self) -> Option<&str> {
+        self.query.map(|r| self.get(r))
+    }
+
+    /// Kept request headers in order: (lower-case name, value).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (self.get(*n), self.get(*v)))
+    }
+
+    /// First value of a request header; `name` must be lower-case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Trims optional whitespace and cuts a header value to [`MAX_HEADER_VALUE`].
+fn cut_value(v: &[u8]) -> &[u8] {
+    let v = v.trim_ascii();
+    v.get(..MAX_HEADER_VALUE).unwrap_or(v)
+}
+
+/// Whether `data` starts like a request line: `Yes` for a known method and a
+/// space, `Partial` when `data` is a strict prefix of one.
+fn request_line_start(data: &[u8]) -> Prefix {
+    let mut partial = false;
+    for (_, m) in Method::KNOWN {
+        match data.get(..m.len()) {
+            Some(tok) if tok == m => match data.get(m.len()) {
+                Some(b' ') => return Prefix::Yes,
+                Some(_) => {}
+                None => partial = true,
+            },
+            Some(_) => {}
+            None => partial |= m.starts_with(data),
+        }
+    }
+    if partial { Prefix::Partial } else { Prefix::No }
+}
+
+/// Whether `data` starts like a status line (`HTTP/1.0 ` or `HTTP/1.1 `).
+fn status_line_start(data: &[u8]) -> Prefix {
+    const A: &[u8] = b"HTTP/1.0 ";
+    const B: &[u8] = b"HTTP/1.1 ";
+    match data.get(..A.len()) {
+        Some(p) if p == A || p == B => Prefix::Yes,
+        Some(_) => Prefix::No,
+        None if A.starts_with(data) || B.starts_with(data) => Prefix::Partial,
+        None => Prefix::No,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prefix {
+    Yes,
+    Partial,
+    No,
+}
+
+/// Sniffs the first bytes seen in one direction of a connection.
+///
+/// A request line read by the process means it is the server; written, the
+/// client. A status line is the other way round.
+pub fn detect(dir: Direction, data: &[u8]) -> Detection {
+    if data.is_empty() {
+        return Detection::NeedMore;
+    }
+    let (req_role, resp_role) = match dir {
+        Direction::Ingress => (Role::Server, Role::Client),
+        Direction::Egress => (Role::Client, Role::Server),
+    };
+    match (request_line_start(data), status_line_start(data)) {
+        (Prefix::Yes, _) => Detection::Yes(req_role),
+        (_, Prefix::Yes) => Detection::Yes(resp_role),
+        (Prefix::Partial, _) | (_, Prefix::Partial) => Detection::NeedMore,
+        (Prefix::No, Prefix::No) => Detection::No,
+    }
+}
+
+#[cfg(test)]
+mod tests;

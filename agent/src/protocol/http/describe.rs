@@ -1,0 +1,288 @@
+//! Maps an [`HttpExchange`] to OpenTelemetry HTTP span conventions (v1.26+):
+//! span name, attributes, status and W3C trace context.
+//!
+//! Guarantees: `url.query` is exported only when `capture_url_query` is on;
+//! request headers are exported only when listed in `capture_headers`, and
+//! Authorization, Proxy-Authorization, Cookie and Set-Cookie never with their
+//! value. Raw headers and query go to `private` (readable by rules, never exported).
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use super::{HttpExchange, Method, template_route};
+use crate::protocol::{ConnMeta, Described, Privacy, Role, SENSITIVE_HEADERS};
+use crate::span::model::{AttrValue, Attributes, SpanStatus};
+
+/// Exported in place of a sensitive header's value.
+pub const REDACTED: &str = "REDACTED";
+const HEADER_PREFIX: &str = "http.request.header.";
+
+/// Semantic-convention name, attributes and status of an exchange.
+pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
+    let route = template_route(r.path());
+    // Unknown methods are named "HTTP" (OTel: {method} is HTTP for _OTHER).
+    let name_method = if r.method == Method::Other { "HTTP" } else { r.method.as_str() };
+    let mut a = Attributes(Vec::with_capacity(24));
+    a.set("http.request.method", r.method.as_str());
+    if let Some(orig) = r.method_original() {
+        a.set("http.request.method_original", orig);
+    }
+    a.set("url.path", r.path());
+    if privacy.capture_url_query
+        && let Some(q) = r.query()
+    {
+        a.set("url.query", q);
+    }
+    a.set("url.scheme", "http");
+    a.set("network.protocol.name", "http");
+    a.set("network.protocol.version", r.version.as_str());
+    a.set("http.response.status_code", i64::from(r.status));
+
+    let host = r.header("host").map(split_host);
+    // The server's own address: ours when serving, the peer's when calling.
+    let own = match role {
+        Role::Server => conn.local,
+        Role::Client => conn.peer,
+    };
+    match (&host, own) {
+        (Some((h, port)), _) => {
+            a.set("server.address", *h);
+            a.set("server.port", i64::from(port.unwrap_or(80)));
+        }
+        (None, Some(addr)) => {
+            a.set("server.address", addr.ip().to_string());
+            a.set("server.port", i64::from(addr.port()));
+        }
+        (None, None) => {}
+    }
+    if let Some(peer) = conn.peer {
+        if role == Role::Server {
+            a.set("client.address", peer.ip().to_string());
+            a.set("client.port", i64::from(peer.port()));
+        }
+        a.set("network.peer.address", peer.ip().to_string());
+        a.set("network.peer.port", i64::from(peer.port()));
+    }
+    if let Some(local) = conn.local {
+        a.set("network.local.address", local.ip().to_string());
+        a.set("network.local.port", i64::from(local.port()));
+    }
+    if role == Role::Client {
+        a.set("url.full", url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn.peer, privacy));
+    }
+    a.set("http.route", route.clone());
+    if let Some(ua) = r.header("user-agent") {
+        a.set("user_agent.original", ua);
+    }
+    if let Some(n) = r.request_body_size {
+        a.set("http.request.body.size", clamp_i64(n));
+    }
+    if let Some(n) = r.response_body_size {
+        a.set("http.response.body.size", clamp_i64(n));
+    }
+
+    let error = match role {
+        Role::Server => r.status >= 500,
+        Role::Client => r.status >= 400,
+    };
+    if error {
+        a.set("error.type", r.status.to_string());
+    }
+
+    for name in &privacy.capture_headers {
+        let name = name.to_ascii_lowercase();
+        if let Some(v) = joined_header(r, &name) {
+            let v = if SENSITIVE_HEADERS.contains(&name.as_str()) { REDACTED.to_owned() } else { v.into_owned() };
+            a.set(format!("{HEADER_PREFIX}{name}"), v);
+        }
+    }
+
+    let mut private = Attributes(Vec::with_capacity(r.headers.len() + 1));
+    for (name, value) in r.headers() {
+        let key = format!("{HEADER_PREFIX}{name}");
+        match private.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, AttrValue::Str(prev))) => {
+                prev.push(',');
+                prev.push_str(value);
+            }
+            _ => private.set(key, value),
+        }
+    }
+    if let Some(q) = r.query() {
+        private.set("url.query", q);
+    }
+
+    Described {
+        name: format!("{name_method} {route}"),
+        attributes: a,
+        private,
+        status: if error { SpanStatus::error("") } else { SpanStatus::default() },
+        traceparent: r.header("traceparent").map(str::to_owned),
+        tracestate: r.header("tracestate").map(str::to_owned),
+    }
+}
+
+/// All values of a request header joined with `,` (RFC 9110 field combination).
+fn joined_header<'a>(r: &'a HttpExchange, name: &str) -> Option<Cow<'a, str>> {
+    let mut values = r.headers().filter(|(n, _)| *n == name).map(|(_, v)| v);
+    let first = values.next()?;
+    Some(values.fold(Cow::Borrowed(first), |mut acc, v| {
+        let s = acc.to_mut();
+        s.push(',');
+        s.push_str(v);
+        acc
+    }))
+}
+
+/// Splits a Host header into host and port (`[v6]:port` handled); a bad
+/// port is treated as absent.
+fn split_host(h: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = h.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((ip, tail)) => (ip, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (h, None),
+        };
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+        _ => (h, None),
+    }
+}
+
+fn url_full(r: &HttpExchange, host: Option<(&str, Option<u16>)>, peer: Option<SocketAddr>, privacy: &Privacy) -> String {
+    let authority = match (host, peer) {
+        (Some((h, Some(p))), _) if p != 80 => format!("{}:{p}", bracket(h)),
+        (Some((h, _)), _) => bracket(h).into_owned(),
+        (None, Some(peer)) if peer.port() != 80 => peer.to_string(),
+        (None, Some(peer)) => bracket(&peer.ip().to_string()).into_owned(),
+        (None, None) => String::new(),
+    };
+    let path = if r.path().starts_with('/') { r.path() } else { "/" };
+    match r.query() {
+        Some(q) if privacy.capture_url_query => format!("http://{authority}{path}?{q}"),
+        _ => format!("http://{authority}{path}"),
+    }
+}
+
+fn bracket(host: &str) -> Cow<'_, str> {
+    if host.contains(':') { Cow::Owned(format!("[{host}]")) } else { Cow::Borrowed(host) }
+}
+
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::http::head::parse_request;
+
+    fn exchange(req: &str, status: u16) -> HttpExchange {
+        let mut ex = parse_request(req.as_bytes()).expect("valid request").ex;
+        ex.status = status;
+        ex
+    }
+
+    fn conn() -> ConnMeta {
+        ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok() }
+    }
+
+    #[test]
+    fn authorization_and_cookies_are_never_exported_raw() {
+        let ex = exchange("GET /a HTTP/1.1\r\nAuthorization: Bearer s3cr3t\r\nCookie: sid=1\r\nX-Tenant: acme\r\n\r\n", 200);
+        let privacy = Privacy {
+            capture_headers: vec!["Authorization".into(), "cookie".into(), "x-tenant".into()],
+            ..Privacy::default()
+        };
+        let d = describe(&ex, Role::Server, &conn(), &privacy);
+        assert_eq!(d.attributes.get_str("http.request.header.authorization"), Some(REDACTED));
+        assert_eq!(d.attributes.get_str("http.request.header.cookie"), Some(REDACTED));
+        assert_eq!(d.attributes.get_str("http.request.header.x-tenant"), Some("acme"));
+        assert!(d.attributes.iter().all(|(_, v)| !v.to_text().contains("s3cr3t")));
+        // Rules can still read the raw values.
+        assert_eq!(d.private.get_str("http.request.header.authorization"), Some("Bearer s3cr3t"));
+    }
+
+    #[test]
+    fn headers_are_not_exported_unless_listed() {
+        let ex = exchange("GET /a HTTP/1.1\r\nX-Tenant: acme\r\n\r\n", 200);
+        let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
+        assert!(d.attributes.iter().all(|(k, _)| !k.starts_with(HEADER_PREFIX)));
+        assert_eq!(d.private.get_str("http.request.header.x-tenant"), Some("acme"));
+    }
+
+    #[test]
+    fn url_query_is_off_by_default_and_private_always() {
+        let ex = exchange("GET /s?token=abc HTTP/1.1\r\nHost: h\r\n\r\n", 200);
+        let d = describe(&ex, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(d.attributes.get("url.query"), None);
+        assert_eq!(d.attributes.get_str("url.full"), Some("http://h/s"));
+        assert_eq!(d.private.get_str("url.query"), Some("token=abc"));
+        let on = Privacy { capture_url_query: true, ..Privacy::default() };
+        let d = describe(&ex, Role::Client, &conn(), &on);
+        assert_eq!(d.attributes.get_str("url.query"), Some("token=abc"));
+        assert_eq!(d.attributes.get_str("url.full"), Some("http://h/s?token=abc"));
+    }
+
+    #[test]
+    fn name_route_and_server_address_follow_conventions() {
+        let ex = exchange("GET /users/42?x=1 HTTP/1.1\r\nHost: api.example.com:8443\r\nUser-Agent: curl/8\r\n\r\n", 200);
+        let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
+        assert_eq!(d.name, "GET /users/{id}");
+        assert_eq!(d.attributes.get_str("http.route"), Some("/users/{id}"));
+        assert_eq!(d.attributes.get_str("url.path"), Some("/users/42"));
+        assert_eq!(d.attributes.get_str("server.address"), Some("api.example.com"));
+        assert_eq!(d.attributes.get("server.port").and_then(AttrValue::as_i64), Some(8443));
+        assert_eq!(d.attributes.get_str("client.address"), Some("10.0.0.2"));
+        assert_eq!(d.attributes.get_str("user_agent.original"), Some("curl/8"));
+        // No Host: the local address for a server, the peer for a client.
+        let ex = exchange("GET / HTTP/1.0\r\n\r\n", 200);
+        let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
+        assert_eq!(d.attributes.get_str("server.address"), Some("10.0.0.1"));
+        assert_eq!(d.attributes.get_str("network.protocol.version"), Some("1.0"));
+        let d = describe(&ex, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(d.attributes.get_str("server.address"), Some("10.0.0.2"));
+        assert_eq!(d.attributes.get("server.port").and_then(AttrValue::as_i64), Some(40000));
+        assert_eq!(d.attributes.get("client.address"), None);
+    }
+
+    #[test]
+    fn unknown_methods_are_other_and_named_http() {
+        let ex = exchange("PROPFIND /dav/1 HTTP/1.1\r\n\r\n", 207);
+        let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
+        assert_eq!(d.attributes.get_str("http.request.method"), Some("_OTHER"));
+        assert_eq!(d.attributes.get_str("http.request.method_original"), Some("PROPFIND"));
+        assert_eq!(d.name, "HTTP /dav/{id}");
+    }
+
+    #[test]
+    fn error_status_depends_on_role() {
+        use crate::span::model::StatusCode;
+        let code = |status, role| describe(&exchange("GET / HTTP/1.1\r\n\r\n", status), role, &conn(), &Privacy::default()).status.code;
+        assert_eq!(code(404, Role::Server), StatusCode::Unset);
+        assert_eq!(code(500, Role::Server), StatusCode::Error);
+        assert_eq!(code(404, Role::Client), StatusCode::Error);
+        assert_eq!(code(302, Role::Client), StatusCode::Unset);
+        let d = describe(&exchange("GET / HTTP/1.1\r\n\r\n", 503), Role::Server, &conn(), &Privacy::default());
+        assert_eq!(d.attributes.get_str("error.type"), Some("503"));
+        assert!(d.status.message.is_empty());
+    }
+
+    #[test]
+    fn trace_context_headers_are_passed_raw() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ex = exchange(&format!("GET / HTTP/1.1\r\ntraceparent: {tp}\r\ntracestate: a=b\r\n\r\n"), 200);
+        let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
+        assert_eq!(d.traceparent.as_deref(), Some(tp));
+        assert_eq!(d.tracestate.as_deref(), Some("a=b"));
+    }
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(split_host("a.b"), ("a.b", None));
+        assert_eq!(split_host("a.b:81"), ("a.b", Some(81)));
+        assert_eq!(split_host("[::1]:81"), ("::1", Some(81)));
+        assert_eq!(split_host("[::1]"), ("::1", None));
+        assert_eq!(split_host("a.b:x"), ("a.b", None));
+    }
+}
