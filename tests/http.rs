@@ -18,9 +18,9 @@ fn server_spans_of(pid: u32) -> impl Fn(&Value) -> bool {
 /// curl with several URLs reuses one connection; prints time_total per URL.
 fn curl_keepalive(port: u16, paths: &[&str]) -> Vec<f64> {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{num_connects}\\n"]);
+    cmd.args(["-s", "-w", "%{http_code} %{time_total} %{num_connects}\\n"]);
     for p in paths {
-        cmd.arg(format!("http://127.0.0.1:{port}{p}"));
+        cmd.args(["-o", "/dev/null"]).arg(format!("http://127.0.0.1:{port}{p}"));
     }
     let out = run_ok(&mut cmd);
     let lines: Vec<&str> = out.lines().collect();

@@ -101,6 +101,15 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
         Ok((off, false)) => off,
         _ => u32::MAX,
     };
+    // Syscall arguments in the saved user registers (x86_64 calling convention).
+    let regs = if cfg!(target_arch = "x86_64") {
+        match (r.plain("pt_regs", "di"), r.plain("pt_regs", "si"), r.plain("pt_regs", "dx")) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            _ => (u32::MAX, u32::MAX, u32::MAX),
+        }
+    } else {
+        (u32::MAX, u32::MAX, u32::MAX)
+    };
     Ok(KernelOffsets {
         task_files: r.plain("task_struct", "files")?,
         files_fdt: r.plain("files_struct", "fdt")?,
@@ -118,6 +127,10 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
         sk_v6_rcv_saddr: r.plain("sock", "__sk_common.skc_v6_rcv_saddr")?,
         sk_v6_daddr: r.plain("sock", "__sk_common.skc_v6_daddr")?,
         sk_type,
+        regs_arg0: regs.0,
+        regs_arg1: regs.1,
+        regs_arg2: regs.2,
+        _pad: 0,
     })
 }
 
@@ -137,5 +150,8 @@ mod tests {
         assert!(o.sk_daddr < o.sk_rcv_saddr.max(8), "{o:?}");
         assert!(o.task_files > 0 && o.file_inode > 0 && o.socket_sk > 0, "{o:?}");
         assert_ne!(o.sk_type, u32::MAX, "sk_type is a plain field on modern kernels");
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!((o.regs_arg0, o.regs_arg1, o.regs_arg2), (112, 104, 96), "pt_regs di/si/dx");
+        }
     }
 }

@@ -39,6 +39,7 @@ fn handle(
     procs: &mut ProcessTable,
     counters: &mut PipelineCounters,
     out: &mut Vec<ConnExchange>,
+    exited: &mut Vec<u32>,
 ) {
     counters.events_read += 1;
     let ev = match decode(bytes) {
@@ -59,6 +60,8 @@ fn handle(
         }
         RawEvent::ConnOpen(c) => {
             if selector.allows(c.tgid) {
+                // Read /proc while the process surely lives (clients may be short-lived).
+                procs.resource(c.tgid);
                 conns.on_open(&c, out);
             } else {
                 counters.events_unselected += 1;
@@ -67,12 +70,15 @@ fn handle(
         RawEvent::Close(c) => conns.on_close(c.tgid, c.fd, c.sock_id, c.ts_ns, out),
         RawEvent::Exec(p) => {
             procs.forget(p.tgid);
-            selector.on_exec(p.tgid);
+            if selector.on_exec(p.tgid) {
+                procs.resource(p.tgid);
+            }
         }
         RawEvent::Exit(p) => {
             conns.on_exit(p.tgid, p.ts_ns, out);
             selector.on_exit(p.tgid);
-            procs.forget(p.tgid);
+            // Forgotten after this batch's spans are built (they need the resource).
+            exited.push(p.tgid);
         }
     }
 }
@@ -82,11 +88,12 @@ impl Pipeline {
     /// on) and returns its counters.
     pub fn run(mut self, stop: Arc<AtomicBool>, mut publish: impl FnMut(&PipelineCounters)) -> PipelineCounters {
         let mut out = Vec::new();
+        let mut exited = Vec::new();
         let mut last_housekeeping = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let interval = self.drain_interval;
             let Self { capture, selector, conns, procs, counters, .. } = &mut self;
-            if let Err(e) = capture.poll(interval, |b| handle(b, selector, conns, procs, counters, &mut out)) {
+            if let Err(e) = capture.poll(interval, |b| handle(b, selector, conns, procs, counters, &mut out, &mut exited)) {
                 tracing::error!("{e}");
                 std::thread::sleep(self.drain_interval);
             }
@@ -107,6 +114,9 @@ impl Pipeline {
                 if self.spans.try_send(span).is_err() {
                     self.counters.spans_queue_full += 1;
                 }
+            }
+            for pid in exited.drain(..) {
+                self.procs.forget(pid);
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 last_housekeeping = Instant::now();

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -33,6 +33,8 @@ pub const MAX_TRACED_PROCS: u32 = 65_536;
 pub const MAX_SOCKETS: u32 = 262_144;
 /// Entries in the per-thread in-flight syscall map.
 pub const MAX_INFLIGHT: u32 = 65_536;
+/// Threads remembered as having entered a syscall since attach.
+pub const MAX_SEEN_THREADS: u32 = 65_536;
 /// Entries in the port filter map.
 pub const MAX_PORTS: u32 = 1_024;
 
@@ -194,6 +196,13 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
     pub sk_type: u32,
+    /// `struct pt_regs` offsets of the first three syscall arguments
+    /// (x86_64: di, si, dx); used at sys_exit to recover the arguments of a
+    /// syscall that was already blocked when kspan attached.
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    pub regs_arg2: u32,
+    pub _pad: u32,
 }
 
 /// `TRACED` value: selected by the agent.

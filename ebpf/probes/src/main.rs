@@ -27,7 +27,7 @@ use kspan_common::{
     CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, ProcEvent,
     ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter, sock_key,
 };
-use maps::{CONFIG, EVENTS, INFLIGHT, Inflight, PORTS, SCRATCH, SOCKS, TRACED, count};
+use maps::{CONFIG, EVENTS, INFLIGHT, Inflight, PORTS, SCRATCH, SEEN, SOCKS, TRACED, count};
 
 const OP_READ: u32 = 1;
 const OP_WRITE: u32 = 2;
@@ -178,6 +178,10 @@ fn enter_data(ctx: &TracePointContext, op: u32, fd: u64, buf: u64, iovcnt: u64) 
         return Ok(0);
     }
     let _ = ctx;
+    // SAFETY: read-only lookup.
+    if unsafe { SEEN.get(&tid).is_none() } {
+        let _ = SEEN.insert(&tid, &1, 0);
+    }
     let st = socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false).ok_or(0u32)?;
     if st.ignored != 0 {
         return Ok(0);
@@ -197,12 +201,75 @@ struct Iovec {
     len: u64,
 }
 
+/// x86_64 syscall numbers of the data syscalls, for [`recover_inflight`].
+fn op_of_syscall(nr: i32) -> Option<u32> {
+    Some(match nr {
+        0 | 45 => OP_READ,   // read, recvfrom
+        1 | 44 => OP_WRITE,  // write, sendto
+        19 | 47 => OP_READV, // readv, recvmsg (iovecs via msghdr)
+        20 | 46 => OP_WRITEV,
+        _ => return None,
+    })
+}
+
+/// A data syscall that returned but whose sys_enter kspan never saw: it was
+/// blocked when kspan attached (e.g. a server thread waiting in read() on an
+/// idle keep-alive connection). Recover its arguments from the saved user
+/// registers, once per thread.
+fn recover_inflight(ctx: &TracePointContext, id: u64) -> Option<Inflight> {
+    let cfg = config()?;
+    let o = &cfg.offsets;
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if o.regs_arg0 == u32::MAX || !is_traced(cfg, tgid) {
+        return None;
+    }
+    // SAFETY: read-only lookup.
+    if unsafe { SEEN.get(&tid).is_some() } {
+        return None;
+    }
+    let _ = SEEN.insert(&tid, &1, 0);
+    // SAFETY: __syscall_nr is at offset 8 of every sys_exit record.
+    let op = op_of_syscall(unsafe { ctx.read_at::<i32>(8) }.ok()?)?;
+    // SAFETY: helpers allowed in tracing programs; reads go through probe_read.
+    let (fd, a1, a2) = unsafe {
+        let regs = aya_ebpf::helpers::generated::bpf_task_pt_regs(aya_ebpf::helpers::generated::bpf_get_current_task_btf()) as u64;
+        if regs == 0 {
+            return None;
+        }
+        let rd = |off: u32| aya_ebpf::helpers::bpf_probe_read_kernel((regs + off as u64) as *const u64).ok();
+        (rd(o.regs_arg0)?, rd(o.regs_arg1)?, rd(o.regs_arg2)?)
+    };
+    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.ok()?;
+    let (buf, iovcnt) = if nr == 47 || nr == 46 {
+        // SAFETY: the caller's msghdr in user memory.
+        unsafe {
+            (
+                aya_ebpf::helpers::bpf_probe_read_user((a1 + 16) as *const u64).ok()?,
+                aya_ebpf::helpers::bpf_probe_read_user((a1 + 24) as *const u64).ok()?,
+            )
+        }
+    } else {
+        (a1, a2)
+    };
+    if fd > i32::MAX as u64 {
+        return None;
+    }
+    let st = socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false)?;
+    if st.ignored != 0 {
+        return None;
+    }
+    Some(Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id })
+}
+
 fn exit_data(ctx: &TracePointContext) -> Res {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: value copied out before removal.
     let inf = match unsafe { INFLIGHT.get(&id) } {
         Some(i) => *i,
-        None => return Ok(0),
+        None => match recover_inflight(ctx, id) {
+            Some(i) => i,
+            None => return Ok(0),
+        },
     };
     let _ = INFLIGHT.remove(&id);
     let r = ret(ctx);

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
-    KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, MAX_SOCKETS, MAX_TRACED_PROCS, SockState, counter,
+    KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, MAX_SEEN_THREADS, MAX_SOCKETS, MAX_TRACED_PROCS, SockState,
+    counter,
 };
 
 /// Agent settings (element 0).
@@ -28,6 +29,11 @@ pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(MAX_
 /// Syscalls in flight, by pid_tgid, between sys_enter and sys_exit.
 #[map]
 pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Threads (tid) that entered a data syscall since attach: a sys_exit with no
+/// in-flight entry on a thread NOT in here was blocked before kspan attached.
+#[map]
+pub static SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_SEEN_THREADS, 0);
 
 /// Per-CPU scratch space where a data event is assembled before output.
 #[map]
