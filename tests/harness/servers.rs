@@ -97,3 +97,75 @@ pub fn nginx() -> Proc {
     wait_port(port, Duration::from_secs(10));
     Proc { child, port, _dir: Some(dir) }
 }
+
+/// Finds PostgreSQL's server binaries (Debian puts them under /usr/lib/postgresql/<v>/bin).
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed (`cargo xtask setup` installs it)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.exists())
+        .collect();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| panic!("no {name} under /usr/lib/postgresql"))
+}
+
+/// A private PostgreSQL cluster (trust auth, TCP on a free loopback port,
+/// database `kspan`), run as the `postgres` user; the Proc is the postmaster.
+pub fn postgres() -> Proc {
+    let dir = TempDir::new("pg");
+    let port = free_port();
+    let data = dir.0.join("data");
+    let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir.0).status().expect("chown");
+    assert!(chown.success());
+    let as_pg = |cmd: &str| {
+        let st = Command::new("runuser")
+            .args(["-u", "postgres", "--", "sh", "-c", cmd])
+            .stdout(Stdio::null())
+            .status()
+            .expect("runuser");
+        assert!(st.success(), "as postgres: {cmd}");
+    };
+    as_pg(&format!("{} -D {} -A trust -U postgres --no-sync >/dev/null", pg_bin("initdb").display(), data.display()));
+    let child = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_bin("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .arg("-k")
+        .arg(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postgres");
+    wait_port(port, Duration::from_secs(30));
+    // runuser forks the server; the postmaster is runuser's child.
+    let proc = Proc { child, port, _dir: Some(dir) };
+    let st = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-qc", "CREATE DATABASE kspan"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql");
+    assert!(st.success(), "create database");
+    proc
+}
+
+/// The postmaster's pid (runuser's child) for `--pid` selection.
+pub fn child_pid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid)
+}
+
+/// redis-server on a free port, no persistence.
+pub fn redis() -> Proc {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (`cargo xtask setup` installs it)");
+    wait_port(port, Duration::from_secs(10));
+    Proc { child, port, _dir: None }
+}

@@ -1,0 +1,178 @@
+//! End-to-end: PostgreSQL 15 and Redis 7 (real servers on free, non-default
+//! ports, so detection is by content) driven by psql, pgbench, psycopg,
+//! redis-cli and redis-benchmark, traced by the real kspan.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kspan_e2e::servers::{child_pid_of, postgres, redis};
+use kspan_e2e::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn is_pg(s: &Value) -> bool {
+    attr_str(s, "db.system.name") == Some("postgresql")
+}
+
+fn is_redis(s: &Value) -> bool {
+    attr_str(s, "db.system.name") == Some("redis")
+}
+
+fn exe(s: &Value) -> &str {
+    resource_str(s, "process.executable.name").unwrap_or("")
+}
+
+fn psql(port: u16, sql: &str) -> std::process::ExitStatus {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "kspan", "-qc", sql])
+        .env("PGSSLMODE", "disable")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("psql")
+}
+
+#[test]
+fn psql_queries_errors_and_server_side_spans() {
+    let pg = postgres();
+    let postmaster = child_pid_of(pg.pid());
+    let k = Kspan::start(&["--exe", "bin/psql$", "--pid", &postmaster.to_string()]);
+    assert!(psql(pg.port, "CREATE TABLE users (id int primary key, email text)").success());
+    assert!(psql(pg.port, "INSERT INTO users VALUES (1, 'secret@example.com')").success());
+    assert!(psql(pg.port, "SELECT email FROM users WHERE id = 1 AND email = 'secret@example.com'").success());
+    assert!(!psql(pg.port, "SELEC oops").success());
+    assert!(!psql(pg.port, "INSERT INTO users VALUES (1, 'dup@example.com')").success());
+
+    let want = |s: &Value, op: &str| is_pg(s) && kind(s) == "client" && attr_str(s, "db.operation.name") == Some(op);
+    let inserts = k.wait_spans(2, WAIT, |s| want(s, "INSERT") && exe(s) == "psql");
+    let select = k.wait_spans(1, WAIT, |s| want(s, "SELECT") && attr_str(s, "db.collection.name") == Some("users"));
+    let ok_insert = inserts.iter().find(|s| s["status"]["code"] != "error").expect("successful insert");
+    assert_eq!(attr_str(ok_insert, "db.collection.name"), Some("users"));
+    assert_eq!(attr_str(ok_insert, "db.namespace"), Some("kspan"));
+    assert_eq!(ok_insert["name"], "INSERT users");
+    let text = attr_str(ok_insert, "db.query.text").unwrap();
+    assert!(text.contains('?') && !text.contains("secret"), "literals are masked: {text}");
+    assert!(!attr_str(&select[0], "db.query.text").unwrap().contains("secret"));
+    assert_eq!(attr_i64(&select[0], "db.response.returned_rows"), Some(1));
+    assert_eq!(attr_i64(&select[0], "server.port"), Some(pg.port as i64));
+
+    let dup = inserts.iter().find(|s| s["status"]["code"] == "error").expect("unique violation span");
+    assert_eq!(attr_str(dup, "db.response.status_code"), Some("23505"));
+    let syntax = k.wait_spans(1, WAIT, |s| is_pg(s) && attr_str(s, "db.response.status_code") == Some("42601"));
+    assert_eq!(syntax[0]["status"]["code"], "error");
+    // The backend (forked by the postmaster, selected by --pid) reports the same queries as SERVER spans.
+    let server = k.wait_spans(2, WAIT, |s| is_pg(s) && kind(s) == "server" && attr_str(s, "db.operation.name") == Some("INSERT"));
+    assert!(server.iter().all(|s| exe(s) == "postgres"), "{server:#?}");
+    assert!(k.stop());
+}
+
+fn pgbench(port: u16, args: &[&str]) {
+    run_ok(
+        Command::new("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(args)
+            .arg("kspan")
+            .env("PGSSLMODE", "disable"),
+    );
+}
+
+#[test]
+fn pgbench_simple_extended_and_prepared() {
+    let pg = postgres();
+    pgbench(pg.port, &["-i", "-s", "1", "-q"]);
+    let k = Kspan::start(&["--exe", "bin/pgbench$"]);
+    for (mode, n) in [("simple", 30), ("extended", 30), ("prepared", 30)] {
+        let before = k.spans().len();
+        pgbench(pg.port, &["-M", mode, "-S", "-c", "2", "-t", &(n / 2).to_string(), "-n"]);
+        let selects = |s: &Value| {
+            is_pg(s)
+                && attr_str(s, "db.operation.name") == Some("SELECT")
+                && attr_str(s, "db.collection.name") == Some("pgbench_accounts")
+        };
+        let t = std::time::Instant::now();
+        loop {
+            let got = k.spans()[before..].iter().filter(|s| selects(s)).count();
+            if got >= n || t.elapsed() > WAIT {
+                std::thread::sleep(Duration::from_millis(500));
+                let spans: Vec<Value> = k.spans()[before..].iter().filter(|s| selects(s)).cloned().collect();
+                assert_eq!(spans.len(), n, "-M {mode}: one span per SELECT");
+                for s in &spans {
+                    let text = attr_str(s, "db.query.text").unwrap_or("");
+                    assert!(text.starts_with("SELECT abalance FROM pgbench_accounts WHERE aid = "), "{mode}: {text}");
+                    assert!(!text.chars().any(|c| c.is_ascii_digit()) || text.contains('$'), "{mode}: no literal ids: {text}");
+                    assert_eq!(s["name"], "SELECT pgbench_accounts");
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(k.stop());
+}
+
+#[test]
+fn psycopg_extended_protocol() {
+    let pg = postgres();
+    let k = Kspan::start(&["--exe", "pg_app\\.py"]);
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("pg_app.py")).arg(pg.port.to_string()));
+    assert!(out.contains("done"));
+    let inserts = k.wait_spans(5, WAIT, |s| is_pg(s) && attr_str(s, "db.operation.name") == Some("INSERT"));
+    assert_eq!(inserts.len(), 5);
+    for s in &inserts {
+        let text = attr_str(s, "db.query.text").unwrap();
+        assert_eq!(text, "INSERT INTO orders (id, customer, total) VALUES ($1, $2, $3)");
+        assert_eq!(attr_str(s, "db.collection.name"), Some("orders"));
+    }
+    let sel = k.wait_spans(1, WAIT, |s| is_pg(s) && attr_str(s, "db.operation.name") == Some("SELECT"));
+    assert_eq!(attr_i64(&sel[0], "db.response.returned_rows"), Some(1));
+    assert!(k.spans().iter().all(|s| !s.to_string().contains("alice@example.com")), "bound values never exported");
+}
+
+fn redis_cli(port: u16, input: &str) -> String {
+    use std::io::Write;
+    let mut c = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn redis_cli_commands_errors_and_transactions() {
+    let r = redis();
+    let k = Kspan::start(&["--exe", "redis-cli$"]);
+    redis_cli(r.port, "SET user:42 supersecretvalue\nGET user:42\nLPUSH user:42 x\nMULTI\nINCR counter\nSET k2 v2\nEXEC\n");
+    let spans = k.wait_spans(7, WAIT, |s| is_redis(s) && kind(s) == "client");
+    let ops: Vec<&str> = spans.iter().filter_map(|s| attr_str(s, "db.operation.name")).collect();
+    for op in ["SET", "GET", "LPUSH", "MULTI", "INCR", "EXEC"] {
+        assert!(ops.contains(&op), "{op} in {ops:?}");
+    }
+    let set = spans.iter().find(|s| attr_str(s, "db.query.text") == Some("SET user:42")).expect("SET span with key only");
+    assert_eq!(set["status"]["code"], "unset");
+    assert!(spans.iter().all(|s| !s.to_string().contains("supersecretvalue")), "values are never exported");
+    let wrong = spans.iter().find(|s| attr_str(s, "db.operation.name") == Some("LPUSH")).unwrap();
+    assert_eq!(wrong["status"]["code"], "error");
+    assert_eq!(attr_str(wrong, "db.response.status_code"), Some("WRONGTYPE"));
+    assert!(spans.iter().all(|s| attr_i64(s, "server.port") == Some(r.port as i64)));
+    assert!(k.stop());
+}
+
+#[test]
+fn redis_benchmark_pipelines_pair_every_command() {
+    let r = redis();
+    let k = Kspan::start(&["--exe", "redis-benchmark$"]);
+    run_ok(Command::new("redis-benchmark").args(["-p", &r.port.to_string(), "-P", "16", "-n", "2000", "-c", "4", "-t", "set,get", "-q"]));
+    let want = |s: &Value| is_redis(s) && matches!(attr_str(s, "db.operation.name"), Some("SET") | Some("GET"));
+    let spans = k.wait_spans(4000, WAIT, want);
+    assert_eq!(spans.len(), 4000, "one span per pipelined command");
+    assert!(spans.iter().all(|s| s["status"]["code"] != "error"));
+    let m = k.metrics();
+    let unmatched = m.lines().find(|l| l.contains("protocol=\"redis\"") && l.contains("kind=\"unmatched_responses\"")).unwrap_or("");
+    assert!(unmatched.ends_with(" 0"), "no mis-pairing: {unmatched}");
+    assert!(k.stop());
+}
