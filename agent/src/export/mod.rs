@@ -150,6 +150,8 @@ pub struct ExportMetrics {
 }
 
 impl ExportMetrics {
+    /// Call once per [`Telemetry`] (the registry would list the families
+    /// twice otherwise) and share the result among all outputs.
     /// Registers `kspan_export_spans_total`, `kspan_export_queue_depth`,
     /// `kspan_export_latency_seconds` and `kspan_export_retries_total`.
     pub fn register(telemetry: &Telemetry) -> Self {

@@ -166,9 +166,8 @@ async fn accept_loop(
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Ok(Err(err)) => tracing::debug!(%err, "telemetry connection error"),
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(err)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                tracing::debug!(%err, "telemetry connection error");
             }
             drop(permit);
         });

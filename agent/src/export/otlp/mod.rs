@@ -205,7 +205,14 @@ impl Worker {
                 timeout = timeout.min(left);
             }
             let t0 = Instant::now();
-            let attempt = self.transport.send(&payload, timeout).await;
+            let mut shutdown_rx = self.shutdown_rx.clone();
+            let attempt = tokio::select! {
+                attempt = self.transport.send(&payload, timeout) => attempt,
+                () = deadline_reached(&mut shutdown_rx) => {
+                    self.metrics.dropped(DropReason::Shutdown, n);
+                    return;
+                }
+            };
             self.metrics.observe_latency(t0.elapsed());
             let after = match attempt {
                 transport::Attempt::Accepted { rejected, message } => {
@@ -263,6 +270,24 @@ impl Worker {
                         tokio::time::sleep_until(wake).await;
                         return true;
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Completes when a shutdown deadline is set and has passed.
+async fn deadline_reached(rx: &mut watch::Receiver<Option<Instant>>) {
+    loop {
+        let deadline = *rx.borrow_and_update();
+        match deadline {
+            Some(d) => {
+                tokio::time::sleep_until(d).await;
+                return;
+            }
+            None => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
                 }
             }
         }

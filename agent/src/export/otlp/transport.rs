@@ -207,13 +207,16 @@ async fn send_grpc(
     request.set_timeout(timeout);
     match client.export(request).await {
         Ok(resp) => accepted(resp.into_inner()),
-        Err(status) => {
-            let retry_info = status.get_details_retry_info().and_then(|r| r.retry_delay);
-            Attempt::Failed {
-                verdict: classify_grpc(status.code(), retry_info),
-                detail: format!("gRPC status {:?}: {}", status.code(), status.message()),
-            }
-        }
+        Err(status) => grpc_failure(&status),
+    }
+}
+
+/// Classifies a failed gRPC call, reading google.rpc.RetryInfo if present.
+fn grpc_failure(status: &tonic::Status) -> Attempt {
+    let retry_info = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    Attempt::Failed {
+        verdict: classify_grpc(status.code(), retry_info),
+        detail: format!("gRPC status {:?}: {}", status.code(), status.message()),
     }
 }
 
@@ -245,6 +248,8 @@ async fn send_http(
             } else {
                 Verdict::Retry { after: None }
             };
+            // The URL may carry credentials: keep it out of logs.
+            let err = err.without_url();
             return Attempt::Failed {
                 verdict,
                 detail: format!("HTTP request failed: {}", error_chain(&err)),
@@ -297,4 +302,67 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::DropReason;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn grpc_resource_exhausted_with_retry_info_is_retried_after_its_delay() {
+        let details = ErrorDetails::with_retry_info(Some(Duration::from_millis(2500)));
+        let status =
+            tonic::Status::with_error_details(tonic::Code::ResourceExhausted, "slow down", details);
+        match grpc_failure(&status) {
+            Attempt::Failed { verdict, .. } => {
+                assert_eq!(
+                    verdict,
+                    Verdict::Retry {
+                        after: Some(Duration::from_millis(2500))
+                    }
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn grpc_resource_exhausted_without_retry_info_is_dropped() {
+        let status = tonic::Status::resource_exhausted("quota");
+        match grpc_failure(&status) {
+            Attempt::Failed { verdict, detail } => {
+                assert_eq!(verdict, Verdict::Drop(DropReason::Rejected));
+                assert!(
+                    detail.contains("ResourceExhausted") && detail.contains("quota"),
+                    "{detail}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_success_is_read_from_the_response() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+        let resp = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "old".into(),
+            }),
+        };
+        match accepted(resp) {
+            Attempt::Accepted { rejected, message } => {
+                assert_eq!((rejected, message.as_str()), (3, "old"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match accepted(ExportTraceServiceResponse::default()) {
+            Attempt::Accepted { rejected, message } => {
+                assert_eq!((rejected, message.as_str()), (0, ""))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
