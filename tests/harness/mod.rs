@@ -57,11 +57,17 @@ pub struct Kspan {
 impl Kspan {
     /// Starts `kspan run --output jsonl <args>` and waits until it is attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Kspan::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();
         let mut child = Command::new(kspan_bin())
             .arg("run")
             .args(["--output", "jsonl", "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(args)
+            .envs(env.iter().copied())
             .env("KSPAN_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

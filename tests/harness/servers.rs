@@ -169,3 +169,59 @@ pub fn redis() -> Proc {
     wait_port(port, Duration::from_secs(10));
     Proc { child, port, _dir: None }
 }
+
+/// A real OTLP collector: rotel (PyPI) with the blackhole exporter and a
+/// detailed debug log of every span it receives.
+pub struct Rotel {
+    pub proc: Proc,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+impl Rotel {
+    pub fn start() -> Self {
+        let dir = TempDir::new("rotel");
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let log = dir.0.join("stdout.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let bin = rotel_binary();
+        let child = Command::new(&bin)
+            .arg("start")
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http_port}")])
+            .args(["--exporter", "blackhole", "--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+            .arg("--pid-file")
+            .arg(dir.0.join("rotel.pid"))
+            .arg("--log-file")
+            .arg(dir.0.join("rotel.log"))
+            .env("NO_COLOR", "1")
+            .stdout(out.try_clone().expect("clone"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        wait_port(grpc_port, Duration::from_secs(15));
+        wait_port(http_port, Duration::from_secs(15));
+        Self { proc: Proc { child, port: http_port, _dir: Some(dir) }, grpc_port, http_port, log }
+    }
+
+    /// Everything rotel printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn rotel_binary() -> PathBuf {
+    if let Ok(out) = Command::new("which").arg("rotel-agent").output()
+        && out.status.success()
+    {
+        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import rotel,os;print(os.path.dirname(rotel.__file__))"])
+        .output()
+        .expect("python3");
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("rotel-agent");
+    assert!(p.exists(), "rotel-agent not found (pip install rotel; `cargo xtask setup` does it)");
+    p
+}
