@@ -8,10 +8,10 @@
 //!   pipelining), skips bodies without buffering them, and holds at most
 //!   64 KiB of header bytes per direction and 64 in-flight requests.
 //! - Garbage, truncated captures and over-long header blocks are counted in
-//!   [`ParseStats`](super::ParseStats) and the parser resynchronises; a response
-//!   is never paired with a request other than its own: when either stream
+//!   [`ParseStats`](super::ParseStats) (`malformed` and `truncated` count
+//!   occurrences, not bytes) and the parser resynchronises. When a stream
 //!   loses its place, the requests that could be mis-paired are dropped and
-//!   counted instead.
+//!   counted rather than paired (see `parse.rs` for the exact rule).
 //! - [`HttpExchange`] keeps a bounded request (64 headers, 4 KiB per value)
 //!   in one text buffer, so a parsed request costs two allocations.
 

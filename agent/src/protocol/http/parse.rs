@@ -7,11 +7,14 @@
 //! - Bounded: at most [`MAX_HEAD`] buffered bytes per direction and
 //!   [`MAX_IN_FLIGHT`] queued requests (overflowing requests are counted in
 //!   `dropped_requests` and their responses skipped, keeping the pairing).
-//! - A response is paired only with the request at the head of the queue;
-//!   when the request or response stream loses its place (garbage, a header
-//!   block too long, uncaptured bytes outside a body), the queued requests
-//!   that could be mis-paired are dropped and counted, and the stream is
-//!   resynchronised at the next request line or status line.
+//! - A response is paired only with the request at the head of the queue.
+//!   When a stream loses its place (garbage, a header block over the cap,
+//!   uncaptured bytes outside a body) it is resynchronised at the next
+//!   request line or status line, and pairing turns conservative: queued
+//!   requests are dropped and counted (after a request-stream loss their
+//!   responses are still awaited and skipped), and new requests are dropped
+//!   too until the connection is quiet (nothing queued, no response in
+//!   progress), since responses to requests lost inside the gap may follow.
 //! - After `101 Switching Protocols` or a successful `CONNECT` the connection
 //!   is opaque: later bytes are ignored.
 
@@ -280,15 +283,12 @@ impl HttpParser {
                     self.complete_head(side, block, &[Mark { at: 0, origin }], origin, out, stats);
                     rest
                 }
-                Some(end) => {
-                    self.lose(side, Loss::Malformed, origin.ts, out, stats);
-                    input.get(end..).unwrap_or_default()
-                }
-                None if input.len() > MAX_HEAD => {
+                // Too long: given up at byte MAX_HEAD, whatever the chunking.
+                _ if input.len() > MAX_HEAD => {
                     self.lose(side, Loss::Malformed, origin.ts, out, stats);
                     input.get(MAX_HEAD..).unwrap_or_default()
                 }
-                None => {
+                _ => {
                     half.push(input, origin);
                     &[]
                 }
@@ -325,18 +325,13 @@ impl HttpParser {
                 }
                 rest
             }
-            Some(end) => {
-                self.half(side).clear();
-                self.lose(side, Loss::Malformed, origin.ts, out, stats);
-                input.get(end..).unwrap_or_default()
-            }
-            None if half.buf.len() + input.len() > MAX_HEAD => {
+            _ if half.buf.len() + input.len() > MAX_HEAD => {
                 let skip = MAX_HEAD.saturating_sub(half.buf.len());
                 half.clear();
                 self.lose(side, Loss::Malformed, origin.ts, out, stats);
                 input.get(skip..).unwrap_or_default()
             }
-            None => {
+            _ => {
                 half.push(input, origin);
                 &[]
             }
