@@ -8,10 +8,10 @@
 //!   pipelining), skips bodies without buffering them, and holds at most
 //!   64 KiB of header bytes per direction and 64 in-flight requests.
 //! - Garbage, truncated captures and over-long header blocks are counted in
-//!   [`ParseStats`](super::ParseStats) and the parser resynchronises; a response
-//!   is never paired with a request other than its own: when either stream
+//!   [`ParseStats`](super::ParseStats) (`malformed` and `truncated` count
+//!   occurrences, not bytes) and the parser resynchronises. When a stream
 //!   loses its place, the requests that could be mis-paired are dropped and
-//!   counted instead.
+//!   counted rather than paired (see `parse.rs` for the exact rule).
 //! - [`HttpExchange`] keeps a bounded request (64 headers, 4 KiB per value)
 //!   in one text buffer, so a parsed request costs two allocations.
 
@@ -64,7 +64,10 @@ impl Method {
     ];
 
     pub fn from_token(token: &[u8]) -> Method {
-        Self::KNOWN.iter().find(|(_, t)| *t == token).map_or(Method::Other, |(m, _)| *m)
+        Self::KNOWN
+            .iter()
+            .find(|(_, t)| *t == token)
+            .map_or(Method::Other, |(m, _)| *m)
     }
 
     /// The `http.request.method` value: the token, or `_OTHER`.
@@ -138,37 +141,52 @@ pub struct HttpExchange {
 
 impl HttpExchange {
     fn with_capacity(text: usize, headers: usize) -> Self {
-        Self { text: String::with_capacity(text), headers: Vec::with_capacity(headers), ..Self::default() }
+        Self {
+            text: String::with_capacity(text),
+            headers: Vec::with_capacity(headers),
+            ..Self::default()
+        }
     }
 
     fn push_text(&mut self, s: &str) -> TextRange {
         let start = self.text.len();
         self.text.push_str(s);
-        TextRange { start: to_u32(start), end: to_u32(self.text.len()) }
-    }
-
-    fn push_bytes_lossy(&mut self, b: &[u8]) -> TextRange {
-        let start = self.text.len();
-        self.text.push_str(&String::from_utf8_lossy(b));
-        TextRange { start: to_u32(start), end: to_u32(self.text.len()) }
+        TextRange {
+            start: to_u32(start),
+            end: to_u32(self.text.len()),
+        }
     }
 
     /// Adds a request header (name lower-cased, value trimmed and cut); counts
-    /// it in `headers_dropped` beyond the cap.
-    fn push_header(&mut self, name: &str, value: &[u8]) {
+    /// it in `headers_dropped` beyond the cap. `block` is the whole header
+    /// block as text when it is valid UTF-8 (the common case), which saves
+    /// validating each value again.
+    fn push_header(&mut self, name: &str, value: &[u8], block: Option<(&str, usize)>) {
         if self.headers.len() >= MAX_KEPT_HEADERS {
             self.headers_dropped = self.headers_dropped.saturating_add(1);
             return;
         }
+        let name = self.push_text(name);
+        if let Some(n) = self.text.get_mut(name.start as usize..name.end as usize) {
+            n.make_ascii_lowercase();
+        }
+        let value = cut_value(value);
         let start = self.text.len();
-        self.text.extend(name.chars().map(|c| c.to_ascii_lowercase()));
-        let name = TextRange { start: to_u32(start), end: to_u32(self.text.len()) };
-        let value = self.push_bytes_lossy(cut_value(value));
+        match block.and_then(|b| subslice_str(b, value)) {
+            Some(v) => self.text.push_str(v),
+            None => self.text.push_str(&String::from_utf8_lossy(value)),
+        }
+        let value = TextRange {
+            start: to_u32(start),
+            end: to_u32(self.text.len()),
+        };
         self.headers.push((name, value));
     }
 
     fn get(&self, r: TextRange) -> &str {
-        self.text.get(r.start as usize..r.end as usize).unwrap_or("")
+        self.text
+            .get(r.start as usize..r.end as usize)
+            .unwrap_or("")
     }
 
     /// The method token as sent when it is not a known method.
@@ -189,7 +207,9 @@ impl HttpExchange {
 
     /// Kept request headers in order: (lower-case name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.headers.iter().map(|(n, v)| (self.get(*n), self.get(*v)))
+        self.headers
+            .iter()
+            .map(|(n, v)| (self.get(*n), self.get(*v)))
     }
 
     /// First value of a request header; `name` must be lower-case.
@@ -200,6 +220,13 @@ impl HttpExchange {
 
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// `part` (a subslice of the block whose text and start address are given)
+/// as text, if it starts and ends on character boundaries.
+fn subslice_str<'a>((text, base): (&'a str, usize), part: &[u8]) -> Option<&'a str> {
+    let start = (part.as_ptr() as usize).checked_sub(base)?;
+    text.get(start..start.checked_add(part.len())?)
 }
 
 /// Trims optional whitespace and cuts a header value to [`MAX_HEADER_VALUE`].

@@ -7,18 +7,21 @@
 //! - Bounded: at most [`MAX_HEAD`] buffered bytes per direction and
 //!   [`MAX_IN_FLIGHT`] queued requests (overflowing requests are counted in
 //!   `dropped_requests` and their responses skipped, keeping the pairing).
-//! - A response is paired only with the request at the head of the queue;
-//!   when the request or response stream loses its place (garbage, a header
-//!   block too long, uncaptured bytes outside a body), the queued requests
-//!   that could be mis-paired are dropped and counted, and the stream is
-//!   resynchronised at the next request line or status line.
+//! - A response is paired only with the request at the head of the queue.
+//!   When a stream loses its place (garbage, a header block over the cap,
+//!   uncaptured bytes outside a body) it is resynchronised at the next
+//!   request line or status line, and pairing turns conservative: queued
+//!   requests are dropped and counted (after a request-stream loss their
+//!   responses are still awaited and skipped), and new requests are dropped
+//!   too until the connection is quiet (nothing queued, no response in
+//!   progress), since responses to requests lost inside the gap may follow.
 //! - After `101 Switching Protocols` or a successful `CONNECT` the connection
 //!   is opaque: later bytes are ignored.
 
 use std::collections::VecDeque;
 
 use super::body::{Body, End};
-use super::head::{self, Framing, MAX_HEAD, RequestHead, ResponseHead, Side};
+use super::head::{self, Framing, MAX_HEAD, Parsed, RequestHead, ResponseHead, Side};
 use super::{HttpExchange, Method, Prefix};
 use crate::protocol::{Chunk, Exchange, ParseStats, Record, Role, StreamParser};
 
@@ -67,19 +70,31 @@ struct Half {
 
 impl Half {
     fn new() -> Self {
-        Self { buf: Vec::new(), marks: Vec::new(), state: State::Head }
+        Self {
+            buf: Vec::new(),
+            marks: Vec::new(),
+            state: State::Head,
+        }
     }
 
     fn push(&mut self, bytes: &[u8], origin: Origin) {
         if self.marks.last().is_none_or(|m| m.origin != origin) && self.marks.len() < MAX_MARKS {
-            self.marks.push(Mark { at: self.buf.len(), origin });
+            self.marks.push(Mark {
+                at: self.buf.len(),
+                origin,
+            });
         }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Origin of the buffered byte at `at`.
     fn origin(marks: &[Mark], at: usize) -> Origin {
-        marks.iter().rev().find(|m| m.at <= at).or(marks.first()).map_or_else(Origin::default, |m| m.origin)
+        marks
+            .iter()
+            .rev()
+            .find(|m| m.at <= at)
+            .or(marks.first())
+            .map_or_else(Origin::default, |m| m.origin)
     }
 
     /// Drops the first `k` buffered bytes.
@@ -91,7 +106,13 @@ impl Half {
         for m in &mut self.marks {
             m.at -= k;
         }
-        self.marks.insert(0, Mark { at: 0, origin: first });
+        self.marks.insert(
+            0,
+            Mark {
+                at: 0,
+                origin: first,
+            },
+        );
     }
 
     fn clear(&mut self) {
@@ -197,7 +218,14 @@ impl HttpParser {
     }
 
     /// Processes captured bytes of one side until they are used up.
-    fn feed_bytes(&mut self, side: Side, mut input: &[u8], origin: Origin, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+    fn feed_bytes(
+        &mut self,
+        side: Side,
+        mut input: &[u8],
+        origin: Origin,
+        out: &mut Vec<Exchange>,
+        stats: &mut ParseStats,
+    ) {
         while !input.is_empty() && !self.opaque {
             input = match &mut self.half(side).state {
                 State::Body(body) => {
@@ -218,11 +246,21 @@ impl HttpParser {
     }
 
     /// Header-block state: returns the input left after what was used.
-    fn head<'a>(&mut self, side: Side, input: &'a [u8], origin: Origin, out: &mut Vec<Exchange>, stats: &mut ParseStats) -> &'a [u8] {
+    fn head<'a>(
+        &mut self,
+        side: Side,
+        input: &'a [u8],
+        origin: Origin,
+        out: &mut Vec<Exchange>,
+        stats: &mut ParseStats,
+    ) -> &'a [u8] {
         let half = self.half(side);
         if half.buf.is_empty() {
             // Blank lines between messages are allowed (RFC 9112 section 2.2).
-            let skip = input.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(input.len());
+            let skip = input
+                .iter()
+                .position(|b| !matches!(b, b'\r' | b'\n'))
+                .unwrap_or(input.len());
             let input = input.get(skip..).unwrap_or_default();
             if input.is_empty() {
                 return input;
@@ -231,21 +269,26 @@ impl HttpParser {
                 self.lose(side, Loss::Malformed, origin.ts, out, stats);
                 return input.get(1..).unwrap_or_default();
             }
+            // Fast path: a whole header block in this chunk, parsed in one pass.
+            if let Ok(p) = head::parse(side, input)
+                && p.len() <= MAX_HEAD
+            {
+                let rest = input.get(p.len()..).unwrap_or_default();
+                self.on_parsed(p, origin, origin, out, stats);
+                return rest;
+            }
             return match head::find_end(&[], input) {
                 Some(end) if end <= MAX_HEAD => {
                     let (block, rest) = input.split_at(end);
                     self.complete_head(side, block, &[Mark { at: 0, origin }], origin, out, stats);
                     rest
                 }
-                Some(end) => {
-                    self.lose(side, Loss::Malformed, origin.ts, out, stats);
-                    input.get(end..).unwrap_or_default()
-                }
-                None if input.len() > MAX_HEAD => {
+                // Too long: given up at byte MAX_HEAD, whatever the chunking.
+                _ if input.len() > MAX_HEAD => {
                     self.lose(side, Loss::Malformed, origin.ts, out, stats);
                     input.get(MAX_HEAD..).unwrap_or_default()
                 }
-                None => {
+                _ => {
                     half.push(input, origin);
                     &[]
                 }
@@ -264,7 +307,10 @@ impl HttpParser {
                 return input;
             }
         }
-        let tail = half.buf.get(half.buf.len().saturating_sub(2)..).unwrap_or_default();
+        let tail = half
+            .buf
+            .get(half.buf.len().saturating_sub(2)..)
+            .unwrap_or_default();
         match head::find_end(tail, input) {
             Some(end) if half.buf.len() + end <= MAX_HEAD => {
                 let (block, rest) = input.split_at(end);
@@ -279,18 +325,13 @@ impl HttpParser {
                 }
                 rest
             }
-            Some(end) => {
-                self.half(side).clear();
-                self.lose(side, Loss::Malformed, origin.ts, out, stats);
-                input.get(end..).unwrap_or_default()
-            }
-            None if half.buf.len() + input.len() > MAX_HEAD => {
+            _ if half.buf.len() + input.len() > MAX_HEAD => {
                 let skip = MAX_HEAD.saturating_sub(half.buf.len());
                 half.clear();
                 self.lose(side, Loss::Malformed, origin.ts, out, stats);
                 input.get(skip..).unwrap_or_default()
             }
-            None => {
+            _ => {
                 half.push(input, origin);
                 &[]
             }
@@ -299,24 +340,24 @@ impl HttpParser {
 
     /// Parses a complete header block; when it is invalid, tries the later
     /// positions in it where a message could start, then gives the stream up.
-    fn complete_head(&mut self, side: Side, block: &[u8], marks: &[Mark], now: Origin, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+    fn complete_head(
+        &mut self,
+        side: Side,
+        block: &[u8],
+        marks: &[Mark],
+        now: Origin,
+        out: &mut Vec<Exchange>,
+        stats: &mut ParseStats,
+    ) {
         let mut at = 0;
         loop {
             let part = block.get(at..).unwrap_or_default();
-            let parsed = match side {
-                Side::Request => head::parse_request(part).map(Parsed::Request),
-                Side::Response => head::parse_response(part).map(Parsed::Response),
-            };
-            match parsed {
+            match head::parse(side, part) {
                 Ok(p) => {
                     if at > 0 {
                         self.lose(side, Loss::Malformed, now.ts, out, stats);
                     }
-                    self.half(side).state = State::Head;
-                    match p {
-                        Parsed::Request(r) => self.on_request(r, Half::origin(marks, at), stats),
-                        Parsed::Response(r) => self.on_response(r, now.ts, out, stats),
-                    }
+                    self.on_parsed(p, Half::origin(marks, at), now, out, stats);
                     return;
                 }
                 Err(_) => match head::find_start(side, block, at + 1) {
@@ -367,10 +408,36 @@ impl HttpParser {
         }
     }
 
+    /// A header block was parsed; `first` is where its first byte came from,
+    /// `now` the chunk holding its last byte.
+    fn on_parsed(
+        &mut self,
+        p: Parsed,
+        first: Origin,
+        now: Origin,
+        out: &mut Vec<Exchange>,
+        stats: &mut ParseStats,
+    ) {
+        match p {
+            Parsed::Request(r) => {
+                self.req.state = State::Head;
+                self.on_request(r, first, stats);
+            }
+            Parsed::Response(r) => {
+                self.resp.state = State::Head;
+                self.on_response(r, now.ts, out, stats);
+            }
+        }
+    }
+
     fn on_request(&mut self, r: RequestHead, origin: Origin, stats: &mut ParseStats) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.uncertain && self.queue.is_empty() && self.answer.is_none() && self.resp.buf.is_empty() {
+        if self.uncertain
+            && self.queue.is_empty()
+            && self.answer.is_none()
+            && self.resp.buf.is_empty()
+        {
             self.uncertain = false;
         }
         if self.uncertain {
@@ -384,7 +451,11 @@ impl HttpParser {
             }
             self.req_body = None;
         } else {
-            self.queue.push_back(Slot::Request(Pending { seq, origin, ex: r.ex }));
+            self.queue.push_back(Slot::Request(Pending {
+                seq,
+                origin,
+                ex: r.ex,
+            }));
             self.req_body = Some(seq);
         }
         self.req.state = match r.framing {
@@ -395,7 +466,13 @@ impl HttpParser {
         };
     }
 
-    fn on_response(&mut self, r: ResponseHead, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+    fn on_response(
+        &mut self,
+        r: ResponseHead,
+        ts: u64,
+        out: &mut Vec<Exchange>,
+        stats: &mut ParseStats,
+    ) {
         if (100..200).contains(&r.status) && r.status != 101 {
             return; // Interim (e.g. 100 Continue): the final response follows.
         }
@@ -407,10 +484,20 @@ impl HttpParser {
                 (Pair::Unmatched, None)
             }
         };
-        let tunnel = r.status == 101 || (method == Some(Method::Connect) && (200..300).contains(&r.status));
-        let framing = if tunnel { Framing::None } else { r.framing(method) };
+        let tunnel =
+            r.status == 101 || (method == Some(Method::Connect) && (200..300).contains(&r.status));
+        let framing = if tunnel {
+            Framing::None
+        } else {
+            r.framing(method)
+        };
         let body = (framing != Framing::None).then_some(0);
-        let answer = Answer { pair, status: r.status, content_type: r.content_type, body };
+        let answer = Answer {
+            pair,
+            status: r.status,
+            content_type: r.content_type,
+            body,
+        };
         match framing {
             Framing::None | Framing::Length(0) => {
                 self.finish(answer, ts, out, stats);
@@ -474,7 +561,13 @@ impl HttpParser {
                         self.req_body = None;
                     }
                     stats.exchanges += 1;
-                    out.push(Exchange { role: self.role, start_ns: p.origin.ts, end_ns: ts, tid: p.origin.tid, record: Record::Http(p.ex) });
+                    out.push(Exchange {
+                        role: self.role,
+                        start_ns: p.origin.ts,
+                        end_ns: ts,
+                        tid: p.origin.tid,
+                        record: Record::Http(p.ex),
+                    });
                 }
             }
             (Pair::Skip, Some(Slot::Skip(n))) => {
@@ -489,7 +582,14 @@ impl HttpParser {
     }
 
     /// One stream lost its place: count, drop what could be mis-paired, resync.
-    fn lose(&mut self, side: Side, loss: Loss, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+    fn lose(
+        &mut self,
+        side: Side,
+        loss: Loss,
+        ts: u64,
+        out: &mut Vec<Exchange>,
+        stats: &mut ParseStats,
+    ) {
         match loss {
             Loss::Malformed => stats.malformed += 1,
             Loss::Truncated => stats.truncated += 1,
@@ -507,7 +607,10 @@ impl HttpParser {
         // loss: it keeps its pairing. The rest are dropped; after a request
         // stream loss their responses are still due, so they are skipped.
         let keep = match self.answer {
-            Some(Answer { pair: Pair::Request(seq), .. }) => Some(seq),
+            Some(Answer {
+                pair: Pair::Request(seq),
+                ..
+            }) => Some(seq),
             _ => None,
         };
         let mut kept = None;
@@ -533,7 +636,14 @@ impl HttpParser {
     }
 
     /// Bytes moved but not captured: fine inside a body, a loss elsewhere.
-    fn skip_missing(&mut self, side: Side, mut n: u64, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+    fn skip_missing(
+        &mut self,
+        side: Side,
+        mut n: u64,
+        ts: u64,
+        out: &mut Vec<Exchange>,
+        stats: &mut ParseStats,
+    ) {
         while n > 0 && !self.opaque {
             let half = self.half(side);
             match &mut half.state {
@@ -562,18 +672,20 @@ impl HttpParser {
     }
 }
 
-enum Parsed {
-    Request(RequestHead),
-    Response(ResponseHead),
-}
-
 impl StreamParser for HttpParser {
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         if self.opaque {
             return;
         }
-        let side = if chunk.dir == self.role.request_direction() { Side::Request } else { Side::Response };
-        let origin = Origin { ts: chunk.ts_ns, tid: chunk.tid };
+        let side = if chunk.dir == self.role.request_direction() {
+            Side::Request
+        } else {
+            Side::Response
+        };
+        let origin = Origin {
+            ts: chunk.ts_ns,
+            tid: chunk.tid,
+        };
         self.feed_bytes(side, chunk.data, origin, out, stats);
         let missing = chunk.missing() as u64;
         if missing > 0 {
