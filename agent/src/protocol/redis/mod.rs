@@ -31,9 +31,9 @@ mod request;
 pub use describe::describe;
 pub use parser::RedisParser;
 
-use super::{Detection, Direction, Role};
 #[cfg(doc)]
 use super::ParseStats;
+use super::{Detection, Direction, Role};
 
 /// Commands waiting for a reply, per connection.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -41,6 +41,8 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 pub const MAX_STORED_ARGS: usize = 16;
 /// Bytes kept per argument value.
 pub const MAX_ARG_BYTES: usize = 128;
+/// Bytes of kept argument values stored without allocating.
+pub const ARGS_INLINE: usize = 40;
 /// Largest bulk string or aggregate length accepted (Redis's own limit).
 pub const MAX_RESP_LEN: i64 = 512 * 1024 * 1024;
 /// Deepest nesting of aggregates accepted in a reply.
@@ -99,8 +101,14 @@ impl CommandName {
     /// Appends bytes, upper-cased; stops silently when full.
     pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            let Some(slot) = self.buf.get_mut(self.len as usize) else { return };
-            *slot = if b.is_ascii_graphic() { b.to_ascii_uppercase() } else { b'?' };
+            let Some(slot) = self.buf.get_mut(self.len as usize) else {
+                return;
+            };
+            *slot = if b.is_ascii_graphic() {
+                b.to_ascii_uppercase()
+            } else {
+                b'?'
+            };
             self.len += 1;
         }
     }
@@ -131,9 +139,12 @@ pub struct Arg<'a> {
 
 /// The first [`MAX_STORED_ARGS`] arguments after the command word, each cut
 /// to [`MAX_ARG_BYTES`], packed in one buffer (`[len][flags][bytes]...`).
+///
+/// Up to [`ARGS_INLINE`] bytes live inline (no allocation for typical
+/// commands such as `SET key value`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ArgList {
-    buf: Vec<u8>,
+    buf: smallvec::SmallVec<[u8; ARGS_INLINE]>,
     count: u8,
     /// Offset of the header of the argument being appended, if any.
     open: Option<u32>,
@@ -160,7 +171,10 @@ impl ArgList {
             let (&flags, tail) = tail.split_first()?;
             let bytes = tail.get(..len as usize)?;
             rest = tail.get(len as usize..)?;
-            Some(Arg { bytes, truncated: flags != 0 })
+            Some(Arg {
+                bytes,
+                truncated: flags != 0,
+            })
         })
         .take(self.count as usize)
     }
@@ -172,9 +186,6 @@ impl ArgList {
 
     pub(crate) fn open(&mut self) {
         if self.open.is_none() && self.has_room() {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve(48);
-            }
             self.open = Some(self.buf.len() as u32);
             self.buf.extend_from_slice(&[0, 0]);
         }
@@ -184,7 +195,9 @@ impl ArgList {
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
         let Some(at) = self.open else { return };
         let at = at as usize;
-        let Some(&stored) = self.buf.get(at) else { return };
+        let Some(&stored) = self.buf.get(at) else {
+            return;
+        };
         let room = MAX_ARG_BYTES.saturating_sub(stored as usize);
         let take = room.min(bytes.len());
         if take < bytes.len()
@@ -348,13 +361,26 @@ fn sniff_array(data: &[u8]) -> Sniff {
 
 /// A known command word followed by a space or CRLF.
 fn sniff_inline(data: &[u8]) -> Sniff {
-    let word_end = data.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(data.len());
+    let word_end = data
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(data.len());
     let word = data.get(..word_end).unwrap_or(&[]);
-    let prefix_of_known = INLINE_DETECT_WORDS.iter().any(|w| w.len() >= word.len() && w[..word.len()].eq_ignore_ascii_case(word));
+    let prefix_of_known = INLINE_DETECT_WORDS.iter().any(|w| {
+        w.get(..word.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(word))
+    });
     if word_end == data.len() {
-        return if prefix_of_known { Sniff::NeedMore } else { Sniff::No };
+        return if prefix_of_known {
+            Sniff::NeedMore
+        } else {
+            Sniff::No
+        };
     }
-    if !INLINE_DETECT_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word)) {
+    if !INLINE_DETECT_WORDS
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(word))
+    {
         return Sniff::No;
     }
     match (data.get(word_end), data.get(word_end + 1)) {
@@ -377,30 +403,68 @@ mod tests {
         let cmd = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
         assert_eq!(det(Direction::Egress, cmd), Detection::Yes(Role::Client));
         assert_eq!(det(Direction::Ingress, cmd), Detection::Yes(Role::Server));
-        assert_eq!(det(Direction::Egress, b"*12\r\n$"), Detection::Yes(Role::Client));
+        assert_eq!(
+            det(Direction::Egress, b"*12\r\n$"),
+            Detection::Yes(Role::Client)
+        );
     }
 
     #[test]
     fn detect_needs_more_on_short_prefixes() {
-        for p in [&b""[..], b"*", b"*3", b"*3\r", b"*3\r\n", b"P", b"PIN", b"PING", b"PING\r", b"hel"] {
-            assert_eq!(det(Direction::Egress, p), Detection::NeedMore, "{:?}", String::from_utf8_lossy(p));
+        for p in [
+            &b""[..],
+            b"*",
+            b"*3",
+            b"*3\r",
+            b"*3\r\n",
+            b"P",
+            b"PIN",
+            b"PING",
+            b"PING\r",
+            b"hel",
+        ] {
+            assert_eq!(
+                det(Direction::Egress, p),
+                Detection::NeedMore,
+                "{:?}",
+                String::from_utf8_lossy(p)
+            );
         }
     }
 
     #[test]
     fn detect_inline_known_words() {
-        assert_eq!(det(Direction::Egress, b"PING\r\n"), Detection::Yes(Role::Client));
-        assert_eq!(det(Direction::Ingress, b"auth secret\r\n"), Detection::Yes(Role::Server));
-        assert_eq!(det(Direction::Egress, b"HELLO 3\r\n"), Detection::Yes(Role::Client));
+        assert_eq!(
+            det(Direction::Egress, b"PING\r\n"),
+            Detection::Yes(Role::Client)
+        );
+        assert_eq!(
+            det(Direction::Ingress, b"auth secret\r\n"),
+            Detection::Yes(Role::Server)
+        );
+        assert_eq!(
+            det(Direction::Egress, b"HELLO 3\r\n"),
+            Detection::Yes(Role::Client)
+        );
         assert_eq!(det(Direction::Egress, b"PINGX\r\n"), Detection::No);
         assert_eq!(det(Direction::Egress, b"PING\rX"), Detection::No);
     }
 
     #[test]
     fn detect_rejects_http_postgres_tls() {
-        let http: [&[u8]; 4] = [b"GET / HTTP/1.1\r\n", b"POST /x HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"HEAD / HTTP/1.1\r\n"];
+        let http: [&[u8]; 4] = [
+            b"GET / HTTP/1.1\r\n",
+            b"POST /x HTTP/1.1\r\n",
+            b"HTTP/1.1 200 OK\r\n",
+            b"HEAD / HTTP/1.1\r\n",
+        ];
         for h in http {
-            assert_eq!(det(Direction::Egress, h), Detection::No, "{:?}", String::from_utf8_lossy(h));
+            assert_eq!(
+                det(Direction::Egress, h),
+                Detection::No,
+                "{:?}",
+                String::from_utf8_lossy(h)
+            );
             assert_eq!(det(Direction::Ingress, h), Detection::No);
         }
         let pg_ssl = [0u8, 0, 0, 8, 4, 210, 22, 47];
@@ -425,10 +489,22 @@ mod tests {
         a.push(b"z", true);
         let v: Vec<_> = a.iter().collect();
         assert_eq!(v.len(), 3);
-        assert_eq!(v[0], Arg { bytes: b"k", truncated: false });
+        assert_eq!(
+            v[0],
+            Arg {
+                bytes: b"k",
+                truncated: false
+            }
+        );
         assert_eq!(v[1].bytes.len(), MAX_ARG_BYTES);
         assert!(v[1].truncated);
-        assert_eq!(v[2], Arg { bytes: b"z", truncated: true });
+        assert_eq!(
+            v[2],
+            Arg {
+                bytes: b"z",
+                truncated: true
+            }
+        );
         for _ in 0..20 {
             a.push(b"q", false);
         }

@@ -54,7 +54,9 @@ impl ReplyInfo {
 
     fn push_text(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            let Some(slot) = self.text.get_mut(self.text_len as usize) else { return };
+            let Some(slot) = self.text.get_mut(self.text_len as usize) else {
+                return;
+            };
             *slot = b;
             self.text_len += 1;
         }
@@ -68,7 +70,9 @@ pub(super) enum ReplyEvent {
     /// Bytes were not RESP.
     Malformed,
     /// Uncaptured bytes broke framing; `partial`: the reply that had started.
-    Lost { partial: Option<ReplyInfo> },
+    Lost {
+        partial: Option<ReplyInfo>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +143,23 @@ impl Default for ReplyDecoder {
 }
 
 fn is_type_byte(b: u8) -> bool {
-    matches!(b, b'+' | b'-' | b':' | b'$' | b'*' | b'_' | b',' | b'#' | b'(' | b'!' | b'=' | b'%' | b'~' | b'|' | b'>')
+    matches!(
+        b,
+        b'+' | b'-'
+            | b':'
+            | b'$'
+            | b'*'
+            | b'_'
+            | b','
+            | b'#'
+            | b'('
+            | b'!'
+            | b'='
+            | b'%'
+            | b'~'
+            | b'|'
+            | b'>'
+    )
 }
 
 fn kind_of(ty: u8) -> ReplyKind {
@@ -203,7 +223,7 @@ impl ReplyDecoder {
         let mut pos = 0;
         while pos < data.len() {
             if self.step(chunk, &mut pos, sink).is_err() {
-                self.to_resync();
+                self.enter_resync();
                 sink(ReplyEvent::Malformed);
                 return;
             }
@@ -214,7 +234,7 @@ impl ReplyDecoder {
         }
     }
 
-    fn to_resync(&mut self) {
+    fn enter_resync(&mut self) {
         self.depth = 0;
         self.attrs = 0;
         self.in_value = false;
@@ -228,27 +248,45 @@ impl ReplyDecoder {
     fn position(&self) -> At {
         let top = self.depth == 0;
         let direct_child = self.depth == 1 && self.attrs == 0;
-        At { top, first_child: direct_child && self.cur.children == 0, direct_child }
+        At {
+            top,
+            first_child: direct_child && self.cur.children == 0,
+            direct_child,
+        }
     }
 
-    fn step(&mut self, chunk: &Chunk<'_>, pos: &mut usize, sink: &mut impl FnMut(ReplyEvent)) -> Result<(), RespError> {
+    fn step(
+        &mut self,
+        chunk: &Chunk<'_>,
+        pos: &mut usize,
+        sink: &mut impl FnMut(ReplyEvent),
+    ) -> Result<(), RespError> {
         let data = chunk.data;
         match self.state {
             State::Type => {
-                let Some(&b) = data.get(*pos) else { return Ok(()) };
+                let Some(&b) = data.get(*pos) else {
+                    return Ok(());
+                };
                 if !is_type_byte(b) {
                     return Err(RespError::TypeByte(b));
                 }
                 if !self.in_value {
                     self.in_value = true;
-                    self.cur = ReplyInfo { start_ts: chunk.ts_ns, ..ReplyInfo::default() };
+                    self.cur = ReplyInfo {
+                        start_ts: chunk.ts_ns,
+                        ..ReplyInfo::default()
+                    };
                 }
                 *pos += 1;
                 self.state = State::Line { ty: b };
             }
             State::Line { ty } => {
                 let at = self.position();
-                let max = if matches!(ty, b'$' | b'=' | b'!' | b'*' | b'%' | b'~' | b'>' | b'|') { MAX_HEADER } else { MAX_LINE };
+                let max = if matches!(ty, b'$' | b'=' | b'!' | b'*' | b'%' | b'~' | b'>' | b'|') {
+                    MAX_HEADER
+                } else {
+                    MAX_LINE
+                };
                 let len = match self.line.take(data, pos, max) {
                     LineStep::More => return Ok(()),
                     LineStep::TooLong => return Err(RespError::LineTooLong),
@@ -265,7 +303,8 @@ impl ReplyDecoder {
                     Keep::Text => self.cur.push_text(bytes),
                     Keep::Error => {
                         let room = ERROR_KEEP.saturating_sub(self.kept.len());
-                        self.kept.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or(&[]));
+                        self.kept
+                            .extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or(&[]));
                     }
                     Keep::Nothing => {}
                 }
@@ -281,7 +320,10 @@ impl ReplyDecoder {
                 if left == 0 {
                     self.finish_body(chunk.ts_ns, sink);
                 } else {
-                    self.state = State::Body { remaining: left, ty };
+                    self.state = State::Body {
+                        remaining: left,
+                        ty,
+                    };
                 }
             }
             State::Resync => *pos = data.len(),
@@ -290,7 +332,14 @@ impl ReplyDecoder {
     }
 
     /// Acts on a complete line (`len` is the length of a length header).
-    fn on_line(&mut self, ty: u8, len: Option<i64>, at: At, ts: u64, sink: &mut impl FnMut(ReplyEvent)) -> Result<(), RespError> {
+    fn on_line(
+        &mut self,
+        ty: u8,
+        len: Option<i64>,
+        at: At,
+        ts: u64,
+        sink: &mut impl FnMut(ReplyEvent),
+    ) -> Result<(), RespError> {
         let Some(n) = len else {
             if at.top {
                 self.cur.kind = kind_of(ty);
@@ -318,7 +367,10 @@ impl ReplyDecoder {
                     b'$' if at.first_child => Keep::Text,
                     _ => Keep::Nothing,
                 };
-                self.state = State::Body { remaining: n as u64 + 2, ty };
+                self.state = State::Body {
+                    remaining: n as u64 + 2,
+                    ty,
+                };
             }
             _ => {
                 let count = if matches!(ty, b'%' | b'|') { n * 2 } else { n };
@@ -335,7 +387,10 @@ impl ReplyDecoder {
                     return Ok(());
                 }
                 let slot = self.stack.get_mut(self.depth).ok_or(RespError::TooDeep)?;
-                *slot = Frame { remaining: count, attr };
+                *slot = Frame {
+                    remaining: count,
+                    attr,
+                };
                 self.depth += 1;
                 self.attrs += usize::from(attr);
                 self.state = State::Type;
@@ -363,7 +418,9 @@ impl ReplyDecoder {
                 sink(ReplyEvent::Reply(std::mem::take(&mut self.cur)));
                 return;
             };
-            let Some(top) = self.stack.get_mut(i) else { return };
+            let Some(top) = self.stack.get_mut(i) else {
+                return;
+            };
             if i == 0 && !top.attr {
                 self.cur.children += 1;
             }
@@ -390,7 +447,10 @@ impl ReplyDecoder {
             if take == remaining {
                 self.finish_body(ts, sink);
             } else {
-                self.state = State::Body { remaining: remaining - take, ty };
+                self.state = State::Body {
+                    remaining: remaining - take,
+                    ty,
+                };
             }
         }
         if n == 0 || self.state == State::Resync {
@@ -402,7 +462,7 @@ impl ReplyDecoder {
             c.end_ts = ts;
             c
         });
-        self.to_resync();
+        self.enter_resync();
         sink(ReplyEvent::Lost { partial });
     }
 }

@@ -53,7 +53,11 @@ pub(super) enum CmdEvent {
     /// Uncaptured bytes broke framing. `partial`: a command had started;
     /// `cmd`: it, when its name was known; `single`: it began its chunk, so
     /// the lost bytes most likely held nothing else.
-    Lost { cmd: Option<ParsedCommand>, partial: bool, single: bool },
+    Lost {
+        cmd: Option<ParsedCommand>,
+        partial: bool,
+        single: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +131,11 @@ impl Builder {
     /// A container command's subcommand is complete.
     fn on_subcommand(&mut self) {
         let Some(info) = self.info else { return };
-        let sub = self.name.as_bytes().get(info.name.len() + 1..).unwrap_or(&[]);
+        let sub = self
+            .name
+            .as_bytes()
+            .get(info.name.len() + 1..)
+            .unwrap_or(&[]);
         let (key, secret) = commands::subcommand(info.name.as_bytes(), sub);
         self.key = key;
         if secret {
@@ -137,7 +145,11 @@ impl Builder {
 
     fn finish(&mut self, inline: bool) -> ParsedCommand {
         let args = std::mem::take(&mut self.args);
-        let key_index = if self.store { resolve_key(self.key, &args) } else { None };
+        let key_index = if self.store {
+            resolve_key(self.key, &args)
+        } else {
+            None
+        };
         ParsedCommand {
             start_ts: self.start_ts,
             tid: self.tid,
@@ -164,7 +176,11 @@ fn resolve_key(spec: KeySpec, args: &ArgList) -> Option<u8> {
             }
             2
         }
-        KeySpec::Streams => args.iter().position(|a| a.bytes.eq_ignore_ascii_case(b"STREAMS"))? + 1,
+        KeySpec::Streams => {
+            args.iter()
+                .position(|a| a.bytes.eq_ignore_ascii_case(b"STREAMS"))?
+                + 1
+        }
     };
     (idx < args.len()).then_some(idx as u8)
 }
@@ -214,7 +230,7 @@ impl RequestDecoder {
         let mut pos = 0;
         while pos < chunk.data.len() {
             if self.step(chunk, &mut pos, sink).is_err() {
-                self.to_resync();
+                self.enter_resync();
                 sink(CmdEvent::Garbage);
             }
         }
@@ -224,7 +240,7 @@ impl RequestDecoder {
         }
     }
 
-    fn to_resync(&mut self) {
+    fn enter_resync(&mut self) {
         self.header.reset();
         self.inline.clear();
         self.inline_total = 0;
@@ -234,11 +250,18 @@ impl RequestDecoder {
 
     /// One state transition; consumes at least one byte unless it only
     /// changes state.
-    fn step(&mut self, chunk: &Chunk<'_>, pos: &mut usize, sink: &mut impl FnMut(CmdEvent)) -> Result<(), RespError> {
+    fn step(
+        &mut self,
+        chunk: &Chunk<'_>,
+        pos: &mut usize,
+        sink: &mut impl FnMut(CmdEvent),
+    ) -> Result<(), RespError> {
         let data = chunk.data;
         match self.state {
             State::Idle => {
-                let Some(&b) = data.get(*pos) else { return Ok(()) };
+                let Some(&b) = data.get(*pos) else {
+                    return Ok(());
+                };
                 if b == b'\r' || b == b'\n' {
                     *pos += 1;
                     return Ok(());
@@ -253,34 +276,38 @@ impl RequestDecoder {
                     return Err(RespError::TypeByte(b));
                 }
             }
+            State::ArrayHeader
+                if self.header.is_empty()
+                    && let Some((n, used)) = quick_len(data, *pos) =>
+            {
+                *pos += used;
+                self.on_array_len(n)?;
+            }
+            State::ArgHeader
+                if self.header.is_empty()
+                    && data.get(*pos) == Some(&b'$')
+                    && let Some((n, used)) = quick_len(data, *pos + 1) =>
+            {
+                *pos += used + 1;
+                self.on_arg_len(n)?;
+            }
             State::ArrayHeader => match self.header.take(data, pos, MAX_HEADER) {
                 LineStep::More => {}
                 LineStep::TooLong => return Err(RespError::LineTooLong),
                 LineStep::Done(line) => {
                     let n = parse_i64(line)?;
-                    if n > MAX_RESP_LEN {
-                        return Err(RespError::Length(n));
-                    }
-                    if n <= 0 {
-                        // Redis ignores empty and null multibulks.
-                        self.state = State::Idle;
-                    } else {
-                        self.cur.argc = n as u64;
-                        self.state = State::ArgHeader;
-                    }
+                    self.on_array_len(n)?;
                 }
             },
             State::ArgHeader => match self.header.take(data, pos, MAX_HEADER) {
                 LineStep::More => {}
                 LineStep::TooLong => return Err(RespError::LineTooLong),
                 LineStep::Done(line) => {
-                    let Some((b'$', digits)) = line.split_first() else { return Err(RespError::NotBulk) };
+                    let Some((b'$', digits)) = line.split_first() else {
+                        return Err(RespError::NotBulk);
+                    };
                     let n = parse_i64(digits)?;
-                    if !(0..=MAX_RESP_LEN).contains(&n) {
-                        return Err(RespError::Length(n));
-                    }
-                    self.begin_arg();
-                    self.state = State::ArgBody { remaining: n as u64 + 2 };
+                    self.on_arg_len(n)?;
                 }
             },
             State::ArgBody { remaining } => {
@@ -310,7 +337,10 @@ impl RequestDecoder {
             }
             State::InlineWord => {
                 let rest = data.get(*pos..).unwrap_or(&[]);
-                let end = rest.iter().position(|b| !is_word_byte(*b)).unwrap_or(rest.len());
+                let end = rest
+                    .iter()
+                    .position(|b| !is_word_byte(*b))
+                    .unwrap_or(rest.len());
                 let word = rest.get(..end).unwrap_or(&[]);
                 self.cur.word_len += word.len();
                 if self.cur.word_len > INLINE_WORD_MAX {
@@ -335,7 +365,8 @@ impl RequestDecoder {
                 let nl = memchr::memchr(b'\n', rest);
                 let part = rest.get(..nl.unwrap_or(rest.len())).unwrap_or(&[]);
                 let room = INLINE_KEEP.saturating_sub(self.inline.len());
-                self.inline.extend_from_slice(part.get(..room.min(part.len())).unwrap_or(&[]));
+                self.inline
+                    .extend_from_slice(part.get(..room.min(part.len())).unwrap_or(&[]));
                 self.inline_total += part.len();
                 *pos += part.len() + usize::from(nl.is_some());
                 if self.inline_total > INLINE_MAX {
@@ -349,6 +380,31 @@ impl RequestDecoder {
             }
             State::Resync => self.scan_step(chunk, pos),
         }
+        Ok(())
+    }
+
+    fn on_array_len(&mut self, n: i64) -> Result<(), RespError> {
+        if n > MAX_RESP_LEN {
+            return Err(RespError::Length(n));
+        }
+        if n <= 0 {
+            // Redis ignores empty and null multibulks.
+            self.state = State::Idle;
+        } else {
+            self.cur.argc = n as u64;
+            self.state = State::ArgHeader;
+        }
+        Ok(())
+    }
+
+    fn on_arg_len(&mut self, n: i64) -> Result<(), RespError> {
+        if !(0..=MAX_RESP_LEN).contains(&n) {
+            return Err(RespError::Length(n));
+        }
+        self.begin_arg();
+        self.state = State::ArgBody {
+            remaining: n as u64 + 2,
+        };
         Ok(())
     }
 
@@ -398,7 +454,10 @@ impl RequestDecoder {
         let line_cut = self.inline_total > self.inline.len();
         let line = self.inline.strip_suffix(b"\r").unwrap_or(&self.inline);
         let cur = &mut self.cur;
-        let mut words = line.split(|b| *b == b' ' || *b == b'\t').filter(|w| !w.is_empty()).peekable();
+        let mut words = line
+            .split(|b| *b == b' ' || *b == b'\t')
+            .filter(|w| !w.is_empty())
+            .peekable();
         let mut argc = 1u64;
         while let Some(w) = words.next() {
             argc += 1;
@@ -433,7 +492,13 @@ impl RequestDecoder {
                     *pos = data.len();
                     return;
                 };
-                *s = Scan { phase: 1, n: 0, start_ts: chunk.ts_ns, tid: chunk.tid, at_chunk_start: *pos + i == 0 };
+                *s = Scan {
+                    phase: 1,
+                    n: 0,
+                    start_ts: chunk.ts_ns,
+                    tid: chunk.tid,
+                    at_chunk_start: *pos + i == 0,
+                };
                 *pos += i + 1;
                 continue;
             }
@@ -487,7 +552,9 @@ impl RequestDecoder {
             if take == remaining {
                 self.end_arg(sink);
             } else {
-                self.state = State::ArgBody { remaining: remaining - take };
+                self.state = State::ArgBody {
+                    remaining: remaining - take,
+                };
             }
         }
         if n == 0 {
@@ -496,8 +563,12 @@ impl RequestDecoder {
         match self.state {
             State::Resync => {}
             State::Idle => {
-                sink(CmdEvent::Lost { cmd: None, partial: false, single: false });
-                self.to_resync();
+                sink(CmdEvent::Lost {
+                    cmd: None,
+                    partial: false,
+                    single: false,
+                });
+                self.enter_resync();
             }
             _ => {
                 let cur = &mut self.cur;
@@ -508,11 +579,31 @@ impl RequestDecoder {
                     cur.finish(false)
                 });
                 let single = cur.at_chunk_start;
-                sink(CmdEvent::Lost { cmd, partial: true, single });
-                self.to_resync();
+                sink(CmdEvent::Lost {
+                    cmd,
+                    partial: true,
+                    single,
+                });
+                self.enter_resync();
             }
         }
     }
+}
+
+/// Fast path for a complete `<digits>\r\n` at `data[pos..]` (the common
+/// case): the value and the bytes used. Anything else (a sign, a split line,
+/// junk) returns None and takes the general path.
+fn quick_len(data: &[u8], pos: usize) -> Option<(i64, usize)> {
+    let rest = data.get(pos..)?;
+    let mut n: i64 = 0;
+    for (i, &b) in rest.iter().enumerate().take(12) {
+        match b {
+            b'0'..=b'9' => n = n * 10 + i64::from(b - b'0'),
+            b'\r' if i > 0 && rest.get(i + 1) == Some(&b'\n') => return Some((n, i + 2)),
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Bytes allowed in an inline command word (letters, digits, `_`, `.`).
