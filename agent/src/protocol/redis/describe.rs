@@ -1,0 +1,222 @@
+//! Maps a [`RedisExchange`] to a span name, attributes and status following
+//! the OpenTelemetry database semantic conventions.
+//!
+//! Guarantees: argument values are exported only with
+//! [`Privacy::redis_values`] (then as a bounded, truncated list, and never
+//! for commands that carry secrets); by default `db.query.text` holds the
+//! command and its key only. The key and the argument count are always
+//! available to rules as private attributes `db.redis.key` / `db.redis.args`.
+//!
+//! Non-standard attribute: `db.redis.transaction = true` (exported) marks a
+//! command queued between MULTI and EXEC, whose span ends at `+QUEUED`.
+
+use std::fmt::Write as _;
+
+use super::{Arg, RedisExchange};
+use crate::protocol::{ConnMeta, Described, Privacy, Role};
+use crate::span::model::{Attributes, SpanStatus};
+
+/// Semantic-convention name, attributes and status of an exchange.
+pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
+    let op = if r.command.is_empty() {
+        "redis"
+    } else {
+        r.command.as_str()
+    };
+    let mut a = Attributes::new();
+    a.set("db.system.name", "redis");
+    a.set("db.operation.name", op);
+    a.set("db.namespace", r.db.to_string());
+    a.set("db.query.text", query_text(r, op, privacy.redis_values));
+    let server = match role {
+        Role::Client => conn.peer,
+        Role::Server => conn.local,
+    };
+    if let Some(s) = server {
+        a.set("server.address", s.ip().to_string());
+        a.set("server.port", i64::from(s.port()));
+    }
+    if let Some(p) = conn.peer {
+        a.set("network.peer.address", p.ip().to_string());
+        a.set("network.peer.port", i64::from(p.port()));
+    }
+    if r.in_transaction {
+        a.set("db.redis.transaction", true);
+    }
+    let mut status = SpanStatus::default();
+    if r.reply.is_error() {
+        let msg = r.error.as_deref().unwrap_or_default();
+        if let Some(code) = error_prefix(msg) {
+            a.set("db.response.status_code", code);
+        }
+        status = SpanStatus::error(msg);
+    }
+    let mut private = Attributes::new();
+    if let Some(k) = r.key() {
+        private.set("db.redis.key", arg_text(k));
+    }
+    private.set("db.redis.args", i64::from(r.arg_count));
+    Described {
+        name: op.to_owned(),
+        attributes: a,
+        private,
+        status,
+        traceparent: None,
+        tracestate: None,
+    }
+}
+
+/// Redis error code: the first word when it is upper case (`ERR`,
+/// `WRONGTYPE`, `MOVED`, `NOSCRIPT`...).
+fn error_prefix(msg: &str) -> Option<&str> {
+    let word = msg.split(' ').next()?;
+    let code = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    code.then_some(word)
+}
+
+fn arg_text(a: Arg<'_>) -> String {
+    let mut s = String::from_utf8_lossy(a.bytes).into_owned();
+    if a.truncated {
+        s.push_str("...");
+    }
+    s
+}
+
+/// `GET user:42` by default; with values, the command word and every kept
+/// argument (` ...` marks arguments not kept).
+fn query_text(r: &RedisExchange, op: &str, values: bool) -> String {
+    let mut s = String::new();
+    if values {
+        s.push_str(op.split(' ').next().unwrap_or(op));
+        for a in r.args.iter() {
+            s.push(' ');
+            s.push_str(&arg_text(a));
+        }
+        if (r.args.len() as u64) < u64::from(r.arg_count) {
+            s.push_str(" ...");
+        }
+        return s;
+    }
+    s.push_str(op);
+    if let Some(k) = r.key() {
+        let _ = write!(s, " {}", arg_text(k));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::redis::{ArgList, CommandName, ReplyKind};
+    use crate::span::model::StatusCode;
+
+    fn exchange(name: &str, args: &[&str], key: Option<u8>) -> RedisExchange {
+        let mut list = ArgList::default();
+        for a in args {
+            list.push(a.as_bytes(), false);
+        }
+        RedisExchange {
+            command: CommandName::new(name.as_bytes()),
+            args: list,
+            arg_count: args.len() as u32,
+            key_index: key,
+            reply: ReplyKind::Simple,
+            ..RedisExchange::default()
+        }
+    }
+
+    fn conn() -> ConnMeta {
+        ConnMeta {
+            local: "10.0.0.1:40000".parse().ok(),
+            peer: "10.0.0.2:6379".parse().ok(),
+        }
+    }
+
+    #[test]
+    fn values_are_not_exported_by_default() {
+        let r = exchange("SET", &["user:42", "s3cret"], Some(0));
+        let d = describe(&r, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(d.name, "SET");
+        assert_eq!(d.attributes.get_str("db.query.text"), Some("SET user:42"));
+        assert!(
+            d.attributes
+                .iter()
+                .all(|(_, v)| !v.to_text().contains("s3cret"))
+        );
+        assert_eq!(d.private.get_str("db.redis.key"), Some("user:42"));
+        assert_eq!(
+            d.private.get("db.redis.args").and_then(|v| v.as_i64()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn values_are_exported_on_opt_in_with_truncation_marks() {
+        let mut r = exchange("SET", &["k"], Some(0));
+        r.args.push(&[b'v'; 128], true);
+        r.arg_count = 4;
+        let privacy = Privacy {
+            redis_values: true,
+            ..Privacy::default()
+        };
+        let d = describe(&r, Role::Client, &conn(), &privacy);
+        let text = d.attributes.get_str("db.query.text").unwrap_or_default();
+        assert!(text.starts_with("SET k vvvv"), "{text}");
+        assert!(text.ends_with("v... ..."), "{text}");
+    }
+
+    #[test]
+    fn server_address_depends_on_role() {
+        let r = exchange("PING", &[], None);
+        let c = describe(&r, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(c.attributes.get_str("server.address"), Some("10.0.0.2"));
+        assert_eq!(
+            c.attributes.get("server.port").and_then(|v| v.as_i64()),
+            Some(6379)
+        );
+        let s = describe(&r, Role::Server, &conn(), &Privacy::default());
+        assert_eq!(s.attributes.get_str("server.address"), Some("10.0.0.1"));
+        assert_eq!(
+            s.attributes.get_str("network.peer.address"),
+            Some("10.0.0.2")
+        );
+        assert_eq!(s.attributes.get_str("db.query.text"), Some("PING"));
+        assert_eq!(s.attributes.get_str("db.namespace"), Some("0"));
+        assert!(s.private.get("db.redis.key").is_none());
+    }
+
+    #[test]
+    fn error_reply_sets_status_and_code() {
+        let mut r = exchange("GET", &["l"], Some(0));
+        r.reply = ReplyKind::Error;
+        r.error = Some("WRONGTYPE Operation against a key holding the wrong kind of value".into());
+        let d = describe(&r, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(d.status.code, StatusCode::Error);
+        assert!(d.status.message.starts_with("WRONGTYPE Operation"));
+        assert_eq!(
+            d.attributes.get_str("db.response.status_code"),
+            Some("WRONGTYPE")
+        );
+        r.error = Some("odd lower case error".into());
+        let d = describe(&r, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(d.status.code, StatusCode::Error);
+        assert!(d.attributes.get("db.response.status_code").is_none());
+    }
+
+    #[test]
+    fn transaction_flag_is_exported_only_when_set() {
+        let mut r = exchange("INCR", &["n"], Some(0));
+        assert!(
+            describe(&r, Role::Client, &conn(), &Privacy::default())
+                .attributes
+                .get("db.redis.transaction")
+                .is_none()
+        );
+        r.in_transaction = true;
+        let d = describe(&r, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(d.attributes.get("db.redis.transaction"), Some(&true.into()));
+    }
+}
