@@ -8,4 +8,5 @@
 
 pub mod protocol;
 pub mod span;
+pub mod rules;
 pub mod sample;
