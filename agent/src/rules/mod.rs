@@ -45,7 +45,7 @@ pub use reload::{ReloadOptions, ReloadStats, RulesHandle, spawn_reload};
 use crate::sample::{SamplingHints, SamplingPolicy};
 use crate::span::model::Span;
 use action::{Actions, SampleSetting};
-use matcher::{Cond, View};
+use matcher::{Cond, Quick, View};
 use schema::{ProtoMask, RuleFile};
 
 /// Largest rule file accepted.
@@ -73,7 +73,12 @@ pub struct RuleOutcome {
 impl RuleOutcome {
     /// The part sampling needs.
     pub fn hints(&self) -> SamplingHints {
-        SamplingHints { drop: self.drop, critical: self.critical, rate: self.rate, priority: self.priority }
+        SamplingHints {
+            drop: self.drop,
+            critical: self.critical,
+            rate: self.rate,
+            priority: self.priority,
+        }
     }
 }
 
@@ -82,6 +87,7 @@ impl RuleOutcome {
 pub struct Rule {
     pub id: Arc<str>,
     pub description: Option<String>,
+    quick: Quick,
     cond: Cond,
     actions: Actions,
     stop: bool,
@@ -133,15 +139,24 @@ impl RuleSet {
     }
 
     /// Compiles rule text; `name` is used in error messages (usually the path).
-    #[expect(clippy::should_implement_trait, reason = "needs the file name for error messages")]
     pub fn from_str(text: &str, name: &str) -> Result<RuleSet, RulesError> {
         if text.len() as u64 > MAX_FILE_BYTES {
-            return Err(RulesError::TooLarge { file: name.to_owned(), len: text.len() as u64, max: MAX_FILE_BYTES });
+            return Err(RulesError::TooLarge {
+                file: name.to_owned(),
+                len: text.len() as u64,
+                max: MAX_FILE_BYTES,
+            });
         }
-        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-            return Err(RulesError::Empty { file: name.to_owned() });
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Err(RulesError::Empty {
+                file: name.to_owned(),
+            });
         }
-        let file: RuleFile = serde_yaml::from_str(text).map_err(|e| RulesError::from_yaml(name, &e))?;
+        let file: RuleFile =
+            serde_yaml::from_str(text).map_err(|e| RulesError::from_yaml(name, &e))?;
         compile(file, text, name)
     }
 
@@ -160,7 +175,10 @@ impl RuleSet {
 
     /// How many times each rule fired (counts carry over reloads by rule id).
     pub fn fired_counts(&self) -> Vec<(Arc<str>, u64)> {
-        self.rules.iter().map(|r| (Arc::clone(&r.id), r.fired.load(Ordering::Relaxed))).collect()
+        self.rules
+            .iter()
+            .map(|r| (Arc::clone(&r.id), r.fired.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Takes over the counters of `old` for rules whose id is unchanged.
@@ -176,51 +194,84 @@ impl RuleSet {
     /// Runs the rules over `span` in order, changing it in place.
     pub fn apply(&self, span: &mut Span) -> RuleOutcome {
         let mut out = RuleOutcome::default();
-        let bucket = match self.buckets.get(View::new(span).bucket()) {
-            Some(b) => b,
-            None => return out,
+        let (bucket, mut hit) = {
+            let view = View::new(span);
+            let bucket = self
+                .buckets
+                .get(view.bucket())
+                .map_or(&[][..], Vec::as_slice);
+            (bucket, self.next_match(bucket, 0, &view))
         };
-        let mut next = 0;
-        loop {
-            let hit = {
-                let view = View::new(span);
-                bucket.get(next..).and_then(|rest| {
-                    rest.iter().position(|&i| self.rules.get(i as usize).is_some_and(|r| r.cond.eval(&view))).map(|k| next + k)
-                })
+        while let Some(k) = hit {
+            let Some(rule) = bucket.get(k).and_then(|&i| self.rules.get(i as usize)) else {
+                break;
             };
-            let Some(k) = hit else { break };
-            let Some(rule) = bucket.get(k).and_then(|&i| self.rules.get(i as usize)) else { break };
             rule.fired.fetch_add(1, Ordering::Relaxed);
             out.fired.push(Arc::clone(&rule.id));
-            rule.actions.apply(span, &mut out, &self.counters.credential_redactions);
+            rule.actions
+                .apply(span, &mut out, &self.counters.credential_redactions);
             if rule.stop || out.drop {
                 break;
             }
-            next = k + 1;
+            if k + 1 >= bucket.len() {
+                break;
+            }
+            // The actions may have changed what later rules see.
+            hit = self.next_match(bucket, k + 1, &View::new(span));
         }
         out
+    }
+
+    /// Position in `bucket`, from `from` on, of the first rule that matches.
+    fn next_match(&self, bucket: &[u32], from: usize, view: &View<'_>) -> Option<usize> {
+        let rest = bucket.get(from..)?;
+        let k = rest.iter().position(|&i| {
+            self.rules
+                .get(i as usize)
+                .is_some_and(|r| r.quick.admits(view) && r.cond.eval(view))
+        })?;
+        Some(from + k)
     }
 }
 
 /// Reads a rule file, bounded in size.
 pub fn read_rule_file(path: &Path) -> Result<String, RulesError> {
     let file = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| RulesError::Io { file: file.clone(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| RulesError::Io {
+        file: file.clone(),
+        source,
+    })?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(RulesError::TooLarge { file, len: meta.len(), max: MAX_FILE_BYTES });
+        return Err(RulesError::TooLarge {
+            file,
+            len: meta.len(),
+            max: MAX_FILE_BYTES,
+        });
     }
     std::fs::read_to_string(path).map_err(|source| RulesError::Io { file, source })
 }
 
 fn invalid(name: &str, pos: Option<(usize, usize)>, message: String) -> RulesError {
     let (line, column) = pos.unwrap_or((1, 1));
-    RulesError::Invalid { file: name.to_owned(), line, column, message }
+    RulesError::Invalid {
+        file: name.to_owned(),
+        line,
+        column,
+        message,
+    }
 }
 
 fn compile(file: RuleFile, text: &str, name: &str) -> Result<RuleSet, RulesError> {
     if file.rules.len() > MAX_RULES {
         let pos = error::locate(text, "rules", "", 0);
-        return Err(invalid(name, pos, format!("{} rules is over the limit of {MAX_RULES}", file.rules.len())));
+        return Err(invalid(
+            name,
+            pos,
+            format!(
+                "{} rules is over the limit of {MAX_RULES}",
+                file.rules.len()
+            ),
+        ));
     }
     let sampling = Arc::new(file.sampling);
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -243,25 +294,41 @@ fn compile(file: RuleFile, text: &str, name: &str) -> Result<RuleSet, RulesError
                         *n += 1;
                         let pos = error::locate(text, "class", c, *n - 1);
                         if s.rate.is_some() {
-                            return Err(invalid(name, pos, format!("rule `{id}`: set `rate` or `class`, not both")));
+                            return Err(invalid(
+                                name,
+                                pos,
+                                format!("rule `{id}`: set `rate` or `class`, not both"),
+                            ));
                         }
                         let Some((_, rate)) = sampling.classes.iter().find(|(k, _)| *k == c) else {
-                            return Err(invalid(name, pos, format!("rule `{id}`: unknown sampling class `{c}` (define it under sampling.classes)")));
+                            return Err(invalid(
+                                name,
+                                pos,
+                                format!(
+                                    "rule `{id}`: unknown sampling class `{c}` (define it under sampling.classes)"
+                                ),
+                            ));
                         };
                         Some((rate.get(), Some(Arc::<str>::from(c.as_str()))))
                     }
                     None => s.rate.map(|r| (r.get(), None)),
                 };
-                class.map(|(rate, class)| SampleSetting { rate, priority: s.priority, class })
+                class.map(|(rate, class)| SampleSetting {
+                    rate,
+                    priority: s.priority,
+                    class,
+                })
             }
         };
         if !spec.enabled {
             continue;
         }
+        let cond = spec.when.map(Cond::compile).unwrap_or(Cond::True);
         rules.push(Rule {
             id: Arc::from(id),
             description: spec.description,
-            cond: spec.when.map(Cond::compile).unwrap_or(Cond::True),
+            quick: Quick::of(&cond),
+            cond,
             actions: Actions::compile(spec.actions, sample),
             stop: spec.stop,
             fired: Arc::default(),
@@ -270,13 +337,27 @@ fn compile(file: RuleFile, text: &str, name: &str) -> Result<RuleSet, RulesError
     let mut buckets: [Vec<u32>; 4] = Default::default();
     for (i, r) in rules.iter().enumerate() {
         let mask = r.protocols();
-        for (b, proto) in [ProtoMask::HTTP, ProtoMask::POSTGRES, ProtoMask::REDIS, ProtoMask::OTHER].iter().enumerate() {
-            if mask.contains(*proto) {
-                if let Some(bucket) = buckets.get_mut(b) {
-                    bucket.push(i as u32);
-                }
+        for (b, proto) in [
+            ProtoMask::HTTP,
+            ProtoMask::POSTGRES,
+            ProtoMask::REDIS,
+            ProtoMask::OTHER,
+        ]
+        .iter()
+        .enumerate()
+        {
+            if mask.contains(*proto)
+                && let Some(bucket) = buckets.get_mut(b)
+            {
+                bucket.push(i as u32);
             }
         }
     }
-    Ok(RuleSet { name: name.to_owned(), rules, buckets, sampling, counters: Arc::default() })
+    Ok(RuleSet {
+        name: name.to_owned(),
+        rules,
+        buckets,
+        sampling,
+        counters: Arc::default(),
+    })
 }

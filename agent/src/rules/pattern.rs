@@ -50,14 +50,26 @@ impl Glob {
             .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
             .build()
             .map_err(|e| e.to_string())?;
-        let literal_end = pattern.find(|c| GLOB_META.contains(&c) || c == '\\').unwrap_or(pattern.len());
-        let literal_start = pattern.rfind(|c| GLOB_META.contains(&c) || c == '\\').map_or(0, |i| i + 1);
+        let literal_end = pattern
+            .find(|c| GLOB_META.contains(&c) || c == '\\')
+            .unwrap_or(pattern.len());
+        let literal_start = pattern
+            .rfind(|c| GLOB_META.contains(&c) || c == '\\')
+            .map_or(0, |i| i + 1);
         let (prefix, suffix) = if case_insensitive {
             (String::new(), String::new())
         } else {
-            (pattern[..literal_end].to_owned(), pattern[literal_start..].to_owned())
+            (
+                pattern[..literal_end].to_owned(),
+                pattern[literal_start..].to_owned(),
+            )
         };
-        Ok(Glob { source: pattern.into(), prefix: prefix.into(), suffix: suffix.into(), re })
+        Ok(Glob {
+            source: pattern.into(),
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+            re,
+        })
     }
 
     pub fn is_match(&self, v: &str) -> bool {
@@ -67,6 +79,66 @@ impl Glob {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// Literal text every match starts with ("" when none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// A regex plus the literal text every match must start with (when the
+/// pattern is anchored with `^` and starts with plain characters), checked
+/// first: most haystacks are rejected without running the regex.
+#[derive(Clone, Debug)]
+pub struct Re {
+    re: regex::Regex,
+    prefix: Box<str>,
+}
+
+impl Re {
+    /// `case_insensitive`: the regex was built ignoring case (no prefix then).
+    pub fn new(re: regex::Regex, case_insensitive: bool) -> Re {
+        let prefix = if case_insensitive {
+            String::new()
+        } else {
+            required_prefix(re.as_str())
+        }
+        .into();
+        Re { re, prefix }
+    }
+
+    pub fn is_match(&self, v: &str) -> bool {
+        v.starts_with(&*self.prefix) && self.re.is_match(v)
+    }
+
+    pub fn as_regex(&self) -> &regex::Regex {
+        &self.re
+    }
+
+    /// Literal text every match starts with ("" when none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// Literal prefix of an anchored pattern without alternation; "" when unsure.
+fn required_prefix(pattern: &str) -> String {
+    const META: &[char] = &[
+        '\\', '.', '+', '*', '?', '(', ')', '|', '[', ']', '{', '}', '^', '$',
+    ];
+    let Some(rest) = pattern.strip_prefix('^') else {
+        return String::new();
+    };
+    if pattern.contains('|') {
+        return String::new();
+    }
+    let end = rest.find(META).unwrap_or(rest.len());
+    let mut prefix = rest[..end].to_owned();
+    // A quantifier after the run applies to its last character.
+    if rest[end..].starts_with(['?', '*', '{']) {
+        prefix.pop();
+    }
+    prefix
 }
 
 /// A compiled string condition. See docs/rules.md, "String matchers".
@@ -75,7 +147,7 @@ pub enum StrMatch {
     Exact(Box<str>),
     ExactNoCase(Box<str>),
     Glob(Glob),
-    Regex(regex::Regex),
+    Regex(Re),
     AnyOf(Vec<StrMatch>),
     Exists(bool),
 }
@@ -94,20 +166,64 @@ impl StrMatch {
         }
     }
 
+    /// Text every matching value starts with, when known (never for
+    /// case-insensitive matchers or `exists`).
+    pub fn required_prefix(&self) -> Option<&str> {
+        match self {
+            StrMatch::Exact(s) => Some(s),
+            StrMatch::Glob(g) => Some(g.prefix()),
+            StrMatch::Regex(r) => Some(r.prefix()),
+            StrMatch::ExactNoCase(_) | StrMatch::Exists(_) => None,
+            StrMatch::AnyOf(list) => {
+                let mut prefixes = list.iter().map(StrMatch::required_prefix);
+                let first = prefixes.next()??;
+                prefixes.try_fold(first, |acc, p| {
+                    let p = p?;
+                    let common = acc
+                        .char_indices()
+                        .zip(p.chars())
+                        .find(|((_, a), b)| a != b)
+                        .map_or(acc.len().min(p.len()), |((i, _), _)| i);
+                    Some(&acc[..common])
+                })
+            }
+        }
+    }
+
+    /// The exact values this matcher accepts, when it is a (list of) exact
+    /// value(s); `None` otherwise.
+    pub fn exact_values(&self) -> Option<Vec<&str>> {
+        match self {
+            StrMatch::Exact(s) | StrMatch::ExactNoCase(s) => Some(vec![s]),
+            StrMatch::AnyOf(list) => list.iter().try_fold(Vec::new(), |mut acc, m| {
+                acc.extend(m.exact_values()?);
+                Some(acc)
+            }),
+            _ => None,
+        }
+    }
+
     /// Rough cost rank, to evaluate cheap conditions first.
     pub fn cost(&self) -> u8 {
         match self {
             StrMatch::Exists(_) | StrMatch::Exact(_) | StrMatch::ExactNoCase(_) => 1,
             StrMatch::Glob(_) => 3,
             StrMatch::Regex(_) => 4,
-            StrMatch::AnyOf(l) => l.iter().map(StrMatch::cost).max().unwrap_or(1).saturating_add(1),
+            StrMatch::AnyOf(l) => l
+                .iter()
+                .map(StrMatch::cost)
+                .max()
+                .unwrap_or(1)
+                .saturating_add(1),
         }
     }
 }
 
 fn scalar_match(s: &str, ci: bool) -> Result<StrMatch, String> {
     if s.contains(GLOB_META) || s.contains('\\') {
-        Glob::new(s, ci).map(StrMatch::Glob).map_err(|e| format!("bad glob {s:?}: {e}"))
+        Glob::new(s, ci)
+            .map(StrMatch::Glob)
+            .map_err(|e| format!("bad glob {s:?}: {e}"))
     } else if ci {
         Ok(StrMatch::ExactNoCase(s.into()))
     } else {
@@ -161,22 +277,38 @@ impl<'de> Visitor<'de> for StrMatchSeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrMatch, A::Error> {
         let Some(key) = map.next_key::<String>()? else {
-            return Err(de::Error::custom("expected one of equals, glob, regex, exists"));
+            return Err(de::Error::custom(
+                "expected one of equals, glob, regex, exists",
+            ));
         };
         let m = match key.as_str() {
             "equals" => {
                 let s: ScalarText = map.next_value()?;
-                if self.ci { StrMatch::ExactNoCase(s.0.into()) } else { StrMatch::Exact(s.0.into()) }
+                if self.ci {
+                    StrMatch::ExactNoCase(s.0.into())
+                } else {
+                    StrMatch::Exact(s.0.into())
+                }
             }
             "glob" => map.next_value_seed(GlobSeed { ci: self.ci })?,
-            "regex" => StrMatch::Regex(map.next_value_seed(RegexSeed { ci: self.ci, min_groups: 0 })?),
+            "regex" => StrMatch::Regex(Re::new(
+                map.next_value_seed(RegexSeed {
+                    ci: self.ci,
+                    min_groups: 0,
+                })?,
+                self.ci,
+            )),
             "exists" => StrMatch::Exists(map.next_value()?),
             other => {
-                return Err(de::Error::custom(format!("unknown matcher `{other}`, expected one of equals, glob, regex, exists")));
+                return Err(de::Error::custom(format!(
+                    "unknown matcher `{other}`, expected one of equals, glob, regex, exists"
+                )));
             }
         };
         if map.next_key::<String>()?.is_some() {
-            return Err(de::Error::custom("a matcher mapping takes exactly one of equals, glob, regex, exists"));
+            return Err(de::Error::custom(
+                "a matcher mapping takes exactly one of equals, glob, regex, exists",
+            ));
         }
         Ok(m)
     }
@@ -247,7 +379,9 @@ impl Visitor<'_> for GlobSeed {
         f.write_str("a glob pattern")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<StrMatch, E> {
-        Glob::new(v, self.ci).map(StrMatch::Glob).map_err(|e| E::custom(format!("bad glob {v:?}: {e}")))
+        Glob::new(v, self.ci)
+            .map(StrMatch::Glob)
+            .map_err(|e| E::custom(format!("bad glob {v:?}: {e}")))
     }
 }
 
@@ -271,9 +405,12 @@ impl Visitor<'_> for RegexSeed {
         f.write_str("a regular expression")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<regex::Regex, E> {
-        let re = build_regex(v, self.ci).map_err(|e| E::custom(format!("bad regex {v:?}: {}", one_line(&e.to_string()))))?;
+        let re = build_regex(v, self.ci)
+            .map_err(|e| E::custom(format!("bad regex {v:?}: {}", one_line(&e.to_string()))))?;
         if re.captures_len() - 1 < self.min_groups {
-            return Err(E::custom(format!("regex {v:?} needs a capture group, e.g. \"^/users/([^/]+)\"")));
+            return Err(E::custom(format!(
+                "regex {v:?} needs a capture group, e.g. \"^/users/([^/]+)\""
+            )));
         }
         Ok(re)
     }
@@ -281,11 +418,23 @@ impl Visitor<'_> for RegexSeed {
 
 /// Regex errors span several lines (a caret diagram); keep their last line.
 fn one_line(msg: &str) -> String {
-    let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     match lines.as_slice() {
         [] => String::new(),
         [only] => (*only).to_owned(),
-        [.., last] => format!("{last} ({})", lines.iter().take(lines.len() - 1).copied().collect::<Vec<_>>().join(" ")),
+        [.., last] => format!(
+            "{last} ({})",
+            lines
+                .iter()
+                .take(lines.len() - 1)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     }
 }
 
@@ -319,7 +468,9 @@ impl<'de> Deserialize<'de> for StatusMatch {
         impl<'de> Visitor<'de> for V {
             type Value = StatusMatch;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a status code (404), class (\"5xx\"), range (\"400-499\") or a list of them")
+                f.write_str(
+                    "a status code (404), class (\"5xx\"), range (\"400-499\") or a list of them",
+                )
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusMatch, E> {
                 self.visit_str(&v.to_string())
@@ -330,7 +481,11 @@ impl<'de> Deserialize<'de> for StatusMatch {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusMatch, E> {
                 StatusMatch::parse_one(v)
                     .map(|r| StatusMatch(vec![r]))
-                    .ok_or_else(|| E::custom(format!("bad status {v:?}: expected 100..=599, \"5xx\" or \"400-499\"")))
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "bad status {v:?}: expected 100..=599, \"5xx\" or \"400-499\""
+                        ))
+                    })
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StatusMatch, A::Error> {
                 let mut all = Vec::new();
@@ -476,10 +631,32 @@ mod tests {
         let loc = err.location().unwrap();
         assert_eq!((loc.line(), loc.column()), (2, 11));
         let err = serde_yaml::from_str::<StrMatch>("{regexp: x}").unwrap_err();
-        assert!(err.to_string().contains("unknown matcher `regexp`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown matcher `regexp`"),
+            "{err}"
+        );
         let err = serde_yaml::from_str::<StrMatch>("\"[a-\"").unwrap_err();
         assert!(err.to_string().contains("bad glob"), "{err}");
         assert!(serde_yaml::from_str::<StrMatch>("[]").is_err());
+    }
+
+    #[test]
+    fn regex_prefix_prefilter_is_conservative() {
+        assert_eq!(required_prefix("^/v[0-9]+/x"), "/v");
+        assert_eq!(required_prefix("^/users?/x"), "/user");
+        assert_eq!(required_prefix("^/a|^/b"), "");
+        assert_eq!(required_prefix("/api"), "");
+        assert_eq!(required_prefix("(?i)^/api"), "");
+        assert_eq!(required_prefix("^ab{2}"), "a");
+        let r = m("{regex: '^/users?/[0-9]+$'}");
+        assert!(
+            !r.matches(Some("/use/1")) && r.matches(Some("/user/1")) && r.matches(Some("/users/1"))
+        );
+        let ci: NoCaseMatch = serde_yaml::from_str("{regex: '^GET'}").unwrap();
+        assert!(
+            ci.0.matches(Some("get")),
+            "case-insensitive regexes get no case-sensitive prefix"
+        );
     }
 
     #[test]
@@ -489,15 +666,31 @@ mod tests {
 
     #[test]
     fn regex_seed_requires_capture_groups() {
-        let seed = RegexSeed { ci: false, min_groups: 1 };
-        assert!(seed.deserialize(serde_yaml::Deserializer::from_str("'^/users/[0-9]+'")).is_err());
-        assert!(seed.deserialize(serde_yaml::Deserializer::from_str("'^/users/([0-9]+)'")).is_ok());
+        let seed = RegexSeed {
+            ci: false,
+            min_groups: 1,
+        };
+        assert!(
+            seed.deserialize(serde_yaml::Deserializer::from_str("'^/users/[0-9]+'"))
+                .is_err()
+        );
+        assert!(
+            seed.deserialize(serde_yaml::Deserializer::from_str("'^/users/([0-9]+)'"))
+                .is_ok()
+        );
     }
 
     #[test]
     fn status_codes_classes_ranges_and_lists() {
         let s: StatusMatch = serde_yaml::from_str("[404, 5xx, '420-429']").unwrap();
-        for (code, want) in [(404, true), (500, true), (599, true), (425, true), (403, false), (430, false)] {
+        for (code, want) in [
+            (404, true),
+            (500, true),
+            (599, true),
+            (425, true),
+            (403, false),
+            (430, false),
+        ] {
             assert_eq!(s.matches(Some(code)), want, "{code}");
         }
         assert!(!s.matches(None));

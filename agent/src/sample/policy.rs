@@ -43,9 +43,15 @@ impl<'de> Deserialize<'de> for Rate {
                 Rate::new(v as f64).ok_or_else(|| E::custom(format!("rate {v} is outside 0..=1")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Rate, E> {
-                let pct = v.trim().strip_suffix('%').ok_or_else(|| E::custom(format!("rate {v:?} is not a number or a percentage")))?;
-                let n: f64 = pct.trim().parse().map_err(|_| E::custom(format!("rate {v:?} is not a percentage")))?;
-                Rate::new(n / 100.0).ok_or_else(|| E::custom(format!("rate {v} is outside 0%..=100%")))
+                let pct = v.trim().strip_suffix('%').ok_or_else(|| {
+                    E::custom(format!("rate {v:?} is not a number or a percentage"))
+                })?;
+                let n: f64 = pct
+                    .trim()
+                    .parse()
+                    .map_err(|_| E::custom(format!("rate {v:?} is not a percentage")))?;
+                Rate::new(n / 100.0)
+                    .ok_or_else(|| E::custom(format!("rate {v} is outside 0%..=100%")))
             }
         }
         d.deserialize_any(V)
@@ -77,16 +83,17 @@ impl HumanDuration {
             _ => return None,
         };
         let ns = n * scale;
-        (ns.is_finite() && ns >= 0.0 && ns < u64::MAX as f64).then_some(HumanDuration(ns.round() as u64))
+        (ns.is_finite() && ns >= 0.0 && ns < u64::MAX as f64)
+            .then_some(HumanDuration(ns.round() as u64))
     }
 }
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ns = self.0;
-        if ns >= 1_000_000_000 && ns % 1_000_000 == 0 {
+        if ns >= 1_000_000_000 && ns.is_multiple_of(1_000_000) {
             write!(f, "{}s", ns as f64 / 1e9)
-        } else if ns >= 1_000_000 && ns % 1_000 == 0 {
+        } else if ns >= 1_000_000 && ns.is_multiple_of(1_000) {
             write!(f, "{}ms", ns as f64 / 1e6)
         } else if ns >= 1_000 {
             write!(f, "{}us", ns as f64 / 1e3)
@@ -135,7 +142,9 @@ impl<K: PartialEq, V> OrderedMap<K, V> {
     }
 }
 
-impl<'de, K: Deserialize<'de> + PartialEq, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<K, V> {
+impl<'de, K: Deserialize<'de> + PartialEq, V: Deserialize<'de>> Deserialize<'de>
+    for OrderedMap<K, V>
+{
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Vis<K, V>(PhantomData<(K, V)>);
         impl<'de, K: Deserialize<'de> + PartialEq, V: Deserialize<'de>> Visitor<'de> for Vis<K, V> {
@@ -228,7 +237,11 @@ pub struct PositiveF64(pub f64);
 impl<'de> Deserialize<'de> for PositiveF64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = f64::deserialize(d)?;
-        if v.is_finite() && v > 0.0 { Ok(PositiveF64(v)) } else { Err(de::Error::custom(format!("{v} must be a number > 0"))) }
+        if v.is_finite() && v > 0.0 {
+            Ok(PositiveF64(v))
+        } else {
+            Err(de::Error::custom(format!("{v} must be a number > 0")))
+        }
     }
 }
 
@@ -284,12 +297,15 @@ impl SamplingPolicy {
     }
 
     /// Rate from `by_attribute` for a span, looking values up with `get`.
-    pub fn attribute_rate<'a>(&self, mut get: impl FnMut(&str) -> Option<std::borrow::Cow<'a, str>>) -> Option<f64> {
+    pub fn attribute_rate<'a>(
+        &self,
+        mut get: impl FnMut(&str) -> Option<std::borrow::Cow<'a, str>>,
+    ) -> Option<f64> {
         for (attr, values) in self.by_attribute.iter() {
-            if let Some(v) = get(attr) {
-                if let Some((_, r)) = values.iter().find(|(k, _)| k.as_str() == v.as_ref()) {
-                    return Some(r.get());
-                }
+            if let Some(v) = get(attr)
+                && let Some((_, r)) = values.iter().find(|(k, _)| k.as_str() == v.as_ref())
+            {
+                return Some(r.get());
             }
         }
         None
@@ -300,12 +316,21 @@ impl SamplingPolicy {
         use std::fmt::Write;
         let mut s = String::new();
         let pct = |r: Rate| format!("{}%", r.get() * 100.0);
-        let _ = write!(s, "default {}, errors {}, critical {}", pct(self.default_rate), pct(self.errors_rate), pct(self.critical_rate));
+        let _ = write!(
+            s,
+            "default {}, errors {}, critical {}",
+            pct(self.default_rate),
+            pct(self.errors_rate),
+            pct(self.critical_rate)
+        );
         if let Some(slow) = &self.slow {
             let _ = write!(s, ", slow (>= {}) {}", slow.threshold, pct(slow.rate));
         }
         for (attr, values) in self.by_attribute.iter() {
-            let list: Vec<String> = values.iter().map(|(k, r)| format!("{k}={}", pct(*r))).collect();
+            let list: Vec<String> = values
+                .iter()
+                .map(|(k, r)| format!("{k}={}", pct(*r)))
+                .collect();
             let _ = write!(s, ", by {attr}: {}", list.join(" "));
         }
         for (class, r) in self.classes.iter() {
@@ -315,9 +340,17 @@ impl SamplingPolicy {
             let _ = write!(s, ", limit {}/s burst {}", l.spans_per_second.0, l.burst);
         }
         if let Some(t) = &self.tenant_budget {
-            let _ = write!(s, ", per-{} budget {}/s burst {}", t.attribute, t.spans_per_second.0, t.burst);
+            let _ = write!(
+                s,
+                ", per-{} budget {}/s burst {}",
+                t.attribute, t.spans_per_second.0, t.burst
+            );
         }
-        let _ = write!(s, ", hold {} (max {} spans/trace, {} total)", self.hold.max_time, self.hold.max_spans_per_trace, self.hold.max_spans);
+        let _ = write!(
+            s,
+            ", hold {} (max {} spans/trace, {} total)",
+            self.hold.max_time, self.hold.max_spans_per_trace, self.hold.max_spans
+        );
         s
     }
 }
@@ -338,7 +371,8 @@ mod tests {
 
     #[test]
     fn rate_outside_unit_interval_is_an_error_with_position() {
-        let err = serde_yaml::from_str::<SamplingPolicy>("default_rate: 0.1\nerrors_rate: 1.5\n").unwrap_err();
+        let err = serde_yaml::from_str::<SamplingPolicy>("default_rate: 0.1\nerrors_rate: 1.5\n")
+            .unwrap_err();
         assert!(err.to_string().contains("outside 0..=1"), "{err}");
         let loc = err.location().unwrap();
         assert_eq!((loc.line(), loc.column()), (2, 14));
@@ -346,9 +380,18 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(HumanDuration::parse("250ms"), Some(HumanDuration(250_000_000)));
-        assert_eq!(HumanDuration::parse("1.5s"), Some(HumanDuration(1_500_000_000)));
-        assert_eq!(HumanDuration::parse("2m"), Some(HumanDuration(120_000_000_000)));
+        assert_eq!(
+            HumanDuration::parse("250ms"),
+            Some(HumanDuration(250_000_000))
+        );
+        assert_eq!(
+            HumanDuration::parse("1.5s"),
+            Some(HumanDuration(1_500_000_000))
+        );
+        assert_eq!(
+            HumanDuration::parse("2m"),
+            Some(HumanDuration(120_000_000_000))
+        );
         assert_eq!(HumanDuration::parse("10"), None);
         assert_eq!(HumanDuration::parse("ms"), None);
         assert_eq!(HumanDuration::parse("3 fortnights"), None);
@@ -361,8 +404,12 @@ mod tests {
         let p = SamplingPolicy::from_yaml_str("{}").unwrap();
         assert_eq!(p, SamplingPolicy::default());
         assert_eq!(p.default_rate.get(), 1.0);
-        let err = SamplingPolicy::from_yaml_str("default_rate: 0.1\nerror_rate: 1.0\n").unwrap_err();
-        assert!(err.to_string().contains("unknown field `error_rate`"), "{err}");
+        let err =
+            SamplingPolicy::from_yaml_str("default_rate: 0.1\nerror_rate: 1.0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `error_rate`"),
+            "{err}"
+        );
     }
 
     #[test]
