@@ -102,6 +102,9 @@ impl TraceBuffer {
             stats.buffer_overflows.fetch_add(1, Ordering::Relaxed);
             self.evict_oldest(now_ns, out);
         }
+        if self.expiry.len() >= 2 * hold.max_spans.max(1) {
+            self.compact_expiry();
+        }
         let local_root = span.kind == SpanKind::Server || span.is_root();
         let id = span.trace_id;
         let generation = self.next_generation;
@@ -153,6 +156,20 @@ impl TraceBuffer {
                 self.decide_trace(id, None, now_ns, out);
             }
         }
+    }
+
+    /// Drops expiry entries of traces already decided. Held traces never
+    /// outnumber `max_spans`, so running this when the queue reaches twice
+    /// that keeps it bounded at amortised O(1) per span.
+    fn compact_expiry(&mut self) {
+        let traces = &self.traces;
+        self.expiry
+            .retain(|(_, id, g)| traces.get(id).is_some_and(|h| h.generation == *g));
+    }
+
+    /// Entries in the expiry queue (bounded by `2 * max_spans`).
+    pub fn expiry_len(&self) -> usize {
+        self.expiry.len()
     }
 
     fn evict_oldest(&mut self, now_ns: u64, out: &mut Vec<Span>) {
@@ -485,6 +502,26 @@ mod tests {
         }
         assert_eq!(out.len(), 2, "one 2-span trace fits the 3-token burst");
         assert_eq!(stats.get(Reason::DroppedRateLimit), 6);
+    }
+
+    #[test]
+    fn expiry_queue_stays_bounded_when_roots_decide_traces() {
+        let (mut b, _) = buffer("hold: {max_spans: 8}\n");
+        let mut out = Vec::new();
+        for t in 0..200u8 {
+            b.push(
+                span(t, HIGH_R, SpanKind::Server, true, 5),
+                &SamplingHints::default(),
+                0,
+                &mut out,
+            );
+            assert!(
+                b.expiry_len() <= 16,
+                "expiry queue grew to {}",
+                b.expiry_len()
+            );
+        }
+        assert_eq!(out.len(), 200);
     }
 
     #[test]
