@@ -5,6 +5,8 @@
 //! (kernel      (per-socket    (HTTP, PG,    (pair,     (process, k8s,    (keep or   (OTLP,
 //!  events)      streams)       Redis)        context)   business attrs)   drop)      stdout)
 //! ```
+//!
+//! `run` wires the stages; `config` and `telemetry` serve them all.
 
 pub mod capture;
 pub mod config;
@@ -12,6 +14,8 @@ pub mod conntrack;
 pub mod enrich;
 pub mod export;
 pub mod protocol;
+pub mod rules;
 pub mod run;
+pub mod sample;
 pub mod span;
 pub mod telemetry;

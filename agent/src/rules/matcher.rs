@@ -1,0 +1,572 @@
+//! Compiled conditions and the per-span view they read.
+//!
+//! Guarantees: evaluating a condition never allocates for string attributes
+//! and never panics; well-known attributes are looked up once per span
+//! ([`View`]), conjunctions evaluate cheap tests first, and each condition
+//! knows which protocols it can match (for pre-indexing rules).
+
+use super::pattern::{DurationCmp, StatusMatch, StrMatch};
+use super::privacy::{self, REQUEST_HEADER_PREFIX};
+use super::schema::{CondSpec, ProtoMask};
+use crate::span::model::{AttrValue, Span, SpanKind};
+
+/// The well-known fields of a span, looked up once.
+pub struct View<'a> {
+    pub span: &'a Span,
+    pub proto: ProtoMask,
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    route: Option<&'a str>,
+    status: Option<i64>,
+    db_op: Option<&'a str>,
+    db_table: Option<&'a str>,
+    db_name: Option<&'a str>,
+    service: Option<&'a str>,
+    query: Option<&'a str>,
+    redis_key: Option<&'a str>,
+    error: bool,
+    /// [`word_bit`] of the HTTP method, SQL operation or Redis command.
+    op_bit: u64,
+    /// Bloom filter ([`key_bit`]) of every attribute key on the span.
+    keys: u64,
+}
+
+/// One of 64 bits for a word, ignoring ASCII case (FNV-1a).
+pub fn word_bit(s: &str) -> u64 {
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x100_0000_01b3)
+    });
+    1 << (h >> 58)
+}
+
+/// One of 64 bits for an attribute key, from its length and three bytes
+/// (keys share long prefixes, so the end and the middle are used).
+pub fn key_bit(k: &str) -> u64 {
+    let b = k.as_bytes();
+    let pick = |i: usize| u64::from(b.get(i).copied().unwrap_or(0));
+    let n = b.len();
+    let h = (n as u64)
+        ^ (pick(n.wrapping_sub(1)) << 8)
+        ^ (pick(n / 2) << 16)
+        ^ (pick(n.wrapping_sub(2)) << 24);
+    1 << (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
+}
+
+impl<'a> View<'a> {
+    pub fn new(span: &'a Span) -> View<'a> {
+        let mut v = View {
+            span,
+            proto: ProtoMask::OTHER,
+            method: None,
+            path: None,
+            route: None,
+            status: None,
+            db_op: None,
+            db_table: None,
+            db_name: None,
+            service: span.resource.attributes.get_str("service.name"),
+            query: span.private.get_str("url.query"),
+            redis_key: span.private.get_str("db.redis.key"),
+            error: false,
+            op_bit: 0,
+            keys: 0,
+        };
+        for (k, _) in span.private.iter().chain(span.resource.attributes.iter()) {
+            v.keys |= key_bit(k);
+        }
+        let mut db_system = None;
+        for (k, val) in span.attributes.iter() {
+            v.keys |= key_bit(k);
+            if !matches!(k.as_bytes().first(), Some(b'h' | b'u' | b'd')) {
+                continue;
+            }
+            match k {
+                "http.request.method" => v.method = val.as_str(),
+                "url.path" => v.path = val.as_str(),
+                "http.route" => v.route = val.as_str(),
+                "http.response.status_code" => v.status = val.as_i64(),
+                "db.system.name" => db_system = val.as_str(),
+                "db.operation.name" => v.db_op = val.as_str(),
+                "db.collection.name" => v.db_table = val.as_str(),
+                "db.namespace" => v.db_name = val.as_str(),
+                "url.query" if v.query.is_none() => v.query = val.as_str(),
+                "db.redis.key" if v.redis_key.is_none() => v.redis_key = val.as_str(),
+                _ => {}
+            }
+        }
+        v.proto = match db_system {
+            Some("postgresql") => ProtoMask::POSTGRES,
+            Some("redis") => ProtoMask::REDIS,
+            _ if v.method.is_some() => ProtoMask::HTTP,
+            _ => ProtoMask::OTHER,
+        };
+        v.error = crate::sample::is_error(span);
+        v.op_bit = v.method.or(v.db_op).map_or(0, word_bit);
+        v
+    }
+
+    /// Bucket index of the span's protocol (0 http, 1 pg, 2 redis, 3 other).
+    pub fn bucket(&self) -> usize {
+        self.proto.0.trailing_zeros() as usize
+    }
+}
+
+/// Looks an attribute up: span attributes, private attributes, resource.
+pub fn lookup<'a>(span: &'a Span, key: &str) -> Option<&'a AttrValue> {
+    span.attributes
+        .get(key)
+        .or_else(|| span.private.get(key))
+        .or_else(|| span.resource.attributes.get(key))
+}
+
+/// Necessary conditions of a rule, checked as straight-line code before the
+/// condition tree: most rules are rejected here without any dispatch.
+#[derive(Debug, Default)]
+pub struct Quick {
+    kind: Option<SpanKind>,
+    /// Allowed methods/operations/commands as [`word_bit`]s (0: any).
+    ops: u64,
+    /// Attribute keys that must be present ([`key_bit`]s).
+    keys: u64,
+    route_prefix: Option<Box<str>>,
+    path_prefix: Option<Box<str>>,
+    status: Option<(i64, i64)>,
+}
+
+impl Quick {
+    /// Collects what the top-level conjunction of `cond` requires.
+    pub fn of(cond: &Cond) -> Quick {
+        let mut q = Quick::default();
+        q.collect(cond);
+        q
+    }
+
+    fn collect(&mut self, cond: &Cond) {
+        let prefix = |m: &StrMatch| {
+            m.required_prefix()
+                .filter(|p| !p.is_empty())
+                .map(Into::into)
+        };
+        match cond {
+            Cond::All(items) => items.iter().for_each(|c| self.collect(c)),
+            Cond::Kind(k) => self.kind = Some(*k),
+            Cond::Method(m) | Cond::PgOperation(m) | Cond::RedisCommand(m) => {
+                if let Some(values) = m.exact_values() {
+                    self.ops = values.iter().fold(0, |acc, v| acc | word_bit(v));
+                }
+            }
+            Cond::Route(m) => self.route_prefix = prefix(m),
+            Cond::Path(m) => self.path_prefix = prefix(m),
+            Cond::Status(s) => {
+                if let [range] = s.0.as_slice() {
+                    self.status = Some(*range);
+                }
+            }
+            Cond::Attr(key, m) | Cond::Header(key, m) if !m.matches(None) => {
+                self.keys |= key_bit(key)
+            }
+            _ => {}
+        }
+    }
+
+    /// False only when the rule cannot match the span.
+    pub fn admits(&self, v: &View<'_>) -> bool {
+        if self.kind.is_some_and(|k| k != v.span.kind)
+            || (self.ops != 0 && self.ops & v.op_bit == 0)
+            || self.keys & !v.keys != 0
+        {
+            return false;
+        }
+        if let Some((lo, hi)) = self.status
+            && !v.status.is_some_and(|s| (lo..=hi).contains(&s))
+        {
+            return false;
+        }
+        if let Some(p) = &self.route_prefix
+            && !v.route.or(v.path).is_some_and(|r| r.starts_with(&**p))
+        {
+            return false;
+        }
+        if let Some(p) = &self.path_prefix
+            && !v.path.is_some_and(|r| r.starts_with(&**p))
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// A compiled condition.
+#[derive(Debug)]
+pub enum Cond {
+    True,
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Protocol(ProtoMask),
+    Kind(SpanKind),
+    Error(bool),
+    Duration(DurationCmp),
+    Status(StatusMatch),
+    Service(StrMatch),
+    Name(StrMatch),
+    Method(StrMatch),
+    Route(StrMatch),
+    Path(StrMatch),
+    PgOperation(StrMatch),
+    PgTable(StrMatch),
+    PgDatabase(StrMatch),
+    RedisCommand(StrMatch),
+    RedisKey(StrMatch),
+    /// Full attribute key (`http.request.header.<name>`).
+    Header(String, StrMatch),
+    Query(String, StrMatch),
+    Attr(String, StrMatch),
+}
+
+impl Cond {
+    /// Compiles a condition spec (conjunction of its keys).
+    pub fn compile(spec: CondSpec) -> Cond {
+        let mut all = Vec::new();
+        let mut proto = ProtoMask::ALL;
+        if let Some(p) = spec.protocol {
+            proto = proto.and(p);
+        }
+        if let Some(h) = spec.http {
+            proto = proto.and(ProtoMask::HTTP);
+            all.extend(h.method.map(|m| Cond::Method(m.0)));
+            all.extend(h.status.map(Cond::Status));
+            all.extend(h.route.map(Cond::Route));
+            all.extend(h.path.map(Cond::Path));
+            for (name, m) in h.header.into_iter().flat_map(|m| m.0) {
+                all.push(Cond::Header(
+                    format!("{REQUEST_HEADER_PREFIX}{}", name.0),
+                    m,
+                ));
+            }
+            for (name, m) in h.query.into_iter().flat_map(|m| m.0) {
+                all.push(Cond::Query(name, m));
+            }
+        }
+        if let Some(pg) = spec.postgresql {
+            proto = proto.and(ProtoMask::POSTGRES);
+            all.extend(pg.operation.map(|m| Cond::PgOperation(m.0)));
+            all.extend(pg.table.map(Cond::PgTable));
+            all.extend(pg.database.map(Cond::PgDatabase));
+        }
+        if let Some(r) = spec.redis {
+            proto = proto.and(ProtoMask::REDIS);
+            all.extend(r.command.map(|m| Cond::RedisCommand(m.0)));
+            all.extend(r.key.map(Cond::RedisKey));
+        }
+        if proto != ProtoMask::ALL {
+            all.push(Cond::Protocol(proto));
+        }
+        all.extend(spec.kind.map(Cond::Kind));
+        all.extend(spec.error.map(Cond::Error));
+        all.extend(spec.duration.map(Cond::Duration));
+        all.extend(spec.service.map(Cond::Service));
+        all.extend(spec.name.map(Cond::Name));
+        for (k, m) in spec.attributes.into_iter().flat_map(|m| m.0) {
+            all.push(Cond::Attr(k, m));
+        }
+        all.extend(spec.all.into_iter().flatten().map(Cond::compile));
+        if let Some(any) = spec.any {
+            all.push(Cond::Any(any.into_iter().map(Cond::compile).collect()));
+        }
+        if let Some(not) = spec.not {
+            all.push(Cond::Not(Box::new(Cond::compile(*not))));
+        }
+        all.sort_by_key(Cond::cost);
+        match all.len() {
+            0 => Cond::True,
+            1 => all.pop().unwrap_or(Cond::True),
+            _ => Cond::All(all),
+        }
+    }
+
+    fn cost(&self) -> u8 {
+        match self {
+            Cond::True
+            | Cond::Protocol(_)
+            | Cond::Kind(_)
+            | Cond::Error(_)
+            | Cond::Duration(_)
+            | Cond::Status(_) => 0,
+            Cond::Method(m) | Cond::PgOperation(m) | Cond::RedisCommand(m) => m.cost(),
+            Cond::Service(m) | Cond::Name(m) | Cond::Route(m) | Cond::Path(m) => 1 + m.cost(),
+            Cond::PgTable(m) | Cond::PgDatabase(m) | Cond::RedisKey(m) => 1 + m.cost(),
+            Cond::Header(_, m) | Cond::Attr(_, m) => 3 + m.cost(),
+            Cond::Query(_, m) => 6 + m.cost(),
+            Cond::All(c) | Cond::Any(c) => c
+                .iter()
+                .map(Cond::cost)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(1),
+            Cond::Not(c) => c.cost(),
+        }
+    }
+
+    /// Protocols this condition can possibly match.
+    pub fn protocols(&self) -> ProtoMask {
+        match self {
+            Cond::Protocol(p) => *p,
+            Cond::All(c) => c.iter().fold(ProtoMask::ALL, |m, c| m.and(c.protocols())),
+            Cond::Any(c) => c.iter().fold(ProtoMask(0), |m, c| m.or(c.protocols())),
+            _ => ProtoMask::ALL,
+        }
+    }
+
+    pub fn eval(&self, v: &View<'_>) -> bool {
+        match self {
+            Cond::True => true,
+            Cond::All(c) => c.iter().all(|c| c.eval(v)),
+            Cond::Any(c) => c.iter().any(|c| c.eval(v)),
+            Cond::Not(c) => !c.eval(v),
+            Cond::Protocol(p) => p.contains(v.proto),
+            Cond::Kind(k) => v.span.kind == *k,
+            Cond::Error(e) => v.error == *e,
+            Cond::Duration(d) => d.matches(v.span.duration_ns()),
+            Cond::Status(s) => s.matches(v.status),
+            Cond::Service(m) => m.matches(v.service),
+            Cond::Name(m) => m.matches(Some(&v.span.name)),
+            Cond::Method(m) => m.matches(v.method),
+            Cond::Route(m) => m.matches(v.route.or(v.path)),
+            Cond::Path(m) => m.matches(v.path),
+            Cond::PgOperation(m) | Cond::RedisCommand(m) => m.matches(v.db_op),
+            Cond::PgTable(m) => m.matches(v.db_table),
+            Cond::PgDatabase(m) => m.matches(v.db_name),
+            Cond::RedisKey(m) => m.matches(v.redis_key),
+            Cond::Header(key, m) => m.matches(privacy::request_header(v.span, key)),
+            Cond::Query(name, m) => match m {
+                StrMatch::Exists(want) => {
+                    v.query
+                        .and_then(|q| privacy::query_param(q, name))
+                        .is_some()
+                        == *want
+                }
+                _ => v
+                    .query
+                    .and_then(|q| privacy::query_param(q, name))
+                    .is_some_and(|val| m.matches(Some(&val))),
+            },
+            Cond::Attr(key, m) => match lookup(v.span, key) {
+                None => m.matches(None),
+                Some(AttrValue::Str(s)) => m.matches(Some(s)),
+                Some(other) => m.matches(Some(&other.to_text())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::model::{Attributes, ProcessResource, SpanStatus};
+    use std::sync::Arc;
+
+    fn http_span() -> Span {
+        let mut attributes = Attributes::new();
+        attributes.set("http.request.method", "POST");
+        attributes.set("url.path", "/api/v1/checkout");
+        attributes.set("http.response.status_code", AttrValue::Int(201));
+        attributes.set("tenant.tier", "enterprise");
+        attributes.set("retries", AttrValue::Int(3));
+        let mut private = Attributes::new();
+        private.set("http.request.header.x-tenant-id", "acme");
+        private.set("url.query", "debug=1&lang=fr");
+        let mut res = ProcessResource::default();
+        res.attributes.set("service.name", "shop-frontend");
+        Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: [0; 8],
+            trace_state: String::new(),
+            trace_flags: 1,
+            name: "POST".into(),
+            kind: SpanKind::Server,
+            start_unix_ns: 0,
+            end_unix_ns: 300_000_000,
+            status: SpanStatus::default(),
+            attributes,
+            private,
+            events: Vec::new(),
+            resource: Arc::new(res),
+            tid: 1,
+        }
+    }
+
+    fn db_span(system: &str, op: &str, table: Option<&str>, key: Option<&str>) -> Span {
+        let mut s = http_span();
+        s.kind = SpanKind::Client;
+        s.attributes = Attributes::new();
+        s.attributes.set("db.system.name", system.to_owned());
+        s.attributes.set("db.operation.name", op.to_owned());
+        s.attributes.set("db.namespace", "shop");
+        if let Some(t) = table {
+            s.attributes.set("db.collection.name", t.to_owned());
+        }
+        s.private = Attributes::new();
+        if let Some(k) = key {
+            s.private.set("db.redis.key", k.to_owned());
+        }
+        s
+    }
+
+    fn check(yaml: &str, span: &Span) -> bool {
+        let spec: CondSpec = serde_yaml::from_str(yaml).unwrap();
+        Cond::compile(spec).eval(&View::new(span))
+    }
+
+    #[test]
+    fn view_detects_protocol() {
+        assert_eq!(View::new(&http_span()).proto, ProtoMask::HTTP);
+        assert_eq!(
+            View::new(&db_span("postgresql", "SELECT", None, None)).proto,
+            ProtoMask::POSTGRES
+        );
+        assert_eq!(View::new(&db_span("redis", "GET", None, None)).bucket(), 2);
+        let mut other = http_span();
+        other.attributes = Attributes::new();
+        assert_eq!(View::new(&other).bucket(), 3);
+    }
+
+    #[test]
+    fn http_method_route_status_header_query() {
+        let s = http_span();
+        assert!(check(
+            "http: {method: post, route: /api/*/checkout, status: 2xx}",
+            &s
+        ));
+        assert!(!check("http: {method: GET}", &s));
+        assert!(check("http: {path: {regex: '^/api/v[0-9]+/'}}", &s));
+        assert!(check("http: {header: {X-Tenant-ID: acme}}", &s));
+        assert!(check(
+            "http: {header: {x-tenant-id: {exists: true}, authorization: {exists: false}}}",
+            &s
+        ));
+        assert!(!check("http: {header: {x-tenant-id: other}}", &s));
+        assert!(check(
+            "http: {query: {debug: '1', lang: {exists: true}, page: {exists: false}}}",
+            &s
+        ));
+        assert!(!check("http: {query: {lang: de}}", &s));
+        assert!(!check("http: {status: [4xx, 5xx]}", &s));
+    }
+
+    #[test]
+    fn route_prefers_http_route_over_path() {
+        let mut s = http_span();
+        s.attributes.set("http.route", "/api/{version}/checkout");
+        assert!(check("http: {route: '/api/\\{version\\}/checkout'}", &s));
+        assert!(check("http: {path: /api/v1/checkout}", &s));
+    }
+
+    #[test]
+    fn protocol_kind_service_duration_name_error() {
+        let s = http_span();
+        assert!(check(
+            "{protocol: http, kind: server, service: 'shop-*', duration: '>= 250ms'}",
+            &s
+        ));
+        assert!(!check("{duration: '> 1s'}", &s));
+        assert!(!check("{protocol: [postgresql, redis]}", &s));
+        assert!(!check("{kind: client}", &s));
+        assert!(check("{name: POST, error: false}", &s));
+        let mut e = http_span();
+        e.attributes
+            .set("http.response.status_code", AttrValue::Int(503));
+        assert!(check("{error: true}", &e));
+    }
+
+    #[test]
+    fn postgres_and_redis_sections_imply_protocol() {
+        let pg = db_span("postgresql", "SELECT", Some("orders"), None);
+        assert!(check(
+            "postgresql: {operation: select, table: 'order*', database: shop}",
+            &pg
+        ));
+        assert!(
+            !check("redis: {command: SELECT}", &pg),
+            "redis section never matches a postgres span"
+        );
+        let r = db_span("redis", "GET", None, Some("session:abc"));
+        assert!(check("redis: {command: [get, mget], key: 'session:*'}", &r));
+        assert!(!check("redis: {key: 'cart:*'}", &r));
+    }
+
+    #[test]
+    fn attributes_any_type_and_private_and_resource() {
+        let s = http_span();
+        assert!(check(
+            "attributes: {tenant.tier: enterprise, retries: 3, service.name: shop-frontend}",
+            &s
+        ));
+        assert!(check("attributes: {url.query: {regex: 'debug=1'}}", &s));
+        assert!(check("attributes: {missing: {exists: false}}", &s));
+        assert!(!check("attributes: {tenant.tier: {regex: '^std'}}", &s));
+    }
+
+    #[test]
+    fn all_any_not_nest() {
+        let s = http_span();
+        assert!(check(
+            "any: [{http: {method: GET}}, {all: [{kind: server}, {not: {error: true}}]}]",
+            &s
+        ));
+        assert!(!check("not: {any: [{kind: server}, {kind: client}]}", &s));
+        assert!(check("{}", &s), "an empty condition matches everything");
+    }
+
+    #[test]
+    fn quick_check_never_rejects_what_the_condition_accepts() {
+        let spans = [
+            http_span(),
+            db_span("postgresql", "select", Some("orders"), None),
+            db_span("redis", "GET", None, Some("session:1")),
+        ];
+        let conds = [
+            "http: {method: [post, get], route: /api/*/checkout, status: 2xx}",
+            "http: {method: GET}",
+            "http: {path: {regex: '^/api/v[0-9]+/'}, header: {x-tenant-id: acme}}",
+            "http: {route: ['/api/v1/c*', '/api/v2/*']}",
+            "{kind: client, postgresql: {operation: SELECT}}",
+            "redis: {command: [get, set], key: 'session:*'}",
+            "attributes: {tenant.tier: enterprise, missing: {exists: false}}",
+            "attributes: {nothere: x}",
+            "{kind: server, all: [{http: {status: [2xx, 3xx]}}]}",
+        ];
+        for c in conds {
+            let cond = Cond::compile(serde_yaml::from_str(c).unwrap());
+            let quick = Quick::of(&cond);
+            for s in &spans {
+                let v = View::new(s);
+                if cond.eval(&v) {
+                    assert!(quick.admits(&v), "{c}");
+                }
+            }
+        }
+        let cond =
+            Cond::compile(serde_yaml::from_str("http: {method: DELETE, path: /nope}").unwrap());
+        assert!(!Quick::of(&cond).admits(&View::new(&http_span())));
+        let cond = Cond::compile(serde_yaml::from_str("attributes: {nothere: x}").unwrap());
+        assert!(!Quick::of(&cond).admits(&View::new(&http_span())));
+    }
+
+    #[test]
+    fn protocol_mask_is_conservative() {
+        let c = |y: &str| Cond::compile(serde_yaml::from_str(y).unwrap()).protocols();
+        assert_eq!(c("http: {method: GET}"), ProtoMask::HTTP);
+        assert_eq!(
+            c("any: [{http: {}}, {redis: {}}]"),
+            ProtoMask::HTTP.or(ProtoMask::REDIS)
+        );
+        assert_eq!(c("not: {http: {}}"), ProtoMask::ALL);
+        assert_eq!(
+            c("all: [{protocol: [http, redis]}, {redis: {}}]"),
+            ProtoMask::REDIS
+        );
+        assert_eq!(c("{kind: server}"), ProtoMask::ALL);
+    }
+}
