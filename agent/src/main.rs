@@ -43,6 +43,24 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
     },
+    /// Check or try out a business rules file.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate a rules file (exit 1 with file:line:column on error).
+    Check { file: PathBuf },
+    /// Show which rules fire on one span and the sampling decision.
+    Test {
+        file: PathBuf,
+        /// The span as JSON: {"name", "kind", "duration_ms", "attributes", "private", "resource", "trace_id"}.
+        #[arg(long)]
+        span: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +84,14 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the tokio runtime")?;
             rt.block_on(kspan::run::run(cfg)).map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        Command::Rules { command: RulesCommand::Check { file } } => {
+            println!("{}", kspan::rules::cli::check(&file)?);
+            Ok(())
+        }
+        Command::Rules { command: RulesCommand::Test { file, span } } => {
+            println!("{}", kspan::rules::cli::test(&file, &span)?);
+            Ok(())
         }
     }
 }

@@ -30,6 +30,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, b'{"user": "%s"}\n' % u.path[7:].encode())
         elif u.path == "/missing":
             self.reply(404, b"not found\n")
+        elif u.path == "/healthz":
+            self.reply(200, b"healthy\n")
         elif u.path == "/boom":
             self.reply(500, b"internal error\n")
         elif u.path == "/slow":

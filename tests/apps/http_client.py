@@ -5,6 +5,8 @@
   preopened PORT           one request, then waits for a line on stdin, then
                            a second request on the SAME connection
   garbage PORT             sends non-HTTP bytes on a connection
+  load PORT N PATH [H=V]... N GETs of PATH on one keep-alive connection with
+                           headers H; a `{i}` in PATH becomes the request index
 """
 import json
 import socket
@@ -56,6 +58,17 @@ def main():
         s.sendall(bytes(range(256)) * 4)
         s.close()
         print("[]", flush=True)
+    elif mode == "load":
+        n, path = int(sys.argv[3]), sys.argv[4]
+        headers = dict(h.split("=", 1) for h in sys.argv[5:])
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        codes = {}
+        for i in range(n):
+            c.request("GET", path.replace("{i}", str(i)), headers=headers)
+            r = c.getresponse()
+            r.read()
+            codes[r.status] = codes.get(r.status, 0) + 1
+        print(json.dumps([{"codes": codes}]), flush=True)
     else:
         raise SystemExit("unknown mode " + mode)
 

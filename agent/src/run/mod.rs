@@ -5,6 +5,7 @@
 
 pub mod metrics;
 pub mod pipeline;
+pub mod post;
 pub mod select;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub enum RunError {
     Telemetry(#[from] TelemetryError),
     #[error("select.exe: {0}")]
     Regex(#[from] regex::Error),
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
     #[error("capture thread: {0}")]
     Thread(String),
 }
@@ -110,6 +113,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         None => None,
     };
 
+    // Rules are checked before anything is attached: a broken file fails fast.
+    let rules = match &config.rules_file {
+        Some(p) => Some((p.clone(), crate::rules::RuleSet::load(p)?)),
+        None => None,
+    };
     let all = config.traces_all();
     let mut selector = select::Selector::new(all, &config.select.pids, &config.select.exe)?;
     let c = &config.capture;
@@ -135,7 +143,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     for (k, v) in &config.resource_attributes {
         extra.set(k.clone(), v.clone());
     }
-    let (span_tx, mut span_rx) = mpsc::channel(c.span_queue);
+    let (span_tx, span_rx) = mpsc::channel(c.span_queue);
     let pipeline = pipeline::Pipeline {
         capture,
         selector,
@@ -160,14 +168,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     tracing::info!("kspan is running");
 
     let exporters = Arc::new(exporters);
-    let forward = {
-        let exporters = exporters.clone();
-        tokio::spawn(async move {
-            while let Some(span) = span_rx.recv().await {
-                exporters.submit(Arc::new(span));
-            }
-        })
-    };
+    let forward = tokio::spawn(post::run(span_rx, exporters.clone(), rules, telemetry.clone()));
 
     shutdown_signal().await;
     tracing::info!("shutting down: stopping capture");
@@ -178,7 +179,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .map_err(|e| RunError::Thread(e.to_string()))?
         .map_err(|_| RunError::Thread("panicked".into()))?;
     // The capture thread dropped its sender: the forwarder ends after the queue drains.
-    let _ = forward.await;
+    if let Err(e) = forward.await {
+        tracing::error!("post-processing task failed: {e}");
+    }
     let deadline = Duration::from_secs(config.shutdown_timeout_secs.unwrap_or(5));
     let report = match Arc::try_unwrap(exporters) {
         Ok(e) => e.shutdown(deadline).await,
