@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests: runs the real `kspan` binary (path in
-//! `KSPAN_BIN`, set by `cargo xtask test`) as root with JSON-lines output,
+//! `KSPAN_BIN`, set by `cargo xtask test`) as root, or as `nobody` with only
+//! the capabilities it needs ([`Unprivileged`]), with JSON-lines output,
 //! starts real servers on free ports, and collects the spans kspan prints.
 //!
 //! Every helper fails loudly (panics with context) rather than skipping: a
@@ -52,6 +53,7 @@ pub struct Kspan {
     spans: Arc<Mutex<Vec<Value>>>,
     log: Arc<Mutex<String>>,
     pub metrics_port: u16,
+    _unprivileged: Option<Unprivileged>,
 }
 
 impl Kspan {
@@ -62,8 +64,19 @@ impl Kspan {
 
     /// Like [`Kspan::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_command(Command::new(kspan_bin()), None, args, env)
+    }
+
+    /// Like [`Kspan::start`], but as user `nobody` holding only `caps`
+    /// (see [`Unprivileged`]).
+    pub fn start_unprivileged(caps: &[&str], args: &[&str]) -> Self {
+        let u = Unprivileged::new(caps);
+        Self::start_command(u.command(), Some(u), args, &[])
+    }
+
+    fn start_command(mut cmd: Command, keep: Option<Unprivileged>, args: &[&str], env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();
-        let mut child = Command::new(kspan_bin())
+        let mut child = cmd
             .arg("run")
             .args(["--output", "jsonl", "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(args)
@@ -95,7 +108,7 @@ impl Kspan {
                 l.push('\n');
             }
         });
-        let k = Self { child, spans, log, metrics_port };
+        let k = Self { child, spans, log, metrics_port, _unprivileged: keep };
         k.wait_log("kspan is running", Duration::from_secs(60));
         k
     }
@@ -110,6 +123,11 @@ impl Kspan {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("kspan did not log {needle:?} within {timeout:?}; log:\n{}", self.log.lock().unwrap());
+    }
+
+    /// The kspan process id (setpriv execs kspan in place, so the same).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {
@@ -169,6 +187,45 @@ impl Drop for Kspan {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The capabilities kspan needs without root, as setpriv names them.
+pub const KSPAN_CAPS: [&str; 4] = ["bpf", "perfmon", "sys_ptrace", "dac_read_search"];
+
+/// The uid and gid kspan runs as in the least-privilege tests (`nobody`).
+pub const NOBODY: u32 = 65534;
+
+/// A copy of the kspan binary that `nobody` can execute (mode 0755 in a
+/// fresh temporary directory, removed on drop), run through `setpriv` as
+/// uid/gid 65534 with no supplementary groups and exactly `caps` in the
+/// bounding, inheritable, ambient (hence permitted and effective) sets.
+pub struct Unprivileged {
+    dir: servers::TempDir,
+    caps: Vec<String>,
+}
+
+impl Unprivileged {
+    pub fn new(caps: &[&str]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = servers::TempDir::new("unpriv");
+        let bin = dir.0.join("kspan");
+        std::fs::copy(kspan_bin(), &bin).expect("copy kspan");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod kspan");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+        Self { dir, caps: caps.iter().map(|c| (*c).to_owned()).collect() }
+    }
+
+    /// `setpriv ... -- <copied kspan>`; arguments for kspan follow.
+    pub fn command(&self) -> Command {
+        let plus: Vec<String> = self.caps.iter().map(|c| format!("+{c}")).collect();
+        let set = if plus.is_empty() { "-all".to_owned() } else { plus.join(",") };
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups"])
+            .args(["--inh-caps", &format!("-all,{set}"), "--ambient-caps", &format!("-all,{set}")])
+            .args(["--bounding-set", &format!("-all,{set}"), "--"])
+            .arg(self.dir.0.join("kspan"));
+        cmd
     }
 }
 

@@ -11,10 +11,15 @@ use anyhow::{Context, Result, bail};
 use crate::sh;
 
 const APT_PACKAGES: &[&str] =
-    &["postgresql", "postgresql-contrib", "redis-server", "redis-tools", "nginx", "wrk", "curl", "python3-pip", "openssl"];
+    &["postgresql", "postgresql-contrib", "redis-server", "redis-tools", "nginx", "wrk", "curl", "python3-pip", "openssl",
+      // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)
+      "util-linux", "systemd"];
 const PIP_PACKAGES: &[&str] =
-    &["rotel", "psycopg[binary]", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "redis"];
-const PY_IMPORTS: &str = "import rotel, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, redis";
+    &["rotel", "psycopg[binary]", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "redis",
+      // Kubernetes API schemas for tests/deploy.rs
+      "kubernetes-validate"];
+const PY_IMPORTS: &str =
+    "import rotel, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, redis, kubernetes_validate";
 
 fn quiet(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())

@@ -33,23 +33,30 @@ pub const REQUIRED_CAPS: &[(u32, &str, &str)] = &[
     (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH", "read tracefs and /proc files owned by other users"),
 ];
 
-/// Fails with the names of the missing capabilities.
+/// Fails with the names of the missing capabilities. Root is not required:
+/// a non-root process holding the four [`REQUIRED_CAPS`] (e.g. as ambient
+/// capabilities) passes.
 pub fn check_privileges() -> Result<(), CaptureError> {
-    let caps = effective_caps();
-    let has = |c: u32| caps & (1u64 << c) != 0;
-    if has(CAP_SYS_ADMIN) && has(CAP_SYS_PTRACE) && has(CAP_DAC_READ_SEARCH) {
-        return Ok(());
-    }
-    let missing: Vec<String> = REQUIRED_CAPS
-        .iter()
-        .filter(|(c, _, _)| !has(*c) && !(has(CAP_SYS_ADMIN) && (*c == CAP_BPF || *c == CAP_PERFMON)))
-        .map(|(_, name, why)| format!("{name} (to {why})"))
-        .collect();
+    let missing: Vec<String> =
+        missing_caps(effective_caps()).iter().map(|(_, name, why)| format!("{name} (to {why})")).collect();
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(CaptureError::Privileges(format!("missing {}; run as root or grant them", missing.join(", "))))
+        Err(CaptureError::Privileges(format!(
+            "missing {}; run as root or grant them (on kernels before 5.8, CAP_SYS_ADMIN instead of CAP_BPF and CAP_PERFMON)",
+            missing.join(", ")
+        )))
     }
+}
+
+/// The [`REQUIRED_CAPS`] entries not covered by the capability mask `caps`;
+/// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON.
+fn missing_caps(caps: u64) -> Vec<&'static (u32, &'static str, &'static str)> {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    REQUIRED_CAPS
+        .iter()
+        .filter(|(c, _, _)| !has(*c) && !(has(CAP_SYS_ADMIN) && (*c == CAP_BPF || *c == CAP_PERFMON)))
+        .collect()
 }
 
 /// Lifts RLIMIT_MEMLOCK (kernels before 5.11 charge BPF maps to it).
@@ -63,8 +70,14 @@ pub fn raise_memlock() {
 
 /// Mounts tracefs at /sys/kernel/tracing if it is not there.
 pub fn ensure_tracefs() -> Result<(), CaptureError> {
-    if std::path::Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
+    match std::fs::metadata(std::path::Path::new(TRACEFS).join("events")) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(CaptureError::Tracefs(format!(
+                "{TRACEFS}: {e} (reading tracefs needs root or CAP_DAC_READ_SEARCH)"
+            )));
+        }
+        _ => {}
     }
     let c = |s: &str| std::ffi::CString::new(s).map_err(|e| CaptureError::Tracefs(e.to_string()));
     let (src, target, fstype) = (c("tracefs")?, c(TRACEFS)?, c("tracefs")?);
@@ -110,5 +123,34 @@ mod tests {
         assert_eq!(parse_field_offset(f, "child_pid"), Some(20));
         assert_eq!(parse_field_offset(f, "parent_comm"), Some(8));
         assert_eq!(parse_field_offset(f, "nope"), None);
+    }
+
+    fn mask(caps: &[u32]) -> u64 {
+        caps.iter().fold(0, |m, c| m | 1u64 << c)
+    }
+
+    fn names(caps: &[u32]) -> Vec<&'static str> {
+        missing_caps(mask(caps)).iter().map(|(_, n, _)| *n).collect()
+    }
+
+    #[test]
+    fn four_capabilities_suffice_without_root() {
+        assert!(names(&[CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]).is_empty());
+    }
+
+    #[test]
+    fn each_missing_capability_is_named() {
+        let all = [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+        for (cap, name, _) in REQUIRED_CAPS {
+            let held: Vec<u32> = all.iter().copied().filter(|c| c != cap).collect();
+            assert_eq!(names(&held), [*name]);
+        }
+        assert_eq!(names(&[]).len(), 4);
+    }
+
+    #[test]
+    fn sys_admin_stands_in_for_bpf_and_perfmon_only() {
+        assert!(names(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]).is_empty());
+        assert_eq!(names(&[CAP_SYS_ADMIN]), ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"]);
     }
 }

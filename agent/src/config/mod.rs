@@ -245,4 +245,69 @@ mod tests {
         assert_eq!(c.outputs, vec![OutputKind::Stdout]);
         assert!(!c.traces_all());
     }
+
+    /// Config and rules files shipped under deploy/ (examples, systemd,
+    /// Kubernetes ConfigMap, Helm defaults) parse and validate.
+    mod shipped {
+        use super::*;
+
+        fn deploy(path: &str) -> String {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path);
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        }
+
+        fn check_config(text: &str, name: &str) -> Config {
+            let c = Config::parse(text, name).unwrap_or_else(|e| panic!("{e}"));
+            c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            crate::export::OtlpConfig::from_env_and_file(&c.otlp, &|_| None)
+                .unwrap_or_else(|e| panic!("{name}: otlp: {e}"));
+            c
+        }
+
+        fn check_rules(text: &str, name: &str) {
+            crate::rules::RuleSet::from_str(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+
+        /// `data` of the ConfigMap in a (possibly multi-document) manifest.
+        fn configmap_data(manifest: &str) -> HashMap<String, String> {
+            for doc in serde_yaml::Deserializer::from_str(manifest) {
+                let v = serde_yaml::Value::deserialize(doc).expect("manifest YAML");
+                if v["kind"] == "ConfigMap" {
+                    return serde_yaml::from_value(v["data"].clone()).expect("ConfigMap data");
+                }
+            }
+            panic!("no ConfigMap in the manifest");
+        }
+
+        #[test]
+        fn example_config_documents_keys_that_exist() {
+            let c = check_config(&deploy("examples/kspan.yaml"), "examples/kspan.yaml");
+            assert_eq!(c.otlp.len(), 1);
+            assert_eq!(c.select.exe.len(), 2);
+            assert_eq!(c.service_names.get("nginx").map(String::as_str), Some("edge-proxy"));
+        }
+
+        #[test]
+        fn systemd_config_parses_and_listens_on_loopback() {
+            let c = check_config(&deploy("systemd/kspan.yaml"), "systemd/kspan.yaml");
+            assert!(c.telemetry.listen.is_some_and(|a| a.ip().is_loopback()));
+        }
+
+        #[test]
+        fn kubernetes_configmap_config_and_rules_are_valid() {
+            let data = configmap_data(&deploy("kubernetes/40-configmap.yaml"));
+            let c = check_config(&data["config.yaml"], "ConfigMap config.yaml");
+            assert_eq!(c.telemetry.listen, Some(SocketAddr::from(([0, 0, 0, 0], 9464))), "probes reach the pod");
+            assert_eq!(c.rules_file.as_deref(), Some(Path::new("/etc/kspan/rules.yaml")));
+            check_rules(&data["rules.yaml"], "ConfigMap rules.yaml");
+        }
+
+        #[test]
+        fn helm_default_config_and_rules_are_valid() {
+            let values: serde_yaml::Value = serde_yaml::from_str(&deploy("helm/kspan/values.yaml")).expect("values.yaml");
+            let config = serde_yaml::to_string(&values["config"]).expect("config");
+            check_config(&config, "values.yaml config");
+            check_rules(values["rules"].as_str().expect("rules is a YAML string"), "values.yaml rules");
+        }
+    }
 }
