@@ -1,0 +1,212 @@
+//! Loading, configuring and attaching the eBPF programs, and draining the ring buffer.
+
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::{btf, sys};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use kspan_common::{ABI_VERSION, KernelConfig, MAX_CAPTURE, MIN_CAPTURE, TRACED_YES, counter};
+
+/// The eBPF object built by `cargo xtask build` (empty if it was not built).
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kspan-probes.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("this kspan binary was built without its eBPF object; build with `cargo xtask build`")]
+    NoObject,
+    #[error("insufficient privileges: {0}")]
+    Privileges(String),
+    #[error("kernel BTF: {0}")]
+    Btf(String),
+    #[error("tracefs: {0}")]
+    Tracefs(String),
+    #[error("loading eBPF object: {0}")]
+    Load(String),
+    #[error("program {program}: {reason}")]
+    Program { program: String, reason: String },
+    #[error("map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("invalid capture setting: {0}")]
+    Config(String),
+    #[error("ring buffer poll: {0}")]
+    Poll(std::io::Error),
+}
+
+/// Capture settings (validated by [`Capture::load`]).
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// Payload bytes copied per syscall (MIN_CAPTURE..=MAX_CAPTURE).
+    pub capture_bytes: u32,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Pending bytes before the kernel wakes the agent.
+    pub wakeup_bytes: u32,
+    /// Trace every process (no selector).
+    pub trace_all: bool,
+    /// An exe filter is active: exec'ing processes are traced provisionally.
+    pub exe_filter: bool,
+    /// Only sockets with one of these local/peer ports (empty: all).
+    pub ports: Vec<u16>,
+}
+
+/// (category, tracepoint, program) attachments.
+const ATTACH: &[(&str, &str, &str)] = &[
+    ("syscalls", "sys_enter_read", "kspan_enter_read"),
+    ("syscalls", "sys_enter_recvfrom", "kspan_enter_recvfrom"),
+    ("syscalls", "sys_enter_write", "kspan_enter_write"),
+    ("syscalls", "sys_enter_sendto", "kspan_enter_sendto"),
+    ("syscalls", "sys_enter_readv", "kspan_enter_readv"),
+    ("syscalls", "sys_enter_writev", "kspan_enter_writev"),
+    ("syscalls", "sys_enter_recvmsg", "kspan_enter_recvmsg"),
+    ("syscalls", "sys_enter_sendmsg", "kspan_enter_sendmsg"),
+    ("syscalls", "sys_exit_read", "kspan_exit_data"),
+    ("syscalls", "sys_exit_recvfrom", "kspan_exit_data"),
+    ("syscalls", "sys_exit_write", "kspan_exit_data"),
+    ("syscalls", "sys_exit_sendto", "kspan_exit_data"),
+    ("syscalls", "sys_exit_readv", "kspan_exit_data"),
+    ("syscalls", "sys_exit_writev", "kspan_exit_data"),
+    ("syscalls", "sys_exit_recvmsg", "kspan_exit_data"),
+    ("syscalls", "sys_exit_sendmsg", "kspan_exit_data"),
+    ("syscalls", "sys_exit_accept", "kspan_exit_accept"),
+    ("syscalls", "sys_exit_accept4", "kspan_exit_accept"),
+    ("syscalls", "sys_enter_connect", "kspan_enter_connect"),
+    ("syscalls", "sys_exit_connect", "kspan_exit_connect"),
+    ("syscalls", "sys_enter_close", "kspan_enter_close"),
+    ("sched", "sched_process_exec", "kspan_sched_exec"),
+    ("sched", "sched_process_exit", "kspan_sched_exit"),
+    ("sched", "sched_process_fork", "kspan_sched_fork"),
+];
+
+/// Names of the kernel counters, indexed like `kspan_common::counter`.
+pub const COUNTER_NAMES: [&str; counter::COUNT as usize] =
+    ["ringbuf_full_data", "ringbuf_full_control", "inflight_full", "read_user_failed", "socket_map_full", "traced_map_full"];
+
+/// Loaded and attached eBPF programs plus the maps the agent drives.
+pub struct Capture {
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    traced: HashMap<MapData, u32, u8>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Capture {
+    /// Checks privileges and kernel features, loads, configures and attaches.
+    pub fn load(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
+        if BPF_OBJECT.is_empty() {
+            return Err(CaptureError::NoObject);
+        }
+        let cap = cfg.capture_bytes as usize;
+        if !(MIN_CAPTURE..=MAX_CAPTURE).contains(&cap) {
+            return Err(CaptureError::Config(format!(
+                "capture_bytes {cap} must be between {MIN_CAPTURE} and {MAX_CAPTURE}"
+            )));
+        }
+        if !cfg.ring_bytes.is_power_of_two() || cfg.ring_bytes < 4096 {
+            return Err(CaptureError::Config(format!(
+                "ring_buffer_bytes {} must be a power of two >= 4096",
+                cfg.ring_bytes
+            )));
+        }
+        sys::check_privileges()?;
+        sys::raise_memlock();
+        sys::ensure_tracefs()?;
+        let offsets = btf::resolve_offsets(btf::VMLINUX_BTF)?;
+        let fork_child_pid_off = sys::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", cfg.ring_bytes)
+            .load(BPF_OBJECT)
+            .map_err(|e| CaptureError::Load(e.to_string()))?;
+
+        let kcfg = KernelConfig {
+            abi_version: ABI_VERSION,
+            trace_all: cfg.trace_all as u32,
+            self_tgid: std::process::id(),
+            capture_bytes: cfg.capture_bytes,
+            port_filter: !cfg.ports.is_empty() as u32,
+            wakeup_bytes: cfg.wakeup_bytes,
+            exe_filter: cfg.exe_filter as u32,
+            fork_child_pid_off,
+            offsets,
+        };
+        let map_err = |map: &'static str| move |e: aya::maps::MapError| CaptureError::Map { map, reason: e.to_string() };
+        {
+            let mut arr: Array<_, KernelConfig> =
+                Array::try_from(ebpf.map_mut("CONFIG").ok_or(CaptureError::Map { map: "CONFIG", reason: "missing".into() })?)
+                    .map_err(map_err("CONFIG"))?;
+            arr.set(0, kcfg, 0).map_err(map_err("CONFIG"))?;
+        }
+        if !cfg.ports.is_empty() {
+            let mut ports: HashMap<_, u16, u8> =
+                HashMap::try_from(ebpf.map_mut("PORTS").ok_or(CaptureError::Map { map: "PORTS", reason: "missing".into() })?)
+                    .map_err(map_err("PORTS"))?;
+            for p in &cfg.ports {
+                ports.insert(p, 1, 0).map_err(map_err("PORTS"))?;
+            }
+        }
+        let take = |ebpf: &mut Ebpf, map: &'static str| {
+            ebpf.take_map(map).ok_or(CaptureError::Map { map, reason: "missing from object".into() })
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+        let traced = HashMap::try_from(take(&mut ebpf, "TRACED")?).map_err(map_err("TRACED"))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
+
+        for (category, name, program) in ATTACH {
+            let perr = |reason: String| CaptureError::Program { program: (*program).to_owned(), reason };
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| perr("missing from object".into()))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| perr(e.to_string()))?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|e| perr(format!("verifier rejected it: {e}")))?;
+            }
+            prog.attach(category, name).map_err(|e| perr(format!("attach to {category}/{name}: {e}")))?;
+        }
+        Ok(Self { _ebpf: ebpf, ring, traced, counters })
+    }
+
+    /// Marks a process (tgid) as selected in the kernel.
+    pub fn select(&mut self, tgid: u32) -> Result<(), CaptureError> {
+        self.traced.insert(tgid, TRACED_YES, 0).map_err(|e| CaptureError::Map { map: "TRACED", reason: e.to_string() })
+    }
+
+    /// Removes a process from the kernel selection (missing is fine).
+    pub fn unselect(&mut self, tgid: u32) {
+        let _ = self.traced.remove(&tgid);
+    }
+
+    /// Kernel-side loss counters, summed over CPUs.
+    pub fn kernel_counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(vals) = self.counters.get(&(i as u32), 0) {
+                *slot = vals.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for a wake-up, then hands every pending record to
+    /// `f`. Returns the number of records.
+    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<usize, CaptureError> {
+        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(CaptureError::Poll(e));
+            }
+        }
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
