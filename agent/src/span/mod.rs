@@ -8,4 +8,5 @@
 
 pub mod builder;
 pub mod context;
+pub mod link;
 pub mod model;
