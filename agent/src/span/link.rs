@@ -237,7 +237,8 @@ impl Linker {
         let mut note_keys = Vec::new();
         // Clients of this thread: nested ones become children; older ones
         // can no longer be nested in anything and leave.
-        let waiting: Vec<u64> = self.threads.get(&(pid, span.tid)).map(|q| q.iter().copied().collect()).unwrap_or_default();
+        let waiting: Vec<u64> =
+            self.threads.get(&(pid, span.tid)).map(|q| q.iter().copied().collect()).unwrap_or_default();
         for cid in waiting {
             let Some(h) = self.held.get(&cid) else { continue };
             if inside(&h.span, &span) {
@@ -374,7 +375,15 @@ impl Linker {
     }
 
     /// Links the held tree `child` under `parent` (to be held or sent as `id`).
-    fn absorb(&mut self, id: u64, parent: &Span, old: u64, mut child: Held, deps: &mut Vec<Span>, note_keys: &mut Vec<ConnKey>) {
+    fn absorb(
+        &mut self,
+        id: u64,
+        parent: &Span,
+        old: u64,
+        mut child: Held,
+        deps: &mut Vec<Span>,
+        note_keys: &mut Vec<ConnKey>,
+    ) {
         // The child tree's id is gone: notes now follow the new root.
         self.redirect(&child.note_keys, old, &Target::Held(id));
         child.span.parent_span_id = parent.span_id;
@@ -397,7 +406,8 @@ impl Linker {
     /// Sends a root (id `id`) and its dependents out, all in the root's trace.
     fn emit(&mut self, id: u64, root: Span, deps: Vec<Span>, note_keys: &[ConnKey], out: &mut Vec<Span>) {
         if !note_keys.is_empty() {
-            let target = Target::Final { trace_id: root.trace_id, flags: root.trace_flags, state: root.trace_state.clone() };
+            let target =
+                Target::Final { trace_id: root.trace_id, flags: root.trace_flags, state: root.trace_state.clone() };
             self.redirect(note_keys, id, &target);
         }
         for mut d in deps {
@@ -638,7 +648,11 @@ mod tests {
     fn other_request_on_the_same_connection_is_not_linked() {
         let mut l = Linker::new(limits());
         let mut out = Vec::new();
-        l.push(input(span(SpanKind::Server, 3, 9, 100, 180), B, meta("127.0.0.1:9090", "127.0.0.1:41000")), 0, &mut out);
+        l.push(
+            input(span(SpanKind::Server, 3, 9, 100, 180), B, meta("127.0.0.1:9090", "127.0.0.1:41000")),
+            0,
+            &mut out,
+        );
         l.push(input(span(SpanKind::Client, 2, 7, 20, 90), A, meta("127.0.0.1:41000", "127.0.0.1:9090")), 0, &mut out);
         l.flush(&mut out);
         assert!(find(&out, 3).is_root());
@@ -658,7 +672,11 @@ mod tests {
     fn held_server_waits_for_its_client_until_the_deadline() {
         let mut l = Linker::new(limits());
         let mut out = Vec::new();
-        l.push(input(span(SpanKind::Server, 3, 9, 30, 80), B, meta("127.0.0.1:9090", "127.0.0.1:41000")), 1000, &mut out);
+        l.push(
+            input(span(SpanKind::Server, 3, 9, 30, 80), B, meta("127.0.0.1:9090", "127.0.0.1:41000")),
+            1000,
+            &mut out,
+        );
         l.tick(1000 + 499 * MS, &mut out);
         assert!(out.is_empty(), "held while the client may still come");
         l.tick(1000 + 500 * MS, &mut out);
