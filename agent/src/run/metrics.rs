@@ -60,6 +60,7 @@ pub struct PipelineMetrics {
     links: Family<Kind, Counter>,
     link_released: Family<Reason, Counter>,
     link_held: Gauge,
+    link_multiplexed: Counter,
     last: PipelineCounters,
 }
 
@@ -84,6 +85,7 @@ impl PipelineMetrics {
             links: Family::default(),
             link_released: Family::default(),
             link_held: Gauge::default(),
+            link_multiplexed: Counter::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -102,6 +104,11 @@ impl PipelineMetrics {
             m.link_released.clone(),
         );
         t.register("kspan_link_held", "Spans held by the linker now", m.link_held.clone());
+        t.register(
+            "kspan_link_multiplexed_processes",
+            "Processes serving overlapping requests on one thread (event loops): client spans not nested",
+            m.link_multiplexed.clone(),
+        );
         m
     }
 
@@ -148,6 +155,7 @@ impl PipelineMetrics {
         let k = |s: &str| Kind { kind: s.to_owned() };
         delta(&self.links.get_or_create(&k("nested")), a.nested, b.nested);
         delta(&self.links.get_or_create(&k("cross_process")), a.cross_process, b.cross_process);
+        delta(&self.link_multiplexed, a.multiplexed, b.multiplexed);
         delta(&self.link_released.get_or_create(&r("no_parent")), a.released_unlinked, b.released_unlinked);
         delta(&self.link_released.get_or_create(&r("forced_out")), a.forced_out, b.forced_out);
         self.link_held.set(a.held as i64);

@@ -19,7 +19,7 @@
 //!   tick). Spans forced out by a cap or a deadline leave unlinked and are
 //!   counted. No span is ever lost: [`Linker::flush`] releases everything.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 use super::model::{Span, SpanKind};
@@ -53,6 +53,10 @@ pub struct LinkStats {
     pub released_unlinked: u64,
     /// Held spans released early (unlinked) because a cap was reached.
     pub forced_out: u64,
+    /// Processes found serving overlapping requests on one thread (event
+    /// loops): their client spans are not nested, since the thread does not
+    /// say which request they belong to.
+    pub multiplexed: u64,
     /// Spans held now.
     pub held: u64,
 }
@@ -124,6 +128,10 @@ pub struct Linker {
     held_spans: usize,
     /// Waiting clients per (pid, tid), oldest first.
     threads: HashMap<(u32, u32), VecDeque<u64>>,
+    /// Time range of the last server span per (pid, tid).
+    last_server: HashMap<(u32, u32), (u64, u64)>,
+    /// Processes whose threads serve overlapping requests.
+    multiplexed: HashSet<u32>,
     /// Waiting servers per connection.
     servers: HashMap<ConnKey, Vec<u64>>,
     /// (deadline, id), oldest first; ids no longer held are skipped.
@@ -170,6 +178,8 @@ impl Linker {
             held: HashMap::new(),
             held_spans: 0,
             threads: HashMap::new(),
+            last_server: HashMap::new(),
+            multiplexed: HashSet::new(),
             servers: HashMap::new(),
             order: VecDeque::new(),
             notes: HashMap::new(),
@@ -213,8 +223,9 @@ impl Linker {
             note_keys.push(k);
             self.add_note(k, &span, Target::Held(id), now);
         }
-        if joined {
+        if joined || self.multiplexed.contains(&pid) {
             // The app's own context wins: the span leaves now, as built.
+            // (In an event loop, nothing says which request it serves.)
             self.emit(id, span, deps, &note_keys, out);
             return;
         }
@@ -235,13 +246,17 @@ impl Linker {
         let id = self.new_id();
         let mut deps = Vec::new();
         let mut note_keys = Vec::new();
+        self.note_server_range(pid, &span);
         // Clients of this thread: nested ones become children; older ones
         // can no longer be nested in anything and leave.
+        let multiplexed = self.multiplexed.contains(&pid);
         let waiting: Vec<u64> =
             self.threads.get(&(pid, span.tid)).map(|q| q.iter().copied().collect()).unwrap_or_default();
         for cid in waiting {
             let Some(h) = self.held.get(&cid) else { continue };
-            if inside(&h.span, &span) {
+            if multiplexed {
+                self.release(cid, Why::Unlinked, out);
+            } else if inside(&h.span, &span) {
                 if let Some(c) = self.take(cid) {
                     self.stats.nested += 1;
                     self.absorb(id, &span, cid, c, &mut deps, &mut note_keys);
@@ -279,6 +294,23 @@ impl Linker {
             return;
         }
         self.emit(id, span, deps, &note_keys, out);
+    }
+
+    /// Remembers the thread's last server span; one that overlaps it means
+    /// the thread multiplexes requests and nesting is off for its process.
+    fn note_server_range(&mut self, pid: u32, span: &Span) {
+        let range = (span.start_unix_ns, span.end_unix_ns);
+        if self.last_server.len() >= self.limits.max_held && !self.last_server.contains_key(&(pid, span.tid)) {
+            self.last_server.clear();
+        }
+        let Some((start, end)) = self.last_server.insert((pid, span.tid), range) else { return };
+        if range.0 < end && start < range.1 && !self.multiplexed.contains(&pid) {
+            if self.multiplexed.len() >= self.limits.max_held {
+                self.multiplexed.clear();
+            }
+            self.multiplexed.insert(pid);
+            self.stats.multiplexed += 1;
+        }
     }
 
     /// Releases spans whose deadline passed and forgets expired notes.
@@ -556,6 +588,38 @@ mod tests {
     }
 
     #[test]
+    fn event_loop_thread_with_overlapping_requests_stops_nesting() {
+        let mut l = Linker::new(limits());
+        let mut out = Vec::new();
+        // Two requests in flight on one thread: the second ends first.
+        l.push(input(span(SpanKind::Server, 1, 7, 15, 40), A, remote()), 0, &mut out);
+        l.push(input(span(SpanKind::Server, 2, 7, 10, 50), A, remote()), 0, &mut out);
+        assert_eq!(l.stats.multiplexed, 1);
+        l.push(input(span(SpanKind::Client, 3, 7, 60, 70), A, remote()), 0, &mut out);
+        assert_eq!(l.held(), 0, "clients of an event loop are not held");
+        l.push(input(span(SpanKind::Server, 4, 7, 55, 80), A, remote()), 0, &mut out);
+        assert!(find(&out, 3).is_root());
+        assert_eq!(l.stats.nested, 0);
+        // Another process keeps nesting.
+        l.push(input(span(SpanKind::Client, 5, 7, 60, 70), B, remote()), 0, &mut out);
+        l.push(input(span(SpanKind::Server, 6, 7, 55, 80), B, remote()), 0, &mut out);
+        assert_eq!(find(&out, 5).parent_span_id, [6; 8]);
+    }
+
+    #[test]
+    fn sequential_requests_on_one_thread_keep_nesting() {
+        let mut l = Linker::new(limits());
+        let mut out = Vec::new();
+        for i in 0..5u8 {
+            let t = u64::from(i) * 100;
+            l.push(input(span(SpanKind::Client, 2 * i + 1, 7, t + 20, t + 30), A, remote()), 0, &mut out);
+            l.push(input(span(SpanKind::Server, 2 * i + 2, 7, t + 10, t + 40), A, remote()), 0, &mut out);
+            assert_eq!(find(&out, 2 * i + 1).parent_span_id, [2 * i + 2; 8]);
+        }
+        assert_eq!((l.stats.nested, l.stats.multiplexed), (5, 0));
+    }
+
+    #[test]
     fn sdk_client_keeps_its_own_context() {
         let mut l = Linker::new(limits());
         let mut out = Vec::new();
@@ -648,11 +712,8 @@ mod tests {
     fn other_request_on_the_same_connection_is_not_linked() {
         let mut l = Linker::new(limits());
         let mut out = Vec::new();
-        l.push(
-            input(span(SpanKind::Server, 3, 9, 100, 180), B, meta("127.0.0.1:9090", "127.0.0.1:41000")),
-            0,
-            &mut out,
-        );
+        let b = meta("127.0.0.1:9090", "127.0.0.1:41000");
+        l.push(input(span(SpanKind::Server, 3, 9, 100, 180), B, b), 0, &mut out);
         l.push(input(span(SpanKind::Client, 2, 7, 20, 90), A, meta("127.0.0.1:41000", "127.0.0.1:9090")), 0, &mut out);
         l.flush(&mut out);
         assert!(find(&out, 3).is_root());
