@@ -16,6 +16,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A server child already listening on `port`.
+    pub fn from_child(child: Child, port: u16) -> Self {
+        Self { child, port, _dir: None }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -54,6 +54,14 @@ pub struct CaptureSection {
     pub max_processes: usize,
     /// Spans queued between capture and export at most.
     pub span_queue: usize,
+    /// How long a span may wait in the linker for its parent span on this
+    /// host (a server span for a client issued inside it; a traced client
+    /// span at the other end of a local connection) (ms). 0 disables linking.
+    pub link_hold_ms: u64,
+    /// Spans held by the linker at most (beyond: the oldest leave unlinked).
+    pub link_max_held: usize,
+    /// Client spans waiting for their server span at most, per thread.
+    pub link_max_per_thread: usize,
 }
 
 impl Default for CaptureSection {
@@ -67,6 +75,9 @@ impl Default for CaptureSection {
             idle_timeout_secs: 600,
             max_processes: 16_384,
             span_queue: 65_536,
+            link_hold_ms: 500,
+            link_max_held: 16_384,
+            link_max_per_thread: 256,
         }
     }
 }

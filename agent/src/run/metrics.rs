@@ -11,11 +11,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::capture::COUNTER_NAMES;
 use crate::conntrack::ConnStats;
 use crate::protocol::{ParseStats, Protocol};
+use crate::span::link::LinkStats;
 use crate::telemetry::Telemetry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +43,7 @@ pub struct PipelineCounters {
     pub conns: ConnStats,
     pub parse: [ParseStats; 3],
     pub open_connections: u64,
+    pub links: LinkStats,
 }
 
 /// Registered metric handles plus what was last published.
@@ -50,6 +57,10 @@ pub struct PipelineMetrics {
     conns: Family<Reason, Counter>,
     parse: Family<ProtoKind, Counter>,
     open_connections: Gauge,
+    links: Family<Kind, Counter>,
+    link_released: Family<Reason, Counter>,
+    link_held: Gauge,
+    link_multiplexed: Counter,
     last: PipelineCounters,
 }
 
@@ -71,6 +82,10 @@ impl PipelineMetrics {
             conns: Family::default(),
             parse: Family::default(),
             open_connections: Gauge::default(),
+            links: Family::default(),
+            link_released: Family::default(),
+            link_held: Gauge::default(),
+            link_multiplexed: Counter::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -82,6 +97,18 @@ impl PipelineMetrics {
         t.register("kspan_connections", "Connection table events, by reason", m.conns.clone());
         t.register("kspan_parse", "Protocol parser outcomes, by protocol and kind", m.parse.clone());
         t.register("kspan_open_connections", "Connections tracked now", m.open_connections.clone());
+        t.register("kspan_links", "Spans linked to a parent on this host, by kind (nested, cross_process)", m.links.clone());
+        t.register(
+            "kspan_link_released_unlinked",
+            "Held spans released without a parent, by reason (no_parent: none in time, forced_out: a cap)",
+            m.link_released.clone(),
+        );
+        t.register("kspan_link_held", "Spans held by the linker now", m.link_held.clone());
+        t.register(
+            "kspan_link_multiplexed_processes",
+            "Processes serving overlapping requests on one thread (event loops): client spans not nested",
+            m.link_multiplexed.clone(),
+        );
         m
     }
 
@@ -124,6 +151,14 @@ impl PipelineMetrics {
             }
         }
         self.open_connections.set(now.open_connections as i64);
+        let (a, b) = (&now.links, &last.links);
+        let k = |s: &str| Kind { kind: s.to_owned() };
+        delta(&self.links.get_or_create(&k("nested")), a.nested, b.nested);
+        delta(&self.links.get_or_create(&k("cross_process")), a.cross_process, b.cross_process);
+        delta(&self.link_multiplexed, a.multiplexed, b.multiplexed);
+        delta(&self.link_released.get_or_create(&r("no_parent")), a.released_unlinked, b.released_unlinked);
+        delta(&self.link_released.get_or_create(&r("forced_out")), a.forced_out, b.forced_out);
+        self.link_held.set(a.held as i64);
         self.last = *now;
     }
 }

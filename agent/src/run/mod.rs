@@ -20,6 +20,7 @@ use crate::conntrack::{ConnLimits, ConnTable};
 use crate::enrich::process::{HostInfo, ProcessTable};
 use crate::export::{ExportConfigError, ExportError, ExportMetrics, Exporters, LineFormat, OtlpConfig, OtlpExporter, Output, StreamSink};
 use crate::span::builder::{Clock, SpanBuilder};
+use crate::span::link::{LinkLimits, Linker};
 use crate::span::model::Attributes;
 use crate::telemetry::{Telemetry, TelemetryError};
 
@@ -153,6 +154,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }),
         procs: ProcessTable::new(HostInfo::detect(), config.service_names.clone(), extra, c.max_processes),
         builder: SpanBuilder::new(Clock::now(), config.privacy.clone()),
+        linker: (c.link_hold_ms > 0).then(|| {
+            Linker::new(LinkLimits {
+                hold_ns: c.link_hold_ms.saturating_mul(1_000_000),
+                max_held: c.link_max_held.max(1),
+                max_per_thread: c.link_max_per_thread.max(1),
+            })
+        }),
         spans: span_tx,
         drain_interval: Duration::from_millis(c.drain_interval_ms.max(1)),
         counters: Default::default(),

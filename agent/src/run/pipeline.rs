@@ -17,6 +17,7 @@ use crate::conntrack::{ConnExchange, ConnTable};
 use crate::enrich::process::ProcessTable;
 use crate::protocol::Protocol;
 use crate::span::builder::{Clock, SpanBuilder};
+use crate::span::link::{LinkInput, Linker};
 use crate::span::model::Span;
 
 /// Everything the capture thread owns.
@@ -26,6 +27,8 @@ pub struct Pipeline {
     pub conns: ConnTable,
     pub procs: ProcessTable,
     pub builder: SpanBuilder,
+    /// Joins spans of one request into one trace; `None`: spans leave as built.
+    pub linker: Option<Linker>,
     pub spans: mpsc::Sender<Span>,
     pub drain_interval: Duration,
     pub counters: PipelineCounters,
@@ -89,6 +92,7 @@ impl Pipeline {
     pub fn run(mut self, stop: Arc<AtomicBool>, mut publish: impl FnMut(&PipelineCounters)) -> PipelineCounters {
         let mut out = Vec::new();
         let mut exited = Vec::new();
+        let mut ready = Vec::new();
         let mut last_housekeeping = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let interval = self.drain_interval;
@@ -107,14 +111,20 @@ impl Pipeline {
                     KernelUpdate::Unselect(pid) => self.capture.unselect(pid),
                 }
             }
+            let now = Clock::monotonic_now();
             for cx in out.drain(..) {
                 let resource = self.procs.resource(cx.tgid);
                 let span = self.builder.build(&cx, resource);
                 self.counters.spans_built += 1;
-                if self.spans.try_send(span).is_err() {
-                    self.counters.spans_queue_full += 1;
+                match &mut self.linker {
+                    Some(l) => l.push(LinkInput { span, pid: cx.tgid, meta: cx.meta }, now, &mut ready),
+                    None => ready.push(span),
                 }
             }
+            if let Some(l) = &mut self.linker {
+                l.tick(now, &mut ready);
+            }
+            self.send(&mut ready);
             for pid in exited.drain(..) {
                 self.procs.forget(pid);
             }
@@ -128,15 +138,31 @@ impl Pipeline {
                 publish(&self.counters);
             }
         }
+        if let Some(l) = &mut self.linker {
+            l.flush(&mut ready);
+        }
+        self.send(&mut ready);
         self.snapshot();
         publish(&self.counters);
         self.counters
+    }
+
+    /// Hands spans whose trace is final to the async side.
+    fn send(&mut self, ready: &mut Vec<Span>) {
+        for span in ready.drain(..) {
+            if self.spans.try_send(span).is_err() {
+                self.counters.spans_queue_full += 1;
+            }
+        }
     }
 
     fn snapshot(&mut self) {
         self.counters.kernel = self.capture.kernel_counters();
         self.counters.conns = self.conns.stats;
         self.counters.bad_traceparent = self.builder.stats.bad_traceparent;
+        if let Some(l) = &self.linker {
+            self.counters.links = l.stats;
+        }
         self.counters.open_connections = self.conns.len() as u64;
         for (i, p) in Protocol::ALL.iter().enumerate() {
             self.counters.parse[i] = self.conns.parse_stats(*p);

@@ -1,0 +1,182 @@
+//! End-to-end: whole-trace linking. Service A (threaded Python HTTP server
+//! that propagates no context) queries PostgreSQL, Redis and calls service B;
+//! kspan traces A and B and must put every span of one request in one trace
+//! with the right parents. Also: incoming W3C context is joined, a malformed
+//! one starts a new trace, and an SDK-instrumented client's context wins.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kspan_e2e::servers::{Proc, postgres, python_http, redis};
+use kspan_e2e::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn pid_of(s: &Value) -> i64 {
+    s["resource"]["process.pid"].as_i64().unwrap_or(-1)
+}
+
+fn id<'a>(s: &'a Value, field: &str) -> &'a str {
+    s[field].as_str().unwrap_or("")
+}
+
+fn range(s: &Value) -> (u64, u64) {
+    (s["start_unix_nanos"].as_u64().expect("start"), s["end_unix_nanos"].as_u64().expect("end"))
+}
+
+fn assert_inside(child: &Value, parent: &Value) {
+    let (c, p) = (range(child), range(parent));
+    assert!(p.0 <= c.0 && c.1 <= p.1, "child {c:?} not inside parent {p:?}:\n{child:#}\n{parent:#}");
+}
+
+/// Service A on a free port, using the given PostgreSQL, Redis and service B.
+fn service_a(pg: u16, redis: u16, b: u16) -> Proc {
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .arg(apps_dir().join("service_a.py"))
+        .args([port, pg, redis, b].map(|p| p.to_string()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start service_a.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready", "service A did not start");
+    wait_port(port, Duration::from_secs(10));
+    Proc::from_child(child, port)
+}
+
+/// GET /order on a fresh connection, optionally with a `traceparent`.
+fn get_order(port: u16, traceparent: Option<&str>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect A");
+    let tp = traceparent.map(|v| format!("traceparent: {v}\r\n")).unwrap_or_default();
+    write!(s, "GET /order HTTP/1.1\r\nHost: a\r\n{tp}Connection: close\r\n\r\n").expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    assert!(resp.starts_with("HTTP/1.1 200"), "A replied: {resp}");
+}
+
+/// Spans of one request to A: A's server span, A's client spans and B's server span.
+struct OrderTrace {
+    a_server: Value,
+    a_clients: Vec<Value>,
+    b_server: Value,
+}
+
+/// Waits for the next request's spans (those not in `seen`).
+fn next_order(k: &Kspan, a: u32, b: u32, seen: &mut Vec<String>) -> OrderTrace {
+    let new = |s: &Value, seen: &[String]| !seen.iter().any(|x| x == id(s, "span_id"));
+    let a_srv = k.wait_spans(1, WAIT, |s| kind(s) == "server" && pid_of(s) == a as i64 && new(s, seen));
+    assert_eq!(a_srv.len(), 1, "one request to A: {a_srv:#?}");
+    let a_server = a_srv.into_iter().next().expect("A span");
+    let b_srv = k.wait_spans(1, WAIT, |s| kind(s) == "server" && pid_of(s) == b as i64 && new(s, seen));
+    assert_eq!(b_srv.len(), 1, "one request to B: {b_srv:#?}");
+    let b_server = b_srv.into_iter().next().expect("B span");
+    let (start, end) = range(&a_server);
+    let a_clients: Vec<Value> = k
+        .spans()
+        .into_iter()
+        .filter(|s| kind(s) == "client" && pid_of(s) == a as i64 && new(s, seen))
+        .filter(|s| range(s).0 >= start && range(s).0 <= end)
+        .collect();
+    for s in std::iter::once(&a_server).chain(&a_clients).chain(std::iter::once(&b_server)) {
+        seen.push(id(s, "span_id").to_owned());
+    }
+    OrderTrace { a_server, a_clients, b_server }
+}
+
+fn db(s: &Value) -> &str {
+    attr_str(s, "db.system.name").unwrap_or(if attr_str(s, "http.request.method").is_some() { "http" } else { "" })
+}
+
+/// Checks one trace for the request: ids and parents as the linker promises.
+fn assert_one_trace(t: &OrderTrace) {
+    let trace = id(&t.a_server, "trace_id");
+    let mut kinds: Vec<&str> = t.a_clients.iter().map(db).collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(kinds, ["http", "postgresql", "redis"], "A's client spans: {:#?}", t.a_clients);
+    for c in &t.a_clients {
+        assert_eq!(id(c, "trace_id"), trace, "client span in A's trace: {c:#}");
+        assert_eq!(id(c, "parent_span_id"), id(&t.a_server, "span_id"), "client span's parent: {c:#}");
+        assert_inside(c, &t.a_server);
+    }
+    let call: Vec<&Value> = t.a_clients.iter().filter(|c| db(c) == "http").collect();
+    assert_eq!(call.len(), 1, "one call to B: {call:#?}");
+    assert_eq!(id(&t.b_server, "trace_id"), trace, "B's server span in A's trace: {:#}", t.b_server);
+    assert_eq!(id(&t.b_server, "parent_span_id"), id(call[0], "span_id"), "B's parent is A's call: {:#}", t.b_server);
+    assert_inside(&t.b_server, call[0]);
+}
+
+#[test]
+fn one_trace_across_a_its_databases_and_b() {
+    let pg = postgres();
+    let rd = redis();
+    let b = python_http("trace-b");
+    let a = service_a(pg.port, rd.port, b.port);
+    let (a_pid, b_pid) = (a.pid(), b.pid());
+    let k = Kspan::start(&["--pid", &a_pid.to_string(), "--pid", &b_pid.to_string()]);
+    let mut seen = Vec::new();
+
+    // No incoming context: A's server span is the root.
+    get_order(a.port, None);
+    let t = next_order(&k, a_pid, b_pid, &mut seen);
+    assert_eq!(id(&t.a_server, "parent_span_id"), "", "root: {:#}", t.a_server);
+    assert_one_trace(&t);
+
+    // A valid traceparent: A joins it; everything below follows.
+    let (tid, pid) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    get_order(a.port, Some(&format!("00-{tid}-{pid}-01")));
+    let t = next_order(&k, a_pid, b_pid, &mut seen);
+    assert_eq!(id(&t.a_server, "trace_id"), tid);
+    assert_eq!(id(&t.a_server, "parent_span_id"), pid);
+    assert_one_trace(&t);
+
+    // A malformed one: a new trace, counted.
+    get_order(a.port, Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
+    let t = next_order(&k, a_pid, b_pid, &mut seen);
+    assert_ne!(id(&t.a_server, "trace_id"), tid);
+    assert_eq!(id(&t.a_server, "parent_span_id"), "");
+    assert_one_trace(&t);
+    let m = k.metrics();
+    let bad: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("kspan_bad_traceparent_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no kspan_bad_traceparent_total in:\n{m}"));
+    assert!(bad >= 1.0, "{m}");
+    assert!(m.contains("kspan_links_total{kind=\"cross_process\"}"), "{m}");
+    assert!(k.stop(), "kspan exits cleanly");
+}
+
+/// An OpenTelemetry-SDK client sends its own span's context to B.
+const SDK_CLIENT: &str = r#"
+import http.client, sys
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.sdk.trace import TracerProvider
+trace.set_tracer_provider(TracerProvider())
+with trace.get_tracer("e2e").start_as_current_span("call-b") as span:
+    headers = {}
+    inject(headers)
+    c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+    c.request("GET", "/users/7", headers=headers)
+    c.getresponse().read()
+    ctx = span.get_span_context()
+    print(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"), flush=True)
+"#;
+
+#[test]
+fn sdk_client_context_is_the_servers_parent() {
+    let b = python_http("trace-sdk");
+    let k = Kspan::start(&["--pid", &b.pid().to_string()]);
+    let out = run_ok(Command::new("python3").arg("-c").arg(SDK_CLIENT).arg(b.port.to_string()));
+    let mut ids = out.split_whitespace();
+    let (trace, parent) = (ids.next().expect("trace id"), ids.next().expect("span id"));
+    let spans = k.wait_spans(1, WAIT, |s| kind(s) == "server" && pid_of(s) == b.pid() as i64);
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(id(&spans[0], "trace_id"), trace, "{:#}", spans[0]);
+    assert_eq!(id(&spans[0], "parent_span_id"), parent, "{:#}", spans[0]);
+}
