@@ -21,16 +21,9 @@ fn db_system(s: &Value) -> &str {
 fn uid_and_caps(pid: u32) -> (String, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("kspan status");
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .expect("status field")
+        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).expect("status field")
     };
-    (
-        field("Uid:"),
-        u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff hex"),
-    )
+    (field("Uid:"), u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff hex"))
 }
 
 #[test]
@@ -53,47 +46,22 @@ fn nobody_with_four_capabilities_traces_http_postgres_and_redis() {
         ],
     );
     let (uid, caps) = uid_and_caps(k.pid());
-    assert_eq!(
-        uid.split_whitespace().collect::<Vec<_>>(),
-        ["65534"; 4],
-        "kspan runs as nobody"
-    );
+    assert_eq!(uid.split_whitespace().collect::<Vec<_>>(), ["65534"; 4], "kspan runs as nobody");
     // CAP_DAC_READ_SEARCH=2, CAP_SYS_PTRACE=19, CAP_PERFMON=38, CAP_BPF=39, nothing else.
-    assert_eq!(
-        caps,
-        (1 << 2) | (1 << 19) | (1 << 38) | (1 << 39),
-        "effective capabilities {caps:#x}"
-    );
+    assert_eq!(caps, (1 << 2) | (1 << 19) | (1 << 38) | (1 << 39), "effective capabilities {caps:#x}");
 
-    run_ok(
-        Command::new("curl")
-            .args(["-s", "-o", "/dev/null"])
-            .arg(format!("http://127.0.0.1:{}/users/7", app.port)),
-    );
+    run_ok(Command::new("curl").args(["-s", "-o", "/dev/null"]).arg(format!("http://127.0.0.1:{}/users/7", app.port)));
     let http = k.wait_spans(1, WAIT, |s| {
         kind(s) == "server" && s["resource"]["process.pid"].as_i64() == Some(app.pid() as i64)
     });
     assert_eq!(attr_str(&http[0], "http.route"), Some("/users/{id}"), "{:#}", http[0]);
     assert_eq!(attr_i64(&http[0], "http.response.status_code"), Some(200));
     // process.* resource attributes come from /proc of a root-owned process.
-    assert_eq!(
-        resource_str(&http[0], "process.executable.name").map(|e| e.starts_with("python")),
-        Some(true)
-    );
+    assert_eq!(resource_str(&http[0], "process.executable.name").map(|e| e.starts_with("python")), Some(true));
 
     run_ok(
         Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "kspan",
-                "-qc",
-            ])
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-d", "kspan", "-qc"])
             .arg("SELECT 1 AS one")
             .env("PGSSLMODE", "disable"),
     );
@@ -110,18 +78,9 @@ fn nobody_with_four_capabilities_traces_http_postgres_and_redis() {
     run_ok(Command::new("redis-cli").args(["-p", &r.port.to_string(), "SET", "caps:1", "v"]));
     run_ok(Command::new("redis-cli").args(["-p", &r.port.to_string(), "GET", "caps:1"]));
     let redis_spans = k.wait_spans(2, WAIT, |s| db_system(s) == "redis" && kind(s) == "client");
-    let ops: Vec<&str> = redis_spans
-        .iter()
-        .filter_map(|s| attr_str(s, "db.operation.name"))
-        .collect();
+    let ops: Vec<&str> = redis_spans.iter().filter_map(|s| attr_str(s, "db.operation.name")).collect();
     assert!(ops.contains(&"SET") && ops.contains(&"GET"), "{ops:?}");
-    assert_eq!(
-        http_get(k.metrics_port, "/healthz")
-            .lines()
-            .next()
-            .map(|l| l.contains("200")),
-        Some(true)
-    );
+    assert_eq!(http_get(k.metrics_port, "/healthz").lines().next().map(|l| l.contains("200")), Some(true));
     assert!(k.stop(), "kspan exits cleanly on SIGTERM");
 }
 
@@ -131,13 +90,7 @@ fn run_briefly(caps: &[&str], limit: Duration) -> (Option<bool>, String, Duratio
     let u = Unprivileged::new(caps);
     let mut child = u
         .command()
-        .args([
-            "run",
-            "--output",
-            "jsonl",
-            "--metrics-addr",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
+        .args(["run", "--output", "jsonl", "--metrics-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--pid", &std::process::id().to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -156,12 +109,7 @@ fn run_briefly(caps: &[&str], limit: Duration) -> (Option<bool>, String, Duratio
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
+    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
     (status, err, t.elapsed())
 }
 
@@ -179,9 +127,7 @@ fn each_missing_capability_fails_fast_and_is_named() {
         assert!(err.contains(&name), "without {missing}: the error names {name}:\n{err}");
         let others: Vec<String> = held.iter().map(|c| format!("CAP_{}", c.to_uppercase())).collect();
         assert!(
-            others
-                .iter()
-                .all(|o| !err.contains(&format!("missing {o}")) && !err.contains(&format!(", {o} (to"))),
+            others.iter().all(|o| !err.contains(&format!("missing {o}")) && !err.contains(&format!(", {o} (to"))),
             "without {missing}: only it is reported missing:\n{err}"
         );
     }

@@ -62,7 +62,8 @@ fn psql_queries_errors_and_server_side_spans() {
     let syntax = k.wait_spans(1, WAIT, |s| is_pg(s) && attr_str(s, "db.response.status_code") == Some("42601"));
     assert_eq!(syntax[0]["status"]["code"], "error");
     // The backend (forked by the postmaster, selected by --pid) reports the same queries as SERVER spans.
-    let server = k.wait_spans(2, WAIT, |s| is_pg(s) && kind(s) == "server" && attr_str(s, "db.operation.name") == Some("INSERT"));
+    let server = k
+        .wait_spans(2, WAIT, |s| is_pg(s) && kind(s) == "server" && attr_str(s, "db.operation.name") == Some("INSERT"));
     assert!(server.iter().all(|s| exe(s) == "postgres"), "{server:#?}");
     assert!(k.stop());
 }
@@ -100,7 +101,10 @@ fn pgbench_simple_extended_and_prepared() {
                 for s in &spans {
                     let text = attr_str(s, "db.query.text").unwrap_or("");
                     assert!(text.starts_with("SELECT abalance FROM pgbench_accounts WHERE aid = "), "{mode}: {text}");
-                    assert!(!text.chars().any(|c| c.is_ascii_digit()) || text.contains('$'), "{mode}: no literal ids: {text}");
+                    assert!(
+                        !text.chars().any(|c| c.is_ascii_digit()) || text.contains('$'),
+                        "{mode}: no literal ids: {text}"
+                    );
                     assert_eq!(s["name"], "SELECT pgbench_accounts");
                 }
                 break;
@@ -146,13 +150,17 @@ fn redis_cli(port: u16, input: &str) -> String {
 fn redis_cli_commands_errors_and_transactions() {
     let r = redis();
     let k = Kspan::start(&["--exe", "redis-cli$"]);
-    redis_cli(r.port, "SET user:42 supersecretvalue\nGET user:42\nLPUSH user:42 x\nMULTI\nINCR counter\nSET k2 v2\nEXEC\n");
+    redis_cli(
+        r.port,
+        "SET user:42 supersecretvalue\nGET user:42\nLPUSH user:42 x\nMULTI\nINCR counter\nSET k2 v2\nEXEC\n",
+    );
     let spans = k.wait_spans(7, WAIT, |s| is_redis(s) && kind(s) == "client");
     let ops: Vec<&str> = spans.iter().filter_map(|s| attr_str(s, "db.operation.name")).collect();
     for op in ["SET", "GET", "LPUSH", "MULTI", "INCR", "EXEC"] {
         assert!(ops.contains(&op), "{op} in {ops:?}");
     }
-    let set = spans.iter().find(|s| attr_str(s, "db.query.text") == Some("SET user:42")).expect("SET span with key only");
+    let set =
+        spans.iter().find(|s| attr_str(s, "db.query.text") == Some("SET user:42")).expect("SET span with key only");
     assert_eq!(set["status"]["code"], "unset");
     assert!(spans.iter().all(|s| !s.to_string().contains("supersecretvalue")), "values are never exported");
     let wrong = spans.iter().find(|s| attr_str(s, "db.operation.name") == Some("LPUSH")).unwrap();
@@ -166,13 +174,28 @@ fn redis_cli_commands_errors_and_transactions() {
 fn redis_benchmark_pipelines_pair_every_command() {
     let r = redis();
     let k = Kspan::start(&["--exe", "redis-benchmark$"]);
-    run_ok(Command::new("redis-benchmark").args(["-p", &r.port.to_string(), "-P", "16", "-n", "2000", "-c", "4", "-t", "set,get", "-q"]));
+    run_ok(Command::new("redis-benchmark").args([
+        "-p",
+        &r.port.to_string(),
+        "-P",
+        "16",
+        "-n",
+        "2000",
+        "-c",
+        "4",
+        "-t",
+        "set,get",
+        "-q",
+    ]));
     let want = |s: &Value| is_redis(s) && matches!(attr_str(s, "db.operation.name"), Some("SET") | Some("GET"));
     let spans = k.wait_spans(4000, WAIT, want);
     assert_eq!(spans.len(), 4000, "one span per pipelined command");
     assert!(spans.iter().all(|s| s["status"]["code"] != "error"));
     let m = k.metrics();
-    let unmatched = m.lines().find(|l| l.contains("protocol=\"redis\"") && l.contains("kind=\"unmatched_responses\"")).unwrap_or("");
+    let unmatched = m
+        .lines()
+        .find(|l| l.contains("protocol=\"redis\"") && l.contains("kind=\"unmatched_responses\""))
+        .unwrap_or("");
     assert!(unmatched.ends_with(" 0"), "no mis-pairing: {unmatched}");
     assert!(k.stop());
 }

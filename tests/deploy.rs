@@ -44,11 +44,7 @@ fn kubernetes_validate(files: &[PathBuf]) -> (bool, String) {
         .args(files)
         .output()
         .expect("python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(
         !text.contains("No module named"),
         "kubernetes-validate is missing (`cargo xtask setup` installs it): {text}"
@@ -59,24 +55,11 @@ fn kubernetes_validate(files: &[PathBuf]) -> (bool, String) {
 #[test]
 fn kubernetes_manifests_match_the_api_schemas() {
     let files = manifests();
-    let kinds = [
-        "Namespace",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Secret",
-        "ConfigMap",
-        "DaemonSet",
-    ];
-    let all: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).expect("manifest"))
-        .collect();
+    let kinds =
+        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret", "ConfigMap", "DaemonSet"];
+    let all: String = files.iter().map(|f| std::fs::read_to_string(f).expect("manifest")).collect();
     for kind in kinds {
-        assert!(
-            all.contains(&format!("kind: {kind}\n")),
-            "deploy/kubernetes has a {kind}"
-        );
+        assert!(all.contains(&format!("kind: {kind}\n")), "deploy/kubernetes has a {kind}");
     }
     let (ok, out) = kubernetes_validate(&files);
     assert!(ok, "kubernetes-validate rejected deploy/kubernetes:\n{out}");
@@ -109,18 +92,9 @@ fn nothing_under_deploy_is_privileged() {
                 continue;
             }
             let privileged = code.strip_prefix("privileged:").is_some_and(|v| v.trim() != "false");
-            assert!(
-                !privileged && !code.contains("--privileged"),
-                "{}:{}: privileged: {line}",
-                f.display(),
-                n + 1
-            );
+            assert!(!privileged && !code.contains("--privileged"), "{}:{}: privileged: {line}", f.display(), n + 1);
         }
-        assert!(
-            !text.contains("SYS_ADMIN]") && !text.contains("- SYS_ADMIN"),
-            "{} grants SYS_ADMIN",
-            f.display()
-        );
+        assert!(!text.contains("SYS_ADMIN]") && !text.contains("- SYS_ADMIN"), "{} grants SYS_ADMIN", f.display());
     }
     for f in ["kubernetes/50-daemonset.yaml", "helm/kspan/templates/daemonset.yaml"] {
         let text = std::fs::read_to_string(deploy().join(f)).expect("daemonset");
@@ -141,12 +115,8 @@ fn helm_chart_metadata_values_and_templates_are_well_formed() {
     let values: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart.join("values.yaml")).expect("values.yaml"))
             .expect("values.yaml parses");
-    let caps: Vec<&str> = values["capabilities"]
-        .as_sequence()
-        .expect("capabilities")
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
+    let caps: Vec<&str> =
+        values["capabilities"].as_sequence().expect("capabilities").iter().filter_map(|v| v.as_str()).collect();
     assert_eq!(caps, ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]);
     assert_eq!(values["metrics"]["port"].as_u64(), Some(9464));
     let mut templates = Vec::new();
@@ -164,37 +134,20 @@ fn helm_chart_metadata_values_and_templates_are_well_formed() {
     }
     for t in &templates {
         let text = std::fs::read_to_string(t).expect("template");
-        assert_eq!(
-            text.matches("{{").count(),
-            text.matches("}}").count(),
-            "{}: unbalanced braces",
-            t.display()
-        );
-        let opens = [
-            "{{- if ",
-            "{{ if ",
-            "{{- with ",
-            "{{ with ",
-            "{{- define ",
-            "{{- range ",
-            "{{ range ",
-        ]
-        .iter()
-        .map(|o| text.matches(o).count())
-        .sum::<usize>();
+        assert_eq!(text.matches("{{").count(), text.matches("}}").count(), "{}: unbalanced braces", t.display());
+        let opens = ["{{- if ", "{{ if ", "{{- with ", "{{ with ", "{{- define ", "{{- range ", "{{ range "]
+            .iter()
+            .map(|o| text.matches(o).count())
+            .sum::<usize>();
         let ends = text.matches("{{- end").count() + text.matches("{{ end").count();
         assert_eq!(opens, ends, "{}: every if/with/define/range has an end", t.display());
         // Every .Values path used exists in values.yaml.
         for (i, _) in text.match_indices(".Values.") {
-            let path: String = text[i + 8..]
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '.' || *c == '_')
-                .collect();
+            let path: String =
+                text[i + 8..].chars().take_while(|c| c.is_alphanumeric() || *c == '.' || *c == '_').collect();
             let mut v = &values;
             for key in path.trim_end_matches('.').split('.') {
-                v = v
-                    .get(key)
-                    .unwrap_or_else(|| panic!("{}: .Values.{path} is not in values.yaml", t.display()));
+                v = v.get(key).unwrap_or_else(|| panic!("{}: .Values.{path} is not in values.yaml", t.display()));
             }
         }
     }
@@ -204,32 +157,16 @@ fn helm_chart_metadata_values_and_templates_are_well_formed() {
 fn systemd_unit_verifies_cleanly() {
     let unit = std::fs::read_to_string(deploy().join("systemd/kspan.service")).expect("unit");
     let caps = "CAP_BPF CAP_PERFMON CAP_SYS_PTRACE CAP_DAC_READ_SEARCH";
-    assert!(
-        unit.lines().any(|l| l == format!("AmbientCapabilities={caps}")),
-        "ambient capabilities"
-    );
-    assert!(
-        unit.lines().any(|l| l == format!("CapabilityBoundingSet={caps}")),
-        "bounding set"
-    );
+    assert!(unit.lines().any(|l| l == format!("AmbientCapabilities={caps}")), "ambient capabilities");
+    assert!(unit.lines().any(|l| l == format!("CapabilityBoundingSet={caps}")), "bounding set");
     // `verify` needs ExecStart to exist: point it at any executable.
     let dir = std::env::temp_dir().join(format!("kspan-unit-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let copy = dir.join("kspan.service");
     std::fs::write(&copy, unit.replace("/usr/local/bin/kspan", "/bin/true")).expect("write unit");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&copy)
-        .output()
-        .expect("systemd-analyze (package systemd)");
+    let out =
+        Command::new("systemd-analyze").arg("verify").arg(&copy).output().expect("systemd-analyze (package systemd)");
     let _ = std::fs::remove_dir_all(&dir);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.trim().is_empty(),
-        "systemd-analyze verify:\n{text}"
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify:\n{text}");
 }

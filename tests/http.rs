@@ -72,7 +72,8 @@ fn nginx_served_to_curl() {
     let ng = nginx();
     let k = Kspan::start(&["--pid", &ng.pid().to_string()]);
     curl_keepalive(ng.port, &["/index.html", "/api/items.json", "/nope", "/err"]);
-    let spans = k.wait_spans(4, WAIT, |s| kind(s) == "server" && resource_str(s, "process.executable.name") == Some("nginx"));
+    let spans =
+        k.wait_spans(4, WAIT, |s| kind(s) == "server" && resource_str(s, "process.executable.name") == Some("nginx"));
     assert_eq!(spans.len(), 4, "{spans:#?}");
     let code = |p: &str| {
         let s = spans.iter().find(|s| attr_str(s, "url.path") == Some(p)).unwrap_or_else(|| panic!("no span for {p}"));
@@ -181,8 +182,10 @@ fn non_http_bytes_and_huge_headers_are_counted_not_fatal() {
     client(&["garbage", &app.port.to_string()]);
     // A 64 KiB header block (the server rejects it; kspan must survive and count).
     let big = "a".repeat(64 * 1024);
-    let _ = Command::new("curl").args(["-s", "-o", "/dev/null", "-H", &format!("X-Big: {big}")])
-        .arg(format!("http://127.0.0.1:{}/users/1", app.port)).status();
+    let _ = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-H", &format!("X-Big: {big}")])
+        .arg(format!("http://127.0.0.1:{}/users/1", app.port))
+        .status();
     curl_keepalive(app.port, &["/users/3"]);
     let spans = k.wait_spans(1, WAIT, |s| attr_str(s, "url.path") == Some("/users/3"));
     assert_eq!(attr_i64(&spans[0], "http.response.status_code"), Some(200));

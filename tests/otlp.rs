@@ -68,10 +68,18 @@ fn export_to_rotel(env: &[(&str, &str)], rotel: &Rotel) {
         env,
     );
     for i in 0..3 {
-        run_ok(std::process::Command::new("curl").args(["-s", "-o", "/dev/null"]).arg(format!("http://127.0.0.1:{}/users/{i}", app.port)));
+        run_ok(
+            std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{}/users/{i}", app.port)),
+        );
     }
     for p in ["/index.html", "/missing.html"] {
-        run_ok(std::process::Command::new("curl").args(["-s", "-o", "/dev/null"]).arg(format!("http://127.0.0.1:{}{p}", ng.port)));
+        run_ok(
+            std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{}{p}", ng.port)),
+        );
     }
     k.wait_spans(5, Duration::from_secs(20), |s| kind(s) == "server");
     assert!(k.stop(), "kspan flushes and exits cleanly");
@@ -86,10 +94,11 @@ fn export_to_rotel(env: &[(&str, &str)], rotel: &Rotel) {
         // The python app serves in its own process; nginx serves in its worker (a child of the master).
         let (a, b) = (by("process.pid", &app.pid().to_string()), by("service.name", "nginx"));
         if (count(&a) >= 3 && count(&b) >= 2) || t.elapsed() > Duration::from_secs(15) {
-            let flat = |rs: Vec<&Logged>| -> (BTreeMap<String, String>, Vec<(String, String, BTreeMap<String, String>)>) {
-                let res = rs.first().map(|r| r.resource.clone()).unwrap_or_default();
-                (res, rs.into_iter().flat_map(|r| r.spans.clone()).collect())
-            };
+            let flat =
+                |rs: Vec<&Logged>| -> (BTreeMap<String, String>, Vec<(String, String, BTreeMap<String, String>)>) {
+                    let res = rs.first().map(|r| r.resource.clone()).unwrap_or_default();
+                    (res, rs.into_iter().flat_map(|r| r.spans.clone()).collect())
+                };
             break (flat(a), flat(b));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -102,7 +111,12 @@ fn export_to_rotel(env: &[(&str, &str)], rotel: &Rotel) {
     assert_eq!(ngx.0.get("service.name").map(String::as_str), Some("nginx"));
     for r in [&py.0, &ngx.0] {
         assert_eq!(r.get("telemetry.distro.name").map(String::as_str), Some("kspan"));
-        assert!(r.contains_key("host.name") && r.contains_key("service.instance.id") && r.contains_key("process.executable.name"), "{r:?}");
+        assert!(
+            r.contains_key("host.name")
+                && r.contains_key("service.instance.id")
+                && r.contains_key("process.executable.name"),
+            "{r:?}"
+        );
     }
     for (name, kind, attrs) in &py.1 {
         assert_eq!(name, "GET /users/{id}");
@@ -110,7 +124,8 @@ fn export_to_rotel(env: &[(&str, &str)], rotel: &Rotel) {
         assert_eq!(attrs.get("http.response.status_code").map(String::as_str), Some("200"));
         assert_eq!(attrs.get("http.route").map(String::as_str), Some("/users/{id}"));
     }
-    let codes: Vec<&str> = ngx.1.iter().filter_map(|s| s.2.get("http.response.status_code").map(String::as_str)).collect();
+    let codes: Vec<&str> =
+        ngx.1.iter().filter_map(|s| s.2.get("http.response.status_code").map(String::as_str)).collect();
     assert!(codes.contains(&"200") && codes.contains(&"404"), "{codes:?}");
 }
 

@@ -26,7 +26,11 @@ fn jwt(sub: &str) -> String {
         }
         out
     }
-    format!("{}.{}.c2lnbmF0dXJl", b64(r#"{"alg":"HS256","typ":"JWT"}"#), b64(&format!(r#"{{"sub":"{sub}","role":"admin"}}"#)))
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(&format!(r#"{{"sub":"{sub}","role":"admin"}}"#))
+    )
 }
 
 fn curl(port: u16, path: &str, headers: &[String]) {

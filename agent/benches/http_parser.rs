@@ -57,20 +57,11 @@ fn stream(split_body: bool) -> Vec<(Direction, Vec<u8>)> {
     writes
 }
 
-fn feed_all(
-    writes: &[(Direction, Vec<u8>)],
-    out: &mut Vec<kspan::protocol::Exchange>,
-) -> ParseStats {
+fn feed_all(writes: &[(Direction, Vec<u8>)], out: &mut Vec<kspan::protocol::Exchange>) -> ParseStats {
     let mut parser = HttpParser::new(Role::Server);
     let mut stats = ParseStats::default();
     for (i, (dir, data)) in writes.iter().enumerate() {
-        let chunk = Chunk {
-            dir: *dir,
-            ts_ns: i as u64,
-            tid: 1,
-            data,
-            len: data.len(),
-        };
+        let chunk = Chunk { dir: *dir, ts_ns: i as u64, tid: 1, data, len: data.len() };
         parser.feed(&chunk, out, &mut stats);
     }
     stats
@@ -79,17 +70,10 @@ fn feed_all(
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("http_parser");
     g.throughput(Throughput::Elements(EXCHANGES as u64));
-    for (name, split) in [
-        ("keepalive_one_write_per_message", false),
-        ("keepalive_body_separate_write", true),
-    ] {
+    for (name, split) in [("keepalive_one_write_per_message", false), ("keepalive_body_separate_write", true)] {
         let writes = stream(split);
         let mut out = Vec::with_capacity(EXCHANGES);
-        assert_eq!(
-            feed_all(&writes, &mut out).exchanges,
-            EXCHANGES as u64,
-            "bench stream must parse cleanly"
-        );
+        assert_eq!(feed_all(&writes, &mut out).exchanges, EXCHANGES as u64, "bench stream must parse cleanly");
         g.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
@@ -100,10 +84,7 @@ fn bench(c: &mut Criterion) {
     let writes = stream(false);
     let mut exchanges = Vec::with_capacity(EXCHANGES);
     feed_all(&writes, &mut exchanges);
-    let conn = ConnMeta {
-        local: "10.0.0.1:8080".parse().ok(),
-        peer: "10.0.0.2:40000".parse().ok(),
-    };
+    let conn = ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok() };
     let privacy = Privacy::default();
     g.bench_function("describe", |b| {
         b.iter(|| {

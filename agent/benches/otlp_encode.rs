@@ -24,10 +24,7 @@ fn batch() -> Vec<Arc<Span>> {
             a.set("host.name", "node-17.cluster.local");
             a.set("k8s.pod.name", format!("service-{i}-7d9f8c6b5-x2x4z"));
             a.set("k8s.namespace.name", "shop");
-            Arc::new(ProcessResource {
-                pid: 1000 + i,
-                attributes: a,
-            })
+            Arc::new(ProcessResource { pid: 1000 + i, attributes: a })
         })
         .collect();
     (0..BATCH as u64)
@@ -69,9 +66,7 @@ fn bench(c: &mut Criterion) {
     let encoder = Encoder::new(&[("deployment.environment".into(), "prod".into())]);
     let mut group = c.benchmark_group("otlp_encode");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("build_request", |b| {
-        b.iter(|| black_box(encoder.request(black_box(&spans))))
-    });
+    group.bench_function("build_request", |b| b.iter(|| black_box(encoder.request(black_box(&spans)))));
     group.bench_function("build_and_serialize", |b| {
         b.iter(|| black_box(encoder.request(black_box(&spans)).encode_to_vec()))
     });
@@ -79,10 +74,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn thread_cpu_time() -> std::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own; the clock id is valid.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");

@@ -6,28 +6,14 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kspan::protocol::postgres::{PgParser, describe, sql};
-use kspan::protocol::{
-    Chunk, ConnMeta, Direction, ParseStats, Privacy, Record, Role, StreamParser,
-};
+use kspan::protocol::{Chunk, ConnMeta, Direction, ParseStats, Privacy, Record, Role, StreamParser};
 
 const TRANSACTION: [(&str, &str); 7] = [
     ("BEGIN;", "BEGIN"),
-    (
-        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;",
-        "UPDATE 1",
-    ),
-    (
-        "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
-        "SELECT 1",
-    ),
-    (
-        "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2;",
-        "UPDATE 1",
-    ),
-    (
-        "UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2;",
-        "UPDATE 1",
-    ),
+    ("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;", "UPDATE 1"),
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = $1;", "SELECT 1"),
+    ("UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2;", "UPDATE 1"),
+    ("UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2;", "UPDATE 1"),
     (
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP);",
         "INSERT 0 1",
@@ -55,39 +41,21 @@ fn stream(n: usize, prepared: bool) -> Vec<(Direction, Vec<u8>)> {
             let name = format!("P_{i}");
             chunks.push((
                 Direction::Egress,
-                [
-                    msg(b'P', &[cstr(&name), cstr(sql), vec![0, 0]].concat()),
-                    msg(b'S', b""),
-                ]
-                .concat(),
+                [msg(b'P', &[cstr(&name), cstr(sql), vec![0, 0]].concat()), msg(b'S', b"")].concat(),
             ));
-            chunks.push((
-                Direction::Ingress,
-                [msg(b'1', b""), msg(b'Z', b"I")].concat(),
-            ));
+            chunks.push((Direction::Ingress, [msg(b'1', b""), msg(b'Z', b"I")].concat()));
         }
     }
     for _ in 0..n {
         for (i, (sql, tag)) in TRANSACTION.iter().enumerate() {
-            let name = if prepared {
-                format!("P_{i}")
-            } else {
-                String::new()
-            };
+            let name = if prepared { format!("P_{i}") } else { String::new() };
             let mut req = Vec::new();
             if !prepared {
                 req.extend(msg(b'P', &[cstr(""), cstr(sql), vec![0, 0]].concat()));
             }
             req.extend(msg(
                 b'B',
-                &[
-                    cstr(""),
-                    cstr(&name),
-                    vec![0, 0, 0, 1],
-                    b"\0\0\0\x044242".to_vec(),
-                    vec![0, 0],
-                ]
-                .concat(),
+                &[cstr(""), cstr(&name), vec![0, 0, 0, 1], b"\0\0\0\x044242".to_vec(), vec![0, 0]].concat(),
             ));
             req.extend(msg(b'D', b"P\0"));
             req.extend(msg(b'E', b"\0\0\0\0\0"));
@@ -115,17 +83,7 @@ fn run(chunks: &[(Direction, Vec<u8>)]) -> usize {
     let mut stats = ParseStats::default();
     let mut described = 0;
     for (i, (dir, data)) in chunks.iter().enumerate() {
-        parser.feed(
-            &Chunk {
-                dir: *dir,
-                ts_ns: i as u64,
-                tid: 1,
-                data,
-                len: data.len(),
-            },
-            &mut out,
-            &mut stats,
-        );
+        parser.feed(&Chunk { dir: *dir, ts_ns: i as u64, tid: 1, data, len: data.len() }, &mut out, &mut stats);
         for e in out.drain(..) {
             if let Record::Postgres(r) = &e.record {
                 described += describe(r, e.role, &conn, &privacy).attributes.len();
@@ -139,10 +97,7 @@ fn parser(c: &mut Criterion) {
     const TX: usize = 200;
     let mut g = c.benchmark_group("postgres_parser");
     g.throughput(Throughput::Elements((TX * TRANSACTION.len()) as u64));
-    for (label, prepared) in [
-        ("pgbench_extended_queries", false),
-        ("pgbench_prepared_queries", true),
-    ] {
+    for (label, prepared) in [("pgbench_extended_queries", false), ("pgbench_prepared_queries", true)] {
         let chunks = stream(TX, prepared);
         g.bench_function(label, |b| b.iter(|| run(black_box(&chunks))));
     }
@@ -159,19 +114,9 @@ fn sanitize(c: &mut Criterion) {
     let bytes: usize = sqls.iter().map(|s| s.len()).sum();
     let mut g = c.benchmark_group("postgres_sql");
     g.throughput(Throughput::Bytes(bytes as u64));
-    g.bench_function("sanitize", |b| {
-        b.iter(|| {
-            sqls.iter()
-                .map(|s| sql::sanitize(black_box(s)).len())
-                .sum::<usize>()
-        })
-    });
+    g.bench_function("sanitize", |b| b.iter(|| sqls.iter().map(|s| sql::sanitize(black_box(s)).len()).sum::<usize>()));
     g.bench_function("summarize", |b| {
-        b.iter(|| {
-            sqls.iter()
-                .filter(|s| sql::summarize(black_box(s)).1.is_some())
-                .count()
-        })
+        b.iter(|| sqls.iter().filter(|s| sql::summarize(black_box(s)).1.is_some()).count())
     });
     g.finish();
 }

@@ -39,13 +39,7 @@ fn batch() -> (Vec<u8>, Vec<u8>) {
 }
 
 fn chunk(dir: Direction, ts: u64, data: &[u8]) -> Chunk<'_> {
-    Chunk {
-        dir,
-        ts_ns: ts,
-        tid: 1,
-        data,
-        len: data.len(),
-    }
+    Chunk { dir, ts_ns: ts, tid: 1, data, len: data.len() }
 }
 
 fn bench(c: &mut Criterion) {
@@ -59,11 +53,7 @@ fn bench(c: &mut Criterion) {
         let mut p = RedisParser::new(Role::Client);
         b.iter(|| {
             for i in 0..BATCHES {
-                p.feed(
-                    &chunk(Direction::Egress, i as u64, black_box(&cmds)),
-                    &mut out,
-                    &mut stats,
-                );
+                p.feed(&chunk(Direction::Egress, i as u64, black_box(&cmds)), &mut out, &mut stats);
                 // Drop the waiting commands so the queue never overflows.
                 p.close(i as u64, &mut out, &mut stats);
             }
@@ -78,16 +68,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for i in 0..BATCHES {
                 let ts = 2 * i as u64;
-                p.feed(
-                    &chunk(Direction::Egress, ts, black_box(&cmds)),
-                    &mut out,
-                    &mut stats,
-                );
-                p.feed(
-                    &chunk(Direction::Ingress, ts + 1, black_box(&replies)),
-                    &mut out,
-                    &mut stats,
-                );
+                p.feed(&chunk(Direction::Egress, ts, black_box(&cmds)), &mut out, &mut stats);
+                p.feed(&chunk(Direction::Ingress, ts + 1, black_box(&replies)), &mut out, &mut stats);
                 assert_eq!(out.len(), BATCH);
                 out.clear();
             }

@@ -47,9 +47,7 @@ fn hundred_rules() -> String {
             "  - id: redis-{i}\n    match: {{redis: {{command: get, key: 'prefix{i}:*'}}}}\n    actions: {{set: {{cache.area: c{i}}}}}"
         );
     }
-    y.push_str(
-        "sampling:\n  default_rate: 0.1\n  by_attribute:\n    tenant.tier: {enterprise: 1.0}\n",
-    );
+    y.push_str("sampling:\n  default_rate: 0.1\n  by_attribute:\n    tenant.tier: {enterprise: 1.0}\n");
     y
 }
 
@@ -72,18 +70,10 @@ const PG_SPAN: &str = r#"{"name":"SELECT orders","kind":"client","duration_ms":2
 fn bench(c: &mut Criterion) {
     let rules = RuleSet::from_str(&hundred_rules(), "bench.yaml").expect("bench rules compile");
     assert_eq!(rules.rules().len(), 100);
-    for (name, json) in [
-        ("http_2_of_100_fire", HTTP_SPAN),
-        ("http_none_fire", MISS_SPAN),
-        ("pg_none_fire", PG_SPAN),
-    ] {
+    for (name, json) in [("http_2_of_100_fire", HTTP_SPAN), ("http_none_fire", MISS_SPAN), ("pg_none_fire", PG_SPAN)] {
         let span = spanjson::span_from_json(json).expect("bench span");
         c.bench_function(&format!("rules/apply_{name}"), |b| {
-            b.iter_batched_ref(
-                || span.clone(),
-                |s| black_box(rules.apply(s)),
-                BatchSize::SmallInput,
-            )
+            b.iter_batched_ref(|| span.clone(), |s| black_box(rules.apply(s)), BatchSize::SmallInput)
         });
     }
 
@@ -100,11 +90,7 @@ fn bench(c: &mut Criterion) {
     });
     let mut sampler = Sampler::new(Arc::clone(rules.sampling()), Arc::clone(&stats), 0);
     c.bench_function("sample/sample_span", |b| {
-        b.iter_batched_ref(
-            || span.clone(),
-            |s| black_box(sampler.sample_span(s, &hints, 0)),
-            BatchSize::SmallInput,
-        )
+        b.iter_batched_ref(|| span.clone(), |s| black_box(sampler.sample_span(s, &hints, 0)), BatchSize::SmallInput)
     });
     let mut buffer = TraceBuffer::new(Sampler::new(Arc::clone(rules.sampling()), stats, 0));
     let mut out = Vec::with_capacity(4);

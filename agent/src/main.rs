@@ -66,9 +66,7 @@ enum RulesCommand {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KSPAN_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KSPAN_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
         Command::Run { pids, exe, ports, all, config, outputs, rules, metrics_addr } => {
@@ -76,7 +74,15 @@ fn main() -> anyhow::Result<()> {
                 Some(path) => Config::load(path)?,
                 None => Config::default(),
             };
-            cfg.apply_cli(CliOverrides { pids, exe, ports, all, outputs, rules_file: rules, metrics_listen: metrics_addr });
+            cfg.apply_cli(CliOverrides {
+                pids,
+                exe,
+                ports,
+                all,
+                outputs,
+                rules_file: rules,
+                metrics_listen: metrics_addr,
+            });
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

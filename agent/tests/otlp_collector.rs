@@ -20,9 +20,7 @@ fn rotel_binary() -> std::path::PathBuf {
     if let Ok(p) = std::env::var("ROTEL_AGENT") {
         return p.into();
     }
-    if let Ok(out) = std::process::Command::new("which")
-        .arg("rotel-agent")
-        .output()
+    if let Ok(out) = std::process::Command::new("which").arg("rotel-agent").output()
         && out.status.success()
     {
         let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -31,16 +29,12 @@ fn rotel_binary() -> std::path::PathBuf {
         }
     }
     let py = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import rotel,os;print(os.path.dirname(rotel.__file__))",
-        ])
+        .args(["-c", "import rotel,os;print(os.path.dirname(rotel.__file__))"])
         .output();
     if let Ok(out) = py
         && out.status.success()
     {
-        let p = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-            .join("rotel-agent");
+        let p = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("rotel-agent");
         if p.is_file() {
             return p;
         }
@@ -87,20 +81,8 @@ async fn real_collector_receives_both_processes_over_grpc_and_http() {
     let _rotel = Child(
         std::process::Command::new(&bin)
             .arg("start")
-            .args([
-                "--otlp-grpc-endpoint",
-                &grpc.to_string(),
-                "--otlp-http-endpoint",
-                &http.to_string(),
-            ])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "traces",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
+            .args(["--otlp-grpc-endpoint", &grpc.to_string(), "--otlp-http-endpoint", &http.to_string()])
+            .args(["--exporter", "blackhole", "--debug-log", "traces", "--debug-log-verbosity", "detailed"])
             .arg("--pid-file")
             .arg(dir.join("rotel.pid"))
             .arg("--log-file")
@@ -123,17 +105,10 @@ async fn real_collector_receives_both_processes_over_grpc_and_http() {
     let mut grpc_cfg = base_config("grpc", grpc);
     grpc_cfg.protocol = Some(Protocol::Grpc);
     grpc_cfg.compression = Some(kspan::export::otlp::Compression::Gzip);
-    grpc_cfg
-        .resource_attributes
-        .insert("kspan.test.transport".into(), "grpc".into());
+    grpc_cfg.resource_attributes.insert("kspan.test.transport".into(), "grpc".into());
     let mut http_cfg = base_config("http", http);
-    http_cfg
-        .resource_attributes
-        .insert("kspan.test.transport".into(), "http".into());
-    let exporters = Exporters::new(vec![
-        Output::Otlp(exporter(grpc_cfg, &m)),
-        Output::Otlp(exporter(http_cfg, &m)),
-    ]);
+    http_cfg.resource_attributes.insert("kspan.test.transport".into(), "http".into());
+    let exporters = Exporters::new(vec![Output::Otlp(exporter(grpc_cfg, &m)), Output::Otlp(exporter(http_cfg, &m))]);
 
     let mut frontend = ProcessResource::clone(&process(1111, "frontend"));
     frontend.attributes.set("k8s.pod.name", "frontend-7d9f");
@@ -156,14 +131,8 @@ async fn real_collector_receives_both_processes_over_grpc_and_http() {
         .into_iter()
         .flat_map(|transport| {
             [
-                (
-                    "frontend",
-                    vec!["process.pid: Int(1111)", "k8s.pod.name: Str(frontend-7d9f)"],
-                ),
-                (
-                    "inventory",
-                    vec!["process.pid: Int(2222)", "process.runtime.name: Str(go)"],
-                ),
+                ("frontend", vec!["process.pid: Int(1111)", "k8s.pod.name: Str(frontend-7d9f)"]),
+                ("inventory", vec!["process.pid: Int(2222)", "process.runtime.name: Str(go)"]),
             ]
             .into_iter()
             .map(move |(service, attrs)| {
@@ -177,9 +146,7 @@ async fn real_collector_receives_both_processes_over_grpc_and_http() {
         let text = strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
         let blocks = parse_debug_log(&text);
         let complete = want.iter().all(|(t, svc, _, names)| {
-            blocks
-                .get(&(t.to_string(), svc.to_string()))
-                .is_some_and(|b| b.names.len() == names.len())
+            blocks.get(&(t.to_string(), svc.to_string())).is_some_and(|b| b.names.len() == names.len())
         });
         if complete || Instant::now() > until {
             break (text, blocks);
@@ -190,23 +157,15 @@ async fn real_collector_receives_both_processes_over_grpc_and_http() {
     for (transport, service, attrs, names) in &want {
         let b = blocks
             .get(&(transport.to_string(), service.to_string()))
-            .unwrap_or_else(|| {
-                panic!("no {service} resource over {transport} in rotel's log:\n{text}")
-            });
+            .unwrap_or_else(|| panic!("no {service} resource over {transport} in rotel's log:\n{text}"));
         for attr in attrs {
-            assert!(
-                b.resource.iter().any(|r| r == attr),
-                "{service}/{transport}: `{attr}` missing: {b:?}"
-            );
+            assert!(b.resource.iter().any(|r| r == attr), "{service}/{transport}: `{attr}` missing: {b:?}");
         }
         assert_eq!(&b.names, names, "{service}/{transport}: spans");
         assert!(b.scopes.iter().all(|s| s.starts_with("kspan ")), "{b:?}");
     }
     assert_eq!(blocks.len(), want.len(), "unexpected resources: {blocks:?}");
-    assert!(
-        !text.contains("never-exported"),
-        "a private attribute reached the collector"
-    );
+    assert!(!text.contains("never-exported"), "a private attribute reached the collector");
 }
 
 #[derive(Debug, Default)]
@@ -222,8 +181,7 @@ fn parse_debug_log(text: &str) -> std::collections::BTreeMap<(String, String), L
     let mut out: std::collections::BTreeMap<(String, String), LoggedResource> = Default::default();
     let mut current: Option<LoggedResource> = None;
     let mut in_resource = false;
-    let flush = |cur: Option<LoggedResource>,
-                 out: &mut std::collections::BTreeMap<_, LoggedResource>| {
+    let flush = |cur: Option<LoggedResource>, out: &mut std::collections::BTreeMap<_, LoggedResource>| {
         let Some(cur) = cur else { return };
         let find = |key: &str| {
             cur.resource
@@ -234,9 +192,7 @@ fn parse_debug_log(text: &str) -> std::collections::BTreeMap<(String, String), L
                 .unwrap_or_default()
                 .to_owned()
         };
-        let entry: &mut LoggedResource = out
-            .entry((find("kspan.test.transport"), find("service.name")))
-            .or_default();
+        let entry: &mut LoggedResource = out.entry((find("kspan.test.transport"), find("service.name"))).or_default();
         entry.resource.extend(cur.resource);
         entry.scopes.extend(cur.scopes);
         entry.names.extend(cur.names);
@@ -254,18 +210,11 @@ fn parse_debug_log(text: &str) -> std::collections::BTreeMap<(String, String), L
             in_resource = true;
         } else if line.starts_with("ScopeSpans #") {
             in_resource = false;
-        } else if let Some(attr) = line
-            .trim_start()
-            .strip_prefix("-> ")
-            .filter(|_| in_resource)
-        {
+        } else if let Some(attr) = line.trim_start().strip_prefix("-> ").filter(|_| in_resource) {
             cur.resource.push(attr.trim().to_owned());
         } else if let Some(scope) = line.strip_prefix("InstrumentationScope ") {
             cur.scopes.push(scope.trim().to_owned());
-        } else if let Some(name) = line
-            .trim_start()
-            .strip_prefix("Name")
-            .and_then(|r| r.trim_start().strip_prefix(':'))
+        } else if let Some(name) = line.trim_start().strip_prefix("Name").and_then(|r| r.trim_start().strip_prefix(':'))
         {
             cur.names.insert(name.trim().to_owned());
         }

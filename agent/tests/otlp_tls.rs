@@ -19,8 +19,8 @@ use kspan::telemetry::Telemetry;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use tokio::time::Instant;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -46,27 +46,19 @@ impl Drop for Pki {
 fn pki(tag: &str) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kspan test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    ca_params.distinguished_name.push(DnType::CommonName, "kspan test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
 
     let server_key = KeyPair::generate().expect("key");
     let mut sp = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    sp.subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    sp.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = sp.signed_by(&server_key, &ca).expect("server cert");
 
     let client_key = KeyPair::generate().expect("key");
     let mut cp = CertificateParams::new(Vec::<String>::new()).expect("params");
-    cp.distinguished_name
-        .push(DnType::CommonName, "kspan agent");
+    cp.distinguished_name.push(DnType::CommonName, "kspan agent");
     cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = cp.signed_by(&client_key, &ca).expect("client cert");
 
@@ -98,12 +90,9 @@ struct Seen {
 async fn tls_endpoint(pki: &Pki) -> (SocketAddr, Arc<Seen>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(&pki.ca).expect("ca der"))
-        .expect("add ca");
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .expect("verifier");
+    roots.add(CertificateDer::from_pem_file(&pki.ca).expect("ca der")).expect("add ca");
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().expect("verifier");
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
@@ -115,9 +104,7 @@ async fn tls_endpoint(pki: &Pki) -> (SocketAddr, Arc<Seen>) {
         .expect("server config");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Seen::default());
     let s = seen.clone();
@@ -130,38 +117,19 @@ async fn tls_endpoint(pki: &Pki) -> (SocketAddr, Arc<Seen>) {
                     return;
                 };
                 let chain_len = tls.get_ref().1.peer_certificates().map_or(0, <[_]>::len);
-                seen.client_cert_subjects
-                    .lock()
-                    .expect("lock")
-                    .push(chain_len);
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let r =
-                                ExportTraceServiceRequest::decode(body.as_ref()).expect("protobuf");
-                            let n: usize = r
-                                .resource_spans
-                                .iter()
-                                .flat_map(|x| &x.scope_spans)
-                                .map(|x| x.spans.len())
-                                .sum();
-                            seen.spans.fetch_add(n, Ordering::Relaxed);
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::new(),
-                            )))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                seen.client_cert_subjects.lock().expect("lock").push(chain_len);
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let r = ExportTraceServiceRequest::decode(body.as_ref()).expect("protobuf");
+                        let n: usize =
+                            r.resource_spans.iter().flat_map(|x| &x.scope_spans).map(|x| x.spans.len()).sum();
+                        seen.spans.fetch_add(n, Ordering::Relaxed);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
             });
         }
     });
@@ -189,32 +157,21 @@ fn span(resource: &Arc<ProcessResource>, n: u64) -> Arc<Span> {
 }
 
 /// Exports 3 spans configured from these env vars; returns (exported, seen).
-async fn export_with(
-    pki: &Pki,
-    vars: &[(&str, &Path)],
-    wait_for_delivery: bool,
-) -> (u64, Arc<Seen>) {
+async fn export_with(pki: &Pki, vars: &[(&str, &Path)], wait_for_delivery: bool) -> (u64, Arc<Seen>) {
     let (addr, seen) = tls_endpoint(pki).await;
     let endpoint = format!("https://{addr}");
     let env = |k: &str| {
         if k == "OTEL_EXPORTER_OTLP_ENDPOINT" {
             return Some(endpoint.clone());
         }
-        vars.iter()
-            .find(|(name, _)| *name == k)
-            .map(|(_, p)| p.to_string_lossy().into_owned())
+        vars.iter().find(|(name, _)| *name == k).map(|(_, p)| p.to_string_lossy().into_owned())
     };
-    let mut settings = OtlpConfig::from_env_and_file(&[], &env)
-        .expect("valid config")
-        .remove(0);
+    let mut settings = OtlpConfig::from_env_and_file(&[], &env).expect("valid config").remove(0);
     settings.batch.scheduled_delay = Duration::from_millis(20);
     settings.retry.initial_backoff = Duration::from_millis(100);
     let metrics = ExportMetrics::register(&Telemetry::new());
     let exp = OtlpExporter::spawn(settings, &metrics).expect("exporter");
-    let p = Arc::new(ProcessResource {
-        pid: 1,
-        attributes: Attributes::new(),
-    });
+    let p = Arc::new(ProcessResource { pid: 1, attributes: Attributes::new() });
     for n in 0..3 {
         exp.submit(span(&p, n));
     }
@@ -229,9 +186,7 @@ async fn export_with(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let report = exp
-        .shutdown(Instant::now() + Duration::from_millis(300))
-        .await;
+    let report = exp.shutdown(Instant::now() + Duration::from_millis(300)).await;
     (report.exported, seen)
 }
 
@@ -240,23 +195,13 @@ async fn mtls_with_ca_and_client_certificate_delivers() {
     let pki = pki("ok");
     let vars = [
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.ca.as_path()),
-        (
-            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
-            pki.client_cert.as_path(),
-        ),
+        ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", pki.client_cert.as_path()),
         ("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.client_key.as_path()),
     ];
     let (exported, seen) = export_with(&pki, &vars, true).await;
     assert_eq!(exported, 3);
     assert_eq!(seen.spans.load(Ordering::Relaxed), 3);
-    assert!(
-        seen.client_cert_subjects
-            .lock()
-            .expect("lock")
-            .iter()
-            .all(|n| *n >= 1),
-        "client cert presented"
-    );
+    assert!(seen.client_cert_subjects.lock().expect("lock").iter().all(|n| *n >= 1), "client cert presented");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,10 +211,7 @@ async fn missing_client_certificate_is_refused_and_retried() {
     let (exported, seen) = export_with(&pki, &vars, false).await;
     assert_eq!(exported, 0);
     assert_eq!(seen.spans.load(Ordering::Relaxed), 0);
-    assert!(
-        seen.handshake_failures.load(Ordering::Relaxed) >= 2,
-        "the failed handshake was retried"
-    );
+    assert!(seen.handshake_failures.load(Ordering::Relaxed) >= 2, "the failed handshake was retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,10 +219,7 @@ async fn server_not_signed_by_a_trusted_ca_is_rejected() {
     let pki = pki("untrusted");
     // No OTEL_EXPORTER_OTLP_CERTIFICATE: only the system roots are trusted.
     let vars = [
-        (
-            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-            pki.client_cert.as_path(),
-        ),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", pki.client_cert.as_path()),
         ("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.client_key.as_path()),
     ];
     let (exported, seen) = export_with(&pki, &vars, false).await;

@@ -25,11 +25,8 @@ fn parse_wrk(out: &str) -> Result<Load> {
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .context("wrk printed no Requests/sec")?;
-    let p99 = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_duration_ms(v.trim()))
-        .unwrap_or(f64::NAN);
+    let p99 =
+        out.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| parse_duration_ms(v.trim())).unwrap_or(f64::NAN);
     Ok(Load { rps, p99_ms: p99 })
 }
 
@@ -139,8 +136,17 @@ fn http_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
     println!("baseline req/s        {:>10.0}  (runs: {:.0}, {:.0})", base.rps, base1.rps, base2.rps);
     println!("with kspan req/s      {:>10.0}", with.rps);
     println!("req/s ratio           {:>10.3}   target >= 0.98", with.rps / base.rps);
-    println!("p99 baseline / kspan  {:>7.3} ms / {:.3} ms  (delta {:+.3} ms)", base.p99_ms, with.p99_ms, with.p99_ms - base.p99_ms);
-    println!("agent CPU             {:>10.1} % of one core ({:.2} % per 10k req/s, target <= 2 %)", cpu_core * 100.0, per_10k * 100.0);
+    println!(
+        "p99 baseline / kspan  {:>7.3} ms / {:.3} ms  (delta {:+.3} ms)",
+        base.p99_ms,
+        with.p99_ms,
+        with.p99_ms - base.p99_ms
+    );
+    println!(
+        "agent CPU             {:>10.1} % of one core ({:.2} % per 10k req/s, target <= 2 %)",
+        cpu_core * 100.0,
+        per_10k * 100.0
+    );
     println!("agent peak RSS        {:>10.1} MiB  target <= 40 MiB", rss_kib as f64 / 1024.0);
     println!("spans built           {spans:>10.0}  (requests served with kspan: ~{:.0})", with.rps * secs as f64);
     println!("kernel lost events    {lost:>10.0}  target 0");
@@ -148,7 +154,8 @@ fn http_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
-    let secs: u32 = args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
+    let secs: u32 =
+        args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
     setup::setup(false)?;
     let bin = crate::build(true)?;

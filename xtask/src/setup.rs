@@ -10,14 +10,29 @@ use anyhow::{Context, Result, bail};
 
 use crate::sh;
 
-const APT_PACKAGES: &[&str] =
-    &["postgresql", "postgresql-contrib", "redis-server", "redis-tools", "nginx", "wrk", "curl", "python3-pip", "openssl",
-      // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)
-      "util-linux", "systemd"];
-const PIP_PACKAGES: &[&str] =
-    &["rotel", "psycopg[binary]", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "redis",
-      // Kubernetes API schemas for tests/deploy.rs
-      "kubernetes-validate"];
+const APT_PACKAGES: &[&str] = &[
+    "postgresql",
+    "postgresql-contrib",
+    "redis-server",
+    "redis-tools",
+    "nginx",
+    "wrk",
+    "curl",
+    "python3-pip",
+    "openssl",
+    // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)
+    "util-linux",
+    "systemd",
+];
+const PIP_PACKAGES: &[&str] = &[
+    "rotel",
+    "psycopg[binary]",
+    "opentelemetry-sdk",
+    "opentelemetry-exporter-otlp-proto-http",
+    "redis",
+    // Kubernetes API schemas for tests/deploy.rs
+    "kubernetes-validate",
+];
 const PY_IMPORTS: &str =
     "import rotel, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, redis, kubernetes_validate";
 

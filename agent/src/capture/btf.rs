@@ -46,7 +46,10 @@ impl Resolver {
         for m in &s.members {
             let mname = self.btf.resolve_name(m).unwrap_or_default();
             if mname == name {
-                return Some((m.bit_offset() / 8, m.bitfield_size().is_some_and(|b| b != 0) || m.bit_offset() % 8 != 0));
+                return Some((
+                    m.bit_offset() / 8,
+                    m.bitfield_size().is_some_and(|b| b != 0) || m.bit_offset() % 8 != 0,
+                ));
             }
             if mname.is_empty() && depth < 8 {
                 let inner = self.btf.resolve_chained_type(m).ok().and_then(|t| self.composite(t));
@@ -66,8 +69,9 @@ impl Resolver {
         let mut total = 0;
         let parts: Vec<&str> = path.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
-            let (off, bf) =
-                self.member(&s, part, 0).ok_or_else(|| CaptureError::Btf(format!("{root}.{path}: no member {part}")))?;
+            let (off, bf) = self
+                .member(&s, part, 0)
+                .ok_or_else(|| CaptureError::Btf(format!("{root}.{path}: no member {part}")))?;
             total += off;
             if i + 1 == parts.len() {
                 return Ok((total, bf));

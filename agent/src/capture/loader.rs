@@ -1,6 +1,5 @@
 //! Loading, configuring and attaching the eBPF programs, and draining the ring buffer.
 
-
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -81,8 +80,14 @@ const ATTACH: &[(&str, &str, &str)] = &[
 ];
 
 /// Names of the kernel counters, indexed like `kspan_common::counter`.
-pub const COUNTER_NAMES: [&str; counter::COUNT as usize] =
-    ["ringbuf_full_data", "ringbuf_full_control", "inflight_full", "read_user_failed", "socket_map_full", "traced_map_full"];
+pub const COUNTER_NAMES: [&str; counter::COUNT as usize] = [
+    "ringbuf_full_data",
+    "ringbuf_full_control",
+    "inflight_full",
+    "read_user_failed",
+    "socket_map_full",
+    "traced_map_full",
+];
 
 /// Loaded and attached eBPF programs plus the maps the agent drives.
 pub struct Capture {
@@ -132,17 +137,20 @@ impl Capture {
             fork_child_pid_off,
             offsets,
         };
-        let map_err = |map: &'static str| move |e: aya::maps::MapError| CaptureError::Map { map, reason: e.to_string() };
+        let map_err =
+            |map: &'static str| move |e: aya::maps::MapError| CaptureError::Map { map, reason: e.to_string() };
         {
-            let mut arr: Array<_, KernelConfig> =
-                Array::try_from(ebpf.map_mut("CONFIG").ok_or(CaptureError::Map { map: "CONFIG", reason: "missing".into() })?)
-                    .map_err(map_err("CONFIG"))?;
+            let mut arr: Array<_, KernelConfig> = Array::try_from(
+                ebpf.map_mut("CONFIG").ok_or(CaptureError::Map { map: "CONFIG", reason: "missing".into() })?,
+            )
+            .map_err(map_err("CONFIG"))?;
             arr.set(0, kcfg, 0).map_err(map_err("CONFIG"))?;
         }
         if !cfg.ports.is_empty() {
-            let mut ports: HashMap<_, u16, u8> =
-                HashMap::try_from(ebpf.map_mut("PORTS").ok_or(CaptureError::Map { map: "PORTS", reason: "missing".into() })?)
-                    .map_err(map_err("PORTS"))?;
+            let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
+                ebpf.map_mut("PORTS").ok_or(CaptureError::Map { map: "PORTS", reason: "missing".into() })?,
+            )
+            .map_err(map_err("PORTS"))?;
             for p in &cfg.ports {
                 ports.insert(p, 1, 0).map_err(map_err("PORTS"))?;
             }

@@ -315,7 +315,8 @@ mod tests {
 
         #[test]
         fn helm_default_config_and_rules_are_valid() {
-            let values: serde_yaml::Value = serde_yaml::from_str(&deploy("helm/kspan/values.yaml")).expect("values.yaml");
+            let values: serde_yaml::Value =
+                serde_yaml::from_str(&deploy("helm/kspan/values.yaml")).expect("values.yaml");
             let config = serde_yaml::to_string(&values["config"]).expect("config");
             check_config(&config, "values.yaml config");
             check_rules(values["rules"].as_str().expect("rules is a YAML string"), "values.yaml rules");

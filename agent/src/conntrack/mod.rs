@@ -100,7 +100,13 @@ pub fn new_parser(p: Protocol, role: Role) -> Box<dyn StreamParser> {
 
 impl ConnTable {
     pub fn new(limits: ConnLimits) -> Self {
-        Self { conns: HashMap::new(), limits, stats: ConnStats::default(), parse: Default::default(), scratch: Vec::new() }
+        Self {
+            conns: HashMap::new(),
+            limits,
+            stats: ConnStats::default(),
+            parse: Default::default(),
+            scratch: Vec::new(),
+        }
     }
 
     pub fn len(&self) -> usize {

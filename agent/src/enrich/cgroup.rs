@@ -48,7 +48,8 @@ mod tests {
     fn crio_and_cgroupfs_driver() {
         assert_eq!(container_id(&format!("0::/kubepods.slice/crio-{ID}.scope")).as_deref(), Some(ID));
         assert_eq!(
-            container_id(&format!("4:cpu:/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{ID}")).as_deref(),
+            container_id(&format!("4:cpu:/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{ID}"))
+                .as_deref(),
             Some(ID)
         );
         assert_eq!(container_id(&format!("0::/machine.slice/libpod-{ID}.scope/container")).as_deref(), Some(ID));

@@ -14,8 +14,10 @@ pub struct HostInfo {
 
 impl HostInfo {
     pub fn detect() -> Self {
-        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default();
-        let host_id = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let host_name =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default();
+        let host_id =
+            std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
         Self { host_name, host_id }
     }
 }
@@ -42,8 +44,10 @@ impl ProcInfo {
         let base = format!("/proc/{pid}");
         let stat = std::fs::read_to_string(format!("{base}/stat")).ok()?;
         // Field 22 (starttime) after the ")" that ends comm.
-        let start_ticks = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()).unwrap_or(0);
-        let exe_path = std::fs::read_link(format!("{base}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let start_ticks =
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()).unwrap_or(0);
+        let exe_path =
+            std::fs::read_link(format!("{base}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
         let cmdline = std::fs::read(format!("{base}/cmdline"))
             .map(|b| String::from_utf8_lossy(&b).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
             .unwrap_or_default();
@@ -115,10 +119,7 @@ impl ProcessTable {
             .or_else(|| self.service_names.get(&exe).cloned())
             .unwrap_or_else(|| if exe.is_empty() { format!("pid-{}", p.pid) } else { exe.clone() });
         a.set("service.name", service);
-        a.set(
-            "service.instance.id",
-            format!("{}:{}:{}", self.host.host_name, p.pid, p.start_ticks),
-        );
+        a.set("service.instance.id", format!("{}:{}:{}", self.host.host_name, p.pid, p.start_ticks));
         a.set("process.pid", p.pid as i64);
         if !exe.is_empty() {
             a.set("process.executable.name", exe);

@@ -39,20 +39,11 @@ pub use stdout::{LineFormat, StreamSink};
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("exporter `{exporter}`: invalid gRPC endpoint URI: {source}")]
-    GrpcUri {
-        exporter: String,
-        source: http::uri::InvalidUri,
-    },
+    GrpcUri { exporter: String, source: http::uri::InvalidUri },
     #[error("exporter `{exporter}`: invalid gRPC endpoint: {source}")]
-    GrpcEndpoint {
-        exporter: String,
-        source: tonic::transport::Error,
-    },
+    GrpcEndpoint { exporter: String, source: tonic::transport::Error },
     #[error("exporter `{exporter}`: cannot build the HTTP client: {source}")]
-    HttpClient {
-        exporter: String,
-        source: reqwest::Error,
-    },
+    HttpClient { exporter: String, source: reqwest::Error },
     #[error("exporter `{exporter}`: must be started from inside a tokio runtime")]
     NoRuntime { exporter: String },
 }
@@ -189,25 +180,15 @@ impl ExportMetrics {
         let name = exporter.to_owned();
         let dropped = DropReason::ALL.map(|reason| {
             self.spans
-                .get_or_create(&SpanLabels {
-                    exporter: name.clone(),
-                    result: Outcome::Dropped,
-                    reason: Some(reason),
-                })
+                .get_or_create(&SpanLabels { exporter: name.clone(), result: Outcome::Dropped, reason: Some(reason) })
                 .clone()
         });
-        let label = ExporterLabel {
-            exporter: name.clone(),
-        };
+        let label = ExporterLabel { exporter: name.clone() };
         ExporterMetrics {
             name: name.clone(),
             exported: self
                 .spans
-                .get_or_create(&SpanLabels {
-                    exporter: name,
-                    result: Outcome::Exported,
-                    reason: None,
-                })
+                .get_or_create(&SpanLabels { exporter: name, result: Outcome::Exported, reason: None })
                 .clone(),
             dropped,
             queue_depth: self.queue_depth.get_or_create(&label).clone(),
@@ -241,8 +222,7 @@ impl ExporterMetrics {
         }
     }
     pub fn set_queue_depth(&self, depth: usize) {
-        self.queue_depth
-            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
     pub fn observe_latency(&self, d: Duration) {
         self.latency.observe(d.as_secs_f64());
@@ -277,11 +257,7 @@ impl ExporterMetrics {
         OutputReport {
             exporter: self.name.clone(),
             exported: self.exported_total(),
-            dropped: DropReason::ALL
-                .map(|r| (r, self.dropped_total(r)))
-                .into_iter()
-                .filter(|(_, n)| *n > 0)
-                .collect(),
+            dropped: DropReason::ALL.map(|r| (r, self.dropped_total(r))).into_iter().filter(|(_, n)| *n > 0).collect(),
         }
     }
 }
@@ -323,11 +299,7 @@ impl OutputReport {
         self.dropped.iter().map(|(_, n)| n).sum()
     }
     pub fn dropped_for(&self, reason: DropReason) -> u64 {
-        self.dropped
-            .iter()
-            .filter(|(r, _)| *r == reason)
-            .map(|(_, n)| n)
-            .sum()
+        self.dropped.iter().filter(|(r, _)| *r == reason).map(|(_, n)| n).sum()
     }
 }
 
@@ -389,9 +361,7 @@ impl Exporters {
                 Err(err) => tracing::error!(%err, "an output's shutdown task failed"),
             }
         }
-        let report = ShutdownReport {
-            outputs: reports.into_iter().flatten().collect(),
-        };
+        let report = ShutdownReport { outputs: reports.into_iter().flatten().collect() };
         for o in &report.outputs {
             tracing::info!(exporter = %o.exporter, exported = o.exported, dropped = o.dropped_total(), "output flushed");
         }

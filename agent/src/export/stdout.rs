@@ -45,11 +45,7 @@ pub struct StreamSink {
 
 impl StreamSink {
     /// Writes to the process's stdout.
-    pub fn stdout(
-        format: LineFormat,
-        capacity: usize,
-        metrics: ExporterMetrics,
-    ) -> Result<Self, ExportError> {
+    pub fn stdout(format: LineFormat, capacity: usize, metrics: ExporterMetrics) -> Result<Self, ExportError> {
         Self::spawn(format, tokio::io::stdout(), capacity, metrics)
     }
 
@@ -60,18 +56,11 @@ impl StreamSink {
         capacity: usize,
         metrics: ExporterMetrics,
     ) -> Result<Self, ExportError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime {
-                exporter: metrics.name().to_owned(),
-            })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| ExportError::NoRuntime { exporter: metrics.name().to_owned() })?;
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let task = runtime.spawn(write_loop(format, writer, rx, metrics.clone()));
-        Ok(Self {
-            tx,
-            accepted: AtomicU64::new(0),
-            metrics,
-            task,
-        })
+        Ok(Self { tx, accepted: AtomicU64::new(0), metrics, task })
     }
 
     pub fn submit(&self, span: Arc<Span>) {
@@ -85,19 +74,11 @@ impl StreamSink {
 
     /// Closes the queue and waits for the writer to flush, up to `deadline`.
     pub async fn shutdown(self, deadline: tokio::time::Instant) -> OutputReport {
-        let Self {
-            tx,
-            accepted,
-            metrics,
-            mut task,
-        } = self;
+        let Self { tx, accepted, metrics, mut task } = self;
         drop(tx);
         if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
             task.abort();
-            tracing::warn!(
-                exporter = metrics.name(),
-                "line output did not flush before the shutdown deadline"
-            );
+            tracing::warn!(exporter = metrics.name(), "line output did not flush before the shutdown deadline");
         }
         metrics.settle_at_shutdown(accepted.load(Ordering::Relaxed));
         metrics.report()
@@ -151,11 +132,7 @@ async fn write_loop(
 /// Appends the readable one-line rendering of `span` (no trailing newline):
 /// `trace span parent kind status duration "name" start=... pid=... attrs`.
 pub fn format_text(span: &Span, out: &mut String) {
-    let parent = if span.is_root() {
-        "-".to_owned()
-    } else {
-        hex(&span.parent_span_id)
-    };
+    let parent = if span.is_root() { "-".to_owned() } else { hex(&span.parent_span_id) };
     let dur = span.duration_ns();
     let _ = write!(
         out,
@@ -227,11 +204,7 @@ struct JsonEvent<'a>(&'a SpanEvent);
 impl Serialize for JsonSpan<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let span = self.0;
-        let parent = if span.is_root() {
-            String::new()
-        } else {
-            hex(&span.parent_span_id)
-        };
+        let parent = if span.is_root() { String::new() } else { hex(&span.parent_span_id) };
         let mut st = s.serialize_struct("Span", 12)?;
         st.serialize_field("trace_id", &hex(&span.trace_id))?;
         st.serialize_field("span_id", &hex(&span.span_id))?;
@@ -308,11 +281,7 @@ mod tests {
         s.status = SpanStatus::error("boom");
         s.attributes.set("http.response.status_code", 500i64);
         s.private.set("secret.token", "hunter2");
-        s.events.push(SpanEvent {
-            name: "retransmit".into(),
-            time_unix_ns: 5,
-            attributes: Attributes::new(),
-        });
+        s.events.push(SpanEvent { name: "retransmit".into(), time_unix_ns: 5, attributes: Attributes::new() });
         s
     }
 
@@ -354,9 +323,7 @@ mod tests {
         for _ in 0..10 {
             sink.submit(Arc::new(sample()));
         }
-        let report = sink
-            .shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
-            .await;
+        let report = sink.shutdown(tokio::time::Instant::now() + Duration::from_secs(5)).await;
         assert_eq!(report.exported, 10);
         assert_eq!(report.dropped_total(), 0);
         let mut text = String::new();
@@ -373,16 +340,10 @@ mod tests {
         for _ in 0..50 {
             sink.submit(Arc::new(sample()));
         }
-        let report = sink
-            .shutdown(tokio::time::Instant::now() + Duration::from_millis(200))
-            .await;
+        let report = sink.shutdown(tokio::time::Instant::now() + Duration::from_millis(200)).await;
         let queue_full = report.dropped_for(DropReason::QueueFull);
         assert!(queue_full >= 50 - 4 - 1, "{report:?}");
         assert_eq!(report.exported, 0);
-        assert_eq!(
-            queue_full + report.dropped_for(DropReason::Shutdown),
-            50,
-            "{report:?}"
-        );
+        assert_eq!(queue_full + report.dropped_for(DropReason::Shutdown), 50, "{report:?}");
     }
 }

@@ -85,7 +85,13 @@ pub fn load(path: &Path) -> Fixture {
                 _ => panic!("{}: chunk needs text or hex", path.display()),
             };
             let len = c["len"].as_u64().map_or(data.len(), |l| l as usize);
-            OwnedChunk { dir, ts_ns: c["ts"].as_u64().unwrap_or(0), tid: c["tid"].as_u64().unwrap_or(1) as u32, data, len }
+            OwnedChunk {
+                dir,
+                ts_ns: c["ts"].as_u64().unwrap_or(0),
+                tid: c["tid"].as_u64().unwrap_or(1) as u32,
+                data,
+                len,
+            }
         })
         .collect();
     Fixture { role, conn, chunks, close_ts: v["close_ts"].as_u64() }
@@ -215,7 +221,12 @@ pub fn check_golden_dir(dir: &Path, make: &dyn Fn(Role) -> Box<dyn StreamParser>
             for at in 1..fx.chunks[i].data.len() {
                 let split = split_at(&fx.chunks, i, at);
                 let (e2, _) = run(make(fx.role).as_mut(), &split, fx.close_ts);
-                assert_eq!(exchanges_json(&e2, &fx.conn, &privacy), whole, "{}: chunk {i} split at {at}", path.display());
+                assert_eq!(
+                    exchanges_json(&e2, &fx.conn, &privacy),
+                    whole,
+                    "{}: chunk {i} split at {at}",
+                    path.display()
+                );
             }
         }
         let bytes = one_byte_chunks(&fx.chunks);

@@ -59,18 +59,10 @@ pub(crate) struct Actions {
 impl Actions {
     /// Compiles actions; `sample` is resolved by the caller (it needs the policy).
     pub fn compile(spec: ActionsSpec, sample: Option<SampleSetting>) -> Actions {
-        let extract = spec
-            .extract
-            .unwrap_or_default()
-            .into_iter()
-            .map(compile_extract)
-            .collect();
+        let extract = spec.extract.unwrap_or_default().into_iter().map(compile_extract).collect();
         let redact = spec.redact.unwrap_or_default();
         Actions {
-            set: spec
-                .set
-                .map(|m| m.0.into_iter().map(|(k, v)| (k.0, v.0)).collect())
-                .unwrap_or_default(),
+            set: spec.set.map(|m| m.0.into_iter().map(|(k, v)| (k.0, v.0)).collect()).unwrap_or_default(),
             extract,
             rename: spec.rename,
             critical: spec.critical.unwrap_or(false),
@@ -142,11 +134,7 @@ fn compile_extract(spec: ExtractSpec) -> Extract {
         Source::SqlTable => From::SqlTable,
         Source::Attribute(a) => From::Attribute(a.0),
     };
-    Extract {
-        to: spec.to.0,
-        from,
-        default: spec.default.map(|d| d.0),
-    }
+    Extract { to: spec.to.0, from, default: spec.default.map(|d| d.0) }
 }
 
 fn extract(span: &Span, from: &From) -> Option<AttrValue> {
@@ -154,20 +142,13 @@ fn extract(span: &Span, from: &From) -> Option<AttrValue> {
     match from {
         From::Header(key) => privacy::request_header(span, key).and_then(text),
         From::Query(name) => {
-            let q = span
-                .private
-                .get_str("url.query")
-                .or_else(|| span.attributes.get_str("url.query"))?;
+            let q = span.private.get_str("url.query").or_else(|| span.attributes.get_str("url.query"))?;
             privacy::query_param(q, name).map(|v| AttrValue::Str(v.into_owned()))
         }
         From::Path(re) => {
             let path = span.attributes.get_str("url.path")?;
             let caps = re.captures(path)?;
-            caps.iter()
-                .skip(1)
-                .flatten()
-                .next()
-                .and_then(|m| text(m.as_str()))
+            caps.iter().skip(1).flatten().next().and_then(|m| text(m.as_str()))
         }
         From::Cookie(name) => {
             let header = privacy::request_header(span, "http.request.header.cookie")?;
@@ -192,10 +173,7 @@ pub(crate) fn render(t: &Template, span: &Span) -> String {
                 let value = if key == "span.name" {
                     Some(std::borrow::Cow::Borrowed(span.name.as_str()))
                 } else {
-                    span.attributes
-                        .get(key)
-                        .or_else(|| span.resource.attributes.get(key))
-                        .map(AttrValue::to_text)
+                    span.attributes.get(key).or_else(|| span.resource.attributes.get(key)).map(AttrValue::to_text)
                 };
                 match (value, default) {
                     (Some(v), _) => out.push_str(&v),
@@ -224,12 +202,8 @@ mod tests {
         let mut private = Attributes::new();
         private.set("http.request.header.x-tenant-id", "acme");
         private.set("http.request.header.cookie", "theme=dark; sid=abc");
-        let payload =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"user-42"}"#);
-        private.set(
-            "http.request.header.authorization",
-            format!("Bearer e30.{payload}.sig"),
-        );
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"user-42"}"#);
+        private.set("http.request.header.authorization", format!("Bearer e30.{payload}.sig"));
         private.set("url.query", "lang=fr&token=Bearer%20e30");
         let mut res = ProcessResource::default();
         res.attributes.set("service.name", "shop");
@@ -262,10 +236,7 @@ mod tests {
     #[test]
     fn set_writes_typed_static_values() {
         let mut s = span();
-        run(
-            "set: {business.process: checkout, weight: 3, beta: true}",
-            &mut s,
-        );
+        run("set: {business.process: checkout, weight: 3, beta: true}", &mut s);
         assert_eq!(s.attributes.get_str("business.process"), Some("checkout"));
         assert_eq!(s.attributes.get("weight"), Some(&AttrValue::Int(3)));
         assert_eq!(s.attributes.get("beta"), Some(&AttrValue::Bool(true)));
@@ -317,14 +288,9 @@ mod tests {
     #[test]
     fn extracted_credentials_are_redacted() {
         let mut s = span();
-        let token = s
-            .private
-            .get_str("http.request.header.authorization")
-            .unwrap()
-            .to_owned();
+        let token = s.private.get_str("http.request.header.authorization").unwrap().to_owned();
         s.private.set("http.request.header.x-forwarded-auth", token);
-        let spec: ActionsSpec =
-            serde_yaml::from_str("extract: [{to: fwd, from: {header: x-forwarded-auth}}]").unwrap();
+        let spec: ActionsSpec = serde_yaml::from_str("extract: [{to: fwd, from: {header: x-forwarded-auth}}]").unwrap();
         let counter = AtomicU64::new(0);
         Actions::compile(spec, None).apply(&mut s, &mut RuleOutcome::default(), &counter);
         assert_eq!(s.attributes.get_str("fwd"), Some(REDACTED));
@@ -334,32 +300,20 @@ mod tests {
     #[test]
     fn rename_templates_read_exported_and_resource_attributes_only() {
         let mut s = span();
-        run(
-            "rename: '${span.name} ${url.path} @${service.name} q=${url.query:-none} ${missing}!'",
-            &mut s,
-        );
+        run("rename: '${span.name} ${url.path} @${service.name} q=${url.query:-none} ${missing}!'", &mut s);
         assert_eq!(s.name, "GET /users/42/orders/7 @shop q=none !");
     }
 
     #[test]
     fn critical_redact_sample_drop() {
         let mut s = span();
-        let out = run(
-            "critical: true\nredact: {remove: [user.email], replace: [url.path, absent]}\ndrop: true",
-            &mut s,
-        );
+        let out =
+            run("critical: true\nredact: {remove: [user.email], replace: [url.path, absent]}\ndrop: true", &mut s);
         assert!(out.critical && out.drop);
-        assert_eq!(
-            s.attributes.get(CRITICAL_ATTR),
-            Some(&AttrValue::Bool(true))
-        );
+        assert_eq!(s.attributes.get(CRITICAL_ATTR), Some(&AttrValue::Bool(true)));
         assert_eq!(s.attributes.get("user.email"), None);
         assert_eq!(s.attributes.get_str("url.path"), Some(REDACTED));
-        assert_eq!(
-            s.attributes.get("absent"),
-            None,
-            "replace does not create attributes"
-        );
+        assert_eq!(s.attributes.get("absent"), None, "replace does not create attributes");
     }
 
     #[test]
@@ -367,11 +321,7 @@ mod tests {
         let mut out = RuleOutcome::default();
         let mut s = span();
         let a = |rate, priority| Actions {
-            sample: Some(SampleSetting {
-                rate,
-                priority,
-                class: None,
-            }),
+            sample: Some(SampleSetting { rate, priority, class: None }),
             ..Actions::default()
         };
         let c = AtomicU64::new(0);

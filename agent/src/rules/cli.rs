@@ -14,20 +14,13 @@ fn protocols_label(m: ProtoMask) -> String {
     if m == ProtoMask::ALL {
         return "any".into();
     }
-    let names: Vec<&str> = [
-        (ProtoMask::HTTP, "http"),
-        (ProtoMask::POSTGRES, "postgresql"),
-        (ProtoMask::REDIS, "redis"),
-    ]
-    .iter()
-    .filter(|(p, _)| m.contains(*p))
-    .map(|(_, n)| *n)
-    .collect();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join("|")
-    }
+    let names: Vec<&str> =
+        [(ProtoMask::HTTP, "http"), (ProtoMask::POSTGRES, "postgresql"), (ProtoMask::REDIS, "redis")]
+            .iter()
+            .filter(|(p, _)| m.contains(*p))
+            .map(|(_, n)| *n)
+            .collect();
+    if names.is_empty() { "none".into() } else { names.join("|") }
 }
 
 /// Validates a rule file and summarises it.
@@ -35,20 +28,9 @@ pub fn check(path: &Path) -> Result<String, RulesError> {
     let rules = RuleSet::load(path)?;
     let mut s = String::new();
     let n = rules.rules().len();
-    let _ = writeln!(
-        s,
-        "{}: OK, {n} rule{}",
-        rules.name(),
-        if n == 1 { "" } else { "s" }
-    );
+    let _ = writeln!(s, "{}: OK, {n} rule{}", rules.name(), if n == 1 { "" } else { "s" });
     for (i, r) in rules.rules().iter().enumerate() {
-        let _ = write!(
-            s,
-            "  {:>3}. {} [{}]",
-            i + 1,
-            r.id,
-            protocols_label(r.protocols())
-        );
+        let _ = write!(s, "  {:>3}. {} [{}]", i + 1, r.id, protocols_label(r.protocols()));
         if let Some(d) = &r.description {
             let _ = write!(s, " - {d}");
         }
@@ -71,11 +53,7 @@ pub fn test(path: &Path, span_json: &str) -> Result<String, RulesError> {
     let rules = RuleSet::load(path)?;
     let mut span = spanjson::span_from_json(span_json)?;
     let outcome = rules.apply(&mut span);
-    let mut sampler = Sampler::new(
-        Arc::clone(rules.sampling()),
-        Arc::new(SampleStats::default()),
-        0,
-    );
+    let mut sampler = Sampler::new(Arc::clone(rules.sampling()), Arc::new(SampleStats::default()), 0);
     let decision = sampler.sample_span(&mut span, &outcome.hints(), 0);
     let mut s = String::new();
     if outcome.fired.is_empty() {
@@ -90,12 +68,7 @@ pub fn test(path: &Path, span_json: &str) -> Result<String, RulesError> {
         let _ = writeln!(s, "  {k} = {}", show(v));
     }
     let verdict = if decision.keep { "keep" } else { "drop" };
-    let _ = write!(
-        s,
-        "sampling: {verdict} ({}), rate {}",
-        decision.reason.as_str(),
-        decision.rate
-    );
+    let _ = write!(s, "sampling: {verdict} ({}), rate {}", decision.reason.as_str(), decision.rate);
     if let Some(class) = &outcome.class {
         let _ = write!(s, " from class {class}");
     }
@@ -138,45 +111,32 @@ sampling:
         let (_d, path) = write(RULES);
         let out = check(&path).unwrap();
         assert!(out.contains("OK, 3 rules"), "{out}");
-        assert!(
-            out.contains("1. checkout [http] - checkout business process"),
-            "{out}"
-        );
+        assert!(out.contains("1. checkout [http] - checkout business process"), "{out}");
         assert!(out.contains("3. pg [postgresql]"), "{out}");
-        assert!(
-            out.contains("default 10%") && out.contains("class background 5%"),
-            "{out}"
-        );
+        assert!(out.contains("default 10%") && out.contains("class background 5%"), "{out}");
     }
 
     #[test]
     fn check_reports_broken_file_with_position() {
         let (_d, path) = write("rules:\n  - id: x\n    match: {protocol: mysql}\n");
         let err = check(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("rules.yaml:3:") && err.contains("unknown protocol"),
-            "{err}"
-        );
+        assert!(err.contains("rules.yaml:3:") && err.contains("unknown protocol"), "{err}");
     }
 
     #[test]
     fn test_explains_fired_rules_attributes_and_decision() {
         let (_d, path) = write(RULES);
-        let out = test(&path, r#"{"name":"POST","attributes":{"http.request.method":"POST","url.path":"/api/v1/checkout"}}"#).unwrap();
+        let out =
+            test(&path, r#"{"name":"POST","attributes":{"http.request.method":"POST","url.path":"/api/v1/checkout"}}"#)
+                .unwrap();
         assert!(out.contains("rules fired: checkout\n"), "{out}");
         assert!(out.contains("business.process = \"checkout\""), "{out}");
         assert!(out.contains("business.critical = true"), "{out}");
-        assert!(
-            out.contains("sampling: keep (kept_critical), rate 1, tracestate ot=th:0"),
-            "{out}"
-        );
+        assert!(out.contains("sampling: keep (kept_critical), rate 1, tracestate ot=th:0"), "{out}");
 
         let out = test(&path, r#"{"attributes":{"http.request.method":"GET","url.path":"/healthz"},"trace_id":"00000000000000000000000000000001"}"#).unwrap();
         assert!(out.contains("rules fired: health"), "{out}");
-        assert!(
-            out.contains("sampling: drop (dropped_rate), rate 0.05 from class background"),
-            "{out}"
-        );
+        assert!(out.contains("sampling: drop (dropped_rate), rate 0.05 from class background"), "{out}");
     }
 
     #[test]

@@ -13,28 +13,18 @@ pub enum RulesError {
     },
     #[error("{file}: {len} bytes is over the {max}-byte limit for a rule file")]
     TooLarge { file: String, len: u64, max: u64 },
-    #[error(
-        "{file}: the file is empty (an empty rule file is refused so a half-written file never wipes the rules)"
-    )]
+    #[error("{file}: the file is empty (an empty rule file is refused so a half-written file never wipes the rules)")]
     Empty { file: String },
     /// YAML syntax, schema or value error at a position in the file.
     #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        file: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Invalid { file: String, line: usize, column: usize, message: String },
     /// A YAML error the parser could not place (rare: e.g. recursion limit).
     #[error("{file}: {message}")]
     Unplaced { file: String, message: String },
     #[error("bad span JSON: {0}")]
     SpanJson(#[from] serde_json::Error),
     #[error("bad span JSON: field `{field}`: {problem}")]
-    SpanField {
-        field: &'static str,
-        problem: String,
-    },
+    SpanField { field: &'static str, problem: String },
 }
 
 impl RulesError {
@@ -46,17 +36,9 @@ impl RulesError {
                 // serde_yaml inserts " at line L column C"; we print it up front.
                 let at = format!(" at line {} column {}", loc.line(), loc.column());
                 let message = text.replacen(&at, "", 1);
-                RulesError::Invalid {
-                    file: file.to_owned(),
-                    line: loc.line(),
-                    column: loc.column(),
-                    message,
-                }
+                RulesError::Invalid { file: file.to_owned(), line: loc.line(), column: loc.column(), message }
             }
-            None => RulesError::Unplaced {
-                file: file.to_owned(),
-                message: text,
-            },
+            None => RulesError::Unplaced { file: file.to_owned(), message: text },
         }
     }
 
@@ -78,10 +60,8 @@ pub fn locate(text: &str, key: &str, value: &str, nth: usize) -> Option<(usize, 
         let mut from = 0;
         while let Some(pos) = line[from..].find(key).map(|p| p + from) {
             from = pos + key.len();
-            let before_ok = line[..pos]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+            let before_ok =
+                line[..pos].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
             let rest = &line[from..];
             let Some(after_colon) = rest.trim_start().strip_prefix(':') else {
                 continue;
@@ -91,10 +71,8 @@ pub fn locate(text: &str, key: &str, value: &str, nth: usize) -> Option<(usize, 
             let Some(tail) = unquoted.strip_prefix(value) else {
                 continue;
             };
-            let boundary = tail
-                .chars()
-                .next()
-                .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'));
+            let boundary =
+                tail.chars().next().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'));
             if before_ok && boundary {
                 if seen == nth {
                     let col = line.len() - val.len() + 1;
@@ -118,14 +96,8 @@ mod tests {
         let (line, col) = r.position().unwrap();
         assert!(line >= 2, "{r}");
         let shown = r.to_string();
-        assert!(
-            shown.starts_with(&format!("r.yaml:{line}:{col}: ")),
-            "{shown}"
-        );
-        assert!(
-            !shown.contains(&format!(" at line {line} column {col}")),
-            "{shown}"
-        );
+        assert!(shown.starts_with(&format!("r.yaml:{line}:{col}: ")), "{shown}");
+        assert!(!shown.contains(&format!(" at line {line} column {col}")), "{shown}");
     }
 
     #[test]

@@ -24,17 +24,9 @@ fn trace_id(fraction: f64) -> String {
 fn run(rules: &RuleSet, span: serde_json::Value) -> (Span, Vec<String>, Decision) {
     let mut span = spanjson::span_from_value(&span).unwrap();
     let outcome = rules.apply(&mut span);
-    let mut sampler = Sampler::new(
-        Arc::clone(rules.sampling()),
-        Arc::new(SampleStats::default()),
-        0,
-    );
+    let mut sampler = Sampler::new(Arc::clone(rules.sampling()), Arc::new(SampleStats::default()), 0);
     let d = sampler.sample_span(&mut span, &outcome.hints(), 0);
-    (
-        span,
-        outcome.fired.iter().map(|s| s.to_string()).collect(),
-        d,
-    )
+    (span, outcome.fired.iter().map(|s| s.to_string()).collect(), d)
 }
 
 fn http(path: &str, headers: serde_json::Value, r: f64) -> serde_json::Value {
@@ -51,17 +43,7 @@ fn http(path: &str, headers: serde_json::Value, r: f64) -> serde_json::Value {
 fn example_compiles_with_all_its_rules() {
     let rules = example();
     let ids: Vec<&str> = rules.rules().iter().map(|r| r.id.as_ref()).collect();
-    assert_eq!(
-        ids,
-        [
-            "drop-metrics",
-            "identity",
-            "enterprise-tenants",
-            "checkout",
-            "health-checks",
-            "batch-jobs"
-        ]
-    );
+    assert_eq!(ids, ["drop-metrics", "identity", "enterprise-tenants", "checkout", "health-checks", "batch-jobs"]);
     assert_eq!(rules.sampling().default_rate.get(), 0.1);
 }
 
@@ -74,8 +56,7 @@ fn example_drops_metrics_scrapes() {
 
 #[test]
 fn example_keeps_every_checkout_with_tenant_and_user_and_no_token() {
-    let payload =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"user-7","exp":1}"#);
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"user-7","exp":1}"#);
     let auth = format!("Bearer eyJhbGciOiJIUzI1NiJ9.{payload}.c2lnbmF0dXJl");
     let mut span = http(
         "/api/v1/checkout",
@@ -89,15 +70,8 @@ fn example_keeps_every_checkout_with_tenant_and_user_and_no_token() {
     assert_eq!(span.attributes.get_str("tenant.id"), Some("tiny-shop"));
     assert_eq!(span.attributes.get_str("tenant.tier"), Some("standard"));
     assert_eq!(span.attributes.get_str("enduser.id"), Some("user-7"));
-    assert_eq!(
-        span.attributes.get_str("business.process"),
-        Some("checkout")
-    );
-    assert_eq!(
-        d.reason,
-        Reason::KeptCritical,
-        "kept although a 10% rate would drop this trace"
-    );
+    assert_eq!(span.attributes.get_str("business.process"), Some("checkout"));
+    assert_eq!(d.reason, Reason::KeptCritical, "kept although a 10% rate would drop this trace");
     let exported = spanjson::span_to_value(&span, &Default::default(), None).to_string();
     assert!(!exported.contains(&payload), "token exported: {exported}");
 }
@@ -106,67 +80,18 @@ fn example_keeps_every_checkout_with_tenant_and_user_and_no_token() {
 fn example_rates_by_tier_and_background_class() {
     let rules = example();
     // Randomness at 7% of the range: kept at 100%, dropped at 10% and 5%.
-    let standard = run(
-        &rules,
-        http(
-            "/api/v1/cart",
-            json!({"http.request.header.x-tenant-id": "tiny-shop"}),
-            0.07,
-        ),
-    );
+    let standard = run(&rules, http("/api/v1/cart", json!({"http.request.header.x-tenant-id": "tiny-shop"}), 0.07));
     assert_eq!((standard.2.keep, standard.2.rate), (false, 0.1));
-    let by_header = run(
-        &rules,
-        http(
-            "/api/v1/cart",
-            json!({"http.request.header.x-tenant-tier": "enterprise"}),
-            0.07,
-        ),
-    );
-    assert_eq!(
-        (by_header.2.reason, by_header.2.rate),
-        (Reason::KeptRate, 1.0)
-    );
-    let by_map = run(
-        &rules,
-        http(
-            "/api/v1/cart",
-            json!({"http.request.header.x-tenant-id": "globex"}),
-            0.07,
-        ),
-    );
+    let by_header = run(&rules, http("/api/v1/cart", json!({"http.request.header.x-tenant-tier": "enterprise"}), 0.07));
+    assert_eq!((by_header.2.reason, by_header.2.rate), (Reason::KeptRate, 1.0));
+    let by_map = run(&rules, http("/api/v1/cart", json!({"http.request.header.x-tenant-id": "globex"}), 0.07));
     assert_eq!(by_map.1, ["identity", "enterprise-tenants"]);
     assert_eq!(by_map.2.rate, 1.0);
     // Randomness at 97%: kept at 10% and at 5%; at 93%: kept at 10%, not at 5%.
-    let health = run(
-        &rules,
-        http(
-            "/healthz",
-            json!({"http.request.header.x-tenant-id": "globex"}),
-            0.93,
-        ),
-    );
-    assert_eq!(
-        (health.2.keep, health.2.rate),
-        (false, 0.05),
-        "class beats the enterprise tier"
-    );
-    let probe = run(
-        &rules,
-        http(
-            "/",
-            json!({"http.request.header.user-agent": "kube-probe/1.30"}),
-            0.97,
-        ),
-    );
-    assert_eq!(
-        (
-            probe.1.last().map(String::as_str),
-            probe.2.keep,
-            probe.2.rate
-        ),
-        (Some("health-checks"), true, 0.05)
-    );
+    let health = run(&rules, http("/healthz", json!({"http.request.header.x-tenant-id": "globex"}), 0.93));
+    assert_eq!((health.2.keep, health.2.rate), (false, 0.05), "class beats the enterprise tier");
+    let probe = run(&rules, http("/", json!({"http.request.header.user-agent": "kube-probe/1.30"}), 0.97));
+    assert_eq!((probe.1.last().map(String::as_str), probe.2.keep, probe.2.rate), (Some("health-checks"), true, 0.05));
     let mut batch = http("/api/v1/report", json!({}), 0.93);
     batch["resource"]["service.name"] = json!("invoice-batch");
     assert_eq!(run(&rules, batch).2.rate, 0.05);

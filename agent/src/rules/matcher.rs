@@ -33,9 +33,9 @@ pub struct View<'a> {
 
 /// One of 64 bits for a word, ignoring ASCII case (FNV-1a).
 pub fn word_bit(s: &str) -> u64 {
-    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x100_0000_01b3)
-    });
+    let h = s
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x100_0000_01b3));
     1 << (h >> 58)
 }
 
@@ -45,10 +45,7 @@ pub fn key_bit(k: &str) -> u64 {
     let b = k.as_bytes();
     let pick = |i: usize| u64::from(b.get(i).copied().unwrap_or(0));
     let n = b.len();
-    let h = (n as u64)
-        ^ (pick(n.wrapping_sub(1)) << 8)
-        ^ (pick(n / 2) << 16)
-        ^ (pick(n.wrapping_sub(2)) << 24);
+    let h = (n as u64) ^ (pick(n.wrapping_sub(1)) << 8) ^ (pick(n / 2) << 16) ^ (pick(n.wrapping_sub(2)) << 24);
     1 << (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
 
@@ -113,10 +110,7 @@ impl<'a> View<'a> {
 
 /// Looks an attribute up: span attributes, private attributes, resource.
 pub fn lookup<'a>(span: &'a Span, key: &str) -> Option<&'a AttrValue> {
-    span.attributes
-        .get(key)
-        .or_else(|| span.private.get(key))
-        .or_else(|| span.resource.attributes.get(key))
+    span.attributes.get(key).or_else(|| span.private.get(key)).or_else(|| span.resource.attributes.get(key))
 }
 
 /// Necessary conditions of a rule, checked as straight-line code before the
@@ -142,11 +136,7 @@ impl Quick {
     }
 
     fn collect(&mut self, cond: &Cond) {
-        let prefix = |m: &StrMatch| {
-            m.required_prefix()
-                .filter(|p| !p.is_empty())
-                .map(Into::into)
-        };
+        let prefix = |m: &StrMatch| m.required_prefix().filter(|p| !p.is_empty()).map(Into::into);
         match cond {
             Cond::All(items) => items.iter().for_each(|c| self.collect(c)),
             Cond::Kind(k) => self.kind = Some(*k),
@@ -162,9 +152,7 @@ impl Quick {
                     self.status = Some(*range);
                 }
             }
-            Cond::Attr(key, m) | Cond::Header(key, m) if !m.matches(None) => {
-                self.keys |= key_bit(key)
-            }
+            Cond::Attr(key, m) | Cond::Header(key, m) if !m.matches(None) => self.keys |= key_bit(key),
             _ => {}
         }
     }
@@ -239,10 +227,7 @@ impl Cond {
             all.extend(h.route.map(Cond::Route));
             all.extend(h.path.map(Cond::Path));
             for (name, m) in h.header.into_iter().flat_map(|m| m.0) {
-                all.push(Cond::Header(
-                    format!("{REQUEST_HEADER_PREFIX}{}", name.0),
-                    m,
-                ));
+                all.push(Cond::Header(format!("{REQUEST_HEADER_PREFIX}{}", name.0), m));
             }
             for (name, m) in h.query.into_iter().flat_map(|m| m.0) {
                 all.push(Cond::Query(name, m));
@@ -287,23 +272,13 @@ impl Cond {
 
     fn cost(&self) -> u8 {
         match self {
-            Cond::True
-            | Cond::Protocol(_)
-            | Cond::Kind(_)
-            | Cond::Error(_)
-            | Cond::Duration(_)
-            | Cond::Status(_) => 0,
+            Cond::True | Cond::Protocol(_) | Cond::Kind(_) | Cond::Error(_) | Cond::Duration(_) | Cond::Status(_) => 0,
             Cond::Method(m) | Cond::PgOperation(m) | Cond::RedisCommand(m) => m.cost(),
             Cond::Service(m) | Cond::Name(m) | Cond::Route(m) | Cond::Path(m) => 1 + m.cost(),
             Cond::PgTable(m) | Cond::PgDatabase(m) | Cond::RedisKey(m) => 1 + m.cost(),
             Cond::Header(_, m) | Cond::Attr(_, m) => 3 + m.cost(),
             Cond::Query(_, m) => 6 + m.cost(),
-            Cond::All(c) | Cond::Any(c) => c
-                .iter()
-                .map(Cond::cost)
-                .max()
-                .unwrap_or(0)
-                .saturating_add(1),
+            Cond::All(c) | Cond::Any(c) => c.iter().map(Cond::cost).max().unwrap_or(0).saturating_add(1),
             Cond::Not(c) => c.cost(),
         }
     }
@@ -340,16 +315,8 @@ impl Cond {
             Cond::RedisKey(m) => m.matches(v.redis_key),
             Cond::Header(key, m) => m.matches(privacy::request_header(v.span, key)),
             Cond::Query(name, m) => match m {
-                StrMatch::Exists(want) => {
-                    v.query
-                        .and_then(|q| privacy::query_param(q, name))
-                        .is_some()
-                        == *want
-                }
-                _ => v
-                    .query
-                    .and_then(|q| privacy::query_param(q, name))
-                    .is_some_and(|val| m.matches(Some(&val))),
+                StrMatch::Exists(want) => v.query.and_then(|q| privacy::query_param(q, name)).is_some() == *want,
+                _ => v.query.and_then(|q| privacy::query_param(q, name)).is_some_and(|val| m.matches(Some(&val))),
             },
             Cond::Attr(key, m) => match lookup(v.span, key) {
                 None => m.matches(None),
@@ -422,10 +389,7 @@ mod tests {
     #[test]
     fn view_detects_protocol() {
         assert_eq!(View::new(&http_span()).proto, ProtoMask::HTTP);
-        assert_eq!(
-            View::new(&db_span("postgresql", "SELECT", None, None)).proto,
-            ProtoMask::POSTGRES
-        );
+        assert_eq!(View::new(&db_span("postgresql", "SELECT", None, None)).proto, ProtoMask::POSTGRES);
         assert_eq!(View::new(&db_span("redis", "GET", None, None)).bucket(), 2);
         let mut other = http_span();
         other.attributes = Attributes::new();
@@ -435,22 +399,13 @@ mod tests {
     #[test]
     fn http_method_route_status_header_query() {
         let s = http_span();
-        assert!(check(
-            "http: {method: post, route: /api/*/checkout, status: 2xx}",
-            &s
-        ));
+        assert!(check("http: {method: post, route: /api/*/checkout, status: 2xx}", &s));
         assert!(!check("http: {method: GET}", &s));
         assert!(check("http: {path: {regex: '^/api/v[0-9]+/'}}", &s));
         assert!(check("http: {header: {X-Tenant-ID: acme}}", &s));
-        assert!(check(
-            "http: {header: {x-tenant-id: {exists: true}, authorization: {exists: false}}}",
-            &s
-        ));
+        assert!(check("http: {header: {x-tenant-id: {exists: true}, authorization: {exists: false}}}", &s));
         assert!(!check("http: {header: {x-tenant-id: other}}", &s));
-        assert!(check(
-            "http: {query: {debug: '1', lang: {exists: true}, page: {exists: false}}}",
-            &s
-        ));
+        assert!(check("http: {query: {debug: '1', lang: {exists: true}, page: {exists: false}}}", &s));
         assert!(!check("http: {query: {lang: de}}", &s));
         assert!(!check("http: {status: [4xx, 5xx]}", &s));
     }
@@ -466,31 +421,21 @@ mod tests {
     #[test]
     fn protocol_kind_service_duration_name_error() {
         let s = http_span();
-        assert!(check(
-            "{protocol: http, kind: server, service: 'shop-*', duration: '>= 250ms'}",
-            &s
-        ));
+        assert!(check("{protocol: http, kind: server, service: 'shop-*', duration: '>= 250ms'}", &s));
         assert!(!check("{duration: '> 1s'}", &s));
         assert!(!check("{protocol: [postgresql, redis]}", &s));
         assert!(!check("{kind: client}", &s));
         assert!(check("{name: POST, error: false}", &s));
         let mut e = http_span();
-        e.attributes
-            .set("http.response.status_code", AttrValue::Int(503));
+        e.attributes.set("http.response.status_code", AttrValue::Int(503));
         assert!(check("{error: true}", &e));
     }
 
     #[test]
     fn postgres_and_redis_sections_imply_protocol() {
         let pg = db_span("postgresql", "SELECT", Some("orders"), None);
-        assert!(check(
-            "postgresql: {operation: select, table: 'order*', database: shop}",
-            &pg
-        ));
-        assert!(
-            !check("redis: {command: SELECT}", &pg),
-            "redis section never matches a postgres span"
-        );
+        assert!(check("postgresql: {operation: select, table: 'order*', database: shop}", &pg));
+        assert!(!check("redis: {command: SELECT}", &pg), "redis section never matches a postgres span");
         let r = db_span("redis", "GET", None, Some("session:abc"));
         assert!(check("redis: {command: [get, mget], key: 'session:*'}", &r));
         assert!(!check("redis: {key: 'cart:*'}", &r));
@@ -499,10 +444,7 @@ mod tests {
     #[test]
     fn attributes_any_type_and_private_and_resource() {
         let s = http_span();
-        assert!(check(
-            "attributes: {tenant.tier: enterprise, retries: 3, service.name: shop-frontend}",
-            &s
-        ));
+        assert!(check("attributes: {tenant.tier: enterprise, retries: 3, service.name: shop-frontend}", &s));
         assert!(check("attributes: {url.query: {regex: 'debug=1'}}", &s));
         assert!(check("attributes: {missing: {exists: false}}", &s));
         assert!(!check("attributes: {tenant.tier: {regex: '^std'}}", &s));
@@ -511,10 +453,7 @@ mod tests {
     #[test]
     fn all_any_not_nest() {
         let s = http_span();
-        assert!(check(
-            "any: [{http: {method: GET}}, {all: [{kind: server}, {not: {error: true}}]}]",
-            &s
-        ));
+        assert!(check("any: [{http: {method: GET}}, {all: [{kind: server}, {not: {error: true}}]}]", &s));
         assert!(!check("not: {any: [{kind: server}, {kind: client}]}", &s));
         assert!(check("{}", &s), "an empty condition matches everything");
     }
@@ -547,8 +486,7 @@ mod tests {
                 }
             }
         }
-        let cond =
-            Cond::compile(serde_yaml::from_str("http: {method: DELETE, path: /nope}").unwrap());
+        let cond = Cond::compile(serde_yaml::from_str("http: {method: DELETE, path: /nope}").unwrap());
         assert!(!Quick::of(&cond).admits(&View::new(&http_span())));
         let cond = Cond::compile(serde_yaml::from_str("attributes: {nothere: x}").unwrap());
         assert!(!Quick::of(&cond).admits(&View::new(&http_span())));
@@ -558,15 +496,9 @@ mod tests {
     fn protocol_mask_is_conservative() {
         let c = |y: &str| Cond::compile(serde_yaml::from_str(y).unwrap()).protocols();
         assert_eq!(c("http: {method: GET}"), ProtoMask::HTTP);
-        assert_eq!(
-            c("any: [{http: {}}, {redis: {}}]"),
-            ProtoMask::HTTP.or(ProtoMask::REDIS)
-        );
+        assert_eq!(c("any: [{http: {}}, {redis: {}}]"), ProtoMask::HTTP.or(ProtoMask::REDIS));
         assert_eq!(c("not: {http: {}}"), ProtoMask::ALL);
-        assert_eq!(
-            c("all: [{protocol: [http, redis]}, {redis: {}}]"),
-            ProtoMask::REDIS
-        );
+        assert_eq!(c("all: [{protocol: [http, redis]}, {redis: {}}]"), ProtoMask::REDIS);
         assert_eq!(c("{kind: server}"), ProtoMask::ALL);
     }
 }

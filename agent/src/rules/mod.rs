@@ -73,12 +73,7 @@ pub struct RuleOutcome {
 impl RuleOutcome {
     /// The part sampling needs.
     pub fn hints(&self) -> SamplingHints {
-        SamplingHints {
-            drop: self.drop,
-            critical: self.critical,
-            rate: self.rate,
-            priority: self.priority,
-        }
+        SamplingHints { drop: self.drop, critical: self.critical, rate: self.rate, priority: self.priority }
     }
 }
 
@@ -141,22 +136,12 @@ impl RuleSet {
     /// Compiles rule text; `name` is used in error messages (usually the path).
     pub fn from_str(text: &str, name: &str) -> Result<RuleSet, RulesError> {
         if text.len() as u64 > MAX_FILE_BYTES {
-            return Err(RulesError::TooLarge {
-                file: name.to_owned(),
-                len: text.len() as u64,
-                max: MAX_FILE_BYTES,
-            });
+            return Err(RulesError::TooLarge { file: name.to_owned(), len: text.len() as u64, max: MAX_FILE_BYTES });
         }
-        if text
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-        {
-            return Err(RulesError::Empty {
-                file: name.to_owned(),
-            });
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Err(RulesError::Empty { file: name.to_owned() });
         }
-        let file: RuleFile =
-            serde_yaml::from_str(text).map_err(|e| RulesError::from_yaml(name, &e))?;
+        let file: RuleFile = serde_yaml::from_str(text).map_err(|e| RulesError::from_yaml(name, &e))?;
         compile(file, text, name)
     }
 
@@ -175,10 +160,7 @@ impl RuleSet {
 
     /// How many times each rule fired (counts carry over reloads by rule id).
     pub fn fired_counts(&self) -> Vec<(Arc<str>, u64)> {
-        self.rules
-            .iter()
-            .map(|r| (Arc::clone(&r.id), r.fired.load(Ordering::Relaxed)))
-            .collect()
+        self.rules.iter().map(|r| (Arc::clone(&r.id), r.fired.load(Ordering::Relaxed))).collect()
     }
 
     /// Takes over the counters of `old` for rules whose id is unchanged.
@@ -196,10 +178,7 @@ impl RuleSet {
         let mut out = RuleOutcome::default();
         let (bucket, mut hit) = {
             let view = View::new(span);
-            let bucket = self
-                .buckets
-                .get(view.bucket())
-                .map_or(&[][..], Vec::as_slice);
+            let bucket = self.buckets.get(view.bucket()).map_or(&[][..], Vec::as_slice);
             (bucket, self.next_match(bucket, 0, &view))
         };
         while let Some(k) = hit {
@@ -208,8 +187,7 @@ impl RuleSet {
             };
             rule.fired.fetch_add(1, Ordering::Relaxed);
             out.fired.push(Arc::clone(&rule.id));
-            rule.actions
-                .apply(span, &mut out, &self.counters.credential_redactions);
+            rule.actions.apply(span, &mut out, &self.counters.credential_redactions);
             if rule.stop || out.drop {
                 break;
             }
@@ -225,11 +203,9 @@ impl RuleSet {
     /// Position in `bucket`, from `from` on, of the first rule that matches.
     fn next_match(&self, bucket: &[u32], from: usize, view: &View<'_>) -> Option<usize> {
         let rest = bucket.get(from..)?;
-        let k = rest.iter().position(|&i| {
-            self.rules
-                .get(i as usize)
-                .is_some_and(|r| r.quick.admits(view) && r.cond.eval(view))
-        })?;
+        let k = rest
+            .iter()
+            .position(|&i| self.rules.get(i as usize).is_some_and(|r| r.quick.admits(view) && r.cond.eval(view)))?;
         Some(from + k)
     }
 }
@@ -237,41 +213,22 @@ impl RuleSet {
 /// Reads a rule file, bounded in size.
 pub fn read_rule_file(path: &Path) -> Result<String, RulesError> {
     let file = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| RulesError::Io {
-        file: file.clone(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(|source| RulesError::Io { file: file.clone(), source })?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(RulesError::TooLarge {
-            file,
-            len: meta.len(),
-            max: MAX_FILE_BYTES,
-        });
+        return Err(RulesError::TooLarge { file, len: meta.len(), max: MAX_FILE_BYTES });
     }
     std::fs::read_to_string(path).map_err(|source| RulesError::Io { file, source })
 }
 
 fn invalid(name: &str, pos: Option<(usize, usize)>, message: String) -> RulesError {
     let (line, column) = pos.unwrap_or((1, 1));
-    RulesError::Invalid {
-        file: name.to_owned(),
-        line,
-        column,
-        message,
-    }
+    RulesError::Invalid { file: name.to_owned(), line, column, message }
 }
 
 fn compile(file: RuleFile, text: &str, name: &str) -> Result<RuleSet, RulesError> {
     if file.rules.len() > MAX_RULES {
         let pos = error::locate(text, "rules", "", 0);
-        return Err(invalid(
-            name,
-            pos,
-            format!(
-                "{} rules is over the limit of {MAX_RULES}",
-                file.rules.len()
-            ),
-        ));
+        return Err(invalid(name, pos, format!("{} rules is over the limit of {MAX_RULES}", file.rules.len())));
     }
     let sampling = Arc::new(file.sampling);
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -294,30 +251,20 @@ fn compile(file: RuleFile, text: &str, name: &str) -> Result<RuleSet, RulesError
                         *n += 1;
                         let pos = error::locate(text, "class", c, *n - 1);
                         if s.rate.is_some() {
-                            return Err(invalid(
-                                name,
-                                pos,
-                                format!("rule `{id}`: set `rate` or `class`, not both"),
-                            ));
+                            return Err(invalid(name, pos, format!("rule `{id}`: set `rate` or `class`, not both")));
                         }
                         let Some((_, rate)) = sampling.classes.iter().find(|(k, _)| *k == c) else {
                             return Err(invalid(
                                 name,
                                 pos,
-                                format!(
-                                    "rule `{id}`: unknown sampling class `{c}` (define it under sampling.classes)"
-                                ),
+                                format!("rule `{id}`: unknown sampling class `{c}` (define it under sampling.classes)"),
                             ));
                         };
                         Some((rate.get(), Some(Arc::<str>::from(c.as_str()))))
                     }
                     None => s.rate.map(|r| (r.get(), None)),
                 };
-                class.map(|(rate, class)| SampleSetting {
-                    rate,
-                    priority: s.priority,
-                    class,
-                })
+                class.map(|(rate, class)| SampleSetting { rate, priority: s.priority, class })
             }
         };
         if !spec.enabled {
@@ -337,14 +284,7 @@ fn compile(file: RuleFile, text: &str, name: &str) -> Result<RuleSet, RulesError
     let mut buckets: [Vec<u32>; 4] = Default::default();
     for (i, r) in rules.iter().enumerate() {
         let mask = r.protocols();
-        for (b, proto) in [
-            ProtoMask::HTTP,
-            ProtoMask::POSTGRES,
-            ProtoMask::REDIS,
-            ProtoMask::OTHER,
-        ]
-        .iter()
-        .enumerate()
+        for (b, proto) in [ProtoMask::HTTP, ProtoMask::POSTGRES, ProtoMask::REDIS, ProtoMask::OTHER].iter().enumerate()
         {
             if mask.contains(*proto)
                 && let Some(bucket) = buckets.get_mut(b)
@@ -353,11 +293,5 @@ fn compile(file: RuleFile, text: &str, name: &str) -> Result<RuleSet, RulesError
             }
         }
     }
-    Ok(RuleSet {
-        name: name.to_owned(),
-        rules,
-        buckets,
-        sampling,
-        counters: Arc::default(),
-    })
+    Ok(RuleSet { name: name.to_owned(), rules, buckets, sampling, counters: Arc::default() })
 }

@@ -50,26 +50,14 @@ impl Glob {
             .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
             .build()
             .map_err(|e| e.to_string())?;
-        let literal_end = pattern
-            .find(|c| GLOB_META.contains(&c) || c == '\\')
-            .unwrap_or(pattern.len());
-        let literal_start = pattern
-            .rfind(|c| GLOB_META.contains(&c) || c == '\\')
-            .map_or(0, |i| i + 1);
+        let literal_end = pattern.find(|c| GLOB_META.contains(&c) || c == '\\').unwrap_or(pattern.len());
+        let literal_start = pattern.rfind(|c| GLOB_META.contains(&c) || c == '\\').map_or(0, |i| i + 1);
         let (prefix, suffix) = if case_insensitive {
             (String::new(), String::new())
         } else {
-            (
-                pattern[..literal_end].to_owned(),
-                pattern[literal_start..].to_owned(),
-            )
+            (pattern[..literal_end].to_owned(), pattern[literal_start..].to_owned())
         };
-        Ok(Glob {
-            source: pattern.into(),
-            prefix: prefix.into(),
-            suffix: suffix.into(),
-            re,
-        })
+        Ok(Glob { source: pattern.into(), prefix: prefix.into(), suffix: suffix.into(), re })
     }
 
     pub fn is_match(&self, v: &str) -> bool {
@@ -98,12 +86,7 @@ pub struct Re {
 impl Re {
     /// `case_insensitive`: the regex was built ignoring case (no prefix then).
     pub fn new(re: regex::Regex, case_insensitive: bool) -> Re {
-        let prefix = if case_insensitive {
-            String::new()
-        } else {
-            required_prefix(re.as_str())
-        }
-        .into();
+        let prefix = if case_insensitive { String::new() } else { required_prefix(re.as_str()) }.into();
         Re { re, prefix }
     }
 
@@ -123,9 +106,7 @@ impl Re {
 
 /// Literal prefix of an anchored pattern without alternation; "" when unsure.
 fn required_prefix(pattern: &str) -> String {
-    const META: &[char] = &[
-        '\\', '.', '+', '*', '?', '(', ')', '|', '[', ']', '{', '}', '^', '$',
-    ];
+    const META: &[char] = &['\\', '.', '+', '*', '?', '(', ')', '|', '[', ']', '{', '}', '^', '$'];
     let Some(rest) = pattern.strip_prefix('^') else {
         return String::new();
     };
@@ -209,21 +190,14 @@ impl StrMatch {
             StrMatch::Exists(_) | StrMatch::Exact(_) | StrMatch::ExactNoCase(_) => 1,
             StrMatch::Glob(_) => 3,
             StrMatch::Regex(_) => 4,
-            StrMatch::AnyOf(l) => l
-                .iter()
-                .map(StrMatch::cost)
-                .max()
-                .unwrap_or(1)
-                .saturating_add(1),
+            StrMatch::AnyOf(l) => l.iter().map(StrMatch::cost).max().unwrap_or(1).saturating_add(1),
         }
     }
 }
 
 fn scalar_match(s: &str, ci: bool) -> Result<StrMatch, String> {
     if s.contains(GLOB_META) || s.contains('\\') {
-        Glob::new(s, ci)
-            .map(StrMatch::Glob)
-            .map_err(|e| format!("bad glob {s:?}: {e}"))
+        Glob::new(s, ci).map(StrMatch::Glob).map_err(|e| format!("bad glob {s:?}: {e}"))
     } else if ci {
         Ok(StrMatch::ExactNoCase(s.into()))
     } else {
@@ -277,27 +251,17 @@ impl<'de> Visitor<'de> for StrMatchSeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrMatch, A::Error> {
         let Some(key) = map.next_key::<String>()? else {
-            return Err(de::Error::custom(
-                "expected one of equals, glob, regex, exists",
-            ));
+            return Err(de::Error::custom("expected one of equals, glob, regex, exists"));
         };
         let m = match key.as_str() {
             "equals" => {
                 let s: ScalarText = map.next_value()?;
-                if self.ci {
-                    StrMatch::ExactNoCase(s.0.into())
-                } else {
-                    StrMatch::Exact(s.0.into())
-                }
+                if self.ci { StrMatch::ExactNoCase(s.0.into()) } else { StrMatch::Exact(s.0.into()) }
             }
             "glob" => map.next_value_seed(GlobSeed { ci: self.ci })?,
-            "regex" => StrMatch::Regex(Re::new(
-                map.next_value_seed(RegexSeed {
-                    ci: self.ci,
-                    min_groups: 0,
-                })?,
-                self.ci,
-            )),
+            "regex" => {
+                StrMatch::Regex(Re::new(map.next_value_seed(RegexSeed { ci: self.ci, min_groups: 0 })?, self.ci))
+            }
             "exists" => StrMatch::Exists(map.next_value()?),
             other => {
                 return Err(de::Error::custom(format!(
@@ -306,9 +270,7 @@ impl<'de> Visitor<'de> for StrMatchSeed {
             }
         };
         if map.next_key::<String>()?.is_some() {
-            return Err(de::Error::custom(
-                "a matcher mapping takes exactly one of equals, glob, regex, exists",
-            ));
+            return Err(de::Error::custom("a matcher mapping takes exactly one of equals, glob, regex, exists"));
         }
         Ok(m)
     }
@@ -379,9 +341,7 @@ impl Visitor<'_> for GlobSeed {
         f.write_str("a glob pattern")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<StrMatch, E> {
-        Glob::new(v, self.ci)
-            .map(StrMatch::Glob)
-            .map_err(|e| E::custom(format!("bad glob {v:?}: {e}")))
+        Glob::new(v, self.ci).map(StrMatch::Glob).map_err(|e| E::custom(format!("bad glob {v:?}: {e}")))
     }
 }
 
@@ -405,12 +365,10 @@ impl Visitor<'_> for RegexSeed {
         f.write_str("a regular expression")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<regex::Regex, E> {
-        let re = build_regex(v, self.ci)
-            .map_err(|e| E::custom(format!("bad regex {v:?}: {}", one_line(&e.to_string()))))?;
+        let re =
+            build_regex(v, self.ci).map_err(|e| E::custom(format!("bad regex {v:?}: {}", one_line(&e.to_string()))))?;
         if re.captures_len() - 1 < self.min_groups {
-            return Err(E::custom(format!(
-                "regex {v:?} needs a capture group, e.g. \"^/users/([^/]+)\""
-            )));
+            return Err(E::custom(format!("regex {v:?} needs a capture group, e.g. \"^/users/([^/]+)\"")));
         }
         Ok(re)
     }
@@ -418,23 +376,11 @@ impl Visitor<'_> for RegexSeed {
 
 /// Regex errors span several lines (a caret diagram); keep their last line.
 fn one_line(msg: &str) -> String {
-    let lines: Vec<&str> = msg
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     match lines.as_slice() {
         [] => String::new(),
         [only] => (*only).to_owned(),
-        [.., last] => format!(
-            "{last} ({})",
-            lines
-                .iter()
-                .take(lines.len() - 1)
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
+        [.., last] => format!("{last} ({})", lines.iter().take(lines.len() - 1).copied().collect::<Vec<_>>().join(" ")),
     }
 }
 
@@ -468,9 +414,7 @@ impl<'de> Deserialize<'de> for StatusMatch {
         impl<'de> Visitor<'de> for V {
             type Value = StatusMatch;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(
-                    "a status code (404), class (\"5xx\"), range (\"400-499\") or a list of them",
-                )
+                f.write_str("a status code (404), class (\"5xx\"), range (\"400-499\") or a list of them")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusMatch, E> {
                 self.visit_str(&v.to_string())
@@ -481,11 +425,7 @@ impl<'de> Deserialize<'de> for StatusMatch {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusMatch, E> {
                 StatusMatch::parse_one(v)
                     .map(|r| StatusMatch(vec![r]))
-                    .ok_or_else(|| {
-                        E::custom(format!(
-                            "bad status {v:?}: expected 100..=599, \"5xx\" or \"400-499\""
-                        ))
-                    })
+                    .ok_or_else(|| E::custom(format!("bad status {v:?}: expected 100..=599, \"5xx\" or \"400-499\"")))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StatusMatch, A::Error> {
                 let mut all = Vec::new();
@@ -551,7 +491,9 @@ impl<'de> Deserialize<'de> for DurationCmp {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationCmp, E> {
                 DurationCmp::parse(v).ok_or_else(|| {
-                    E::custom(format!("bad duration condition {v:?}: expected >, >=, < or <= then a duration, e.g. \"> 1s\""))
+                    E::custom(format!(
+                        "bad duration condition {v:?}: expected >, >=, < or <= then a duration, e.g. \"> 1s\""
+                    ))
                 })
             }
         }
@@ -631,10 +573,7 @@ mod tests {
         let loc = err.location().unwrap();
         assert_eq!((loc.line(), loc.column()), (2, 11));
         let err = serde_yaml::from_str::<StrMatch>("{regexp: x}").unwrap_err();
-        assert!(
-            err.to_string().contains("unknown matcher `regexp`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown matcher `regexp`"), "{err}");
         let err = serde_yaml::from_str::<StrMatch>("\"[a-\"").unwrap_err();
         assert!(err.to_string().contains("bad glob"), "{err}");
         assert!(serde_yaml::from_str::<StrMatch>("[]").is_err());
@@ -649,14 +588,9 @@ mod tests {
         assert_eq!(required_prefix("(?i)^/api"), "");
         assert_eq!(required_prefix("^ab{2}"), "a");
         let r = m("{regex: '^/users?/[0-9]+$'}");
-        assert!(
-            !r.matches(Some("/use/1")) && r.matches(Some("/user/1")) && r.matches(Some("/users/1"))
-        );
+        assert!(!r.matches(Some("/use/1")) && r.matches(Some("/user/1")) && r.matches(Some("/users/1")));
         let ci: NoCaseMatch = serde_yaml::from_str("{regex: '^GET'}").unwrap();
-        assert!(
-            ci.0.matches(Some("get")),
-            "case-insensitive regexes get no case-sensitive prefix"
-        );
+        assert!(ci.0.matches(Some("get")), "case-insensitive regexes get no case-sensitive prefix");
     }
 
     #[test]
@@ -666,31 +600,15 @@ mod tests {
 
     #[test]
     fn regex_seed_requires_capture_groups() {
-        let seed = RegexSeed {
-            ci: false,
-            min_groups: 1,
-        };
-        assert!(
-            seed.deserialize(serde_yaml::Deserializer::from_str("'^/users/[0-9]+'"))
-                .is_err()
-        );
-        assert!(
-            seed.deserialize(serde_yaml::Deserializer::from_str("'^/users/([0-9]+)'"))
-                .is_ok()
-        );
+        let seed = RegexSeed { ci: false, min_groups: 1 };
+        assert!(seed.deserialize(serde_yaml::Deserializer::from_str("'^/users/[0-9]+'")).is_err());
+        assert!(seed.deserialize(serde_yaml::Deserializer::from_str("'^/users/([0-9]+)'")).is_ok());
     }
 
     #[test]
     fn status_codes_classes_ranges_and_lists() {
         let s: StatusMatch = serde_yaml::from_str("[404, 5xx, '420-429']").unwrap();
-        for (code, want) in [
-            (404, true),
-            (500, true),
-            (599, true),
-            (425, true),
-            (403, false),
-            (430, false),
-        ] {
+        for (code, want) in [(404, true), (500, true), (599, true), (425, true), (403, false), (430, false)] {
             assert_eq!(s.matches(Some(code)), want, "{code}");
         }
         assert!(!s.matches(None));

@@ -29,9 +29,7 @@ pub const MAX_JWT_LEN: usize = 8 * 1024;
 
 /// Whether a header name (any case) is a credential header.
 pub fn is_sensitive_header(name: &str) -> bool {
-    SENSITIVE_HEADERS
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
+    SENSITIVE_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Whether an attribute key holds a credential header's value.
@@ -44,9 +42,7 @@ pub fn is_sensitive_key(key: &str) -> bool {
 
 /// The raw value of a request header captured on the span (private first).
 pub fn request_header<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
-    span.private
-        .get_str(key)
-        .or_else(|| span.attributes.get_str(key))
+    span.private.get_str(key).or_else(|| span.attributes.get_str(key))
 }
 
 /// One cookie's value from a Cookie header (`a=1; b=2`); quotes stripped.
@@ -55,9 +51,7 @@ pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = pair.trim().split_once('=')?;
         (k.trim() == name).then(|| {
             let v = v.trim();
-            v.strip_prefix('"')
-                .and_then(|x| x.strip_suffix('"'))
-                .unwrap_or(v)
+            v.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(v)
         })
     })
 }
@@ -81,13 +75,9 @@ pub fn jwt_claim(authorization: &str, claim: &str) -> Option<String> {
     if parts.next().is_some() {
         return None;
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT
-        .decode(payload)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT.decode(payload).ok()?;
     let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let value = json
-        .get(claim)
-        .or_else(|| claim.split('.').try_fold(&json, |v, k| v.get(k)))?;
+    let value = json.get(claim).or_else(|| claim.split('.').try_fold(&json, |v, k| v.get(k)))?;
     match value {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
@@ -99,18 +89,13 @@ pub fn jwt_claim(authorization: &str, claim: &str) -> Option<String> {
 /// A query parameter's (percent-decoded) value from a raw query string.
 pub fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     let query = query.strip_prefix('?').unwrap_or(query);
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 /// Attribute keys of the credential request headers.
 const SENSITIVE_REQUEST_KEYS: [(&str, &str); 4] = [
     ("authorization", "http.request.header.authorization"),
-    (
-        "proxy-authorization",
-        "http.request.header.proxy-authorization",
-    ),
+    ("proxy-authorization", "http.request.header.proxy-authorization"),
     ("cookie", "http.request.header.cookie"),
     ("set-cookie", "http.request.header.set-cookie"),
 ];
@@ -119,10 +104,7 @@ const SENSITIVE_REQUEST_KEYS: [(&str, &str); 4] = [
 /// raw sensitive header value, or the credential after the scheme word.
 pub fn leaks_credential(span: &Span, value: &str) -> bool {
     SENSITIVE_REQUEST_KEYS.iter().any(|(h, key)| {
-        let Some(raw) = request_header(span, key)
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-        else {
+        let Some(raw) = request_header(span, key).map(str::trim).filter(|r| !r.is_empty()) else {
             return false;
         };
         let credential = match raw.split_once(' ') {
@@ -179,8 +161,7 @@ mod tests {
 
     #[test]
     fn jwt_claims_are_decoded_not_verified() {
-        let auth =
-            bearer(r#"{"sub":"user-42","tenant":{"id":"acme"},"n":7,"admin":true,"roles":["a"]}"#);
+        let auth = bearer(r#"{"sub":"user-42","tenant":{"id":"acme"},"n":7,"admin":true,"roles":["a"]}"#);
         assert_eq!(jwt_claim(&auth, "sub").as_deref(), Some("user-42"));
         assert_eq!(jwt_claim(&auth, "tenant.id").as_deref(), Some("acme"));
         assert_eq!(jwt_claim(&auth, "n").as_deref(), Some("7"));
@@ -188,23 +169,14 @@ mod tests {
         assert_eq!(jwt_claim(&auth, "roles"), None);
         assert_eq!(jwt_claim(&auth, "missing"), None);
         let dotted = bearer(r#"{"https://x.io/tenant":"t1"}"#);
-        assert_eq!(
-            jwt_claim(&dotted, "https://x.io/tenant").as_deref(),
-            Some("t1")
-        );
+        assert_eq!(jwt_claim(&dotted, "https://x.io/tenant").as_deref(), Some("t1"));
     }
 
     #[test]
     fn malformed_tokens_give_none() {
-        for bad in [
-            "Basic dXNlcjpwYXNz",
-            "Bearer",
-            "Bearer a.b",
-            "Bearer a.!!!.c",
-            "Bearer a.b.c.d",
-            "",
-            "Bearer e30.e30",
-        ] {
+        for bad in
+            ["Basic dXNlcjpwYXNz", "Bearer", "Bearer a.b", "Bearer a.!!!.c", "Bearer a.b.c.d", "", "Bearer e30.e30"]
+        {
             assert_eq!(jwt_claim(bad, "sub"), None, "{bad}");
         }
         let huge = format!("Bearer a.{}.c", "A".repeat(MAX_JWT_LEN));
@@ -215,10 +187,7 @@ mod tests {
 
     #[test]
     fn query_params_are_percent_decoded() {
-        assert_eq!(
-            query_param("a=1&tenant=acme%20corp", "tenant").as_deref(),
-            Some("acme corp")
-        );
+        assert_eq!(query_param("a=1&tenant=acme%20corp", "tenant").as_deref(), Some("acme corp"));
         assert_eq!(query_param("?debug", "debug").as_deref(), Some(""));
         assert_eq!(query_param("a=1", "b"), None);
     }
@@ -226,10 +195,7 @@ mod tests {
     #[test]
     fn leak_check_catches_raw_credentials_only() {
         let mut private = Attributes::new();
-        private.set(
-            "http.request.header.authorization",
-            "Bearer abcdefghijklmnop",
-        );
+        private.set("http.request.header.authorization", "Bearer abcdefghijklmnop");
         private.set("http.request.header.cookie", "sid=s3cr3t-session");
         let span = Span {
             trace_id: [0; 16],
@@ -251,10 +217,7 @@ mod tests {
         assert!(leaks_credential(&span, "abcdefghijklmnop"));
         assert!(leaks_credential(&span, "x Bearer abcdefghijklmnop"));
         assert!(leaks_credential(&span, "sid=s3cr3t-session"));
-        assert!(
-            !leaks_credential(&span, "s3cr3t-session"),
-            "one cookie value may be extracted"
-        );
+        assert!(!leaks_credential(&span, "s3cr3t-session"), "one cookie value may be extracted");
         assert!(!leaks_credential(&span, "user-42"));
     }
 }

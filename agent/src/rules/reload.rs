@@ -85,19 +85,12 @@ pub struct ReloadOptions {
 
 impl Default for ReloadOptions {
     fn default() -> Self {
-        Self {
-            poll_interval: Duration::from_secs(1),
-            sighup: true,
-        }
+        Self { poll_interval: Duration::from_secs(1), sighup: true }
     }
 }
 
 /// Reloads `path` into `handle` now; on failure keeps the old rules.
-pub fn reload_now(
-    path: &Path,
-    handle: &RulesHandle,
-    stats: &ReloadStats,
-) -> Result<(), RulesError> {
+pub fn reload_now(path: &Path, handle: &RulesHandle, stats: &ReloadStats) -> Result<(), RulesError> {
     match RuleSet::load(path) {
         Ok(rules) => {
             let n = rules.rules().len();
@@ -126,11 +119,7 @@ pub fn reload_now(
 #[derive(Debug, PartialEq, Eq)]
 enum Fingerprint {
     Missing,
-    Seen {
-        mtime: Option<SystemTime>,
-        len: u64,
-        hash: u64,
-    },
+    Seen { mtime: Option<SystemTime>, len: u64, hash: u64 },
 }
 
 fn fingerprint(path: &Path) -> Fingerprint {
@@ -142,20 +131,12 @@ fn fingerprint(path: &Path) -> Fingerprint {
     };
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
-    Fingerprint::Seen {
-        mtime: meta.modified().ok(),
-        len: meta.len(),
-        hash: h.finish(),
-    }
+    Fingerprint::Seen { mtime: meta.modified().ok(), len: meta.len(), hash: h.finish() }
 }
 
 /// Spawns the reload task with default options (poll every second + SIGHUP).
 /// Needs a tokio runtime with time (and, for SIGHUP, IO) enabled.
-pub fn spawn_reload(
-    path: PathBuf,
-    handle: RulesHandle,
-    stats: Arc<ReloadStats>,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reload(path: PathBuf, handle: RulesHandle, stats: Arc<ReloadStats>) -> tokio::task::JoinHandle<()> {
     spawn_reload_with(path, handle, stats, ReloadOptions::default())
 }
 
@@ -250,13 +231,7 @@ mod tests {
     }
 
     fn fired(handle: &RulesHandle) -> Vec<String> {
-        handle
-            .load()
-            .apply(&mut span())
-            .fired
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        handle.load().apply(&mut span()).fired.iter().map(|s| s.to_string()).collect()
     }
 
     const V1: &str = "rules:\n  - id: one\n    actions: {set: {v: 1}}\n";
@@ -280,40 +255,24 @@ mod tests {
         std::fs::write(&path, V1).unwrap();
         let handle = RulesHandle::new(RuleSet::load(&path).unwrap());
         let stats = Arc::new(ReloadStats::default());
-        let opts = ReloadOptions {
-            poll_interval: Duration::from_millis(20),
-            sighup: false,
-        };
+        let opts = ReloadOptions { poll_interval: Duration::from_millis(20), sighup: false };
         let task = spawn_reload_with(path.clone(), handle.clone(), Arc::clone(&stats), opts);
         assert_eq!(fired(&handle), ["one"]);
 
         std::fs::write(&path, V2).unwrap();
-        assert!(
-            wait_for(|| fired(&handle) == ["one", "two"]).await,
-            "new rules not loaded"
-        );
+        assert!(wait_for(|| fired(&handle) == ["one", "two"]).await, "new rules not loaded");
         assert_eq!(stats.reloads_ok.load(Ordering::Relaxed), 1);
         let counts = handle.fired_counts();
-        assert!(
-            counts[0].1 > counts[1].1,
-            "count of `one` carried over the reload: {counts:?}"
-        );
+        assert!(counts[0].1 > counts[1].1, "count of `one` carried over the reload: {counts:?}");
 
         std::fs::write(&path, BROKEN).unwrap();
-        assert!(
-            wait_for(|| stats.reload_failures.load(Ordering::Relaxed) == 1).await,
-            "failure not counted"
-        );
+        assert!(wait_for(|| stats.reload_failures.load(Ordering::Relaxed) == 1).await, "failure not counted");
         assert!(!stats.last_reload_ok.load(Ordering::Relaxed));
         let err = stats.last_error.lock().unwrap().clone().unwrap();
         assert!(err.contains("rules.yaml:3:"), "{err}");
         assert_eq!(fired(&handle), ["one", "two"], "last good rules kept");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            stats.reload_failures.load(Ordering::Relaxed),
-            1,
-            "same broken content reported once"
-        );
+        assert_eq!(stats.reload_failures.load(Ordering::Relaxed), 1, "same broken content reported once");
 
         std::fs::write(&path, V1).unwrap();
         assert!(wait_for(|| stats.last_reload_ok.load(Ordering::Relaxed)).await);
@@ -324,20 +283,13 @@ mod tests {
     #[tokio::test]
     async fn symlink_swap_like_a_configmap_is_seen() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, link) = (
-            dir.path().join("a.yaml"),
-            dir.path().join("b.yaml"),
-            dir.path().join("rules.yaml"),
-        );
+        let (a, b, link) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"), dir.path().join("rules.yaml"));
         std::fs::write(&a, V1).unwrap();
         std::fs::write(&b, V2).unwrap();
         std::os::unix::fs::symlink(&a, &link).unwrap();
         let handle = RulesHandle::new(RuleSet::load(&link).unwrap());
         let stats = Arc::new(ReloadStats::default());
-        let opts = ReloadOptions {
-            poll_interval: Duration::from_millis(20),
-            sighup: false,
-        };
+        let opts = ReloadOptions { poll_interval: Duration::from_millis(20), sighup: false };
         let task = spawn_reload_with(link.clone(), handle.clone(), stats, opts);
         let tmp = dir.path().join("tmp-link");
         std::os::unix::fs::symlink(&b, &tmp).unwrap();

@@ -37,9 +37,7 @@ impl<'de> Deserialize<'de> for Version {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match u64::deserialize(d)? {
             1 => Ok(Version),
-            v => Err(de::Error::custom(format!(
-                "unsupported version {v}, this kspan reads version 1"
-            ))),
+            v => Err(de::Error::custom(format!("unsupported version {v}, this kspan reads version 1"))),
         }
     }
 }
@@ -81,14 +79,11 @@ impl<'de> Deserialize<'de> for RuleId {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RuleId, E> {
                 let ok = !v.is_empty()
                     && v.len() <= 128
-                    && v.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
                 if ok {
                     Ok(RuleId(v.to_owned()))
                 } else {
-                    Err(E::custom(format!(
-                        "bad rule id {v:?}: use 1-128 letters, digits, _ - ."
-                    )))
+                    Err(E::custom(format!("bad rule id {v:?}: use 1-128 letters, digits, _ - .")))
                 }
             }
         }
@@ -183,11 +178,8 @@ impl<'de> Deserialize<'de> for ProtoMask {
                 f.write_str("http, postgresql, redis or a list of them")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ProtoMask, E> {
-                ProtoMask::parse(v).ok_or_else(|| {
-                    E::custom(format!(
-                        "unknown protocol `{v}`, expected http, postgresql or redis"
-                    ))
-                })
+                ProtoMask::parse(v)
+                    .ok_or_else(|| E::custom(format!("unknown protocol `{v}`, expected http, postgresql or redis")))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ProtoMask, A::Error> {
                 let mut m = ProtoMask(0);
@@ -291,9 +283,7 @@ impl<'de> Deserialize<'de> for ScalarValue {
                 Ok(ScalarValue(AttrValue::Int(v)))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ScalarValue, E> {
-                i64::try_from(v)
-                    .map(|v| ScalarValue(AttrValue::Int(v)))
-                    .map_err(|_| E::custom("integer too large"))
+                i64::try_from(v).map(|v| ScalarValue(AttrValue::Int(v))).map_err(|_| E::custom("integer too large"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<ScalarValue, E> {
                 Ok(ScalarValue(AttrValue::F64(v)))
@@ -329,28 +319,19 @@ impl Template {
                 parts.push(TemplatePart::Lit(rest[..start].to_owned()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in template {s:?}"))?;
+            let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in template {s:?}"))?;
             let inner = &after[..end];
             let (key, default) = match inner.split_once(":-") {
                 Some((k, d)) => (k.trim(), Some(d.to_owned())),
                 None => (inner.trim(), None),
             };
             if key.is_empty() || key.chars().any(char::is_whitespace) {
-                return Err(format!(
-                    "bad attribute reference `${{{inner}}}` in template {s:?}"
-                ));
+                return Err(format!("bad attribute reference `${{{inner}}}` in template {s:?}"));
             }
             if privacy::is_sensitive_key(key) {
-                return Err(format!(
-                    "template {s:?} references credential attribute `{key}`"
-                ));
+                return Err(format!("template {s:?} references credential attribute `{key}`"));
             }
-            parts.push(TemplatePart::Var {
-                key: key.to_owned(),
-                default,
-            });
+            parts.push(TemplatePart::Var { key: key.to_owned(), default });
             rest = &after[end + 1..];
         }
         if !rest.is_empty() {
@@ -432,16 +413,12 @@ impl<'de> Deserialize<'de> for Source {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Source, E> {
                 match v {
                     "sql_table" => Ok(Source::SqlTable),
-                    other => Err(E::custom(format!(
-                        "unknown source `{other}`, expected {SOURCES}"
-                    ))),
+                    other => Err(E::custom(format!("unknown source `{other}`, expected {SOURCES}"))),
                 }
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
                 let Some(key) = map.next_key::<String>()? else {
-                    return Err(de::Error::custom(format!(
-                        "empty source, expected {SOURCES}"
-                    )));
+                    return Err(de::Error::custom(format!("empty source, expected {SOURCES}")));
                 };
                 let source = match key.as_str() {
                     "header" => Source::Header(map.next_value()?),
@@ -451,9 +428,7 @@ impl<'de> Deserialize<'de> for Source {
                     "jwt_claim" => Source::JwtClaim(map.next_value()?),
                     "attribute" => Source::Attribute(map.next_value()?),
                     other => {
-                        return Err(de::Error::custom(format!(
-                            "unknown source `{other}`, expected {SOURCES}"
-                        )));
+                        return Err(de::Error::custom(format!("unknown source `{other}`, expected {SOURCES}")));
                     }
                 };
                 if map.next_key::<String>()?.is_some() {
@@ -473,12 +448,7 @@ pub struct PathRegex(pub regex::Regex);
 impl<'de> Deserialize<'de> for PathRegex {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::DeserializeSeed;
-        RegexSeed {
-            ci: false,
-            min_groups: 1,
-        }
-        .deserialize(d)
-        .map(PathRegex)
+        RegexSeed { ci: false, min_groups: 1 }.deserialize(d).map(PathRegex)
     }
 }
 
@@ -516,15 +486,9 @@ mod tests {
             t.0,
             vec![
                 TemplatePart::Lit("checkout ".into()),
-                TemplatePart::Var {
-                    key: "tenant.id".into(),
-                    default: Some("unknown".into())
-                },
+                TemplatePart::Var { key: "tenant.id".into(), default: Some("unknown".into()) },
                 TemplatePart::Lit(" (".into()),
-                TemplatePart::Var {
-                    key: "span.name".into(),
-                    default: None
-                },
+                TemplatePart::Var { key: "span.name".into(), default: None },
                 TemplatePart::Lit(")".into()),
             ]
         );
@@ -536,16 +500,9 @@ mod tests {
     #[test]
     fn protocols_and_unknown_protocol() {
         let m: ProtoMask = serde_yaml::from_str("[http, redis]").unwrap();
-        assert!(
-            m.contains(ProtoMask::HTTP)
-                && m.contains(ProtoMask::REDIS)
-                && !m.contains(ProtoMask::POSTGRES)
-        );
+        assert!(m.contains(ProtoMask::HTTP) && m.contains(ProtoMask::REDIS) && !m.contains(ProtoMask::POSTGRES));
         let err = serde_yaml::from_str::<ProtoMask>("mysql").unwrap_err();
-        assert!(
-            err.to_string().contains("unknown protocol `mysql`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown protocol `mysql`"), "{err}");
     }
 
     #[test]
@@ -556,41 +513,26 @@ mod tests {
         assert!(serde_yaml::from_str::<AttrKey>("http.request.header.cookie").is_err());
         assert!(serde_yaml::from_str::<Source>("{attribute: http.request.header.cookie}").is_err());
         let h: HeaderName = serde_yaml::from_str("Authorization").unwrap();
-        assert_eq!(
-            h.0, "authorization",
-            "conditions may still test credential headers"
-        );
+        assert_eq!(h.0, "authorization", "conditions may still test credential headers");
     }
 
     #[test]
     fn sources_parse() {
-        assert!(matches!(
-            serde_yaml::from_str::<Source>("sql_table").unwrap(),
-            Source::SqlTable
-        ));
+        assert!(matches!(serde_yaml::from_str::<Source>("sql_table").unwrap(), Source::SqlTable));
         assert!(
             matches!(serde_yaml::from_str::<Source>("{jwt_claim: sub}").unwrap(), Source::JwtClaim(c) if c == "sub")
         );
-        assert!(
-            serde_yaml::from_str::<Source>("{path: '^/u/[0-9]+'}").is_err(),
-            "needs a capture group"
-        );
+        assert!(serde_yaml::from_str::<Source>("{path: '^/u/[0-9]+'}").is_err(), "needs a capture group");
         assert!(serde_yaml::from_str::<Source>("{body: x}").is_err());
     }
 
     #[test]
     fn scalar_values_keep_their_type() {
-        let v: OrderedMap<AttrKey, ScalarValue> =
-            serde_yaml::from_str("{a: x, b: 3, c: 1.5, d: true}").unwrap();
+        let v: OrderedMap<AttrKey, ScalarValue> = serde_yaml::from_str("{a: x, b: 3, c: 1.5, d: true}").unwrap();
         let vals: Vec<&AttrValue> = v.iter().map(|(_, v)| &v.0).collect();
         assert_eq!(
             vals,
-            [
-                &AttrValue::Str("x".into()),
-                &AttrValue::Int(3),
-                &AttrValue::F64(1.5),
-                &AttrValue::Bool(true)
-            ]
+            [&AttrValue::Str("x".into()), &AttrValue::Int(3), &AttrValue::F64(1.5), &AttrValue::Bool(true)]
         );
         assert!(serde_yaml::from_str::<ScalarValue>("[1]").is_err());
     }

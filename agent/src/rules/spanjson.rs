@@ -12,42 +12,31 @@ use serde_json::{Map, Value, json};
 
 use super::{RuleOutcome, RulesError};
 use crate::sample::Decision;
-use crate::span::model::{
-    AttrValue, Attributes, ProcessResource, Span, SpanKind, SpanStatus, StatusCode, hex,
-};
+use crate::span::model::{AttrValue, Attributes, ProcessResource, Span, SpanKind, SpanStatus, StatusCode, hex};
 
 /// Trace id used when the input gives none (the W3C example id).
 pub const DEFAULT_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 
 fn field_err(field: &'static str, problem: impl Into<String>) -> RulesError {
-    RulesError::SpanField {
-        field,
-        problem: problem.into(),
-    }
+    RulesError::SpanField { field, problem: problem.into() }
 }
 
 fn attrs(v: Option<&Value>, field: &'static str) -> Result<Attributes, RulesError> {
     let mut out = Attributes::new();
     let Some(v) = v else { return Ok(out) };
-    let obj = v
-        .as_object()
-        .ok_or_else(|| field_err(field, "expected an object"))?;
+    let obj = v.as_object().ok_or_else(|| field_err(field, "expected an object"))?;
     for (k, v) in obj {
         let value = match v {
             Value::String(s) => AttrValue::Str(s.clone()),
             Value::Bool(b) => AttrValue::Bool(*b),
             Value::Number(n) => match n.as_i64() {
                 Some(i) => AttrValue::Int(i),
-                None => AttrValue::F64(
-                    n.as_f64()
-                        .ok_or_else(|| field_err(field, format!("`{k}`: number out of range")))?,
-                ),
+                None => {
+                    AttrValue::F64(n.as_f64().ok_or_else(|| field_err(field, format!("`{k}`: number out of range")))?)
+                }
             },
             _ => {
-                return Err(field_err(
-                    field,
-                    format!("`{k}`: values must be strings, numbers or booleans"),
-                ));
+                return Err(field_err(field, format!("`{k}`: values must be strings, numbers or booleans")));
             }
         };
         out.set(k.clone(), value);
@@ -70,33 +59,22 @@ fn hex_bytes<const N: usize>(s: &str, field: &'static str) -> Result<[u8; N], Ru
 
 /// Parses one span object.
 pub fn span_from_value(v: &Value) -> Result<Span, RulesError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| field_err("span", "expected a JSON object"))?;
+    let obj = v.as_object().ok_or_else(|| field_err("span", "expected a JSON object"))?;
     let kind = match obj.get("kind") {
         None => SpanKind::Server,
         Some(Value::String(k)) if k == "server" => SpanKind::Server,
         Some(Value::String(k)) if k == "client" => SpanKind::Client,
         Some(other) => {
-            return Err(field_err(
-                "kind",
-                format!("expected \"server\" or \"client\", got {other}"),
-            ));
+            return Err(field_err("kind", format!("expected \"server\" or \"client\", got {other}")));
         }
     };
     let status = match obj.get("status") {
         None => SpanStatus::default(),
         Some(Value::String(s)) if s == "unset" => SpanStatus::default(),
-        Some(Value::String(s)) if s == "ok" => SpanStatus {
-            code: StatusCode::Ok,
-            message: String::new(),
-        },
+        Some(Value::String(s)) if s == "ok" => SpanStatus { code: StatusCode::Ok, message: String::new() },
         Some(Value::String(s)) if s == "error" => SpanStatus::error(""),
         Some(other) => {
-            return Err(field_err(
-                "status",
-                format!("expected \"unset\", \"ok\" or \"error\", got {other}"),
-            ));
+            return Err(field_err("status", format!("expected \"unset\", \"ok\" or \"error\", got {other}")));
         }
     };
     let duration_ms = match obj.get("duration_ms") {
@@ -106,12 +84,8 @@ pub fn span_from_value(v: &Value) -> Result<Span, RulesError> {
             .filter(|d| d.is_finite() && *d >= 0.0)
             .ok_or_else(|| field_err("duration_ms", "expected a number >= 0"))?,
     };
-    let trace_id = hex_bytes::<16>(
-        obj.get("trace_id")
-            .and_then(Value::as_str)
-            .unwrap_or(DEFAULT_TRACE_ID),
-        "trace_id",
-    )?;
+    let trace_id =
+        hex_bytes::<16>(obj.get("trace_id").and_then(Value::as_str).unwrap_or(DEFAULT_TRACE_ID), "trace_id")?;
     let parent_span_id = match obj.get("parent_span_id").and_then(Value::as_str) {
         Some(p) => hex_bytes::<8>(p, "parent_span_id")?,
         None => [0; 8],
@@ -121,17 +95,9 @@ pub fn span_from_value(v: &Value) -> Result<Span, RulesError> {
         trace_id,
         span_id: [0x5a; 8],
         parent_span_id,
-        trace_state: obj
-            .get("tracestate")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        trace_state: obj.get("tracestate").and_then(Value::as_str).unwrap_or("").to_owned(),
         trace_flags: 1,
-        name: obj
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        name: obj.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
         kind,
         start_unix_ns: start,
         end_unix_ns: start + (duration_ms * 1e6).round() as u64,
@@ -139,10 +105,7 @@ pub fn span_from_value(v: &Value) -> Result<Span, RulesError> {
         attributes: attrs(obj.get("attributes"), "attributes")?,
         private: attrs(obj.get("private"), "private")?,
         events: Vec::new(),
-        resource: Arc::new(ProcessResource {
-            pid: 0,
-            attributes: attrs(obj.get("resource"), "resource")?,
-        }),
+        resource: Arc::new(ProcessResource { pid: 0, attributes: attrs(obj.get("resource"), "resource")? }),
         tid: 0,
     })
 }
@@ -163,11 +126,7 @@ fn attr_json(v: &AttrValue) -> Value {
 
 /// The exported view of a span after rules (and sampling, when decided).
 pub fn span_to_value(span: &Span, outcome: &RuleOutcome, decision: Option<&Decision>) -> Value {
-    let attributes: Map<String, Value> = span
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.to_owned(), attr_json(v)))
-        .collect();
+    let attributes: Map<String, Value> = span.attributes.iter().map(|(k, v)| (k.to_owned(), attr_json(v))).collect();
     let mut out = json!({
         "name": span.name,
         "kind": match span.kind { SpanKind::Server => "server", SpanKind::Client => "client" },
@@ -225,20 +184,14 @@ mod tests {
             (r#"[1]"#, "span"),
         ] {
             let err = span_from_json(json).unwrap_err();
-            assert!(
-                matches!(err, RulesError::SpanField { field: f, .. } if f == field),
-                "{json}: {err}"
-            );
+            assert!(matches!(err, RulesError::SpanField { field: f, .. } if f == field), "{json}: {err}");
         }
         assert!(matches!(span_from_json("{"), Err(RulesError::SpanJson(_))));
     }
 
     #[test]
     fn output_never_contains_private_attributes() {
-        let s = span_from_json(
-            r#"{"attributes":{"a":"x"},"private":{"http.request.header.cookie":"sid=1"}}"#,
-        )
-        .unwrap();
+        let s = span_from_json(r#"{"attributes":{"a":"x"},"private":{"http.request.header.cookie":"sid=1"}}"#).unwrap();
         let v = span_to_value(&s, &RuleOutcome::default(), None);
         assert!(!v.to_string().contains("sid=1"));
         assert_eq!(v["attributes"]["a"], "x");

@@ -92,11 +92,7 @@ fn disabled_rules_are_validated_but_skipped() {
     assert_eq!(rs.rules().len(), 1);
     assert_eq!(ids(&rs.apply(&mut http("GET", "/"))), ["on"]);
     assert!(
-        RuleSet::from_str(
-            "rules:\n  - id: off\n    enabled: false\n    match: {protocol: ftp}\n",
-            "t.yaml"
-        )
-        .is_err()
+        RuleSet::from_str("rules:\n  - id: off\n    enabled: false\n    match: {protocol: ftp}\n", "t.yaml").is_err()
     );
 }
 
@@ -112,16 +108,12 @@ rules:
 ");
     assert_eq!(ids(&rs.apply(&mut pg())), ["pg-only", "any"]);
     assert_eq!(ids(&rs.apply(&mut http("GET", "/"))), ["any", "http-only"]);
-    assert_eq!(
-        rs.buckets.iter().map(Vec::len).collect::<Vec<_>>(),
-        [2, 2, 1, 1]
-    );
+    assert_eq!(rs.buckets.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1, 1]);
 }
 
 #[test]
 fn no_match_allocates_nothing() {
-    let rs =
-        set("rules:\n  - id: a\n    match: {http: {path: /nope}}\n    actions: {set: {x: 1}}\n");
+    let rs = set("rules:\n  - id: a\n    match: {http: {path: /nope}}\n    actions: {set: {x: 1}}\n");
     let mut s = http("GET", "/x");
     let before = s.attributes.clone();
     let o = rs.apply(&mut s);
@@ -142,15 +134,7 @@ sampling:
     let mut s = http("POST", "/jobs");
     s.attributes.set("job", "nightly");
     let o = rs.apply(&mut s);
-    assert_eq!(
-        o.hints(),
-        SamplingHints {
-            drop: false,
-            critical: false,
-            rate: Some(0.05),
-            priority: 3
-        }
-    );
+    assert_eq!(o.hints(), SamplingHints { drop: false, critical: false, rate: Some(0.05), priority: 3 });
     assert_eq!(o.class.as_deref(), Some("background"));
 }
 
@@ -159,13 +143,8 @@ fn pos(text: &str) -> (usize, usize, String) {
     let err = RuleSet::from_str(text, "deploy/rules.yaml").unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("deploy/rules.yaml:"), "{msg}");
-    let (l, c) = err
-        .position()
-        .unwrap_or_else(|| panic!("no position: {msg}"));
-    assert!(
-        msg.starts_with(&format!("deploy/rules.yaml:{l}:{c}: ")),
-        "{msg}"
-    );
+    let (l, c) = err.position().unwrap_or_else(|| panic!("no position: {msg}"));
+    assert!(msg.starts_with(&format!("deploy/rules.yaml:{l}:{c}: ")), "{msg}");
     (l, c, msg)
 }
 
@@ -191,10 +170,7 @@ fn bad_regex_deep_in_the_file_points_at_the_pattern() {
     let (l, c, msg) = pos(DEEP);
     assert_eq!((l, c), (15, 26), "{msg}");
     assert!(msg.contains("bad regex"), "{msg}");
-    assert!(
-        msg.contains("rules[1].match.any[1].all[1].http.path"),
-        "{msg}"
-    );
+    assert!(msg.contains("rules[1].match.any[1].all[1].http.path"), "{msg}");
 }
 
 #[test]
@@ -228,9 +204,8 @@ fn schema_errors_name_what_is_wrong() {
     assert!(msg.contains("bad duration condition"), "{msg}");
     let (_, _, msg) = pos("rules:\n  - match: {}\n");
     assert!(msg.contains("missing field `id`"), "{msg}");
-    let (l, _, msg) = pos(
-        "rules:\n  - id: a\n    actions:\n      extract:\n        - {to: t, from: {header: Cookie}}\n",
-    );
+    let (l, _, msg) =
+        pos("rules:\n  - id: a\n    actions:\n      extract:\n        - {to: t, from: {header: Cookie}}\n");
     assert_eq!(l, 5);
     assert!(msg.contains("cookie") && msg.contains("jwt_claim"), "{msg}");
 }
@@ -240,28 +215,22 @@ fn cross_reference_errors_are_located_by_search() {
     let (l, c, msg) = pos("rules:\n  - id: a\n  - id: b\n  - id: a\n");
     assert_eq!((l, c), (4, 9), "{msg}");
     assert!(msg.contains("duplicate rule id `a`"), "{msg}");
-    let text = "rules:\n  - id: a\n    actions:\n      sample: {class: batch}\nsampling:\n  classes: {background: 0.1}\n";
+    let text =
+        "rules:\n  - id: a\n    actions:\n      sample: {class: batch}\nsampling:\n  classes: {background: 0.1}\n";
     let (l, c, msg) = pos(text);
     assert_eq!((l, c), (4, 23), "{msg}");
     assert!(msg.contains("unknown sampling class `batch`"), "{msg}");
-    let (l, _, msg) = pos(
-        "rules:\n  - id: a\n    actions:\n      sample: {rate: 0.5, class: bg}\nsampling: {classes: {bg: 0.1}}\n",
-    );
+    let (l, _, msg) =
+        pos("rules:\n  - id: a\n    actions:\n      sample: {rate: 0.5, class: bg}\nsampling: {classes: {bg: 0.1}}\n");
     assert_eq!(l, 4);
     assert!(msg.contains("not both"), "{msg}");
 }
 
 #[test]
 fn empty_and_oversized_files_are_refused() {
-    assert!(matches!(
-        RuleSet::from_str("# nothing\n\n", "r.yaml"),
-        Err(RulesError::Empty { .. })
-    ));
+    assert!(matches!(RuleSet::from_str("# nothing\n\n", "r.yaml"), Err(RulesError::Empty { .. })));
     let big = format!("# {}\nrules: []\n", "x".repeat(MAX_FILE_BYTES as usize));
-    assert!(matches!(
-        RuleSet::from_str(&big, "r.yaml"),
-        Err(RulesError::TooLarge { .. })
-    ));
+    assert!(matches!(RuleSet::from_str(&big, "r.yaml"), Err(RulesError::TooLarge { .. })));
     assert!(RuleSet::from_str("rules: []\n", "r.yaml").is_ok());
 }
 
@@ -271,8 +240,5 @@ fn load_names_the_file() {
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, "rules:\n  - id: a\n    stop: maybe\n").unwrap();
     let err = RuleSet::load(&path).unwrap_err().to_string();
-    assert!(
-        err.starts_with(&format!("{}:3:11: ", path.display())),
-        "{err}"
-    );
+    assert!(err.starts_with(&format!("{}:3:11: ", path.display())), "{err}");
 }

@@ -97,7 +97,11 @@ impl PipelineMetrics {
         t.register("kspan_connections", "Connection table events, by reason", m.conns.clone());
         t.register("kspan_parse", "Protocol parser outcomes, by protocol and kind", m.parse.clone());
         t.register("kspan_open_connections", "Connections tracked now", m.open_connections.clone());
-        t.register("kspan_links", "Spans linked to a parent on this host, by kind (nested, cross_process)", m.links.clone());
+        t.register(
+            "kspan_links",
+            "Spans linked to a parent on this host, by kind (nested, cross_process)",
+            m.links.clone(),
+        );
         t.register(
             "kspan_link_released_unlinked",
             "Held spans released without a parent, by reason (no_parent: none in time, forced_out: a cap)",
@@ -118,7 +122,11 @@ impl PipelineMetrics {
         delta(&self.events_read, now.events_read, last.events_read);
         let r = |s: &str| Reason { reason: s.to_owned() };
         delta(&self.events_dropped.get_or_create(&r("undecodable")), now.events_undecodable, last.events_undecodable);
-        delta(&self.events_dropped.get_or_create(&r("unselected_process")), now.events_unselected, last.events_unselected);
+        delta(
+            &self.events_dropped.get_or_create(&r("unselected_process")),
+            now.events_unselected,
+            last.events_unselected,
+        );
         delta(&self.spans_built, now.spans_built, last.spans_built);
         delta(&self.spans_dropped.get_or_create(&r("queue_full")), now.spans_queue_full, last.spans_queue_full);
         delta(&self.bad_traceparent, now.bad_traceparent, last.bad_traceparent);

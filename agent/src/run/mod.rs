@@ -18,7 +18,9 @@ use crate::capture::{Capture, CaptureConfig, CaptureError};
 use crate::config::{Config, ConfigError, OutputKind};
 use crate::conntrack::{ConnLimits, ConnTable};
 use crate::enrich::process::{HostInfo, ProcessTable};
-use crate::export::{ExportConfigError, ExportError, ExportMetrics, Exporters, LineFormat, OtlpConfig, OtlpExporter, Output, StreamSink};
+use crate::export::{
+    ExportConfigError, ExportError, ExportMetrics, Exporters, LineFormat, OtlpConfig, OtlpExporter, Output, StreamSink,
+};
 use crate::span::builder::{Clock, SpanBuilder};
 use crate::span::link::{LinkLimits, Linker};
 use crate::span::model::Attributes;
@@ -211,4 +213,3 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     );
     Ok(())
 }
-

@@ -97,7 +97,9 @@ impl Pipeline {
         while !stop.load(Ordering::Relaxed) {
             let interval = self.drain_interval;
             let Self { capture, selector, conns, procs, counters, .. } = &mut self;
-            if let Err(e) = capture.poll(interval, |b| handle(b, selector, conns, procs, counters, &mut out, &mut exited)) {
+            if let Err(e) =
+                capture.poll(interval, |b| handle(b, selector, conns, procs, counters, &mut out, &mut exited))
+            {
                 tracing::error!("{e}");
                 std::thread::sleep(self.drain_interval);
             }

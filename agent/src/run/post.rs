@@ -15,8 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 
 use crate::export::Exporters;
-use crate::rules::reload::{ReloadStats, RulesHandle, spawn_reload};
 use crate::rules::RuleSet;
+use crate::rules::reload::{ReloadStats, RulesHandle, spawn_reload};
 use crate::sample::buffer::TraceBuffer;
 use crate::sample::{Reason, SampleStats, Sampler};
 use crate::span::builder::Clock;
@@ -76,10 +76,26 @@ impl Rules {
             published_failures: 0,
         };
         telemetry.register("kspan_rule_fired", "Spans each business rule fired on", r.fired.clone());
-        telemetry.register("kspan_sampling_decisions", "Spans kept or dropped by sampling, by reason", r.reasons.clone());
-        telemetry.register("kspan_rules_reload_failures", "Rule file reloads rejected (last good rules kept)", r.reload_failures.clone());
-        telemetry.register("kspan_rules_last_reload_ok", "1 if the last rule file (re)load succeeded", r.last_reload_ok.clone());
-        telemetry.register("kspan_sampling_held_spans", "Spans held waiting for their trace's decision", r.held.clone());
+        telemetry.register(
+            "kspan_sampling_decisions",
+            "Spans kept or dropped by sampling, by reason",
+            r.reasons.clone(),
+        );
+        telemetry.register(
+            "kspan_rules_reload_failures",
+            "Rule file reloads rejected (last good rules kept)",
+            r.reload_failures.clone(),
+        );
+        telemetry.register(
+            "kspan_rules_last_reload_ok",
+            "1 if the last rule file (re)load succeeded",
+            r.last_reload_ok.clone(),
+        );
+        telemetry.register(
+            "kspan_sampling_held_spans",
+            "Spans held waiting for their trace's decision",
+            r.held.clone(),
+        );
         r.last_reload_ok.set(1);
         r
     }
@@ -105,7 +121,9 @@ impl Rules {
         for (i, r) in Reason::ALL.iter().enumerate() {
             let n = self.stats.get(*r);
             if n > self.published_reasons[i] {
-                self.reasons.get_or_create(&ReasonLabel { reason: r.as_str().to_owned() }).inc_by(n - self.published_reasons[i]);
+                self.reasons
+                    .get_or_create(&ReasonLabel { reason: r.as_str().to_owned() })
+                    .inc_by(n - self.published_reasons[i]);
                 self.published_reasons[i] = n;
             }
         }

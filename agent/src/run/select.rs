@@ -33,7 +33,8 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 impl Selector {
     pub fn new(all: bool, pids: &[u32], exe: &[String]) -> Result<Self, regex::Error> {
-        let exe = exe.iter().map(|r| regex::RegexBuilder::new(r).size_limit(1 << 20).build()).collect::<Result<_, _>>()?;
+        let exe =
+            exe.iter().map(|r| regex::RegexBuilder::new(r).size_limit(1 << 20).build()).collect::<Result<_, _>>()?;
         Ok(Self { all, roots: pids.iter().copied().collect(), exe, decided: HashMap::new(), updates: Vec::new() })
     }
 

@@ -49,8 +49,7 @@ pub struct TraceBuffer {
 
 impl TraceBuffer {
     pub fn new(sampler: Sampler) -> Self {
-        let cap = NonZeroUsize::new(sampler.policy().hold.remember_decisions)
-            .unwrap_or(NonZeroUsize::MIN);
+        let cap = NonZeroUsize::new(sampler.policy().hold.remember_decisions).unwrap_or(NonZeroUsize::MIN);
         Self {
             sampler,
             traces: HashMap::new(),
@@ -108,14 +107,10 @@ impl TraceBuffer {
         let local_root = span.kind == SpanKind::Server || span.is_root();
         let id = span.trace_id;
         let generation = self.next_generation;
-        let held = self.traces.entry(id).or_insert_with(|| Held {
-            spans: Vec::new(),
-            generation,
-        });
+        let held = self.traces.entry(id).or_insert_with(|| Held { spans: Vec::new(), generation });
         if held.generation == generation {
             self.next_generation += 1;
-            self.expiry
-                .push_back((now_ns.saturating_add(hold.max_time.as_ns()), id, generation));
+            self.expiry.push_back((now_ns.saturating_add(hold.max_time.as_ns()), id, generation));
         }
         held.spans.push((span, a));
         self.held_spans += 1;
@@ -135,15 +130,8 @@ impl TraceBuffer {
                 break;
             }
             self.expiry.pop_front();
-            if self
-                .traces
-                .get(&id)
-                .is_some_and(|h| h.generation == generation)
-            {
-                self.sampler
-                    .stats()
-                    .hold_expired
-                    .fetch_add(1, Ordering::Relaxed);
+            if self.traces.get(&id).is_some_and(|h| h.generation == generation) {
+                self.sampler.stats().hold_expired.fetch_add(1, Ordering::Relaxed);
                 self.decide_trace(id, None, now_ns, out);
             }
         }
@@ -163,8 +151,7 @@ impl TraceBuffer {
     /// that keeps it bounded at amortised O(1) per span.
     fn compact_expiry(&mut self) {
         let traces = &self.traces;
-        self.expiry
-            .retain(|(_, id, g)| traces.get(id).is_some_and(|h| h.generation == *g));
+        self.expiry.retain(|(_, id, g)| traces.get(id).is_some_and(|h| h.generation == *g));
     }
 
     /// Entries in the expiry queue (bounded by `2 * max_spans`).
@@ -174,47 +161,26 @@ impl TraceBuffer {
 
     fn evict_oldest(&mut self, now_ns: u64, out: &mut Vec<Span>) {
         while let Some((_, id, generation)) = self.expiry.pop_front() {
-            if self
-                .traces
-                .get(&id)
-                .is_some_and(|h| h.generation == generation)
-            {
+            if self.traces.get(&id).is_some_and(|h| h.generation == generation) {
                 self.decide_trace(id, None, now_ns, out);
                 return;
             }
         }
     }
 
-    fn decide_trace(
-        &mut self,
-        id: TraceId,
-        root: Option<Assessment>,
-        now_ns: u64,
-        out: &mut Vec<Span>,
-    ) {
+    fn decide_trace(&mut self, id: TraceId, root: Option<Assessment>, now_ns: u64, out: &mut Vec<Span>) {
         let Some(held) = self.traces.remove(&id) else {
             return;
         };
         self.held_spans = self.held_spans.saturating_sub(held.spans.len());
-        let Some(combined) = Assessment::combine(held.spans.iter().map(|(_, a)| a), root.as_ref())
-        else {
+        let Some(combined) = Assessment::combine(held.spans.iter().map(|(_, a)| a), root.as_ref()) else {
             return;
         };
-        let trace_state = held
-            .spans
-            .first()
-            .map(|(s, _)| s.trace_state.as_str())
-            .unwrap_or("");
+        let trace_state = held.spans.first().map(|(s, _)| s.trace_state.as_str()).unwrap_or("");
         let r = consistent::randomness(&id, trace_state);
-        let tenant = held
-            .spans
-            .iter()
-            .rev()
-            .find_map(|(s, _)| self.sampler.tenant_of(s));
+        let tenant = held.spans.iter().rev().find_map(|(s, _)| self.sampler.tenant_of(s));
         let n = u32::try_from(held.spans.len()).unwrap_or(u32::MAX);
-        let d = self
-            .sampler
-            .decide(r, &combined, tenant.as_deref(), n, now_ns);
+        let d = self.sampler.decide(r, &combined, tenant.as_deref(), n, now_ns);
         self.sampler.stats().add(d.reason, held.spans.len() as u64);
         self.decided.put(id, d);
         if d.keep {
@@ -226,11 +192,7 @@ impl TraceBuffer {
     }
 
     fn emit_late(&mut self, mut span: Span, a: &Assessment, d: Decision, out: &mut Vec<Span>) {
-        let own = super::decide(
-            self.sampler.policy(),
-            consistent::randomness(&span.trace_id, &span.trace_state),
-            a,
-        );
+        let own = super::decide(self.sampler.policy(), consistent::randomness(&span.trace_id, &span.trace_state), a);
         let (keep, reason, rate) = if d.keep {
             (true, d.reason, d.rate)
         } else if own.keep && own.reason != Reason::KeptRate {
@@ -279,10 +241,7 @@ mod tests {
     fn buffer(yaml: &str) -> (TraceBuffer, Arc<SampleStats>) {
         let policy = Arc::new(SamplingPolicy::from_yaml_str(yaml).unwrap());
         let stats = Arc::new(SampleStats::default());
-        (
-            TraceBuffer::new(Sampler::new(policy, Arc::clone(&stats), 0)),
-            stats,
-        )
+        (TraceBuffer::new(Sampler::new(policy, Arc::clone(&stats), 0)), stats)
     }
 
     const LOW_R: u64 = 1; // dropped at any rate < 1
@@ -294,20 +253,10 @@ mod tests {
         let mut out = Vec::new();
         let mut child = span(1, LOW_R, SpanKind::Client, false, 5);
         child.status = SpanStatus::error("boom");
-        b.push(
-            span(1, LOW_R, SpanKind::Client, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
+        b.push(span(1, LOW_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
         b.push(child, &SamplingHints::default(), 0, &mut out);
         assert!(out.is_empty(), "held until the root completes");
-        b.push(
-            span(1, LOW_R, SpanKind::Server, false, 20),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
+        b.push(span(1, LOW_R, SpanKind::Server, false, 20), &SamplingHints::default(), 0, &mut out);
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|s| s.trace_state == "ot=th:0"));
         assert_eq!(stats.get(Reason::KeptError), 3);
@@ -318,76 +267,27 @@ mod tests {
     fn unremarkable_trace_follows_the_root_rate() {
         let (mut b, stats) = buffer("default_rate: 0.1\n");
         let mut out = Vec::new();
-        b.push(
-            span(2, LOW_R, SpanKind::Client, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
-        b.push(
-            span(2, LOW_R, SpanKind::Server, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
+        b.push(span(2, LOW_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
+        b.push(span(2, LOW_R, SpanKind::Server, false, 5), &SamplingHints::default(), 0, &mut out);
         assert!(out.is_empty());
         assert_eq!(stats.get(Reason::DroppedRate), 2);
-        b.push(
-            span(3, HIGH_R, SpanKind::Client, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
-        b.push(
-            span(3, HIGH_R, SpanKind::Server, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
+        b.push(span(3, HIGH_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
+        b.push(span(3, HIGH_R, SpanKind::Server, false, 5), &SamplingHints::default(), 0, &mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!(
-            out[0].trace_state,
-            format!(
-                "ot=th:{}",
-                consistent::threshold_hex(consistent::threshold(0.1))
-            )
-        );
+        assert_eq!(out[0].trace_state, format!("ot=th:{}", consistent::threshold_hex(consistent::threshold(0.1))));
     }
 
     #[test]
     fn slow_root_keeps_trace_and_critical_hint_keeps_trace() {
         let (mut b, stats) = buffer("default_rate: 0.0\nslow: {threshold: 1s}\n");
         let mut out = Vec::new();
-        b.push(
-            span(4, LOW_R, SpanKind::Client, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
-        b.push(
-            span(4, LOW_R, SpanKind::Server, false, 1500),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
+        b.push(span(4, LOW_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
+        b.push(span(4, LOW_R, SpanKind::Server, false, 1500), &SamplingHints::default(), 0, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(stats.get(Reason::KeptSlow), 2);
-        let critical = SamplingHints {
-            critical: true,
-            ..SamplingHints::default()
-        };
-        b.push(
-            span(5, LOW_R, SpanKind::Client, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
-        b.push(
-            span(5, LOW_R, SpanKind::Server, false, 5),
-            &critical,
-            0,
-            &mut out,
-        );
+        let critical = SamplingHints { critical: true, ..SamplingHints::default() };
+        b.push(span(5, LOW_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
+        b.push(span(5, LOW_R, SpanKind::Server, false, 5), &critical, 0, &mut out);
         assert_eq!(out.len(), 4);
         assert_eq!(stats.get(Reason::KeptCritical), 2);
     }
@@ -396,12 +296,7 @@ mod tests {
     fn hold_time_expiry_decides_rootless_traces() {
         let (mut b, stats) = buffer("default_rate: 1.0\nhold: {max_time: 2s}\n");
         let mut out = Vec::new();
-        b.push(
-            span(6, LOW_R, SpanKind::Client, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
+        b.push(span(6, LOW_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
         b.tick(1_999 * MS, &mut out);
         assert!(out.is_empty());
         b.tick(2_000 * MS, &mut out);
@@ -414,22 +309,12 @@ mod tests {
         let (mut b, stats) = buffer("hold: {max_spans_per_trace: 3, max_spans: 4}\n");
         let mut out = Vec::new();
         for _ in 0..3 {
-            b.push(
-                span(7, LOW_R, SpanKind::Client, false, 5),
-                &SamplingHints::default(),
-                0,
-                &mut out,
-            );
+            b.push(span(7, LOW_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
         }
         assert_eq!(out.len(), 3);
         assert_eq!(stats.trace_overflows.load(Ordering::Relaxed), 1);
         for t in 10..15 {
-            b.push(
-                span(t, LOW_R, SpanKind::Client, false, 5),
-                &SamplingHints::default(),
-                0,
-                &mut out,
-            );
+            b.push(span(t, LOW_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
         }
         assert!(b.held_spans() <= 4);
         assert_eq!(stats.buffer_overflows.load(Ordering::Relaxed), 1);
@@ -440,19 +325,9 @@ mod tests {
     fn late_spans_follow_the_decision_unless_they_are_errors() {
         let (mut b, stats) = buffer("default_rate: 0.0\n");
         let mut out = Vec::new();
-        b.push(
-            span(8, LOW_R, SpanKind::Server, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
+        b.push(span(8, LOW_R, SpanKind::Server, false, 5), &SamplingHints::default(), 0, &mut out);
         assert!(out.is_empty());
-        b.push(
-            span(8, LOW_R, SpanKind::Client, false, 5),
-            &SamplingHints::default(),
-            0,
-            &mut out,
-        );
+        b.push(span(8, LOW_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
         assert!(out.is_empty());
         let mut err = span(8, LOW_R, SpanKind::Client, false, 5);
         err.status = SpanStatus::error("x");
@@ -467,16 +342,8 @@ mod tests {
     fn rule_dropped_spans_are_not_held_and_counted() {
         let (mut b, stats) = buffer("{}");
         let mut out = Vec::new();
-        let drop = SamplingHints {
-            drop: true,
-            ..SamplingHints::default()
-        };
-        b.push(
-            span(9, HIGH_R, SpanKind::Server, true, 5),
-            &drop,
-            0,
-            &mut out,
-        );
+        let drop = SamplingHints { drop: true, ..SamplingHints::default() };
+        b.push(span(9, HIGH_R, SpanKind::Server, true, 5), &drop, 0, &mut out);
         assert!(out.is_empty());
         assert_eq!(b.held_spans(), 0);
         assert_eq!(stats.get(Reason::DroppedRule), 1);
@@ -487,18 +354,8 @@ mod tests {
         let (mut b, stats) = buffer("rate_limit: {spans_per_second: 1, burst: 3}\n");
         let mut out = Vec::new();
         for t in 20..24 {
-            b.push(
-                span(t, HIGH_R, SpanKind::Client, false, 5),
-                &SamplingHints::default(),
-                0,
-                &mut out,
-            );
-            b.push(
-                span(t, HIGH_R, SpanKind::Server, false, 5),
-                &SamplingHints::default(),
-                0,
-                &mut out,
-            );
+            b.push(span(t, HIGH_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
+            b.push(span(t, HIGH_R, SpanKind::Server, false, 5), &SamplingHints::default(), 0, &mut out);
         }
         assert_eq!(out.len(), 2, "one 2-span trace fits the 3-token burst");
         assert_eq!(stats.get(Reason::DroppedRateLimit), 6);
@@ -509,17 +366,8 @@ mod tests {
         let (mut b, _) = buffer("hold: {max_spans: 8}\n");
         let mut out = Vec::new();
         for t in 0..200u8 {
-            b.push(
-                span(t, HIGH_R, SpanKind::Server, true, 5),
-                &SamplingHints::default(),
-                0,
-                &mut out,
-            );
-            assert!(
-                b.expiry_len() <= 16,
-                "expiry queue grew to {}",
-                b.expiry_len()
-            );
+            b.push(span(t, HIGH_R, SpanKind::Server, true, 5), &SamplingHints::default(), 0, &mut out);
+            assert!(b.expiry_len() <= 16, "expiry queue grew to {}", b.expiry_len());
         }
         assert_eq!(out.len(), 200);
     }
@@ -529,12 +377,7 @@ mod tests {
         let (mut b, _) = buffer("{}");
         let mut out = Vec::new();
         for t in 30..33 {
-            b.push(
-                span(t, HIGH_R, SpanKind::Client, false, 5),
-                &SamplingHints::default(),
-                0,
-                &mut out,
-            );
+            b.push(span(t, HIGH_R, SpanKind::Client, false, 5), &SamplingHints::default(), 0, &mut out);
         }
         b.flush(0, &mut out);
         assert_eq!(out.len(), 3);

@@ -33,9 +33,7 @@ pub fn threshold(rate: f64) -> u64 {
 
 /// The 56 random bits of a trace id (bytes 9..16, big endian).
 pub fn trace_randomness(trace_id: &[u8; 16]) -> u64 {
-    trace_id[9..]
-        .iter()
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    trace_id[9..].iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }
 
 /// Randomness for a span: explicit `ot=rv:` in tracestate wins over the trace id.
@@ -45,10 +43,7 @@ pub fn randomness(trace_id: &[u8; 16], tracestate: &str) -> u64 {
 
 /// `rv` sub-key of the `ot` tracestate member: exactly 14 hex digits.
 pub fn explicit_randomness(tracestate: &str) -> Option<u64> {
-    let ot = tracestate
-        .split(',')
-        .map(str::trim)
-        .find_map(|m| m.strip_prefix("ot="))?;
+    let ot = tracestate.split(',').map(str::trim).find_map(|m| m.strip_prefix("ot="))?;
     let rv = ot.split(';').find_map(|kv| kv.strip_prefix("rv:"))?;
     if rv.len() != 14 {
         return None;
@@ -66,11 +61,7 @@ pub fn keeps(r: u64, rate: f64) -> bool {
 pub fn threshold_hex(t: u64) -> String {
     let full = format!("{:014x}", t.min(MAX_THRESHOLD - 1));
     let trimmed = full.trim_end_matches('0');
-    if trimmed.is_empty() {
-        "0".to_owned()
-    } else {
-        trimmed.to_owned()
-    }
+    if trimmed.is_empty() { "0".to_owned() } else { trimmed.to_owned() }
 }
 
 /// Returns `existing` with the `ot` member's `th` sub-key set to `th`
@@ -84,10 +75,7 @@ pub fn merge_tracestate(existing: &str, th: &str) -> String {
     for member in existing.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         match member.strip_prefix("ot=") {
             Some(old) => {
-                for kv in old
-                    .split(';')
-                    .filter(|kv| !kv.is_empty() && !kv.starts_with("th:"))
-                {
+                for kv in old.split(';').filter(|kv| !kv.is_empty() && !kv.starts_with("th:")) {
                     ot_value.push(';');
                     ot_value.push_str(kv);
                 }
@@ -153,10 +141,7 @@ mod tests {
     #[test]
     fn explicit_rv_overrides_trace_id() {
         let id = id_with_r(0);
-        assert_eq!(
-            randomness(&id, "foo=bar,ot=th:8;rv:ffffffffffffff"),
-            0xff_ffff_ffff_ffff
-        );
+        assert_eq!(randomness(&id, "foo=bar,ot=th:8;rv:ffffffffffffff"), 0xff_ffff_ffff_ffff);
         assert_eq!(randomness(&id, "ot=rv:fff"), 0, "malformed rv is ignored");
     }
 
@@ -164,10 +149,7 @@ mod tests {
     fn merge_replaces_th_keeps_other_members_and_moves_ot_first() {
         assert_eq!(merge_tracestate("", "8"), "ot=th:8");
         assert_eq!(merge_tracestate("vendor=x", "c"), "ot=th:c,vendor=x");
-        assert_eq!(
-            merge_tracestate("a=1,ot=th:4;rv:0123456789abcd,b=2", "c"),
-            "ot=th:c;rv:0123456789abcd,a=1,b=2"
-        );
+        assert_eq!(merge_tracestate("a=1,ot=th:4;rv:0123456789abcd,b=2", "c"), "ot=th:c;rv:0123456789abcd,a=1,b=2");
         let mut ts = String::from("ot=th:0");
         record_rate(&mut ts, 0.5);
         assert_eq!(ts, "ot=th:8");

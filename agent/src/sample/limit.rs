@@ -22,12 +22,7 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(per_second: f64, burst: u32, now_ns: u64) -> Self {
         let burst = f64::from(burst.max(1));
-        Self {
-            rate_per_ns: per_second.max(0.0) / 1e9,
-            burst,
-            tokens: burst,
-            last_ns: now_ns,
-        }
+        Self { rate_per_ns: per_second.max(0.0) / 1e9, burst, tokens: burst, last_ns: now_ns }
     }
 
     /// Changes rate and burst, keeping the tokens banked (capped to the new burst).
@@ -75,12 +70,7 @@ pub struct TenantBudgets {
 impl TenantBudgets {
     pub fn new(per_second: f64, burst: u32, max_tenants: usize) -> Self {
         let cap = NonZeroUsize::new(max_tenants).unwrap_or(NonZeroUsize::MIN);
-        Self {
-            per_second,
-            burst,
-            buckets: LruCache::new(cap),
-            evictions: 0,
-        }
+        Self { per_second, burst, buckets: LruCache::new(cap), evictions: 0 }
     }
 
     /// Changes limits for all tenants (existing buckets keep their tokens).
@@ -137,9 +127,7 @@ mod tests {
     fn bucket_over_a_long_run_keeps_the_rate() {
         let mut b = TokenBucket::new(100.0, 10, 0);
         // 10,000 requests over 10 s (1 per ms): ~1000 + burst allowed.
-        let kept = (0..10_000u64)
-            .filter(|i| b.try_take(1, i * SEC / 1000))
-            .count();
+        let kept = (0..10_000u64).filter(|i| b.try_take(1, i * SEC / 1000)).count();
         assert!((1000..=1011).contains(&kept), "kept {kept}");
     }
 

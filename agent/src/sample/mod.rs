@@ -68,10 +68,7 @@ impl Reason {
     }
 
     pub fn is_kept(self) -> bool {
-        matches!(
-            self,
-            Reason::KeptError | Reason::KeptCritical | Reason::KeptSlow | Reason::KeptRate
-        )
+        matches!(self, Reason::KeptError | Reason::KeptCritical | Reason::KeptSlow | Reason::KeptRate)
     }
 
     fn index(self) -> usize {
@@ -104,10 +101,7 @@ impl SampleStats {
     }
     /// Spans per sampling reason, e.g. `("kept_error", 12)`.
     pub fn fired_counts(&self) -> Vec<(&'static str, u64)> {
-        Reason::ALL
-            .iter()
-            .map(|r| (r.as_str(), self.get(*r)))
-            .collect()
+        Reason::ALL.iter().map(|r| (r.as_str(), self.get(*r))).collect()
     }
 }
 
@@ -147,10 +141,7 @@ pub struct Assessment {
 impl Assessment {
     /// Combines the facts of a trace's spans: flags OR-ed, the highest
     /// priority; the base rate is `root`'s when given, else the highest.
-    pub fn combine<'a>(
-        all: impl Iterator<Item = &'a Assessment>,
-        root: Option<&Assessment>,
-    ) -> Option<Assessment> {
+    pub fn combine<'a>(all: impl Iterator<Item = &'a Assessment>, root: Option<&Assessment>) -> Option<Assessment> {
         let mut acc: Option<Assessment> = None;
         for a in all {
             acc = Some(match acc {
@@ -198,11 +189,7 @@ pub fn attr_text<'a>(span: &'a Span, key: &str) -> Option<Cow<'a, str>> {
 /// Whether a span is an error: status error, or an HTTP status >= 500.
 pub fn is_error(span: &Span) -> bool {
     span.status.code == StatusCode::Error
-        || span
-            .attributes
-            .get("http.response.status_code")
-            .and_then(|v| v.as_i64())
-            .is_some_and(|c| c >= 500)
+        || span.attributes.get("http.response.status_code").and_then(|v| v.as_i64()).is_some_and(|c| c >= 500)
 }
 
 /// The pure part of a decision (no rate limits): keep-if classes first, then
@@ -224,21 +211,9 @@ pub fn decide(policy: &SamplingPolicy, r: u64, a: &Assessment) -> Decision {
         }
     }
     match first_keeper {
-        Some(reason) => Decision {
-            keep: true,
-            reason,
-            rate: effective,
-        },
-        None if consistent::keeps(r, a.rate) => Decision {
-            keep: true,
-            reason: Reason::KeptRate,
-            rate: effective,
-        },
-        None => Decision {
-            keep: false,
-            reason: Reason::DroppedRate,
-            rate: effective,
-        },
+        Some(reason) => Decision { keep: true, reason, rate: effective },
+        None if consistent::keeps(r, a.rate) => Decision { keep: true, reason: Reason::KeptRate, rate: effective },
+        None => Decision { keep: false, reason: Reason::DroppedRate, rate: effective },
     }
 }
 
@@ -254,12 +229,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(policy: Arc<SamplingPolicy>, stats: Arc<SampleStats>, now_ns: u64) -> Self {
-        let mut s = Self {
-            policy: Arc::new(SamplingPolicy::default()),
-            global: None,
-            tenants: None,
-            stats,
-        };
+        let mut s = Self { policy: Arc::new(SamplingPolicy::default()), global: None, tenants: None, stats };
         s.set_policy(policy, now_ns);
         s
     }
@@ -277,26 +247,20 @@ impl Sampler {
         if Arc::ptr_eq(&policy, &self.policy) {
             return;
         }
-        self.global = policy
-            .rate_limit
-            .as_ref()
-            .map(|l| match self.global.take() {
-                Some(mut b) => {
-                    b.reconfigure(l.spans_per_second.0, l.burst);
-                    b
-                }
-                None => TokenBucket::new(l.spans_per_second.0, l.burst, now_ns),
-            });
-        self.tenants = policy
-            .tenant_budget
-            .as_ref()
-            .map(|t| match self.tenants.take() {
-                Some(mut b) => {
-                    b.reconfigure(t.spans_per_second.0, t.burst, t.max_tenants);
-                    b
-                }
-                None => TenantBudgets::new(t.spans_per_second.0, t.burst, t.max_tenants),
-            });
+        self.global = policy.rate_limit.as_ref().map(|l| match self.global.take() {
+            Some(mut b) => {
+                b.reconfigure(l.spans_per_second.0, l.burst);
+                b
+            }
+            None => TokenBucket::new(l.spans_per_second.0, l.burst, now_ns),
+        });
+        self.tenants = policy.tenant_budget.as_ref().map(|t| match self.tenants.take() {
+            Some(mut b) => {
+                b.reconfigure(t.spans_per_second.0, t.burst, t.max_tenants);
+                b
+            }
+            None => TenantBudgets::new(t.spans_per_second.0, t.burst, t.max_tenants),
+        });
         self.policy = policy;
     }
 
@@ -313,10 +277,7 @@ impl Sampler {
         Assessment {
             error: is_error(span),
             critical: hints.critical,
-            slow: p
-                .slow
-                .as_ref()
-                .is_some_and(|s| span.duration_ns() >= s.threshold.as_ns()),
+            slow: p.slow.as_ref().is_some_and(|s| span.duration_ns() >= s.threshold.as_ns()),
             rate,
             rate_source,
             priority: hints.priority,
@@ -331,30 +292,16 @@ impl Sampler {
 
     /// Decides for `spans` spans sharing randomness `r`, applying the tenant
     /// budget and the global limit to rate-kept traffic. Does not count.
-    pub fn decide(
-        &mut self,
-        r: u64,
-        a: &Assessment,
-        tenant: Option<&str>,
-        spans: u32,
-        now_ns: u64,
-    ) -> Decision {
+    pub fn decide(&mut self, r: u64, a: &Assessment, tenant: Option<&str>, spans: u32, now_ns: u64) -> Decision {
         let mut d = decide(&self.policy, r, a);
-        let exempt = self
-            .policy
-            .rate_limit
-            .as_ref()
-            .and_then(|l| l.exempt_priority)
-            .is_some_and(|p| a.priority >= p);
+        let exempt = self.policy.rate_limit.as_ref().and_then(|l| l.exempt_priority).is_some_and(|p| a.priority >= p);
         if d.reason != Reason::KeptRate || exempt {
             return d;
         }
         if let (Some(budgets), Some(tenant)) = (self.tenants.as_mut(), tenant) {
             let before = budgets.evictions;
             let ok = budgets.try_take(tenant, spans, now_ns);
-            self.stats
-                .tenant_evictions
-                .fetch_add(budgets.evictions - before, Ordering::Relaxed);
+            self.stats.tenant_evictions.fetch_add(budgets.evictions - before, Ordering::Relaxed);
             if !ok {
                 d.keep = false;
                 d.reason = Reason::DroppedTenantBudget;
@@ -375,11 +322,7 @@ impl Sampler {
     pub fn sample_span(&mut self, span: &mut Span, hints: &SamplingHints, now_ns: u64) -> Decision {
         if hints.drop {
             self.stats.add(Reason::DroppedRule, 1);
-            return Decision {
-                keep: false,
-                reason: Reason::DroppedRule,
-                rate: 0.0,
-            };
+            return Decision { keep: false, reason: Reason::DroppedRule, rate: 0.0 };
         }
         let a = self.assess(span, hints);
         let tenant = self.tenant_of(span);

@@ -43,15 +43,12 @@ impl<'de> Deserialize<'de> for Rate {
                 Rate::new(v as f64).ok_or_else(|| E::custom(format!("rate {v} is outside 0..=1")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Rate, E> {
-                let pct = v.trim().strip_suffix('%').ok_or_else(|| {
-                    E::custom(format!("rate {v:?} is not a number or a percentage"))
-                })?;
-                let n: f64 = pct
+                let pct = v
                     .trim()
-                    .parse()
-                    .map_err(|_| E::custom(format!("rate {v:?} is not a percentage")))?;
-                Rate::new(n / 100.0)
-                    .ok_or_else(|| E::custom(format!("rate {v} is outside 0%..=100%")))
+                    .strip_suffix('%')
+                    .ok_or_else(|| E::custom(format!("rate {v:?} is not a number or a percentage")))?;
+                let n: f64 = pct.trim().parse().map_err(|_| E::custom(format!("rate {v:?} is not a percentage")))?;
+                Rate::new(n / 100.0).ok_or_else(|| E::custom(format!("rate {v} is outside 0%..=100%")))
             }
         }
         d.deserialize_any(V)
@@ -83,8 +80,7 @@ impl HumanDuration {
             _ => return None,
         };
         let ns = n * scale;
-        (ns.is_finite() && ns >= 0.0 && ns < u64::MAX as f64)
-            .then_some(HumanDuration(ns.round() as u64))
+        (ns.is_finite() && ns >= 0.0 && ns < u64::MAX as f64).then_some(HumanDuration(ns.round() as u64))
     }
 }
 
@@ -112,8 +108,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str("a duration with a unit, e.g. 250ms, 1s, 2m")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
-                HumanDuration::parse(v)
-                    .ok_or_else(|| E::custom(format!("bad duration {v:?}: expected a number and a unit (ns, us, ms, s, m, h), e.g. 250ms")))
+                HumanDuration::parse(v).ok_or_else(|| {
+                    E::custom(format!(
+                        "bad duration {v:?}: expected a number and a unit (ns, us, ms, s, m, h), e.g. 250ms"
+                    ))
+                })
             }
         }
         d.deserialize_str(V)
@@ -142,9 +141,7 @@ impl<K: PartialEq, V> OrderedMap<K, V> {
     }
 }
 
-impl<'de, K: Deserialize<'de> + PartialEq, V: Deserialize<'de>> Deserialize<'de>
-    for OrderedMap<K, V>
-{
+impl<'de, K: Deserialize<'de> + PartialEq, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<K, V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Vis<K, V>(PhantomData<(K, V)>);
         impl<'de, K: Deserialize<'de> + PartialEq, V: Deserialize<'de>> Visitor<'de> for Vis<K, V> {
@@ -297,10 +294,7 @@ impl SamplingPolicy {
     }
 
     /// Rate from `by_attribute` for a span, looking values up with `get`.
-    pub fn attribute_rate<'a>(
-        &self,
-        mut get: impl FnMut(&str) -> Option<std::borrow::Cow<'a, str>>,
-    ) -> Option<f64> {
+    pub fn attribute_rate<'a>(&self, mut get: impl FnMut(&str) -> Option<std::borrow::Cow<'a, str>>) -> Option<f64> {
         for (attr, values) in self.by_attribute.iter() {
             if let Some(v) = get(attr)
                 && let Some((_, r)) = values.iter().find(|(k, _)| k.as_str() == v.as_ref())
@@ -327,10 +321,7 @@ impl SamplingPolicy {
             let _ = write!(s, ", slow (>= {}) {}", slow.threshold, pct(slow.rate));
         }
         for (attr, values) in self.by_attribute.iter() {
-            let list: Vec<String> = values
-                .iter()
-                .map(|(k, r)| format!("{k}={}", pct(*r)))
-                .collect();
+            let list: Vec<String> = values.iter().map(|(k, r)| format!("{k}={}", pct(*r))).collect();
             let _ = write!(s, ", by {attr}: {}", list.join(" "));
         }
         for (class, r) in self.classes.iter() {
@@ -340,11 +331,7 @@ impl SamplingPolicy {
             let _ = write!(s, ", limit {}/s burst {}", l.spans_per_second.0, l.burst);
         }
         if let Some(t) = &self.tenant_budget {
-            let _ = write!(
-                s,
-                ", per-{} budget {}/s burst {}",
-                t.attribute, t.spans_per_second.0, t.burst
-            );
+            let _ = write!(s, ", per-{} budget {}/s burst {}", t.attribute, t.spans_per_second.0, t.burst);
         }
         let _ = write!(
             s,
@@ -371,8 +358,7 @@ mod tests {
 
     #[test]
     fn rate_outside_unit_interval_is_an_error_with_position() {
-        let err = serde_yaml::from_str::<SamplingPolicy>("default_rate: 0.1\nerrors_rate: 1.5\n")
-            .unwrap_err();
+        let err = serde_yaml::from_str::<SamplingPolicy>("default_rate: 0.1\nerrors_rate: 1.5\n").unwrap_err();
         assert!(err.to_string().contains("outside 0..=1"), "{err}");
         let loc = err.location().unwrap();
         assert_eq!((loc.line(), loc.column()), (2, 14));
@@ -380,18 +366,9 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(
-            HumanDuration::parse("250ms"),
-            Some(HumanDuration(250_000_000))
-        );
-        assert_eq!(
-            HumanDuration::parse("1.5s"),
-            Some(HumanDuration(1_500_000_000))
-        );
-        assert_eq!(
-            HumanDuration::parse("2m"),
-            Some(HumanDuration(120_000_000_000))
-        );
+        assert_eq!(HumanDuration::parse("250ms"), Some(HumanDuration(250_000_000)));
+        assert_eq!(HumanDuration::parse("1.5s"), Some(HumanDuration(1_500_000_000)));
+        assert_eq!(HumanDuration::parse("2m"), Some(HumanDuration(120_000_000_000)));
         assert_eq!(HumanDuration::parse("10"), None);
         assert_eq!(HumanDuration::parse("ms"), None);
         assert_eq!(HumanDuration::parse("3 fortnights"), None);
@@ -404,12 +381,8 @@ mod tests {
         let p = SamplingPolicy::from_yaml_str("{}").unwrap();
         assert_eq!(p, SamplingPolicy::default());
         assert_eq!(p.default_rate.get(), 1.0);
-        let err =
-            SamplingPolicy::from_yaml_str("default_rate: 0.1\nerror_rate: 1.0\n").unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `error_rate`"),
-            "{err}"
-        );
+        let err = SamplingPolicy::from_yaml_str("default_rate: 0.1\nerror_rate: 1.0\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `error_rate`"), "{err}");
     }
 
     #[test]

@@ -49,11 +49,7 @@ fn assert_binomial(kept: usize, n: usize, p: f64) {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
     let z = 3.291; // 99.9% two-sided
-    assert!(
-        (kept as f64 - mean).abs() <= z * sd,
-        "kept {kept} of {n}, expected {mean} +- {}",
-        z * sd
-    );
+    assert!((kept as f64 - mean).abs() <= z * sd, "kept {kept} of {n}, expected {mean} +- {}", z * sd);
 }
 
 #[test]
@@ -61,12 +57,7 @@ fn default_rate_keeps_its_share_of_random_traces() {
     let mut s = sampler("default_rate: 0.1\n");
     let mut ids = Ids(42);
     let n = 20_000;
-    let kept = (0..n)
-        .filter(|_| {
-            s.sample_span(&mut span(ids.next()), &SamplingHints::default(), 0)
-                .keep
-        })
-        .count();
+    let kept = (0..n).filter(|_| s.sample_span(&mut span(ids.next()), &SamplingHints::default(), 0).keep).count();
     assert_binomial(kept, n, 0.1);
     assert_eq!(s.stats().get(Reason::KeptRate) as usize, kept);
     assert_eq!(s.stats().get(Reason::DroppedRate) as usize, n - kept);
@@ -85,38 +76,22 @@ fn errors_and_critical_are_always_kept() {
         assert_eq!(sp.trace_state, "ot=th:0");
 
         let mut sp = span(ids.next());
-        sp.attributes
-            .set("http.response.status_code", AttrValue::Int(503));
-        assert_eq!(
-            s.sample_span(&mut sp, &SamplingHints::default(), 0).reason,
-            Reason::KeptError
-        );
+        sp.attributes.set("http.response.status_code", AttrValue::Int(503));
+        assert_eq!(s.sample_span(&mut sp, &SamplingHints::default(), 0).reason, Reason::KeptError);
 
-        let crit = SamplingHints {
-            critical: true,
-            ..SamplingHints::default()
-        };
-        assert_eq!(
-            s.sample_span(&mut span(ids.next()), &crit, 0).reason,
-            Reason::KeptCritical
-        );
+        let crit = SamplingHints { critical: true, ..SamplingHints::default() };
+        assert_eq!(s.sample_span(&mut span(ids.next()), &crit, 0).reason, Reason::KeptCritical);
     }
     assert_eq!(s.stats().get(Reason::DroppedRate), 0);
 }
 
 #[test]
 fn tier_rates_hold_and_rule_rate_beats_attribute_rate() {
-    let mut s = sampler(
-        "default_rate: 0.1\nby_attribute:\n  tenant.tier: {enterprise: 1.0, premium: 0.5, standard: 0.1}\n",
-    );
+    let mut s =
+        sampler("default_rate: 0.1\nby_attribute:\n  tenant.tier: {enterprise: 1.0, premium: 0.5, standard: 0.1}\n");
     let mut ids = Ids(99);
     let n = 10_000;
-    for (tier, p) in [
-        ("enterprise", 1.0),
-        ("premium", 0.5),
-        ("standard", 0.1),
-        ("unknown", 0.1),
-    ] {
+    for (tier, p) in [("enterprise", 1.0), ("premium", 0.5), ("standard", 0.1), ("unknown", 0.1)] {
         let kept = (0..n)
             .filter(|_| {
                 let mut sp = span(ids.next());
@@ -124,16 +99,9 @@ fn tier_rates_hold_and_rule_rate_beats_attribute_rate() {
                 s.sample_span(&mut sp, &SamplingHints::default(), 0).keep
             })
             .count();
-        if p == 1.0 {
-            assert_eq!(kept, n)
-        } else {
-            assert_binomial(kept, n, p)
-        }
+        if p == 1.0 { assert_eq!(kept, n) } else { assert_binomial(kept, n, p) }
     }
-    let rule = SamplingHints {
-        rate: Some(0.05),
-        ..SamplingHints::default()
-    };
+    let rule = SamplingHints { rate: Some(0.05), ..SamplingHints::default() };
     let kept = (0..n)
         .filter(|_| {
             let mut sp = span(ids.next());
@@ -153,10 +121,7 @@ fn same_trace_same_decision_and_lower_rates_keep_subsets() {
         let r = consistent::trace_randomness(&id);
         let kept: Vec<bool> = rates.iter().map(|p| consistent::keeps(r, *p)).collect();
         for w in kept.windows(2) {
-            assert!(
-                !w[0] || w[1],
-                "kept at a lower rate but not at a higher one"
-            );
+            assert!(!w[0] || w[1], "kept at a lower rate but not at a higher one");
         }
         let mut a = sampler("default_rate: 0.25\n");
         let mut b = sampler("default_rate: 0.25\n");
@@ -173,16 +138,10 @@ fn slow_spans_are_kept_and_fast_ones_sampled() {
     let mut ids = Ids(5);
     let mut sp = span(ids.next());
     sp.end_unix_ns = 1_000_000_000;
-    assert_eq!(
-        s.sample_span(&mut sp, &SamplingHints::default(), 0).reason,
-        Reason::KeptSlow
-    );
+    assert_eq!(s.sample_span(&mut sp, &SamplingHints::default(), 0).reason, Reason::KeptSlow);
     let mut sp = span(ids.next());
     sp.end_unix_ns = 999_999_999;
-    assert_eq!(
-        s.sample_span(&mut sp, &SamplingHints::default(), 0).reason,
-        Reason::DroppedRate
-    );
+    assert_eq!(s.sample_span(&mut sp, &SamplingHints::default(), 0).reason, Reason::DroppedRate);
 }
 
 #[test]
@@ -197,36 +156,16 @@ fn limits_apply_to_rate_kept_traffic_only() {
         sp
     };
     let h = SamplingHints::default();
-    assert_eq!(
-        s.sample_span(&mut tenant_span("a"), &h, 0).reason,
-        Reason::KeptRate
-    );
-    assert_eq!(
-        s.sample_span(&mut tenant_span("a"), &h, 0).reason,
-        Reason::DroppedTenantBudget
-    );
-    assert_eq!(
-        s.sample_span(&mut tenant_span("b"), &h, 0).reason,
-        Reason::KeptRate
-    );
-    assert_eq!(
-        s.sample_span(&mut tenant_span("c"), &h, 0).reason,
-        Reason::DroppedRateLimit
-    );
+    assert_eq!(s.sample_span(&mut tenant_span("a"), &h, 0).reason, Reason::KeptRate);
+    assert_eq!(s.sample_span(&mut tenant_span("a"), &h, 0).reason, Reason::DroppedTenantBudget);
+    assert_eq!(s.sample_span(&mut tenant_span("b"), &h, 0).reason, Reason::KeptRate);
+    assert_eq!(s.sample_span(&mut tenant_span("c"), &h, 0).reason, Reason::DroppedRateLimit);
     let mut err = tenant_span("a");
     err.status = SpanStatus::error("x");
-    assert_eq!(
-        s.sample_span(&mut err, &h, 0).reason,
-        Reason::KeptError,
-        "errors bypass limits"
-    );
+    assert_eq!(s.sample_span(&mut err, &h, 0).reason, Reason::KeptError, "errors bypass limits");
     assert_eq!(s.stats().tenant_evictions.load(Ordering::Relaxed), 1);
     // A second later the global bucket has a token again.
-    assert_eq!(
-        s.sample_span(&mut tenant_span("d"), &h, 1_000_000_000)
-            .reason,
-        Reason::KeptRate
-    );
+    assert_eq!(s.sample_span(&mut tenant_span("d"), &h, 1_000_000_000).reason, Reason::KeptRate);
 }
 
 #[test]
@@ -236,10 +175,7 @@ fn exempt_priority_bypasses_the_global_limit() {
     let h = SamplingHints::default();
     assert!(s.sample_span(&mut span(ids.next()), &h, 0).keep);
     assert!(!s.sample_span(&mut span(ids.next()), &h, 0).keep);
-    let vip = SamplingHints {
-        priority: 5,
-        ..SamplingHints::default()
-    };
+    let vip = SamplingHints { priority: 5, ..SamplingHints::default() };
     assert!(s.sample_span(&mut span(ids.next()), &vip, 0).keep);
 }
 
@@ -249,11 +185,7 @@ fn policy_switch_keeps_limiter_state() {
     let mut ids = Ids(8);
     let h = SamplingHints::default();
     assert!(s.sample_span(&mut span(ids.next()), &h, 0).keep);
-    let next =
-        SamplingPolicy::from_yaml_str("rate_limit: {spans_per_second: 1, burst: 5}\n").unwrap();
+    let next = SamplingPolicy::from_yaml_str("rate_limit: {spans_per_second: 1, burst: 5}\n").unwrap();
     s.set_policy(Arc::new(next), 0);
-    assert!(
-        !s.sample_span(&mut span(ids.next()), &h, 0).keep,
-        "bucket was empty before the switch"
-    );
+    assert!(!s.sample_span(&mut span(ids.next()), &h, 0).keep, "bucket was empty before the switch");
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use rand::rngs::SmallRng;
 
 use super::context::{new_span_id, new_trace_id, parse_traceparent};
 use super::model::{ProcessResource, Span, SpanKind};

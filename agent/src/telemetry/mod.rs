@@ -31,8 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// Default listen address of the telemetry endpoint (the caller configures it).
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 /// Connections served concurrently; more wait until one finishes.
 pub const MAX_CONNECTIONS: usize = 32;
 /// A connection (keep-alive included) is closed after this long.
@@ -44,10 +43,7 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("cannot listen on {addr} for the telemetry endpoint: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the telemetry endpoint must be started from inside a tokio runtime")]
     NoRuntime,
 }
@@ -60,19 +56,14 @@ pub struct Telemetry {
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Telemetry")
-            .field("ready", &self.is_ready())
-            .finish_non_exhaustive()
+        f.debug_struct("Telemetry").field("ready", &self.is_ready()).finish_non_exhaustive()
     }
 }
 
 impl Telemetry {
     /// A new, not-yet-ready handle with an empty registry.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            registry: Mutex::new(Registry::default()),
-            ready: AtomicBool::new(false),
-        })
+        Arc::new(Self { registry: Mutex::new(Registry::default()), ready: AtomicBool::new(false) })
     }
 
     /// Registers any prometheus-client metric (Counter, Gauge, Histogram,
@@ -104,9 +95,7 @@ impl Telemetry {
     fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         // A panic while holding the lock cannot leave the registry half-updated
         // in a way that matters for reading it, so a poisoned lock is reused.
-        self.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Binds `addr` now (so a bad address fails at start) and serves
@@ -117,8 +106,7 @@ impl Telemetry {
         addr: SocketAddr,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<JoinHandle<()>, TelemetryError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
         let bind = |source| TelemetryError::Bind { addr, source };
         let std_listener = std::net::TcpListener::bind(addr).map_err(bind)?;
         std_listener.set_nonblocking(true).map_err(bind)?;
@@ -132,11 +120,7 @@ impl Telemetry {
     }
 }
 
-async fn accept_loop(
-    telemetry: Arc<Telemetry>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
+async fn accept_loop(telemetry: Arc<Telemetry>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -182,10 +166,8 @@ fn route(telemetry: &Telemetry, req: &Request<Incoming>) -> Response<Full<Bytes>
     match req.uri().path() {
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(telemetry.encode())));
-            resp.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
-            );
+            resp.headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE));
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -198,10 +180,8 @@ fn route(telemetry: &Telemetry, req: &Request<Incoming>) -> Response<Full<Bytes>
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -218,14 +198,8 @@ mod tests {
         stream.write_all(req.as_bytes()).await.expect("write");
         let mut buf = String::new();
         stream.read_to_string(&mut buf).await.expect("read");
-        let status = buf
-            .get(9..12)
-            .and_then(|s| s.parse().ok())
-            .expect("status line");
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let status = buf.get(9..12).and_then(|s| s.parse().ok()).expect("status line");
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
         (status, body)
     }
 
@@ -234,13 +208,9 @@ mod tests {
         let t = Telemetry::new();
         let fam: Family<Vec<(String, String)>, Counter> = Family::default();
         t.register("kspan_test_things", "Things.", fam.clone());
-        fam.get_or_create(&vec![("kind".into(), "a".into())])
-            .inc_by(3);
+        fam.get_or_create(&vec![("kind".into(), "a".into())]).inc_by(3);
         let text = t.encode();
-        assert!(
-            text.contains("kspan_test_things_total{kind=\"a\"} 3"),
-            "{text}"
-        );
+        assert!(text.contains("kspan_test_things_total{kind=\"a\"} 3"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 
@@ -272,31 +242,21 @@ mod tests {
         assert_eq!(get(addr, "/nope").await.0, 404);
 
         stop_tx.send(()).expect("stop");
-        tokio::time::timeout(Duration::from_secs(5), handle)
-            .await
-            .expect("stops")
-            .expect("join");
-        assert!(
-            tokio::net::TcpStream::connect(addr).await.is_err(),
-            "listener closed after shutdown"
-        );
+        tokio::time::timeout(Duration::from_secs(5), handle).await.expect("stops").expect("join");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed after shutdown");
     }
 
     #[tokio::test]
     async fn bind_failure_is_reported_with_address() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let err = Telemetry::new()
-            .serve(addr, std::future::pending())
-            .expect_err("port in use");
+        let err = Telemetry::new().serve(addr, std::future::pending()).expect_err("port in use");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
     }
 
     #[test]
     fn serve_outside_runtime_is_an_error_not_a_panic() {
-        let err = Telemetry::new()
-            .serve(DEFAULT_ADDR, std::future::pending())
-            .expect_err("no runtime");
+        let err = Telemetry::new().serve(DEFAULT_ADDR, std::future::pending()).expect_err("no runtime");
         assert!(matches!(err, TelemetryError::NoRuntime));
     }
 }

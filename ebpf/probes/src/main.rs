@@ -232,7 +232,9 @@ fn recover_inflight(ctx: &TracePointContext, id: u64) -> Option<Inflight> {
     let op = op_of_syscall(unsafe { ctx.read_at::<i32>(8) }.ok()?)?;
     // SAFETY: helpers allowed in tracing programs; reads go through probe_read.
     let (fd, a1, a2) = unsafe {
-        let regs = aya_ebpf::helpers::generated::bpf_task_pt_regs(aya_ebpf::helpers::generated::bpf_get_current_task_btf()) as u64;
+        let regs =
+            aya_ebpf::helpers::generated::bpf_task_pt_regs(aya_ebpf::helpers::generated::bpf_get_current_task_btf())
+                as u64;
         if regs == 0 {
             return None;
         }

@@ -41,9 +41,7 @@ pub struct SecretHeaders(pub BTreeMap<String, String>);
 
 impl std::fmt::Debug for SecretHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.keys().map(|k| (k, "<redacted>")))
-            .finish()
+        f.debug_map().entries(self.0.keys().map(|k| (k, "<redacted>"))).finish()
     }
 }
 
@@ -106,18 +104,12 @@ pub struct OtlpConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ExportConfigError {
     #[error("{origin}: malformed endpoint URL `{url}`: {source}")]
-    EndpointSyntax {
-        origin: String,
-        url: String,
-        source: url::ParseError,
-    },
+    EndpointSyntax { origin: String, url: String, source: url::ParseError },
     #[error("{origin}: endpoint `{url}` must start with http:// or https://")]
     EndpointScheme { origin: String, url: String },
     #[error("{origin}: endpoint `{url}` has no host")]
     EndpointHost { origin: String, url: String },
-    #[error(
-        "{origin}: unknown protocol `{value}` (expected `grpc` or `http/protobuf`; `http/json` is not supported)"
-    )]
+    #[error("{origin}: unknown protocol `{value}` (expected `grpc` or `http/protobuf`; `http/json` is not supported)")]
     Protocol { origin: String, value: String },
     #[error("{origin}: unknown compression `{value}` (expected `gzip` or `none`)")]
     Compression { origin: String, value: String },
@@ -128,17 +120,9 @@ pub enum ExportConfigError {
     #[error("{origin}: `{name}` is not a valid header name")]
     HeaderName { origin: String, name: String },
     #[error("{origin}: the value of header `{name}` {problem}")]
-    HeaderValue {
-        origin: String,
-        name: String,
-        problem: &'static str,
-    },
+    HeaderValue { origin: String, name: String, problem: &'static str },
     #[error("{origin}: cannot read `{path}`: {source}")]
-    TlsFile {
-        origin: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    TlsFile { origin: String, path: PathBuf, source: std::io::Error },
     #[error("{origin}: `{path}` does not contain a PEM block")]
     TlsNotPem { origin: String, path: PathBuf },
     #[error("exporter `{exporter}`: a client key and a client certificate must be given together")]
@@ -146,18 +130,9 @@ pub enum ExportConfigError {
     #[error("exporter `{exporter}`: TLS files are set but the endpoint `{url}` is not https")]
     TlsWithoutHttps { exporter: String, url: String },
     #[error("exporter `{exporter}`: `{field}` must be at least 1")]
-    Zero {
-        exporter: String,
-        field: &'static str,
-    },
-    #[error(
-        "exporter `{exporter}`: max_export_batch_size ({batch}) is larger than max_queue_size ({queue})"
-    )]
-    BatchLargerThanQueue {
-        exporter: String,
-        batch: usize,
-        queue: usize,
-    },
+    Zero { exporter: String, field: &'static str },
+    #[error("exporter `{exporter}`: max_export_batch_size ({batch}) is larger than max_queue_size ({queue})")]
+    BatchLargerThanQueue { exporter: String, batch: usize, queue: usize },
     #[error("two OTLP exporters are named `{name}`")]
     DuplicateName { name: String },
 }
@@ -255,10 +230,9 @@ impl Origin<'_> {
             Origin::File(name) => {
                 format!("OTLP exporter `{name}` in the config file, field `{field}`")
             }
-            Origin::Env(vars) => vars
-                .get(field)
-                .cloned()
-                .unwrap_or_else(|| format!("{ENV_PREFIX}{}", field.to_ascii_uppercase())),
+            Origin::Env(vars) => {
+                vars.get(field).cloned().unwrap_or_else(|| format!("{ENV_PREFIX}{}", field.to_ascii_uppercase()))
+            }
         }
     }
 }
@@ -276,11 +250,7 @@ impl OtlpConfig {
         let env_resource = parse_resource_attributes(env);
         let mut out = Vec::with_capacity(file.len() + 1);
         for (i, cfg) in file.iter().enumerate() {
-            let default_name = if i == 0 {
-                "otlp".to_owned()
-            } else {
-                format!("otlp-{}", i + 1)
-            };
+            let default_name = if i == 0 { "otlp".to_owned() } else { format!("otlp-{}", i + 1) };
             let name = cfg.name.clone().unwrap_or(default_name);
             out.push(cfg.resolve(name.clone(), &Origin::File(&name), &env_resource)?);
         }
@@ -291,9 +261,7 @@ impl OtlpConfig {
         }
         for (i, s) in out.iter().enumerate() {
             if out.iter().skip(i + 1).any(|o| o.name == s.name) {
-                return Err(ExportConfigError::DuplicateName {
-                    name: s.name.clone(),
-                });
+                return Err(ExportConfigError::DuplicateName { name: s.name.clone() });
             }
         }
         Ok(out)
@@ -307,15 +275,10 @@ impl OtlpConfig {
         let mut vars = BTreeMap::new();
         let mut cfg = OtlpConfig::default();
         // Endpoint: the signal-specific variable is a full URL, the generic one a base.
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.trim().is_empty())
-        {
-            vars.insert(
-                "traces_endpoint",
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(),
-            );
+        if let Some(v) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.trim().is_empty()) {
+            vars.insert("traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned());
             cfg.traces_endpoint = Some(v.trim().to_owned());
-        } else if let Some(v) = env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.trim().is_empty())
-        {
+        } else if let Some(v) = env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.trim().is_empty()) {
             vars.insert("endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned());
             cfg.endpoint = Some(v.trim().to_owned());
         }
@@ -343,10 +306,7 @@ impl OtlpConfig {
                 "grpc" => Protocol::Grpc,
                 "http/protobuf" => Protocol::HttpProtobuf,
                 _ => {
-                    return Err(ExportConfigError::Protocol {
-                        origin: origin("protocol"),
-                        value: v,
-                    });
+                    return Err(ExportConfigError::Protocol { origin: origin("protocol"), value: v });
                 }
             });
         }
@@ -355,18 +315,14 @@ impl OtlpConfig {
                 "gzip" => Compression::Gzip,
                 "none" => Compression::None,
                 _ => {
-                    return Err(ExportConfigError::Compression {
-                        origin: origin("compression"),
-                        value: v,
-                    });
+                    return Err(ExportConfigError::Compression { origin: origin("compression"), value: v });
                 }
             });
         }
         if let Some(v) = timeout {
-            let ms = v.parse::<u64>().map_err(|_| ExportConfigError::Timeout {
-                origin: origin("timeout_ms"),
-                value: v.clone(),
-            })?;
+            let ms = v
+                .parse::<u64>()
+                .map_err(|_| ExportConfigError::Timeout { origin: origin("timeout_ms"), value: v.clone() })?;
             cfg.timeout_ms = Some(ms);
         }
         if let Some(v) = headers {
@@ -382,26 +338,14 @@ impl OtlpConfig {
         env_resource: &[(String, String)],
     ) -> Result<OtlpSettings, ExportConfigError> {
         let protocol = self.protocol.unwrap_or(Protocol::HttpProtobuf);
-        let endpoint = resolve_endpoint(
-            protocol,
-            self.endpoint.as_deref(),
-            self.traces_endpoint.as_deref(),
-            origin,
-        )?;
+        let endpoint = resolve_endpoint(protocol, self.endpoint.as_deref(), self.traces_endpoint.as_deref(), origin)?;
 
         let mut headers = Vec::with_capacity(self.headers.0.len());
         for (k, v) in &self.headers.0 {
-            headers.push(validate_header(
-                k,
-                v,
-                protocol,
-                &origin.describe("headers"),
-            )?);
+            headers.push(validate_header(k, v, protocol, &origin.describe("headers"))?);
         }
 
-        let read = |field: &'static str,
-                    path: &Option<PathBuf>|
-         -> Result<Option<Vec<u8>>, ExportConfigError> {
+        let read = |field: &'static str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ExportConfigError> {
             let Some(path) = path else { return Ok(None) };
             let bytes = std::fs::read(path).map_err(|source| ExportConfigError::TlsFile {
                 origin: origin.describe(field),
@@ -409,69 +353,37 @@ impl OtlpConfig {
                 source,
             })?;
             if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-                return Err(ExportConfigError::TlsNotPem {
-                    origin: origin.describe(field),
-                    path: path.clone(),
-                });
+                return Err(ExportConfigError::TlsNotPem { origin: origin.describe(field), path: path.clone() });
             }
             Ok(Some(bytes))
         };
         let ca_pem = read("certificate", &self.certificate)?;
-        let identity = match (
-            read("client_certificate", &self.client_certificate)?,
-            read("client_key", &self.client_key)?,
-        ) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            _ => return Err(ExportConfigError::ClientIdentity { exporter: name }),
-        };
+        let identity =
+            match (read("client_certificate", &self.client_certificate)?, read("client_key", &self.client_key)?) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => return Err(ExportConfigError::ClientIdentity { exporter: name }),
+            };
         if (ca_pem.is_some() || identity.is_some()) && endpoint.scheme() != "https" {
-            return Err(ExportConfigError::TlsWithoutHttps {
-                exporter: name,
-                url: endpoint.to_string(),
-            });
+            return Err(ExportConfigError::TlsWithoutHttps { exporter: name, url: endpoint.to_string() });
         }
 
         let at_least_one = |field: &'static str, v: usize| {
-            if v == 0 {
-                Err(ExportConfigError::Zero {
-                    exporter: name.clone(),
-                    field,
-                })
-            } else {
-                Ok(v)
-            }
+            if v == 0 { Err(ExportConfigError::Zero { exporter: name.clone(), field }) } else { Ok(v) }
         };
-        let queue = at_least_one(
-            "max_queue_size",
-            self.max_queue_size.unwrap_or(DEFAULT_MAX_QUEUE_SIZE),
-        )?;
-        let batch = at_least_one(
-            "max_export_batch_size",
-            self.max_export_batch_size
-                .unwrap_or(DEFAULT_MAX_EXPORT_BATCH_SIZE),
-        )?;
+        let queue = at_least_one("max_queue_size", self.max_queue_size.unwrap_or(DEFAULT_MAX_QUEUE_SIZE))?;
+        let batch =
+            at_least_one("max_export_batch_size", self.max_export_batch_size.unwrap_or(DEFAULT_MAX_EXPORT_BATCH_SIZE))?;
         if batch > queue {
-            return Err(ExportConfigError::BatchLargerThanQueue {
-                exporter: name,
-                batch,
-                queue,
-            });
+            return Err(ExportConfigError::BatchLargerThanQueue { exporter: name, batch, queue });
         }
         let timeout_ms = self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         if timeout_ms == 0 {
-            return Err(ExportConfigError::Zero {
-                exporter: name,
-                field: "timeout_ms",
-            });
+            return Err(ExportConfigError::Zero { exporter: name, field: "timeout_ms" });
         }
 
         let mut resource: BTreeMap<String, String> = env_resource.iter().cloned().collect();
-        resource.extend(
-            self.resource_attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
+        resource.extend(self.resource_attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
 
         let ms = Duration::from_millis;
         Ok(OtlpSettings {
@@ -484,14 +396,10 @@ impl OtlpConfig {
             batch: BatchSettings {
                 max_queue_size: queue,
                 max_export_batch_size: batch,
-                scheduled_delay: ms(self
-                    .scheduled_delay_ms
-                    .unwrap_or(DEFAULT_SCHEDULED_DELAY_MS)),
+                scheduled_delay: ms(self.scheduled_delay_ms.unwrap_or(DEFAULT_SCHEDULED_DELAY_MS)),
             },
             retry: RetrySettings {
-                initial_backoff: ms(self
-                    .initial_backoff_ms
-                    .unwrap_or(DEFAULT_INITIAL_BACKOFF_MS)),
+                initial_backoff: ms(self.initial_backoff_ms.unwrap_or(DEFAULT_INITIAL_BACKOFF_MS)),
                 max_backoff: ms(self.max_backoff_ms.unwrap_or(DEFAULT_MAX_BACKOFF_MS)),
                 max_elapsed: ms(self.max_elapsed_ms.unwrap_or(DEFAULT_MAX_ELAPSED_MS)),
             },
@@ -523,16 +431,10 @@ fn resolve_endpoint(
         source,
     })?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(ExportConfigError::EndpointScheme {
-            origin: origin.describe(field),
-            url: shown,
-        });
+        return Err(ExportConfigError::EndpointScheme { origin: origin.describe(field), url: shown });
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(ExportConfigError::EndpointHost {
-            origin: origin.describe(field),
-            url: shown,
-        });
+        return Err(ExportConfigError::EndpointHost { origin: origin.describe(field), url: shown });
     }
     match protocol {
         Protocol::Grpc => {
@@ -562,10 +464,7 @@ fn redact_userinfo(raw: &str) -> String {
 }
 
 /// Parses the W3C-baggage-like `k=v,k2=v2` list with percent-decoding.
-fn parse_header_list(
-    raw: &str,
-    origin: &str,
-) -> Result<BTreeMap<String, String>, ExportConfigError> {
+fn parse_header_list(raw: &str, origin: &str) -> Result<BTreeMap<String, String>, ExportConfigError> {
     let mut out = BTreeMap::new();
     for (index, entry) in raw.split(',').enumerate() {
         if entry.trim().is_empty() {
@@ -573,14 +472,9 @@ fn parse_header_list(
         }
         let (k, v) = entry
             .split_once('=')
-            .ok_or(ExportConfigError::HeaderSyntax {
-                origin: origin.to_owned(),
-                index: index + 1,
-            })?;
-        let key = percent_decode(k.trim()).ok_or_else(|| ExportConfigError::HeaderName {
-            origin: origin.to_owned(),
-            name: k.trim().to_owned(),
-        })?;
+            .ok_or(ExportConfigError::HeaderSyntax { origin: origin.to_owned(), index: index + 1 })?;
+        let key = percent_decode(k.trim())
+            .ok_or_else(|| ExportConfigError::HeaderName { origin: origin.to_owned(), name: k.trim().to_owned() })?;
         let value = percent_decode(v.trim()).ok_or_else(|| ExportConfigError::HeaderValue {
             origin: origin.to_owned(),
             name: key.clone(),
@@ -592,10 +486,7 @@ fn parse_header_list(
 }
 
 fn percent_decode(s: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
 }
 
 /// Checks one header: a valid lower-case name, a value of visible ASCII
@@ -606,34 +497,24 @@ fn validate_header(
     protocol: Protocol,
     origin: &str,
 ) -> Result<(HeaderName, HeaderValue), ExportConfigError> {
-    let bad_name = || ExportConfigError::HeaderName {
-        origin: origin.to_owned(),
-        name: name.to_owned(),
-    };
+    let bad_name = || ExportConfigError::HeaderName { origin: origin.to_owned(), name: name.to_owned() };
     let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_name())?;
     if protocol == Protocol::Grpc && header.as_str().ends_with("-bin") {
         return Err(bad_name());
     }
     let problem = if value.contains(['\r', '\n']) {
         Some("contains CR or LF")
-    } else if value
-        .bytes()
-        .any(|b| !(b == b' ' || b == b'\t' || b.is_ascii_graphic()))
-    {
+    } else if value.bytes().any(|b| !(b == b' ' || b == b'\t' || b.is_ascii_graphic())) {
         Some("contains a non-visible or non-ASCII character")
     } else {
         None
     };
-    let reject = |problem| ExportConfigError::HeaderValue {
-        origin: origin.to_owned(),
-        name: header.to_string(),
-        problem,
-    };
+    let reject =
+        |problem| ExportConfigError::HeaderValue { origin: origin.to_owned(), name: header.to_string(), problem };
     if let Some(p) = problem {
         return Err(reject(p));
     }
-    let mut value =
-        HeaderValue::from_str(value.trim()).map_err(|_| reject("is not a valid header value"))?;
+    let mut value = HeaderValue::from_str(value.trim()).map_err(|_| reject("is not a valid header value"))?;
     value.set_sensitive(true);
     Ok((header, value))
 }
@@ -659,10 +540,7 @@ fn parse_resource_attributes(env: &dyn Fn(&str) -> Option<String>) -> Vec<(Strin
                 out.insert(k, v);
             }
             None => {
-                tracing::warn!(
-                    entry = i + 1,
-                    "OTEL_RESOURCE_ATTRIBUTES is malformed; ignoring the whole value"
-                );
+                tracing::warn!(entry = i + 1, "OTEL_RESOURCE_ATTRIBUTES is malformed; ignoring the whole value");
                 return Vec::new();
             }
         }

@@ -39,10 +39,7 @@ impl Encoder {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 ..Default::default()
             },
-            extra_resource: extra_resource
-                .iter()
-                .map(|(k, v)| key_value(k, &AttrValue::Str(v.clone())))
-                .collect(),
+            extra_resource: extra_resource.iter().map(|(k, v)| key_value(k, &AttrValue::Str(v.clone()))).collect(),
         }
     }
 
@@ -55,18 +52,12 @@ impl Encoder {
             let i = *index.entry(key).or_insert_with(|| {
                 resource_spans.push(ResourceSpans {
                     resource: Some(self.resource(&span.resource)),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(self.scope.clone()),
-                        ..Default::default()
-                    }],
+                    scope_spans: vec![ScopeSpans { scope: Some(self.scope.clone()), ..Default::default() }],
                     ..Default::default()
                 });
                 resource_spans.len() - 1
             });
-            if let Some(scope) = resource_spans
-                .get_mut(i)
-                .and_then(|rs| rs.scope_spans.first_mut())
-            {
+            if let Some(scope) = resource_spans.get_mut(i).and_then(|rs| rs.scope_spans.first_mut()) {
                 scope.spans.push(encode_span(span));
             }
         }
@@ -80,10 +71,7 @@ impl Encoder {
                 attributes.push(extra.clone());
             }
         }
-        Resource {
-            attributes,
-            ..Default::default()
-        }
+        Resource { attributes, ..Default::default() }
     }
 }
 
@@ -98,22 +86,13 @@ pub fn encode_span(span: &Span) -> pb::Span {
         StatusCode::Ok => pb::status::StatusCode::Ok,
         StatusCode::Error => pb::status::StatusCode::Error,
     };
-    let status =
-        (span.status.code != StatusCode::Unset || !span.status.message.is_empty()).then(|| {
-            pb::Status {
-                message: span.status.message.clone(),
-                code: code as i32,
-            }
-        });
+    let status = (span.status.code != StatusCode::Unset || !span.status.message.is_empty())
+        .then(|| pb::Status { message: span.status.message.clone(), code: code as i32 });
     pb::Span {
         trace_id: span.trace_id.to_vec(),
         span_id: span.span_id.to_vec(),
         trace_state: span.trace_state.clone(),
-        parent_span_id: if span.is_root() {
-            Vec::new()
-        } else {
-            span.parent_span_id.to_vec()
-        },
+        parent_span_id: if span.is_root() { Vec::new() } else { span.parent_span_id.to_vec() },
         flags: u32::from(span.trace_flags),
         name: span.name.clone(),
         kind: kind as i32,
@@ -146,11 +125,7 @@ fn key_value(key: &str, value: &AttrValue) -> KeyValue {
         AttrValue::F64(f) => any_value::Value::DoubleValue(*f),
         AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
     };
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
+    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
 }
 
 #[cfg(test)]
@@ -161,44 +136,25 @@ mod tests {
     use prost::Message;
 
     fn value_of<'a>(kvs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
-        kvs.iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| v.value.as_ref())
+        kvs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref())
     }
 
     #[test]
     fn groups_spans_by_process_in_first_seen_order() {
         let a = process(100, "checkout");
         let b = process(200, "payments");
-        let spans: Vec<Arc<Span>> = [(&a, 1), (&b, 2), (&a, 3), (&b, 4), (&a, 5)]
-            .into_iter()
-            .map(|(p, n)| Arc::new(span_for(p, n)))
-            .collect();
+        let spans: Vec<Arc<Span>> =
+            [(&a, 1), (&b, 2), (&a, 3), (&b, 4), (&a, 5)].into_iter().map(|(p, n)| Arc::new(span_for(p, n))).collect();
         let req = Encoder::new(&[]).request(&spans);
         assert_eq!(req.resource_spans.len(), 2);
-        let ids: Vec<Vec<u8>> = req.resource_spans[0].scope_spans[0]
-            .spans
-            .iter()
-            .map(|s| s.span_id.clone())
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                spans[0].span_id.to_vec(),
-                spans[2].span_id.to_vec(),
-                spans[4].span_id.to_vec()
-            ]
-        );
+        let ids: Vec<Vec<u8>> = req.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.span_id.clone()).collect();
+        assert_eq!(ids, [spans[0].span_id.to_vec(), spans[2].span_id.to_vec(), spans[4].span_id.to_vec()]);
         let res_b = req.resource_spans[1].resource.as_ref().expect("resource");
         assert_eq!(
             value_of(&res_b.attributes, "service.name"),
             Some(&any_value::Value::StringValue("payments".into()))
         );
-        assert_eq!(
-            value_of(&res_b.attributes, "process.pid"),
-            Some(&any_value::Value::IntValue(200))
-        );
+        assert_eq!(value_of(&res_b.attributes, "process.pid"), Some(&any_value::Value::IntValue(200)));
         for rs in &req.resource_spans {
             assert_eq!(rs.scope_spans.len(), 1);
             let scope = rs.scope_spans[0].scope.as_ref().expect("scope");
@@ -213,8 +169,7 @@ mod tests {
         // its spans under the old attributes.
         let old = process(7, "v1");
         let new = process(7, "v2");
-        let req =
-            Encoder::new(&[]).request(&[Arc::new(span_for(&old, 1)), Arc::new(span_for(&new, 2))]);
+        let req = Encoder::new(&[]).request(&[Arc::new(span_for(&old, 1)), Arc::new(span_for(&new, 2))]);
         assert_eq!(req.resource_spans.len(), 2);
     }
 
@@ -238,10 +193,7 @@ mod tests {
         assert_eq!(pb.trace_state, "vendor=x");
         assert_eq!(pb.flags, 1);
         assert_eq!(pb.kind, pb::span::SpanKind::Client as i32);
-        assert_eq!(
-            (pb.start_time_unix_nano, pb.end_time_unix_nano),
-            (s.start_unix_ns, s.end_unix_ns)
-        );
+        assert_eq!((pb.start_time_unix_nano, pb.end_time_unix_nano), (s.start_unix_ns, s.end_unix_ns));
         let status = pb.status.expect("status");
         assert_eq!(status.code, pb::status::StatusCode::Error as i32);
         assert_eq!(status.message, "503 from upstream");
@@ -268,22 +220,10 @@ mod tests {
         s.attributes.set("f", AttrValue::F64(0.25));
         s.attributes.set("s", "x");
         let pb = encode_span(&s);
-        assert_eq!(
-            value_of(&pb.attributes, "b"),
-            Some(&any_value::Value::BoolValue(true))
-        );
-        assert_eq!(
-            value_of(&pb.attributes, "i"),
-            Some(&any_value::Value::IntValue(-5))
-        );
-        assert_eq!(
-            value_of(&pb.attributes, "f"),
-            Some(&any_value::Value::DoubleValue(0.25))
-        );
-        assert_eq!(
-            value_of(&pb.attributes, "s"),
-            Some(&any_value::Value::StringValue("x".into()))
-        );
+        assert_eq!(value_of(&pb.attributes, "b"), Some(&any_value::Value::BoolValue(true)));
+        assert_eq!(value_of(&pb.attributes, "i"), Some(&any_value::Value::IntValue(-5)));
+        assert_eq!(value_of(&pb.attributes, "f"), Some(&any_value::Value::DoubleValue(0.25)));
+        assert_eq!(value_of(&pb.attributes, "s"), Some(&any_value::Value::StringValue("x".into())));
     }
 
     #[test]
@@ -305,19 +245,9 @@ mod tests {
             ("deployment.environment".to_owned(), "prod".to_owned()),
         ];
         let req = Encoder::new(&extra).request(&[Arc::new(span_for(&p, 1))]);
-        let attrs = &req.resource_spans[0]
-            .resource
-            .as_ref()
-            .expect("resource")
-            .attributes;
-        assert_eq!(
-            value_of(attrs, "service.name"),
-            Some(&any_value::Value::StringValue("real-name".into()))
-        );
-        assert_eq!(
-            value_of(attrs, "deployment.environment"),
-            Some(&any_value::Value::StringValue("prod".into()))
-        );
+        let attrs = &req.resource_spans[0].resource.as_ref().expect("resource").attributes;
+        assert_eq!(value_of(attrs, "service.name"), Some(&any_value::Value::StringValue("real-name".into())));
+        assert_eq!(value_of(attrs, "deployment.environment"), Some(&any_value::Value::StringValue("prod".into())));
     }
 
     #[test]
@@ -325,8 +255,7 @@ mod tests {
         let p = process(1, "svc");
         let spans: Vec<Arc<Span>> = (0..50).map(|n| Arc::new(span_for(&p, n))).collect();
         let req = Encoder::new(&[]).request(&spans);
-        let back =
-            ExportTraceServiceRequest::decode(req.encode_to_vec().as_slice()).expect("decode");
+        let back = ExportTraceServiceRequest::decode(req.encode_to_vec().as_slice()).expect("decode");
         assert_eq!(back, req);
         assert_eq!(back.resource_spans[0].scope_spans[0].spans.len(), 50);
     }

@@ -38,8 +38,8 @@ use super::{DropReason, ExportError, ExportMetrics, ExporterMetrics, OutputRepor
 use crate::span::model::Span;
 
 pub use config::{
-    BatchSettings, Compression, ExportConfigError, OtlpConfig, OtlpSettings, Protocol,
-    RetrySettings, SecretHeaders, TlsMaterial,
+    BatchSettings, Compression, ExportConfigError, OtlpConfig, OtlpSettings, Protocol, RetrySettings, SecretHeaders,
+    TlsMaterial,
 };
 pub use encode::{Encoder, SCOPE_NAME, encode_span};
 pub use retry::{Backoff, Verdict, classify_grpc, classify_http, parse_retry_after};
@@ -57,10 +57,8 @@ pub struct OtlpExporter {
 impl OtlpExporter {
     /// Builds the client and starts the exporter task (inside a tokio runtime).
     pub fn spawn(settings: OtlpSettings, metrics: &ExportMetrics) -> Result<Self, ExportError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime {
-                exporter: settings.name.clone(),
-            })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| ExportError::NoRuntime { exporter: settings.name.clone() })?;
         let transport = transport::Transport::build(&settings)?;
         let metrics = metrics.for_exporter(&settings.name);
         let (tx, rx) = mpsc::channel(settings.batch.max_queue_size);
@@ -81,14 +79,7 @@ impl OtlpExporter {
         };
         let max_queue = worker.settings.batch.max_queue_size;
         let task = runtime.spawn(worker.run());
-        Ok(Self {
-            tx,
-            max_queue,
-            accepted: AtomicU64::new(0),
-            metrics,
-            shutdown_at,
-            task,
-        })
+        Ok(Self { tx, max_queue, accepted: AtomicU64::new(0), metrics, shutdown_at, task })
     }
 
     pub fn name(&self) -> &str {
@@ -103,34 +94,20 @@ impl OtlpExporter {
             }
             Err(_) => self.metrics.dropped(DropReason::QueueFull, 1),
         }
-        self.metrics
-            .set_queue_depth(self.max_queue.saturating_sub(self.tx.capacity()));
+        self.metrics.set_queue_depth(self.max_queue.saturating_sub(self.tx.capacity()));
     }
 
     /// Sends what is queued, giving up at `deadline`.
     pub async fn shutdown(self, deadline: Instant) -> OutputReport {
-        let Self {
-            tx,
-            accepted,
-            metrics,
-            shutdown_at,
-            mut task,
-            ..
-        } = self;
+        let Self { tx, accepted, metrics, shutdown_at, mut task, .. } = self;
         shutdown_at.send_replace(Some(deadline));
         drop(tx);
         // The worker stops by itself at the deadline (its sends are bounded by
         // it); the margin only covers scheduling.
         let margin = std::time::Duration::from_millis(100);
-        if tokio::time::timeout_at(deadline + margin, &mut task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline + margin, &mut task).await.is_err() {
             task.abort();
-            tracing::warn!(
-                exporter = metrics.name(),
-                "OTLP exporter stopped at the shutdown deadline"
-            );
+            tracing::warn!(exporter = metrics.name(), "OTLP exporter stopped at the shutdown deadline");
         }
         metrics.settle_at_shutdown(accepted.load(Ordering::Relaxed));
         metrics.report()
@@ -181,9 +158,7 @@ impl Worker {
     }
 
     fn past_deadline(&self) -> bool {
-        self.shutdown_rx
-            .borrow()
-            .is_some_and(|d| Instant::now() >= d)
+        self.shutdown_rx.borrow().is_some_and(|d| Instant::now() >= d)
     }
 
     /// Sends one batch, retrying per the spec; every span ends counted.
@@ -224,18 +199,12 @@ impl Worker {
                     }
                     return;
                 }
-                transport::Attempt::Failed {
-                    verdict: Verdict::Drop(reason),
-                    detail,
-                } => {
+                transport::Attempt::Failed { verdict: Verdict::Drop(reason), detail } => {
                     self.metrics.dropped(reason, n);
                     tracing::warn!(exporter = %name, spans = n, ?reason, %detail, "export failed; batch dropped");
                     return;
                 }
-                transport::Attempt::Failed {
-                    verdict: Verdict::Retry { after },
-                    detail,
-                } => {
+                transport::Attempt::Failed { verdict: Verdict::Retry { after }, detail } => {
                     tracing::debug!(exporter = %name, %detail, "export failed; will retry");
                     after
                 }

@@ -80,10 +80,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(settings: &RetrySettings) -> Self {
-        Self {
-            nominal: settings.initial_backoff,
-            max: settings.max_backoff.max(settings.initial_backoff),
-        }
+        Self { nominal: settings.initial_backoff, max: settings.max_backoff.max(settings.initial_backoff) }
     }
 
     /// The next delay (jittered), then doubles the nominal delay up to the cap.
@@ -135,73 +132,37 @@ mod tests {
     #[test]
     fn resource_exhausted_is_retried_only_with_retry_info_delay() {
         let d = Duration::from_millis(1500);
-        assert_eq!(
-            classify_grpc(Code::ResourceExhausted, Some(d)),
-            Verdict::Retry { after: Some(d) }
-        );
-        assert_eq!(
-            classify_grpc(Code::ResourceExhausted, None),
-            Verdict::Drop(DropReason::Rejected)
-        );
+        assert_eq!(classify_grpc(Code::ResourceExhausted, Some(d)), Verdict::Retry { after: Some(d) });
+        assert_eq!(classify_grpc(Code::ResourceExhausted, None), Verdict::Drop(DropReason::Rejected));
     }
 
     #[test]
     fn http_statuses_follow_the_otlp_table() {
         let hint = Some(Duration::from_secs(3));
         for status in [429, 502, 503, 504] {
-            assert_eq!(
-                classify_http(status, hint),
-                Verdict::Retry { after: hint },
-                "{status}"
-            );
-            assert_eq!(
-                classify_http(status, None),
-                Verdict::Retry { after: None },
-                "{status}"
-            );
+            assert_eq!(classify_http(status, hint), Verdict::Retry { after: hint }, "{status}");
+            assert_eq!(classify_http(status, None), Verdict::Retry { after: None }, "{status}");
         }
         for status in [400, 401, 403, 404, 408, 413, 415] {
-            assert_eq!(
-                classify_http(status, hint),
-                Verdict::Drop(DropReason::Rejected),
-                "{status}"
-            );
+            assert_eq!(classify_http(status, hint), Verdict::Drop(DropReason::Rejected), "{status}");
         }
         for status in [500, 501, 505, 301, 100] {
-            assert_eq!(
-                classify_http(status, hint),
-                Verdict::Drop(DropReason::NonRetryable),
-                "{status}"
-            );
+            assert_eq!(classify_http(status, hint), Verdict::Drop(DropReason::NonRetryable), "{status}");
         }
     }
 
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
         let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").expect("date");
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
-            Some(Duration::ZERO),
-            "past date"
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO), "past date");
         assert_eq!(parse_retry_after("-5", now), None);
         assert_eq!(parse_retry_after("1.5", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("", now), None);
-        assert_eq!(
-            parse_retry_after("99999999999999999999999", now),
-            None,
-            "overflow is not a panic"
-        );
+        assert_eq!(parse_retry_after("99999999999999999999999", now), None, "overflow is not a panic");
     }
 
     #[test]
@@ -223,11 +184,7 @@ mod tests {
         let mut nominal = Duration::from_millis(1000);
         for _ in 0..20 {
             let d = b.next_delay();
-            assert!(
-                d >= nominal / 2 && d <= nominal,
-                "{d:?} outside [{:?}, {nominal:?}]",
-                nominal / 2
-            );
+            assert!(d >= nominal / 2 && d <= nominal, "{d:?} outside [{:?}, {nominal:?}]", nominal / 2);
             nominal = (nominal * 2).min(Duration::from_secs(30));
         }
         assert_eq!(nominal, Duration::from_secs(30), "reached the cap");

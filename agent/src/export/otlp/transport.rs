@@ -15,9 +15,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
@@ -52,16 +50,8 @@ pub enum Attempt {
 }
 
 pub enum Transport {
-    Grpc {
-        client: TraceServiceClient<Channel>,
-        metadata: MetadataMap,
-    },
-    Http {
-        client: reqwest::Client,
-        url: reqwest::Url,
-        headers: HeaderMap,
-        gzip: bool,
-    },
+    Grpc { client: TraceServiceClient<Channel>, metadata: MetadataMap },
+    Http { client: reqwest::Client, url: reqwest::Url, headers: HeaderMap, gzip: bool },
 }
 
 impl Transport {
@@ -79,16 +69,10 @@ impl Transport {
     }
 
     fn build_grpc(s: &OtlpSettings, headers: HeaderMap) -> Result<Self, ExportError> {
-        let err = |source| ExportError::GrpcEndpoint {
-            exporter: s.name.clone(),
-            source,
-        };
+        let err = |source| ExportError::GrpcEndpoint { exporter: s.name.clone(), source };
         let authority = s.endpoint.as_str().trim_end_matches('/').to_owned();
         let mut endpoint = Channel::from_shared(authority)
-            .map_err(|source| ExportError::GrpcUri {
-                exporter: s.name.clone(),
-                source,
-            })?
+            .map_err(|source| ExportError::GrpcUri { exporter: s.name.clone(), source })?
             .connect_timeout(s.timeout)
             .user_agent(user_agent())
             .map_err(err)?;
@@ -106,17 +90,11 @@ impl Transport {
         if s.compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
-        Ok(Transport::Grpc {
-            client,
-            metadata: MetadataMap::from_headers(headers),
-        })
+        Ok(Transport::Grpc { client, metadata: MetadataMap::from_headers(headers) })
     }
 
     fn build_http(s: &OtlpSettings, headers: HeaderMap) -> Result<Self, ExportError> {
-        let err = |source| ExportError::HttpClient {
-            exporter: s.name.clone(),
-            source,
-        };
+        let err = |source| ExportError::HttpClient { exporter: s.name.clone(), source };
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(user_agent())
@@ -149,10 +127,8 @@ impl Transport {
             Transport::Http { gzip, .. } => {
                 let raw = req.encode_to_vec();
                 if *gzip {
-                    let mut enc = flate2::write::GzEncoder::new(
-                        Vec::with_capacity(raw.len() / 4),
-                        flate2::Compression::fast(),
-                    );
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
                     // Writing into a Vec cannot fail.
                     if enc.write_all(&raw).is_ok()
                         && let Ok(gz) = enc.finish()
@@ -172,15 +148,9 @@ impl Transport {
                 (Transport::Grpc { client, metadata }, Payload::Grpc(req)) => {
                     send_grpc(client.clone(), metadata.clone(), req.clone(), timeout).await
                 }
-                (
-                    Transport::Http {
-                        client,
-                        url,
-                        headers,
-                        gzip,
-                    },
-                    Payload::Http(body),
-                ) => send_http(client, url, headers, *gzip, body.clone(), timeout).await,
+                (Transport::Http { client, url, headers, gzip }, Payload::Http(body)) => {
+                    send_http(client, url, headers, *gzip, body.clone(), timeout).await
+                }
                 _ => Attempt::Failed {
                     verdict: Verdict::Drop(crate::export::DropReason::NonRetryable),
                     detail: "payload prepared for another transport".to_owned(),
@@ -232,10 +202,7 @@ async fn send_http(
         .post(url.clone())
         .timeout(timeout)
         .headers(headers.clone())
-        .header(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-protobuf"),
-        );
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
     if gzip {
         rb = rb.header(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
@@ -250,10 +217,7 @@ async fn send_http(
             };
             // The URL may carry credentials: keep it out of logs.
             let err = err.without_url();
-            return Attempt::Failed {
-                verdict,
-                detail: format!("HTTP request failed: {}", error_chain(&err)),
-            };
+            return Attempt::Failed { verdict, detail: format!("HTTP request failed: {}", error_chain(&err)) };
         }
     };
     let status = resp.status();
@@ -273,21 +237,13 @@ async fn send_http(
         // An undecodable body still means the data was accepted.
         return accepted(ExportTraceServiceResponse::decode(body.as_slice()).unwrap_or_default());
     }
-    Attempt::Failed {
-        verdict: classify_http(status.as_u16(), retry_after),
-        detail: format!("HTTP status {status}"),
-    }
+    Attempt::Failed { verdict: classify_http(status.as_u16(), retry_after), detail: format!("HTTP status {status}") }
 }
 
 fn accepted(resp: ExportTraceServiceResponse) -> Attempt {
     let (rejected, message) = resp
         .partial_success
-        .map(|p| {
-            (
-                u64::try_from(p.rejected_spans).unwrap_or(0),
-                p.error_message,
-            )
-        })
+        .map(|p| (u64::try_from(p.rejected_spans).unwrap_or(0), p.error_message))
         .unwrap_or_default();
     Attempt::Accepted { rejected, message }
 }
@@ -313,16 +269,10 @@ mod tests {
     #[test]
     fn grpc_resource_exhausted_with_retry_info_is_retried_after_its_delay() {
         let details = ErrorDetails::with_retry_info(Some(Duration::from_millis(2500)));
-        let status =
-            tonic::Status::with_error_details(tonic::Code::ResourceExhausted, "slow down", details);
+        let status = tonic::Status::with_error_details(tonic::Code::ResourceExhausted, "slow down", details);
         match grpc_failure(&status) {
             Attempt::Failed { verdict, .. } => {
-                assert_eq!(
-                    verdict,
-                    Verdict::Retry {
-                        after: Some(Duration::from_millis(2500))
-                    }
-                )
+                assert_eq!(verdict, Verdict::Retry { after: Some(Duration::from_millis(2500)) })
             }
             other => panic!("{other:?}"),
         }
@@ -334,10 +284,7 @@ mod tests {
         match grpc_failure(&status) {
             Attempt::Failed { verdict, detail } => {
                 assert_eq!(verdict, Verdict::Drop(DropReason::Rejected));
-                assert!(
-                    detail.contains("ResourceExhausted") && detail.contains("quota"),
-                    "{detail}"
-                );
+                assert!(detail.contains("ResourceExhausted") && detail.contains("quota"), "{detail}");
             }
             other => panic!("{other:?}"),
         }
@@ -347,10 +294,7 @@ mod tests {
     fn partial_success_is_read_from_the_response() {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
         let resp = ExportTraceServiceResponse {
-            partial_success: Some(ExportTracePartialSuccess {
-                rejected_spans: 3,
-                error_message: "old".into(),
-            }),
+            partial_success: Some(ExportTracePartialSuccess { rejected_spans: 3, error_message: "old".into() }),
         };
         match accepted(resp) {
             Attempt::Accepted { rejected, message } => {

@@ -73,10 +73,7 @@ pub(super) struct Step {
 
 impl Body {
     pub fn chunked() -> Self {
-        Body::Chunked(Chunked::Size {
-            value: 0,
-            digits: 0,
-        })
+        Body::Chunked(Chunked::Size { value: 0, digits: 0 })
     }
 
     /// Consumes body bytes from the start of `data`.
@@ -86,17 +83,9 @@ impl Body {
                 let n = (*left).min(data.len() as u64);
                 *left -= n;
                 let end = if *left == 0 { End::Done } else { End::More };
-                Step {
-                    consumed: n as usize,
-                    payload: n,
-                    end,
-                }
+                Step { consumed: n as usize, payload: n, end }
             }
-            Body::UntilClose => Step {
-                consumed: data.len(),
-                payload: data.len() as u64,
-                end: End::More,
-            },
+            Body::UntilClose => Step { consumed: data.len(), payload: data.len() as u64, end: End::More },
             Body::Chunked(c) => c.advance(data),
         }
     }
@@ -115,11 +104,7 @@ impl Body {
             Body::Chunked(Chunked::Data(left)) => {
                 let left = *left;
                 let k = left.min(n);
-                *self = Body::Chunked(if k == left {
-                    Chunked::DataCr
-                } else {
-                    Chunked::Data(left - k)
-                });
+                *self = Body::Chunked(if k == left { Chunked::DataCr } else { Chunked::Data(left - k) });
                 (k, false)
             }
             Body::Chunked(_) => (0, false),
@@ -131,22 +116,14 @@ impl Chunked {
     fn advance(&mut self, data: &[u8]) -> Step {
         let mut i = 0;
         let mut payload = 0u64;
-        let step = |consumed, payload, end| Step {
-            consumed,
-            payload,
-            end,
-        };
+        let step = |consumed, payload, end| Step { consumed, payload, end };
         while let Some(rest) = data.get(i..).filter(|r| !r.is_empty()) {
             match *self {
                 Chunked::Data(left) => {
                     let n = left.min(rest.len() as u64);
                     i += n as usize;
                     payload += n;
-                    *self = if n == left {
-                        Chunked::DataCr
-                    } else {
-                        Chunked::Data(left - n)
-                    };
+                    *self = if n == left { Chunked::DataCr } else { Chunked::Data(left - n) };
                 }
                 Chunked::Ext { value, len } => match memchr(b'\n', rest) {
                     Some(p) if len + p <= MAX_CHUNK_EXT => {
@@ -155,25 +132,18 @@ impl Chunked {
                     }
                     None if len + rest.len() <= MAX_CHUNK_EXT => {
                         i += rest.len();
-                        *self = Chunked::Ext {
-                            value,
-                            len: len + rest.len(),
-                        };
+                        *self = Chunked::Ext { value, len: len + rest.len() };
                     }
                     _ => return step(i, payload, End::Invalid),
                 },
                 Chunked::TrailerLine { total } => match memchr(b'\n', rest) {
                     Some(p) if total + p <= MAX_TRAILERS => {
                         i += p + 1;
-                        *self = Chunked::TrailerStart {
-                            total: total + p + 1,
-                        };
+                        *self = Chunked::TrailerStart { total: total + p + 1 };
                     }
                     None if total + rest.len() <= MAX_TRAILERS => {
                         i += rest.len();
-                        *self = Chunked::TrailerLine {
-                            total: total + rest.len(),
-                        };
+                        *self = Chunked::TrailerLine { total: total + rest.len() };
                     }
                     _ => return step(i, payload, End::Invalid),
                 },
@@ -192,11 +162,7 @@ impl Chunked {
     }
 
     fn after_size_line(value: u64) -> Chunked {
-        if value == 0 {
-            Chunked::TrailerStart { total: 0 }
-        } else {
-            Chunked::Data(value)
-        }
+        if value == 0 { Chunked::TrailerStart { total: 0 } } else { Chunked::Data(value) }
     }
 
     /// One framing byte: the next state, `Some(None)` when the body ended,
@@ -206,10 +172,7 @@ impl Chunked {
             Chunked::Size { value, digits } => match b {
                 b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' if digits < MAX_SIZE_DIGITS => {
                     let d = u64::from((b as char).to_digit(16)?);
-                    Chunked::Size {
-                        value: value * 16 + d,
-                        digits: digits + 1,
-                    }
+                    Chunked::Size { value: value * 16 + d, digits: digits + 1 }
                 }
                 b';' | b' ' | b'\t' if digits > 0 => Chunked::Ext { value, len: 0 },
                 b'\r' if digits > 0 => Chunked::SizeLf { value },
@@ -218,10 +181,7 @@ impl Chunked {
             },
             Chunked::SizeLf { value } if b == b'\n' => Self::after_size_line(value),
             Chunked::DataCr if b == b'\r' => Chunked::DataLf,
-            Chunked::DataCr | Chunked::DataLf if b == b'\n' => Chunked::Size {
-                value: 0,
-                digits: 0,
-            },
+            Chunked::DataCr | Chunked::DataLf if b == b'\n' => Chunked::Size { value: 0, digits: 0 },
             Chunked::TrailerStart { total } => match b {
                 b'\r' => Chunked::TrailerLf,
                 b'\n' => return Some(None),
@@ -264,13 +224,7 @@ mod tests {
 
     #[test]
     fn chunked_body_rejects_bad_size_lines() {
-        for wire in [
-            &b"zz\r\n"[..],
-            b"\r\n",
-            b"5\rX",
-            b"5\r\nhelloXX",
-            b"1234567890123456\r\n",
-        ] {
+        for wire in [&b"zz\r\n"[..], b"\r\n", b"5\rX", b"5\r\nhelloXX", b"1234567890123456\r\n"] {
             let mut b = Body::chunked();
             assert_eq!(run(&mut b, &[wire]).2, End::Invalid, "{wire:?}");
         }

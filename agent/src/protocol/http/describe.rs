@@ -21,11 +21,7 @@ const HEADER_PREFIX: &str = "http.request.header.";
 pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
     let route = template_route(r.path());
     // Unknown methods are named "HTTP" (OTel: {method} is HTTP for _OTHER).
-    let name_method = if r.method == Method::Other {
-        "HTTP"
-    } else {
-        r.method.as_str()
-    };
+    let name_method = if r.method == Method::Other { "HTTP" } else { r.method.as_str() };
     let mut a = Attributes(Vec::with_capacity(24));
     a.set("http.request.method", r.method.as_str());
     if let Some(orig) = r.method_original() {
@@ -72,10 +68,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         a.set("network.local.port", i64::from(local.port()));
     }
     if role == Role::Client {
-        a.set(
-            "url.full",
-            url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn.peer, privacy),
-        );
+        a.set("url.full", url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn.peer, privacy));
     }
     a.set("http.route", route.clone());
     if let Some(ua) = r.header("user-agent") {
@@ -99,11 +92,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     for name in &privacy.capture_headers {
         let name = name.to_ascii_lowercase();
         if let Some(v) = joined_header(r, &name) {
-            let v = if SENSITIVE_HEADERS.contains(&name.as_str()) {
-                REDACTED.to_owned()
-            } else {
-                v.into_owned()
-            };
+            let v = if SENSITIVE_HEADERS.contains(&name.as_str()) { REDACTED.to_owned() } else { v.into_owned() };
             a.set(format!("{HEADER_PREFIX}{name}"), v);
         }
     }
@@ -127,11 +116,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         name: format!("{name_method} {route}"),
         attributes: a,
         private,
-        status: if error {
-            SpanStatus::error("")
-        } else {
-            SpanStatus::default()
-        },
+        status: if error { SpanStatus::error("") } else { SpanStatus::default() },
         traceparent: r.header("traceparent").map(str::to_owned),
         tracestate: r.header("tracestate").map(str::to_owned),
     }
@@ -177,11 +162,7 @@ fn url_full(
         (None, Some(peer)) => bracket(&peer.ip().to_string()).into_owned(),
         (None, None) => String::new(),
     };
-    let path = if r.path().starts_with('/') {
-        r.path()
-    } else {
-        "/"
-    };
+    let path = if r.path().starts_with('/') { r.path() } else { "/" };
     match r.query() {
         Some(q) if privacy.capture_url_query => format!("http://{authority}{path}?{q}"),
         _ => format!("http://{authority}{path}"),
@@ -189,11 +170,7 @@ fn url_full(
 }
 
 fn bracket(host: &str) -> Cow<'_, str> {
-    if host.contains(':') {
-        Cow::Owned(format!("[{host}]"))
-    } else {
-        Cow::Borrowed(host)
-    }
+    if host.contains(':') { Cow::Owned(format!("[{host}]")) } else { Cow::Borrowed(host) }
 }
 
 fn clamp_i64(n: u64) -> i64 {
@@ -212,60 +189,32 @@ mod tests {
     }
 
     fn conn() -> ConnMeta {
-        ConnMeta {
-            local: "10.0.0.1:8080".parse().ok(),
-            peer: "10.0.0.2:40000".parse().ok(),
-        }
+        ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok() }
     }
 
     #[test]
     fn authorization_and_cookies_are_never_exported_raw() {
-        let ex = exchange(
-            "GET /a HTTP/1.1\r\nAuthorization: Bearer s3cr3t\r\nCookie: sid=1\r\nX-Tenant: acme\r\n\r\n",
-            200,
-        );
+        let ex =
+            exchange("GET /a HTTP/1.1\r\nAuthorization: Bearer s3cr3t\r\nCookie: sid=1\r\nX-Tenant: acme\r\n\r\n", 200);
         let privacy = Privacy {
             capture_headers: vec!["Authorization".into(), "cookie".into(), "x-tenant".into()],
             ..Privacy::default()
         };
         let d = describe(&ex, Role::Server, &conn(), &privacy);
-        assert_eq!(
-            d.attributes.get_str("http.request.header.authorization"),
-            Some(REDACTED)
-        );
-        assert_eq!(
-            d.attributes.get_str("http.request.header.cookie"),
-            Some(REDACTED)
-        );
-        assert_eq!(
-            d.attributes.get_str("http.request.header.x-tenant"),
-            Some("acme")
-        );
-        assert!(
-            d.attributes
-                .iter()
-                .all(|(_, v)| !v.to_text().contains("s3cr3t"))
-        );
+        assert_eq!(d.attributes.get_str("http.request.header.authorization"), Some(REDACTED));
+        assert_eq!(d.attributes.get_str("http.request.header.cookie"), Some(REDACTED));
+        assert_eq!(d.attributes.get_str("http.request.header.x-tenant"), Some("acme"));
+        assert!(d.attributes.iter().all(|(_, v)| !v.to_text().contains("s3cr3t")));
         // Rules can still read the raw values.
-        assert_eq!(
-            d.private.get_str("http.request.header.authorization"),
-            Some("Bearer s3cr3t")
-        );
+        assert_eq!(d.private.get_str("http.request.header.authorization"), Some("Bearer s3cr3t"));
     }
 
     #[test]
     fn headers_are_not_exported_unless_listed() {
         let ex = exchange("GET /a HTTP/1.1\r\nX-Tenant: acme\r\n\r\n", 200);
         let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
-        assert!(
-            d.attributes
-                .iter()
-                .all(|(k, _)| !k.starts_with(HEADER_PREFIX))
-        );
-        assert_eq!(
-            d.private.get_str("http.request.header.x-tenant"),
-            Some("acme")
-        );
+        assert!(d.attributes.iter().all(|(k, _)| !k.starts_with(HEADER_PREFIX)));
+        assert_eq!(d.private.get_str("http.request.header.x-tenant"), Some("acme"));
     }
 
     #[test]
@@ -275,52 +224,32 @@ mod tests {
         assert_eq!(d.attributes.get("url.query"), None);
         assert_eq!(d.attributes.get_str("url.full"), Some("http://h/s"));
         assert_eq!(d.private.get_str("url.query"), Some("token=abc"));
-        let on = Privacy {
-            capture_url_query: true,
-            ..Privacy::default()
-        };
+        let on = Privacy { capture_url_query: true, ..Privacy::default() };
         let d = describe(&ex, Role::Client, &conn(), &on);
         assert_eq!(d.attributes.get_str("url.query"), Some("token=abc"));
-        assert_eq!(
-            d.attributes.get_str("url.full"),
-            Some("http://h/s?token=abc")
-        );
+        assert_eq!(d.attributes.get_str("url.full"), Some("http://h/s?token=abc"));
     }
 
     #[test]
     fn name_route_and_server_address_follow_conventions() {
-        let ex = exchange(
-            "GET /users/42?x=1 HTTP/1.1\r\nHost: api.example.com:8443\r\nUser-Agent: curl/8\r\n\r\n",
-            200,
-        );
+        let ex =
+            exchange("GET /users/42?x=1 HTTP/1.1\r\nHost: api.example.com:8443\r\nUser-Agent: curl/8\r\n\r\n", 200);
         let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
         assert_eq!(d.name, "GET /users/{id}");
         assert_eq!(d.attributes.get_str("http.route"), Some("/users/{id}"));
         assert_eq!(d.attributes.get_str("url.path"), Some("/users/42"));
-        assert_eq!(
-            d.attributes.get_str("server.address"),
-            Some("api.example.com")
-        );
-        assert_eq!(
-            d.attributes.get("server.port").and_then(AttrValue::as_i64),
-            Some(8443)
-        );
+        assert_eq!(d.attributes.get_str("server.address"), Some("api.example.com"));
+        assert_eq!(d.attributes.get("server.port").and_then(AttrValue::as_i64), Some(8443));
         assert_eq!(d.attributes.get_str("client.address"), Some("10.0.0.2"));
         assert_eq!(d.attributes.get_str("user_agent.original"), Some("curl/8"));
         // No Host: the local address for a server, the peer for a client.
         let ex = exchange("GET / HTTP/1.0\r\n\r\n", 200);
         let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
         assert_eq!(d.attributes.get_str("server.address"), Some("10.0.0.1"));
-        assert_eq!(
-            d.attributes.get_str("network.protocol.version"),
-            Some("1.0")
-        );
+        assert_eq!(d.attributes.get_str("network.protocol.version"), Some("1.0"));
         let d = describe(&ex, Role::Client, &conn(), &Privacy::default());
         assert_eq!(d.attributes.get_str("server.address"), Some("10.0.0.2"));
-        assert_eq!(
-            d.attributes.get("server.port").and_then(AttrValue::as_i64),
-            Some(40000)
-        );
+        assert_eq!(d.attributes.get("server.port").and_then(AttrValue::as_i64), Some(40000));
         assert_eq!(d.attributes.get("client.address"), None);
     }
 
@@ -329,10 +258,7 @@ mod tests {
         let ex = exchange("PROPFIND /dav/1 HTTP/1.1\r\n\r\n", 207);
         let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
         assert_eq!(d.attributes.get_str("http.request.method"), Some("_OTHER"));
-        assert_eq!(
-            d.attributes.get_str("http.request.method_original"),
-            Some("PROPFIND")
-        );
+        assert_eq!(d.attributes.get_str("http.request.method_original"), Some("PROPFIND"));
         assert_eq!(d.name, "HTTP /dav/{id}");
     }
 
@@ -340,25 +266,13 @@ mod tests {
     fn error_status_depends_on_role() {
         use crate::span::model::StatusCode;
         let code = |status, role| {
-            describe(
-                &exchange("GET / HTTP/1.1\r\n\r\n", status),
-                role,
-                &conn(),
-                &Privacy::default(),
-            )
-            .status
-            .code
+            describe(&exchange("GET / HTTP/1.1\r\n\r\n", status), role, &conn(), &Privacy::default()).status.code
         };
         assert_eq!(code(404, Role::Server), StatusCode::Unset);
         assert_eq!(code(500, Role::Server), StatusCode::Error);
         assert_eq!(code(404, Role::Client), StatusCode::Error);
         assert_eq!(code(302, Role::Client), StatusCode::Unset);
-        let d = describe(
-            &exchange("GET / HTTP/1.1\r\n\r\n", 503),
-            Role::Server,
-            &conn(),
-            &Privacy::default(),
-        );
+        let d = describe(&exchange("GET / HTTP/1.1\r\n\r\n", 503), Role::Server, &conn(), &Privacy::default());
         assert_eq!(d.attributes.get_str("error.type"), Some("503"));
         assert!(d.status.message.is_empty());
     }
@@ -366,10 +280,7 @@ mod tests {
     #[test]
     fn trace_context_headers_are_passed_raw() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let ex = exchange(
-            &format!("GET / HTTP/1.1\r\ntraceparent: {tp}\r\ntracestate: a=b\r\n\r\n"),
-            200,
-        );
+        let ex = exchange(&format!("GET / HTTP/1.1\r\ntraceparent: {tp}\r\ntracestate: a=b\r\n\r\n"), 200);
         let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
         assert_eq!(d.traceparent.as_deref(), Some(tp));
         assert_eq!(d.tracestate.as_deref(), Some("a=b"));

@@ -8,9 +8,7 @@ use std::mem::MaybeUninit;
 
 use memchr::memchr_iter;
 
-use super::{
-    HttpExchange, Method, Prefix, Version, cut_value, request_line_start, status_line_start,
-};
+use super::{HttpExchange, Method, Prefix, Version, cut_value, request_line_start, status_line_start};
 
 /// Cap on a buffered header block (request/status line included).
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -75,11 +73,7 @@ pub(super) struct ResponseHead {
 impl ResponseHead {
     /// Body delimitation (RFC 9112 section 6.3) given the request method.
     pub fn framing(&self, request_method: Option<Method>) -> Framing {
-        if request_method == Some(Method::Head)
-            || self.status < 200
-            || self.status == 204
-            || self.status == 304
-        {
+        if request_method == Some(Method::Head) || self.status < 200 || self.status == 204 || self.status == 304 {
             return Framing::None;
         }
         match (self.chunked, self.length) {
@@ -110,11 +104,7 @@ impl FramingHeaders {
                 }
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = value
-                .rsplit(|b| *b == b',')
-                .next()
-                .unwrap_or(value)
-                .trim_ascii();
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or(value).trim_ascii();
             self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
         }
         Ok(())
@@ -125,9 +115,7 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 {
         return None;
     }
-    s.iter().try_fold(0u64, |acc, b| {
-        b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
-    })
+    s.iter().try_fold(0u64, |acc, b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
 }
 
 fn config() -> httparse::ParserConfig {
@@ -144,8 +132,7 @@ fn config() -> httparse::ParserConfig {
 pub(super) fn parse_request(data: &[u8]) -> Result<RequestHead, HeadError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_PARSED_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let httparse::Status::Complete(len) =
-        config().parse_request_with_uninit_headers(&mut req, data, &mut slots)?
+    let httparse::Status::Complete(len) = config().parse_request_with_uninit_headers(&mut req, data, &mut slots)?
     else {
         return Err(HeadError::Incomplete);
     };
@@ -153,23 +140,16 @@ pub(super) fn parse_request(data: &[u8]) -> Result<RequestHead, HeadError> {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Incomplete);
     };
-    let mut ex =
-        HttpExchange::with_capacity(block.len(), req.headers.len().min(super::MAX_KEPT_HEADERS));
+    let mut ex = HttpExchange::with_capacity(block.len(), req.headers.len().min(super::MAX_KEPT_HEADERS));
     ex.method = Method::from_token(method.as_bytes());
     if ex.method == Method::Other {
         ex.method_original = Some(ex.push_text(method));
     }
-    ex.version = if version == 0 {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
+    ex.version = if version == 0 { Version::Http10 } else { Version::Http11 };
     let (path, query) = split_target(target);
     ex.path = ex.push_text(path);
     ex.query = query.map(|q| ex.push_text(q));
-    let text = std::str::from_utf8(block)
-        .ok()
-        .map(|t| (t, block.as_ptr() as usize));
+    let text = std::str::from_utf8(block).ok().map(|t| (t, block.as_ptr() as usize));
     let mut framing = FramingHeaders::default();
     for h in req.headers.iter() {
         framing.observe(h.name, h.value)?;
@@ -191,8 +171,7 @@ pub(super) fn parse_request(data: &[u8]) -> Result<RequestHead, HeadError> {
 pub(super) fn parse_response(data: &[u8]) -> Result<ResponseHead, HeadError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_PARSED_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let httparse::Status::Complete(len) =
-        config().parse_response_with_uninit_headers(&mut resp, data, &mut slots)?
+    let httparse::Status::Complete(len) = config().parse_response_with_uninit_headers(&mut resp, data, &mut slots)?
     else {
         return Err(HeadError::Incomplete);
     };
@@ -203,19 +182,11 @@ pub(super) fn parse_response(data: &[u8]) -> Result<ResponseHead, HeadError> {
         framing.observe(h.name, h.value)?;
         if content_type.is_none() && h.name.eq_ignore_ascii_case("content-type") {
             let v = cut_value(h.value);
-            content_type = Some(
-                std::str::from_utf8(v)
-                    .map_or_else(|_| String::from_utf8_lossy(v).into_owned(), str::to_owned),
-            );
+            content_type =
+                Some(std::str::from_utf8(v).map_or_else(|_| String::from_utf8_lossy(v).into_owned(), str::to_owned));
         }
     }
-    Ok(ResponseHead {
-        len,
-        status,
-        content_type,
-        length: framing.length,
-        chunked: framing.chunked,
-    })
+    Ok(ResponseHead { len, status, content_type, length: framing.length, chunked: framing.chunked })
 }
 
 /// A parsed header block of either side.
@@ -248,11 +219,7 @@ pub(super) fn parse(side: Side, data: &[u8]) -> Result<Parsed, HeadError> {
 fn split_target(target: &str) -> (&str, Option<&str>) {
     let target = target.split_once('#').map_or(target, |(t, _)| t);
     // Origin form ("/p?q") is by far the most common: skip the scheme search.
-    let absolute = if target.starts_with('/') {
-        None
-    } else {
-        target.find("://")
-    };
+    let absolute = if target.starts_with('/') { None } else { target.find("://") };
     let target = match absolute {
         Some(i) if !target[..i].contains(['/', '?']) => {
             let rest = &target[i + 3..];
@@ -273,10 +240,7 @@ pub(super) fn find_end(before: &[u8], input: &[u8]) -> Option<usize> {
     let at = |i: usize, back: usize| -> Option<u8> {
         match i.checked_sub(back) {
             Some(j) => input.get(j).copied(),
-            None => before
-                .len()
-                .checked_sub(back - i)
-                .and_then(|j| before.get(j).copied()),
+            None => before.len().checked_sub(back - i).and_then(|j| before.get(j).copied()),
         }
     };
     memchr_iter(b'\n', input).find_map(|i| match at(i, 1) {
@@ -292,11 +256,7 @@ pub(super) fn find_end(before: &[u8], input: &[u8]) -> Option<usize> {
 pub(super) fn plausible_start(side: Side, data: &[u8]) -> Prefix {
     match side {
         Side::Request => {
-            let n = data
-                .iter()
-                .take(MAX_METHOD + 1)
-                .take_while(|b| is_tchar(**b))
-                .count();
+            let n = data.iter().take(MAX_METHOD + 1).take_while(|b| is_tchar(**b)).count();
             match data.get(n) {
                 Some(b' ') if n > 0 => Prefix::Yes,
                 None if n <= MAX_METHOD => Prefix::Partial,
@@ -324,16 +284,13 @@ pub(super) fn find_start(side: Side, data: &[u8], from: usize) -> Option<(usize,
         Side::Response => b"H",
     };
     let rest = data.get(from..)?;
-    rest.iter()
-        .enumerate()
-        .filter(|(_, b)| first.contains(b))
-        .find_map(|(i, _)| {
-            let at = from + i;
-            match strict_start(side, data.get(at..)?) {
-                Prefix::No => None,
-                p => Some((at, p)),
-            }
-        })
+    rest.iter().enumerate().filter(|(_, b)| first.contains(b)).find_map(|(i, _)| {
+        let at = from + i;
+        match strict_start(side, data.get(at..)?) {
+            Prefix::No => None,
+            p => Some((at, p)),
+        }
+    })
 }
 
 /// RFC 9110 token characters.
@@ -347,10 +304,7 @@ mod tests {
 
     #[test]
     fn find_end_handles_crlf_bare_lf_and_straddling_terminators() {
-        assert_eq!(
-            find_end(b"", b"GET / HTTP/1.1\r\nA: b\r\n\r\nBODY"),
-            Some(24)
-        );
+        assert_eq!(find_end(b"", b"GET / HTTP/1.1\r\nA: b\r\n\r\nBODY"), Some(24));
         assert_eq!(find_end(b"", b"GET / HTTP/1.1\nA: b\n\nBODY"), Some(21));
         assert_eq!(find_end(b"", b"GET / HTTP/1.1\r\nA: b\r\n"), None);
         assert_eq!(find_end(b"\r\n", b"\r\nX"), Some(2));
@@ -363,29 +317,20 @@ mod tests {
     fn target_split_removes_query_fragment_and_absolute_form() {
         assert_eq!(split_target("/a/b?x=1&y=2"), ("/a/b", Some("x=1&y=2")));
         assert_eq!(split_target("/a#frag"), ("/a", None));
-        assert_eq!(
-            split_target("http://example.com/p?q=1"),
-            ("/p", Some("q=1"))
-        );
+        assert_eq!(split_target("http://example.com/p?q=1"), ("/p", Some("q=1")));
         assert_eq!(split_target("http://example.com"), ("/", None));
-        assert_eq!(
-            split_target("/redirect?to=http://x/y"),
-            ("/redirect", Some("to=http://x/y"))
-        );
+        assert_eq!(split_target("/redirect?to=http://x/y"), ("/redirect", Some("to=http://x/y")));
         assert_eq!(split_target("*"), ("*", None));
         assert_eq!(split_target("?q"), ("/", Some("q")));
     }
 
     #[test]
     fn request_framing_follows_rfc_9112() {
-        let h =
-            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").map(|h| h.framing);
+        let h = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").map(|h| h.framing);
         assert_eq!(h.ok(), Some(Framing::Length(5)));
         let h = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
         assert_eq!(h.err(), Some(HeadError::ContentLength));
-        let h = parse_request(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
-        );
+        let h = parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(h.map(|h| h.framing).ok(), Some(Framing::Chunked));
         let h = parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!(h.err(), Some(HeadError::TransferEncoding));
@@ -398,17 +343,13 @@ mod tests {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n").expect("valid");
         assert_eq!(r.framing(Some(Method::Get)), Framing::Length(10));
         assert_eq!(r.framing(Some(Method::Head)), Framing::None);
-        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n")
-            .expect("valid");
+        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").expect("valid");
         assert_eq!(r.framing(Some(Method::Get)), Framing::None);
-        let r =
-            parse_response(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n").expect("valid");
+        let r = parse_response(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n").expect("valid");
         assert_eq!(r.framing(None), Framing::UntilClose);
         assert_eq!(r.content_type.as_deref(), Some("text/html"));
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-        )
-        .expect("valid");
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+            .expect("valid");
         assert_eq!(r.framing(None), Framing::Chunked);
     }
 
@@ -422,10 +363,7 @@ mod tests {
         }
         block.extend_from_slice(b"\r\n");
         let ex = parse_request(&block).expect("valid").ex;
-        assert_eq!(
-            ex.header("x-big").map(str::len),
-            Some(super::super::MAX_HEADER_VALUE)
-        );
+        assert_eq!(ex.header("x-big").map(str::len), Some(super::super::MAX_HEADER_VALUE));
         assert_eq!(ex.header("h0"), Some("v0"));
         assert_eq!(ex.headers().count(), super::super::MAX_KEPT_HEADERS);
         assert_eq!(ex.headers_dropped, 71 - 64);
@@ -433,26 +371,11 @@ mod tests {
 
     #[test]
     fn resync_finds_known_methods_and_status_lines_only() {
-        assert_eq!(
-            find_start(Side::Request, b"\x00\x01xxGET / HTTP/1.1", 0),
-            Some((4, Prefix::Yes))
-        );
-        assert_eq!(
-            find_start(Side::Request, b"garbage PROPFIND / HTTP/1.1", 0),
-            None
-        );
-        assert_eq!(
-            find_start(Side::Request, b"zzzzPO", 0),
-            Some((4, Prefix::Partial))
-        );
-        assert_eq!(
-            find_start(Side::Response, b"xHTTP/1.1 200", 0),
-            Some((1, Prefix::Yes))
-        );
-        assert_eq!(
-            plausible_start(Side::Request, b"PROPFIND /x HTTP/1.1"),
-            Prefix::Yes
-        );
+        assert_eq!(find_start(Side::Request, b"\x00\x01xxGET / HTTP/1.1", 0), Some((4, Prefix::Yes)));
+        assert_eq!(find_start(Side::Request, b"garbage PROPFIND / HTTP/1.1", 0), None);
+        assert_eq!(find_start(Side::Request, b"zzzzPO", 0), Some((4, Prefix::Partial)));
+        assert_eq!(find_start(Side::Response, b"xHTTP/1.1 200", 0), Some((1, Prefix::Yes)));
+        assert_eq!(plausible_start(Side::Request, b"PROPFIND /x HTTP/1.1"), Prefix::Yes);
         assert_eq!(plausible_start(Side::Request, b"\x16\x03\x01"), Prefix::No);
     }
 }

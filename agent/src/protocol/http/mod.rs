@@ -64,10 +64,7 @@ impl Method {
     ];
 
     pub fn from_token(token: &[u8]) -> Method {
-        Self::KNOWN
-            .iter()
-            .find(|(_, t)| *t == token)
-            .map_or(Method::Other, |(m, _)| *m)
+        Self::KNOWN.iter().find(|(_, t)| *t == token).map_or(Method::Other, |(m, _)| *m)
     }
 
     /// The `http.request.method` value: the token, or `_OTHER`.
@@ -141,20 +138,13 @@ pub struct HttpExchange {
 
 impl HttpExchange {
     fn with_capacity(text: usize, headers: usize) -> Self {
-        Self {
-            text: String::with_capacity(text),
-            headers: Vec::with_capacity(headers),
-            ..Self::default()
-        }
+        Self { text: String::with_capacity(text), headers: Vec::with_capacity(headers), ..Self::default() }
     }
 
     fn push_text(&mut self, s: &str) -> TextRange {
         let start = self.text.len();
         self.text.push_str(s);
-        TextRange {
-            start: to_u32(start),
-            end: to_u32(self.text.len()),
-        }
+        TextRange { start: to_u32(start), end: to_u32(self.text.len()) }
     }
 
     /// Adds a request header (name lower-cased, value trimmed and cut); counts
@@ -176,17 +166,12 @@ impl HttpExchange {
             Some(v) => self.text.push_str(v),
             None => self.text.push_str(&String::from_utf8_lossy(value)),
         }
-        let value = TextRange {
-            start: to_u32(start),
-            end: to_u32(self.text.len()),
-        };
+        let value = TextRange { start: to_u32(start), end: to_u32(self.text.len()) };
         self.headers.push((name, value));
     }
 
     fn get(&self, r: TextRange) -> &str {
-        self.text
-            .get(r.start as usize..r.end as usize)
-            .unwrap_or("")
+        self.text.get(r.start as usize..r.end as usize).unwrap_or("")
     }
 
     /// The method token as sent when it is not a known method.
@@ -207,9 +192,7 @@ impl HttpExchange {
 
     /// Kept request headers in order: (lower-case name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.headers
-            .iter()
-            .map(|(n, v)| (self.get(*n), self.get(*v)))
+        self.headers.iter().map(|(n, v)| (self.get(*n), self.get(*v)))
     }
 
     /// First value of a request header; `name` must be lower-case.

@@ -70,31 +70,19 @@ struct Half {
 
 impl Half {
     fn new() -> Self {
-        Self {
-            buf: Vec::new(),
-            marks: Vec::new(),
-            state: State::Head,
-        }
+        Self { buf: Vec::new(), marks: Vec::new(), state: State::Head }
     }
 
     fn push(&mut self, bytes: &[u8], origin: Origin) {
         if self.marks.last().is_none_or(|m| m.origin != origin) && self.marks.len() < MAX_MARKS {
-            self.marks.push(Mark {
-                at: self.buf.len(),
-                origin,
-            });
+            self.marks.push(Mark { at: self.buf.len(), origin });
         }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Origin of the buffered byte at `at`.
     fn origin(marks: &[Mark], at: usize) -> Origin {
-        marks
-            .iter()
-            .rev()
-            .find(|m| m.at <= at)
-            .or(marks.first())
-            .map_or_else(Origin::default, |m| m.origin)
+        marks.iter().rev().find(|m| m.at <= at).or(marks.first()).map_or_else(Origin::default, |m| m.origin)
     }
 
     /// Drops the first `k` buffered bytes.
@@ -106,13 +94,7 @@ impl Half {
         for m in &mut self.marks {
             m.at -= k;
         }
-        self.marks.insert(
-            0,
-            Mark {
-                at: 0,
-                origin: first,
-            },
-        );
+        self.marks.insert(0, Mark { at: 0, origin: first });
     }
 
     fn clear(&mut self) {
@@ -257,10 +239,7 @@ impl HttpParser {
         let half = self.half(side);
         if half.buf.is_empty() {
             // Blank lines between messages are allowed (RFC 9112 section 2.2).
-            let skip = input
-                .iter()
-                .position(|b| !matches!(b, b'\r' | b'\n'))
-                .unwrap_or(input.len());
+            let skip = input.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(input.len());
             let input = input.get(skip..).unwrap_or_default();
             if input.is_empty() {
                 return input;
@@ -307,10 +286,7 @@ impl HttpParser {
                 return input;
             }
         }
-        let tail = half
-            .buf
-            .get(half.buf.len().saturating_sub(2)..)
-            .unwrap_or_default();
+        let tail = half.buf.get(half.buf.len().saturating_sub(2)..).unwrap_or_default();
         match head::find_end(tail, input) {
             Some(end) if half.buf.len() + end <= MAX_HEAD => {
                 let (block, rest) = input.split_at(end);
@@ -410,14 +386,7 @@ impl HttpParser {
 
     /// A header block was parsed; `first` is where its first byte came from,
     /// `now` the chunk holding its last byte.
-    fn on_parsed(
-        &mut self,
-        p: Parsed,
-        first: Origin,
-        now: Origin,
-        out: &mut Vec<Exchange>,
-        stats: &mut ParseStats,
-    ) {
+    fn on_parsed(&mut self, p: Parsed, first: Origin, now: Origin, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         match p {
             Parsed::Request(r) => {
                 self.req.state = State::Head;
@@ -433,11 +402,7 @@ impl HttpParser {
     fn on_request(&mut self, r: RequestHead, origin: Origin, stats: &mut ParseStats) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.uncertain
-            && self.queue.is_empty()
-            && self.answer.is_none()
-            && self.resp.buf.is_empty()
-        {
+        if self.uncertain && self.queue.is_empty() && self.answer.is_none() && self.resp.buf.is_empty() {
             self.uncertain = false;
         }
         if self.uncertain {
@@ -451,11 +416,7 @@ impl HttpParser {
             }
             self.req_body = None;
         } else {
-            self.queue.push_back(Slot::Request(Pending {
-                seq,
-                origin,
-                ex: r.ex,
-            }));
+            self.queue.push_back(Slot::Request(Pending { seq, origin, ex: r.ex }));
             self.req_body = Some(seq);
         }
         self.req.state = match r.framing {
@@ -466,13 +427,7 @@ impl HttpParser {
         };
     }
 
-    fn on_response(
-        &mut self,
-        r: ResponseHead,
-        ts: u64,
-        out: &mut Vec<Exchange>,
-        stats: &mut ParseStats,
-    ) {
+    fn on_response(&mut self, r: ResponseHead, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         if (100..200).contains(&r.status) && r.status != 101 {
             return; // Interim (e.g. 100 Continue): the final response follows.
         }
@@ -484,20 +439,10 @@ impl HttpParser {
                 (Pair::Unmatched, None)
             }
         };
-        let tunnel =
-            r.status == 101 || (method == Some(Method::Connect) && (200..300).contains(&r.status));
-        let framing = if tunnel {
-            Framing::None
-        } else {
-            r.framing(method)
-        };
+        let tunnel = r.status == 101 || (method == Some(Method::Connect) && (200..300).contains(&r.status));
+        let framing = if tunnel { Framing::None } else { r.framing(method) };
         let body = (framing != Framing::None).then_some(0);
-        let answer = Answer {
-            pair,
-            status: r.status,
-            content_type: r.content_type,
-            body,
-        };
+        let answer = Answer { pair, status: r.status, content_type: r.content_type, body };
         match framing {
             Framing::None | Framing::Length(0) => {
                 self.finish(answer, ts, out, stats);
@@ -582,14 +527,7 @@ impl HttpParser {
     }
 
     /// One stream lost its place: count, drop what could be mis-paired, resync.
-    fn lose(
-        &mut self,
-        side: Side,
-        loss: Loss,
-        ts: u64,
-        out: &mut Vec<Exchange>,
-        stats: &mut ParseStats,
-    ) {
+    fn lose(&mut self, side: Side, loss: Loss, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         match loss {
             Loss::Malformed => stats.malformed += 1,
             Loss::Truncated => stats.truncated += 1,
@@ -607,10 +545,7 @@ impl HttpParser {
         // loss: it keeps its pairing. The rest are dropped; after a request
         // stream loss their responses are still due, so they are skipped.
         let keep = match self.answer {
-            Some(Answer {
-                pair: Pair::Request(seq),
-                ..
-            }) => Some(seq),
+            Some(Answer { pair: Pair::Request(seq), .. }) => Some(seq),
             _ => None,
         };
         let mut kept = None;
@@ -636,14 +571,7 @@ impl HttpParser {
     }
 
     /// Bytes moved but not captured: fine inside a body, a loss elsewhere.
-    fn skip_missing(
-        &mut self,
-        side: Side,
-        mut n: u64,
-        ts: u64,
-        out: &mut Vec<Exchange>,
-        stats: &mut ParseStats,
-    ) {
+    fn skip_missing(&mut self, side: Side, mut n: u64, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         while n > 0 && !self.opaque {
             let half = self.half(side);
             match &mut half.state {
@@ -677,15 +605,8 @@ impl StreamParser for HttpParser {
         if self.opaque {
             return;
         }
-        let side = if chunk.dir == self.role.request_direction() {
-            Side::Request
-        } else {
-            Side::Response
-        };
-        let origin = Origin {
-            ts: chunk.ts_ns,
-            tid: chunk.tid,
-        };
+        let side = if chunk.dir == self.role.request_direction() { Side::Request } else { Side::Response };
+        let origin = Origin { ts: chunk.ts_ns, tid: chunk.tid };
         self.feed_bytes(side, chunk.data, origin, out, stats);
         let missing = chunk.missing() as u64;
         if missing > 0 {

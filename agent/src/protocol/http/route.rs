@@ -31,19 +31,16 @@ fn is_id(seg: &str) -> bool {
         || (b.len() >= 16
             && has_digit
             && b.iter().any(u8::is_ascii_alphabetic)
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_'))
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_'))
 }
 
 fn is_uuid(b: &[u8]) -> bool {
     b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                *c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
+        && b.iter().enumerate().all(
+            |(i, c)| {
+                if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() }
+            },
+        )
 }
 
 #[cfg(test)]
@@ -53,14 +50,8 @@ mod tests {
     #[test]
     fn numeric_uuid_and_hex_segments_become_id() {
         assert_eq!(template_route("/users/42"), "/users/{id}");
-        assert_eq!(
-            template_route("/users/42/orders/7/"),
-            "/users/{id}/orders/{id}/"
-        );
-        assert_eq!(
-            template_route("/o/3f2504e0-4f89-11d3-9a0c-0305e82c3301"),
-            "/o/{id}"
-        );
+        assert_eq!(template_route("/users/42/orders/7/"), "/users/{id}/orders/{id}/");
+        assert_eq!(template_route("/o/3f2504e0-4f89-11d3-9a0c-0305e82c3301"), "/o/{id}");
         assert_eq!(template_route("/blob/9f86d081884c7d65"), "/blob/{id}");
         assert_eq!(template_route("/s/AbC123xyz789QwErTy"), "/s/{id}");
         assert_eq!(template_route("/s/01HZX3K9Q2V8M4N6P7R5T0W1YB"), "/s/{id}");
@@ -73,10 +64,7 @@ mod tests {
         assert_eq!(template_route("/deadbeef"), "/deadbeef");
         assert_eq!(template_route("/abc123"), "/abc123");
         assert_eq!(template_route("/static/app.js"), "/static/app.js");
-        assert_eq!(
-            template_route("/this-is-a-long-slug-without-digits"),
-            "/this-is-a-long-slug-without-digits"
-        );
+        assert_eq!(template_route("/this-is-a-long-slug-without-digits"), "/this-is-a-long-slug-without-digits");
         assert_eq!(template_route("/v2/health-check"), "/v2/health-check");
     }
 

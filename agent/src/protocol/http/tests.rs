@@ -11,13 +11,7 @@ fn parser(role: Role) -> Box<dyn StreamParser> {
 }
 
 fn chunk(dir: Direction, ts: u64, data: &[u8]) -> OwnedChunk {
-    OwnedChunk {
-        dir,
-        ts_ns: ts,
-        tid: 1,
-        data: data.to_vec(),
-        len: data.len(),
-    }
+    OwnedChunk { dir, ts_ns: ts, tid: 1, data: data.to_vec(), len: data.len() }
 }
 
 fn http(e: &Exchange) -> &HttpExchange {
@@ -36,41 +30,16 @@ fn golden_fixtures() {
 #[test]
 fn detect_request_and_status_lines_by_direction() {
     use Direction::{Egress, Ingress};
-    assert_eq!(
-        detect(Ingress, b"GET / HTTP/1.1\r\n"),
-        Detection::Yes(Role::Server)
-    );
-    assert_eq!(
-        detect(Egress, b"POST /x HTTP/1.1\r\n"),
-        Detection::Yes(Role::Client)
-    );
-    assert_eq!(
-        detect(Egress, b"HTTP/1.1 200 OK\r\n"),
-        Detection::Yes(Role::Server)
-    );
-    assert_eq!(
-        detect(Ingress, b"HTTP/1.0 404 Not Found\r\n"),
-        Detection::Yes(Role::Client)
-    );
-    assert_eq!(
-        detect(Ingress, b"OPTIONS * HTTP/1.1\r\n"),
-        Detection::Yes(Role::Server)
-    );
+    assert_eq!(detect(Ingress, b"GET / HTTP/1.1\r\n"), Detection::Yes(Role::Server));
+    assert_eq!(detect(Egress, b"POST /x HTTP/1.1\r\n"), Detection::Yes(Role::Client));
+    assert_eq!(detect(Egress, b"HTTP/1.1 200 OK\r\n"), Detection::Yes(Role::Server));
+    assert_eq!(detect(Ingress, b"HTTP/1.0 404 Not Found\r\n"), Detection::Yes(Role::Client));
+    assert_eq!(detect(Ingress, b"OPTIONS * HTTP/1.1\r\n"), Detection::Yes(Role::Server));
 }
 
 #[test]
 fn detect_needs_more_for_short_prefixes() {
-    for p in [
-        &b""[..],
-        b"G",
-        b"GE",
-        b"GET",
-        b"DELE",
-        b"H",
-        b"HT",
-        b"HTTP/1.",
-        b"HTTP/1.1",
-    ] {
+    for p in [&b""[..], b"G", b"GE", b"GET", b"DELE", b"H", b"HT", b"HTTP/1.", b"HTTP/1.1"] {
         assert_eq!(detect(Direction::Ingress, p), Detection::NeedMore, "{p:?}");
     }
 }
@@ -101,17 +70,16 @@ fn detect_rejects_other_protocols_and_near_misses() {
 fn oversized_header_block_is_counted_and_the_stream_recovers() {
     let mut big = b"GET /big HTTP/1.1\r\nHost: h\r\n".to_vec();
     while big.len() <= 70 * 1024 {
-        big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        big.extend_from_slice(
+            b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        );
     }
     big.extend_from_slice(b"\r\n");
     let ok = b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n";
     let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     // Whole, and in 1000-byte writes (the buffered path).
     for piece in [big.len(), 1000] {
-        let mut chunks: Vec<OwnedChunk> = big
-            .chunks(piece)
-            .map(|c| chunk(Direction::Ingress, 1, c))
-            .collect();
+        let mut chunks: Vec<OwnedChunk> = big.chunks(piece).map(|c| chunk(Direction::Ingress, 1, c)).collect();
         chunks.push(chunk(Direction::Ingress, 2, ok));
         chunks.push(chunk(Direction::Egress, 3, resp));
         let (out, stats) = run(&mut HttpParser::new(Role::Server), &chunks, None);
@@ -130,24 +98,16 @@ fn pipelining_beyond_the_queue_cap_keeps_pairs_right() {
     for i in 0..n {
         reqs.extend_from_slice(format!("GET /r{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
         resps.extend_from_slice(
-            format!("HTTP/1.1 200 OK\r\nContent-Type: t{i}\r\nContent-Length: 0\r\n\r\n")
-                .as_bytes(),
+            format!("HTTP/1.1 200 OK\r\nContent-Type: t{i}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
         );
     }
-    let chunks = [
-        chunk(Direction::Ingress, 1, &reqs),
-        chunk(Direction::Egress, 2, &resps),
-    ];
+    let chunks = [chunk(Direction::Ingress, 1, &reqs), chunk(Direction::Egress, 2, &resps)];
     let (out, stats) = run(&mut HttpParser::new(Role::Server), &chunks, Some(3));
     assert_eq!(out.len(), MAX_IN_FLIGHT);
     assert_eq!(stats.dropped_requests, 6);
     for e in &out {
         let h = http(e);
-        assert_eq!(
-            Some(&h.path()[2..]),
-            h.response_content_type.as_deref().map(|t| &t[1..]),
-            "mis-paired"
-        );
+        assert_eq!(Some(&h.path()[2..]), h.response_content_type.as_deref().map(|t| &t[1..]), "mis-paired");
     }
 }
 
@@ -159,23 +119,11 @@ fn request_stream_loss_never_pairs_a_response_with_a_later_request() {
         chunk(Direction::Ingress, 1, b"GET /a HTTP/1.1\r\n\r\n"),
         chunk(Direction::Ingress, 2, b"\x00\x01garbage\xff"),
         chunk(Direction::Ingress, 3, b"GET /c HTTP/1.1\r\n\r\n"),
-        chunk(
-            Direction::Egress,
-            4,
-            b"HTTP/1.1 200 OK\r\nContent-Type: a\r\nContent-Length: 0\r\n\r\n",
-        ),
-        chunk(
-            Direction::Egress,
-            5,
-            b"HTTP/1.1 200 OK\r\nContent-Type: c\r\nContent-Length: 0\r\n\r\n",
-        ),
+        chunk(Direction::Egress, 4, b"HTTP/1.1 200 OK\r\nContent-Type: a\r\nContent-Length: 0\r\n\r\n"),
+        chunk(Direction::Egress, 5, b"HTTP/1.1 200 OK\r\nContent-Type: c\r\nContent-Length: 0\r\n\r\n"),
         // Quiet again: the next request pairs normally.
         chunk(Direction::Ingress, 6, b"GET /d HTTP/1.1\r\n\r\n"),
-        chunk(
-            Direction::Egress,
-            7,
-            b"HTTP/1.1 200 OK\r\nContent-Type: d\r\nContent-Length: 0\r\n\r\n",
-        ),
+        chunk(Direction::Egress, 7, b"HTTP/1.1 200 OK\r\nContent-Type: d\r\nContent-Length: 0\r\n\r\n"),
     ];
     let (out, stats) = run(&mut HttpParser::new(Role::Server), &chunks, Some(8));
     assert_eq!(out.len(), 1, "{out:?}");
@@ -187,11 +135,7 @@ fn request_stream_loss_never_pairs_a_response_with_a_later_request() {
 
 #[test]
 fn requests_without_response_are_dropped_at_close() {
-    let chunks = [chunk(
-        Direction::Egress,
-        1,
-        b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
-    )];
+    let chunks = [chunk(Direction::Egress, 1, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")];
     let (out, stats) = run(&mut HttpParser::new(Role::Client), &chunks, Some(2));
     assert!(out.is_empty());
     assert_eq!(stats.dropped_requests, 2);
@@ -200,17 +144,9 @@ fn requests_without_response_are_dropped_at_close() {
 #[test]
 fn response_without_request_is_counted_not_emitted() {
     let chunks = [
-        chunk(
-            Direction::Egress,
-            1,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
-        ),
+        chunk(Direction::Egress, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"),
         chunk(Direction::Ingress, 2, b"GET /x HTTP/1.1\r\n\r\n"),
-        chunk(
-            Direction::Egress,
-            3,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz",
-        ),
+        chunk(Direction::Egress, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz"),
     ];
     let (out, stats) = run(&mut HttpParser::new(Role::Server), &chunks, None);
     assert_eq!(stats.unmatched_responses, 1);
@@ -221,33 +157,15 @@ fn response_without_request_is_counted_not_emitted() {
 #[test]
 fn connect_tunnel_makes_the_connection_opaque() {
     let chunks = [
-        chunk(
-            Direction::Egress,
-            1,
-            b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n",
-        ),
-        chunk(
-            Direction::Ingress,
-            2,
-            b"HTTP/1.1 200 Connection Established\r\n\r\n",
-        ),
+        chunk(Direction::Egress, 1, b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n"),
+        chunk(Direction::Ingress, 2, b"HTTP/1.1 200 Connection Established\r\n\r\n"),
         chunk(Direction::Egress, 3, b"GET /inside HTTP/1.1\r\n\r\n"),
-        chunk(
-            Direction::Ingress,
-            4,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        ),
+        chunk(Direction::Ingress, 4, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
     ];
     let (out, stats) = run(&mut HttpParser::new(Role::Client), &chunks, Some(5));
     assert_eq!(out.len(), 1);
     assert_eq!(http(&out[0]).method, Method::Connect);
-    assert_eq!(
-        stats,
-        ParseStats {
-            exchanges: 1,
-            ..ParseStats::default()
-        }
-    );
+    assert_eq!(stats, ParseStats { exchanges: 1, ..ParseStats::default() });
 }
 
 /// xorshift64*: deterministic pseudo-random numbers for the garbage test.
@@ -281,11 +199,7 @@ fn random_garbage_and_mangled_http_never_panic_and_stay_bounded() {
         b"HTTP/1.1 204 No Content\r\n\r\n",
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let privacy = Privacy {
-        capture_url_query: true,
-        capture_headers: vec!["host".into()],
-        ..Privacy::default()
-    };
+    let privacy = Privacy { capture_url_query: true, capture_headers: vec!["host".into()], ..Privacy::default() };
     for round in 0..300 {
         for role in [Role::Server, Role::Client] {
             let mut p = HttpParser::new(role);
@@ -302,28 +216,9 @@ fn random_garbage_and_mangled_http_never_panic_and_stay_bounded() {
                     2 if !data.is_empty() => data.truncate(rng.below(data.len())),
                     _ => {}
                 }
-                let dir = if rng.below(2) == 0 {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                };
-                let len = data.len()
-                    + if rng.below(10) == 0 {
-                        rng.below(100_000)
-                    } else {
-                        0
-                    };
-                p.feed(
-                    &Chunk {
-                        dir,
-                        ts_ns: step,
-                        tid: round,
-                        data: &data,
-                        len,
-                    },
-                    &mut out,
-                    &mut stats,
-                );
+                let dir = if rng.below(2) == 0 { Direction::Ingress } else { Direction::Egress };
+                let len = data.len() + if rng.below(10) == 0 { rng.below(100_000) } else { 0 };
+                p.feed(&Chunk { dir, ts_ns: step, tid: round, data: &data, len }, &mut out, &mut stats);
                 assert!(p.in_flight() <= MAX_IN_FLIGHT + 1);
                 assert!(p.buffered() <= head::MAX_HEAD);
             }

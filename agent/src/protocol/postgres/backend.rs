@@ -27,18 +27,8 @@ pub(super) fn parse_tag(body: &[u8]) -> Tag {
     );
     let numeric = |w: &&str| w.bytes().all(|b| b.is_ascii_digit());
     let n_words = words.iter().take_while(|w| !numeric(w)).count();
-    let rows = if counted {
-        words
-            .last()
-            .filter(|w| numeric(w))
-            .and_then(|w| w.parse().ok())
-    } else {
-        None
-    };
-    Tag {
-        command: words.get(..n_words).unwrap_or_default().join(" "),
-        rows,
-    }
+    let rows = if counted { words.last().filter(|w| numeric(w)).and_then(|w| w.parse().ok()) } else { None };
+    Tag { command: words.get(..n_words).unwrap_or_default().join(" "), rows }
 }
 
 /// The exported parts of an ErrorResponse.
@@ -87,55 +77,13 @@ mod tests {
 
     #[test]
     fn tags_give_command_and_rows() {
-        assert_eq!(
-            parse_tag(b"INSERT 0 3\0"),
-            Tag {
-                command: "INSERT".into(),
-                rows: Some(3)
-            }
-        );
-        assert_eq!(
-            parse_tag(b"SELECT 5\0"),
-            Tag {
-                command: "SELECT".into(),
-                rows: Some(5)
-            }
-        );
-        assert_eq!(
-            parse_tag(b"UPDATE 0\0"),
-            Tag {
-                command: "UPDATE".into(),
-                rows: Some(0)
-            }
-        );
-        assert_eq!(
-            parse_tag(b"CREATE TABLE\0"),
-            Tag {
-                command: "CREATE TABLE".into(),
-                rows: None
-            }
-        );
-        assert_eq!(
-            parse_tag(b"BEGIN\0"),
-            Tag {
-                command: "BEGIN".into(),
-                rows: None
-            }
-        );
-        assert_eq!(
-            parse_tag(b"COPY 3"),
-            Tag {
-                command: "COPY".into(),
-                rows: Some(3)
-            }
-        );
-        assert_eq!(
-            parse_tag(b""),
-            Tag {
-                command: String::new(),
-                rows: None
-            }
-        );
+        assert_eq!(parse_tag(b"INSERT 0 3\0"), Tag { command: "INSERT".into(), rows: Some(3) });
+        assert_eq!(parse_tag(b"SELECT 5\0"), Tag { command: "SELECT".into(), rows: Some(5) });
+        assert_eq!(parse_tag(b"UPDATE 0\0"), Tag { command: "UPDATE".into(), rows: Some(0) });
+        assert_eq!(parse_tag(b"CREATE TABLE\0"), Tag { command: "CREATE TABLE".into(), rows: None });
+        assert_eq!(parse_tag(b"BEGIN\0"), Tag { command: "BEGIN".into(), rows: None });
+        assert_eq!(parse_tag(b"COPY 3"), Tag { command: "COPY".into(), rows: Some(3) });
+        assert_eq!(parse_tag(b""), Tag { command: String::new(), rows: None });
         assert_eq!(parse_tag(b"SELECT 99999999999999999999999\0").rows, None);
     }
 
@@ -145,19 +93,13 @@ mod tests {
         let e = parse_error(body);
         assert_eq!(e.code, "23505");
         assert_eq!(e.severity, "ERROR");
-        assert_eq!(
-            e.message,
-            "duplicate key value violates unique constraint \"u_email\""
-        );
+        assert_eq!(e.message, "duplicate key value violates unique constraint \"u_email\"");
         assert!(!format!("{e:?}").contains("a@b.c"));
     }
 
     #[test]
     fn cut_error_keeps_present_fields() {
         let e = parse_error(b"SFEHLER\0C42P01\0Mrelation \"x");
-        assert_eq!(
-            (e.code.as_str(), e.severity.as_str(), e.message.as_str()),
-            ("42P01", "FEHLER", "relation \"x")
-        );
+        assert_eq!((e.code.as_str(), e.severity.as_str(), e.message.as_str()), ("42P01", "FEHLER", "relation \"x"));
     }
 }

@@ -28,9 +28,7 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
         attributes.set("db.namespace", db.as_ref());
     }
     let analysis = r.statement.as_deref().map(|s| (s, s.analysis()));
-    let operation = analysis
-        .and_then(|(_, a)| a.operation.clone())
-        .or_else(|| r.command.clone());
+    let operation = analysis.and_then(|(_, a)| a.operation.clone()).or_else(|| r.command.clone());
     if let Some(op) = &operation {
         attributes.set("db.operation.name", op.clone());
     }
@@ -43,11 +41,7 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
             attributes.set("db.query.summary", s.clone());
             summary = Some(s.clone());
         }
-        let text = if privacy.raw_sql {
-            statement.text.to_string()
-        } else {
-            a.sanitized.clone()
-        };
+        let text = if privacy.raw_sql { statement.text.to_string() } else { a.sanitized.clone() };
         attributes.set("db.query.text", text);
         if statement.truncated {
             attributes.set("kspan.postgresql.query_truncated", true);
@@ -61,10 +55,7 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
         }
     }
     if let Some(rows) = r.rows {
-        attributes.set(
-            "db.response.returned_rows",
-            i64::try_from(rows).unwrap_or(i64::MAX),
-        );
+        attributes.set("db.response.returned_rows", i64::try_from(rows).unwrap_or(i64::MAX));
     }
     if r.response_truncated {
         attributes.set("kspan.postgresql.response_truncated", true);
@@ -87,27 +78,14 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
             attributes.set("db.response.status_code", e.code.clone());
             attributes.set("error.type", e.code.clone());
         }
-        let message = if privacy.raw_sql {
-            e.message.clone()
-        } else {
-            safe_error_message(&e.code, &e.message)
-        };
+        let message = if privacy.raw_sql { e.message.clone() } else { safe_error_message(&e.code, &e.message) };
         status = SpanStatus::error(message);
     }
     if let Some(user) = &r.user {
         private.set("db.user", user.as_ref());
     }
-    let name = summary
-        .or(operation)
-        .unwrap_or_else(|| "postgresql".to_owned());
-    Described {
-        name,
-        attributes,
-        private,
-        status,
-        traceparent: None,
-        tracestate: None,
-    }
+    let name = summary.or(operation).unwrap_or_else(|| "postgresql".to_owned());
+    Described { name, attributes, private, status, traceparent: None, tracestate: None }
 }
 
 /// The primary error message with values that may come from row data masked.
@@ -157,19 +135,13 @@ mod tests {
     use crate::span::model::StatusCode;
 
     fn conn() -> ConnMeta {
-        ConnMeta {
-            local: "10.0.0.1:40000".parse().ok(),
-            peer: "10.0.0.2:5432".parse().ok(),
-        }
+        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:5432".parse().ok() }
     }
 
     #[test]
     fn names_span_by_summary_and_sanitises_text() {
         let r = PgExchange {
-            statement: Some(Statement::new(
-                b"SELECT * FROM users WHERE email = 'a@b.c'",
-                false,
-            )),
+            statement: Some(Statement::new(b"SELECT * FROM users WHERE email = 'a@b.c'", false)),
             database: Some("shop".into()),
             user: Some("bob".into()),
             rows: Some(1),
@@ -177,82 +149,36 @@ mod tests {
         };
         let d = describe(&r, Role::Client, &conn(), &Privacy::default());
         assert_eq!(d.name, "SELECT users");
-        assert_eq!(
-            d.attributes.get_str("db.query.text"),
-            Some("SELECT * FROM users WHERE email = ?")
-        );
+        assert_eq!(d.attributes.get_str("db.query.text"), Some("SELECT * FROM users WHERE email = ?"));
         assert_eq!(d.attributes.get_str("db.namespace"), Some("shop"));
         assert_eq!(d.attributes.get_str("server.address"), Some("10.0.0.2"));
-        assert_eq!(
-            d.attributes
-                .get("db.response.returned_rows")
-                .and_then(|v| v.as_i64()),
-            Some(1)
-        );
-        assert!(
-            d.attributes
-                .iter()
-                .all(|(_, v)| !v.to_text().contains("a@b.c") && !v.to_text().contains("bob"))
-        );
+        assert_eq!(d.attributes.get("db.response.returned_rows").and_then(|v| v.as_i64()), Some(1));
+        assert!(d.attributes.iter().all(|(_, v)| !v.to_text().contains("a@b.c") && !v.to_text().contains("bob")));
         assert_eq!(d.private.get_str("db.user"), Some("bob"));
-        assert_eq!(
-            d.private.get_str("db.query.text.raw"),
-            Some("SELECT * FROM users WHERE email = 'a@b.c'")
-        );
+        assert_eq!(d.private.get_str("db.query.text.raw"), Some("SELECT * FROM users WHERE email = 'a@b.c'"));
     }
 
     #[test]
     fn raw_sql_privacy_switch_exports_text_as_sent() {
-        let r = PgExchange {
-            statement: Some(Statement::new(b"SELECT 1", false)),
-            ..PgExchange::default()
-        };
-        let privacy = Privacy {
-            raw_sql: true,
-            ..Privacy::default()
-        };
-        assert_eq!(
-            describe(&r, Role::Server, &conn(), &privacy)
-                .attributes
-                .get_str("db.query.text"),
-            Some("SELECT 1")
-        );
+        let r = PgExchange { statement: Some(Statement::new(b"SELECT 1", false)), ..PgExchange::default() };
+        let privacy = Privacy { raw_sql: true, ..Privacy::default() };
+        assert_eq!(describe(&r, Role::Server, &conn(), &privacy).attributes.get_str("db.query.text"), Some("SELECT 1"));
         let d = describe(&r, Role::Server, &conn(), &Privacy::default());
         assert_eq!(d.attributes.get_str("db.query.text"), Some("SELECT ?"));
-        assert_eq!(
-            d.attributes.get_str("server.address"),
-            Some("10.0.0.1"),
-            "server role: the local side serves"
-        );
+        assert_eq!(d.attributes.get_str("server.address"), Some("10.0.0.1"), "server role: the local side serves");
     }
 
     #[test]
     fn unknown_prepared_statement_is_reported_not_guessed() {
-        let r = PgExchange {
-            prepared_unknown: true,
-            unknown_statement_name: Some("P0_1".into()),
-            ..PgExchange::default()
-        };
+        let r =
+            PgExchange { prepared_unknown: true, unknown_statement_name: Some("P0_1".into()), ..PgExchange::default() };
         let d = describe(&r, Role::Client, &conn(), &Privacy::default());
         assert_eq!(d.name, "postgresql");
-        assert_eq!(
-            d.attributes
-                .get("kspan.postgresql.prepared_statement_unknown"),
-            Some(&true.into())
-        );
-        assert!(
-            d.attributes.get("db.query.text").is_none()
-                && d.attributes.get("db.operation.name").is_none()
-        );
-        let r = PgExchange {
-            command: Some("UPDATE".into()),
-            ..r
-        };
+        assert_eq!(d.attributes.get("kspan.postgresql.prepared_statement_unknown"), Some(&true.into()));
+        assert!(d.attributes.get("db.query.text").is_none() && d.attributes.get("db.operation.name").is_none());
+        let r = PgExchange { command: Some("UPDATE".into()), ..r };
         let d = describe(&r, Role::Client, &conn(), &Privacy::default());
-        assert_eq!(
-            (d.name.as_str(), d.attributes.get_str("db.operation.name")),
-            ("UPDATE", Some("UPDATE"))
-        );
+        assert_eq!((d.name.as_str(), d.attributes.get_str("db.operation.name")), ("UPDATE", Some("UPDATE")));
     }
 
     #[test]
@@ -270,37 +196,22 @@ mod tests {
         assert_eq!(d.status.code, StatusCode::Error);
         assert_eq!(d.status.message, "invalid input syntax for type integer: ?");
         assert_eq!(d.attributes.get_str("error.type"), Some("22P02"));
-        assert_eq!(
-            d.attributes.get_str("db.response.status_code"),
-            Some("22P02")
-        );
+        assert_eq!(d.attributes.get_str("db.response.status_code"), Some("22P02"));
     }
 
     #[test]
     fn error_messages_keep_identifiers_and_mask_values() {
         assert_eq!(
-            safe_error_message(
-                "23505",
-                "duplicate key value violates unique constraint \"users_email_key\""
-            ),
+            safe_error_message("23505", "duplicate key value violates unique constraint \"users_email_key\""),
             "duplicate key value violates unique constraint \"users_email_key\""
         );
         assert_eq!(
             safe_error_message("42601", "syntax error at or near \"'secret'\""),
             "syntax error at or near \"?\""
         );
-        assert_eq!(
-            safe_error_message("42601", "syntax error at or near \"42\""),
-            "syntax error at or near \"?\""
-        );
-        assert_eq!(
-            safe_error_message("22003", "value \"99999\" is out of range"),
-            "value \"?\" is out of range"
-        );
+        assert_eq!(safe_error_message("42601", "syntax error at or near \"42\""), "syntax error at or near \"?\"");
+        assert_eq!(safe_error_message("22003", "value \"99999\" is out of range"), "value \"?\" is out of range");
         assert_eq!(safe_error_message("P0001", "card 4111 declined"), "");
-        assert_eq!(
-            safe_error_message("42P01", "relation \"open"),
-            "relation \"?\""
-        );
+        assert_eq!(safe_error_message("42P01", "relation \"open"), "relation \"?\"");
     }
 }

@@ -183,32 +183,18 @@ impl Framer {
                         return Some(Event::Lost);
                     }
                 }
-                State::Body {
-                    ty,
-                    remaining,
-                    keep,
-                    lost,
-                    capped,
-                } => {
+                State::Body { ty, remaining, keep, lost, capped } => {
                     let avail = inp.data.len() - inp.pos;
                     let n = remaining.min(avail);
                     let mut capped = capped;
                     if keep && !lost {
                         let room = MAX_BODY_KEEP.saturating_sub(self.buf.len());
                         let take = n.min(room);
-                        self.buf.extend_from_slice(
-                            inp.data.get(inp.pos..inp.pos + take).unwrap_or_default(),
-                        );
+                        self.buf.extend_from_slice(inp.data.get(inp.pos..inp.pos + take).unwrap_or_default());
                         capped |= take < n;
                     }
                     inp.pos += n;
-                    self.state = State::Body {
-                        ty,
-                        remaining: remaining - n,
-                        keep,
-                        lost,
-                        capped,
-                    };
+                    self.state = State::Body { ty, remaining: remaining - n, keep, lost, capped };
                     if remaining == n {
                         return Some(Event::Msg(self.frame(inp.ts, stats)));
                     }
@@ -235,13 +221,7 @@ impl Framer {
             if self.expect_ssl_reply && matches!(b, b'S' | b'N' | b'G') {
                 self.expect_ssl_reply = false;
                 self.buf.push(b);
-                self.state = State::Body {
-                    ty: SSL_REPLY,
-                    remaining: 0,
-                    keep: true,
-                    lost: false,
-                    capped: false,
-                };
+                self.state = State::Body { ty: SSL_REPLY, remaining: 0, keep: true, lost: false, capped: false };
                 return true;
             }
             self.expect_ssl_reply = false;
@@ -272,11 +252,7 @@ impl Framer {
                 return false;
             }
             let len = be32(&self.hdr[1..5]);
-            let max = if self.first {
-                MAX_FIRST_MSG_LEN
-            } else {
-                MAX_MSG_LEN
-            };
+            let max = if self.first { MAX_FIRST_MSG_LEN } else { MAX_MSG_LEN };
             if !(4..=max).contains(&len) {
                 self.lose_sync();
                 return false;
@@ -287,48 +263,23 @@ impl Framer {
         if self.side == Side::Frontend && ty != STARTUP {
             self.startup_phase = false;
         }
-        self.state = State::Body {
-            ty,
-            remaining: need,
-            keep: self.side.keeps_body(ty),
-            lost: false,
-            capped: false,
-        };
+        self.state = State::Body { ty, remaining: need, keep: self.side.keeps_body(ty), lost: false, capped: false };
         need == 0
     }
 
     fn lose_sync(&mut self) {
-        self.state = State::Scan {
-            cand: 0,
-            remaining: 0,
-        };
+        self.state = State::Scan { cand: 0, remaining: 0 };
         self.scanned = 0;
     }
 
     /// Skips uncaptured bytes after the captured data of a chunk.
     fn skip_missing(&mut self, inp: &mut Input<'_>, stats: &mut ParseStats) -> Step {
         match self.state {
-            State::Body {
-                ty,
-                remaining,
-                keep,
-                lost,
-                capped,
-            } => {
+            State::Body { ty, remaining, keep, lost, capped } => {
                 let n = remaining.min(inp.missing);
                 inp.missing -= n;
-                self.state = State::Body {
-                    ty,
-                    remaining: remaining - n,
-                    keep,
-                    lost: lost || n > 0,
-                    capped,
-                };
-                if remaining == n {
-                    Step::Frame
-                } else {
-                    Step::Continue
-                }
+                self.state = State::Body { ty, remaining: remaining - n, keep, lost: lost || n > 0, capped };
+                if remaining == n { Step::Frame } else { Step::Continue }
             }
             State::Header => {
                 inp.missing = 0;
@@ -340,10 +291,7 @@ impl Framer {
             }
             State::Scan { .. } => {
                 inp.missing = 0;
-                self.state = State::Scan {
-                    cand: 0,
-                    remaining: 0,
-                };
+                self.state = State::Scan { cand: 0, remaining: 0 };
                 Step::Continue
             }
             State::Opaque => {
@@ -372,10 +320,7 @@ impl Framer {
             // The candidate failed; this byte may still start a new one.
             stats.malformed += cand as u64;
             self.scanned += cand;
-            self.state = State::Scan {
-                cand: 0,
-                remaining: 0,
-            };
+            self.state = State::Scan { cand: 0, remaining: 0 };
             if self.is_anchor_type(b) {
                 self.begin_candidate(b, inp);
             } else {
@@ -393,35 +338,18 @@ impl Framer {
                 false
             }
             1..=3 => {
-                self.state = State::Scan {
-                    cand: cand + 1,
-                    remaining: 0,
-                };
+                self.state = State::Scan { cand: cand + 1, remaining: 0 };
                 false
             }
             4 => {
                 let body = be32(&self.hdr[1..5]) - 4;
-                self.state = State::Scan {
-                    cand: 5,
-                    remaining: body,
-                };
-                if body == 0 {
-                    self.finish_anchor()
-                } else {
-                    false
-                }
+                self.state = State::Scan { cand: 5, remaining: body };
+                if body == 0 { self.finish_anchor() } else { false }
             }
             _ => {
                 self.buf.push(b);
-                self.state = State::Scan {
-                    cand: cand + 1,
-                    remaining: remaining - 1,
-                };
-                if remaining == 1 {
-                    self.finish_anchor()
-                } else {
-                    false
-                }
+                self.state = State::Scan { cand: cand + 1, remaining: remaining - 1 };
+                if remaining == 1 { self.finish_anchor() } else { false }
             }
         }
     }
@@ -430,21 +358,12 @@ impl Framer {
         self.hdr[0] = b;
         self.start = (inp.ts, inp.tid);
         self.buf.clear();
-        self.state = State::Scan {
-            cand: 1,
-            remaining: 0,
-        };
+        self.state = State::Scan { cand: 1, remaining: 0 };
     }
 
     fn finish_anchor(&mut self) -> bool {
         let ty = self.hdr[0];
-        self.state = State::Body {
-            ty,
-            remaining: 0,
-            keep: true,
-            lost: false,
-            capped: false,
-        };
+        self.state = State::Body { ty, remaining: 0, keep: true, lost: false, capped: false };
         if self.side == Side::Frontend {
             self.startup_phase = false;
         }
@@ -482,13 +401,7 @@ impl Framer {
     /// The finished message; the framer is back at a message boundary.
     fn frame(&mut self, end_ts: u64, stats: &mut ParseStats) -> Frame<'_> {
         let (ty, complete) = match self.state {
-            State::Body {
-                ty,
-                keep,
-                lost,
-                capped,
-                ..
-            } => {
+            State::Body { ty, keep, lost, capped, .. } => {
                 if keep && lost {
                     stats.truncated += 1;
                 }
@@ -499,14 +412,7 @@ impl Framer {
         self.state = State::Header;
         self.hdr_len = 0;
         self.first = false;
-        Frame {
-            ty,
-            body: &self.buf,
-            complete,
-            start_ts: self.start.0,
-            tid: self.start.1,
-            end_ts,
-        }
+        Frame { ty, body: &self.buf, complete, start_ts: self.start.0, tid: self.start.1, end_ts }
     }
 }
 
@@ -544,13 +450,7 @@ mod tests {
         let mut stats = ParseStats::default();
         let (mut out, mut lost) = (Vec::new(), 0);
         for (i, (data, missing)) in parts.iter().enumerate() {
-            let mut inp = Input {
-                data,
-                pos: 0,
-                missing: *missing,
-                ts: i as u64,
-                tid: 1,
-            };
+            let mut inp = Input { data, pos: 0, missing: *missing, ts: i as u64, tid: 1 };
             while let Some(ev) = f.next(&mut inp, &mut stats) {
                 match ev {
                     Event::Msg(m) => out.push((m.ty, m.body.to_vec(), m.complete)),
@@ -573,11 +473,7 @@ mod tests {
         assert_eq!(whole[1].1, b"", "DataRow bodies are not kept");
         for at in 0..stream.len() {
             let (a, b) = stream.split_at(at);
-            assert_eq!(
-                frames(Side::Backend, &[(a, 0), (b, 0)]).0,
-                whole,
-                "split at {at}"
-            );
+            assert_eq!(frames(Side::Backend, &[(a, 0), (b, 0)]).0, whole, "split at {at}");
         }
     }
 
@@ -588,10 +484,7 @@ mod tests {
         stream.extend(msg(b'C', b"BEGIN\0"));
         let (out, lost, stats) = frames(Side::Backend, &[(&stream, 0)]);
         assert_eq!(lost, 1);
-        assert_eq!(
-            out.iter().map(|m| m.0).collect::<Vec<_>>(),
-            vec![b'Z', b'C']
-        );
+        assert_eq!(out.iter().map(|m| m.0).collect::<Vec<_>>(), vec![b'Z', b'C']);
         assert_eq!(stats.resyncs, 1);
         assert!(stats.malformed >= 12);
         let (_, lost, _) = frames(Side::Backend, &[(b"C\0\0\0\x02", 0)]);
@@ -605,10 +498,7 @@ mod tests {
         // Capture stops 10 bytes into the DataRow; the rest of it is missing.
         let (out, lost, stats) = frames(Side::Backend, &[(&big[..10], big.len() - 10), (&z, 0)]);
         assert_eq!(lost, 0);
-        assert_eq!(
-            out.iter().map(|m| m.0).collect::<Vec<_>>(),
-            vec![b'D', b'Z']
-        );
+        assert_eq!(out.iter().map(|m| m.0).collect::<Vec<_>>(), vec![b'D', b'Z']);
         assert_eq!(stats.truncated, 0, "DataRow content is not needed");
     }
 
@@ -630,10 +520,7 @@ mod tests {
         next.extend(msg(b'Q', b"SELECT 3\0"));
         let (out, lost, stats) = frames(Side::Frontend, &[(&s[..8], s.len() - 8 + 40), (&next, 0)]);
         assert_eq!(lost, 1);
-        assert_eq!(
-            out.iter().map(|m| (m.0, m.2)).collect::<Vec<_>>(),
-            vec![(b'Q', false), (b'Q', true)]
-        );
+        assert_eq!(out.iter().map(|m| (m.0, m.2)).collect::<Vec<_>>(), vec![(b'Q', false), (b'Q', true)]);
         assert_eq!(out[1].1, b"SELECT 3\0");
         assert_eq!(stats.resyncs, 1);
     }
@@ -653,13 +540,7 @@ mod tests {
         let junk = vec![0xaau8; MAX_SCAN + 10];
         let mut f = Framer::new(Side::Backend);
         let mut stats = ParseStats::default();
-        let mut inp = Input {
-            data: &junk,
-            pos: 0,
-            missing: 0,
-            ts: 0,
-            tid: 0,
-        };
+        let mut inp = Input { data: &junk, pos: 0, missing: 0, ts: 0, tid: 0 };
         while f.next(&mut inp, &mut stats).is_some() {}
         assert!(f.is_opaque());
     }
@@ -680,13 +561,7 @@ mod tests {
         let mut f = Framer::new(Side::Backend);
         f.expect_ssl_reply = true;
         let mut stats = ParseStats::default();
-        let mut inp = Input {
-            data: b"N",
-            pos: 0,
-            missing: 0,
-            ts: 0,
-            tid: 0,
-        };
+        let mut inp = Input { data: b"N", pos: 0, missing: 0, ts: 0, tid: 0 };
         match f.next(&mut inp, &mut stats) {
             Some(Event::Msg(m)) => assert_eq!((m.ty, m.body), (SSL_REPLY, &b"N"[..])),
             other => panic!("{other:?}"),

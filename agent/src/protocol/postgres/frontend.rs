@@ -51,11 +51,7 @@ pub(super) enum FrontMsg<'a> {
 /// Splits a NUL-terminated string off `b`: (string, rest, terminated).
 pub(super) fn cstr(b: &[u8]) -> (&[u8], &[u8], bool) {
     match b.iter().position(|&c| c == 0) {
-        Some(i) => (
-            b.get(..i).unwrap_or_default(),
-            b.get(i + 1..).unwrap_or_default(),
-            true,
-        ),
+        Some(i) => (b.get(..i).unwrap_or_default(), b.get(i + 1..).unwrap_or_default(), true),
         None => (b, &[], false),
     }
 }
@@ -66,20 +62,13 @@ pub(super) fn decode<'a>(f: &Frame<'a>) -> FrontMsg<'a> {
         STARTUP => decode_startup(body),
         b'Q' => FrontMsg::Query { sql: cstr(body).0 },
         b'P' => match cstr(body) {
-            (name, rest, true) => FrontMsg::Parse {
-                name,
-                sql: cstr(rest).0,
-            },
+            (name, rest, true) => FrontMsg::Parse { name, sql: cstr(rest).0 },
             _ => FrontMsg::Other,
         },
         b'B' => {
             let (portal, rest, ok1) = cstr(body);
             let (statement, _, ok2) = cstr(rest);
-            if ok1 && ok2 {
-                FrontMsg::Bind { portal, statement }
-            } else {
-                FrontMsg::Other
-            }
+            if ok1 && ok2 { FrontMsg::Bind { portal, statement } } else { FrontMsg::Other }
         }
         b'E' => match cstr(body) {
             (portal, _, true) => FrontMsg::Execute { portal },
@@ -130,94 +119,39 @@ mod tests {
     use super::*;
 
     fn frame(ty: u8, body: &[u8]) -> Frame<'_> {
-        Frame {
-            ty,
-            body,
-            complete: true,
-            start_ts: 0,
-            tid: 0,
-            end_ts: 0,
-        }
+        Frame { ty, body, complete: true, start_ts: 0, tid: 0, end_ts: 0 }
     }
 
     #[test]
     fn startup_yields_database_and_user() {
         let body = b"\x00\x03\x00\x00user\0bob\0database\0shop\0application_name\0psql\0\0";
-        assert_eq!(
-            decode(&frame(STARTUP, body)),
-            FrontMsg::Startup {
-                database: Some(b"shop"),
-                user: Some(b"bob")
-            }
-        );
+        assert_eq!(decode(&frame(STARTUP, body)), FrontMsg::Startup { database: Some(b"shop"), user: Some(b"bob") });
     }
 
     #[test]
     fn startup_codes_are_told_apart() {
-        assert_eq!(
-            decode(&frame(STARTUP, &80_877_103u32.to_be_bytes())),
-            FrontMsg::EncryptionRequest
-        );
-        assert_eq!(
-            decode(&frame(STARTUP, &80_877_104u32.to_be_bytes())),
-            FrontMsg::EncryptionRequest
-        );
-        assert_eq!(
-            decode(&frame(STARTUP, b"\x04\xd2\x16\x2e\0\0\0\x01\0\0\0\x02")),
-            FrontMsg::Cancel
-        );
-        assert_eq!(
-            decode(&frame(STARTUP, b"\x00\x02\x00\x00")),
-            FrontMsg::UnsupportedStartup
-        );
-        assert_eq!(
-            decode(&frame(STARTUP, b"\x00")),
-            FrontMsg::UnsupportedStartup
-        );
+        assert_eq!(decode(&frame(STARTUP, &80_877_103u32.to_be_bytes())), FrontMsg::EncryptionRequest);
+        assert_eq!(decode(&frame(STARTUP, &80_877_104u32.to_be_bytes())), FrontMsg::EncryptionRequest);
+        assert_eq!(decode(&frame(STARTUP, b"\x04\xd2\x16\x2e\0\0\0\x01\0\0\0\x02")), FrontMsg::Cancel);
+        assert_eq!(decode(&frame(STARTUP, b"\x00\x02\x00\x00")), FrontMsg::UnsupportedStartup);
+        assert_eq!(decode(&frame(STARTUP, b"\x00")), FrontMsg::UnsupportedStartup);
     }
 
     #[test]
     fn extended_messages_decode_names() {
         assert_eq!(
             decode(&frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17")),
-            FrontMsg::Parse {
-                name: b"s1",
-                sql: b"SELECT $1"
-            }
+            FrontMsg::Parse { name: b"s1", sql: b"SELECT $1" }
         );
-        assert_eq!(
-            decode(&frame(b'B', b"\0s1\0\0\0\0\0\0\0")),
-            FrontMsg::Bind {
-                portal: b"",
-                statement: b"s1"
-            }
-        );
-        assert_eq!(
-            decode(&frame(b'E', b"\0\0\0\0\0")),
-            FrontMsg::Execute { portal: b"" }
-        );
-        assert_eq!(
-            decode(&frame(b'C', b"Ss1\0")),
-            FrontMsg::Close {
-                kind: b'S',
-                name: b"s1"
-            }
-        );
+        assert_eq!(decode(&frame(b'B', b"\0s1\0\0\0\0\0\0\0")), FrontMsg::Bind { portal: b"", statement: b"s1" });
+        assert_eq!(decode(&frame(b'E', b"\0\0\0\0\0")), FrontMsg::Execute { portal: b"" });
+        assert_eq!(decode(&frame(b'C', b"Ss1\0")), FrontMsg::Close { kind: b'S', name: b"s1" });
     }
 
     #[test]
     fn cut_bodies_decode_what_is_there() {
-        assert_eq!(
-            decode(&frame(b'Q', b"SELECT 'ab")),
-            FrontMsg::Query { sql: b"SELECT 'ab" }
-        );
-        assert_eq!(
-            decode(&frame(b'P', b"s1\0SELECT")),
-            FrontMsg::Parse {
-                name: b"s1",
-                sql: b"SELECT"
-            }
-        );
+        assert_eq!(decode(&frame(b'Q', b"SELECT 'ab")), FrontMsg::Query { sql: b"SELECT 'ab" });
+        assert_eq!(decode(&frame(b'P', b"s1\0SELECT")), FrontMsg::Parse { name: b"s1", sql: b"SELECT" });
         assert_eq!(decode(&frame(b'P', b"s1")), FrontMsg::Other);
         assert_eq!(decode(&frame(b'B', b"\0s1")), FrontMsg::Other);
         assert_eq!(decode(&frame(b'C', b"X")), FrontMsg::Other);

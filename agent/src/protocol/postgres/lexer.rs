@@ -120,19 +120,13 @@ impl<'a> Lexer<'a> {
         let delim = self.src.get(open..=tag_end)?;
         let body = tag_end + 1;
         let rest = self.src.get(body..)?;
-        Some(
-            rest.find(delim)
-                .map_or(self.src.len(), |at| body + at + delim.len()),
-        )
+        Some(rest.find(delim).map_or(self.src.len(), |at| body + at + delim.len()))
     }
 
     fn number_end(&self, start: usize) -> usize {
         let bytes = self.src.as_bytes();
         let radix_prefix = bytes.get(start) == Some(&b'0')
-            && matches!(
-                bytes.get(start + 1),
-                Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')
-            );
+            && matches!(bytes.get(start + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B'));
         if radix_prefix {
             return self.run_while(start + 2, |b| b.is_ascii_hexdigit() || b == b'_');
         }
@@ -157,17 +151,14 @@ impl<'a> Lexer<'a> {
         let b = self.byte(start)?;
         let next = self.byte(start + 1);
         let (kind, end) = match b {
-            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => (
-                Tok::Space,
-                self.run_while(start, |b| b.is_ascii_whitespace() || b == 0x0b),
-            ),
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                (Tok::Space, self.run_while(start, |b| b.is_ascii_whitespace() || b == 0x0b))
+            }
             b'-' if next == Some(b'-') => (Tok::Comment, self.run_while(start, |b| b != b'\n')),
             b'/' if next == Some(b'*') => (Tok::Comment, self.block_comment_end(start)),
             b'\'' => (Tok::Str, self.quoted_end(start, b'\'', false)),
             b'"' => (Tok::QIdent, self.quoted_end(start, b'"', false)),
-            b'e' | b'E' if next == Some(b'\'') => {
-                (Tok::Str, self.quoted_end(start + 1, b'\'', true))
-            }
+            b'e' | b'E' if next == Some(b'\'') => (Tok::Str, self.quoted_end(start + 1, b'\'', true)),
             b'b' | b'B' | b'x' | b'X' | b'n' | b'N' if next == Some(b'\'') => {
                 (Tok::Str, self.quoted_end(start + 1, b'\'', false))
             }
@@ -177,10 +168,9 @@ impl<'a> Lexer<'a> {
             b'u' | b'U' if next == Some(b'&') && self.byte(start + 2) == Some(b'"') => {
                 (Tok::QIdent, self.quoted_end(start + 2, b'"', false))
             }
-            b'$' if next.is_some_and(|n| n.is_ascii_digit()) => (
-                Tok::Param,
-                self.run_while(start + 1, |b| b.is_ascii_digit()),
-            ),
+            b'$' if next.is_some_and(|n| n.is_ascii_digit()) => {
+                (Tok::Param, self.run_while(start + 1, |b| b.is_ascii_digit()))
+            }
             b'$' => match self.dollar_quote_end(start) {
                 Some(end) => (Tok::Str, end),
                 None => (Tok::Punct, start + 1),
@@ -228,10 +218,7 @@ mod tests {
     use super::*;
 
     fn kinds(sql: &str) -> Vec<(Tok, &str)> {
-        Lexer::new(sql)
-            .filter(|t| t.kind != Tok::Space)
-            .map(|t| (t.kind, t.text))
-            .collect()
+        Lexer::new(sql).filter(|t| t.kind != Tok::Space).map(|t| (t.kind, t.text)).collect()
     }
 
     #[test]
@@ -260,39 +247,22 @@ mod tests {
 
     #[test]
     fn unterminated_constructs_run_to_the_end() {
-        assert_eq!(
-            kinds("a 'open"),
-            vec![(Tok::Ident, "a"), (Tok::Str, "'open")]
-        );
-        assert_eq!(
-            kinds("a $q$ open"),
-            vec![(Tok::Ident, "a"), (Tok::Str, "$q$ open")]
-        );
-        assert_eq!(
-            kinds("a /* open"),
-            vec![(Tok::Ident, "a"), (Tok::Comment, "/* open")]
-        );
+        assert_eq!(kinds("a 'open"), vec![(Tok::Ident, "a"), (Tok::Str, "'open")]);
+        assert_eq!(kinds("a $q$ open"), vec![(Tok::Ident, "a"), (Tok::Str, "$q$ open")]);
+        assert_eq!(kinds("a /* open"), vec![(Tok::Ident, "a"), (Tok::Comment, "/* open")]);
         assert_eq!(kinds("e'\\"), vec![(Tok::Str, "e'\\")]);
     }
 
     #[test]
     fn nested_block_comments_close_at_the_outer_end() {
-        assert_eq!(
-            kinds("/* a /* b */ c */ x"),
-            vec![(Tok::Comment, "/* a /* b */ c */"), (Tok::Ident, "x")]
-        );
+        assert_eq!(kinds("/* a /* b */ c */ x"), vec![(Tok::Comment, "/* a /* b */ c */"), (Tok::Ident, "x")]);
     }
 
     #[test]
     fn non_ascii_identifiers_stay_whole() {
         assert_eq!(
             kinds("SELECT café FROM é"),
-            vec![
-                (Tok::Ident, "SELECT"),
-                (Tok::Ident, "café"),
-                (Tok::Ident, "FROM"),
-                (Tok::Ident, "é")
-            ]
+            vec![(Tok::Ident, "SELECT"), (Tok::Ident, "café"), (Tok::Ident, "FROM"), (Tok::Ident, "é")]
         );
     }
 }

@@ -56,11 +56,7 @@ pub struct Analysis {
 
 impl Statement {
     pub fn new(sql: &[u8], truncated: bool) -> Arc<Self> {
-        Arc::new(Self {
-            text: String::from_utf8_lossy(sql).into(),
-            truncated,
-            analysis: OnceLock::new(),
-        })
+        Arc::new(Self { text: String::from_utf8_lossy(sql).into(), truncated, analysis: OnceLock::new() })
     }
 
     /// Sanitised text and summary (computed on first use).
@@ -68,12 +64,7 @@ impl Statement {
         self.analysis.get_or_init(|| {
             let (operation, collection) = sql::summarize(&self.text);
             let summary = sql::summary_text(operation.as_deref(), collection.as_deref());
-            Analysis {
-                sanitized: sql::sanitize(&self.text),
-                operation,
-                collection,
-                summary,
-            }
+            Analysis { sanitized: sql::sanitize(&self.text), operation, collection, summary }
         })
     }
 }
@@ -126,16 +117,9 @@ pub fn detect(dir: Direction, data: &[u8]) -> Detection {
     if !b"QPBZR12nIsTKE".contains(&ty) {
         return Detection::No;
     }
-    let Some(len) = data
-        .get(1..5)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    else {
+    let Some(len) = data.get(1..5).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize) else {
         // Reject early when the first length byte is already implausible.
-        return if data.get(1).is_some_and(|&b| b != 0) {
-            Detection::No
-        } else {
-            Detection::NeedMore
-        };
+        return if data.get(1).is_some_and(|&b| b != 0) { Detection::No } else { Detection::NeedMore };
     };
     if !(4..(1 << 24)).contains(&len) {
         return Detection::No;
@@ -153,9 +137,7 @@ pub fn detect(dir: Direction, data: &[u8]) -> Detection {
     };
     match ty {
         // Query text or a statement name: printable bytes.
-        b'Q' => {
-            need_more_or(len > 5 && first.is_some_and(|b| b >= 0x20 || b.is_ascii_whitespace()))
-        }
+        b'Q' => need_more_or(len > 5 && first.is_some_and(|b| b >= 0x20 || b.is_ascii_whitespace())),
         b'P' | b'B' => need_more_or(first.is_some_and(|b| b == 0 || b.is_ascii_graphic())),
         b'Z' => match first {
             None => Detection::NeedMore,
@@ -169,9 +151,7 @@ pub fn detect(dir: Direction, data: &[u8]) -> Detection {
         // ErrorResponse starts with its severity field; Execute with a portal name.
         b'E' => match first {
             None => Detection::NeedMore,
-            Some(b'S') if body.get(1).is_none_or(|b| b.is_ascii_uppercase()) => {
-                Detection::Yes(backend_role)
-            }
+            Some(b'S') if body.get(1).is_none_or(|b| b.is_ascii_uppercase()) => Detection::Yes(backend_role),
             Some(_) => Detection::No,
         },
         _ => Detection::No,
@@ -180,11 +160,7 @@ pub fn detect(dir: Direction, data: &[u8]) -> Detection {
 
 fn detect_startup(data: &[u8], role: Role) -> Detection {
     let (Some(len), Some(code)) = (data.get(0..4), data.get(4..8)) else {
-        return if data.get(1).is_some_and(|&b| b != 0) {
-            Detection::No
-        } else {
-            Detection::NeedMore
-        };
+        return if data.get(1).is_some_and(|&b| b != 0) { Detection::No } else { Detection::NeedMore };
     };
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
     let code = u32::from_be_bytes([code[0], code[1], code[2], code[3]]);
@@ -194,11 +170,7 @@ fn detect_startup(data: &[u8], role: Role) -> Detection {
         c if c >> 16 == 3 => (8..=10_000).contains(&len),
         _ => false,
     };
-    if ok {
-        Detection::Yes(role)
-    } else {
-        Detection::No
-    }
+    if ok { Detection::Yes(role) } else { Detection::No }
 }
 
 /// Per-connection parser state.
@@ -211,12 +183,7 @@ pub struct PgParser {
 
 impl PgParser {
     pub fn new(role: Role) -> Self {
-        Self {
-            role,
-            front: Framer::new(Side::Frontend),
-            back: Framer::new(Side::Backend),
-            session: Session::new(role),
-        }
+        Self { role, front: Framer::new(Side::Frontend), back: Framer::new(Side::Backend), session: Session::new(role) }
     }
 
     /// Named statements and portals evicted to respect the caps (grows only).
@@ -238,13 +205,7 @@ impl PgParser {
 
 impl StreamParser for PgParser {
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
-        let mut inp = Input {
-            data: chunk.data,
-            pos: 0,
-            missing: chunk.missing(),
-            ts: chunk.ts_ns,
-            tid: chunk.tid,
-        };
+        let mut inp = Input { data: chunk.data, pos: 0, missing: chunk.missing(), ts: chunk.ts_ns, tid: chunk.tid };
         if chunk.dir == self.role.request_direction() {
             while let Some(ev) = self.front.next(&mut inp, stats) {
                 let effect = match ev {

@@ -112,9 +112,7 @@ impl Session {
             role,
             database: None,
             user: None,
-            statements: LruCache::new(
-                NonZeroUsize::new(MAX_STATEMENTS).unwrap_or(NonZeroUsize::MIN),
-            ),
+            statements: LruCache::new(NonZeroUsize::new(MAX_STATEMENTS).unwrap_or(NonZeroUsize::MIN)),
             unnamed: None,
             unnamed_portal: None,
             portals: VecDeque::new(),
@@ -143,10 +141,7 @@ impl Session {
             FrontMsg::Query { sql } => {
                 self.close_batch();
                 let statement = Statement::new(sql, !f.complete);
-                self.push(
-                    self.pending_for(Kind::Simple, (f.start_ts, f.tid), Some(statement), None),
-                    stats,
-                );
+                self.push(self.pending_for(Kind::Simple, (f.start_ts, f.tid), Some(statement), None), stats);
                 self.front_batch += 1;
             }
             FrontMsg::Parse { name, sql } => {
@@ -167,18 +162,9 @@ impl Session {
             }
             FrontMsg::Bind { portal, statement } => {
                 self.group_start.get_or_insert((f.start_ts, f.tid));
-                let known = if statement.is_empty() {
-                    self.unnamed.clone()
-                } else {
-                    self.statements.get(statement).cloned()
-                };
-                self.bind(
-                    portal,
-                    Binding {
-                        statement: known,
-                        name: statement.into(),
-                    },
-                );
+                let known =
+                    if statement.is_empty() { self.unnamed.clone() } else { self.statements.get(statement).cloned() };
+                self.bind(portal, Binding { statement: known, name: statement.into() });
             }
             FrontMsg::Execute { portal } => self.execute(portal, f, stats),
             FrontMsg::Close { kind, name } => self.close_object(kind, name),
@@ -248,25 +234,14 @@ impl Session {
         let binding = if portal.is_empty() {
             self.unnamed_portal.clone()
         } else {
-            self.portals
-                .iter()
-                .find(|(name, _)| **name == *portal)
-                .map(|(_, b)| b.clone())
+            self.portals.iter().find(|(name, _)| **name == *portal).map(|(_, b)| b.clone())
         };
         let (statement, unknown_name) = match binding {
-            Some(Binding {
-                statement: Some(s), ..
-            }) => (Some(s), None),
-            Some(Binding {
-                statement: None,
-                name,
-            }) => (None, Some(String::from_utf8_lossy(&name).into())),
+            Some(Binding { statement: Some(s), .. }) => (Some(s), None),
+            Some(Binding { statement: None, name }) => (None, Some(String::from_utf8_lossy(&name).into())),
             None => (None, Some(String::from_utf8_lossy(portal).into())),
         };
-        self.push(
-            self.pending_for(Kind::Execute, start, statement, unknown_name),
-            stats,
-        );
+        self.push(self.pending_for(Kind::Execute, start, statement, unknown_name), stats);
     }
 
     fn close_object(&mut self, kind: u8, name: &[u8]) {
@@ -304,17 +279,10 @@ impl Session {
     /// The request the backend is answering now, if any.
     fn current(&mut self) -> Option<&mut Pending> {
         let batch = self.back_batch;
-        self.pending
-            .front_mut()
-            .filter(|p| p.batch == batch && p.kind != Kind::Prepare)
+        self.pending.front_mut().filter(|p| p.batch == batch && p.kind != Kind::Prepare)
     }
 
-    pub fn on_backend(
-        &mut self,
-        f: &Frame<'_>,
-        out: &mut Vec<Exchange>,
-        stats: &mut ParseStats,
-    ) -> Effect {
+    pub fn on_backend(&mut self, f: &Frame<'_>, out: &mut Vec<Exchange>, stats: &mut ParseStats) -> Effect {
         match f.ty {
             SSL_REPLY => {
                 if matches!(f.body.first(), Some(b'S' | b'G')) {
@@ -363,13 +331,7 @@ impl Session {
         Effect::None
     }
 
-    fn on_error(
-        &mut self,
-        error: PgError,
-        ts: u64,
-        out: &mut Vec<Exchange>,
-        stats: &mut ParseStats,
-    ) {
+    fn on_error(&mut self, error: PgError, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         let batch = self.back_batch;
         let Some(p) = self.pending.front_mut().filter(|p| p.batch == batch) else {
             // Errors outside a request: startup/authentication or a Sync-only batch.
@@ -437,9 +399,7 @@ impl Session {
     pub fn close(&mut self, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         while let Some(p) = self.pending.pop_front() {
             match (p.kind, p.last_resp_ts) {
-                (Kind::Simple, Some(ts)) if !(p.empty && p.error.is_none()) => {
-                    self.emit(p, ts, out, stats)
-                }
+                (Kind::Simple, Some(ts)) if !(p.empty && p.error.is_none()) => self.emit(p, ts, out, stats),
                 (Kind::Prepare, _) => {}
                 _ => stats.dropped_requests += 1,
             }

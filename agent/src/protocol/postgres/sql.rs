@@ -31,10 +31,7 @@ pub fn sanitize(sql: &str) -> String {
                 let unary_minus = tok.kind == Tok::Num
                     && prev[0] == Some(Tok::Punct)
                     && prev_text == "-"
-                    && !matches!(
-                        prev[1],
-                        Some(Tok::Ident | Tok::QIdent | Tok::Num | Tok::Str | Tok::Param)
-                    );
+                    && !matches!(prev[1], Some(Tok::Ident | Tok::QIdent | Tok::Num | Tok::Str | Tok::Param));
                 if unary_minus && out.ends_with('-') {
                     out.pop();
                     pending_space = false;
@@ -55,9 +52,7 @@ pub fn sanitize(sql: &str) -> String {
             }
             (Some((at, _)), Tok::Str | Tok::Num, _) => Some((at, true)),
             (Some(state), Tok::Punct, ",") => Some(state),
-            (None, Tok::Punct, "(")
-                if prev[0] == Some(Tok::Ident) && prev_text.eq_ignore_ascii_case("in") =>
-            {
+            (None, Tok::Punct, "(") if prev[0] == Some(Tok::Ident) && prev_text.eq_ignore_ascii_case("in") => {
                 Some((out.len() + usize::from(pending_space), false))
             }
             _ => None,
@@ -79,10 +74,8 @@ pub fn sanitize(sql: &str) -> String {
 /// upper-cased; for `WITH ...` it is the main statement's operation.
 /// Returns `(None, None)` for empty or comment-only text.
 pub fn summarize(sql: &str) -> (Option<String>, Option<String>) {
-    let toks: Vec<Token<'_>> = Lexer::new(sql)
-        .filter(|t| !matches!(t.kind, Tok::Space | Tok::Comment))
-        .take(512)
-        .collect();
+    let toks: Vec<Token<'_>> =
+        Lexer::new(sql).filter(|t| !matches!(t.kind, Tok::Space | Tok::Comment)).take(512).collect();
     let mut c = Cursor { toks: &toks, i: 0 };
     // Leading parentheses: `(SELECT ...) UNION ...`.
     while c.punct("(") {}
@@ -137,17 +130,13 @@ impl<'a> Cursor<'_, 'a> {
     }
 
     fn punct(&mut self, p: &str) -> bool {
-        let hit = self
-            .peek()
-            .is_some_and(|t| t.kind == Tok::Punct && t.text == p);
+        let hit = self.peek().is_some_and(|t| t.kind == Tok::Punct && t.text == p);
         self.i += usize::from(hit);
         hit
     }
 
     fn keyword(&mut self, kw: &str) -> bool {
-        let hit = self
-            .peek()
-            .is_some_and(|t| t.kind == Tok::Ident && t.text.eq_ignore_ascii_case(kw));
+        let hit = self.peek().is_some_and(|t| t.kind == Tok::Ident && t.text.eq_ignore_ascii_case(kw));
         self.i += usize::from(hit);
         hit
     }
@@ -180,9 +169,7 @@ impl<'a> Cursor<'_, 'a> {
         self.keyword("ONLY");
         let mut name = String::new();
         loop {
-            let t = self
-                .peek()
-                .filter(|t| matches!(t.kind, Tok::Ident | Tok::QIdent))?;
+            let t = self.peek().filter(|t| matches!(t.kind, Tok::Ident | Tok::QIdent))?;
             self.i += 1;
             if t.kind == Tok::QIdent {
                 name.push_str(&unquote_ident(t.text));
@@ -210,9 +197,7 @@ fn main_statement_after_with<'a>(c: &mut Cursor<'_, 'a>) -> Option<&'a str> {
             (Tok::Punct, ";") if depth == 0 => return None,
             (Tok::Ident, w)
                 if depth == 0
-                    && ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"]
-                        .iter()
-                        .any(|k| w.eq_ignore_ascii_case(k)) =>
+                    && ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"].iter().any(|k| w.eq_ignore_ascii_case(k)) =>
             {
                 return Some(w);
             }
@@ -225,17 +210,8 @@ fn main_statement_after_with<'a>(c: &mut Cursor<'_, 'a>) -> Option<&'a str> {
 /// `CREATE [OR REPLACE] [TEMP|UNIQUE|...] <OBJECT> [IF [NOT] EXISTS] <name>`:
 /// the object type (upper-case) and, for tables, views and indexes, the name.
 fn ddl_object(c: &mut Cursor<'_, '_>) -> (Option<String>, Option<String>) {
-    const MODIFIERS: [&str; 9] = [
-        "OR",
-        "REPLACE",
-        "TEMP",
-        "TEMPORARY",
-        "UNLOGGED",
-        "UNIQUE",
-        "GLOBAL",
-        "LOCAL",
-        "MATERIALIZED",
-    ];
+    const MODIFIERS: [&str; 9] =
+        ["OR", "REPLACE", "TEMP", "TEMPORARY", "UNLOGGED", "UNIQUE", "GLOBAL", "LOCAL", "MATERIALIZED"];
     while MODIFIERS.iter().any(|m| c.keyword(m)) {}
     let Some(object) = c.ident().map(str::to_ascii_uppercase) else {
         return (None, None);
@@ -254,10 +230,7 @@ fn ddl_object(c: &mut Cursor<'_, '_>) -> (Option<String>, Option<String>) {
 
 /// `"My ""T"""` -> `My "T"`.
 fn unquote_ident(q: &str) -> String {
-    let inner = q
-        .strip_prefix("U&")
-        .or_else(|| q.strip_prefix("u&"))
-        .unwrap_or(q);
+    let inner = q.strip_prefix("U&").or_else(|| q.strip_prefix("u&")).unwrap_or(q);
     let inner = inner.strip_prefix('"').unwrap_or(inner);
     let inner = inner.strip_suffix('"').unwrap_or(inner);
     inner.replace("\"\"", "\"")
@@ -274,14 +247,8 @@ mod tests {
 
     #[test]
     fn sanitize_masks_strings_and_numbers() {
-        assert_eq!(
-            sanitize("SELECT * FROM t WHERE a = 'x' AND b = 42"),
-            "SELECT * FROM t WHERE a = ? AND b = ?"
-        );
-        assert_eq!(
-            sanitize("INSERT INTO t VALUES ('it''s', 1.5e10, .5, 0xFF)"),
-            "INSERT INTO t VALUES (?, ?, ?, ?)"
-        );
+        assert_eq!(sanitize("SELECT * FROM t WHERE a = 'x' AND b = 42"), "SELECT * FROM t WHERE a = ? AND b = ?");
+        assert_eq!(sanitize("INSERT INTO t VALUES ('it''s', 1.5e10, .5, 0xFF)"), "INSERT INTO t VALUES (?, ?, ?, ?)");
     }
 
     #[test]
@@ -302,10 +269,7 @@ mod tests {
 
     #[test]
     fn sanitize_folds_unary_minus_but_not_subtraction() {
-        assert_eq!(
-            sanitize("SELECT a - 1, b = -2, f(-3.5) FROM t"),
-            "SELECT a - ?, b = ?, f(?) FROM t"
-        );
+        assert_eq!(sanitize("SELECT a - 1, b = -2, f(-3.5) FROM t"), "SELECT a - ?, b = ?, f(?) FROM t");
     }
 
     #[test]
@@ -317,10 +281,7 @@ mod tests {
 
     #[test]
     fn sanitize_drops_comments() {
-        assert_eq!(
-            sanitize("SELECT 1 -- user='bob'\n/* traceparent='00-ab' */ FROM t"),
-            "SELECT ? FROM t"
-        );
+        assert_eq!(sanitize("SELECT 1 -- user='bob'\n/* traceparent='00-ab' */ FROM t"), "SELECT ? FROM t");
         assert_eq!(sanitize("SELECT 1 /* open 'x"), "SELECT ?");
     }
 
@@ -330,14 +291,8 @@ mod tests {
             sanitize("SELECT *\n  FROM t WHERE id IN (1, 2,\t3) AND s in('a','b')"),
             "SELECT * FROM t WHERE id IN (?) AND s in(?)"
         );
-        assert_eq!(
-            sanitize("SELECT * FROM t WHERE id IN ($1, $2)"),
-            "SELECT * FROM t WHERE id IN ($1, $2)"
-        );
-        assert_eq!(
-            sanitize("SELECT * FROM t WHERE id IN (SELECT 1)"),
-            "SELECT * FROM t WHERE id IN (SELECT ?)"
-        );
+        assert_eq!(sanitize("SELECT * FROM t WHERE id IN ($1, $2)"), "SELECT * FROM t WHERE id IN ($1, $2)");
+        assert_eq!(sanitize("SELECT * FROM t WHERE id IN (SELECT 1)"), "SELECT * FROM t WHERE id IN (SELECT ?)");
     }
 
     #[test]
@@ -370,36 +325,18 @@ mod tests {
 
     #[test]
     fn sanitize_handles_casts_and_empty_input() {
-        assert_eq!(
-            sanitize("SELECT '2020-01-01'::date, DATE '2020-01-01'"),
-            "SELECT ?::date, DATE ?"
-        );
+        assert_eq!(sanitize("SELECT '2020-01-01'::date, DATE '2020-01-01'"), "SELECT ?::date, DATE ?");
         assert_eq!(sanitize(""), "");
         assert_eq!(sanitize("  -- only a comment"), "");
     }
 
     #[test]
     fn summarize_finds_operation_and_table() {
-        assert_eq!(
-            sum("SELECT a FROM public.users WHERE id = 1"),
-            (Some("SELECT"), Some("public.users".into()))
-        );
-        assert_eq!(
-            sum("insert into t (a) values (1)"),
-            (Some("INSERT"), Some("t".into()))
-        );
-        assert_eq!(
-            sum("UPDATE ONLY \"Acc\" SET x = 1"),
-            (Some("UPDATE"), Some("Acc".into()))
-        );
-        assert_eq!(
-            sum("DELETE FROM \"s\".\"t\" WHERE 1=1"),
-            (Some("DELETE"), Some("s.t".into()))
-        );
-        assert_eq!(
-            sum("COPY pgbench_accounts FROM STDIN"),
-            (Some("COPY"), Some("pgbench_accounts".into()))
-        );
+        assert_eq!(sum("SELECT a FROM public.users WHERE id = 1"), (Some("SELECT"), Some("public.users".into())));
+        assert_eq!(sum("insert into t (a) values (1)"), (Some("INSERT"), Some("t".into())));
+        assert_eq!(sum("UPDATE ONLY \"Acc\" SET x = 1"), (Some("UPDATE"), Some("Acc".into())));
+        assert_eq!(sum("DELETE FROM \"s\".\"t\" WHERE 1=1"), (Some("DELETE"), Some("s.t".into())));
+        assert_eq!(sum("COPY pgbench_accounts FROM STDIN"), (Some("COPY"), Some("pgbench_accounts".into())));
         assert_eq!(sum("COPY (SELECT 1) TO STDOUT"), (Some("COPY"), None));
     }
 
@@ -415,10 +352,7 @@ mod tests {
 
     #[test]
     fn summarize_uses_the_main_statement_of_a_cte() {
-        assert_eq!(
-            sum("WITH x AS (SELECT * FROM a) DELETE FROM b USING x"),
-            (Some("DELETE"), Some("b".into()))
-        );
+        assert_eq!(sum("WITH x AS (SELECT * FROM a) DELETE FROM b USING x"), (Some("DELETE"), Some("b".into())));
         assert_eq!(
             sum("WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n+1 FROM r) SELECT n FROM r"),
             (Some("SELECT"), Some("r".into()))
@@ -427,34 +361,16 @@ mod tests {
 
     #[test]
     fn summarize_names_ddl_objects() {
-        assert_eq!(
-            sum("CREATE TABLE IF NOT EXISTS t (a int)"),
-            (Some("CREATE TABLE"), Some("t".into()))
-        );
-        assert_eq!(
-            sum("create unique index concurrently i on t(a)"),
-            (Some("CREATE INDEX"), Some("i".into()))
-        );
-        assert_eq!(
-            sum("DROP TABLE IF EXISTS s.t"),
-            (Some("DROP TABLE"), Some("s.t".into()))
-        );
-        assert_eq!(
-            sum("CREATE OR REPLACE FUNCTION f() ..."),
-            (Some("CREATE FUNCTION"), None)
-        );
+        assert_eq!(sum("CREATE TABLE IF NOT EXISTS t (a int)"), (Some("CREATE TABLE"), Some("t".into())));
+        assert_eq!(sum("create unique index concurrently i on t(a)"), (Some("CREATE INDEX"), Some("i".into())));
+        assert_eq!(sum("DROP TABLE IF EXISTS s.t"), (Some("DROP TABLE"), Some("s.t".into())));
+        assert_eq!(sum("CREATE OR REPLACE FUNCTION f() ..."), (Some("CREATE FUNCTION"), None));
     }
 
     #[test]
     fn summarize_uses_the_first_statement_and_plain_keywords() {
-        assert_eq!(
-            sum("BEGIN; UPDATE t SET a = 1; COMMIT"),
-            (Some("BEGIN"), None)
-        );
-        assert_eq!(
-            sum("/* c */ (SELECT 1 FROM t) UNION (SELECT 2)"),
-            (Some("SELECT"), Some("t".into()))
-        );
+        assert_eq!(sum("BEGIN; UPDATE t SET a = 1; COMMIT"), (Some("BEGIN"), None));
+        assert_eq!(sum("/* c */ (SELECT 1 FROM t) UNION (SELECT 2)"), (Some("SELECT"), Some("t".into())));
         assert_eq!(sum("SELECT 1; SELECT 2 FROM t"), (Some("SELECT"), None));
         assert_eq!(sum("listen ch"), (Some("LISTEN"), None));
         assert_eq!(sum("   "), (None, None));
@@ -463,10 +379,7 @@ mod tests {
 
     #[test]
     fn summary_text_joins_parts() {
-        assert_eq!(
-            summary_text(Some("SELECT"), Some("t")).as_deref(),
-            Some("SELECT t")
-        );
+        assert_eq!(summary_text(Some("SELECT"), Some("t")).as_deref(), Some("SELECT t"));
         assert_eq!(summary_text(Some("BEGIN"), None).as_deref(), Some("BEGIN"));
         assert_eq!(summary_text(None, Some("t")), None);
     }

@@ -63,12 +63,7 @@ use Kind::*;
 use Shape::{Agg, Any, Int, Str};
 
 const fn c(name: &'static str, key: KeySpec, shape: Shape, kind: Kind) -> CmdInfo {
-    CmdInfo {
-        name,
-        key,
-        shape,
-        kind,
-    }
+    CmdInfo { name, key, shape, kind }
 }
 const K1: KeySpec = At(1);
 const K2: KeySpec = At(2);
@@ -307,10 +302,7 @@ pub(super) fn lookup(name: &[u8]) -> Option<&'static CmdInfo> {
         b"SET" => return Some(&SET),
         _ => {}
     }
-    TABLE
-        .binary_search_by(|e| e.name.as_bytes().cmp(name))
-        .ok()
-        .and_then(|i| TABLE.get(i))
+    TABLE.binary_search_by(|e| e.name.as_bytes().cmp(name)).ok().and_then(|i| TABLE.get(i))
 }
 
 /// Properties of a container command's subcommand: (key position, whether

@@ -18,11 +18,7 @@ use crate::span::model::{Attributes, SpanStatus};
 
 /// Semantic-convention name, attributes and status of an exchange.
 pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
-    let op = if r.command.is_empty() {
-        "redis"
-    } else {
-        r.command.as_str()
-    };
+    let op = if r.command.is_empty() { "redis" } else { r.command.as_str() };
     let mut a = Attributes::new();
     a.set("db.system.name", "redis");
     a.set("db.operation.name", op);
@@ -56,24 +52,14 @@ pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privac
         private.set("db.redis.key", arg_text(k));
     }
     private.set("db.redis.args", i64::from(r.arg_count));
-    Described {
-        name: op.to_owned(),
-        attributes: a,
-        private,
-        status,
-        traceparent: None,
-        tracestate: None,
-    }
+    Described { name: op.to_owned(), attributes: a, private, status, traceparent: None, tracestate: None }
 }
 
 /// Redis error code: the first word when it is upper case (`ERR`,
 /// `WRONGTYPE`, `MOVED`, `NOSCRIPT`...).
 fn error_prefix(msg: &str) -> Option<&str> {
     let word = msg.split(' ').next()?;
-    let code = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    let code = !word.is_empty() && word.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
     code.then_some(word)
 }
 
@@ -129,10 +115,7 @@ mod tests {
     }
 
     fn conn() -> ConnMeta {
-        ConnMeta {
-            local: "10.0.0.1:40000".parse().ok(),
-            peer: "10.0.0.2:6379".parse().ok(),
-        }
+        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:6379".parse().ok() }
     }
 
     #[test]
@@ -141,16 +124,9 @@ mod tests {
         let d = describe(&r, Role::Client, &conn(), &Privacy::default());
         assert_eq!(d.name, "SET");
         assert_eq!(d.attributes.get_str("db.query.text"), Some("SET user:42"));
-        assert!(
-            d.attributes
-                .iter()
-                .all(|(_, v)| !v.to_text().contains("s3cret"))
-        );
+        assert!(d.attributes.iter().all(|(_, v)| !v.to_text().contains("s3cret")));
         assert_eq!(d.private.get_str("db.redis.key"), Some("user:42"));
-        assert_eq!(
-            d.private.get("db.redis.args").and_then(|v| v.as_i64()),
-            Some(2)
-        );
+        assert_eq!(d.private.get("db.redis.args").and_then(|v| v.as_i64()), Some(2));
     }
 
     #[test]
@@ -158,10 +134,7 @@ mod tests {
         let mut r = exchange("SET", &["k"], Some(0));
         r.args.push(&[b'v'; 128], true);
         r.arg_count = 4;
-        let privacy = Privacy {
-            redis_values: true,
-            ..Privacy::default()
-        };
+        let privacy = Privacy { redis_values: true, ..Privacy::default() };
         let d = describe(&r, Role::Client, &conn(), &privacy);
         let text = d.attributes.get_str("db.query.text").unwrap_or_default();
         assert!(text.starts_with("SET k vvvv"), "{text}");
@@ -173,16 +146,10 @@ mod tests {
         let r = exchange("PING", &[], None);
         let c = describe(&r, Role::Client, &conn(), &Privacy::default());
         assert_eq!(c.attributes.get_str("server.address"), Some("10.0.0.2"));
-        assert_eq!(
-            c.attributes.get("server.port").and_then(|v| v.as_i64()),
-            Some(6379)
-        );
+        assert_eq!(c.attributes.get("server.port").and_then(|v| v.as_i64()), Some(6379));
         let s = describe(&r, Role::Server, &conn(), &Privacy::default());
         assert_eq!(s.attributes.get_str("server.address"), Some("10.0.0.1"));
-        assert_eq!(
-            s.attributes.get_str("network.peer.address"),
-            Some("10.0.0.2")
-        );
+        assert_eq!(s.attributes.get_str("network.peer.address"), Some("10.0.0.2"));
         assert_eq!(s.attributes.get_str("db.query.text"), Some("PING"));
         assert_eq!(s.attributes.get_str("db.namespace"), Some("0"));
         assert!(s.private.get("db.redis.key").is_none());
@@ -196,10 +163,7 @@ mod tests {
         let d = describe(&r, Role::Client, &conn(), &Privacy::default());
         assert_eq!(d.status.code, StatusCode::Error);
         assert!(d.status.message.starts_with("WRONGTYPE Operation"));
-        assert_eq!(
-            d.attributes.get_str("db.response.status_code"),
-            Some("WRONGTYPE")
-        );
+        assert_eq!(d.attributes.get_str("db.response.status_code"), Some("WRONGTYPE"));
         r.error = Some("odd lower case error".into());
         let d = describe(&r, Role::Client, &conn(), &Privacy::default());
         assert_eq!(d.status.code, StatusCode::Error);
@@ -210,10 +174,7 @@ mod tests {
     fn transaction_flag_is_exported_only_when_set() {
         let mut r = exchange("INCR", &["n"], Some(0));
         assert!(
-            describe(&r, Role::Client, &conn(), &Privacy::default())
-                .attributes
-                .get("db.redis.transaction")
-                .is_none()
+            describe(&r, Role::Client, &conn(), &Privacy::default()).attributes.get("db.redis.transaction").is_none()
         );
         r.in_transaction = true;
         let d = describe(&r, Role::Client, &conn(), &Privacy::default());

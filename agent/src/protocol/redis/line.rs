@@ -32,12 +32,7 @@ pub(super) struct LineBuf<const CAP: usize> {
 
 impl<const CAP: usize> Default for LineBuf<CAP> {
     fn default() -> Self {
-        Self {
-            buf: [0; CAP],
-            len: 0,
-            total: 0,
-            last: 0,
-        }
+        Self { buf: [0; CAP], len: 0, total: 0, last: 0 }
     }
 }
 
@@ -65,10 +60,7 @@ impl<const CAP: usize> LineBuf<CAP> {
         }
         let room = CAP.saturating_sub(self.len);
         let take = room.min(bytes.len());
-        if let (Some(dst), Some(src)) = (
-            self.buf.get_mut(self.len..self.len + take),
-            bytes.get(..take),
-        ) {
+        if let (Some(dst), Some(src)) = (self.buf.get_mut(self.len..self.len + take), bytes.get(..take)) {
             dst.copy_from_slice(src);
             self.len += take;
         }
@@ -130,10 +122,7 @@ pub(super) fn parse_i64(b: &[u8]) -> Result<i64, RespError> {
         if !d.is_ascii_digit() {
             return Err(RespError::Number);
         }
-        v = v
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(i64::from(d - b'0')))
-            .ok_or(RespError::Number)?;
+        v = v.checked_mul(10).and_then(|v| v.checked_add(i64::from(d - b'0'))).ok_or(RespError::Number)?;
     }
     Ok(if neg { -v } else { v })
 }
@@ -142,11 +131,7 @@ pub(super) fn parse_i64(b: &[u8]) -> Result<i64, RespError> {
 mod tests {
     use super::*;
 
-    fn feed_all<const C: usize>(
-        lb: &mut LineBuf<C>,
-        parts: &[&[u8]],
-        max: usize,
-    ) -> Option<Vec<u8>> {
+    fn feed_all<const C: usize>(lb: &mut LineBuf<C>, parts: &[&[u8]], max: usize) -> Option<Vec<u8>> {
         let mut got = None;
         for p in parts {
             let mut pos = 0;
@@ -165,21 +150,14 @@ mod tests {
         for at in 0..whole.len() {
             let mut lb = LineBuf::<64>::default();
             let (a, b) = whole.split_at(at);
-            assert_eq!(
-                feed_all(&mut lb, &[a, b], 100).as_deref(),
-                Some(&b"-ERR wrong"[..]),
-                "split at {at}"
-            );
+            assert_eq!(feed_all(&mut lb, &[a, b], 100).as_deref(), Some(&b"-ERR wrong"[..]), "split at {at}");
         }
     }
 
     #[test]
     fn long_split_line_is_cut_to_capacity() {
         let mut lb = LineBuf::<4>::default();
-        assert_eq!(
-            feed_all(&mut lb, &[b"abcdef", b"gh\r\n"], 100).as_deref(),
-            Some(&b"abcd"[..])
-        );
+        assert_eq!(feed_all(&mut lb, &[b"abcdef", b"gh\r\n"], 100).as_deref(), Some(&b"abcd"[..]));
         assert!(lb.is_empty());
     }
 
@@ -189,10 +167,7 @@ mod tests {
         assert_eq!(feed_all(&mut lb, &[b"123456\r\n"], 3), None);
         let mut lb = LineBuf::<4>::default();
         assert_eq!(feed_all(&mut lb, &[b"12", b"3456", b"\r\n"], 3), None);
-        assert_eq!(
-            feed_all(&mut lb, &[b"12\r", b"\n"], 3).as_deref(),
-            Some(&b"12"[..])
-        );
+        assert_eq!(feed_all(&mut lb, &[b"12\r", b"\n"], 3).as_deref(), Some(&b"12"[..]));
     }
 
     #[test]

@@ -104,11 +104,7 @@ impl CommandName {
             let Some(slot) = self.buf.get_mut(self.len as usize) else {
                 return;
             };
-            *slot = if b.is_ascii_graphic() {
-                b.to_ascii_uppercase()
-            } else {
-                b'?'
-            };
+            *slot = if b.is_ascii_graphic() { b.to_ascii_uppercase() } else { b'?' };
             self.len += 1;
         }
     }
@@ -171,10 +167,7 @@ impl ArgList {
             let (&flags, tail) = tail.split_first()?;
             let bytes = tail.get(..len as usize)?;
             rest = tail.get(len as usize..)?;
-            Some(Arg {
-                bytes,
-                truncated: flags != 0,
-            })
+            Some(Arg { bytes, truncated: flags != 0 })
         })
         .take(self.count as usize)
     }
@@ -361,26 +354,14 @@ fn sniff_array(data: &[u8]) -> Sniff {
 
 /// A known command word followed by a space or CRLF.
 fn sniff_inline(data: &[u8]) -> Sniff {
-    let word_end = data
-        .iter()
-        .position(|b| !b.is_ascii_alphabetic())
-        .unwrap_or(data.len());
+    let word_end = data.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(data.len());
     let word = data.get(..word_end).unwrap_or(&[]);
-    let prefix_of_known = INLINE_DETECT_WORDS.iter().any(|w| {
-        w.get(..word.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(word))
-    });
+    let prefix_of_known =
+        INLINE_DETECT_WORDS.iter().any(|w| w.get(..word.len()).is_some_and(|p| p.eq_ignore_ascii_case(word)));
     if word_end == data.len() {
-        return if prefix_of_known {
-            Sniff::NeedMore
-        } else {
-            Sniff::No
-        };
+        return if prefix_of_known { Sniff::NeedMore } else { Sniff::No };
     }
-    if !INLINE_DETECT_WORDS
-        .iter()
-        .any(|w| w.eq_ignore_ascii_case(word))
-    {
+    if !INLINE_DETECT_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word)) {
         return Sniff::No;
     }
     match (data.get(word_end), data.get(word_end + 1)) {
@@ -403,68 +384,31 @@ mod tests {
         let cmd = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
         assert_eq!(det(Direction::Egress, cmd), Detection::Yes(Role::Client));
         assert_eq!(det(Direction::Ingress, cmd), Detection::Yes(Role::Server));
-        assert_eq!(
-            det(Direction::Egress, b"*12\r\n$"),
-            Detection::Yes(Role::Client)
-        );
+        assert_eq!(det(Direction::Egress, b"*12\r\n$"), Detection::Yes(Role::Client));
     }
 
     #[test]
     fn detect_needs_more_on_short_prefixes() {
-        for p in [
-            &b""[..],
-            b"*",
-            b"*3",
-            b"*3\r",
-            b"*3\r\n",
-            b"P",
-            b"PIN",
-            b"PING",
-            b"PING\r",
-            b"hel",
-        ] {
-            assert_eq!(
-                det(Direction::Egress, p),
-                Detection::NeedMore,
-                "{:?}",
-                String::from_utf8_lossy(p)
-            );
+        for p in [&b""[..], b"*", b"*3", b"*3\r", b"*3\r\n", b"P", b"PIN", b"PING", b"PING\r", b"hel"] {
+            assert_eq!(det(Direction::Egress, p), Detection::NeedMore, "{:?}", String::from_utf8_lossy(p));
         }
     }
 
     #[test]
     fn detect_inline_known_words() {
-        assert_eq!(
-            det(Direction::Egress, b"PING\r\n"),
-            Detection::Yes(Role::Client)
-        );
-        assert_eq!(
-            det(Direction::Ingress, b"auth secret\r\n"),
-            Detection::Yes(Role::Server)
-        );
-        assert_eq!(
-            det(Direction::Egress, b"HELLO 3\r\n"),
-            Detection::Yes(Role::Client)
-        );
+        assert_eq!(det(Direction::Egress, b"PING\r\n"), Detection::Yes(Role::Client));
+        assert_eq!(det(Direction::Ingress, b"auth secret\r\n"), Detection::Yes(Role::Server));
+        assert_eq!(det(Direction::Egress, b"HELLO 3\r\n"), Detection::Yes(Role::Client));
         assert_eq!(det(Direction::Egress, b"PINGX\r\n"), Detection::No);
         assert_eq!(det(Direction::Egress, b"PING\rX"), Detection::No);
     }
 
     #[test]
     fn detect_rejects_http_postgres_tls() {
-        let http: [&[u8]; 4] = [
-            b"GET / HTTP/1.1\r\n",
-            b"POST /x HTTP/1.1\r\n",
-            b"HTTP/1.1 200 OK\r\n",
-            b"HEAD / HTTP/1.1\r\n",
-        ];
+        let http: [&[u8]; 4] =
+            [b"GET / HTTP/1.1\r\n", b"POST /x HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"HEAD / HTTP/1.1\r\n"];
         for h in http {
-            assert_eq!(
-                det(Direction::Egress, h),
-                Detection::No,
-                "{:?}",
-                String::from_utf8_lossy(h)
-            );
+            assert_eq!(det(Direction::Egress, h), Detection::No, "{:?}", String::from_utf8_lossy(h));
             assert_eq!(det(Direction::Ingress, h), Detection::No);
         }
         let pg_ssl = [0u8, 0, 0, 8, 4, 210, 22, 47];
@@ -489,22 +433,10 @@ mod tests {
         a.push(b"z", true);
         let v: Vec<_> = a.iter().collect();
         assert_eq!(v.len(), 3);
-        assert_eq!(
-            v[0],
-            Arg {
-                bytes: b"k",
-                truncated: false
-            }
-        );
+        assert_eq!(v[0], Arg { bytes: b"k", truncated: false });
         assert_eq!(v[1].bytes.len(), MAX_ARG_BYTES);
         assert!(v[1].truncated);
-        assert_eq!(
-            v[2],
-            Arg {
-                bytes: b"z",
-                truncated: true
-            }
-        );
+        assert_eq!(v[2], Arg { bytes: b"z", truncated: true });
         for _ in 0..20 {
             a.push(b"q", false);
         }

@@ -40,11 +40,7 @@ pub struct RedisParser {
 
 impl RedisParser {
     pub fn new(role: Role) -> Self {
-        Self {
-            req: RequestDecoder::default(),
-            rep: ReplyDecoder::default(),
-            pair: Pairing::new(role),
-        }
+        Self { req: RequestDecoder::default(), rep: ReplyDecoder::default(), pair: Pairing::new(role) }
     }
 
     /// Out-of-band replies skipped so far (RESP3 pushes, Pub/Sub messages
@@ -59,11 +55,9 @@ impl StreamParser for RedisParser {
         let pair = &mut self.pair;
         if chunk.dir == pair.role.request_direction() {
             let reply_idle = self.rep.is_idle();
-            self.req
-                .feed(chunk, &mut |ev| pair.on_cmd_event(ev, reply_idle, stats));
+            self.req.feed(chunk, &mut |ev| pair.on_cmd_event(ev, reply_idle, stats));
         } else {
-            self.rep
-                .feed(chunk, &mut |ev| pair.on_reply_event(ev, out, stats));
+            self.rep.feed(chunk, &mut |ev| pair.on_reply_event(ev, out, stats));
         }
     }
 
@@ -162,11 +156,7 @@ impl Pairing {
                 stats.resyncs += 1;
                 self.expect_unknown_reply();
             }
-            CmdEvent::Lost {
-                cmd,
-                partial,
-                single,
-            } => {
+            CmdEvent::Lost { cmd, partial, single } => {
                 stats.resyncs += 1;
                 stats.truncated += u64::from(partial);
                 match cmd {
@@ -201,9 +191,7 @@ impl Pairing {
     }
 
     fn on_command(&mut self, cmd: ParsedCommand, reply_idle: bool, stats: &mut ParseStats) {
-        let (kind, shape) = cmd
-            .info
-            .map_or((Kind::Plain, Shape::Any), |i| (i.kind, i.shape));
+        let (kind, shape) = cmd.info.map_or((Kind::Plain, Shape::Any), |i| (i.kind, i.shape));
         let channels = cmd.arg_count;
         let special = match kind {
             Kind::Select => cmd
@@ -225,11 +213,7 @@ impl Pairing {
         if self.cmd_monitor && special != Special::Reset {
             return;
         }
-        let in_tx = self.in_multi
-            && !matches!(
-                special,
-                Special::Multi | Special::Exec(_) | Special::Discard
-            );
+        let in_tx = self.in_multi && !matches!(special, Special::Multi | Special::Exec(_) | Special::Discard);
         let special = match special {
             Special::Multi => {
                 self.in_multi = true;
@@ -270,13 +254,7 @@ impl Pairing {
             self.expect_unknown_reply();
             return;
         }
-        self.queue.push_back(Pending {
-            cmd,
-            special,
-            in_tx,
-            shape,
-            skip_after: 0,
-        });
+        self.queue.push_back(Pending { cmd, special, in_tx, shape, skip_after: 0 });
     }
 
     fn on_reply_event(&mut self, ev: ReplyEvent, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
@@ -309,8 +287,7 @@ impl Pairing {
 
     fn on_reply(&mut self, info: ReplyInfo, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         if self.monitor {
-            let reset =
-                info.kind == ReplyKind::Simple && info.text().eq_ignore_ascii_case(b"RESET");
+            let reset = info.kind == ReplyKind::Simple && info.text().eq_ignore_ascii_case(b"RESET");
             if reset && self.head_special() == Some(Special::Reset) {
                 self.pair_head(info, out, stats);
             } else {
@@ -318,13 +295,8 @@ impl Pairing {
             }
             return;
         }
-        let head_subscribes = matches!(
-            self.head_special(),
-            Some(Special::Subscribe(_) | Special::Unsubscribe(_))
-        );
-        if info.kind == ReplyKind::Push
-            || (info.kind == ReplyKind::Array && (self.sub_mode || head_subscribes))
-        {
+        let head_subscribes = matches!(self.head_special(), Some(Special::Subscribe(_) | Special::Unsubscribe(_)));
+        if info.kind == ReplyKind::Push || (info.kind == ReplyKind::Array && (self.sub_mode || head_subscribes)) {
             self.on_push(info, out, stats);
             return;
         }
@@ -362,12 +334,8 @@ impl Pairing {
         let pong = text.eq_ignore_ascii_case(b"pong");
         let resp2 = info.kind == ReplyKind::Array;
         let none_left = info.last_int == Some(0);
-        let pairable = !self.blind
-            && self.skip_front == 0
-            && self
-                .queue
-                .front()
-                .is_some_and(|p| info.start_ts >= p.cmd.start_ts);
+        let pairable =
+            !self.blind && self.skip_front == 0 && self.queue.front().is_some_and(|p| info.start_ts >= p.cmd.start_ts);
         let head = if pairable { self.head_special() } else { None };
         match unsub {
             Some(unsub) => {

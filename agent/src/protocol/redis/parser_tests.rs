@@ -23,23 +23,12 @@ struct Conn {
 
 impl Conn {
     fn client() -> Self {
-        Self {
-            p: RedisParser::new(Role::Client),
-            out: Vec::new(),
-            stats: ParseStats::default(),
-            ts: 0,
-        }
+        Self { p: RedisParser::new(Role::Client), out: Vec::new(), stats: ParseStats::default(), ts: 0 }
     }
 
     fn chunk(&mut self, dir: Direction, data: &[u8], len: usize) -> u64 {
         self.ts += 10;
-        let c = Chunk {
-            dir,
-            ts_ns: self.ts,
-            tid: 7,
-            data,
-            len,
-        };
+        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data, len };
         self.p.feed(&c, &mut self.out, &mut self.stats);
         self.ts
     }
@@ -60,9 +49,7 @@ impl Conn {
     }
 
     fn names(&self) -> Vec<String> {
-        (0..self.out.len())
-            .map(|i| self.rec(i).command.as_str().to_owned())
-            .collect()
+        (0..self.out.len()).map(|i| self.rec(i).command.as_str().to_owned()).collect()
     }
 
     fn kinds(&self) -> Vec<ReplyKind> {
@@ -85,25 +72,13 @@ fn commands_pair_with_replies_in_order_with_timestamps() {
     c.cmd(&resp(&[b"INCR", b"n"]));
     c.reply(b":7\r\n");
     assert_eq!(c.names(), ["SET", "GET", "INCR"]);
-    assert_eq!(
-        c.kinds(),
-        [ReplyKind::Simple, ReplyKind::Bulk, ReplyKind::Integer]
-    );
-    assert_eq!(
-        (c.out[0].start_ns, c.out[0].end_ns, c.out[0].tid),
-        (t1, t2, 7)
-    );
+    assert_eq!(c.kinds(), [ReplyKind::Simple, ReplyKind::Bulk, ReplyKind::Integer]);
+    assert_eq!((c.out[0].start_ns, c.out[0].end_ns, c.out[0].tid), (t1, t2, 7));
     assert_eq!((c.out[1].start_ns, c.out[1].end_ns), (t3, t5));
     assert_eq!(c.key(0), Some(&b"user:42"[..]));
     assert_eq!(c.rec(0).arg_count, 2);
     assert_eq!(c.stats.exchanges, 3);
-    assert_eq!(
-        c.stats,
-        ParseStats {
-            exchanges: 3,
-            ..ParseStats::default()
-        }
-    );
+    assert_eq!(c.stats, ParseStats { exchanges: 3, ..ParseStats::default() });
 }
 
 #[test]
@@ -111,33 +86,10 @@ fn server_role_reads_commands_and_writes_replies() {
     let mut p = RedisParser::new(Role::Server);
     let (mut out, mut stats) = (Vec::new(), ParseStats::default());
     let cmd = resp(&[b"GET", b"k"]);
-    p.feed(
-        &Chunk {
-            dir: Direction::Ingress,
-            ts_ns: 5,
-            tid: 3,
-            data: &cmd,
-            len: cmd.len(),
-        },
-        &mut out,
-        &mut stats,
-    );
-    p.feed(
-        &Chunk {
-            dir: Direction::Egress,
-            ts_ns: 9,
-            tid: 3,
-            data: b"$-1\r\n",
-            len: 5,
-        },
-        &mut out,
-        &mut stats,
-    );
+    p.feed(&Chunk { dir: Direction::Ingress, ts_ns: 5, tid: 3, data: &cmd, len: cmd.len() }, &mut out, &mut stats);
+    p.feed(&Chunk { dir: Direction::Egress, ts_ns: 9, tid: 3, data: b"$-1\r\n", len: 5 }, &mut out, &mut stats);
     assert_eq!(out.len(), 1);
-    assert_eq!(
-        (out[0].role, out[0].start_ns, out[0].end_ns),
-        (Role::Server, 5, 9)
-    );
+    assert_eq!((out[0].role, out[0].start_ns, out[0].end_ns), (Role::Server, 5, 9));
 }
 
 #[test]
@@ -173,10 +125,7 @@ fn pipeline_with_replies_split_at_every_size_pairs_each_command() {
             assert_eq!(c.rec(i).reply, want, "piece {piece} exchange {i}");
             assert_eq!(c.key(i), Some(format!("k{i}").as_bytes()));
         }
-        assert_eq!(
-            c.stats.unmatched_responses + c.stats.malformed + c.stats.dropped_requests,
-            0
-        );
+        assert_eq!(c.stats.unmatched_responses + c.stats.malformed + c.stats.dropped_requests, 0);
     }
 }
 
@@ -193,10 +142,7 @@ fn every_resp_type_is_one_reply() {
         (b"_\r\n", ReplyKind::Null),
         (b"#t\r\n", ReplyKind::Boolean),
         (b",1.5e3\r\n", ReplyKind::Double),
-        (
-            b"(3492890328409238509324850943850943825024385\r\n",
-            ReplyKind::BigNumber,
-        ),
+        (b"(3492890328409238509324850943850943825024385\r\n", ReplyKind::BigNumber),
         (b"!21\r\nSYNTAX invalid syntax\r\n", ReplyKind::BulkError),
         (b"=15\r\ntxt:Some string\r\n", ReplyKind::Verbatim),
         (b"%2\r\n+a\r\n:1\r\n+b\r\n:2\r\n", ReplyKind::Map),
@@ -228,10 +174,7 @@ fn attribute_precedes_a_reply_and_is_not_one() {
     c.reply(b"*2\r\n:1\r\n|1\r\n+a\r\n+b\r\n:2\r\n");
     c.cmd(&resp(&[b"PING"]));
     c.reply(b"+PONG\r\n");
-    assert_eq!(
-        c.kinds(),
-        [ReplyKind::Integer, ReplyKind::Array, ReplyKind::Simple]
-    );
+    assert_eq!(c.kinds(), [ReplyKind::Integer, ReplyKind::Array, ReplyKind::Simple]);
 }
 
 #[test]
@@ -267,15 +210,7 @@ fn push_between_command_and_reply_is_skipped_and_counted() {
 
 #[test]
 fn absurd_or_negative_reply_lengths_are_malformed() {
-    for bad in [
-        &b"$536870913\r\n"[..],
-        b"$-2\r\n",
-        b"*-5\r\n",
-        b"%-1\r\n",
-        b"$abc\r\n",
-        b"?x\r\n",
-        b"$3\r\nabcXY",
-    ] {
+    for bad in [&b"$536870913\r\n"[..], b"$-2\r\n", b"*-5\r\n", b"%-1\r\n", b"$abc\r\n", b"?x\r\n", b"$3\r\nabcXY"] {
         let mut c = Conn::client();
         c.cmd(&resp(&[b"GET", b"k"]));
         c.reply(bad);
@@ -290,12 +225,7 @@ fn absurd_or_negative_reply_lengths_are_malformed() {
 
 #[test]
 fn absurd_or_negative_command_lengths_are_malformed_and_rescanned() {
-    for bad in [
-        &b"*3\r\n$-3\r\n"[..],
-        b"*999999999999\r\n",
-        b"*2\r\n$536870913\r\n",
-        b"*1\r\n+PING\r\n",
-    ] {
+    for bad in [&b"*3\r\n$-3\r\n"[..], b"*999999999999\r\n", b"*2\r\n$536870913\r\n", b"*1\r\n+PING\r\n"] {
         let mut c = Conn::client();
         let mut data = bad.to_vec();
         data.extend(resp(&[b"GET", b"k"]));
@@ -328,10 +258,7 @@ fn huge_reply_with_uncaptured_bytes_is_skipped_by_count() {
     c.cmd(&resp(&[b"SET", b"k", b"v"]));
     c.reply(b"+OK\r\n");
     assert_eq!(c.names(), ["GET", "SET"]);
-    assert_eq!(
-        c.stats.truncated + c.stats.malformed + c.stats.unmatched_responses,
-        0
-    );
+    assert_eq!(c.stats.truncated + c.stats.malformed + c.stats.unmatched_responses, 0);
 }
 
 #[test]
@@ -416,10 +343,7 @@ fn reply_of_the_wrong_shape_resets_instead_of_mispairing() {
     c.cmd(&data);
     c.reply(b":1\r\n:2\r\n");
     assert!(c.out.is_empty());
-    assert_eq!(
-        (c.stats.unmatched_responses, c.stats.dropped_requests),
-        (2, 2)
-    );
+    assert_eq!((c.stats.unmatched_responses, c.stats.dropped_requests), (2, 2));
     c.cmd(&resp(&[b"PING"]));
     c.reply(b"+PONG\r\n");
     assert_eq!(c.names(), ["PING"]);
@@ -536,20 +460,9 @@ fn resp3_pushes_never_pair_but_subscribe_confirmation_does() {
     c.cmd(&resp(&[b"HGETALL", b"h"]));
     c.reply(b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
     assert_eq!(c.names(), ["HELLO", "SUBSCRIBE", "GET", "HGETALL"]);
-    assert_eq!(
-        c.kinds(),
-        [
-            ReplyKind::Map,
-            ReplyKind::Push,
-            ReplyKind::Bulk,
-            ReplyKind::Map
-        ]
-    );
+    assert_eq!(c.kinds(), [ReplyKind::Map, ReplyKind::Push, ReplyKind::Bulk, ReplyKind::Map]);
     assert_eq!(c.p.push_messages(), 1);
-    assert!(
-        c.rec(0).args.is_empty(),
-        "HELLO may carry AUTH: values not kept"
-    );
+    assert!(c.rec(0).args.is_empty(), "HELLO may carry AUTH: values not kept");
 }
 
 #[test]
@@ -599,12 +512,7 @@ fn argument_values_are_bounded() {
     let r = c.rec(0);
     assert_eq!(r.arg_count, 41);
     assert_eq!(r.args.len(), MAX_STORED_ARGS);
-    assert!(
-        r.args
-            .iter()
-            .skip(1)
-            .all(|a| a.truncated && a.bytes.len() == MAX_ARG_BYTES)
-    );
+    assert!(r.args.iter().skip(1).all(|a| a.truncated && a.bytes.len() == MAX_ARG_BYTES));
     assert_eq!(c.key(0), Some(&b"list"[..]));
 }
 
@@ -613,10 +521,7 @@ fn auth_arguments_are_never_kept() {
     let mut c = Conn::client();
     c.cmd(&resp(&[b"AUTH", b"admin", b"hunter2"]));
     c.reply(b"+OK\r\n");
-    let privacy = Privacy {
-        redis_values: true,
-        ..Privacy::default()
-    };
+    let privacy = Privacy { redis_values: true, ..Privacy::default() };
     let d = describe(c.rec(0), Role::Client, &ConnMeta::default(), &privacy);
     assert!(c.rec(0).args.is_empty());
     assert_eq!(d.attributes.get_str("db.query.text"), Some("AUTH ..."));
@@ -627,29 +532,11 @@ fn values_reach_describe_only_on_opt_in() {
     let mut c = Conn::client();
     c.cmd(&resp(&[b"SET", b"session:9", b"token-abc"]));
     c.reply(b"+OK\r\n");
-    let plain = describe(
-        c.rec(0),
-        Role::Client,
-        &ConnMeta::default(),
-        &Privacy::default(),
-    );
-    assert_eq!(
-        plain.attributes.get_str("db.query.text"),
-        Some("SET session:9")
-    );
-    let open = describe(
-        c.rec(0),
-        Role::Client,
-        &ConnMeta::default(),
-        &Privacy {
-            redis_values: true,
-            ..Privacy::default()
-        },
-    );
-    assert_eq!(
-        open.attributes.get_str("db.query.text"),
-        Some("SET session:9 token-abc")
-    );
+    let plain = describe(c.rec(0), Role::Client, &ConnMeta::default(), &Privacy::default());
+    assert_eq!(plain.attributes.get_str("db.query.text"), Some("SET session:9"));
+    let open =
+        describe(c.rec(0), Role::Client, &ConnMeta::default(), &Privacy { redis_values: true, ..Privacy::default() });
+    assert_eq!(open.attributes.get_str("db.query.text"), Some("SET session:9 token-abc"));
 }
 
 #[test]

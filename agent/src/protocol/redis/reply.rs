@@ -143,23 +143,7 @@ impl Default for ReplyDecoder {
 }
 
 fn is_type_byte(b: u8) -> bool {
-    matches!(
-        b,
-        b'+' | b'-'
-            | b':'
-            | b'$'
-            | b'*'
-            | b'_'
-            | b','
-            | b'#'
-            | b'('
-            | b'!'
-            | b'='
-            | b'%'
-            | b'~'
-            | b'|'
-            | b'>'
-    )
+    matches!(b, b'+' | b'-' | b':' | b'$' | b'*' | b'_' | b',' | b'#' | b'(' | b'!' | b'=' | b'%' | b'~' | b'|' | b'>')
 }
 
 fn kind_of(ty: u8) -> ReplyKind {
@@ -248,19 +232,10 @@ impl ReplyDecoder {
     fn position(&self) -> At {
         let top = self.depth == 0;
         let direct_child = self.depth == 1 && self.attrs == 0;
-        At {
-            top,
-            first_child: direct_child && self.cur.children == 0,
-            direct_child,
-        }
+        At { top, first_child: direct_child && self.cur.children == 0, direct_child }
     }
 
-    fn step(
-        &mut self,
-        chunk: &Chunk<'_>,
-        pos: &mut usize,
-        sink: &mut impl FnMut(ReplyEvent),
-    ) -> Result<(), RespError> {
+    fn step(&mut self, chunk: &Chunk<'_>, pos: &mut usize, sink: &mut impl FnMut(ReplyEvent)) -> Result<(), RespError> {
         let data = chunk.data;
         match self.state {
             State::Type => {
@@ -272,10 +247,7 @@ impl ReplyDecoder {
                 }
                 if !self.in_value {
                     self.in_value = true;
-                    self.cur = ReplyInfo {
-                        start_ts: chunk.ts_ns,
-                        ..ReplyInfo::default()
-                    };
+                    self.cur = ReplyInfo { start_ts: chunk.ts_ns, ..ReplyInfo::default() };
                 }
                 *pos += 1;
                 self.state = State::Line { ty: b };
@@ -303,8 +275,7 @@ impl ReplyDecoder {
                     Keep::Text => self.cur.push_text(bytes),
                     Keep::Error => {
                         let room = ERROR_KEEP.saturating_sub(self.kept.len());
-                        self.kept
-                            .extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or(&[]));
+                        self.kept.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or(&[]));
                     }
                     Keep::Nothing => {}
                 }
@@ -320,10 +291,7 @@ impl ReplyDecoder {
                 if left == 0 {
                     self.finish_body(chunk.ts_ns, sink);
                 } else {
-                    self.state = State::Body {
-                        remaining: left,
-                        ty,
-                    };
+                    self.state = State::Body { remaining: left, ty };
                 }
             }
             State::Resync => *pos = data.len(),
@@ -367,10 +335,7 @@ impl ReplyDecoder {
                     b'$' if at.first_child => Keep::Text,
                     _ => Keep::Nothing,
                 };
-                self.state = State::Body {
-                    remaining: n as u64 + 2,
-                    ty,
-                };
+                self.state = State::Body { remaining: n as u64 + 2, ty };
             }
             _ => {
                 let count = if matches!(ty, b'%' | b'|') { n * 2 } else { n };
@@ -387,10 +352,7 @@ impl ReplyDecoder {
                     return Ok(());
                 }
                 let slot = self.stack.get_mut(self.depth).ok_or(RespError::TooDeep)?;
-                *slot = Frame {
-                    remaining: count,
-                    attr,
-                };
+                *slot = Frame { remaining: count, attr };
                 self.depth += 1;
                 self.attrs += usize::from(attr);
                 self.state = State::Type;
@@ -447,10 +409,7 @@ impl ReplyDecoder {
             if take == remaining {
                 self.finish_body(ts, sink);
             } else {
-                self.state = State::Body {
-                    remaining: remaining - take,
-                    ty,
-                };
+                self.state = State::Body { remaining: remaining - take, ty };
             }
         }
         if n == 0 || self.state == State::Resync {

@@ -131,11 +131,7 @@ impl Builder {
     /// A container command's subcommand is complete.
     fn on_subcommand(&mut self) {
         let Some(info) = self.info else { return };
-        let sub = self
-            .name
-            .as_bytes()
-            .get(info.name.len() + 1..)
-            .unwrap_or(&[]);
+        let sub = self.name.as_bytes().get(info.name.len() + 1..).unwrap_or(&[]);
         let (key, secret) = commands::subcommand(info.name.as_bytes(), sub);
         self.key = key;
         if secret {
@@ -145,11 +141,7 @@ impl Builder {
 
     fn finish(&mut self, inline: bool) -> ParsedCommand {
         let args = std::mem::take(&mut self.args);
-        let key_index = if self.store {
-            resolve_key(self.key, &args)
-        } else {
-            None
-        };
+        let key_index = if self.store { resolve_key(self.key, &args) } else { None };
         ParsedCommand {
             start_ts: self.start_ts,
             tid: self.tid,
@@ -176,11 +168,7 @@ fn resolve_key(spec: KeySpec, args: &ArgList) -> Option<u8> {
             }
             2
         }
-        KeySpec::Streams => {
-            args.iter()
-                .position(|a| a.bytes.eq_ignore_ascii_case(b"STREAMS"))?
-                + 1
-        }
+        KeySpec::Streams => args.iter().position(|a| a.bytes.eq_ignore_ascii_case(b"STREAMS"))? + 1,
     };
     (idx < args.len()).then_some(idx as u8)
 }
@@ -250,12 +238,7 @@ impl RequestDecoder {
 
     /// One state transition; consumes at least one byte unless it only
     /// changes state.
-    fn step(
-        &mut self,
-        chunk: &Chunk<'_>,
-        pos: &mut usize,
-        sink: &mut impl FnMut(CmdEvent),
-    ) -> Result<(), RespError> {
+    fn step(&mut self, chunk: &Chunk<'_>, pos: &mut usize, sink: &mut impl FnMut(CmdEvent)) -> Result<(), RespError> {
         let data = chunk.data;
         match self.state {
             State::Idle => {
@@ -337,10 +320,7 @@ impl RequestDecoder {
             }
             State::InlineWord => {
                 let rest = data.get(*pos..).unwrap_or(&[]);
-                let end = rest
-                    .iter()
-                    .position(|b| !is_word_byte(*b))
-                    .unwrap_or(rest.len());
+                let end = rest.iter().position(|b| !is_word_byte(*b)).unwrap_or(rest.len());
                 let word = rest.get(..end).unwrap_or(&[]);
                 self.cur.word_len += word.len();
                 if self.cur.word_len > INLINE_WORD_MAX {
@@ -365,8 +345,7 @@ impl RequestDecoder {
                 let nl = memchr::memchr(b'\n', rest);
                 let part = rest.get(..nl.unwrap_or(rest.len())).unwrap_or(&[]);
                 let room = INLINE_KEEP.saturating_sub(self.inline.len());
-                self.inline
-                    .extend_from_slice(part.get(..room.min(part.len())).unwrap_or(&[]));
+                self.inline.extend_from_slice(part.get(..room.min(part.len())).unwrap_or(&[]));
                 self.inline_total += part.len();
                 *pos += part.len() + usize::from(nl.is_some());
                 if self.inline_total > INLINE_MAX {
@@ -402,9 +381,7 @@ impl RequestDecoder {
             return Err(RespError::Length(n));
         }
         self.begin_arg();
-        self.state = State::ArgBody {
-            remaining: n as u64 + 2,
-        };
+        self.state = State::ArgBody { remaining: n as u64 + 2 };
         Ok(())
     }
 
@@ -454,10 +431,7 @@ impl RequestDecoder {
         let line_cut = self.inline_total > self.inline.len();
         let line = self.inline.strip_suffix(b"\r").unwrap_or(&self.inline);
         let cur = &mut self.cur;
-        let mut words = line
-            .split(|b| *b == b' ' || *b == b'\t')
-            .filter(|w| !w.is_empty())
-            .peekable();
+        let mut words = line.split(|b| *b == b' ' || *b == b'\t').filter(|w| !w.is_empty()).peekable();
         let mut argc = 1u64;
         while let Some(w) = words.next() {
             argc += 1;
@@ -492,13 +466,7 @@ impl RequestDecoder {
                     *pos = data.len();
                     return;
                 };
-                *s = Scan {
-                    phase: 1,
-                    n: 0,
-                    start_ts: chunk.ts_ns,
-                    tid: chunk.tid,
-                    at_chunk_start: *pos + i == 0,
-                };
+                *s = Scan { phase: 1, n: 0, start_ts: chunk.ts_ns, tid: chunk.tid, at_chunk_start: *pos + i == 0 };
                 *pos += i + 1;
                 continue;
             }
@@ -552,9 +520,7 @@ impl RequestDecoder {
             if take == remaining {
                 self.end_arg(sink);
             } else {
-                self.state = State::ArgBody {
-                    remaining: remaining - take,
-                };
+                self.state = State::ArgBody { remaining: remaining - take };
             }
         }
         if n == 0 {
@@ -563,11 +529,7 @@ impl RequestDecoder {
         match self.state {
             State::Resync => {}
             State::Idle => {
-                sink(CmdEvent::Lost {
-                    cmd: None,
-                    partial: false,
-                    single: false,
-                });
+                sink(CmdEvent::Lost { cmd: None, partial: false, single: false });
                 self.enter_resync();
             }
             _ => {
@@ -579,11 +541,7 @@ impl RequestDecoder {
                     cur.finish(false)
                 });
                 let single = cur.at_chunk_start;
-                sink(CmdEvent::Lost {
-                    cmd,
-                    partial: true,
-                    single,
-                });
+                sink(CmdEvent::Lost { cmd, partial: true, single });
                 self.enter_resync();
             }
         }
