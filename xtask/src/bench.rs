@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kspan_e2e::servers::nginx;
+use kspan_e2e::servers::{child_pid_of, nginx, postgres, redis};
 use kspan_e2e::{free_port, http_get};
 
 use crate::{cargo, root, setup, sh};
@@ -153,6 +153,92 @@ fn http_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` and returns the number after `key` in its output.
+fn number_after(cmd: &mut Command, key: &str) -> Result<f64> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.split_once(key).and_then(|(_, v)| v.trim().split_whitespace().next()?.parse().ok()))
+        .with_context(|| format!("no `{key}` in output of {cmd:?}:\n{text}"))
+}
+
+/// Baseline, with kspan, baseline again; prints the ratio against the mean baseline.
+fn compare(name: &str, bin: &std::path::Path, agent_args: &[String], run: &dyn Fn() -> Result<f64>) -> Result<()> {
+    run()?; // warm-up
+    let base1 = run()?;
+    let agent = Agent::start(bin, agent_args)?;
+    let (t0, _) = proc_usage(agent.child.id());
+    let started = std::time::Instant::now();
+    let with = run()?;
+    let secs = started.elapsed().as_secs_f64();
+    let (t1, rss_kib) = proc_usage(agent.child.id());
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = agent.metric_sum("kspan_spans_built_total");
+    let lost = agent.metric_sum("kspan_kernel_lost_total");
+    drop(agent);
+    let base2 = run()?;
+    let base = (base1 + base2) / 2.0;
+    println!("== {name}");
+    println!("baseline              {base:>10.0}  (runs: {base1:.0}, {base2:.0})");
+    println!("with kspan            {with:>10.0}");
+    println!("ratio                 {:>10.3}", with / base);
+    println!("agent CPU             {:>10.1} % of one core", (t1 - t0) as f64 / clk_tck() / secs * 100.0);
+    println!("agent peak RSS        {:>10.1} MiB", rss_kib as f64 / 1024.0);
+    println!("spans built {spans:.0}, kernel lost events {lost:.0}");
+    Ok(())
+}
+
+fn db_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
+    let pg = postgres();
+    let port = pg.port.to_string();
+    sh(Command::new("pgbench").args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-i", "-s", "2", "-q", "kspan"]))?;
+    let pgbench = || {
+        number_after(
+            Command::new("pgbench")
+                .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-S", "-c", "8", "-j", "2", "-M", "prepared"])
+                .args(["-T", &secs.to_string(), "-n", "kspan"])
+                .env("PGSSLMODE", "disable"),
+            "tps = ",
+        )
+    };
+    compare(
+        &format!("pgbench -S -c 8 -M prepared, {secs}s, kspan --exe pgbench --pid <postmaster>: TPS (target >= 0.98)"),
+        bin,
+        &["--exe".into(), "bin/pgbench$".into(), "--pid".into(), child_pid_of(pg.pid()).to_string()],
+        &pgbench,
+    )?;
+    drop(pg);
+    let r = redis();
+    let rport = r.port.to_string();
+    let n = (secs as u64 * 100_000).to_string();
+    let bench = || {
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &rport, "-P", "16", "-c", "8", "-n", &n, "-t", "set,get", "--csv"])
+            .output()
+            .context("redis-benchmark")?;
+        // CSV lines: "SET","123456.79",...
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rates: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("\"SET\"") || l.starts_with("\"GET\""))
+            .filter_map(|l| l.split(',').nth(1)?.trim_matches('"').parse().ok())
+            .collect();
+        if rates.is_empty() {
+            bail!("no rates in redis-benchmark output: {text}");
+        }
+        Ok(rates.iter().sum::<f64>() / rates.len() as f64)
+    };
+    compare(
+        "redis-benchmark -P 16 -c 8 SET/GET, kspan --exe redis-benchmark: ops/s (target >= 0.95)",
+        bin,
+        &["--exe".into(), "redis-benchmark$".into()],
+        &bench,
+    )
+}
+
 pub fn bench(args: &[String]) -> Result<()> {
     let secs: u32 =
         args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
@@ -160,6 +246,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     setup::setup(false)?;
     let bin = crate::build(true)?;
     http_bench(&bin, secs)?;
+    db_bench(&bin, secs)?;
     if !skip_criterion {
         sh(cargo().current_dir(root()).args(["bench", "-p", "kspan", "--", "--quick"]))?;
     }
