@@ -194,7 +194,19 @@ fn compare(name: &str, bin: &std::path::Path, agent_args: &[String], run: &dyn F
 fn db_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
     let pg = postgres();
     let port = pg.port.to_string();
-    sh(Command::new("pgbench").args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-i", "-s", "2", "-q", "kspan"]))?;
+    sh(Command::new("pgbench").args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-i",
+        "-s",
+        "2",
+        "-q",
+        "kspan",
+    ]))?;
     let pgbench = || {
         number_after(
             Command::new("pgbench")

@@ -189,7 +189,7 @@ pub(crate) fn render(t: &Template, span: &Span) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::model::{Attributes, ProcessResource, SpanKind, SpanStatus};
+    use crate::span::model::{Attributes, ProcessResource};
     use base64::Engine;
     use std::sync::Arc;
 
@@ -207,23 +207,7 @@ mod tests {
         private.set("url.query", "lang=fr&token=Bearer%20e30");
         let mut res = ProcessResource::default();
         res.attributes.set("service.name", "shop");
-        Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: [0; 8],
-            trace_state: String::new(),
-            trace_flags: 1,
-            name: "GET".into(),
-            kind: SpanKind::Server,
-            start_unix_ns: 0,
-            end_unix_ns: 1,
-            status: SpanStatus::default(),
-            attributes,
-            private,
-            events: Vec::new(),
-            resource: Arc::new(res),
-            tid: 1,
-        }
+        Span::for_test("GET", attributes, private, Arc::new(res))
     }
 
     fn run(yaml: &str, span: &mut Span) -> RuleOutcome {

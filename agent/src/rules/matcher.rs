@@ -330,7 +330,7 @@ impl Cond {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::model::{Attributes, ProcessResource, SpanStatus};
+    use crate::span::model::{Attributes, ProcessResource};
     use std::sync::Arc;
 
     fn http_span() -> Span {
@@ -345,23 +345,7 @@ mod tests {
         private.set("url.query", "debug=1&lang=fr");
         let mut res = ProcessResource::default();
         res.attributes.set("service.name", "shop-frontend");
-        Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: [0; 8],
-            trace_state: String::new(),
-            trace_flags: 1,
-            name: "POST".into(),
-            kind: SpanKind::Server,
-            start_unix_ns: 0,
-            end_unix_ns: 300_000_000,
-            status: SpanStatus::default(),
-            attributes,
-            private,
-            events: Vec::new(),
-            resource: Arc::new(res),
-            tid: 1,
-        }
+        Span { end_unix_ns: 300_000_000, ..Span::for_test("POST", attributes, private, Arc::new(res)) }
     }
 
     fn db_span(system: &str, op: &str, table: Option<&str>, key: Option<&str>) -> Span {

@@ -205,29 +205,13 @@ async fn next_hup(hup: &mut Option<HupStream>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::model::{Attributes, ProcessResource, Span, SpanKind, SpanStatus};
+    use crate::span::model::{Attributes, ProcessResource, Span};
 
     fn span() -> Span {
         let mut attributes = Attributes::new();
         attributes.set("http.request.method", "GET");
         attributes.set("url.path", "/x");
-        Span {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: [0; 8],
-            trace_state: String::new(),
-            trace_flags: 1,
-            name: "GET".into(),
-            kind: SpanKind::Server,
-            start_unix_ns: 0,
-            end_unix_ns: 1,
-            status: SpanStatus::default(),
-            attributes,
-            private: Attributes::new(),
-            events: Vec::new(),
-            resource: Arc::new(ProcessResource::default()),
-            tid: 1,
-        }
+        Span::for_test("GET", attributes, Attributes::new(), Arc::new(ProcessResource::default()))
     }
 
     fn fired(handle: &RulesHandle) -> Vec<String> {

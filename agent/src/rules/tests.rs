@@ -1,7 +1,7 @@
 //! Engine tests (ordering, stop, indexing) and error-position tests.
 
 use super::*;
-use crate::span::model::{AttrValue, Attributes, ProcessResource, SpanKind, SpanStatus};
+use crate::span::model::{AttrValue, Attributes, ProcessResource, SpanKind};
 
 fn http(method: &str, path: &str) -> Span {
     let mut attributes = Attributes::new();
@@ -11,19 +11,8 @@ fn http(method: &str, path: &str) -> Span {
     Span {
         trace_id: [7; 16],
         span_id: [1; 8],
-        parent_span_id: [0; 8],
-        trace_state: String::new(),
-        trace_flags: 1,
-        name: method.to_owned(),
-        kind: SpanKind::Server,
-        start_unix_ns: 0,
         end_unix_ns: 5_000_000,
-        status: SpanStatus::default(),
-        attributes,
-        private: Attributes::new(),
-        events: Vec::new(),
-        resource: Arc::new(ProcessResource::default()),
-        tid: 1,
+        ..Span::for_test(method, attributes, Attributes::new(), Arc::new(ProcessResource::default()))
     }
 }
 

@@ -177,6 +177,31 @@ impl Span {
     }
 }
 
+#[cfg(test)]
+impl Span {
+    /// A finished root SERVER span for tests: trace id `[1; 16]`, span id
+    /// `[2; 8]`, sampled, from t=0 to t=1 ns; override fields with `..`.
+    pub fn for_test(name: &str, attributes: Attributes, private: Attributes, resource: Arc<ProcessResource>) -> Self {
+        Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: [0; 8],
+            trace_state: String::new(),
+            trace_flags: 1,
+            name: name.to_owned(),
+            kind: SpanKind::Server,
+            start_unix_ns: 0,
+            end_unix_ns: 1,
+            status: SpanStatus::default(),
+            attributes,
+            private,
+            events: Vec::new(),
+            resource,
+            tid: 1,
+        }
+    }
+}
+
 /// Lower-case hex of bytes (trace and span ids).
 pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
