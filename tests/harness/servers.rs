@@ -185,17 +185,27 @@ pub struct Rotel {
 }
 
 impl Rotel {
+    /// rotel printing every span it receives (for tests that read what arrived).
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// `debug_log: false` for load tests (the detailed log would dominate).
+    pub fn start_with(debug_log: bool) -> Self {
         let dir = TempDir::new("rotel");
         let (grpc_port, http_port) = (free_port(), free_port());
         let log = dir.0.join("stdout.log");
         let out = std::fs::File::create(&log).expect("log file");
         let bin = rotel_binary();
-        let child = Command::new(&bin)
-            .arg("start")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("start")
             .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc_port}")])
             .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http_port}")])
-            .args(["--exporter", "blackhole", "--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+            .args(["--exporter", "blackhole"]);
+        if debug_log {
+            cmd.args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"]);
+        }
+        let child = cmd
             .arg("--pid-file")
             .arg(dir.0.join("rotel.pid"))
             .arg("--log-file")

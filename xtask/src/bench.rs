@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kspan_e2e::servers::{child_pid_of, nginx, postgres, redis};
+use kspan_e2e::servers::{Rotel, child_pid_of, nginx, postgres, redis};
 use kspan_e2e::{free_port, http_get};
 
 use crate::{cargo, root, setup, sh};
@@ -251,6 +251,24 @@ fn db_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
     )
 }
 
+/// OTLP export throughput to a real collector (rotel, blackhole exporter) and
+/// memory with the queue full (endpoint down), via the `otlp_load` example.
+fn otlp_bench() -> Result<()> {
+    sh(cargo().current_dir(root()).args(["build", "--release", "-p", "kspan", "--example", "otlp_load"]))?;
+    let bin = root().join("target/release/examples/otlp_load");
+    let rotel = Rotel::start_with(false);
+    println!("== OTLP export to rotel on loopback (target >= 200k spans per CPU-second)");
+    for (proto, port) in [("grpc", rotel.grpc_port), ("http", rotel.http_port)] {
+        let out = Command::new(&bin).args([&format!("http://127.0.0.1:{port}"), proto, "500000"]).output()?;
+        print!("{proto:<5} {}", String::from_utf8_lossy(&out.stdout));
+    }
+    drop(rotel);
+    let down = free_port();
+    let out = Command::new(&bin).args([&format!("http://127.0.0.1:{down}"), "grpc", "300000", "8192"]).output()?;
+    print!("endpoint down, queue 8192: {}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
 pub fn bench(args: &[String]) -> Result<()> {
     let secs: u32 =
         args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
@@ -259,6 +277,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     let bin = crate::build(true)?;
     http_bench(&bin, secs)?;
     db_bench(&bin, secs)?;
+    otlp_bench()?;
     if !skip_criterion {
         sh(cargo().current_dir(root()).args(["bench", "-p", "kspan", "--", "--quick"]))?;
     }
