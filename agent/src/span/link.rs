@@ -121,6 +121,11 @@ enum Why {
 }
 
 /// The linking stage.
+/// Client notes kept per connection: a callee's server span matches one of the
+/// caller's most recent requests on that connection, so older notes only cost
+/// (a pipelining client would otherwise pile up one per command).
+pub const MAX_NOTES_PER_CONN: usize = 64;
+
 pub struct Linker {
     limits: LinkLimits,
     next_id: u64,
@@ -136,7 +141,8 @@ pub struct Linker {
     servers: HashMap<ConnKey, Vec<u64>>,
     /// (deadline, id), oldest first; ids no longer held are skipped.
     order: VecDeque<(u64, u64)>,
-    notes: HashMap<ConnKey, Vec<Note>>,
+    /// Recent client notes per connection, oldest first (at most [`MAX_NOTES_PER_CONN`]).
+    notes: HashMap<ConnKey, VecDeque<Note>>,
     /// (expiry, connection, span id), oldest first.
     note_order: VecDeque<(u64, ConnKey, [u8; 8])>,
     pub stats: LinkStats,
@@ -379,7 +385,12 @@ impl Linker {
         match h.slot {
             Slot::Thread(pid, tid) => {
                 if let Some(q) = self.threads.get_mut(&(pid, tid)) {
-                    q.retain(|x| *x != id);
+                    // Waiting clients leave oldest first: usually the front one.
+                    if q.front() == Some(&id) {
+                        q.pop_front();
+                    } else {
+                        q.retain(|x| *x != id);
+                    }
                     if q.is_empty() {
                         self.threads.remove(&(pid, tid));
                     }
@@ -457,7 +468,11 @@ impl Linker {
 
     fn add_note(&mut self, k: ConnKey, span: &Span, target: Target, now: u64) {
         let note = Note { span_id: span.span_id, start: span.start_unix_ns, end: span.end_unix_ns, target };
-        self.notes.entry(k).or_default().push(note);
+        let v = self.notes.entry(k).or_default();
+        if v.len() >= MAX_NOTES_PER_CONN {
+            v.pop_front();
+        }
+        v.push_back(note);
         self.note_order.push_back((now.saturating_add(self.limits.hold_ns.saturating_mul(2)), k, span.span_id));
         while self.note_order.len() > self.limits.max_held {
             let Some((_, k, id)) = self.note_order.pop_front() else { break };
@@ -469,7 +484,7 @@ impl Linker {
     fn take_note(&mut self, k: ConnKey, server: &Span) -> Option<Note> {
         let v = self.notes.get_mut(&k)?;
         let i = v.iter().position(|n| n.start <= server.start_unix_ns && server.end_unix_ns <= n.end)?;
-        let note = v.swap_remove(i);
+        let note = v.remove(i)?;
         if v.is_empty() {
             self.notes.remove(&k);
         }
@@ -478,7 +493,12 @@ impl Linker {
 
     fn forget_note(&mut self, k: ConnKey, span_id: [u8; 8]) {
         if let Some(v) = self.notes.get_mut(&k) {
-            v.retain(|n| n.span_id != span_id);
+            // Notes expire in the order they were added: usually the front one.
+            if v.front().is_some_and(|n| n.span_id == span_id) {
+                v.pop_front();
+            } else {
+                v.retain(|n| n.span_id != span_id);
+            }
             if v.is_empty() {
                 self.notes.remove(&k);
             }
@@ -556,6 +576,23 @@ mod tests {
         assert!(s.is_root());
         assert_eq!(l.stats.nested, 1);
         assert_eq!(l.held(), 0);
+    }
+
+    #[test]
+    fn a_pipelining_client_keeps_a_bounded_number_of_notes_per_connection() {
+        let mut l = Linker::new(LinkLimits { hold_ns: 500 * MS, max_held: 100_000, max_per_thread: 8 });
+        let mut out = Vec::new();
+        for n in 0..200u32 {
+            let s = span(SpanKind::Client, (n % 250) as u8, 7, u64::from(n) * 10, u64::from(n) * 10 + 5);
+            l.push(input(s, A, meta("127.0.0.1:40000", "127.0.0.1:6379")), 0, &mut out);
+        }
+        assert!(
+            l.notes.values().all(|v| v.len() <= MAX_NOTES_PER_CONN),
+            "{:?}",
+            l.notes.values().map(|v| v.len()).collect::<Vec<_>>()
+        );
+        l.flush(&mut out);
+        assert_eq!(out.len(), 200, "no span is lost");
     }
 
     #[test]
