@@ -74,7 +74,7 @@ impl Default for CaptureSection {
             max_connections: 65_536,
             idle_timeout_secs: 600,
             max_processes: 16_384,
-            span_queue: 65_536,
+            span_queue: 8_192,
             link_hold_ms: 500,
             link_max_held: 16_384,
             link_max_per_thread: 256,
