@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use kspan_e2e::servers::{Rotel, nginx, python_http};
 use kspan_e2e::*;
 
+/// A span as rotel logged it: name, kind, attributes.
+type LoggedSpan = (String, String, BTreeMap<String, String>);
+
 /// One ResourceSpans as rotel logged it.
 #[derive(Debug, Default)]
 struct Logged {
     resource: BTreeMap<String, String>,
-    /// (span name, kind, attributes)
-    spans: Vec<(String, String, BTreeMap<String, String>)>,
+    spans: Vec<LoggedSpan>,
 }
 
 /// `-> key: Type(value)` -> (key, value)
@@ -44,15 +46,15 @@ fn parse(log: &str) -> Vec<Logged> {
                 if let Some((k, v)) = kv(line) {
                     r.resource.insert(k, v);
                 }
-            } else if section == "span" {
-                if let Some(s) = r.spans.last_mut() {
-                    if let Some(v) = t.strip_prefix("Name").and_then(|x| x.trim_start().strip_prefix(':')) {
-                        s.0 = v.trim().to_owned();
-                    } else if let Some(v) = t.strip_prefix("Kind").and_then(|x| x.trim_start().strip_prefix(':')) {
-                        s.1 = v.trim().to_owned();
-                    } else if let Some((k, v)) = kv(line) {
-                        s.2.insert(k, v);
-                    }
+            } else if section == "span"
+                && let Some(s) = r.spans.last_mut()
+            {
+                if let Some(v) = t.strip_prefix("Name").and_then(|x| x.trim_start().strip_prefix(':')) {
+                    s.0 = v.trim().to_owned();
+                } else if let Some(v) = t.strip_prefix("Kind").and_then(|x| x.trim_start().strip_prefix(':')) {
+                    s.1 = v.trim().to_owned();
+                } else if let Some((k, v)) = kv(line) {
+                    s.2.insert(k, v);
                 }
             }
         }
@@ -94,11 +96,10 @@ fn export_to_rotel(env: &[(&str, &str)], rotel: &Rotel) {
         // The python app serves in its own process; nginx serves in its worker (a child of the master).
         let (a, b) = (by("process.pid", &app.pid().to_string()), by("service.name", "nginx"));
         if (count(&a) >= 3 && count(&b) >= 2) || t.elapsed() > Duration::from_secs(15) {
-            let flat =
-                |rs: Vec<&Logged>| -> (BTreeMap<String, String>, Vec<(String, String, BTreeMap<String, String>)>) {
-                    let res = rs.first().map(|r| r.resource.clone()).unwrap_or_default();
-                    (res, rs.into_iter().flat_map(|r| r.spans.clone()).collect())
-                };
+            let flat = |rs: Vec<&Logged>| -> (BTreeMap<String, String>, Vec<LoggedSpan>) {
+                let res = rs.first().map(|r| r.resource.clone()).unwrap_or_default();
+                (res, rs.into_iter().flat_map(|r| r.spans.clone()).collect())
+            };
             break (flat(a), flat(b));
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -161,7 +161,7 @@ fn number_after(cmd: &mut Command, key: &str) -> Result<f64> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
-        .find_map(|l| l.split_once(key).and_then(|(_, v)| v.trim().split_whitespace().next()?.parse().ok()))
+        .find_map(|l| l.split_once(key).and_then(|(_, v)| v.split_whitespace().next()?.parse().ok()))
         .with_context(|| format!("no `{key}` in output of {cmd:?}:\n{text}"))
 }
 

@@ -161,7 +161,7 @@ pub async fn run(
                 if let Some(r) = rules.as_mut() {
                     r.buffer.tick(Clock::monotonic_now(), &mut out);
                     ticks += 1;
-                    if ticks % 10 == 0 {
+                    if ticks.is_multiple_of(10) {
                         r.publish();
                     }
                 }
