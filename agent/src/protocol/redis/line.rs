@@ -107,6 +107,20 @@ impl<const CAP: usize> LineBuf<CAP> {
     }
 }
 
+/// Checks bytes of the `\r\n` that ends a bulk payload, where `left` bytes of
+/// it (2 or 1) were still expected; returns how many are still expected after
+/// `tail`, or an error if a byte is not the expected one.
+pub(super) fn bulk_crlf(tail: &[u8], mut left: u64) -> Result<u64, RespError> {
+    for &b in tail {
+        let want = if left == 2 { b'\r' } else { b'\n' };
+        if b != want {
+            return Err(RespError::MissingCrlf);
+        }
+        left -= 1;
+    }
+    Ok(left)
+}
+
 /// Parses an optionally negative decimal integer (no sign-only, no spaces).
 pub(super) fn parse_i64(b: &[u8]) -> Result<i64, RespError> {
     let (neg, digits) = match b.split_first() {

@@ -14,7 +14,7 @@
 //!   until a chunk starts with a RESP type byte; uncaptured bytes that are
 //!   not inside a bulk payload report [`ReplyEvent::Lost`].
 
-use super::line::{LineBuf, LineStep, parse_i64};
+use super::line::{LineBuf, LineStep, bulk_crlf, parse_i64};
 use super::{MAX_DEPTH, MAX_RESP_LEN, ReplyKind, RespError};
 use crate::protocol::Chunk;
 
@@ -279,14 +279,7 @@ impl ReplyDecoder {
                     }
                     Keep::Nothing => {}
                 }
-                let mut left = remaining - payload as u64;
-                for &b in rest.get(payload..take).unwrap_or(&[]) {
-                    let want = if left == 2 { b'\r' } else { b'\n' };
-                    if b != want {
-                        return Err(RespError::MissingCrlf);
-                    }
-                    left -= 1;
-                }
+                let left = bulk_crlf(rest.get(payload..take).unwrap_or(&[]), remaining - payload as u64)?;
                 *pos += take;
                 if left == 0 {
                     self.finish_body(chunk.ts_ns, sink);

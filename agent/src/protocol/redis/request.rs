@@ -14,7 +14,7 @@
 //! [`MAX_ARG_BYTES`]: super::MAX_ARG_BYTES
 
 use super::commands::{self, CmdInfo, KeySpec, Kind};
-use super::line::{LineBuf, LineStep, parse_i64};
+use super::line::{LineBuf, LineStep, bulk_crlf, parse_i64};
 use super::{ArgList, CommandName, MAX_RESP_LEN, RespError};
 use crate::protocol::Chunk;
 
@@ -302,15 +302,13 @@ impl RequestDecoder {
                 {
                     self.arg_bytes(p);
                 }
-                let mut left = remaining - payload as u64;
-                for &b in rest.get(payload..take).unwrap_or(&[]) {
-                    let want = if left == 2 { b'\r' } else { b'\n' };
-                    if b != want {
+                let left = match bulk_crlf(rest.get(payload..take).unwrap_or(&[]), remaining - payload as u64) {
+                    Ok(left) => left,
+                    Err(e) => {
                         *pos += payload;
-                        return Err(RespError::MissingCrlf);
+                        return Err(e);
                     }
-                    left -= 1;
-                }
+                };
                 *pos += take;
                 if left == 0 {
                     self.end_arg(sink);
