@@ -229,7 +229,8 @@ fn recover_inflight(ctx: &TracePointContext, id: u64) -> Option<Inflight> {
     }
     let _ = SEEN.insert(&tid, &1, 0);
     // SAFETY: __syscall_nr is at offset 8 of every sys_exit record.
-    let op = op_of_syscall(unsafe { ctx.read_at::<i32>(8) }.ok()?)?;
+    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.ok()?;
+    let op = op_of_syscall(nr)?;
     // SAFETY: helpers allowed in tracing programs; reads go through probe_read.
     let (fd, a1, a2) = unsafe {
         let regs =
@@ -241,7 +242,6 @@ fn recover_inflight(ctx: &TracePointContext, id: u64) -> Option<Inflight> {
         let rd = |off: u32| aya_ebpf::helpers::bpf_probe_read_kernel((regs + off as u64) as *const u64).ok();
         (rd(o.regs_arg0)?, rd(o.regs_arg1)?, rd(o.regs_arg2)?)
     };
-    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.ok()?;
     let (buf, iovcnt) = if nr == 47 || nr == 46 {
         // SAFETY: the caller's msghdr in user memory.
         unsafe {
