@@ -7,6 +7,9 @@
 //!   not tracked and counted (`rejected_full`); idle entries are swept.
 //! - A reused fd (different kernel socket id) starts a fresh connection.
 //! - Entries are removed on close and when their process exits.
+//! - [`ConnTable::peer_traced`] tells whether the other end of a loopback
+//!   connection is (or was, within [`PAIR_LINGER_NS`]) a tracked socket, so
+//!   cross-process linking only waits when there is something to wait for.
 //! - Detection is by content ([`crate::protocol::detect`]); a connection whose
 //!   first bytes match no protocol becomes opaque and its bytes are ignored.
 
@@ -67,6 +70,36 @@ pub struct ConnTable {
     pub stats: ConnStats,
     parse: [ParseStats; 3],
     scratch: Vec<Exchange>,
+    /// (local, peer) of tracked connections whose peer is on this host.
+    local_pairs: HashMap<(SocketAddr, SocketAddr), PairState>,
+}
+
+/// How long a closed connection's address pair is remembered: the span at
+/// the other end may complete after this end closed (HTTP/1.0 bodies end at
+/// close, so the client's span is built after the server closed).
+pub const PAIR_LINGER_NS: u64 = 5_000_000_000;
+
+#[derive(Clone, Copy, Debug)]
+struct PairState {
+    /// Open entries with this pair (a reused fd may briefly add a second).
+    live: u32,
+    /// When the last one closed (kernel monotonic ns).
+    closed_at: u64,
+}
+
+/// The (local, peer) pair of a connection whose peer is on this host.
+fn local_pair(meta: &ConnMeta) -> Option<(SocketAddr, SocketAddr)> {
+    let (local, peer) = (meta.local?, meta.peer?);
+    (peer.ip().is_loopback() || peer.ip() == local.ip()).then_some((local, peer))
+}
+
+fn unindex(pairs: &mut HashMap<(SocketAddr, SocketAddr), PairState>, meta: &ConnMeta, ts: u64) {
+    if let Some(k) = local_pair(meta)
+        && let Some(p) = pairs.get_mut(&k)
+    {
+        p.live = p.live.saturating_sub(1);
+        p.closed_at = ts;
+    }
 }
 
 fn proto_index(p: Protocol) -> usize {
@@ -106,6 +139,7 @@ impl ConnTable {
             stats: ConnStats::default(),
             parse: Default::default(),
             scratch: Vec::new(),
+            local_pairs: HashMap::new(),
         }
     }
 
@@ -128,6 +162,16 @@ impl ConnTable {
             return false;
         }
         self.stats.opened += 1;
+        if let Some(old) = self.conns.get(&key) {
+            unindex(&mut self.local_pairs, &old.meta, ts);
+        }
+        if let Some(k) = local_pair(&meta) {
+            if self.local_pairs.len() >= 2 * self.limits.max_connections {
+                // Bounded: closed pairs go first (only linking precision suffers).
+                self.local_pairs.retain(|_, p| p.live > 0);
+            }
+            self.local_pairs.entry(k).or_insert(PairState { live: 0, closed_at: 0 }).live += 1;
+        }
         let conn = Conn { sock_id, role, meta, state: State::Detecting(Detector::default()), last_ts: ts };
         self.conns.insert(key, conn);
         true
@@ -200,12 +244,23 @@ impl ConnTable {
 
     fn close_key(&mut self, key: (u32, u32), ts: u64, out: &mut Vec<ConnExchange>) {
         let Some(mut conn) = self.conns.remove(&key) else { return };
+        unindex(&mut self.local_pairs, &conn.meta, ts);
         self.stats.closed += 1;
         if let State::Parsing(p, parser) = &mut conn.state {
             let mut v = Vec::new();
             parser.close(ts, &mut v, &mut self.parse[proto_index(*p)]);
             let meta = conn.meta;
             out.extend(v.into_iter().map(|exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange }));
+        }
+    }
+
+    /// Whether the other end of a connection with `meta` is, or was until
+    /// recently, a tracked socket of a traced process on this host (false
+    /// for remote peers).
+    pub fn peer_traced(&self, meta: &ConnMeta) -> bool {
+        match (meta.local, meta.peer) {
+            (Some(local), Some(peer)) => self.local_pairs.contains_key(&(peer, local)),
+            _ => false,
         }
     }
 
@@ -229,7 +284,15 @@ impl ConnTable {
     pub fn sweep(&mut self, now_ns: u64) -> usize {
         let limit = self.limits.idle_timeout_ns;
         let before = self.conns.len();
-        self.conns.retain(|_, c| now_ns.saturating_sub(c.last_ts) < limit);
+        let pairs = &mut self.local_pairs;
+        self.conns.retain(|_, c| {
+            let keep = now_ns.saturating_sub(c.last_ts) < limit;
+            if !keep {
+                unindex(pairs, &c.meta, c.last_ts);
+            }
+            keep
+        });
+        pairs.retain(|_, p| p.live > 0 || now_ns.saturating_sub(p.closed_at) < PAIR_LINGER_NS);
         let n = before - self.conns.len();
         self.stats.swept_idle += n as u64;
         n

@@ -109,3 +109,31 @@ fn unknown_bytes_make_the_connection_opaque() {
     assert_eq!(t.stats.opaque, 1);
     assert!(out.is_empty());
 }
+
+fn loopback(tgid: u32, fd: u32, sock: u64, lport: u16, rport: u16) -> ConnEvent {
+    let lo = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    ConnEvent { lport, rport, laddr: lo, raddr: lo, ..open(tgid, fd, sock) }
+}
+
+#[test]
+fn knows_whether_the_other_end_of_a_loopback_connection_is_tracked() {
+    let mut t = ConnTable::new(limits(16));
+    let mut out = Vec::new();
+    // Server side only (pid 2 accepted 127.0.0.1:80 <- 127.0.0.1:5000).
+    t.on_open(&loopback(2, 7, 70, 80, 5000), &mut out);
+    let server_meta = ConnMeta { local: "127.0.0.1:80".parse().ok(), peer: "127.0.0.1:5000".parse().ok() };
+    assert!(!t.peer_traced(&server_meta), "the client is not traced");
+    // The client (pid 1) is traced too.
+    t.on_open(&loopback(1, 3, 30, 5000, 80), &mut out);
+    assert!(t.peer_traced(&server_meta));
+    let client_meta = ConnMeta { local: server_meta.peer, peer: server_meta.local };
+    assert!(t.peer_traced(&client_meta));
+    t.on_close(1, 3, 30, 10, &mut out);
+    assert!(t.peer_traced(&server_meta), "a closed client lingers (its span may still come)");
+    t.sweep(10 + PAIR_LINGER_NS);
+    assert!(!t.peer_traced(&server_meta), "closed client forgotten after the linger time");
+    assert!(!t.peer_traced(&client_meta), "idle server swept, then forgotten");
+    // A remote peer is never "traced".
+    t.on_open(&open(3, 4, 40), &mut out);
+    assert!(!t.peer_traced(&ConnMeta { local: "10.0.0.2:5000".parse().ok(), peer: "127.0.0.1:80".parse().ok() }));
+}

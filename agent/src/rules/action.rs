@@ -83,7 +83,7 @@ impl Actions {
                 Some(v) => {
                     let v = if privacy::leaks_credential(span, &v.to_text()) {
                         redactions.fetch_add(1, Ordering::Relaxed);
-                        AttrValue::Str(REDACTED.to_owned())
+                        AttrValue::from(REDACTED)
                     } else {
                         v
                     };
@@ -138,12 +138,12 @@ fn compile_extract(spec: ExtractSpec) -> Extract {
 }
 
 fn extract(span: &Span, from: &From) -> Option<AttrValue> {
-    let text = |s: &str| Some(AttrValue::Str(s.to_owned()));
+    let text = |s: &str| Some(AttrValue::from(s));
     match from {
         From::Header(key) => privacy::request_header(span, key).and_then(text),
         From::Query(name) => {
             let q = span.private.get_str("url.query").or_else(|| span.attributes.get_str("url.query"))?;
-            privacy::query_param(q, name).map(|v| AttrValue::Str(v.into_owned()))
+            privacy::query_param(q, name).map(|v| AttrValue::from(v.as_ref()))
         }
         From::Path(re) => {
             let path = span.attributes.get_str("url.path")?;
@@ -156,7 +156,7 @@ fn extract(span: &Span, from: &From) -> Option<AttrValue> {
         }
         From::JwtClaim(claim) => {
             let header = privacy::request_header(span, "http.request.header.authorization")?;
-            privacy::jwt_claim(header, claim).map(AttrValue::Str)
+            privacy::jwt_claim(header, claim).map(AttrValue::from)
         }
         From::SqlTable => span.attributes.get_str("db.collection.name").and_then(text),
         From::Attribute(key) => lookup(span, key).cloned(),

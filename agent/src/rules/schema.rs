@@ -277,7 +277,7 @@ impl<'de> Deserialize<'de> for ScalarValue {
                 f.write_str("a string, number or boolean")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ScalarValue, E> {
-                Ok(ScalarValue(AttrValue::Str(v.to_owned())))
+                Ok(ScalarValue(AttrValue::from(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ScalarValue, E> {
                 Ok(ScalarValue(AttrValue::Int(v)))

@@ -27,7 +27,7 @@ fn attrs(v: Option<&Value>, field: &'static str) -> Result<Attributes, RulesErro
     let obj = v.as_object().ok_or_else(|| field_err(field, "expected an object"))?;
     for (k, v) in obj {
         let value = match v {
-            Value::String(s) => AttrValue::Str(s.clone()),
+            Value::String(s) => AttrValue::from(s.as_str()),
             Value::Bool(b) => AttrValue::Bool(*b),
             Value::Number(n) => match n.as_i64() {
                 Some(i) => AttrValue::Int(i),

@@ -6,13 +6,12 @@
 pub mod metrics;
 pub mod pipeline;
 pub mod post;
+pub mod queue;
 pub mod select;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use tokio::sync::mpsc;
 
 use crate::capture::{Capture, CaptureConfig, CaptureError};
 use crate::config::{Config, ConfigError, OutputKind};
@@ -146,7 +145,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     for (k, v) in &config.resource_attributes {
         extra.set(k.clone(), v.clone());
     }
-    let (span_tx, span_rx) = mpsc::channel(c.span_queue);
+    let (span_tx, span_rx) = queue::span_queue(c.span_queue);
     let pipeline = pipeline::Pipeline {
         capture,
         selector,
@@ -167,6 +166,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         drain_interval: Duration::from_millis(c.drain_interval_ms.max(1)),
         counters: Default::default(),
     };
+    // Loading parsed the kernel's BTF and the eBPF object and scanned /proc:
+    // tens of MiB that are free now but would stay in the heap's RSS.
+    release_free_heap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut pmetrics = metrics::PipelineMetrics::register(&telemetry);
     let thread_stop = stop.clone();
@@ -212,4 +214,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         "kspan stopped"
     );
     Ok(())
+}
+
+/// Returns free heap memory to the kernel (glibc keeps it otherwise).
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -1,15 +1,14 @@
 //! The capture thread: drains the ring buffer and runs conntrack, protocol
 //! parsing and span building synchronously (no allocation per event beyond
 //! what parsers keep), handing finished spans to the async side through a
-//! bounded queue (full: dropped and counted).
+//! bounded queue, one batch per drain cycle (full: dropped and counted).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::metrics::PipelineCounters;
+use super::queue::SpanSender;
 use super::select::{KernelUpdate, Selector};
 use crate::capture::Capture;
 use crate::capture::decode::{RawEvent, decode};
@@ -29,7 +28,7 @@ pub struct Pipeline {
     pub builder: SpanBuilder,
     /// Joins spans of one request into one trace; `None`: spans leave as built.
     pub linker: Option<Linker>,
-    pub spans: mpsc::Sender<Span>,
+    pub spans: SpanSender,
     pub drain_interval: Duration,
     pub counters: PipelineCounters,
 }
@@ -119,7 +118,10 @@ impl Pipeline {
                 let span = self.builder.build(&cx, resource);
                 self.counters.spans_built += 1;
                 match &mut self.linker {
-                    Some(l) => l.push(LinkInput { span, pid: cx.tgid, meta: cx.meta }, now, &mut ready),
+                    Some(l) => {
+                        let peer_traced = self.conns.peer_traced(&cx.meta);
+                        l.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced }, now, &mut ready)
+                    }
                     None => ready.push(span),
                 }
             }
@@ -151,11 +153,7 @@ impl Pipeline {
 
     /// Hands spans whose trace is final to the async side.
     fn send(&mut self, ready: &mut Vec<Span>) {
-        for span in ready.drain(..) {
-            if self.spans.try_send(span).is_err() {
-                self.counters.spans_queue_full += 1;
-            }
-        }
+        self.counters.spans_queue_full += self.spans.send(ready);
     }
 
     fn snapshot(&mut self) {

@@ -12,8 +12,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::mpsc;
 
+use super::queue::SpanReceiver;
 use crate::export::Exporters;
 use crate::rules::RuleSet;
 use crate::rules::reload::{ReloadStats, RulesHandle, spawn_reload};
@@ -139,7 +139,7 @@ impl Rules {
 
 /// Runs until the span queue closes, then flushes held spans.
 pub async fn run(
-    mut spans: mpsc::Receiver<Span>,
+    mut spans: SpanReceiver,
     exporters: Arc<Exporters>,
     rules: Option<(PathBuf, RuleSet)>,
     telemetry: Arc<Telemetry>,
@@ -150,11 +150,11 @@ pub async fn run(
     let mut ticks = 0u64;
     loop {
         tokio::select! {
-            span = spans.recv() => {
-                let Some(span) = span else { break };
+            batch = spans.recv() => {
+                let Some(batch) = batch else { break };
                 match rules.as_mut() {
-                    Some(r) => r.process(span, &mut out),
-                    None => out.push(span),
+                    Some(r) => batch.into_iter().for_each(|span| r.process(span, &mut out)),
+                    None => out.extend(batch),
                 }
             }
             _ = tick.tick() => {

@@ -3,6 +3,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// Attribute text: strings up to 24 bytes live inline (no allocation), which
+/// covers most values kspan produces (methods, addresses, routes, ports).
+pub type Text = compact_str::CompactString;
+
 /// An attribute value (the OTLP AnyValue subset kspan produces).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
@@ -10,7 +14,7 @@ pub enum AttrValue {
     Bool(bool),
     Int(i64),
     F64(f64),
-    Str(String),
+    Str(Text),
 }
 
 impl AttrValue {
@@ -39,11 +43,16 @@ impl AttrValue {
 
 impl From<&str> for AttrValue {
     fn from(s: &str) -> Self {
-        AttrValue::Str(s.to_owned())
+        AttrValue::Str(Text::new(s))
     }
 }
 impl From<String> for AttrValue {
     fn from(s: String) -> Self {
+        AttrValue::Str(Text::from(s))
+    }
+}
+impl From<Text> for AttrValue {
+    fn from(s: Text) -> Self {
         AttrValue::Str(s)
     }
 }
@@ -74,6 +83,12 @@ impl Attributes {
             Some(slot) => slot.1 = value,
             None => self.0.push((key, value)),
         }
+    }
+    /// Appends without looking for an existing `key`: for builders that set
+    /// each key once (a duplicate would be exported twice).
+    pub fn push_unique(&mut self, key: &'static str, value: impl Into<AttrValue>) {
+        debug_assert!(self.get(key).is_none(), "{key} set twice");
+        self.0.push((Cow::Borrowed(key), value.into()));
     }
     pub fn get(&self, key: &str) -> Option<&AttrValue> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)

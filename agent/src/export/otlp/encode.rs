@@ -39,7 +39,7 @@ impl Encoder {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 ..Default::default()
             },
-            extra_resource: extra_resource.iter().map(|(k, v)| key_value(k, &AttrValue::Str(v.clone()))).collect(),
+            extra_resource: extra_resource.iter().map(|(k, v)| key_value(k, &AttrValue::from(v.as_str()))).collect(),
         }
     }
 
@@ -123,7 +123,7 @@ fn key_value(key: &str, value: &AttrValue) -> KeyValue {
         AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
         AttrValue::Int(i) => any_value::Value::IntValue(*i),
         AttrValue::F64(f) => any_value::Value::DoubleValue(*f),
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
     };
     KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
 }

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 
 use super::{HttpExchange, Method, template_route};
 use crate::protocol::{ConnMeta, Described, Privacy, Role, SENSITIVE_HEADERS};
+use compact_str::ToCompactString;
+
 use crate::span::model::{AttrValue, Attributes, SpanStatus};
 
 /// Exported in place of a sensitive header's value.
@@ -23,20 +25,20 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     // Unknown methods are named "HTTP" (OTel: {method} is HTTP for _OTHER).
     let name_method = if r.method == Method::Other { "HTTP" } else { r.method.as_str() };
     let mut a = Attributes(Vec::with_capacity(24));
-    a.set("http.request.method", r.method.as_str());
+    a.push_unique("http.request.method", r.method.as_str());
     if let Some(orig) = r.method_original() {
-        a.set("http.request.method_original", orig);
+        a.push_unique("http.request.method_original", orig);
     }
-    a.set("url.path", r.path());
+    a.push_unique("url.path", r.path());
     if privacy.capture_url_query
         && let Some(q) = r.query()
     {
-        a.set("url.query", q);
+        a.push_unique("url.query", q);
     }
-    a.set("url.scheme", "http");
-    a.set("network.protocol.name", "http");
-    a.set("network.protocol.version", r.version.as_str());
-    a.set("http.response.status_code", i64::from(r.status));
+    a.push_unique("url.scheme", "http");
+    a.push_unique("network.protocol.name", "http");
+    a.push_unique("network.protocol.version", r.version.as_str());
+    a.push_unique("http.response.status_code", i64::from(r.status));
 
     let host = r.header("host").map(split_host);
     // The server's own address: ours when serving, the peer's when calling.
@@ -46,39 +48,40 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     };
     match (&host, own) {
         (Some((h, port)), _) => {
-            a.set("server.address", *h);
-            a.set("server.port", i64::from(port.unwrap_or(80)));
+            a.push_unique("server.address", *h);
+            a.push_unique("server.port", i64::from(port.unwrap_or(80)));
         }
         (None, Some(addr)) => {
-            a.set("server.address", addr.ip().to_string());
-            a.set("server.port", i64::from(addr.port()));
+            a.push_unique("server.address", addr.ip().to_compact_string());
+            a.push_unique("server.port", i64::from(addr.port()));
         }
         (None, None) => {}
     }
     if let Some(peer) = conn.peer {
+        let ip = peer.ip().to_compact_string();
         if role == Role::Server {
-            a.set("client.address", peer.ip().to_string());
-            a.set("client.port", i64::from(peer.port()));
+            a.push_unique("client.address", ip.clone());
+            a.push_unique("client.port", i64::from(peer.port()));
         }
-        a.set("network.peer.address", peer.ip().to_string());
-        a.set("network.peer.port", i64::from(peer.port()));
+        a.push_unique("network.peer.address", ip);
+        a.push_unique("network.peer.port", i64::from(peer.port()));
     }
     if let Some(local) = conn.local {
-        a.set("network.local.address", local.ip().to_string());
-        a.set("network.local.port", i64::from(local.port()));
+        a.push_unique("network.local.address", local.ip().to_compact_string());
+        a.push_unique("network.local.port", i64::from(local.port()));
     }
     if role == Role::Client {
-        a.set("url.full", url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn.peer, privacy));
+        a.push_unique("url.full", url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn.peer, privacy));
     }
-    a.set("http.route", route.clone());
+    a.push_unique("http.route", route.clone());
     if let Some(ua) = r.header("user-agent") {
-        a.set("user_agent.original", ua);
+        a.push_unique("user_agent.original", ua);
     }
     if let Some(n) = r.request_body_size {
-        a.set("http.request.body.size", clamp_i64(n));
+        a.push_unique("http.request.body.size", clamp_i64(n));
     }
     if let Some(n) = r.response_body_size {
-        a.set("http.response.body.size", clamp_i64(n));
+        a.push_unique("http.response.body.size", clamp_i64(n));
     }
 
     let error = match role {
@@ -86,7 +89,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         Role::Client => r.status >= 400,
     };
     if error {
-        a.set("error.type", r.status.to_string());
+        a.push_unique("error.type", r.status.to_compact_string());
     }
 
     for name in &privacy.capture_headers {
@@ -99,7 +102,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
 
     let mut private = Attributes(Vec::with_capacity(r.headers.len() + 1));
     for (name, value) in r.headers() {
-        let key = format!("{HEADER_PREFIX}{name}");
+        let key = private_header_key(name);
         match private.0.iter_mut().find(|(k, _)| *k == key) {
             Some((_, AttrValue::Str(prev))) => {
                 prev.push(',');
@@ -119,6 +122,32 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         status: if error { SpanStatus::error("") } else { SpanStatus::default() },
         traceparent: r.header("traceparent").map(str::to_owned),
         tracestate: r.header("tracestate").map(str::to_owned),
+    }
+}
+
+/// `http.request.header.<name>` for a lower-case header name; common names
+/// come from a static table (no allocation per span).
+fn private_header_key(name: &str) -> Cow<'static, str> {
+    const COMMON: &[(&str, &str)] = &[
+        ("host", "http.request.header.host"),
+        ("user-agent", "http.request.header.user-agent"),
+        ("accept", "http.request.header.accept"),
+        ("accept-encoding", "http.request.header.accept-encoding"),
+        ("accept-language", "http.request.header.accept-language"),
+        ("connection", "http.request.header.connection"),
+        ("content-type", "http.request.header.content-type"),
+        ("content-length", "http.request.header.content-length"),
+        ("authorization", "http.request.header.authorization"),
+        ("cookie", "http.request.header.cookie"),
+        ("traceparent", "http.request.header.traceparent"),
+        ("tracestate", "http.request.header.tracestate"),
+        ("x-forwarded-for", "http.request.header.x-forwarded-for"),
+        ("x-request-id", "http.request.header.x-request-id"),
+        ("x-tenant-id", "http.request.header.x-tenant-id"),
+    ];
+    match COMMON.iter().find(|(n, _)| *n == name) {
+        Some((_, key)) => Cow::Borrowed(key),
+        None => Cow::Owned(format!("{HEADER_PREFIX}{name}")),
     }
 }
 

@@ -3,13 +3,15 @@
 //! Guarantees: the output has as many segments as the input, only whole
 //! segments are replaced, and the query string is never part of a route.
 
+use crate::span::model::Text;
+
 /// Templates a request path: each `/`-separated segment that is all digits,
 /// a UUID, a hex string of at least 8 characters with a digit in it, or a
 /// token of at least 16 letters/digits/`-`/`_` mixing letters and digits,
 /// becomes `{id}`. Anything after `?` is dropped.
-pub fn template_route(path: &str) -> String {
+pub fn template_route(path: &str) -> Text {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    let mut out = String::with_capacity(path.len());
+    let mut out = Text::with_capacity(path.len());
     for (i, seg) in path.split('/').enumerate() {
         if i > 0 {
             out.push('/');

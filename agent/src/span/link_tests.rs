@@ -1,0 +1,352 @@
+//! Tests of the linking stage.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::span::model::{Attributes, SpanStatus};
+
+const MS: u64 = 1_000_000;
+const A: u32 = 100;
+const B: u32 = 200;
+
+fn limits() -> LinkLimits {
+    LinkLimits { hold_ns: 500 * MS, max_held: 64, max_per_thread: 8 }
+}
+
+fn span(kind: SpanKind, n: u8, tid: u32, start: u64, end: u64) -> Span {
+    Span {
+        trace_id: [n; 16],
+        span_id: [n; 8],
+        parent_span_id: [0; 8],
+        trace_state: String::new(),
+        trace_flags: 1,
+        name: format!("s{n}"),
+        kind,
+        start_unix_ns: start,
+        end_unix_ns: end,
+        status: SpanStatus::default(),
+        attributes: Attributes::new(),
+        private: Attributes::new(),
+        events: Vec::new(),
+        resource: Arc::default(),
+        tid,
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A connection from `client` to `server`, seen from one end.
+fn meta(local: &str, peer: &str) -> ConnMeta {
+    ConnMeta { local: Some(addr(local)), peer: Some(addr(peer)) }
+}
+
+fn remote() -> ConnMeta {
+    meta("10.0.0.1:8080", "10.0.0.9:40000")
+}
+
+fn input(span: Span, pid: u32, meta: ConnMeta) -> LinkInput {
+    LinkInput { span, pid, meta, peer_traced: true }
+}
+
+fn find(out: &[Span], n: u8) -> &Span {
+    out.iter().find(|s| s.span_id == [n; 8]).unwrap_or_else(|| panic!("span {n} not released"))
+}
+
+#[test]
+fn nested_client_becomes_child_of_its_threads_server() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    l.push(input(span(SpanKind::Client, 2, 7, 20, 30), A, meta("10.0.0.1:40000", "10.0.0.5:5432")), 0, &mut out);
+    assert!(out.is_empty(), "client is held until its server span arrives");
+    l.push(input(span(SpanKind::Server, 1, 7, 10, 40), A, remote()), 0, &mut out);
+    assert_eq!(out.len(), 2);
+    let (c, s) = (find(&out, 2), find(&out, 1));
+    assert_eq!(c.trace_id, s.trace_id);
+    assert_eq!(c.parent_span_id, s.span_id);
+    assert!(s.is_root());
+    assert_eq!(l.stats.nested, 1);
+    assert_eq!(l.held(), 0);
+}
+
+#[test]
+fn a_pipelining_client_keeps_a_bounded_number_of_notes_per_connection() {
+    let mut l = Linker::new(LinkLimits { hold_ns: 500 * MS, max_held: 100_000, max_per_thread: 8 });
+    let mut out = Vec::new();
+    for n in 0..200u32 {
+        let s = span(SpanKind::Client, (n % 250) as u8, 7, u64::from(n) * 10, u64::from(n) * 10 + 5);
+        l.push(input(s, A, meta("127.0.0.1:40000", "127.0.0.1:6379")), 0, &mut out);
+    }
+    assert!(
+        l.notes.values().all(|v| v.len() <= MAX_NOTES_PER_CONN),
+        "{:?}",
+        l.notes.values().map(|v| v.len()).collect::<Vec<_>>()
+    );
+    l.flush(&mut out);
+    assert_eq!(out.len(), 200, "no span is lost");
+}
+
+#[test]
+fn client_of_another_thread_is_not_nested() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    l.push(input(span(SpanKind::Client, 2, 8, 20, 30), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Server, 1, 7, 10, 40), A, remote()), 0, &mut out);
+    assert_eq!(out.len(), 1, "only the server leaves");
+    assert_eq!(l.stats.nested, 0);
+    l.tick(500 * MS, &mut out);
+    let c = find(&out, 2);
+    assert!(c.is_root());
+    assert_eq!(c.trace_id, [2; 16]);
+    assert_eq!(l.stats.released_unlinked, 1);
+}
+
+#[test]
+fn client_that_ended_before_the_server_started_leaves_unlinked() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    l.push(input(span(SpanKind::Client, 2, 7, 1, 5), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Client, 3, 7, 60, 70), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Server, 1, 7, 10, 40), A, remote()), 0, &mut out);
+    assert!(find(&out, 2).is_root());
+    assert_eq!(l.stats.released_unlinked, 1);
+    assert_eq!(l.held(), 1, "a client after the server waits for a later request");
+    l.push(input(span(SpanKind::Server, 4, 7, 50, 80), A, remote()), 0, &mut out);
+    assert_eq!(find(&out, 3).parent_span_id, [4; 8]);
+}
+
+#[test]
+fn event_loop_thread_with_overlapping_requests_stops_nesting() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    // Two requests in flight on one thread: the second ends first.
+    l.push(input(span(SpanKind::Server, 1, 7, 15, 40), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Server, 2, 7, 10, 50), A, remote()), 0, &mut out);
+    assert_eq!(l.stats.multiplexed, 1);
+    l.push(input(span(SpanKind::Client, 3, 7, 60, 70), A, remote()), 0, &mut out);
+    assert_eq!(l.held(), 0, "clients of an event loop are not held");
+    l.push(input(span(SpanKind::Server, 4, 7, 55, 80), A, remote()), 0, &mut out);
+    assert!(find(&out, 3).is_root());
+    assert_eq!(l.stats.nested, 0);
+    // Another process keeps nesting.
+    l.push(input(span(SpanKind::Client, 5, 7, 60, 70), B, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Server, 6, 7, 55, 80), B, remote()), 0, &mut out);
+    assert_eq!(find(&out, 5).parent_span_id, [6; 8]);
+}
+
+#[test]
+fn sequential_requests_on_one_thread_keep_nesting() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    for i in 0..5u8 {
+        let t = u64::from(i) * 100;
+        l.push(input(span(SpanKind::Client, 2 * i + 1, 7, t + 20, t + 30), A, remote()), 0, &mut out);
+        l.push(input(span(SpanKind::Server, 2 * i + 2, 7, t + 10, t + 40), A, remote()), 0, &mut out);
+        assert_eq!(find(&out, 2 * i + 1).parent_span_id, [2 * i + 2; 8]);
+    }
+    assert_eq!((l.stats.nested, l.stats.multiplexed), (5, 0));
+}
+
+#[test]
+fn sdk_client_keeps_its_own_context() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    let mut c = span(SpanKind::Client, 2, 7, 20, 30);
+    c.trace_id = [9; 16];
+    c.parent_span_id = [9; 8];
+    l.push(input(c, A, remote()), 0, &mut out);
+    assert_eq!(out.len(), 1, "an SDK client is not held");
+    l.push(input(span(SpanKind::Server, 1, 7, 10, 40), A, remote()), 0, &mut out);
+    let c = find(&out, 2);
+    assert_eq!((c.trace_id, c.parent_span_id), ([9; 16], [9; 8]));
+    assert_eq!(l.stats.nested, 0);
+}
+
+#[test]
+fn server_that_joined_a_traceparent_gives_its_trace_to_nested_clients() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    l.push(input(span(SpanKind::Client, 2, 7, 20, 30), A, remote()), 0, &mut out);
+    let mut s = span(SpanKind::Server, 1, 7, 10, 40);
+    s.trace_id = [0xab; 16];
+    s.parent_span_id = [0xcd; 8];
+    s.trace_state = "k=v".into();
+    // Peer is loopback, but a server with incoming context is never held.
+    l.push(input(s, A, meta("127.0.0.1:8080", "127.0.0.1:40000")), 0, &mut out);
+    assert_eq!(out.len(), 2);
+    let (c, s) = (find(&out, 2), find(&out, 1));
+    assert_eq!((s.trace_id, s.parent_span_id), ([0xab; 16], [0xcd; 8]));
+    assert_eq!((c.trace_id, c.parent_span_id), ([0xab; 16], [1; 8]));
+    assert_eq!(c.trace_state, "k=v");
+}
+
+/// A's server (1) on thread 7 calls B over loopback with client span (2);
+/// B's server (3) on thread 9 queries a database (4).
+fn whole_trace(order: &[u8]) -> Vec<Span> {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    let front = meta("127.0.0.1:8080", "127.0.0.1:50000");
+    let a_to_b = meta("127.0.0.1:41000", "127.0.0.1:9090");
+    let b_from_a = meta("127.0.0.1:9090", "127.0.0.1:41000");
+    for n in order {
+        let i = match n {
+            1 => input(span(SpanKind::Server, 1, 7, 10, 100), A, front),
+            2 => input(span(SpanKind::Client, 2, 7, 20, 90), A, a_to_b),
+            3 => input(span(SpanKind::Server, 3, 9, 30, 80), B, b_from_a),
+            _ => input(span(SpanKind::Client, 4, 9, 40, 50), B, meta("127.0.0.1:42000", "127.0.0.1:5432")),
+        };
+        l.push(i, 0, &mut out);
+    }
+    l.tick(10_000 * MS, &mut out);
+    assert_eq!(l.stats.cross_process, 1, "order {order:?}");
+    assert_eq!(l.stats.nested, 2, "order {order:?}");
+    assert_eq!(l.held(), 0);
+    out
+}
+
+#[test]
+fn cross_process_call_joins_one_trace_in_any_arrival_order() {
+    for order in [[4, 3, 2, 1], [4, 2, 3, 1], [2, 4, 3, 1], [2, 1, 4, 3], [4, 2, 1, 3]] {
+        let out = whole_trace(&order);
+        assert_eq!(out.len(), 4, "order {order:?}");
+        let root = find(&out, 1);
+        assert!(root.is_root());
+        for s in &out {
+            assert_eq!(s.trace_id, root.trace_id, "span {:?} order {order:?}", s.span_id);
+        }
+        assert_eq!(find(&out, 2).parent_span_id, [1; 8]);
+        assert_eq!(find(&out, 3).parent_span_id, [2; 8]);
+        assert_eq!(find(&out, 4).parent_span_id, [3; 8]);
+    }
+}
+
+#[test]
+fn server_with_incoming_traceparent_is_not_moved_to_the_callers_trace() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    let mut b = span(SpanKind::Server, 3, 9, 30, 80);
+    b.trace_id = [0xee; 16];
+    b.parent_span_id = [0xef; 8];
+    l.push(input(b, B, meta("127.0.0.1:9090", "127.0.0.1:41000")), 0, &mut out);
+    assert_eq!(out.len(), 1, "not held");
+    l.push(input(span(SpanKind::Client, 2, 7, 20, 90), A, meta("127.0.0.1:41000", "127.0.0.1:9090")), 0, &mut out);
+    l.flush(&mut out);
+    let b = find(&out, 3);
+    assert_eq!((b.trace_id, b.parent_span_id), ([0xee; 16], [0xef; 8]));
+    assert_eq!(l.stats.cross_process, 0);
+}
+
+#[test]
+fn other_request_on_the_same_connection_is_not_linked() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    let b = meta("127.0.0.1:9090", "127.0.0.1:41000");
+    l.push(input(span(SpanKind::Server, 3, 9, 100, 180), B, b), 0, &mut out);
+    l.push(input(span(SpanKind::Client, 2, 7, 20, 90), A, meta("127.0.0.1:41000", "127.0.0.1:9090")), 0, &mut out);
+    l.flush(&mut out);
+    assert!(find(&out, 3).is_root());
+    assert_eq!(l.stats.cross_process, 0);
+}
+
+#[test]
+fn server_with_remote_peer_is_not_held() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    l.push(input(span(SpanKind::Server, 1, 7, 10, 40), A, remote()), 0, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(l.held(), 0);
+}
+
+#[test]
+fn held_server_waits_for_its_client_until_the_deadline() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    l.push(input(span(SpanKind::Server, 3, 9, 30, 80), B, meta("127.0.0.1:9090", "127.0.0.1:41000")), 1000, &mut out);
+    l.tick(1000 + 499 * MS, &mut out);
+    assert!(out.is_empty(), "held while the client may still come");
+    l.tick(1000 + 500 * MS, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].is_root());
+    assert_eq!(l.stats.released_unlinked, 1);
+    assert_eq!(l.stats.held, 0);
+}
+
+#[test]
+fn a_server_span_whose_client_is_not_traced_leaves_at_once() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    let m = meta("127.0.0.1:9090", "127.0.0.1:41000");
+    l.push(
+        LinkInput { span: span(SpanKind::Server, 3, 9, 30, 80), pid: B, meta: m, peer_traced: false },
+        1000,
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "nothing to wait for");
+    assert_eq!(l.held(), 0);
+    // And a client span to an untraced local server is not noted for linking.
+    let c = span(SpanKind::Client, 4, 9, 100, 120);
+    let cm = meta("127.0.0.1:41001", "127.0.0.1:9091");
+    l.push(LinkInput { span: c, pid: A, meta: cm, peer_traced: false }, 1000, &mut out);
+    l.tick(1000 + 500 * MS, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(l.stats.cross_process, 0);
+}
+
+#[test]
+fn per_thread_cap_forces_out_the_oldest_client() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    for n in 0..9u8 {
+        let s = u64::from(n) * 10;
+        l.push(input(span(SpanKind::Client, n + 1, 7, s + 1, s + 2), A, remote()), 0, &mut out);
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].span_id, [1; 8], "oldest first");
+    assert_eq!(l.stats.forced_out, 1);
+    assert_eq!(l.held(), 8);
+}
+
+#[test]
+fn total_cap_forces_out_the_oldest_and_loses_nothing() {
+    let mut l = Linker::new(LinkLimits { hold_ns: 500 * MS, max_held: 4, max_per_thread: 8 });
+    let mut out = Vec::new();
+    for n in 1..=10u8 {
+        l.push(input(span(SpanKind::Client, n, u32::from(n), 1, 2), A, remote()), u64::from(n), &mut out);
+        assert!(l.held() <= 4);
+    }
+    assert_eq!(l.stats.forced_out, 6);
+    assert_eq!(out.iter().map(|s| s.span_id[0]).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    l.flush(&mut out);
+    assert_eq!(out.len(), 10);
+    assert_eq!(l.held(), 0);
+}
+
+#[test]
+fn tree_counts_toward_the_total_cap_as_a_whole() {
+    let mut l = Linker::new(LinkLimits { hold_ns: 500 * MS, max_held: 2, max_per_thread: 8 });
+    let mut out = Vec::new();
+    // B's server with one nested client: a held tree of two spans.
+    l.push(input(span(SpanKind::Client, 4, 9, 40, 50), B, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Server, 3, 9, 30, 80), B, meta("127.0.0.1:9090", "127.0.0.1:41000")), 0, &mut out);
+    assert_eq!(l.held(), 2);
+    l.push(input(span(SpanKind::Client, 5, 1, 1, 2), A, remote()), 0, &mut out);
+    assert_eq!(l.held(), 1);
+    assert_eq!(out.len(), 2, "the oldest tree leaves whole");
+    assert_eq!(find(&out, 4).trace_id, find(&out, 3).trace_id);
+}
+
+#[test]
+fn notes_are_bounded_and_expire() {
+    let mut l = Linker::new(LinkLimits { hold_ns: 10, max_held: 4, max_per_thread: 8 });
+    let mut out = Vec::new();
+    for n in 1..=10u8 {
+        let port = 41000 + u16::from(n);
+        let m = meta(&format!("127.0.0.1:{port}"), "127.0.0.1:9090");
+        l.push(input(span(SpanKind::Client, n, u32::from(n), 1, 2), A, m), 0, &mut out);
+    }
+    assert!(l.note_order.len() <= 4);
+    l.tick(100, &mut out);
+    assert!(l.notes.is_empty() && l.note_order.is_empty());
+    assert_eq!(out.len(), 10);
+}
