@@ -280,7 +280,7 @@ impl PodFilter {
     }
 
     pub fn matches(&self, pod: &PodMeta) -> bool {
-        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| *n == pod.namespace))
+        (self.namespaces.is_empty() || self.namespaces.contains(&pod.namespace))
             && self.labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 }
