@@ -145,8 +145,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let all = config.traces_all();
     let pods = start_pod_watch(&config);
     let mut selector = select::Selector::new(all, &config.select.pids, &config.select.exe)?;
-    if let Some(store) = &pods {
-        selector = selector.with_pod_filter(config.select.pod_filter(), store.clone());
+    if !config.select.pod_filter().is_empty() {
+        // Without metadata no pod is known, so nothing matches (never "everything").
+        let store = pods.clone().unwrap_or_else(|| {
+            tracing::warn!("select.namespaces/pod_labels are set but pod metadata is off: no process will match");
+            PodStore::new(1)
+        });
+        selector = selector.with_pod_filter(config.select.pod_filter(), store);
     }
     let c = &config.capture;
     let mut capture = Capture::load(&CaptureConfig {
@@ -160,6 +165,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let initial = selector.initial();
     for pid in &initial {
         capture.select(*pid)?;
+    }
+    let pod_filter = config.select.pod_filter();
+    if !pod_filter.is_empty() {
+        tracing::info!(
+            namespaces = ?pod_filter.namespaces,
+            labels = ?pod_filter.labels,
+            "tracing only processes in matching pods (host processes excluded)"
+        );
     }
     if all {
         tracing::info!("tracing every process on the host");
