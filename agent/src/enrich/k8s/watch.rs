@@ -105,19 +105,24 @@ pub async fn run(client: Client, node: String, store: PodStore) {
     }
 }
 
-/// In-cluster (or kubeconfig) client, then [`run`]. Failure to build a
-/// client is logged once and ends the task: the agent runs without metadata.
+/// In-cluster (or kubeconfig) client, then [`run`]. A client that cannot
+/// be built is counted and retried with capped exponential backoff (1 s to
+/// 5 min); the agent runs without metadata meanwhile.
 pub async fn run_in_cluster(node: String, store: PodStore) {
-    let client = match kube::Config::infer()
-        .await
-        .map_err(K8sError::from)
-        .and_then(|c| Client::try_from(c).map_err(K8sError::from))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            store.count_watch_error();
-            tracing::warn!("no pod metadata: {e}");
-            return;
+    let mut delay = std::time::Duration::from_secs(1);
+    let client = loop {
+        match kube::Config::infer()
+            .await
+            .map_err(K8sError::from)
+            .and_then(|c| Client::try_from(c).map_err(K8sError::from))
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                store.count_watch_error();
+                tracing::warn!("no pod metadata: {e} (retrying in {delay:?})");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(300));
+            }
         }
     };
     tracing::info!(node = %node, "watching this node's pods for metadata");
