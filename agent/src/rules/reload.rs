@@ -282,6 +282,53 @@ mod tests {
         task.abort();
     }
 
+    /// Writes a ConfigMap version the way the kubelet does (atomic_writer):
+    /// a fresh timestamped directory, a `..data_tmp` symlink to it renamed
+    /// over `..data`, then the previous directory removed.
+    fn kubelet_publish(dir: &Path, version: u32, rules: &str, previous: Option<&Path>) -> PathBuf {
+        let ts = dir.join(format!("..2026_11_22_02_00_{version:02}.{}", 100_000 + version));
+        std::fs::create_dir(&ts).unwrap();
+        std::fs::write(ts.join("rules.yaml"), rules).unwrap();
+        std::fs::write(ts.join("config.yaml"), "select: {all: true}\n").unwrap();
+        let tmp = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(ts.file_name().unwrap(), &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        if let Some(old) = previous {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+        ts
+    }
+
+    #[tokio::test]
+    async fn configmap_data_symlink_swap_reloads_the_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = kubelet_publish(dir.path(), 1, V2, None);
+        // The file kspan is given: a relative symlink through `..data`, made once.
+        let path = dir.path().join("rules.yaml");
+        std::os::unix::fs::symlink("..data/rules.yaml", &path).unwrap();
+        let handle = RulesHandle::new(RuleSet::load(&path).unwrap());
+        let stats = Arc::new(ReloadStats::default());
+        let opts = ReloadOptions { poll_interval: Duration::from_millis(20), sighup: false };
+        let task = spawn_reload_with(path.clone(), handle.clone(), Arc::clone(&stats), opts);
+        assert_eq!(fired(&handle), ["one", "two"]);
+
+        // Same length, new content: only the hash tells the versions apart.
+        let same_len = V2.replace("id: two", "id: six");
+        assert_eq!(same_len.len(), V2.len());
+        let v2 = kubelet_publish(dir.path(), 2, &same_len, Some(&v1));
+        assert!(wait_for(|| fired(&handle) == ["one", "six"]).await, "rules after the ..data swap not loaded");
+        assert_eq!(std::fs::read_link(&path).unwrap(), Path::new("..data/rules.yaml"), "the path itself never changed");
+
+        // A broken version keeps the last good rules; the next good one loads.
+        let v3 = kubelet_publish(dir.path(), 3, BROKEN, Some(&v2));
+        assert!(wait_for(|| stats.reload_failures.load(Ordering::Relaxed) == 1).await);
+        assert_eq!(fired(&handle), ["one", "six"]);
+        kubelet_publish(dir.path(), 4, V1, Some(&v3));
+        assert!(wait_for(|| fired(&handle) == ["one"]).await);
+        assert_eq!(stats.reloads_ok.load(Ordering::Relaxed), 2);
+        task.abort();
+    }
+
     #[test]
     fn reload_now_reports_missing_file() {
         let handle = RulesHandle::new(RuleSet::default());

@@ -44,6 +44,14 @@ pub struct PipelineCounters {
     pub parse: [ParseStats; 3],
     pub open_connections: u64,
     pub links: LinkStats,
+    /// Pods in the metadata cache now.
+    pub k8s_pods: u64,
+    /// Pods not cached because the cache was full.
+    pub k8s_pods_dropped: u64,
+    /// Pod watch errors (each followed by a backoff and a retry).
+    pub k8s_watch_errors: u64,
+    /// Cached process resources rebuilt after their pod metadata changed.
+    pub resources_refreshed: u64,
 }
 
 /// Registered metric handles plus what was last published.
@@ -61,6 +69,10 @@ pub struct PipelineMetrics {
     link_released: Family<Reason, Counter>,
     link_held: Gauge,
     link_multiplexed: Counter,
+    k8s_pods: Gauge,
+    k8s_pods_dropped: Counter,
+    k8s_watch_errors: Counter,
+    resources_refreshed: Counter,
     last: PipelineCounters,
 }
 
@@ -86,6 +98,10 @@ impl PipelineMetrics {
             link_released: Family::default(),
             link_held: Gauge::default(),
             link_multiplexed: Counter::default(),
+            k8s_pods: Gauge::default(),
+            k8s_pods_dropped: Counter::default(),
+            k8s_watch_errors: Counter::default(),
+            resources_refreshed: Counter::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -112,6 +128,14 @@ impl PipelineMetrics {
             "kspan_link_multiplexed_processes",
             "Processes serving overlapping requests on one thread (event loops): client spans not nested",
             m.link_multiplexed.clone(),
+        );
+        t.register("kspan_k8s_pods", "Pods of this node with metadata cached", m.k8s_pods.clone());
+        t.register("kspan_k8s_pods_dropped", "Pods not cached because the cache was full", m.k8s_pods_dropped.clone());
+        t.register("kspan_k8s_watch_errors", "Pod watch errors (retried with backoff)", m.k8s_watch_errors.clone());
+        t.register(
+            "kspan_resources_refreshed",
+            "Cached process resources rebuilt after their pod metadata arrived or changed",
+            m.resources_refreshed.clone(),
         );
         m
     }
@@ -167,6 +191,10 @@ impl PipelineMetrics {
         delta(&self.link_released.get_or_create(&r("no_parent")), a.released_unlinked, b.released_unlinked);
         delta(&self.link_released.get_or_create(&r("forced_out")), a.forced_out, b.forced_out);
         self.link_held.set(a.held as i64);
+        self.k8s_pods.set(now.k8s_pods as i64);
+        delta(&self.k8s_pods_dropped, now.k8s_pods_dropped, last.k8s_pods_dropped);
+        delta(&self.k8s_watch_errors, now.k8s_watch_errors, last.k8s_watch_errors);
+        delta(&self.resources_refreshed, now.resources_refreshed, last.resources_refreshed);
         self.last = *now;
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::capture::{Capture, CaptureConfig, CaptureError};
 use crate::config::{Config, ConfigError, OutputKind};
 use crate::conntrack::{ConnLimits, ConnTable};
+use crate::enrich::k8s::PodStore;
 use crate::enrich::process::{HostInfo, ProcessTable};
 use crate::export::{
     ExportConfigError, ExportError, ExportMetrics, Exporters, LineFormat, OtlpConfig, OtlpExporter, Output, StreamSink,
@@ -99,6 +100,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// Starts the pod watcher when Kubernetes metadata is on (config, or in a
+/// cluster); `None` when off or when this node's name is unknown.
+fn start_pod_watch(config: &Config) -> Option<PodStore> {
+    let env = |k: &str| std::env::var(k).ok();
+    let k = &config.kubernetes;
+    if !k.active(&env) {
+        return None;
+    }
+    let node = match crate::enrich::k8s::watch::node_name(k.node_name.as_deref(), &env) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("no pod metadata: {e}");
+            return None;
+        }
+    };
+    let store = PodStore::new(k.max_pods);
+    tokio::spawn(crate::enrich::k8s::watch::run_in_cluster(node, store.clone()));
+    Some(store)
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), RunError> {
     config.validate()?;
@@ -121,7 +142,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         None => None,
     };
     let all = config.traces_all();
+    let pods = start_pod_watch(&config);
     let mut selector = select::Selector::new(all, &config.select.pids, &config.select.exe)?;
+    if !config.select.pod_filter().is_empty() {
+        // Without metadata no pod is known, so nothing matches (never "everything").
+        let store = pods.clone().unwrap_or_else(|| {
+            tracing::warn!("select.namespaces/pod_labels are set but pod metadata is off: no process will match");
+            PodStore::new(1)
+        });
+        selector = selector.with_pod_filter(config.select.pod_filter(), store);
+    }
     let c = &config.capture;
     let mut capture = Capture::load(&CaptureConfig {
         capture_bytes: c.capture_bytes,
@@ -134,6 +164,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let initial = selector.initial();
     for pid in &initial {
         capture.select(*pid)?;
+    }
+    let pod_filter = config.select.pod_filter();
+    if !pod_filter.is_empty() {
+        tracing::info!(
+            namespaces = ?pod_filter.namespaces,
+            labels = ?pod_filter.labels,
+            "tracing only processes in matching pods (host processes excluded)"
+        );
     }
     if all {
         tracing::info!("tracing every process on the host");
@@ -153,7 +191,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             max_connections: c.max_connections,
             idle_timeout_ns: c.idle_timeout_secs.saturating_mul(1_000_000_000),
         }),
-        procs: ProcessTable::new(HostInfo::detect(), config.service_names.clone(), extra, c.max_processes),
+        procs: {
+            let t = ProcessTable::new(HostInfo::detect(), config.service_names.clone(), extra, c.max_processes);
+            match &pods {
+                Some(store) => t.with_pods(store.clone()),
+                None => t,
+            }
+        },
+        pods,
         builder: SpanBuilder::new(Clock::now(), config.privacy.clone()),
         linker: (c.link_hold_ms > 0).then(|| {
             Linker::new(LinkLimits {

@@ -13,6 +13,7 @@ use super::select::{KernelUpdate, Selector};
 use crate::capture::Capture;
 use crate::capture::decode::{RawEvent, decode};
 use crate::conntrack::{ConnExchange, ConnTable};
+use crate::enrich::k8s::PodStore;
 use crate::enrich::process::ProcessTable;
 use crate::protocol::Protocol;
 use crate::span::builder::{Clock, SpanBuilder};
@@ -25,6 +26,8 @@ pub struct Pipeline {
     pub selector: Selector,
     pub conns: ConnTable,
     pub procs: ProcessTable,
+    /// Pod metadata (read for its counters; the watcher writes it).
+    pub pods: Option<PodStore>,
     pub builder: SpanBuilder,
     /// Joins spans of one request into one trace; `None`: spans leave as built.
     pub linker: Option<Linker>,
@@ -164,6 +167,12 @@ impl Pipeline {
             self.counters.links = l.stats;
         }
         self.counters.open_connections = self.conns.len() as u64;
+        self.counters.resources_refreshed = self.procs.refreshed;
+        if let Some(p) = &self.pods {
+            self.counters.k8s_pods = p.len() as u64;
+            self.counters.k8s_pods_dropped = p.dropped();
+            self.counters.k8s_watch_errors = p.watch_errors();
+        }
         for (i, p) in Protocol::ALL.iter().enumerate() {
             self.counters.parse[i] = self.conns.parse_stats(*p);
         }

@@ -1,11 +1,18 @@
 //! Which processes are traced: explicit pids and their descendants, and
 //! processes whose executable path or command line matches a regex. Decisions
 //! are cached per pid (bounded) and re-made on exec.
+//!
+//! A pod filter (namespaces, pod labels) narrows that in user space: a process
+//! is traced only while its container belongs to a known pod that matches.
+//! Host processes and containers whose pod is not known (yet) are not traced;
+//! the pod decision is re-made when the pod store changes. The kernel map
+//! keeps the process-level decision only.
 
 use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 
+use crate::enrich::k8s::{PodFilter, PodStore};
 use crate::enrich::process::ProcInfo;
 
 /// Max cached decisions before the cache is cleared.
@@ -23,7 +30,43 @@ pub struct Selector {
     roots: HashSet<u32>,
     exe: Vec<Regex>,
     decided: HashMap<u32, bool>,
+    pods: Option<PodSelection>,
     pub updates: Vec<KernelUpdate>,
+}
+
+/// The pod-level filter and its per-pid decisions.
+struct PodSelection {
+    filter: PodFilter,
+    store: PodStore,
+    /// pid -> (container id, decision, store generation it was made at).
+    decided: HashMap<u32, (Option<String>, bool, u64)>,
+}
+
+impl PodSelection {
+    fn allows(&mut self, pid: u32) -> bool {
+        let generation = self.store.generation();
+        if let Some((_, yes, g)) = self.decided.get(&pid)
+            && *g == generation
+        {
+            return *yes;
+        }
+        if self.decided.len() >= MAX_DECISIONS {
+            self.decided.clear();
+        }
+        let container = match self.decided.remove(&pid) {
+            Some((c, _, _)) => c,
+            None => std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|t| crate::enrich::cgroup::container_id(&t)),
+        };
+        let yes = self.decide(container.as_deref());
+        self.decided.insert(pid, (container, yes, generation));
+        yes
+    }
+
+    fn decide(&self, container: Option<&str>) -> bool {
+        container.and_then(|id| self.store.lookup(id)).is_some_and(|c| self.filter.matches(&c.pod))
+    }
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -35,7 +78,22 @@ impl Selector {
     pub fn new(all: bool, pids: &[u32], exe: &[String]) -> Result<Self, regex::Error> {
         let exe =
             exe.iter().map(|r| regex::RegexBuilder::new(r).size_limit(1 << 20).build()).collect::<Result<_, _>>()?;
-        Ok(Self { all, roots: pids.iter().copied().collect(), exe, decided: HashMap::new(), updates: Vec::new() })
+        Ok(Self {
+            all,
+            roots: pids.iter().copied().collect(),
+            exe,
+            decided: HashMap::new(),
+            pods: None,
+            updates: Vec::new(),
+        })
+    }
+
+    /// Also requires the process's pod to match `filter` (no-op when empty).
+    pub fn with_pod_filter(mut self, filter: PodFilter, store: PodStore) -> Self {
+        if !filter.is_empty() {
+            self.pods = Some(PodSelection { filter, store, decided: HashMap::new() });
+        }
+        self
     }
 
     fn matches_exe(&self, p: &ProcInfo) -> bool {
@@ -73,26 +131,31 @@ impl Selector {
 
     /// Whether events of `tgid` are wanted.
     pub fn allows(&mut self, tgid: u32) -> bool {
-        if self.all {
-            return true;
-        }
-        match self.decided.get(&tgid) {
-            Some(v) => *v,
-            None => self.decide(tgid),
-        }
+        let process = self.all
+            || match self.decided.get(&tgid) {
+                Some(v) => *v,
+                None => self.decide(tgid),
+            };
+        process && self.pods.as_mut().is_none_or(|p| p.allows(tgid))
     }
 
     /// A process exec'd: its identity changed, decide again.
     pub fn on_exec(&mut self, tgid: u32) -> bool {
+        if let Some(p) = &mut self.pods {
+            p.decided.remove(&tgid);
+        }
         if self.all {
-            return true;
+            return self.allows(tgid);
         }
         self.decided.remove(&tgid);
-        self.decide(tgid)
+        self.decide(tgid) && self.pods.as_mut().is_none_or(|p| p.allows(tgid))
     }
 
     pub fn on_exit(&mut self, tgid: u32) {
         self.decided.remove(&tgid);
+        if let Some(p) = &mut self.pods {
+            p.decided.remove(&tgid);
+        }
     }
 
     /// Processes already running that are selected (for seeding the kernel map).
@@ -144,5 +207,50 @@ mod tests {
         assert!(selected.contains(&child.id()));
         child.kill().ok();
         child.wait().ok();
+    }
+
+    fn pod(ns: &str, id: &str, labels: &[(&str, &str)]) -> crate::enrich::k8s::PodMeta {
+        crate::enrich::k8s::PodMeta {
+            namespace: ns.into(),
+            name: format!("{ns}-pod"),
+            uid: format!("uid-{id}"),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            containers: vec![(id.into(), "main".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_filter_selects_by_namespace_and_labels() {
+        let store = PodStore::new(8);
+        store.apply(pod("shop", "c1", &[("app", "web"), ("tier", "front")]));
+        store.apply(pod("shop", "c2", &[("app", "db")]));
+        store.apply(pod("kube-system", "c3", &[("app", "web")]));
+        let filter = PodFilter {
+            namespaces: vec!["shop".into(), "payments".into()],
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+        };
+        let sel = PodSelection { filter, store, decided: HashMap::new() };
+        assert!(sel.decide(Some("c1")), "namespace and label match");
+        assert!(!sel.decide(Some("c2")), "label differs");
+        assert!(!sel.decide(Some("c3")), "namespace differs");
+        assert!(!sel.decide(Some("unknown")), "pod not known");
+        assert!(!sel.decide(None), "host process");
+    }
+
+    #[test]
+    fn pod_decision_is_remade_when_the_pod_arrives() {
+        let store = PodStore::new(8);
+        let filter = PodFilter { namespaces: vec!["shop".into()], ..Default::default() };
+        let mut s = Selector::new(true, &[], &[]).unwrap().with_pod_filter(filter, store.clone());
+        let pid = 4_000_000; // not a live pid: the container id is seeded below
+        s.pods.as_mut().unwrap().decided.insert(pid, (Some("c9".into()), false, store.generation()));
+        assert!(!s.allows(pid), "pod not known yet");
+        store.apply(pod("shop", "c9", &[]));
+        assert!(s.allows(pid), "allowed once the pod's metadata arrives");
+        assert!(!s.allows(std::process::id()), "this test is a host process: no pod");
+        assert!(s.updates.is_empty(), "the kernel keeps tracing everything");
+        let mut unfiltered = Selector::new(true, &[], &[]).unwrap().with_pod_filter(PodFilter::default(), store);
+        assert!(unfiltered.allows(std::process::id()), "an empty pod filter restricts nothing");
     }
 }

@@ -45,9 +45,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* kspan's config.yaml: chart-managed keys over .Values.config. */}}
 {{- define "kspan.config" -}}
 {{- $managed := dict
-  "select" (dict "all" (and .Values.selection.all (empty (concat .Values.selection.pids .Values.selection.exe))) "pids" .Values.selection.pids "exe" .Values.selection.exe "ports" .Values.selection.ports)
+  "select" (dict "all" (and .Values.selection.all (empty (concat .Values.selection.pids .Values.selection.exe))) "pids" .Values.selection.pids "exe" .Values.selection.exe "ports" .Values.selection.ports "namespaces" .Values.selection.namespaces "pod_labels" .Values.selection.podLabels)
   "outputs" (list "otlp")
   "telemetry" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port)))
+  "kubernetes" (dict "enabled" .Values.kubernetes.enabled "max_pods" (int .Values.kubernetes.maxPods))
 -}}
 {{- if .Values.rules -}}
 {{- $_ := set $managed "rules_file" "/etc/kspan/rules.yaml" -}}
