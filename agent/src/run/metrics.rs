@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::capture::COUNTER_NAMES;
+use crate::capture::tls::{FAILURE_REASONS, TlsStats};
 use crate::conntrack::ConnStats;
 use crate::protocol::{ParseStats, Protocol};
 use crate::span::link::LinkStats;
@@ -44,6 +45,7 @@ pub struct PipelineCounters {
     pub parse: [ParseStats; 3],
     pub open_connections: u64,
     pub links: LinkStats,
+    pub tls: TlsStats,
 }
 
 /// Registered metric handles plus what was last published.
@@ -61,6 +63,8 @@ pub struct PipelineMetrics {
     link_released: Family<Reason, Counter>,
     link_held: Gauge,
     link_multiplexed: Counter,
+    tls_attached: Counter,
+    tls_failed: Family<Reason, Counter>,
     last: PipelineCounters,
 }
 
@@ -86,6 +90,8 @@ impl PipelineMetrics {
             link_released: Family::default(),
             link_held: Gauge::default(),
             link_multiplexed: Counter::default(),
+            tls_attached: Counter::default(),
+            tls_failed: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -112,6 +118,16 @@ impl PipelineMetrics {
             "kspan_link_multiplexed_processes",
             "Processes serving overlapping requests on one thread (event loops): client spans not nested",
             m.link_multiplexed.clone(),
+        );
+        t.register(
+            "kspan_tls_libraries_attached",
+            "TLS library files (libssl, static executables) with the OpenSSL uprobes attached",
+            m.tls_attached.clone(),
+        );
+        t.register(
+            "kspan_tls_attach_failures",
+            "TLS library files not attached, by reason (files_full, pending_full: a cap was hit)",
+            m.tls_failed.clone(),
         );
         m
     }
@@ -141,6 +157,9 @@ impl PipelineMetrics {
             ("swept_idle", c.swept_idle, l.swept_idle),
             ("opaque", c.opaque, l.opaque),
             ("fd_reused", c.fd_reused, l.fd_reused),
+            ("tls", c.tls, l.tls),
+            ("tls_handshake", c.tls_handshake, l.tls_handshake),
+            ("tls_ciphertext_ignored", c.tls_ciphertext_ignored, l.tls_ciphertext_ignored),
         ] {
             delta(&self.conns.get_or_create(&r(name)), a, b);
         }
@@ -167,6 +186,13 @@ impl PipelineMetrics {
         delta(&self.link_released.get_or_create(&r("no_parent")), a.released_unlinked, b.released_unlinked);
         delta(&self.link_released.get_or_create(&r("forced_out")), a.forced_out, b.forced_out);
         self.link_held.set(a.held as i64);
+        let (a, b) = (&now.tls, &last.tls);
+        delta(&self.tls_attached, a.attached, b.attached);
+        for (i, name) in FAILURE_REASONS.iter().enumerate() {
+            delta(&self.tls_failed.get_or_create(&r(name)), a.failed[i], b.failed[i]);
+        }
+        delta(&self.tls_failed.get_or_create(&r("files_full")), a.files_full, b.files_full);
+        delta(&self.tls_failed.get_or_create(&r("pending_full")), a.pending_full, b.pending_full);
         self.last = *now;
     }
 }

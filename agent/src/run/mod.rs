@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::capture::tls::TlsAttacher;
 use crate::capture::{Capture, CaptureConfig, CaptureError};
 use crate::config::{Config, ConfigError, OutputKind};
 use crate::conntrack::{ConnLimits, ConnTable};
@@ -142,6 +143,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tracing::info!(processes = initial.len(), "tracing selected processes (more are picked up as they start)");
     }
 
+    let mut tls = TlsAttacher::new();
+    tls.start(&mut capture, &selector.selected());
+
     let mut extra = Attributes::new();
     for (k, v) in &config.resource_attributes {
         extra.set(k.clone(), v.clone());
@@ -163,6 +167,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 max_per_thread: c.link_max_per_thread.max(1),
             })
         }),
+        tls,
         spans: span_tx,
         drain_interval: Duration::from_millis(c.drain_interval_ms.max(1)),
         counters: Default::default(),
