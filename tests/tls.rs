@@ -128,17 +128,21 @@ fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
         .spawn()
         .expect("python client");
     let mut out = BufReader::new(c.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "loaded");
+    let mut reply = String::new();
+    out.read_line(&mut reply).unwrap();
+    assert_eq!(reply.trim(), "loaded");
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", c.id())).unwrap();
     assert!(maps.contains(copy.to_str().unwrap()), "python loaded the private libssl copy");
     // Found through the loader hook (or the periodic rescan), not at start.
-    k.wait_log(&format!("TLS uprobes attached library=/proc/{}/root{}", c.id(), copy.display()), WAIT);
+    let attached_path = format!("/proc/{}/root{}", c.id(), copy.display());
+    k.wait_log(&attached_path, WAIT);
+    let log = k.log();
+    let line = log.lines().find(|l| l.contains(&attached_path)).unwrap_or_default();
+    assert!(line.contains("TLS uprobes attached"), "{line}");
     writeln!(c.stdin.as_mut().unwrap()).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert!(line.contains("200"), "{line}");
+    reply.clear();
+    out.read_line(&mut reply).unwrap();
+    assert!(reply.contains("200"), "{reply}");
     c.wait().unwrap();
     let spans = k.wait_spans(1, WAIT, |s| kind(s) == "client" && attr_str(s, "url.path") == Some("/api/items.json"));
     assert_eq!(spans.len(), 1, "{spans:#?}");
