@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kspan_e2e::servers::{Rotel, child_pid_of, nginx, postgres, redis};
+use kspan_e2e::servers::{Rotel, child_pid_of, nginx, nginx_tls, postgres, redis};
 use kspan_e2e::{free_port, http_get};
 
 use crate::{cargo, root, setup, sh};
@@ -41,10 +41,10 @@ fn parse_duration_ms(v: &str) -> f64 {
     }
 }
 
-fn wrk(port: u16, secs: u32) -> Result<Load> {
+fn wrk(scheme: &str, port: u16, secs: u32) -> Result<Load> {
     let out = Command::new("wrk")
         .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency"])
-        .arg(format!("http://127.0.0.1:{port}/index.html"))
+        .arg(format!("{scheme}://127.0.0.1:{port}/index.html"))
         .output()
         .context("running wrk")?;
     if !out.status.success() {
@@ -117,8 +117,11 @@ impl Drop for Agent {
     }
 }
 
-fn http_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
-    let ng = nginx();
+/// nginx + wrk with and without kspan; `tls`: HTTPS (kspan reads the
+/// plaintext through the OpenSSL uprobes).
+fn http_bench(bin: &std::path::Path, secs: u32, tls: bool) -> Result<()> {
+    let (ng, scheme) = if tls { (nginx_tls(), "https") } else { (nginx(), "http") };
+    let wrk = |port, secs| wrk(scheme, port, secs);
     wrk(ng.port, 2)?; // warm-up
     let base1 = wrk(ng.port, secs)?;
     let agent = Agent::start(bin, &["--pid".into(), ng.pid().to_string()])?;
@@ -132,7 +135,7 @@ fn http_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
     let base = Load { rps: (base1.rps + base2.rps) / 2.0, p99_ms: (base1.p99_ms + base2.p99_ms) / 2.0 };
     let cpu_core = (t1 - t0) as f64 / clk_tck() / secs as f64;
     let per_10k = cpu_core / (with.rps / 10_000.0);
-    println!("== nginx + wrk (-t2 -c32, {secs}s), kspan --pid nginx --output none");
+    println!("== nginx {scheme} + wrk (-t2 -c32, {secs}s), kspan --pid nginx --output none");
     println!("baseline req/s        {:>10.0}  (runs: {:.0}, {:.0})", base.rps, base1.rps, base2.rps);
     println!("with kspan req/s      {:>10.0}", with.rps);
     println!("req/s ratio           {:>10.3}   target >= 0.98", with.rps / base.rps);
@@ -273,12 +276,24 @@ pub fn bench(args: &[String]) -> Result<()> {
     let secs: u32 =
         args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
+    // `--only http|https|db|otlp`: one whole-system bench, no criterion.
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
+    let wanted = |name: &str| only.is_none_or(|o| o == name);
     setup::setup(false)?;
     let bin = crate::build(true)?;
-    http_bench(&bin, secs)?;
-    db_bench(&bin, secs)?;
-    otlp_bench()?;
-    if !skip_criterion {
+    if wanted("http") {
+        http_bench(&bin, secs, false)?;
+    }
+    if wanted("https") {
+        http_bench(&bin, secs, true)?;
+    }
+    if wanted("db") {
+        db_bench(&bin, secs)?;
+    }
+    if wanted("otlp") {
+        otlp_bench()?;
+    }
+    if !skip_criterion && only.is_none() {
         sh(cargo().current_dir(root()).args(["bench", "-p", "kspan", "--", "--quick"]))?;
     }
     Ok(())

@@ -524,6 +524,8 @@ fn try_exit(_ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, pid) = ((id >> 32) as u32, id as u32);
+    // A thread that dies inside an OpenSSL call never returns from it.
+    tls::forget_thread(id);
     if pid != tgid {
         // A thread: forget it if a fork handler inserted it.
         if cfg.trace_all == 0 {

@@ -37,6 +37,13 @@ pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
     true
 }
 
+/// A thread exited: drop its OpenSSL call in flight, if any (else its id,
+/// when reused, would have its syscalls taken for OpenSSL ones).
+#[inline(always)]
+pub fn forget_thread(id: u64) {
+    let _ = TLS_CALLS.remove(&id);
+}
+
 fn enter(ctx: &ProbeContext, flags: u32, ex: bool) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
