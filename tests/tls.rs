@@ -69,7 +69,8 @@ fn nginx_https_to_curl_server_and_client_spans() {
     assert_eq!(status("/missing"), Some(404));
     assert_eq!(status("/err"), Some(500));
     assert_eq!(by_route(&spans, "/err")[0]["status"]["code"], "error");
-    let clients = k.wait_spans(4, WAIT, |s| kind(s) == "client" && resource_str(s, "process.executable.name") == Some("curl"));
+    let clients =
+        k.wait_spans(4, WAIT, |s| kind(s) == "client" && resource_str(s, "process.executable.name") == Some("curl"));
     assert_eq!(clients.len(), 4, "{clients:#?}");
     let items = clients.iter().find(|c| attr_str(c, "url.path") == Some("/api/items.json")).expect("client span");
     assert_eq!(attr_str(items, "url.full"), Some(format!("https://127.0.0.1:{}/api/items.json", ng.port).as_str()));
@@ -109,10 +110,11 @@ fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
     // A private copy of libssl (a file kspan has not seen) that Python loads
     // only on `import ssl`, a second after it started (after kspan).
     let dir = TempDir::new("late-ssl");
-    let system = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("system libssl.so.3");
+    let system =
+        ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("system libssl.so.3");
     let copy = dir.0.join("libssl.so.3");
     std::fs::copy(system, &copy).expect("copy libssl");
     let tag = format!("late-{}", free_port());
@@ -208,8 +210,7 @@ fn psql_sslmode_require_client_and_server_spans() {
 fn psycopg_sslmode_require_extended_protocol() {
     let pg = postgres_tls();
     let k = Kspan::start(&["--exe", "pg_app\\.py"]);
-    let out =
-        run_ok(Command::new("python3").arg(apps_dir().join("pg_app.py")).args([&pg.port.to_string(), "require"]));
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("pg_app.py")).args([&pg.port.to_string(), "require"]));
     assert!(out.contains("done"));
     let inserts = k.wait_spans(5, WAIT, |s| is_pg(s) && attr_str(s, "db.operation.name") == Some("INSERT"));
     assert_eq!(inserts.len(), 5, "{inserts:#?}");

@@ -6,7 +6,10 @@ use kspan_common::{CloseEvent, ConnEvent, DataHeader, EventKind, ProcEvent};
 /// A decoded ring buffer record; data payloads borrow the record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RawEvent<'a> {
-    Data { hdr: DataHeader, payload: &'a [u8] },
+    Data {
+        hdr: DataHeader,
+        payload: &'a [u8],
+    },
     ConnOpen(ConnEvent),
     Close(CloseEvent),
     Exec(ProcEvent),

@@ -35,6 +35,9 @@ const PROBES: [(&str, &str); 4] = [
 ];
 /// Return program shared by all probed functions.
 const RET_PROGRAM: &str = "kspan_ssl_ret";
+/// Entry-only probe that binds an SSL object to its socket.
+const SET_FD_SYMBOL: &str = "SSL_set_fd";
+const SET_FD_PROGRAM: &str = "kspan_ssl_set_fd";
 /// The dynamic loader's debugger hook, called around every dlopen/dlclose.
 const LOADER_SYMBOL: &str = "_dl_debug_state";
 const LOADER_PROGRAM: &str = "kspan_dl_state";
@@ -149,7 +152,8 @@ pub fn has_ssl_symbols(path: &Path) -> Result<bool, TlsAttachError> {
     let shown = || path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| TlsAttachError::Io { path: shown(), source })?;
     let cache = object::ReadCache::new(file);
-    let obj = object::File::parse(&cache).map_err(|e| TlsAttachError::Parse { path: shown(), reason: e.to_string() })?;
+    let obj =
+        object::File::parse(&cache).map_err(|e| TlsAttachError::Parse { path: shown(), reason: e.to_string() })?;
     let mut found = [false; REQUIRED.len()];
     for sym in obj.dynamic_symbols().chain(obj.symbols()) {
         if !sym.is_definition() {
@@ -197,19 +201,29 @@ impl Capture {
         let shown = || path.display().to_string();
         let mut probed = 0;
         for (symbol, program) in PROBES {
-            let attached = self
-                .attach_uprobe(program, symbol, path)
-                .and_then(|()| self.attach_uprobe(RET_PROGRAM, symbol, path));
+            let attached =
+                self.attach_uprobe(program, symbol, path).and_then(|()| self.attach_uprobe(RET_PROGRAM, symbol, path));
             match attached {
                 Ok(()) => probed += 1,
                 Err(e) if REQUIRED.contains(&symbol) => return Err(e),
                 Err(e) => tracing::debug!("{}: optional {symbol} not probed: {e}", shown()),
             }
         }
+        // Optional: tells a reused SSL object's new socket at once (users of
+        // custom BIOs, e.g. libpq, never call it).
+        match self.attach_uprobe(SET_FD_PROGRAM, SET_FD_SYMBOL, path) {
+            Ok(()) => probed += 1,
+            Err(e) => tracing::debug!("{}: optional {SET_FD_SYMBOL} not probed: {e}", shown()),
+        }
         Ok(probed)
     }
 
-    fn attach_uprobe(&mut self, program: &'static str, symbol: &'static str, path: &Path) -> Result<(), TlsAttachError> {
+    fn attach_uprobe(
+        &mut self,
+        program: &'static str,
+        symbol: &'static str,
+        path: &Path,
+    ) -> Result<(), TlsAttachError> {
         let perr = |reason: String| TlsAttachError::Program { program, reason };
         let prog: &mut UProbe = self
             .ebpf

@@ -143,8 +143,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tracing::info!(processes = initial.len(), "tracing selected processes (more are picked up as they start)");
     }
 
-    let mut tls = TlsAttacher::new();
-    tls.start(&mut capture, &selector.selected());
+    let tls = c.tls.then(|| {
+        let mut tls = TlsAttacher::new();
+        tls.start(&mut capture, &selector.selected());
+        tls
+    });
 
     let mut extra = Attributes::new();
     for (k, v) in &config.resource_attributes {

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use super::metrics::PipelineCounters;
 use super::select::{KernelUpdate, Selector};
 use crate::capture::Capture;
-use crate::capture::tls::TlsAttacher;
 use crate::capture::decode::{RawEvent, decode};
+use crate::capture::tls::TlsAttacher;
 use crate::conntrack::{ConnExchange, ConnTable};
 use crate::enrich::process::ProcessTable;
 use crate::protocol::Protocol;
@@ -30,8 +30,9 @@ pub struct Pipeline {
     pub builder: SpanBuilder,
     /// Joins spans of one request into one trace; `None`: spans leave as built.
     pub linker: Option<Linker>,
-    /// Finds OpenSSL in selected processes and attaches the TLS uprobes.
-    pub tls: TlsAttacher,
+    /// Finds OpenSSL in selected processes and attaches the TLS uprobes
+    /// (`None`: TLS capture is off).
+    pub tls: Option<TlsAttacher>,
     pub spans: mpsc::Sender<Span>,
     pub drain_interval: Duration,
     pub counters: PipelineCounters,
@@ -133,15 +134,19 @@ impl Pipeline {
                     KernelUpdate::Unselect(pid) => self.capture.unselect(pid),
                 }
             }
-            let wall = Instant::now();
-            for pid in changes.execs.drain(..) {
-                self.tls.on_exec(pid, wall);
-            }
             let Self { tls, capture, selector, .. } = &mut self;
-            for pid in changes.lib_loads.drain(..) {
-                tls.on_lib_load(capture, pid);
+            if let Some(tls) = tls {
+                let wall = Instant::now();
+                for pid in changes.execs.drain(..) {
+                    tls.on_exec(pid, wall);
+                }
+                for pid in changes.lib_loads.drain(..) {
+                    tls.on_lib_load(capture, pid);
+                }
+                tls.tick(capture, wall, || selector.selected());
             }
-            tls.tick(capture, wall, || selector.selected());
+            changes.execs.clear();
+            changes.lib_loads.clear();
             let now = Clock::monotonic_now();
             for cx in out.drain(..) {
                 let resource = self.procs.resource(cx.tgid);
@@ -190,7 +195,9 @@ impl Pipeline {
     fn snapshot(&mut self) {
         self.counters.kernel = self.capture.kernel_counters();
         self.counters.conns = self.conns.stats;
-        self.counters.tls = self.tls.stats;
+        if let Some(tls) = &self.tls {
+            self.counters.tls = tls.stats;
+        }
         self.counters.bad_traceparent = self.builder.stats.bad_traceparent;
         if let Some(l) = &self.linker {
             self.counters.links = l.stats;

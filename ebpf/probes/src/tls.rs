@@ -18,9 +18,9 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, SockState, counter};
+use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, SockState, counter, sock_key};
 
-use crate::maps::{Inflight, TLS_CALLS, TLS_SOCKS, TlsCall, TlsKey, TlsSock, count};
+use crate::maps::{Inflight, SOCKS, TLS_CALLS, TLS_SOCKS, TlsCall, TlsKey, TlsSock, count};
 use crate::{Res, config, emit_data, emit_proc, is_traced};
 
 /// A data syscall of a thread that is inside an OpenSSL call: remembers the
@@ -143,6 +143,37 @@ fn lib_load() -> Res {
         emit_proc(cfg, EventKind::LibLoad, tgid, tid);
     }
     Ok(0)
+}
+
+fn set_fd(ctx: &ProbeContext) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !is_traced(cfg, tgid) {
+        return Ok(0);
+    }
+    let ssl: u64 = ctx.arg(0).ok_or(0u32)?;
+    let fd: i32 = ctx.arg(1).ok_or(0u32)?;
+    let key = TlsKey { tgid, _pad: 0, ssl };
+    // SAFETY: plain-old-data value, copied out at once.
+    match (fd >= 0).then(|| unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.copied()).flatten() {
+        Some(st) => {
+            let _ = TLS_SOCKS.insert(&key, &TlsSock { fd: fd as u32, ignored: st.ignored, sock_id: st.sock_id }, 0);
+        }
+        // Unknown socket: forget what a freed SSL object at this address had.
+        None => {
+            let _ = TLS_SOCKS.remove(&key);
+        }
+    }
+    Ok(0)
+}
+
+/// `SSL_set_fd(ssl, fd)`: a (possibly reused) SSL object gets its socket.
+#[uprobe]
+pub fn kspan_ssl_set_fd(ctx: ProbeContext) -> u32 {
+    match set_fd(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
 }
 
 /// On the dynamic loader's `_dl_debug_state` (its debugger hook).

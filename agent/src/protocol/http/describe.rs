@@ -148,12 +148,7 @@ fn split_host(h: &str) -> (&str, Option<u16>) {
     }
 }
 
-fn url_full(
-    r: &HttpExchange,
-    host: Option<(&str, Option<u16>)>,
-    conn: &ConnMeta,
-    privacy: &Privacy,
-) -> String {
+fn url_full(r: &HttpExchange, host: Option<(&str, Option<u16>)>, conn: &ConnMeta, privacy: &Privacy) -> String {
     let (scheme, default_port) = if conn.tls { ("https", 443) } else { ("http", 80) };
     let authority = match (host, conn.peer) {
         (Some((h, Some(p))), _) if p != default_port => format!("{}:{p}", bracket(h)),
