@@ -1,9 +1,12 @@
-"""psycopg (extended protocol) client: parameterised queries. Usage: pg_app.py PORT"""
+"""psycopg (extended protocol) client: parameterised queries. Usage: pg_app.py PORT [SSLMODE]"""
 import sys
 import psycopg
 
 port = int(sys.argv[1])
-with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=kspan sslmode=disable") as conn:
+sslmode = sys.argv[2] if len(sys.argv) > 2 else "disable"
+with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=kspan sslmode={sslmode}") as conn:
+    if sslmode == "require":
+        assert conn.pgconn.ssl_in_use, "the connection must be encrypted"
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS orders (id int primary key, customer text, total numeric)")
         for i in range(5):

@@ -2,7 +2,7 @@
 //! stopped on drop.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -71,10 +71,46 @@ pub fn python_http(tag: &str) -> Proc {
     Proc { child, port, _dir: None }
 }
 
+/// A self-signed certificate and key for `localhost` in `dir` (made with
+/// `openssl req`); returns (certificate, key) paths.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl req (apt-get install openssl)");
+    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    // PostgreSQL refuses a key readable by others.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    (cert, key)
+}
+
 /// nginx (master + 1 worker) serving a small static tree; `/err` returns 500.
 pub fn nginx() -> Proc {
+    nginx_with(false)
+}
+
+/// [`nginx`] serving HTTPS only, with a self-signed certificate.
+pub fn nginx_tls() -> Proc {
+    nginx_with(true)
+}
+
+fn nginx_with(tls: bool) -> Proc {
     let dir = TempDir::new("nginx");
     let port = free_port();
+    let (listen, certs) = if tls {
+        let (cert, key) = self_signed_cert(&dir.0);
+        (
+            format!("{port} ssl"),
+            format!("ssl_certificate {};\n    ssl_certificate_key {};\n    ", cert.display(), key.display()),
+        )
+    } else {
+        (port.to_string(), String::new())
+    };
     let root = dir.0.join("www");
     std::fs::create_dir_all(root.join("api")).expect("www");
     std::fs::write(root.join("index.html"), "<h1>kspan</h1>\n").expect("index");
@@ -83,7 +119,7 @@ pub fn nginx() -> Proc {
         "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
          fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-         server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    keepalive_requests 1000;\n    \
+         server {{\n    listen 127.0.0.1:{listen};\n    {certs}root {root};\n    keepalive_requests 1000;\n    \
          location = /err {{ return 500; }}\n  }}\n}}\n",
         d = dir.0.display(),
         root = root.display()
@@ -117,7 +153,30 @@ fn pg_bin(name: &str) -> PathBuf {
 /// A private PostgreSQL cluster (trust auth, TCP on a free loopback port,
 /// database `kspan`), run as the `postgres` user; the Proc is the postmaster.
 pub fn postgres() -> Proc {
+    postgres_with(false)
+}
+
+/// [`postgres`] with `ssl=on` (self-signed certificate): clients may use
+/// `sslmode=require`.
+pub fn postgres_tls() -> Proc {
+    postgres_with(true)
+}
+
+fn postgres_with(ssl: bool) -> Proc {
     let dir = TempDir::new("pg");
+    let ssl_args: Vec<String> = if ssl {
+        let (cert, key) = self_signed_cert(&dir.0);
+        vec![
+            "-c".into(),
+            "ssl=on".into(),
+            "-c".into(),
+            format!("ssl_cert_file={}", cert.display()),
+            "-c".into(),
+            format!("ssl_key_file={}", key.display()),
+        ]
+    } else {
+        Vec::new()
+    };
     let port = free_port();
     let data = dir.0.join("data");
     let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir.0).status().expect("chown");
@@ -137,6 +196,7 @@ pub fn postgres() -> Proc {
         .arg("-D")
         .arg(&data)
         .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(&ssl_args)
         .arg("-k")
         .arg(&dir.0)
         .stdout(Stdio::null())

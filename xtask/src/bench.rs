@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kspan_e2e::servers::{Rotel, child_pid_of, nginx, postgres, redis};
+use kspan_e2e::servers::{Rotel, TempDir, child_pid_of, nginx, nginx_tls, postgres, redis};
 use kspan_e2e::{free_port, http_get};
 
 use crate::{cargo, root, setup, sh};
@@ -41,10 +41,15 @@ fn parse_duration_ms(v: &str) -> f64 {
     }
 }
 
-fn wrk(port: u16, secs: u32) -> Result<Load> {
-    let out = Command::new("wrk")
+/// `lib_dir`: prepended to wrk's library path (a private libssl copy).
+fn wrk(scheme: &str, lib_dir: Option<&std::path::Path>, port: u16, secs: u32) -> Result<Load> {
+    let mut cmd = Command::new("wrk");
+    if let Some(d) = lib_dir {
+        cmd.env("LD_LIBRARY_PATH", d);
+    }
+    let out = cmd
         .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency"])
-        .arg(format!("http://127.0.0.1:{port}/index.html"))
+        .arg(format!("{scheme}://127.0.0.1:{port}/index.html"))
         .output()
         .context("running wrk")?;
     if !out.status.success() {
@@ -153,8 +158,24 @@ impl Drop for Agent {
     }
 }
 
-fn http_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
-    let ng = nginx();
+/// nginx + wrk with and without kspan; `tls`: HTTPS (kspan reads the
+/// plaintext through the OpenSSL uprobes).
+fn http_bench(bin: &std::path::Path, secs: u32, tls: bool) -> Result<()> {
+    let (ng, scheme) = if tls { (nginx_tls(), "https") } else { (nginx(), "http") };
+    // uprobes are per file: wrk on the system libssl would trap on every SSL
+    // call too. A private copy keeps the load generator unprobed, as a client
+    // on another host would be.
+    let wrk_libs = TempDir::new("bench-wrk-libssl");
+    if tls {
+        let system =
+            ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .context("no system libssl.so.3 to copy for wrk")?;
+        std::fs::copy(system, wrk_libs.0.join("libssl.so.3"))?;
+    }
+    let lib_dir = tls.then_some(wrk_libs.0.as_path());
+    let wrk = |port, secs| wrk(scheme, lib_dir, port, secs);
     wrk(ng.port, 2)?; // warm-up
     let base1 = wrk(ng.port, secs)?;
     let agent = Agent::start(bin, &["--pid".into(), ng.pid().to_string()])?;
@@ -166,14 +187,34 @@ fn http_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
     let spans = agent.metric_sum("kspan_spans_built_total");
     let lost = agent.metric_sum("kspan_kernel_lost_total");
     drop(agent);
+    // HTTPS: the same agent with TLS capture off (syscall tracepoints only),
+    // to tell the uprobes' share of the cost.
+    let no_tls = if tls {
+        let dir = TempDir::new("bench-no-tls");
+        let conf = dir.0.join("kspan.yaml");
+        std::fs::write(&conf, "capture:\n  tls: false\n")?;
+        let agent =
+            Agent::start(bin, &["--pid".into(), ng.pid().to_string(), "--config".into(), conf.display().to_string()])?;
+        let load = wrk(ng.port, secs)?;
+        drop(agent);
+        Some(load)
+    } else {
+        None
+    };
     let base2 = wrk(ng.port, secs)?;
     let base = Load { rps: (base1.rps + base2.rps) / 2.0, p99_ms: (base1.p99_ms + base2.p99_ms) / 2.0 };
     let cpu_core = (t1 - t0) as f64 / clk_tck() / secs as f64;
     let per_10k = cpu_core / (with.rps / 10_000.0);
-    println!("== nginx + wrk (-t2 -c32, {secs}s), kspan --pid nginx --output none");
+    println!("== nginx {scheme} + wrk (-t2 -c32, {secs}s), kspan --pid nginx --output none");
+    if tls {
+        println!("(wrk runs on a private libssl copy: only nginx's SSL calls hit the uprobes)");
+    }
     println!("baseline req/s        {:>10.0}  (runs: {:.0}, {:.0})", base.rps, base1.rps, base2.rps);
     println!("with kspan req/s      {:>10.0}", with.rps);
     println!("req/s ratio           {:>10.3}   target >= 0.98", with.rps / base.rps);
+    if let Some(n) = no_tls {
+        println!("TLS capture off req/s {:>10.0}  ratio {:.3} (syscall tracing only)", n.rps, n.rps / base.rps);
+    }
     println!(
         "p99 baseline / kspan  {:>7.3} ms / {:.3} ms  (delta {:+.3} ms)",
         base.p99_ms,
@@ -318,12 +359,16 @@ pub fn bench(args: &[String]) -> Result<()> {
     let secs: u32 =
         args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
+    // `--only http|https|db|otlp`: one whole-system bench, no criterion.
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     setup::setup(false)?;
     let bin = crate::build(true)?;
     if wanted("http") {
-        http_bench(&bin, secs)?;
+        http_bench(&bin, secs, false)?;
+    }
+    if wanted("https") {
+        http_bench(&bin, secs, true)?;
     }
     if wanted("db") {
         db_bench(&bin, secs)?;

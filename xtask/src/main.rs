@@ -17,8 +17,9 @@ const USAGE: &str = "usage: cargo xtask <command>
                         cargo xtask run -- run --exe nginx
   test [--no-fuzz] [--fuzz-seconds N]
                         setup, build, unit + end-to-end tests, bounded fuzzing
-  bench [--seconds N] [--only http|db|otlp] [--no-criterion]
-                        whole-system benchmarks with and without kspan, plus criterion";
+  bench [--seconds N] [--no-criterion] [--only http|https|db|otlp]
+                        whole-system benchmarks with and without kspan (nginx
+                        HTTP and HTTPS, PostgreSQL, Redis, OTLP), plus criterion";
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()

@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let conn = ConnMeta {
         local: "127.0.0.1:5432".parse().ok(),
         peer: "127.0.0.1:40000".parse().ok(),
+        tls: false,
     };
     for role in [Role::Client, Role::Server] {
         let mut parser = PgParser::new(role);

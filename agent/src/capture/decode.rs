@@ -6,11 +6,16 @@ use kspan_common::{CloseEvent, ConnEvent, DataHeader, EventKind, ProcEvent};
 /// A decoded ring buffer record; data payloads borrow the record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RawEvent<'a> {
-    Data { hdr: DataHeader, payload: &'a [u8] },
+    Data {
+        hdr: DataHeader,
+        payload: &'a [u8],
+    },
     ConnOpen(ConnEvent),
     Close(CloseEvent),
     Exec(ProcEvent),
     Exit(ProcEvent),
+    /// The process's dynamic loader changed its library list.
+    LibLoad(ProcEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,6 +53,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         Some(EventKind::ConnClose) => Ok(RawEvent::Close(read(bytes)?)),
         Some(EventKind::ProcExec) => Ok(RawEvent::Exec(read(bytes)?)),
         Some(EventKind::ProcExit) => Ok(RawEvent::Exit(read(bytes)?)),
+        Some(EventKind::LibLoad) => Ok(RawEvent::LibLoad(read(bytes)?)),
         None => Err(DecodeError::UnknownKind(kind)),
     }
 }
@@ -85,6 +91,8 @@ mod tests {
         assert_eq!(decode(encode::close(&x)), Ok(RawEvent::Close(x)));
         let p = ProcEvent { kind: EventKind::ProcExit as u32, tgid: 9, ..Default::default() };
         assert_eq!(decode(encode::proc(&p)), Ok(RawEvent::Exit(p)));
+        let l = ProcEvent { kind: EventKind::LibLoad as u32, tgid: 9, ..Default::default() };
+        assert_eq!(decode(encode::proc(&l)), Ok(RawEvent::LibLoad(l)));
     }
 
     #[test]

@@ -87,11 +87,14 @@ pub const COUNTER_NAMES: [&str; counter::COUNT as usize] = [
     "read_user_failed",
     "socket_map_full",
     "traced_map_full",
+    "tls_no_fd",
+    "tls_calls_full",
 ];
 
 /// Loaded and attached eBPF programs plus the maps the agent drives.
 pub struct Capture {
-    _ebpf: Ebpf,
+    /// Also holds the TLS uprobe programs, attached later (see `tls`).
+    pub(super) ebpf: Ebpf,
     ring: RingBuf<MapData>,
     traced: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
@@ -174,7 +177,7 @@ impl Capture {
             }
             prog.attach(category, name).map_err(|e| perr(format!("attach to {category}/{name}: {e}")))?;
         }
-        Ok(Self { _ebpf: ebpf, ring, traced, counters })
+        Ok(Self { ebpf, ring, traced, counters })
     }
 
     /// Marks a process (tgid) as selected in the kernel.

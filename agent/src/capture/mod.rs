@@ -6,6 +6,9 @@
 //!   BTF, no tracefs, a program the kernel rejects), never half-attached.
 //! - Ring buffer records are handed out in kernel order and decoded totally
 //!   ([`decode`]); kernel-side losses are readable via [`Capture::kernel_counters`].
+//! - TLS plaintext comes from uprobes on OpenSSL, attached per library file
+//!   as selected processes are found to map it ([`tls`]); failures there are
+//!   counted, never fatal.
 //! - Wake-ups are batched: the kernel only wakes the agent when
 //!   `wakeup_bytes` are pending, and [`Capture::poll`] also drains on a timer.
 
@@ -17,6 +20,8 @@ pub mod btf;
 mod loader;
 #[cfg(feature = "runtime")]
 pub mod sys;
+#[cfg(feature = "runtime")]
+pub mod tls;
 
 #[cfg(feature = "runtime")]
 pub use loader::*;

@@ -62,6 +62,10 @@ pub struct CaptureSection {
     pub link_max_held: usize,
     /// Client spans waiting for their server span at most, per thread.
     pub link_max_per_thread: usize,
+    /// Capture TLS plaintext through uprobes on OpenSSL (libssl files mapped
+    /// by traced processes, the system libssl, statically linked
+    /// executables). Off: TLS connections show only their handshake.
+    pub tls: bool,
 }
 
 impl Default for CaptureSection {
@@ -78,6 +82,7 @@ impl Default for CaptureSection {
             link_hold_ms: 500,
             link_max_held: 16_384,
             link_max_per_thread: 256,
+            tls: true,
         }
     }
 }

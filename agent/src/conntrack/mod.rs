@@ -12,11 +12,15 @@
 //!   cross-process linking only waits when there is something to wait for.
 //! - Detection is by content ([`crate::protocol::detect`]); a connection whose
 //!   first bytes match no protocol becomes opaque and its bytes are ignored.
+//! - TLS: the first plaintext event (`DATA_TLS`) on a connection makes it a
+//!   TLS connection: detection restarts on the plaintext stream (whatever the
+//!   handshake's ciphertext did to it) and socket-level data on it is ignored
+//!   from then on; its exchanges carry `ConnMeta::tls`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use kspan_common::{ConnEvent, DATA_EGRESS, DataHeader, ROLE_CLIENT, ROLE_SERVER};
+use kspan_common::{ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, ROLE_CLIENT, ROLE_SERVER};
 
 use crate::protocol::detect::{Detector, Verdict};
 use crate::protocol::{Chunk, ConnMeta, Direction, Exchange, ParseStats, Protocol, Role, StreamParser};
@@ -38,6 +42,14 @@ pub struct ConnStats {
     pub swept_idle: u64,
     pub opaque: u64,
     pub fd_reused: u64,
+    /// Connections switched to TLS plaintext.
+    pub tls: u64,
+    /// Connections that began with a TLS handshake (ignored like opaque ones,
+    /// not counted as opaque); they switch to plaintext when the process's
+    /// TLS library is probed.
+    pub tls_handshake: u64,
+    /// Socket-level (ciphertext) data events ignored on TLS connections.
+    pub tls_ciphertext_ignored: u64,
 }
 
 /// An exchange plus the connection it happened on.
@@ -122,6 +134,11 @@ fn addr(family: u16, raw: &[u8; 16], port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// A TLS handshake record header: content type 22, version 3.0 to 3.4.
+fn looks_like_tls(data: &[u8]) -> bool {
+    matches!(data, [0x16, 0x03, 0x00..=0x04, ..])
+}
+
 /// Builds the per-protocol parser for a detected protocol.
 pub fn new_parser(p: Protocol, role: Role) -> Box<dyn StreamParser> {
     match p {
@@ -189,7 +206,11 @@ impl ConnTable {
             ROLE_CLIENT => Some(Role::Client),
             _ => None,
         };
-        let meta = ConnMeta { local: addr(ev.family, &ev.laddr, ev.lport), peer: addr(ev.family, &ev.raddr, ev.rport) };
+        let meta = ConnMeta {
+            local: addr(ev.family, &ev.laddr, ev.lport),
+            peer: addr(ev.family, &ev.raddr, ev.rport),
+            tls: false,
+        };
         self.insert(key, ev.sock_id, role, meta, ev.ts_ns);
     }
 
@@ -206,6 +227,20 @@ impl ConnTable {
         }
         let Some(conn) = self.conns.get_mut(&key) else { return };
         conn.last_ts = hdr.ts_ns;
+        match (conn.meta.tls, hdr.flags & DATA_TLS != 0) {
+            (true, false) => {
+                self.stats.tls_ciphertext_ignored += 1;
+                return;
+            }
+            (false, true) => {
+                // Plaintext from the TLS library: what the socket showed so
+                // far (handshake, or a protocol's TLS negotiation) is over.
+                self.stats.tls += 1;
+                conn.meta.tls = true;
+                conn.state = State::Detecting(Detector::default());
+            }
+            _ => {}
+        }
         let chunk = Chunk {
             dir: if hdr.flags & DATA_EGRESS != 0 { Direction::Egress } else { Direction::Ingress },
             ts_ns: hdr.ts_ns,
@@ -221,7 +256,11 @@ impl ConnTable {
             State::Detecting(det) => match det.offer(&chunk, conn.role) {
                 Verdict::Undecided => return,
                 Verdict::Opaque => {
-                    self.stats.opaque += 1;
+                    if looks_like_tls(chunk.data) || det.pending().any(|c| looks_like_tls(&c.data)) {
+                        self.stats.tls_handshake += 1;
+                    } else {
+                        self.stats.opaque += 1;
+                    }
                     conn.state = State::Opaque;
                     return;
                 }

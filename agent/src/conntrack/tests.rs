@@ -121,12 +121,13 @@ fn knows_whether_the_other_end_of_a_loopback_connection_is_tracked() {
     let mut out = Vec::new();
     // Server side only (pid 2 accepted 127.0.0.1:80 <- 127.0.0.1:5000).
     t.on_open(&loopback(2, 7, 70, 80, 5000), &mut out);
-    let server_meta = ConnMeta { local: "127.0.0.1:80".parse().ok(), peer: "127.0.0.1:5000".parse().ok() };
+    let server_meta =
+        ConnMeta { local: "127.0.0.1:80".parse().ok(), peer: "127.0.0.1:5000".parse().ok(), tls: false };
     assert!(!t.peer_traced(&server_meta), "the client is not traced");
     // The client (pid 1) is traced too.
     t.on_open(&loopback(1, 3, 30, 5000, 80), &mut out);
     assert!(t.peer_traced(&server_meta));
-    let client_meta = ConnMeta { local: server_meta.peer, peer: server_meta.local };
+    let client_meta = ConnMeta { local: server_meta.peer, peer: server_meta.local, tls: false };
     assert!(t.peer_traced(&client_meta));
     t.on_close(1, 3, 30, 10, &mut out);
     assert!(t.peer_traced(&server_meta), "a closed client lingers (its span may still come)");
@@ -135,5 +136,98 @@ fn knows_whether_the_other_end_of_a_loopback_connection_is_tracked() {
     assert!(!t.peer_traced(&client_meta), "idle server swept, then forgotten");
     // A remote peer is never "traced".
     t.on_open(&open(3, 4, 40), &mut out);
-    assert!(!t.peer_traced(&ConnMeta { local: "10.0.0.2:5000".parse().ok(), peer: "127.0.0.1:80".parse().ok() }));
+    let remote = ConnMeta { local: "10.0.0.2:5000".parse().ok(), peer: "127.0.0.1:80".parse().ok(), tls: false };
+    assert!(!t.peer_traced(&remote));
+}
+
+fn tls(mut h: DataHeader) -> DataHeader {
+    h.flags |= DATA_TLS;
+    h
+}
+
+fn egress(mut h: DataHeader) -> DataHeader {
+    h.flags |= DATA_EGRESS;
+    h
+}
+
+#[test]
+fn tls_plaintext_replaces_the_handshake_and_ciphertext_is_ignored() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 client hello ciphertext, not a protocol";
+    t.on_data(&data(1, 3, 9, 10, hello), hello, &mut out);
+    let server_hello = b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03 server hello";
+    t.on_data(&egress(data(1, 3, 9, 11, server_hello)), server_hello, &mut out);
+    assert_eq!(t.stats.tls_handshake, 1, "a TLS handshake is not an unknown protocol");
+    let req = b"GET /secure HTTP/1.1\r\nHost: h\r\n\r\n";
+    t.on_data(&tls(data(1, 3, 9, 20, req)), req, &mut out);
+    // The ciphertext the socket saw for the same bytes is ignored.
+    let rec = b"\x17\x03\x03\x00\x40 application data record";
+    t.on_data(&egress(data(1, 3, 9, 25, rec)), rec, &mut out);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    t.on_data(&egress(tls(data(1, 3, 9, 30, resp))), resp, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].meta.tls);
+    assert_eq!(out[0].exchange.start_ns, 20);
+    assert_eq!(out[0].exchange.end_ns, 30);
+    assert_eq!(t.stats.tls, 1);
+    assert_eq!(t.stats.tls_ciphertext_ignored, 1);
+    assert_eq!(t.stats.opaque, 0);
+    let d = out[0].exchange.record.describe(Role::Server, &out[0].meta, &Default::default());
+    assert_eq!(d.attributes.get_str("url.scheme"), Some("https"));
+}
+
+#[test]
+fn plaintext_connections_are_not_tls() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+    t.on_data(&data(1, 3, 9, 20, req), req, &mut out);
+    let resp = b"HTTP/1.1 204 No Content\r\n\r\n";
+    t.on_data(&egress(data(1, 3, 9, 30, resp)), resp, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].meta.tls);
+    assert_eq!(t.stats.tls, 0);
+}
+
+/// A PostgreSQL message: type byte, big-endian length, body.
+fn pg(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+#[test]
+fn postgres_sslrequest_then_tls_startup_still_names_the_database() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    // Plaintext SSLRequest and the server's 'S', then the handshake's ciphertext.
+    let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    t.on_data(&data(1, 3, 9, 1, &ssl_request), &ssl_request, &mut out);
+    t.on_data(&egress(data(1, 3, 9, 2, b"S")), b"S", &mut out);
+    let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 ciphertext";
+    t.on_data(&data(1, 3, 9, 3, hello), hello, &mut out);
+    // The plaintext stream starts with the startup message.
+    let params = b"user\0alice\0database\0shop\0\0";
+    let mut startup = ((params.len() + 8) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196_608u32.to_be_bytes());
+    startup.extend_from_slice(params);
+    t.on_data(&tls(data(1, 3, 9, 4, &startup)), &startup, &mut out);
+    let mut ready = pg(b'R', &0u32.to_be_bytes());
+    ready.extend(pg(b'Z', b"I"));
+    t.on_data(&egress(tls(data(1, 3, 9, 5, &ready))), &ready, &mut out);
+    let q = pg(b'Q', b"SELECT 1\0");
+    t.on_data(&tls(data(1, 3, 9, 6, &q)), &q, &mut out);
+    let mut resp = pg(b'C', b"SELECT 1\0");
+    resp.extend(pg(b'Z', b"I"));
+    t.on_data(&egress(tls(data(1, 3, 9, 7, &resp))), &resp, &mut out);
+    let select = out.iter().find(|cx| cx.exchange.start_ns == 6).expect("SELECT exchange");
+    assert!(select.meta.tls);
+    let d = select.exchange.record.describe(Role::Server, &select.meta, &Default::default());
+    assert_eq!(d.attributes.get_str("db.namespace"), Some("shop"));
+    assert_eq!(d.attributes.get_str("db.operation.name"), Some("SELECT"));
 }

@@ -213,6 +213,8 @@ pub enum Detection {
 pub struct ConnMeta {
     pub local: Option<std::net::SocketAddr>,
     pub peer: Option<std::net::SocketAddr>,
+    /// The bytes were TLS plaintext (captured at the TLS library, not the socket).
+    pub tls: bool,
 }
 
 impl Record {

@@ -68,6 +68,7 @@ pub fn load(path: &Path) -> Fixture {
     let conn = ConnMeta {
         local: v["conn"]["local"].as_str().map(|s| s.parse().expect("local addr")),
         peer: v["conn"]["peer"].as_str().map(|s| s.parse().expect("peer addr")),
+        tls: v["conn"]["tls"].as_bool().unwrap_or(false),
     };
     let chunks = v["chunks"]
         .as_array()

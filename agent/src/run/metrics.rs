@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::capture::COUNTER_NAMES;
+use crate::capture::tls::{FAILURE_REASONS, TlsStats};
 use crate::conntrack::ConnStats;
 use crate::protocol::{ParseStats, Protocol};
 use crate::span::link::LinkStats;
@@ -52,6 +53,7 @@ pub struct PipelineCounters {
     pub k8s_watch_errors: u64,
     /// Cached process resources rebuilt after their pod metadata changed.
     pub resources_refreshed: u64,
+    pub tls: TlsStats,
 }
 
 /// Registered metric handles plus what was last published.
@@ -73,6 +75,8 @@ pub struct PipelineMetrics {
     k8s_pods_dropped: Counter,
     k8s_watch_errors: Counter,
     resources_refreshed: Counter,
+    tls_attached: Counter,
+    tls_failed: Family<Reason, Counter>,
     last: PipelineCounters,
 }
 
@@ -102,6 +106,8 @@ impl PipelineMetrics {
             k8s_pods_dropped: Counter::default(),
             k8s_watch_errors: Counter::default(),
             resources_refreshed: Counter::default(),
+            tls_attached: Counter::default(),
+            tls_failed: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -137,6 +143,16 @@ impl PipelineMetrics {
             "Cached process resources rebuilt after their pod metadata arrived or changed",
             m.resources_refreshed.clone(),
         );
+        t.register(
+            "kspan_tls_libraries_attached",
+            "TLS library files (libssl, static executables) with the OpenSSL uprobes attached",
+            m.tls_attached.clone(),
+        );
+        t.register(
+            "kspan_tls_attach_failures",
+            "TLS library files not attached, by reason (files_full, pending_full: a cap was hit)",
+            m.tls_failed.clone(),
+        );
         m
     }
 
@@ -165,6 +181,9 @@ impl PipelineMetrics {
             ("swept_idle", c.swept_idle, l.swept_idle),
             ("opaque", c.opaque, l.opaque),
             ("fd_reused", c.fd_reused, l.fd_reused),
+            ("tls", c.tls, l.tls),
+            ("tls_handshake", c.tls_handshake, l.tls_handshake),
+            ("tls_ciphertext_ignored", c.tls_ciphertext_ignored, l.tls_ciphertext_ignored),
         ] {
             delta(&self.conns.get_or_create(&r(name)), a, b);
         }
@@ -195,6 +214,13 @@ impl PipelineMetrics {
         delta(&self.k8s_pods_dropped, now.k8s_pods_dropped, last.k8s_pods_dropped);
         delta(&self.k8s_watch_errors, now.k8s_watch_errors, last.k8s_watch_errors);
         delta(&self.resources_refreshed, now.resources_refreshed, last.resources_refreshed);
+        let (a, b) = (&now.tls, &last.tls);
+        delta(&self.tls_attached, a.attached, b.attached);
+        for (i, name) in FAILURE_REASONS.iter().enumerate() {
+            delta(&self.tls_failed.get_or_create(&r(name)), a.failed[i], b.failed[i]);
+        }
+        delta(&self.tls_failed.get_or_create(&r("files_full")), a.files_full, b.files_full);
+        delta(&self.tls_failed.get_or_create(&r("pending_full")), a.pending_full, b.pending_full);
         self.last = *now;
     }
 }

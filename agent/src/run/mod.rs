@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::capture::tls::TlsAttacher;
 use crate::capture::{Capture, CaptureConfig, CaptureError};
 use crate::config::{Config, ConfigError, OutputKind};
 use crate::conntrack::{ConnLimits, ConnTable};
@@ -179,6 +180,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tracing::info!(processes = initial.len(), "tracing selected processes (more are picked up as they start)");
     }
 
+    let tls = c.tls.then(|| {
+        let mut tls = TlsAttacher::new();
+        tls.start(&mut capture, &selector.selected());
+        tls
+    });
+
     let mut extra = Attributes::new();
     for (k, v) in &config.resource_attributes {
         extra.set(k.clone(), v.clone());
@@ -207,6 +214,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 max_per_thread: c.link_max_per_thread.max(1),
             })
         }),
+        tls,
         spans: span_tx,
         drain_interval: Duration::from_millis(c.drain_interval_ms.max(1)),
         counters: Default::default(),

@@ -12,6 +12,7 @@ use super::queue::SpanSender;
 use super::select::{KernelUpdate, Selector};
 use crate::capture::Capture;
 use crate::capture::decode::{RawEvent, decode};
+use crate::capture::tls::TlsAttacher;
 use crate::conntrack::{ConnExchange, ConnTable};
 use crate::enrich::k8s::PodStore;
 use crate::enrich::process::ProcessTable;
@@ -31,9 +32,23 @@ pub struct Pipeline {
     pub builder: SpanBuilder,
     /// Joins spans of one request into one trace; `None`: spans leave as built.
     pub linker: Option<Linker>,
+    /// Finds OpenSSL in selected processes and attaches the TLS uprobes
+    /// (`None`: TLS capture is off).
+    pub tls: Option<TlsAttacher>,
     pub spans: SpanSender,
     pub drain_interval: Duration,
     pub counters: PipelineCounters,
+}
+
+/// Process lifecycle seen in one batch, acted on after it.
+#[derive(Default)]
+struct ProcChanges {
+    /// Exited processes, forgotten after this batch's spans are built.
+    exited: Vec<u32>,
+    /// Selected processes that exec'd (TLS library scan).
+    execs: Vec<u32>,
+    /// Selected processes that loaded or unloaded a library (TLS library scan).
+    lib_loads: Vec<u32>,
 }
 
 /// Processes one ring buffer record.
@@ -44,7 +59,7 @@ fn handle(
     procs: &mut ProcessTable,
     counters: &mut PipelineCounters,
     out: &mut Vec<ConnExchange>,
-    exited: &mut Vec<u32>,
+    changes: &mut ProcChanges,
 ) {
     counters.events_read += 1;
     let ev = match decode(bytes) {
@@ -77,13 +92,19 @@ fn handle(
             procs.forget(p.tgid);
             if selector.on_exec(p.tgid) {
                 procs.resource(p.tgid);
+                changes.execs.push(p.tgid);
+            }
+        }
+        RawEvent::LibLoad(p) => {
+            if selector.allows(p.tgid) && !changes.lib_loads.contains(&p.tgid) && changes.lib_loads.len() < 64 {
+                changes.lib_loads.push(p.tgid);
             }
         }
         RawEvent::Exit(p) => {
             conns.on_exit(p.tgid, p.ts_ns, out);
             selector.on_exit(p.tgid);
             // Forgotten after this batch's spans are built (they need the resource).
-            exited.push(p.tgid);
+            changes.exited.push(p.tgid);
         }
     }
 }
@@ -93,14 +114,14 @@ impl Pipeline {
     /// on) and returns its counters.
     pub fn run(mut self, stop: Arc<AtomicBool>, mut publish: impl FnMut(&PipelineCounters)) -> PipelineCounters {
         let mut out = Vec::new();
-        let mut exited = Vec::new();
+        let mut changes = ProcChanges::default();
         let mut ready = Vec::new();
         let mut last_housekeeping = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let interval = self.drain_interval;
             let Self { capture, selector, conns, procs, counters, .. } = &mut self;
             if let Err(e) =
-                capture.poll(interval, |b| handle(b, selector, conns, procs, counters, &mut out, &mut exited))
+                capture.poll(interval, |b| handle(b, selector, conns, procs, counters, &mut out, &mut changes))
             {
                 tracing::error!("{e}");
                 std::thread::sleep(self.drain_interval);
@@ -115,6 +136,19 @@ impl Pipeline {
                     KernelUpdate::Unselect(pid) => self.capture.unselect(pid),
                 }
             }
+            let Self { tls, capture, selector, .. } = &mut self;
+            if let Some(tls) = tls {
+                let wall = Instant::now();
+                for pid in changes.execs.drain(..) {
+                    tls.on_exec(pid, wall);
+                }
+                for pid in changes.lib_loads.drain(..) {
+                    tls.on_lib_load(capture, pid);
+                }
+                tls.tick(capture, wall, || selector.selected());
+            }
+            changes.execs.clear();
+            changes.lib_loads.clear();
             let now = Clock::monotonic_now();
             for cx in out.drain(..) {
                 let resource = self.procs.resource(cx.tgid);
@@ -132,7 +166,7 @@ impl Pipeline {
                 l.tick(now, &mut ready);
             }
             self.send(&mut ready);
-            for pid in exited.drain(..) {
+            for pid in changes.exited.drain(..) {
                 self.procs.forget(pid);
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
@@ -162,6 +196,9 @@ impl Pipeline {
     fn snapshot(&mut self) {
         self.counters.kernel = self.capture.kernel_counters();
         self.counters.conns = self.conns.stats;
+        if let Some(tls) = &self.tls {
+            self.counters.tls = tls.stats;
+        }
         self.counters.bad_traceparent = self.builder.stats.bad_traceparent;
         if let Some(l) = &self.linker {
             self.counters.links = l.stats;

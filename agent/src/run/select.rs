@@ -158,6 +158,16 @@ impl Selector {
         }
     }
 
+    /// Processes selected now (every live process when tracing all); for
+    /// rescans such as TLS library discovery.
+    pub fn selected(&self) -> Vec<u32> {
+        if self.all {
+            let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+            return dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        }
+        self.decided.iter().filter(|(_, yes)| **yes).map(|(pid, _)| *pid).collect()
+    }
+
     /// Processes already running that are selected (for seeding the kernel map).
     pub fn initial(&mut self) -> Vec<u32> {
         if self.all {
@@ -191,6 +201,8 @@ mod tests {
         assert!(s.allows(child.id()), "a child of a selected pid is selected");
         assert!(!s.allows(1), "init is not");
         assert!(s.updates.contains(&KernelUpdate::Select(child.id())));
+        let selected = s.selected();
+        assert!(selected.contains(&me) && selected.contains(&child.id()) && !selected.contains(&1), "{selected:?}");
         child.kill().ok();
         child.wait().ok();
     }

@@ -70,7 +70,11 @@ impl SpanBuilder {
 
     pub fn build(&mut self, cx: &ConnExchange, resource: Arc<ProcessResource>) -> Span {
         let ex = &cx.exchange;
-        let d = ex.record.describe(ex.role, &cx.meta, &self.privacy);
+        let mut d = ex.record.describe(ex.role, &cx.meta, &self.privacy);
+        if cx.meta.tls {
+            // OTel `tls.*`: the bytes came through an established TLS session.
+            d.attributes.set("tls.established", true);
+        }
         let kind = match ex.role {
             Role::Server => SpanKind::Server,
             Role::Client => SpanKind::Client,

@@ -39,7 +39,7 @@ fn addr(s: &str) -> SocketAddr {
 
 /// A connection from `client` to `server`, seen from one end.
 fn meta(local: &str, peer: &str) -> ConnMeta {
-    ConnMeta { local: Some(addr(local)), peer: Some(addr(peer)) }
+    ConnMeta { local: Some(addr(local)), peer: Some(addr(peer)), tls: false }
 }
 
 fn remote() -> ConnMeta {

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -37,6 +37,10 @@ pub const MAX_INFLIGHT: u32 = 65_536;
 pub const MAX_SEEN_THREADS: u32 = 65_536;
 /// Entries in the port filter map.
 pub const MAX_PORTS: u32 = 1_024;
+/// Threads remembered as being inside an OpenSSL read/write call.
+pub const MAX_TLS_CALLS: u32 = 65_536;
+/// (tgid, SSL object) -> socket entries (LRU: the oldest are evicted).
+pub const MAX_TLS_OBJECTS: u32 = 65_536;
 
 /// Kind tag at offset 0 of every ring buffer record.
 #[repr(u32)]
@@ -52,6 +56,9 @@ pub enum EventKind {
     ProcExec = 4,
     /// [`ProcEvent`]: a traced process (thread group) exited.
     ProcExit = 5,
+    /// [`ProcEvent`]: a traced process's dynamic loader changed its library
+    /// list (`_dl_debug_state`, called around every dlopen/dlclose).
+    LibLoad = 6,
 }
 
 impl EventKind {
@@ -62,6 +69,7 @@ impl EventKind {
             3 => Self::ConnClose,
             4 => Self::ProcExec,
             5 => Self::ProcExit,
+            6 => Self::LibLoad,
             _ => return None,
         })
     }
@@ -69,6 +77,9 @@ impl EventKind {
 
 /// `DataHeader::flags` bit: the process wrote these bytes (egress).
 pub const DATA_EGRESS: u32 = 1;
+/// `DataHeader::flags` bit: plaintext of a TLS connection, captured at the
+/// OpenSSL read/write functions (not at the syscall, which moved ciphertext).
+pub const DATA_TLS: u32 = 2;
 
 /// Header of a data event; `captured` payload bytes follow it in the record.
 #[repr(C)]
@@ -224,8 +235,12 @@ pub mod counter {
     pub const SOCKS_FULL: u32 = 4;
     /// Forked children not traced: selection map full.
     pub const TRACED_FULL: u32 = 5;
+    /// TLS plaintext not reported: the SSL object's socket was not known yet.
+    pub const TLS_NO_FD: u32 = 6;
+    /// OpenSSL calls not followed: TLS call map full.
+    pub const TLS_CALLS_FULL: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
 }
 
 /// Value of the kernel's (tgid, fd) socket map.

@@ -10,12 +10,15 @@
 //!   started, or inherited across fork, are traced like new ones.
 //! - Every loss is counted (`COUNTERS`): a full ring buffer, a full map, a
 //!   failed user-memory copy. Nothing blocks the traced process.
+//! - TLS plaintext comes from OpenSSL uprobes ([`tls`]); the syscalls made
+//!   inside those calls (ciphertext) produce no data event.
 //! - Program entries are thin; logic lives in fallible `try_*` functions.
 #![no_std]
 #![no_main]
 
 mod maps;
 mod sock;
+mod tls;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -41,15 +44,15 @@ const ARG0: usize = 16;
 const RET: usize = 16;
 const EINPROGRESS: i64 = 115;
 
-type Res = Result<u32, u32>;
+pub(crate) type Res = Result<u32, u32>;
 
 #[inline(always)]
-fn config() -> Option<&'static KernelConfig> {
+pub(crate) fn config() -> Option<&'static KernelConfig> {
     CONFIG.get(0)
 }
 
 #[inline(always)]
-fn is_traced(cfg: &KernelConfig, tgid: u32) -> bool {
+pub(crate) fn is_traced(cfg: &KernelConfig, tgid: u32) -> bool {
     if tgid == cfg.self_tgid {
         return false;
     }
@@ -129,9 +132,10 @@ fn socket_state(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, role: u32, fre
     Some(st)
 }
 
-/// Sends one data event for `len` bytes at user address `src`.
+/// Sends one data event for `len` bytes at user address `src`; `flags` are
+/// `DataHeader::flags` (`DATA_EGRESS`, `DATA_TLS`).
 #[inline(always)]
-fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight, egress: bool, src: u64, len: u64) {
+pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight, flags: u32, src: u64, len: u64) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let mut cap = len;
     if cap > cfg.capture_bytes as u64 {
@@ -150,7 +154,7 @@ fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight, egress: bo
         }
         (*scratch).hdr = DataHeader {
             kind: EventKind::Data as u32,
-            flags: if egress { DATA_EGRESS } else { 0 },
+            flags,
             ts_ns: bpf_ktime_get_ns(),
             tgid,
             tid,
@@ -183,7 +187,7 @@ fn enter_data(ctx: &TracePointContext, op: u32, fd: u64, buf: u64, iovcnt: u64) 
         let _ = SEEN.insert(&tid, &1, 0);
     }
     let st = socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false).ok_or(0u32)?;
-    if st.ignored != 0 {
+    if tls::claim_syscall(id, fd as u32, &st) || st.ignored != 0 {
         return Ok(0);
     }
     let inf = Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id };
@@ -282,9 +286,12 @@ fn exit_data(ctx: &TracePointContext) -> Res {
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let total = r as u64;
     match inf.op {
-        OP_READ | OP_WRITE => emit_data(cfg, tgid, tid, &inf, inf.op == OP_WRITE, inf.buf, total),
+        OP_READ | OP_WRITE => {
+            let flags = if inf.op == OP_WRITE { DATA_EGRESS } else { 0 };
+            emit_data(cfg, tgid, tid, &inf, flags, inf.buf, total)
+        }
         OP_READV | OP_WRITEV => {
-            let egress = inf.op == OP_WRITEV;
+            let egress = if inf.op == OP_WRITEV { DATA_EGRESS } else { 0 };
             let mut left = total;
             let n = if inf.iovcnt < MAX_IOVECS as u64 { inf.iovcnt } else { MAX_IOVECS as u64 };
             for i in 0..MAX_IOVECS as u64 {
@@ -470,7 +477,7 @@ pub fn kspan_enter_close(ctx: TracePointContext) -> u32 {
     }
 }
 
-fn emit_proc(cfg: &KernelConfig, kind: EventKind, tgid: u32, tid: u32) {
+pub(crate) fn emit_proc(cfg: &KernelConfig, kind: EventKind, tgid: u32, tid: u32) {
     if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
         entry.write(ProcEvent {
             kind: kind as u32,
@@ -517,6 +524,8 @@ fn try_exit(_ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, pid) = ((id >> 32) as u32, id as u32);
+    // A thread that dies inside an OpenSSL call never returns from it.
+    tls::forget_thread(id);
     if pid != tgid {
         // A thread: forget it if a fork handler inserted it.
         if cfg.trace_all == 0 {

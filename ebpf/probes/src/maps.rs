@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
-    KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, MAX_SEEN_THREADS, MAX_SOCKETS, MAX_TRACED_PROCS, SockState,
-    counter,
+    KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, MAX_SEEN_THREADS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS,
+    MAX_TRACED_PROCS, SockState, counter,
 };
 
 /// Agent settings (element 0).
@@ -34,6 +34,15 @@ pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFL
 /// in-flight entry on a thread NOT in here was blocked before kspan attached.
 #[map]
 pub static SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_SEEN_THREADS, 0);
+
+/// OpenSSL read/write calls in flight, by pid_tgid, between uprobe and uretprobe.
+#[map]
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_TLS_CALLS, 0);
+
+/// The socket under each SSL object, learnt from the read/write syscalls a
+/// thread makes while inside an OpenSSL call on that object.
+#[map]
+pub static TLS_SOCKS: LruHashMap<TlsKey, TlsSock> = LruHashMap::with_max_entries(MAX_TLS_OBJECTS, 0);
 
 /// Per-CPU scratch space where a data event is assembled before output.
 #[map]
@@ -74,4 +83,38 @@ pub fn count(idx: u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *p += 1 };
     }
+}
+
+/// An OpenSSL read/write call in flight (uprobe -> uretprobe).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// Plaintext buffer.
+    pub buf: u64,
+    /// `size_t *` out-parameter of the `_ex` variants (bytes moved), else 0.
+    pub out: u64,
+    /// `DATA_EGRESS` for writes, 0 for reads.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`TLS_SOCKS`]: SSL pointers are only unique within a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// The socket an SSL object reads and writes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsSock {
+    pub fd: u32,
+    /// 1: filtered out by the port filter (no data events).
+    pub ignored: u32,
+    pub sock_id: u64,
 }

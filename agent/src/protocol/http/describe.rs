@@ -7,7 +7,6 @@
 //! value. Raw headers and query go to `private` (readable by rules, never exported).
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 
 use super::{HttpExchange, Method, template_route};
 use crate::protocol::{ConnMeta, Described, Privacy, Role, SENSITIVE_HEADERS};
@@ -35,7 +34,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     {
         a.push_unique("url.query", q);
     }
-    a.push_unique("url.scheme", "http");
+    a.push_unique("url.scheme", if conn.tls { "https" } else { "http" });
     a.push_unique("network.protocol.name", "http");
     a.push_unique("network.protocol.version", r.version.as_str());
     a.push_unique("http.response.status_code", i64::from(r.status));
@@ -71,7 +70,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         a.push_unique("network.local.port", i64::from(local.port()));
     }
     if role == Role::Client {
-        a.push_unique("url.full", url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn.peer, privacy));
+        a.push_unique("url.full", url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn, privacy));
     }
     a.push_unique("http.route", route.clone());
     if let Some(ua) = r.header("user-agent") {
@@ -178,23 +177,19 @@ fn split_host(h: &str) -> (&str, Option<u16>) {
     }
 }
 
-fn url_full(
-    r: &HttpExchange,
-    host: Option<(&str, Option<u16>)>,
-    peer: Option<SocketAddr>,
-    privacy: &Privacy,
-) -> String {
-    let authority = match (host, peer) {
-        (Some((h, Some(p))), _) if p != 80 => format!("{}:{p}", bracket(h)),
+fn url_full(r: &HttpExchange, host: Option<(&str, Option<u16>)>, conn: &ConnMeta, privacy: &Privacy) -> String {
+    let (scheme, default_port) = if conn.tls { ("https", 443) } else { ("http", 80) };
+    let authority = match (host, conn.peer) {
+        (Some((h, Some(p))), _) if p != default_port => format!("{}:{p}", bracket(h)),
         (Some((h, _)), _) => bracket(h).into_owned(),
-        (None, Some(peer)) if peer.port() != 80 => peer.to_string(),
+        (None, Some(peer)) if peer.port() != default_port => peer.to_string(),
         (None, Some(peer)) => bracket(&peer.ip().to_string()).into_owned(),
         (None, None) => String::new(),
     };
     let path = if r.path().starts_with('/') { r.path() } else { "/" };
     match r.query() {
-        Some(q) if privacy.capture_url_query => format!("http://{authority}{path}?{q}"),
-        _ => format!("http://{authority}{path}"),
+        Some(q) if privacy.capture_url_query => format!("{scheme}://{authority}{path}?{q}"),
+        _ => format!("{scheme}://{authority}{path}"),
     }
 }
 
@@ -218,7 +213,7 @@ mod tests {
     }
 
     fn conn() -> ConnMeta {
-        ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok() }
+        ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok(), tls: false }
     }
 
     #[test]
@@ -280,6 +275,18 @@ mod tests {
         assert_eq!(d.attributes.get_str("server.address"), Some("10.0.0.2"));
         assert_eq!(d.attributes.get("server.port").and_then(AttrValue::as_i64), Some(40000));
         assert_eq!(d.attributes.get("client.address"), None);
+    }
+
+    #[test]
+    fn tls_connections_are_https() {
+        let ex = exchange("GET /a HTTP/1.1\r\nHost: h:443\r\n\r\n", 200);
+        let tls = ConnMeta { tls: true, ..conn() };
+        let d = describe(&ex, Role::Client, &tls, &Privacy::default());
+        assert_eq!(d.attributes.get_str("url.scheme"), Some("https"));
+        assert_eq!(d.attributes.get_str("url.full"), Some("https://h/a"), "443 is https's default port");
+        let d = describe(&ex, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(d.attributes.get_str("url.scheme"), Some("http"));
+        assert_eq!(d.attributes.get_str("url.full"), Some("http://h:443/a"));
     }
 
     #[test]

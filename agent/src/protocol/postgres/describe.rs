@@ -135,7 +135,7 @@ mod tests {
     use crate::span::model::StatusCode;
 
     fn conn() -> ConnMeta {
-        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:5432".parse().ok() }
+        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:5432".parse().ok(), tls: false }
     }
 
     #[test]

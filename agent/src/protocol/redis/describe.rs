@@ -115,7 +115,7 @@ mod tests {
     }
 
     fn conn() -> ConnMeta {
-        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:6379".parse().ok() }
+        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:6379".parse().ok(), tls: false }
     }
 
     #[test]

@@ -1,0 +1,495 @@
+//! Finding OpenSSL in selected processes and attaching the TLS uprobes
+//! (`SSL_read`, `SSL_write` and their `_ex` variants) to it.
+//!
+//! Guarantees:
+//! - A library is attached once per file (device, inode), for every process
+//!   that maps it (uprobes are per file, not per process); the kernel side only
+//!   reports selected processes.
+//! - Sources: `libssl*.so*` mappings in `/proc/PID/maps` of selected processes,
+//!   the executable itself when it defines `SSL_write` (static OpenSSL), and
+//!   the system's libssl found in the usual library directories at start-up.
+//! - A selected process is rescanned when its dynamic loader reports a
+//!   library load (uprobe on `_dl_debug_state` of every `ld-linux`/`ld-musl`
+//!   found), shortly after exec, and round-robin on a timer, so libssl loaded
+//!   later (dlopen, Python `import ssl`) is covered within milliseconds (or
+//!   the next timed scan). Work per tick is bounded ([`MAX_PIDS_PER_SCAN`]).
+//! - A failure (missing symbol, stripped or unreadable file, kernel refusal)
+//!   is logged once per file with its reason, counted, and never fatal.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aya::programs::{UProbe, uprobe::UProbeScope};
+use object::{Object, ObjectSymbol};
+
+use super::Capture;
+
+/// (symbol, entry program); every symbol also gets the shared return program.
+const PROBES: [(&str, &str); 4] = [
+    ("SSL_write", "kspan_ssl_write"),
+    ("SSL_read", "kspan_ssl_read"),
+    ("SSL_write_ex", "kspan_ssl_write_ex"),
+    ("SSL_read_ex", "kspan_ssl_read_ex"),
+];
+/// Return program shared by all probed functions.
+const RET_PROGRAM: &str = "kspan_ssl_ret";
+/// Entry-only probe that binds an SSL object to its socket.
+const SET_FD_SYMBOL: &str = "SSL_set_fd";
+const SET_FD_PROGRAM: &str = "kspan_ssl_set_fd";
+/// The dynamic loader's debugger hook, called around every dlopen/dlclose.
+const LOADER_SYMBOL: &str = "_dl_debug_state";
+const LOADER_PROGRAM: &str = "kspan_dl_state";
+/// Symbols without which a library is not worth attaching (OpenSSL < 1.1.1
+/// has no `_ex` variants: those are optional).
+const REQUIRED: [&str; 2] = ["SSL_write", "SSL_read"];
+
+/// Files (attached or failed) remembered; beyond this new files are skipped and counted.
+pub const MAX_FILES: usize = 4_096;
+/// Processes read per periodic scan.
+pub const MAX_PIDS_PER_SCAN: usize = 128;
+/// Exec'd processes waiting for their post-exec scan.
+pub const MAX_PENDING_EXECS: usize = 1_024;
+/// Delay between exec and the scan (the dynamic loader maps libraries first).
+pub const EXEC_SCAN_DELAY: Duration = Duration::from_millis(150);
+/// Period of the round-robin rescan of selected processes.
+pub const SCAN_PERIOD: Duration = Duration::from_secs(2);
+
+/// Directories searched for the system libssl at start-up.
+const SYSTEM_LIB_DIRS: [&str; 6] =
+    ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib"];
+
+/// Why a file could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsAttachError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not an object file: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("{path}: no OpenSSL symbols (stripped, or not OpenSSL)")]
+    NoSymbols { path: String },
+    #[error("program {program}: {reason}")]
+    Program { program: &'static str, reason: String },
+    #[error("{path}: attaching {symbol}: {reason}")]
+    Attach { path: String, symbol: &'static str, reason: String },
+}
+
+impl TlsAttachError {
+    /// Short metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "io",
+            Self::Parse { .. } => "not_object",
+            Self::NoSymbols { .. } => "no_symbols",
+            Self::Program { .. } => "program",
+            Self::Attach { .. } => "attach",
+        }
+    }
+}
+
+/// Counters of TLS library discovery (all only grow).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsStats {
+    /// Files with the TLS uprobes attached.
+    pub attached: u64,
+    /// Files that failed, by [`TlsAttachError::reason`] order:
+    /// io, not_object, no_symbols, program, attach.
+    pub failed: [u64; 5],
+    /// New files skipped: [`MAX_FILES`] reached.
+    pub files_full: u64,
+    /// Exec'd processes not scanned early: pending queue full.
+    pub pending_full: u64,
+}
+
+/// Metric labels of [`TlsStats::failed`], same order.
+pub const FAILURE_REASONS: [&str; 5] = ["io", "not_object", "no_symbols", "program", "attach"];
+
+fn failure_index(e: &TlsAttachError) -> usize {
+    FAILURE_REASONS.iter().position(|r| *r == e.reason()).unwrap_or(0)
+}
+
+/// Whether a mapped file's name is an OpenSSL libssl (`libssl.so.3`,
+/// `libssl.so.1.1`, a wheel's `libssl-1a2b3c.so.3`); not `libssl3.so` (NSS).
+pub fn is_libssl(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let Some(rest) = name.strip_prefix("libssl") else { return false };
+    (rest.starts_with(".so") || rest.starts_with('-')) && rest.contains(".so")
+}
+
+/// Whether a mapped file's name is a dynamic loader (glibc or musl).
+pub fn is_loader(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    (name.starts_with("ld-linux") || name.starts_with("ld-musl")) && name.contains(".so")
+}
+
+/// The distinct libssl paths mapped in a `/proc/PID/maps` text (deleted
+/// files and anonymous mappings are skipped).
+pub fn libssl_paths(maps: &str) -> Vec<&str> {
+    mapped_paths(maps, is_libssl)
+}
+
+/// The distinct mapped file paths whose name passes `keep`.
+pub fn mapped_paths(maps: &str, keep: impl Fn(&str) -> bool) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode [path]; the path may contain spaces.
+        let mut cols = line.splitn(6, ' ');
+        let path = cols.nth(5).map(str::trim_start).unwrap_or("");
+        if !path.starts_with('/') || path.ends_with(" (deleted)") || !keep(path) {
+            continue;
+        }
+        if !out.contains(&path) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Whether the object file at `path` defines `SSL_write` and `SSL_read`
+/// (exported or in its symbol table).
+pub fn has_ssl_symbols(path: &Path) -> Result<bool, TlsAttachError> {
+    let shown = || path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| TlsAttachError::Io { path: shown(), source })?;
+    let cache = object::ReadCache::new(file);
+    let obj =
+        object::File::parse(&cache).map_err(|e| TlsAttachError::Parse { path: shown(), reason: e.to_string() })?;
+    let mut found = [false; REQUIRED.len()];
+    for sym in obj.dynamic_symbols().chain(obj.symbols()) {
+        if !sym.is_definition() {
+            continue;
+        }
+        if let Ok(name) = sym.name()
+            && let Some(i) = REQUIRED.iter().position(|r| *r == name)
+            && let Some(slot) = found.get_mut(i)
+        {
+            *slot = true;
+        }
+    }
+    Ok(found.iter().all(|f| *f))
+}
+
+/// libssl files in the usual system library directories.
+pub fn system_libraries() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in SYSTEM_LIB_DIRS {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for e in entries.flatten().take(10_000) {
+            let p = e.path();
+            // Symlinks (libssl.so -> libssl.so.3) resolve to one real file.
+            if p.to_str().is_some_and(is_libssl)
+                && let Ok(real) = std::fs::canonicalize(&p)
+                && real.is_file()
+                && !out.contains(&real)
+            {
+                out.push(real);
+            }
+        }
+    }
+    out
+}
+
+impl Capture {
+    /// Attaches the library-load hook to a dynamic loader file.
+    pub fn attach_loader(&mut self, path: &Path) -> Result<(), TlsAttachError> {
+        self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, path)
+    }
+
+    /// Attaches the TLS uprobes to every process's use of the file at `path`.
+    /// Returns how many functions were probed.
+    pub fn attach_tls(&mut self, path: &Path) -> Result<usize, TlsAttachError> {
+        let shown = || path.display().to_string();
+        let mut probed = 0;
+        for (symbol, program) in PROBES {
+            let attached =
+                self.attach_uprobe(program, symbol, path).and_then(|()| self.attach_uprobe(RET_PROGRAM, symbol, path));
+            match attached {
+                Ok(()) => probed += 1,
+                Err(e) if REQUIRED.contains(&symbol) => return Err(e),
+                Err(e) => tracing::debug!("{}: optional {symbol} not probed: {e}", shown()),
+            }
+        }
+        // Optional: tells a reused SSL object's new socket at once (users of
+        // custom BIOs, e.g. libpq, never call it).
+        match self.attach_uprobe(SET_FD_PROGRAM, SET_FD_SYMBOL, path) {
+            Ok(()) => probed += 1,
+            Err(e) => tracing::debug!("{}: optional {SET_FD_SYMBOL} not probed: {e}", shown()),
+        }
+        Ok(probed)
+    }
+
+    fn attach_uprobe(
+        &mut self,
+        program: &'static str,
+        symbol: &'static str,
+        path: &Path,
+    ) -> Result<(), TlsAttachError> {
+        let perr = |reason: String| TlsAttachError::Program { program, reason };
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| perr("missing from object".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| perr(e.to_string()))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| perr(format!("verifier rejected it: {e}")))?;
+        }
+        prog.attach(symbol, path, UProbeScope::AllProcesses).map_err(|e| TlsAttachError::Attach {
+            path: path.display().to_string(),
+            symbol,
+            reason: error_chain(&e),
+        })?;
+        Ok(())
+    }
+}
+
+/// An error and its sources on one line (aya wraps the useful part).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Discovers TLS libraries and attaches them; driven by the capture thread.
+pub struct TlsAttacher {
+    /// (device, inode) -> attached (true) or failed (false).
+    files: HashMap<(u64, u64), bool>,
+    pending: VecDeque<(u32, Instant)>,
+    last_scan: Instant,
+    cursor: usize,
+    /// Executables already checked for static OpenSSL (by file).
+    exes: HashSet<(u64, u64)>,
+    pub stats: TlsStats,
+}
+
+impl Default for TlsAttacher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TlsAttacher {
+    pub fn new() -> Self {
+        Self {
+            files: HashMap::new(),
+            pending: VecDeque::new(),
+            last_scan: Instant::now(),
+            cursor: 0,
+            exes: HashSet::new(),
+            stats: TlsStats::default(),
+        }
+    }
+
+    /// Attaches the system libssl (so processes started later are covered
+    /// from their first request) and the agent's own dynamic loader (library
+    /// load reports), and scans the already selected processes.
+    pub fn start(&mut self, capture: &mut Capture, selected: &[u32]) {
+        for p in system_libraries() {
+            self.consider(capture, &p, Kind::Library);
+        }
+        if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+            for p in mapped_paths(&maps, is_loader) {
+                self.consider(capture, Path::new(p), Kind::Loader);
+            }
+        }
+        for pid in selected.iter().take(MAX_PIDS_PER_SCAN * 8) {
+            self.scan_pid(capture, *pid);
+        }
+        self.last_scan = Instant::now();
+    }
+
+    /// A selected process loaded a library: scan it now.
+    pub fn on_lib_load(&mut self, capture: &mut Capture, pid: u32) {
+        self.scan_pid(capture, pid);
+    }
+
+    /// A selected process exec'd: scan it once its libraries are mapped.
+    pub fn on_exec(&mut self, pid: u32, now: Instant) {
+        if self.pending.len() >= MAX_PENDING_EXECS {
+            self.stats.pending_full += 1;
+            return;
+        }
+        self.pending.push_back((pid, now + EXEC_SCAN_DELAY));
+    }
+
+    /// Runs due exec scans, and a bounded round-robin rescan every
+    /// [`SCAN_PERIOD`]; `selected` lists the selected processes.
+    pub fn tick(&mut self, capture: &mut Capture, now: Instant, selected: impl FnOnce() -> Vec<u32>) {
+        while let Some(&(pid, due)) = self.pending.front() {
+            if due > now {
+                break;
+            }
+            self.pending.pop_front();
+            self.scan_pid(capture, pid);
+        }
+        if now.duration_since(self.last_scan) < SCAN_PERIOD {
+            return;
+        }
+        self.last_scan = now;
+        let pids = selected();
+        if pids.is_empty() {
+            return;
+        }
+        let start = self.cursor % pids.len();
+        for pid in pids.iter().cycle().skip(start).take(MAX_PIDS_PER_SCAN.min(pids.len())) {
+            self.scan_pid(capture, *pid);
+        }
+        self.cursor = start + MAX_PIDS_PER_SCAN.min(pids.len());
+    }
+
+    /// Looks at one process's mapped libssl files and its executable.
+    fn scan_pid(&mut self, capture: &mut Capture, pid: u32) {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for (lib, kind) in mapped_paths(&maps, |p| is_libssl(p) || is_loader(p))
+                .into_iter()
+                .map(|p| (p, if is_loader(p) { Kind::Loader } else { Kind::Library }))
+            {
+                // Through the process's root: right in containers too.
+                let path = root.join(lib.trim_start_matches('/'));
+                self.consider(capture, &path, kind);
+            }
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Some(id) = file_id(&exe) else { return };
+        if self.exes.contains(&id) || self.files.contains_key(&id) {
+            return;
+        }
+        if self.exes.len() >= MAX_FILES {
+            self.exes.clear();
+        }
+        self.exes.insert(id);
+        if has_ssl_symbols(&exe).unwrap_or(false) {
+            self.consider(capture, &exe, Kind::Executable);
+        }
+    }
+
+    /// Attaches one file unless already done (or failed) for its inode.
+    fn consider(&mut self, capture: &mut Capture, path: &Path, kind: Kind) {
+        let Some(id) = file_id(path) else { return };
+        if self.files.contains_key(&id) {
+            return;
+        }
+        if self.files.len() >= MAX_FILES {
+            self.stats.files_full += 1;
+            return;
+        }
+        let checked = if kind == Kind::Library { has_ssl_symbols(path) } else { Ok(true) };
+        let result = match (checked, kind) {
+            (Ok(true), Kind::Loader) => capture.attach_loader(path).map(|()| 1),
+            (Ok(true), _) => capture.attach_tls(path),
+            (Ok(false), _) => Err(TlsAttachError::NoSymbols { path: path.display().to_string() }),
+            (Err(e), _) => Err(e),
+        };
+        match result {
+            Ok(_) if kind == Kind::Loader => {
+                self.files.insert(id, true);
+                tracing::debug!(loader = %path.display(), "library-load hook attached");
+            }
+            Ok(n) => {
+                self.stats.attached += 1;
+                self.files.insert(id, true);
+                tracing::info!(library = %path.display(), functions = n, "TLS uprobes attached");
+            }
+            Err(e) if kind == Kind::Loader => {
+                // Late libraries are still found by the timed scans.
+                self.files.insert(id, false);
+                tracing::debug!(loader = %path.display(), "no library-load hook: {e}");
+            }
+            Err(e) => {
+                if let Some(slot) = self.stats.failed.get_mut(failure_index(&e)) {
+                    *slot += 1;
+                }
+                self.files.insert(id, false);
+                tracing::warn!(library = %path.display(), reason = e.reason(), "TLS capture unavailable: {e}");
+            }
+        }
+    }
+}
+
+/// What a file is to the attacher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A libssl: checked for the OpenSSL symbols, then probed.
+    Library,
+    /// An executable already known to define them (static OpenSSL).
+    Executable,
+    /// A dynamic loader: gets the library-load hook.
+    Loader,
+}
+
+/// (device, inode) of a file, following symlinks.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    m.is_file().then(|| (m.dev(), m.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libssl_names_are_recognised_and_nss_is_not() {
+        assert!(is_libssl("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
+        assert!(is_libssl("/opt/app/libssl.so.1.1"));
+        assert!(is_libssl("/venv/site-packages/psycopg_binary.libs/libssl-81ffa89e.so.3"));
+        assert!(is_libssl("libssl.so"));
+        assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libssl3.so"), "NSS, not OpenSSL");
+        assert!(!is_libssl("/usr/lib/libcrypto.so.3"));
+        assert!(!is_libssl("/usr/lib/libssl.a"));
+        assert!(!is_libssl("/home/libssl.so.d/notes.txt"));
+    }
+
+    #[test]
+    fn maps_yield_each_mapped_libssl_once() {
+        let maps = "\
+55d0c0a00000-55d0c0a20000 r--p 00000000 fd:01 1234 /usr/bin/python3.11
+7f0000000000-7f0000020000 r--p 00000000 fd:01 777 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000020000-7f00000a0000 r-xp 00020000 fd:01 777 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f00000a0000-7f00000b0000 rw-p 00000000 00:00 0
+7f00000b0000-7f00000c0000 r-xp 00000000 fd:01 778 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f00000c0000-7f00000d0000 r-xp 00000000 fd:01 779 /tmp/my libs/libssl.so.1.1
+7f00000d0000-7f00000e0000 r-xp 00000000 fd:01 780 /tmp/old/libssl.so.3 (deleted)
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+garbage line
+";
+        assert_eq!(libssl_paths(maps), ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/tmp/my libs/libssl.so.1.1"]);
+        assert!(libssl_paths("").is_empty());
+        let loader = "7f1-7f2 r-xp 00001000 fe:00 325843 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\n";
+        assert_eq!(mapped_paths(loader, is_loader), ["/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]);
+        assert!(is_loader("/lib/ld-musl-x86_64.so.1"));
+        assert!(!is_loader("/usr/lib/libldap.so.2") && !is_loader("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
+    }
+
+    #[test]
+    fn this_processes_own_maps_parse() {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("own maps");
+        // The test binary does not link OpenSSL: nothing (and no panic).
+        assert!(libssl_paths(&maps).iter().all(|p| is_libssl(p)));
+    }
+
+    #[test]
+    fn symbol_check_tells_openssl_from_other_objects() {
+        let libs = system_libraries();
+        let Some(lib) = libs.iter().find(|p| p.to_str().is_some_and(|s| s.contains(".so."))) else {
+            panic!("no system libssl found in {SYSTEM_LIB_DIRS:?} (libssl3 is a test dependency)");
+        };
+        assert!(has_ssl_symbols(lib).expect("readable"), "{} defines SSL_write/SSL_read", lib.display());
+        // An executable that imports nothing from OpenSSL.
+        assert!(!has_ssl_symbols(Path::new("/bin/sh")).expect("readable"));
+        // A dynamically linked OpenSSL user imports the symbols: not a definition.
+        if Path::new("/usr/sbin/nginx").exists() {
+            assert!(!has_ssl_symbols(Path::new("/usr/sbin/nginx")).expect("readable"));
+        }
+        assert!(matches!(has_ssl_symbols(Path::new("/nonexistent/libssl.so.3")), Err(TlsAttachError::Io { .. })));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = dir.path().join("libssl.so.3");
+        std::fs::write(&fake, b"not an elf file").expect("write");
+        assert!(matches!(has_ssl_symbols(&fake), Err(TlsAttachError::Parse { .. })));
+    }
+}

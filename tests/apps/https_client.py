@@ -1,0 +1,48 @@
+"""HTTPS client (urllib + ssl, certificate not verified: the test servers
+use self-signed certificates). Prints JSON.
+
+  get URL...         one GET per URL (urllib opens a connection per request)
+  late SECONDS URL   sleeps before importing ssl/urllib (libssl is loaded
+                     only then), waits for a line on stdin, then GETs URL
+"""
+import json
+import sys
+import time
+
+
+def get(urls):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    out = []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+                r.read()
+                out.append({"url": url, "status": r.status})
+        except urllib.error.HTTPError as e:
+            out.append({"url": url, "status": e.code})
+    return out
+
+
+def main():
+    mode = sys.argv[1]
+    if mode == "get":
+        print(json.dumps(get(sys.argv[2:])), flush=True)
+    elif mode == "late":
+        assert "ssl" not in sys.modules and "_ssl" not in sys.modules
+        time.sleep(float(sys.argv[2]))
+        import ssl  # noqa: F401  (maps libssl now)
+        print("loaded", flush=True)
+        sys.stdin.readline()
+        print(json.dumps(get(sys.argv[3:])), flush=True)
+    else:
+        sys.exit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

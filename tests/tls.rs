@@ -1,0 +1,226 @@
+//! End-to-end: TLS traffic (OpenSSL) traced through the uprobes on
+//! SSL_read/SSL_write: nginx over HTTPS to curl and to a Python urllib
+//! client, psql and psycopg to PostgreSQL with sslmode=require, and a process
+//! that loads libssl only after kspan started. Spans carry the same attributes
+//! as the plaintext tests (tests/http.rs, tests/db.rs) plus url.scheme=https.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kspan_e2e::servers::{TempDir, child_pid_of, nginx_tls, postgres_tls};
+use kspan_e2e::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn server_spans_of(pid: u32) -> impl Fn(&Value) -> bool {
+    move |s| kind(s) == "server" && s["resource"]["process.pid"].as_i64() == Some(pid as i64)
+}
+
+fn by_route<'a>(spans: &'a [Value], route: &str) -> Vec<&'a Value> {
+    spans.iter().filter(|s| attr_str(s, "http.route") == Some(route)).collect()
+}
+
+fn metric(k: &Kspan, prefix: &str) -> f64 {
+    let m = k.metrics();
+    m.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// curl -k over one keep-alive HTTPS connection; returns the status codes.
+fn curl_https(port: u16, paths: &[&str]) -> Vec<u16> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-w", "%{http_code} %{num_connects}\\n"]);
+    for p in paths {
+        cmd.args(["-o", "/dev/null"]).arg(format!("https://127.0.0.1:{port}{p}"));
+    }
+    let out = run_ok(&mut cmd);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), paths.len(), "curl output: {out}");
+    let connects: u32 = lines.iter().filter_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok()).sum();
+    assert_eq!(connects, 1, "curl must reuse one keep-alive connection: {out}");
+    lines.iter().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+}
+
+#[test]
+fn nginx_https_to_curl_server_and_client_spans() {
+    let ng = nginx_tls();
+    // nginx runs as master + worker: the worker serves, a child of the master.
+    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--exe", "^/usr/bin/curl$"]);
+    let worker = child_pid_of(ng.pid());
+    let codes = curl_https(ng.port, &["/", "/api/items.json", "/missing", "/err"]);
+    assert_eq!(codes, [200, 200, 404, 500]);
+    let spans = k.wait_spans(4, WAIT, server_spans_of(worker));
+    assert_eq!(spans.len(), 4, "exactly one server span per request: {spans:#?}");
+    for s in &spans {
+        assert_eq!(attr_str(s, "http.request.method"), Some("GET"));
+        assert_eq!(attr_str(s, "url.scheme"), Some("https"), "{s:#}");
+        assert_eq!(attr(s, "tls.established").and_then(Value::as_bool), Some(true), "{s:#}");
+        assert_eq!(attr_i64(s, "server.port"), Some(ng.port as i64));
+        assert_eq!(resource_str(s, "process.executable.name"), Some("nginx"));
+    }
+    let status = |route: &str| attr_i64(by_route(&spans, route)[0], "http.response.status_code");
+    assert_eq!(status("/"), Some(200));
+    assert_eq!(status("/api/items.json"), Some(200));
+    assert_eq!(status("/missing"), Some(404));
+    assert_eq!(status("/err"), Some(500));
+    assert_eq!(by_route(&spans, "/err")[0]["status"]["code"], "error");
+    let clients =
+        k.wait_spans(4, WAIT, |s| kind(s) == "client" && resource_str(s, "process.executable.name") == Some("curl"));
+    assert_eq!(clients.len(), 4, "{clients:#?}");
+    let items = clients.iter().find(|c| attr_str(c, "url.path") == Some("/api/items.json")).expect("client span");
+    assert_eq!(attr_str(items, "url.full"), Some(format!("https://127.0.0.1:{}/api/items.json", ng.port).as_str()));
+    // Ciphertext was neither parsed as garbage nor lost track of.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(metric(&k, "kspan_tls_libraries_attached_total") >= 1.0, "{}", k.metrics());
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"opaque\"}"), 0.0, "{}", k.metrics());
+    assert!(k.stop());
+}
+
+#[test]
+fn python_urllib_https_client_spans() {
+    let ng = nginx_tls();
+    let tag = format!("urllib-{}", free_port());
+    let k = Kspan::start(&["--exe", &format!("https_client\\.py get .*{tag}")]);
+    let urls: Vec<String> =
+        ["/api/items.json", "/missing"].iter().map(|p| format!("https://127.0.0.1:{}{p}?{tag}", ng.port)).collect();
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("https_client.py")).arg("get").args(&urls));
+    let res: Value = serde_json::from_str(out.trim()).expect("client JSON");
+    assert_eq!(res[0]["status"], 200);
+    assert_eq!(res[1]["status"], 404);
+    let clients = k.wait_spans(2, WAIT, |s| kind(s) == "client");
+    assert_eq!(clients.len(), 2, "{clients:#?}");
+    for c in &clients {
+        assert_eq!(attr_str(c, "url.scheme"), Some("https"));
+        assert_eq!(attr_i64(c, "server.port"), Some(ng.port as i64));
+        assert!(resource_str(c, "process.executable.name").is_some_and(|e| e.starts_with("python")), "{c:#}");
+    }
+    let missing = clients.iter().find(|c| attr_str(c, "url.path") == Some("/missing")).expect("/missing span");
+    assert_eq!(attr_i64(missing, "http.response.status_code"), Some(404));
+    assert!(k.stop());
+}
+
+#[test]
+fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
+    let ng = nginx_tls();
+    // A private copy of libssl (a file kspan has not seen) that Python loads
+    // only on `import ssl`, a second after it started (after kspan).
+    let dir = TempDir::new("late-ssl");
+    let system =
+        ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("system libssl.so.3");
+    let copy = dir.0.join("libssl.so.3");
+    std::fs::copy(system, &copy).expect("copy libssl");
+    let tag = format!("late-{}", free_port());
+    let k = Kspan::start(&["--exe", &format!("https_client\\.py late .*{tag}")]);
+    assert!(!k.log().contains(copy.to_str().unwrap()));
+    let url = format!("https://127.0.0.1:{}/api/items.json?{tag}", ng.port);
+    let mut c = Command::new("python3")
+        .arg(apps_dir().join("https_client.py"))
+        .args(["late", "1", &url])
+        .env("LD_LIBRARY_PATH", &dir.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python client");
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut reply = String::new();
+    out.read_line(&mut reply).unwrap();
+    assert_eq!(reply.trim(), "loaded");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", c.id())).unwrap();
+    assert!(maps.contains(copy.to_str().unwrap()), "python loaded the private libssl copy");
+    // Found through the loader hook (or the periodic rescan), not at start.
+    let attached_path = format!("/proc/{}/root{}", c.id(), copy.display());
+    k.wait_log(&attached_path, WAIT);
+    let log = k.log();
+    let line = log.lines().find(|l| l.contains(&attached_path)).unwrap_or_default();
+    assert!(line.contains("TLS uprobes attached"), "{line}");
+    writeln!(c.stdin.as_mut().unwrap()).unwrap();
+    reply.clear();
+    out.read_line(&mut reply).unwrap();
+    assert!(reply.contains("200"), "{reply}");
+    c.wait().unwrap();
+    let spans = k.wait_spans(1, WAIT, |s| kind(s) == "client" && attr_str(s, "url.path") == Some("/api/items.json"));
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(attr_str(&spans[0], "url.scheme"), Some("https"));
+    assert_eq!(attr_i64(&spans[0], "http.response.status_code"), Some(200));
+    assert!(k.stop());
+}
+
+fn is_pg(s: &Value) -> bool {
+    attr_str(s, "db.system.name") == Some("postgresql")
+}
+
+fn psql_ssl(port: u16, sql: &str) -> std::process::ExitStatus {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "kspan", "-qc", sql])
+        .env("PGSSLMODE", "require")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("psql")
+}
+
+#[test]
+fn psql_sslmode_require_client_and_server_spans() {
+    let pg = postgres_tls();
+    let postmaster = child_pid_of(pg.pid());
+    // The session really is encrypted.
+    let ssl = run_ok(
+        Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-d", "kspan", "-tAc"])
+            .arg("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .env("PGSSLMODE", "require"),
+    );
+    assert_eq!(ssl.trim(), "t");
+    let k = Kspan::start(&["--exe", "bin/psql$", "--pid", &postmaster.to_string()]);
+    assert!(psql_ssl(pg.port, "CREATE TABLE users (id int primary key, email text)").success());
+    assert!(psql_ssl(pg.port, "INSERT INTO users VALUES (1, 'secret@example.com')").success());
+    assert!(psql_ssl(pg.port, "SELECT email FROM users WHERE id = 1 AND email = 'secret@example.com'").success());
+    assert!(!psql_ssl(pg.port, "INSERT INTO users VALUES (1, 'dup@example.com')").success());
+
+    let want = |s: &Value, op: &str| is_pg(s) && kind(s) == "client" && attr_str(s, "db.operation.name") == Some(op);
+    let inserts = k.wait_spans(2, WAIT, |s| want(s, "INSERT"));
+    let select = k.wait_spans(1, WAIT, |s| want(s, "SELECT") && attr_str(s, "db.collection.name") == Some("users"));
+    let ok_insert = inserts.iter().find(|s| s["status"]["code"] != "error").expect("successful insert");
+    assert_eq!(attr_str(ok_insert, "db.collection.name"), Some("users"));
+    assert_eq!(attr_str(ok_insert, "db.namespace"), Some("kspan"), "startup message read from the TLS stream");
+    assert_eq!(ok_insert["name"], "INSERT users");
+    assert_eq!(attr(ok_insert, "tls.established").and_then(Value::as_bool), Some(true));
+    let text = attr_str(ok_insert, "db.query.text").unwrap();
+    assert!(text.contains('?') && !text.contains("secret"), "literals are masked: {text}");
+    assert_eq!(attr_i64(&select[0], "db.response.returned_rows"), Some(1));
+    assert_eq!(attr_i64(&select[0], "server.port"), Some(pg.port as i64));
+    let dup = inserts.iter().find(|s| s["status"]["code"] == "error").expect("unique violation span");
+    assert_eq!(attr_str(dup, "db.response.status_code"), Some("23505"));
+    let server = k
+        .wait_spans(2, WAIT, |s| is_pg(s) && kind(s) == "server" && attr_str(s, "db.operation.name") == Some("INSERT"));
+    assert!(server.iter().all(|s| resource_str(s, "process.executable.name") == Some("postgres")), "{server:#?}");
+    assert!(server.iter().all(|s| attr_str(s, "db.namespace") == Some("kspan")), "{server:#?}");
+    assert!(k.stop());
+}
+
+#[test]
+fn psycopg_sslmode_require_extended_protocol() {
+    let pg = postgres_tls();
+    let k = Kspan::start(&["--exe", "pg_app\\.py"]);
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("pg_app.py")).args([&pg.port.to_string(), "require"]));
+    assert!(out.contains("done"));
+    let inserts = k.wait_spans(5, WAIT, |s| is_pg(s) && attr_str(s, "db.operation.name") == Some("INSERT"));
+    assert_eq!(inserts.len(), 5, "{inserts:#?}");
+    for s in &inserts {
+        assert_eq!(attr_str(s, "db.query.text"), Some("INSERT INTO orders (id, customer, total) VALUES ($1, $2, $3)"));
+        assert_eq!(attr_str(s, "db.collection.name"), Some("orders"));
+        assert_eq!(attr_str(s, "db.namespace"), Some("kspan"));
+    }
+    let sel = k.wait_spans(1, WAIT, |s| is_pg(s) && attr_str(s, "db.operation.name") == Some("SELECT"));
+    assert_eq!(attr_i64(&sel[0], "db.response.returned_rows"), Some(1));
+    assert!(k.spans().iter().all(|s| !s.to_string().contains("alice@example.com")), "bound values never exported");
+    assert!(k.stop());
+}
