@@ -7,9 +7,11 @@
 //! what the OTLP spec asks an exporter to do and kspan must count: which
 //! responses are retried (RetryInfo, Retry-After), partial success, and a
 //! bounded queue per endpoint so that one slow endpoint never holds another.
-//! We do reuse the official generated protobuf types (`opentelemetry-proto`)
-//! and the tonic client generated from the official .proto, so what goes on
-//! the wire is the official OTLP format.
+//! Requests are written straight from the spans ([`wire`]), byte-for-byte
+//! what the official generated protobuf types (`opentelemetry-proto`,
+//! [`Encoder`]) encode to, without copying every attribute into them first;
+//! responses are decoded with those types, over tonic and the official
+//! service path, so what goes on the wire is the official OTLP format.
 //!
 //! Guarantees (per exporter):
 //! - [`OtlpExporter::submit`] never blocks: the queue holds at most
@@ -29,6 +31,7 @@ mod config;
 mod encode;
 mod retry;
 mod transport;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +49,7 @@ pub use config::{
 };
 pub use encode::{Encoder, SCOPE_NAME, encode_span};
 pub use retry::{Backoff, Verdict, classify_grpc, classify_http, parse_retry_after};
+pub use wire::WireEncoder;
 
 /// One OTLP endpoint: its bounded queue and the task that batches and sends.
 pub struct OtlpExporter {
@@ -74,7 +78,7 @@ impl OtlpExporter {
         );
         let max_queue = settings.batch.max_queue_size;
         let sender = BatchSender {
-            encoder: Encoder::new(&settings.resource_attributes),
+            encoder: WireEncoder::new(SCOPE_NAME, env!("CARGO_PKG_VERSION"), &settings.resource_attributes),
             transport,
             metrics: metrics.clone(),
             shutdown_rx,
@@ -125,7 +129,7 @@ struct Worker {
 /// What every in-flight export of one exporter shares.
 struct BatchSender {
     settings: OtlpSettings,
-    encoder: Encoder,
+    encoder: WireEncoder,
     transport: transport::Transport,
     metrics: ExporterMetrics,
     shutdown_rx: watch::Receiver<Option<Instant>>,
@@ -187,7 +191,7 @@ impl BatchSender {
     async fn export(&self, batch: &[Arc<Span>]) {
         let n = batch.len() as u64;
         let name = &self.settings.name;
-        let payload = self.transport.prepare(&self.encoder.request(batch));
+        let payload = self.transport.prepare(self.encoder.encode(batch));
         let started = Instant::now();
         let mut backoff = Backoff::new(&self.settings.retry);
         let mut shutdown_rx = self.shutdown_rx.clone();

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tonic::GrpcMethod;
 use tonic::client::Grpc;
@@ -171,8 +171,8 @@ impl Transport {
 
     /// Encodes the request for this transport (gzip for HTTP when asked;
     /// tonic compresses gRPC messages itself).
-    pub fn prepare(&self, req: &ExportTraceServiceRequest) -> Payload {
-        let raw = req.encode_to_vec();
+    /// `raw` is an encoded `ExportTraceServiceRequest`.
+    pub fn prepare(&self, raw: Vec<u8>) -> Payload {
         if let Transport::Http { gzip: true, .. } = self {
             let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
             // Writing into a Vec cannot fail.
