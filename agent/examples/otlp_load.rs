@@ -4,15 +4,19 @@
 //! peak RSS. With an endpoint where nothing listens it fills the queue and
 //! shows that memory stays bounded while overflow is counted.
 //!
-//! Usage: otlp_load ENDPOINT grpc|http SPANS [QUEUE]
+//! Usage: otlp_load ENDPOINT grpc|http SPANS [QUEUE [gzip|none [CONCURRENT]]]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kspan::export::otlp::Protocol;
+use kspan::export::otlp::{Compression, Protocol};
 use kspan::export::{DropReason, ExportMetrics, OtlpConfig, OtlpExporter};
 use kspan::span::model::{Attributes, ProcessResource, Span, SpanKind, SpanStatus};
 use kspan::telemetry::Telemetry;
+
+/// The agent binary's allocator, so the figures are the agent's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn cpu_seconds() -> f64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -69,16 +73,24 @@ fn span(i: u64, resource: &Arc<ProcessResource>) -> Span {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [endpoint, proto, n, ..] = args.as_slice() else {
-        anyhow::bail!("usage: otlp_load ENDPOINT grpc|http SPANS [QUEUE]");
+        anyhow::bail!("usage: otlp_load ENDPOINT grpc|http SPANS [QUEUE [gzip|none [CONCURRENT]]]");
     };
     let n: u64 = n.parse()?;
     let queue: usize = args.get(3).map(|q| q.parse()).transpose()?.unwrap_or(8192);
+    let compression = match args.get(4).map(String::as_str) {
+        None | Some("none") => Compression::None,
+        Some("gzip") => Compression::Gzip,
+        Some(other) => anyhow::bail!("unknown compression {other:?} (gzip or none)"),
+    };
+    let concurrent: Option<usize> = args.get(5).map(|c| c.parse()).transpose()?;
     let cfg = OtlpConfig {
         name: Some("bench".into()),
         endpoint: Some(endpoint.clone()),
         protocol: Some(if proto == "grpc" { Protocol::Grpc } else { Protocol::HttpProtobuf }),
         max_queue_size: Some(queue),
         max_export_batch_size: Some(512),
+        max_concurrent_exports: concurrent,
+        compression: Some(compression),
         scheduled_delay_ms: Some(100),
         max_elapsed_ms: Some(2_000),
         ..Default::default()

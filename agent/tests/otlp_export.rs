@@ -273,10 +273,16 @@ async fn env_headers_and_gzip_reach_the_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_bound_is_respected_and_overflow_counted() {
-    // The first request is held for 1 s: meanwhile only the queue (10) fills.
+    // The first request is held for 1 s: meanwhile only the queue (10) fills
+    // (one request at a time here; see the next test for several).
     let fake = Fake::start(vec![Reply::ok().delayed(Duration::from_secs(1))]).await;
     let (t, m) = metrics();
-    let cfg = OtlpConfig { max_queue_size: Some(10), max_export_batch_size: Some(5), ..base_config("q", fake.addr) };
+    let cfg = OtlpConfig {
+        max_queue_size: Some(10),
+        max_export_batch_size: Some(5),
+        max_concurrent_exports: Some(1),
+        ..base_config("q", fake.addr)
+    };
     let exp = exporter(cfg, &m);
     let p = process(10, "svc");
     exp.submit(span(&p, 0, "first"));
@@ -297,6 +303,37 @@ async fn queue_bound_is_respected_and_overflow_counted() {
     );
     assert!(text.contains("kspan_export_spans_total{exporter=\"q\",result=\"exported\",reason=\"\"} 11"), "{text}");
     assert!(text.contains("kspan_export_latency_seconds_count{exporter=\"q\"} 3"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_hold_at_most_one_batch_each_beyond_the_queue() {
+    // Two requests held for 1 s each: they are in flight together, and
+    // besides the queue (10) they hold at most one batch (5) each.
+    let held = || Reply::ok().delayed(Duration::from_secs(1));
+    let fake = Fake::start(vec![held(), held()]).await;
+    let (_t, m) = metrics();
+    let cfg = OtlpConfig {
+        max_queue_size: Some(10),
+        max_export_batch_size: Some(5),
+        max_concurrent_exports: Some(2),
+        scheduled_delay_ms: Some(50),
+        ..base_config("c", fake.addr)
+    };
+    let exp = exporter(cfg, &m);
+    let p = process(10, "svc");
+    exp.submit(span(&p, 0, "first"));
+    fake.wait_for("the first request", |f| f.requests() == 1).await;
+    exp.submit(span(&p, 1, "second"));
+    fake.wait_for("a second request while the first is held", |f| f.requests() == 2).await;
+    assert_eq!(fake.delivered(), 0, "both requests are still held");
+    for n in 2..=41 {
+        exp.submit(span(&p, n, "burst"));
+    }
+    let report = exp.shutdown(Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(report.exported + report.dropped_total(), 42, "{report:?}");
+    assert_eq!(report.dropped_for(DropReason::QueueFull), 30, "{report:?}");
+    assert_eq!(report.exported, 12, "{report:?}");
+    assert_eq!(fake.delivered(), 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

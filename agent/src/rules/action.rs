@@ -7,7 +7,10 @@
 //! would export a credential are replaced with "REDACTED" (counted); templates
 //! only read exported and resource attributes, never private ones.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use super::RuleOutcome;
 use super::matcher::lookup;
@@ -29,9 +32,43 @@ pub(crate) enum From {
     Attribute(String),
 }
 
+/// Most attribute keys written by rules that are kept for the life of the
+/// process ([`attr_key`]), and their total length.
+pub const MAX_INTERNED_KEYS: usize = 4096;
+pub const MAX_INTERNED_BYTES: usize = 256 * 1024;
+
+/// Keys that did not fit under the interning caps (each write of them then
+/// allocates a copy).
+pub static INTERN_OVERFLOW: AtomicU64 = AtomicU64::new(0);
+
+/// Attribute keys written by actions, shared by every rule set loaded since
+/// start (reloads mostly write the same keys): `(keys, total bytes)`.
+static INTERNED: Mutex<(Option<HashSet<&'static str>>, usize)> = Mutex::new((None, 0));
+
+/// A rule's attribute key as a `'static` string, so writing it onto a span
+/// does not allocate. Keys are interned once per process within
+/// [`MAX_INTERNED_KEYS`] / [`MAX_INTERNED_BYTES`]; beyond that the key stays
+/// owned (copied per write) and [`INTERN_OVERFLOW`] counts it.
+pub(crate) fn attr_key(key: String) -> Cow<'static, str> {
+    let mut guard = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+    let (set, bytes) = &mut *guard;
+    let set = set.get_or_insert_with(HashSet::new);
+    if let Some(k) = set.get(key.as_str()) {
+        return Cow::Borrowed(k);
+    }
+    if set.len() >= MAX_INTERNED_KEYS || *bytes + key.len() > MAX_INTERNED_BYTES {
+        INTERN_OVERFLOW.fetch_add(1, Ordering::Relaxed);
+        return Cow::Owned(key);
+    }
+    *bytes += key.len();
+    let k: &'static str = Box::leak(key.into_boxed_str());
+    set.insert(k);
+    Cow::Borrowed(k)
+}
+
 #[derive(Debug)]
 pub(crate) struct Extract {
-    to: String,
+    to: Cow<'static, str>,
     from: From,
     default: Option<AttrValue>,
 }
@@ -46,12 +83,12 @@ pub(crate) struct SampleSetting {
 
 #[derive(Debug, Default)]
 pub(crate) struct Actions {
-    set: Vec<(String, AttrValue)>,
+    set: Vec<(Cow<'static, str>, AttrValue)>,
     extract: Vec<Extract>,
     rename: Option<Template>,
     critical: bool,
     remove: Vec<String>,
-    replace: Vec<String>,
+    replace: Vec<Cow<'static, str>>,
     pub sample: Option<SampleSetting>,
     pub drop: bool,
 }
@@ -62,12 +99,12 @@ impl Actions {
         let extract = spec.extract.unwrap_or_default().into_iter().map(compile_extract).collect();
         let redact = spec.redact.unwrap_or_default();
         Actions {
-            set: spec.set.map(|m| m.0.into_iter().map(|(k, v)| (k.0, v.0)).collect()).unwrap_or_default(),
+            set: spec.set.map(|m| m.0.into_iter().map(|(k, v)| (attr_key(k.0), v.0)).collect()).unwrap_or_default(),
             extract,
             rename: spec.rename,
             critical: spec.critical.unwrap_or(false),
             remove: redact.remove,
-            replace: redact.replace,
+            replace: redact.replace.into_iter().map(attr_key).collect(),
             sample,
             drop: spec.drop.unwrap_or(false),
         }
@@ -134,7 +171,7 @@ fn compile_extract(spec: ExtractSpec) -> Extract {
         Source::SqlTable => From::SqlTable,
         Source::Attribute(a) => From::Attribute(a.0),
     };
-    Extract { to: spec.to.0, from, default: spec.default.map(|d| d.0) }
+    Extract { to: attr_key(spec.to.0), from, default: spec.default.map(|d| d.0) }
 }
 
 fn extract(span: &Span, from: &From) -> Option<AttrValue> {
@@ -215,6 +252,15 @@ mod tests {
         let mut out = RuleOutcome::default();
         Actions::compile(spec, None).apply(span, &mut out, &AtomicU64::new(0));
         out
+    }
+
+    #[test]
+    fn rule_keys_are_interned_once_and_shared() {
+        let (a, b) = (attr_key("test.interned.key".to_owned()), attr_key("test.interned.key".to_owned()));
+        match (a, b) {
+            (Cow::Borrowed(a), Cow::Borrowed(b)) => assert!(std::ptr::eq(a, b)),
+            other => panic!("not interned: {other:?}"),
+        }
     }
 
     #[test]

@@ -82,7 +82,6 @@ impl RuleOutcome {
 pub struct Rule {
     pub id: Arc<str>,
     pub description: Option<String>,
-    quick: Quick,
     cond: Cond,
     actions: Actions,
     stop: bool,
@@ -94,6 +93,13 @@ impl Rule {
     pub fn protocols(&self) -> ProtoMask {
         self.cond.protocols()
     }
+}
+
+/// A rule in a protocol bucket: its quick check and its index in `rules`.
+#[derive(Debug)]
+struct Candidate {
+    quick: Quick,
+    rule: u32,
 }
 
 /// Counters that survive reloads (shared with the rule sets that follow).
@@ -108,8 +114,10 @@ pub struct RuleCounters {
 pub struct RuleSet {
     name: String,
     rules: Vec<Rule>,
-    /// Per protocol (http, postgresql, redis, other): indices into `rules`.
-    buckets: [Vec<u32>; 4],
+    /// Per protocol (http, postgresql, redis, other): the rules that can
+    /// match it, in order, with their quick checks stored inline so the scan
+    /// over rules that cannot match reads one contiguous array.
+    buckets: [Vec<Candidate>; 4],
     sampling: Arc<SamplingPolicy>,
     counters: Arc<RuleCounters>,
 }
@@ -182,7 +190,7 @@ impl RuleSet {
             (bucket, self.next_match(bucket, 0, &view))
         };
         while let Some(k) = hit {
-            let Some(rule) = bucket.get(k).and_then(|&i| self.rules.get(i as usize)) else {
+            let Some(rule) = bucket.get(k).and_then(|c| self.rules.get(c.rule as usize)) else {
                 break;
             };
             rule.fired.fetch_add(1, Ordering::Relaxed);
@@ -201,11 +209,11 @@ impl RuleSet {
     }
 
     /// Position in `bucket`, from `from` on, of the first rule that matches.
-    fn next_match(&self, bucket: &[u32], from: usize, view: &View<'_>) -> Option<usize> {
+    fn next_match(&self, bucket: &[Candidate], from: usize, view: &View<'_>) -> Option<usize> {
         let rest = bucket.get(from..)?;
         let k = rest
             .iter()
-            .position(|&i| self.rules.get(i as usize).is_some_and(|r| r.quick.admits(view) && r.cond.eval(view)))?;
+            .position(|c| c.quick.admits(view) && self.rules.get(c.rule as usize).is_some_and(|r| r.cond.eval(view)))?;
         Some(from + k)
     }
 }
@@ -274,22 +282,22 @@ fn compile(file: RuleFile, text: &str, name: &str) -> Result<RuleSet, RulesError
         rules.push(Rule {
             id: Arc::from(id),
             description: spec.description,
-            quick: Quick::of(&cond),
             cond,
             actions: Actions::compile(spec.actions, sample),
             stop: spec.stop,
             fired: Arc::default(),
         });
     }
-    let mut buckets: [Vec<u32>; 4] = Default::default();
+    let mut buckets: [Vec<Candidate>; 4] = Default::default();
     for (i, r) in rules.iter().enumerate() {
         let mask = r.protocols();
+        let quick = Quick::of(&r.cond);
         for (b, proto) in [ProtoMask::HTTP, ProtoMask::POSTGRES, ProtoMask::REDIS, ProtoMask::OTHER].iter().enumerate()
         {
             if mask.contains(*proto)
                 && let Some(bucket) = buckets.get_mut(b)
             {
-                bucket.push(i as u32);
+                bucket.push(Candidate { quick: quick.clone(), rule: i as u32 });
             }
         }
     }

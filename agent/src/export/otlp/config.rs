@@ -83,6 +83,10 @@ pub struct OtlpConfig {
     pub max_queue_size: Option<usize>,
     /// Spans per export request. Default 512 (the batch span processor's).
     pub max_export_batch_size: Option<usize>,
+    /// Export requests in flight at once (each up to max_export_batch_size
+    /// spans; each retried on its own). Default 2: while one request waits
+    /// for the collector's answer the next batch is built and sent.
+    pub max_concurrent_exports: Option<usize>,
     /// Longest wait before a non-full batch is sent, in milliseconds.
     /// Default 1000: the spec's 5000 ms makes traces show up late in a UI
     /// while someone is debugging; 1 request/s per agent stays cheap.
@@ -142,6 +146,7 @@ pub enum ExportConfigError {
 pub struct BatchSettings {
     pub max_queue_size: usize,
     pub max_export_batch_size: usize,
+    pub max_concurrent_exports: usize,
     pub scheduled_delay: Duration,
 }
 
@@ -209,6 +214,7 @@ pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 2048;
 pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 512;
+pub const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 2;
 pub const DEFAULT_SCHEDULED_DELAY_MS: u64 = 1000;
 pub const DEFAULT_INITIAL_BACKOFF_MS: u64 = 1000;
 pub const DEFAULT_MAX_BACKOFF_MS: u64 = 30_000;
@@ -377,6 +383,10 @@ impl OtlpConfig {
         if batch > queue {
             return Err(ExportConfigError::BatchLargerThanQueue { exporter: name, batch, queue });
         }
+        let concurrent = at_least_one(
+            "max_concurrent_exports",
+            self.max_concurrent_exports.unwrap_or(DEFAULT_MAX_CONCURRENT_EXPORTS),
+        )?;
         let timeout_ms = self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         if timeout_ms == 0 {
             return Err(ExportConfigError::Zero { exporter: name, field: "timeout_ms" });
@@ -396,6 +406,7 @@ impl OtlpConfig {
             batch: BatchSettings {
                 max_queue_size: queue,
                 max_export_batch_size: batch,
+                max_concurrent_exports: concurrent,
                 scheduled_delay: ms(self.scheduled_delay_ms.unwrap_or(DEFAULT_SCHEDULED_DELAY_MS)),
             },
             retry: RetrySettings {

@@ -7,18 +7,23 @@
 //! what the OTLP spec asks an exporter to do and kspan must count: which
 //! responses are retried (RetryInfo, Retry-After), partial success, and a
 //! bounded queue per endpoint so that one slow endpoint never holds another.
-//! We do reuse the official generated protobuf types (`opentelemetry-proto`)
-//! and the tonic client generated from the official .proto, so what goes on
-//! the wire is the official OTLP format.
+//! Requests are written straight from the spans ([`wire`]), byte-for-byte
+//! what the official generated protobuf types (`opentelemetry-proto`,
+//! [`Encoder`]) encode to, without copying every attribute into them first;
+//! responses are decoded with those types, over tonic and the official
+//! service path, so what goes on the wire is the official OTLP format.
 //!
 //! Guarantees (per exporter):
 //! - [`OtlpExporter::submit`] never blocks: the queue holds at most
 //!   `max_queue_size` spans; beyond it spans are dropped (`queue_full`).
-//!   At most `max_export_batch_size` more are in flight in the current batch.
+//!   At most `max_concurrent_exports` requests of at most
+//!   `max_export_batch_size` spans each are in flight besides the queue;
+//!   spans leave the queue only when a request slot is free.
 //! - Spans are sent in batches of at most `max_export_batch_size`, at the
 //!   latest `scheduled_delay` after the first span of the batch arrived.
-//! - A failed batch is retried per the spec (see [`retry`]) while new spans
-//!   keep queueing; after `max_elapsed` it is dropped (`max_elapsed`).
+//! - A failed batch is retried per the spec (see [`retry`]) in its slot while
+//!   the other slots keep sending; after `max_elapsed` it is dropped
+//!   (`max_elapsed`). Batches may complete out of order.
 //! - Shutdown sends what is queued until the deadline; the rest is counted
 //!   as dropped (`shutdown`).
 
@@ -26,12 +31,13 @@ mod config;
 mod encode;
 mod retry;
 mod transport;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::{DropReason, ExportError, ExportMetrics, ExporterMetrics, OutputReport};
@@ -43,6 +49,7 @@ pub use config::{
 };
 pub use encode::{Encoder, SCOPE_NAME, encode_span};
 pub use retry::{Backoff, Verdict, classify_grpc, classify_http, parse_retry_after};
+pub use wire::WireEncoder;
 
 /// One OTLP endpoint: its bounded queue and the task that batches and sends.
 pub struct OtlpExporter {
@@ -69,15 +76,15 @@ impl OtlpExporter {
             protocol = ?settings.protocol,
             "OTLP exporter started"
         );
-        let worker = Worker {
-            encoder: Encoder::new(&settings.resource_attributes),
+        let max_queue = settings.batch.max_queue_size;
+        let sender = BatchSender {
+            encoder: WireEncoder::new(SCOPE_NAME, env!("CARGO_PKG_VERSION"), &settings.resource_attributes),
             transport,
             metrics: metrics.clone(),
-            rx,
             shutdown_rx,
             settings,
         };
-        let max_queue = worker.settings.batch.max_queue_size;
+        let worker = Worker { rx, sender: Arc::new(sender) };
         let task = runtime.spawn(worker.run());
         Ok(Self { tx, max_queue, accepted: AtomicU64::new(0), metrics, shutdown_at, task })
     }
@@ -115,21 +122,34 @@ impl OtlpExporter {
 }
 
 struct Worker {
+    rx: mpsc::Receiver<Arc<Span>>,
+    sender: Arc<BatchSender>,
+}
+
+/// What every in-flight export of one exporter shares.
+struct BatchSender {
     settings: OtlpSettings,
-    encoder: Encoder,
+    encoder: WireEncoder,
     transport: transport::Transport,
     metrics: ExporterMetrics,
-    rx: mpsc::Receiver<Arc<Span>>,
     shutdown_rx: watch::Receiver<Option<Instant>>,
 }
 
 impl Worker {
     async fn run(mut self) {
-        let max_batch = self.settings.batch.max_export_batch_size;
-        let mut batch: Vec<Arc<Span>> = Vec::with_capacity(max_batch);
-        while let Some(first) = self.rx.recv().await {
+        let batch_settings = self.sender.settings.batch;
+        let max_batch = batch_settings.max_export_batch_size;
+        let mut in_flight = JoinSet::new();
+        loop {
+            // Take spans off the queue only when a request slot is free, so
+            // what waits stays in the bounded queue (and overflow is counted).
+            while in_flight.len() >= batch_settings.max_concurrent_exports {
+                in_flight.join_next().await;
+            }
+            let Some(first) = self.rx.recv().await else { break };
+            let mut batch: Vec<Arc<Span>> = Vec::with_capacity(max_batch);
             batch.push(first);
-            let flush_at = Instant::now() + self.settings.batch.scheduled_delay;
+            let flush_at = Instant::now() + batch_settings.scheduled_delay;
             while batch.len() < max_batch {
                 match self.rx.try_recv() {
                     Ok(span) => {
@@ -147,29 +167,36 @@ impl Worker {
                     _ = tokio::time::sleep_until(flush_at) => break,
                 }
             }
-            self.metrics.set_queue_depth(self.rx.len());
-            self.export(&batch).await;
-            batch.clear();
-            if self.past_deadline() {
+            self.sender.metrics.set_queue_depth(self.rx.len());
+            let sender = Arc::clone(&self.sender);
+            in_flight.spawn(async move { sender.export(&batch).await });
+            if self.sender.past_deadline() {
                 // What is still queued is counted by `settle_at_shutdown`.
                 break;
             }
         }
+        // In-flight requests end by themselves (each is bounded by the
+        // shutdown deadline); if this task is aborted first, dropping the set
+        // aborts them and `settle_at_shutdown` counts their spans.
+        while in_flight.join_next().await.is_some() {}
     }
+}
 
+impl BatchSender {
     fn past_deadline(&self) -> bool {
         self.shutdown_rx.borrow().is_some_and(|d| Instant::now() >= d)
     }
 
     /// Sends one batch, retrying per the spec; every span ends counted.
-    async fn export(&mut self, batch: &[Arc<Span>]) {
+    async fn export(&self, batch: &[Arc<Span>]) {
         let n = batch.len() as u64;
-        let name = self.settings.name.clone();
-        let payload = self.transport.prepare(self.encoder.request(batch));
+        let name = &self.settings.name;
+        let payload = self.transport.prepare(self.encoder.encode(batch));
         let started = Instant::now();
         let mut backoff = Backoff::new(&self.settings.retry);
+        let mut shutdown_rx = self.shutdown_rx.clone();
         loop {
-            let deadline = *self.shutdown_rx.borrow();
+            let deadline = *shutdown_rx.borrow();
             let mut timeout = self.settings.timeout;
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
@@ -180,10 +207,10 @@ impl Worker {
                 timeout = timeout.min(left);
             }
             let t0 = Instant::now();
-            let mut shutdown_rx = self.shutdown_rx.clone();
+            let mut deadline_rx = self.shutdown_rx.clone();
             let attempt = tokio::select! {
                 attempt = self.transport.send(&payload, timeout) => attempt,
-                () = deadline_reached(&mut shutdown_rx) => {
+                () = deadline_reached(&mut deadline_rx) => {
                     self.metrics.dropped(DropReason::Shutdown, n);
                     return;
                 }
@@ -216,29 +243,29 @@ impl Worker {
                 return;
             }
             self.metrics.retried();
-            if !self.sleep_unless_shutdown(Instant::now() + delay).await {
+            if !sleep_unless_shutdown(&mut shutdown_rx, Instant::now() + delay).await {
                 self.metrics.dropped(DropReason::Shutdown, n);
                 return;
             }
         }
     }
+}
 
-    /// Sleeps until `wake`; false when the shutdown deadline comes first.
-    async fn sleep_unless_shutdown(&mut self, wake: Instant) -> bool {
-        loop {
-            if let Some(d) = *self.shutdown_rx.borrow()
-                && wake > d
-            {
-                return false;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => return true,
-                changed = self.shutdown_rx.changed() => {
-                    if changed.is_err() {
-                        // The handle is gone without a deadline: finish the wait.
-                        tokio::time::sleep_until(wake).await;
-                        return true;
-                    }
+/// Sleeps until `wake`; false when the shutdown deadline comes first.
+async fn sleep_unless_shutdown(shutdown_rx: &mut watch::Receiver<Option<Instant>>, wake: Instant) -> bool {
+    loop {
+        if let Some(d) = *shutdown_rx.borrow()
+            && wake > d
+        {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => return true,
+            changed = shutdown_rx.changed() => {
+                if changed.is_err() {
+                    // The handle is gone without a deadline: finish the wait.
+                    tokio::time::sleep_until(wake).await;
+                    return true;
                 }
             }
         }

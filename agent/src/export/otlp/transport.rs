@@ -7,17 +7,22 @@
 //! - Connection failures and timeouts are retryable; statuses are classified
 //!   by [`super::retry`]; a 2xx/OK response's partial success is reported.
 //! - An HTTP response body is read up to [`MAX_RESPONSE_BYTES`] only.
+//! - A request is protobuf-encoded once ([`Transport::prepare`]); retries
+//!   re-send the same bytes (gRPC through [`PreEncoded`], a codec that writes
+//!   them as the message, so nothing is re-built or deep-cloned).
 
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use tonic::codec::CompressionEncoding;
+use tonic::GrpcMethod;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_types::StatusExt;
@@ -33,10 +38,55 @@ fn user_agent() -> String {
     format!("kspan/{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// A request ready to send (encoded once, re-sent as-is on retries).
-pub enum Payload {
-    Grpc(ExportTraceServiceRequest),
-    Http(Bytes),
+/// gRPC service and method of an OTLP trace export (as in the official
+/// `trace_service.proto`).
+const GRPC_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+const GRPC_METHOD: &str = "Export";
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A request ready to send: the protobuf-encoded `ExportTraceServiceRequest`
+/// (gzipped for HTTP when configured; tonic compresses gRPC messages itself).
+/// Encoded once, re-sent as-is on retries.
+pub struct Payload(Bytes);
+
+/// gRPC codec of the Export call: the request is already encoded protobuf
+/// (written as the message as is), the response is decoded with prost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+    fn decoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable ExportTraceServiceResponse: {e}")))
+    }
 }
 
 /// Result of one attempt.
@@ -50,7 +100,7 @@ pub enum Attempt {
 }
 
 pub enum Transport {
-    Grpc { client: TraceServiceClient<Channel>, metadata: MetadataMap },
+    Grpc { client: Grpc<Channel>, metadata: MetadataMap },
     Http { client: reqwest::Client, url: reqwest::Url, headers: HeaderMap, gzip: bool },
 }
 
@@ -86,7 +136,7 @@ impl Transport {
             }
             endpoint = endpoint.tls_config(tls).map_err(err)?;
         }
-        let mut client = TraceServiceClient::new(endpoint.connect_lazy());
+        let mut client = Grpc::new(endpoint.connect_lazy());
         if s.compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
@@ -121,40 +171,30 @@ impl Transport {
 
     /// Encodes the request for this transport (gzip for HTTP when asked;
     /// tonic compresses gRPC messages itself).
-    pub fn prepare(&self, req: ExportTraceServiceRequest) -> Payload {
-        match self {
-            Transport::Grpc { .. } => Payload::Grpc(req),
-            Transport::Http { gzip, .. } => {
-                let raw = req.encode_to_vec();
-                if *gzip {
-                    let mut enc =
-                        flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
-                    // Writing into a Vec cannot fail.
-                    if enc.write_all(&raw).is_ok()
-                        && let Ok(gz) = enc.finish()
-                    {
-                        return Payload::Http(Bytes::from(gz));
-                    }
-                }
-                Payload::Http(Bytes::from(raw))
+    /// `raw` is an encoded `ExportTraceServiceRequest`.
+    pub fn prepare(&self, raw: Vec<u8>) -> Payload {
+        if let Transport::Http { gzip: true, .. } = self {
+            let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
+            // Writing into a Vec cannot fail.
+            if enc.write_all(&raw).is_ok()
+                && let Ok(gz) = enc.finish()
+            {
+                return Payload(Bytes::from(gz));
             }
         }
+        Payload(Bytes::from(raw))
     }
 
     /// One attempt, bounded by `timeout`.
     pub async fn send(&self, payload: &Payload, timeout: Duration) -> Attempt {
         let attempt = async {
-            match (self, payload) {
-                (Transport::Grpc { client, metadata }, Payload::Grpc(req)) => {
-                    send_grpc(client.clone(), metadata.clone(), req.clone(), timeout).await
+            match self {
+                Transport::Grpc { client, metadata } => {
+                    send_grpc(client.clone(), metadata.clone(), payload.0.clone(), timeout).await
                 }
-                (Transport::Http { client, url, headers, gzip }, Payload::Http(body)) => {
-                    send_http(client, url, headers, *gzip, body.clone(), timeout).await
+                Transport::Http { client, url, headers, gzip } => {
+                    send_http(client, url, headers, *gzip, payload.0.clone(), timeout).await
                 }
-                _ => Attempt::Failed {
-                    verdict: Verdict::Drop(crate::export::DropReason::NonRetryable),
-                    detail: "payload prepared for another transport".to_owned(),
-                },
             }
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -167,15 +207,17 @@ impl Transport {
     }
 }
 
-async fn send_grpc(
-    mut client: TraceServiceClient<Channel>,
-    metadata: MetadataMap,
-    req: ExportTraceServiceRequest,
-    timeout: Duration,
-) -> Attempt {
-    let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), req);
+/// One Export call, as the generated `TraceServiceClient::export` makes it
+/// but with the already-encoded request.
+async fn send_grpc(mut client: Grpc<Channel>, metadata: MetadataMap, body: Bytes, timeout: Duration) -> Attempt {
+    if let Err(e) = client.ready().await {
+        // Classified like the generated client reports it.
+        return grpc_failure(&tonic::Status::unknown(format!("Service was not ready: {}", error_chain(&e))));
+    }
+    let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), body);
     request.set_timeout(timeout);
-    match client.export(request).await {
+    request.extensions_mut().insert(GrpcMethod::new(GRPC_SERVICE, GRPC_METHOD));
+    match client.unary(request, PathAndQuery::from_static(GRPC_PATH), PreEncoded).await {
         Ok(resp) => accepted(resp.into_inner()),
         Err(status) => grpc_failure(&status),
     }
