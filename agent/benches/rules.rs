@@ -7,10 +7,6 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
-/// The agent binary's allocator (agent/src/main.rs), so the figures are the
-/// agent's: the firing path's cost is mostly its few allocations.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use kspan::rules::{RuleSet, spanjson};
 use kspan::sample::{SampleStats, Sampler, SamplingHints, TraceBuffer, consistent, decide};
 

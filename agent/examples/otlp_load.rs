@@ -14,10 +14,6 @@ use kspan::export::{DropReason, ExportMetrics, OtlpConfig, OtlpExporter};
 use kspan::span::model::{Attributes, ProcessResource, Span, SpanKind, SpanStatus};
 use kspan::telemetry::Telemetry;
 
-/// The agent binary's allocator, so the figures are the agent's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn cpu_seconds() -> f64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid out-pointer.

@@ -63,11 +63,6 @@ enum RulesCommand {
     },
 }
 
-/// mimalloc: spans are allocated on one tokio thread and freed on another;
-/// with glibc malloc about a third of the export stage's CPU went to malloc/free.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -121,8 +121,7 @@ fn knows_whether_the_other_end_of_a_loopback_connection_is_tracked() {
     let mut out = Vec::new();
     // Server side only (pid 2 accepted 127.0.0.1:80 <- 127.0.0.1:5000).
     t.on_open(&loopback(2, 7, 70, 80, 5000), &mut out);
-    let server_meta =
-        ConnMeta { local: "127.0.0.1:80".parse().ok(), peer: "127.0.0.1:5000".parse().ok(), tls: false };
+    let server_meta = ConnMeta { local: "127.0.0.1:80".parse().ok(), peer: "127.0.0.1:5000".parse().ok(), tls: false };
     assert!(!t.peer_traced(&server_meta), "the client is not traced");
     // The client (pid 1) is traced too.
     t.on_open(&loopback(1, 3, 30, 5000, 80), &mut out);
