@@ -191,11 +191,22 @@ fn redis_benchmark_pipelines_pair_every_command() {
     let spans = k.wait_spans(4000, WAIT, want);
     assert_eq!(spans.len(), 4000, "one span per pipelined command");
     assert!(spans.iter().all(|s| s["status"]["code"] != "error"));
-    let m = k.metrics();
-    let unmatched = m
-        .lines()
-        .find(|l| l.contains("protocol=\"redis\"") && l.contains("kind=\"unmatched_responses\""))
-        .unwrap_or("");
+    // Parse counters are published once a second: wait for the series.
+    let find = |m: &str| {
+        m.lines()
+            .find(|l| l.contains("protocol=\"redis\"") && l.contains("kind=\"unmatched_responses\""))
+            .map(str::to_owned)
+    };
+    let t = std::time::Instant::now();
+    let unmatched = loop {
+        match find(&k.metrics()) {
+            Some(l) => break l,
+            None if t.elapsed() < std::time::Duration::from_secs(5) => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            None => break String::new(),
+        }
+    };
     assert!(unmatched.ends_with(" 0"), "no mis-pairing: {unmatched}");
     assert!(k.stop());
 }

@@ -148,6 +148,16 @@ impl Agent {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+
+    /// Non-zero series of a metric, as `labels=value` (e.g. losses by reason).
+    fn metric_lines(&self, prefix: &str) -> String {
+        http_get(self.metrics_port, "/metrics")
+            .lines()
+            .filter(|l| l.starts_with(prefix) && !l.ends_with(" 0"))
+            .map(|l| l.trim_start_matches(prefix).to_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 impl Drop for Agent {
@@ -260,6 +270,7 @@ fn compare(name: &str, bin: &std::path::Path, agent_args: &[String], run: &dyn F
     std::thread::sleep(Duration::from_millis(1500));
     let spans = agent.metric_sum("kspan_spans_built_total");
     let lost = agent.metric_sum("kspan_kernel_lost_total");
+    let lost_why = agent.metric_lines("kspan_kernel_lost_total");
     drop(agent);
     let base2 = run()?;
     let base = (base1 + base2) / 2.0;
@@ -273,7 +284,7 @@ fn compare(name: &str, bin: &std::path::Path, agent_args: &[String], run: &dyn F
         load_rss_kib as f64 / 1024.0,
         rss_kib as f64 / 1024.0
     );
-    println!("spans built {spans:.0}, kernel lost events {lost:.0}");
+    println!("spans built {spans:.0}, kernel lost events {lost:.0} {lost_why}");
     Ok(())
 }
 

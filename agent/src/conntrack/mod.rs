@@ -59,6 +59,12 @@ pub struct ConnExchange {
     pub fd: u32,
     pub meta: ConnMeta,
     pub exchange: Exchange,
+    /// [`ConnTable::peer_traced`] when the exchange completed.
+    pub peer_traced: bool,
+    /// [`ConnTable::serves`] for the process when the exchange completed
+    /// (events of one batch are handled before its spans are built, so this
+    /// cannot be asked later).
+    pub serving: bool,
 }
 
 enum State {
@@ -84,6 +90,22 @@ pub struct ConnTable {
     scratch: Vec<Exchange>,
     /// (local, peer) of tracked connections whose peer is on this host.
     local_pairs: HashMap<(SocketAddr, SocketAddr), PairState>,
+    /// Open server-role connections per process (no entry: none).
+    serving: HashMap<u32, u32>,
+}
+
+fn count_server(serving: &mut HashMap<u32, u32>, tgid: u32, role: Option<Role>, up: bool) {
+    if role != Some(Role::Server) {
+        return;
+    }
+    if up {
+        *serving.entry(tgid).or_insert(0) += 1;
+    } else if let Some(n) = serving.get_mut(&tgid) {
+        *n -= 1;
+        if *n == 0 {
+            serving.remove(&tgid);
+        }
+    }
 }
 
 /// How long a closed connection's address pair is remembered: the span at
@@ -157,6 +179,7 @@ impl ConnTable {
             parse: Default::default(),
             scratch: Vec::new(),
             local_pairs: HashMap::new(),
+            serving: HashMap::new(),
         }
     }
 
@@ -181,7 +204,9 @@ impl ConnTable {
         self.stats.opened += 1;
         if let Some(old) = self.conns.get(&key) {
             unindex(&mut self.local_pairs, &old.meta, ts);
+            count_server(&mut self.serving, key.0, old.role, false);
         }
+        count_server(&mut self.serving, key.0, role, true);
         if let Some(k) = local_pair(&meta) {
             if self.local_pairs.len() >= 2 * self.limits.max_connections {
                 // Bounded: closed pairs go first (only linking precision suffers).
@@ -265,6 +290,9 @@ impl ConnTable {
                     return;
                 }
                 Verdict::Detected(proto, role) => {
+                    if conn.role.is_none() {
+                        count_server(&mut self.serving, key.0, Some(role), true);
+                    }
                     let role = conn.role.unwrap_or(role);
                     conn.role = Some(role);
                     let mut parser = new_parser(proto, role);
@@ -278,18 +306,26 @@ impl ConnTable {
             },
         }
         let meta = conn.meta;
-        out.extend(scratch.drain(..).map(|exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange }));
+        if scratch.is_empty() {
+            return;
+        }
+        let (peer_traced, serving) = (self.peer_traced(&meta), self.serves(key.0));
+        let tagged = |exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange, peer_traced, serving };
+        out.extend(self.scratch.drain(..).map(tagged));
     }
 
     fn close_key(&mut self, key: (u32, u32), ts: u64, out: &mut Vec<ConnExchange>) {
         let Some(mut conn) = self.conns.remove(&key) else { return };
+        let (peer_traced, serving) = (self.peer_traced(&conn.meta), self.serves(key.0));
         unindex(&mut self.local_pairs, &conn.meta, ts);
+        count_server(&mut self.serving, key.0, conn.role, false);
         self.stats.closed += 1;
         if let State::Parsing(p, parser) = &mut conn.state {
             let mut v = Vec::new();
             parser.close(ts, &mut v, &mut self.parse[proto_index(*p)]);
             let meta = conn.meta;
-            out.extend(v.into_iter().map(|exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange }));
+            let tagged = |exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange, peer_traced, serving };
+            out.extend(v.into_iter().map(tagged));
         }
     }
 
@@ -301,6 +337,12 @@ impl ConnTable {
             (Some(local), Some(peer)) => self.local_pairs.contains_key(&(peer, local)),
             _ => false,
         }
+    }
+
+    /// Whether process `tgid` has an open server-role connection, i.e. may
+    /// be serving a request its client calls could be nested in.
+    pub fn serves(&self, tgid: u32) -> bool {
+        self.serving.contains_key(&tgid)
     }
 
     /// A socket was closed.
@@ -324,10 +366,12 @@ impl ConnTable {
         let limit = self.limits.idle_timeout_ns;
         let before = self.conns.len();
         let pairs = &mut self.local_pairs;
-        self.conns.retain(|_, c| {
+        let serving = &mut self.serving;
+        self.conns.retain(|k, c| {
             let keep = now_ns.saturating_sub(c.last_ts) < limit;
             if !keep {
                 unindex(pairs, &c.meta, c.last_ts);
+                count_server(serving, k.0, c.role, false);
             }
             keep
         });

@@ -230,3 +230,24 @@ fn postgres_sslrequest_then_tls_startup_still_names_the_database() {
     assert_eq!(d.attributes.get_str("db.namespace"), Some("shop"));
     assert_eq!(d.attributes.get_str("db.operation.name"), Some("SELECT"));
 }
+
+#[test]
+fn knows_which_processes_serve() {
+    let mut t = ConnTable::new(limits(16));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 30), &mut out);
+    assert!(t.serves(1), "an accepted connection");
+    t.on_open(&ConnEvent { role: kspan_common::ROLE_CLIENT, ..open(2, 3, 31) }, &mut out);
+    assert!(!t.serves(2), "a client connection only");
+    t.on_open(&open(1, 4, 32), &mut out);
+    t.on_close(1, 3, 30, 5, &mut out);
+    assert!(t.serves(1), "one server connection left");
+    t.on_exit(1, 6, &mut out);
+    assert!(!t.serves(1));
+    // A socket found by its first bytes takes the role detection gives it.
+    let req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+    t.on_data(&data(3, 5, 33, 7, req), req, &mut out);
+    assert!(t.serves(3), "a request read: the process serves");
+    t.sweep(10_000);
+    assert!(!t.serves(3), "swept");
+}

@@ -156,8 +156,9 @@ impl Pipeline {
                 self.counters.spans_built += 1;
                 match &mut self.linker {
                     Some(l) => {
-                        let peer_traced = self.conns.peer_traced(&cx.meta);
-                        l.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced }, now, &mut ready)
+                        let (peer_traced, serving) = (cx.peer_traced, cx.serving);
+                        let input = LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving };
+                        l.push(input, now, &mut ready)
                     }
                     None => ready.push(span),
                 }

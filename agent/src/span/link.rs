@@ -71,6 +71,10 @@ pub struct LinkInput {
     /// process on this host: only then can a span at that end appear to be
     /// linked with (so only then is this span held for it).
     pub peer_traced: bool,
+    /// The process has an open server connection (it may be serving a
+    /// request); a client span of a process that serves nothing cannot be
+    /// nested and leaves at once.
+    pub serving: bool,
 }
 
 /// A connection as (client end, server end).
@@ -206,16 +210,26 @@ impl Linker {
     /// Takes one span; spans whose trace is final are appended to `out`.
     /// `now` is monotonic time (ns), used only for deadlines.
     pub fn push(&mut self, input: LinkInput, now: u64, out: &mut Vec<Span>) {
-        let LinkInput { span, pid, meta, peer_traced } = input;
+        let LinkInput { span, pid, meta, peer_traced, serving } = input;
         match span.kind {
-            SpanKind::Client => self.push_client(span, pid, &meta, peer_traced, now, out),
+            SpanKind::Client => self.push_client(span, pid, &meta, peer_traced, serving, now, out),
             SpanKind::Server => self.push_server(span, pid, &meta, peer_traced, now, out),
         }
         self.enforce_total_cap(out);
         self.stats.held = self.held_spans as u64;
     }
 
-    fn push_client(&mut self, span: Span, pid: u32, meta: &ConnMeta, peer_traced: bool, now: u64, out: &mut Vec<Span>) {
+    #[allow(clippy::too_many_arguments)]
+    fn push_client(
+        &mut self,
+        span: Span,
+        pid: u32,
+        meta: &ConnMeta,
+        peer_traced: bool,
+        serving: bool,
+        now: u64,
+        out: &mut Vec<Span>,
+    ) {
         let joined = !span.is_root();
         let key = if peer_traced { client_key(meta) } else { None };
         let id = self.new_id();
@@ -233,9 +247,10 @@ impl Linker {
             note_keys.push(k);
             self.add_note(k, &span, Target::Held(id), now);
         }
-        if joined || self.multiplexed.contains(&pid) {
+        if joined || !serving || self.multiplexed.contains(&pid) {
             // The app's own context wins: the span leaves now, as built.
-            // (In an event loop, nothing says which request it serves.)
+            // (In an event loop, nothing says which request it serves; a
+            // process with no server connection serves no request.)
             self.emit(id, span, deps, &note_keys, out);
             return;
         }

@@ -47,7 +47,7 @@ fn remote() -> ConnMeta {
 }
 
 fn input(span: Span, pid: u32, meta: ConnMeta) -> LinkInput {
-    LinkInput { span, pid, meta, peer_traced: true }
+    LinkInput { span, pid, meta, peer_traced: true, serving: true }
 }
 
 fn find(out: &[Span], n: u8) -> &Span {
@@ -278,7 +278,7 @@ fn a_server_span_whose_client_is_not_traced_leaves_at_once() {
     let mut out = Vec::new();
     let m = meta("127.0.0.1:9090", "127.0.0.1:41000");
     l.push(
-        LinkInput { span: span(SpanKind::Server, 3, 9, 30, 80), pid: B, meta: m, peer_traced: false },
+        LinkInput { span: span(SpanKind::Server, 3, 9, 30, 80), pid: B, meta: m, peer_traced: false, serving: true },
         1000,
         &mut out,
     );
@@ -287,10 +287,21 @@ fn a_server_span_whose_client_is_not_traced_leaves_at_once() {
     // And a client span to an untraced local server is not noted for linking.
     let c = span(SpanKind::Client, 4, 9, 100, 120);
     let cm = meta("127.0.0.1:41001", "127.0.0.1:9091");
-    l.push(LinkInput { span: c, pid: A, meta: cm, peer_traced: false }, 1000, &mut out);
+    l.push(LinkInput { span: c, pid: A, meta: cm, peer_traced: false, serving: true }, 1000, &mut out);
     l.tick(1000 + 500 * MS, &mut out);
     assert_eq!(out.len(), 2);
     assert_eq!(l.stats.cross_process, 0);
+}
+
+#[test]
+fn a_client_of_a_process_that_serves_nothing_leaves_at_once() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    let c = span(SpanKind::Client, 2, 7, 20, 30);
+    l.push(LinkInput { span: c, pid: A, meta: remote(), peer_traced: false, serving: false }, 0, &mut out);
+    assert_eq!(out.len(), 1, "nothing it could be nested in");
+    assert!(out[0].is_root());
+    assert_eq!(l.held(), 0);
 }
 
 #[test]
