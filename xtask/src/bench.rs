@@ -64,13 +64,17 @@ fn proc_usage(pid: u32) -> (u64, u64) {
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     let ticks = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks, status_kib(pid, "VmHWM:"))
+}
+
+/// A KiB field of /proc/PID/status (`VmRSS:`, `VmHWM:`); 0 if unreadable.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks, hwm)
+        .unwrap_or(0)
 }
 
 /// Samples a process's resident memory every 100 ms until stopped; the
@@ -88,13 +92,7 @@ impl RssSampler {
         let thread = std::thread::spawn(move || {
             let mut max = 0;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                let rss = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0);
-                max = max.max(rss);
+                max = max.max(status_kib(pid, "VmRSS:"));
                 std::thread::sleep(Duration::from_millis(100));
             }
             max

@@ -237,22 +237,11 @@ impl Capture {
         prog.attach(symbol, path, UProbeScope::AllProcesses).map_err(|e| TlsAttachError::Attach {
             path: path.display().to_string(),
             symbol,
-            reason: error_chain(&e),
+            // aya wraps the useful part (e.g. the errno) in a source.
+            reason: crate::telemetry::error_chain(&e),
         })?;
         Ok(())
     }
-}
-
-/// An error and its sources on one line (aya wraps the useful part).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Discovers TLS libraries and attaches them; driven by the capture thread.

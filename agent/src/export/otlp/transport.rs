@@ -11,6 +11,7 @@
 //!   re-send the same bytes (gRPC through [`PreEncoded`], a codec that writes
 //!   them as the message, so nothing is re-built or deep-cloned).
 
+use crate::telemetry::error_chain;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -288,18 +289,6 @@ fn accepted(resp: ExportTraceServiceResponse) -> Attempt {
         .map(|p| (u64::try_from(p.rejected_spans).unwrap_or(0), p.error_message))
         .unwrap_or_default();
     Attempt::Accepted { rejected, message }
-}
-
-/// `err: cause: cause` (reqwest's Display hides the root cause).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
