@@ -140,7 +140,15 @@ fn one_trace_across_a_its_databases_and_b() {
     assert_ne!(id(&t.a_server, "trace_id"), tid);
     assert_eq!(id(&t.a_server, "parent_span_id"), "");
     assert_one_trace(&t);
-    let m = k.metrics();
+    // Counters are published once a second: wait until this request's are.
+    let t = std::time::Instant::now();
+    let mut m = k.metrics();
+    while !(m.contains("kspan_bad_traceparent_total 1") && m.contains("kspan_links_total{kind=\"cross_process\"}"))
+        && t.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        m = k.metrics();
+    }
     let bad: f64 = m
         .lines()
         .find_map(|l| l.strip_prefix("kspan_bad_traceparent_total "))
