@@ -87,7 +87,10 @@ pub const DATA_TLS: u32 = 2;
 pub struct DataHeader {
     pub kind: u32,
     pub flags: u32,
-    /// Kernel monotonic time (ns) when the syscall returned.
+    /// Kernel monotonic time (ns): when the call was entered for bytes sent
+    /// (`DATA_EGRESS`), when it returned for bytes received. Bytes cannot be
+    /// received before the send that carries them started, so a client's
+    /// request and response times always enclose its callee's.
     pub ts_ns: u64,
     pub tgid: u32,
     pub tid: u32,

@@ -155,7 +155,7 @@ pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight,
         (*scratch).hdr = DataHeader {
             kind: EventKind::Data as u32,
             flags,
-            ts_ns: bpf_ktime_get_ns(),
+            ts_ns: if flags & DATA_EGRESS != 0 && inf.enter_ns != 0 { inf.enter_ns } else { bpf_ktime_get_ns() },
             tgid,
             tid,
             fd: inf.fd,
@@ -190,7 +190,9 @@ fn enter_data(ctx: &TracePointContext, op: u32, fd: u64, buf: u64, iovcnt: u64) 
     if tls::claim_syscall(id, fd as u32, &st) || st.ignored != 0 {
         return Ok(0);
     }
-    let inf = Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id };
+    // SAFETY: helper without preconditions.
+    let enter_ns = unsafe { bpf_ktime_get_ns() };
+    let inf = Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id, enter_ns };
     if INFLIGHT.insert(&id, &inf, 0).is_err() {
         count(counter::INFLIGHT_FULL);
     }
@@ -264,7 +266,7 @@ fn recover_inflight(ctx: &TracePointContext, id: u64) -> Option<Inflight> {
     if st.ignored != 0 {
         return None;
     }
-    Some(Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id })
+    Some(Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id, enter_ns: 0 })
 }
 
 fn exit_data(ctx: &TracePointContext) -> Res {
@@ -395,7 +397,7 @@ fn try_enter_connect(ctx: &TracePointContext) -> Res {
     if !is_traced(cfg, (id >> 32) as u32) {
         return Ok(0);
     }
-    let inf = Inflight { op: OP_CONNECT, fd: arg(ctx, 0) as u32, buf: 0, iovcnt: 0, sock_id: 0 };
+    let inf = Inflight { op: OP_CONNECT, fd: arg(ctx, 0) as u32, buf: 0, iovcnt: 0, sock_id: 0, enter_ns: 0 };
     if INFLIGHT.insert(&id, &inf, 0).is_err() {
         count(counter::INFLIGHT_FULL);
     }

@@ -68,6 +68,8 @@ pub struct Inflight {
     /// Number of iovecs for vectored calls.
     pub iovcnt: u64,
     pub sock_id: u64,
+    /// Monotonic time (ns) the syscall was entered; 0 when not seen.
+    pub enter_ns: u64,
 }
 
 /// A data event under construction: header, then payload.
@@ -98,6 +100,8 @@ pub struct TlsCall {
     /// `DATA_EGRESS` for writes, 0 for reads.
     pub flags: u32,
     pub _pad: u32,
+    /// Monotonic time (ns) the call was entered.
+    pub enter_ns: u64,
 }
 
 /// Key of [`TLS_SOCKS`]: SSL pointers are only unique within a process.

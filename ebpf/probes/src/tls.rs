@@ -53,7 +53,9 @@ fn enter(ctx: &ProbeContext, flags: u32, ex: bool) -> Res {
     let ssl: u64 = ctx.arg(0).ok_or(0u32)?;
     let buf: u64 = ctx.arg(1).ok_or(0u32)?;
     let out: u64 = if ex { ctx.arg(3).ok_or(0u32)? } else { 0 };
-    let call = TlsCall { ssl, buf, out, flags, _pad: 0 };
+    // SAFETY: helper without preconditions.
+    let enter_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let call = TlsCall { ssl, buf, out, flags, _pad: 0, enter_ns };
     if TLS_CALLS.insert(&id, &call, 0).is_err() {
         count(counter::TLS_CALLS_FULL);
     }
@@ -94,7 +96,7 @@ fn exit(ctx: &RetProbeContext) -> Res {
     if sock.ignored != 0 {
         return Ok(0);
     }
-    let inf = Inflight { op: 0, fd: sock.fd, buf: call.buf, iovcnt: 0, sock_id: sock.sock_id };
+    let inf = Inflight { op: 0, fd: sock.fd, buf: call.buf, iovcnt: 0, sock_id: sock.sock_id, enter_ns: call.enter_ns };
     emit_data(cfg, tgid, tid, &inf, call.flags | DATA_TLS, call.buf, moved);
     Ok(0)
 }
