@@ -79,6 +79,10 @@ const ATTACH: &[(&str, &str, &str)] = &[
     ("sched", "sched_process_fork", "kspan_sched_fork"),
 ];
 
+/// sys_enter programs of receive calls: only needed when arguments cannot be
+/// read at exit.
+const RECEIVE_ENTERS: &[&str] = &["kspan_enter_read", "kspan_enter_recvfrom", "kspan_enter_readv", "kspan_enter_recvmsg"];
+
 /// Names of the kernel counters, indexed like `kspan_common::counter`.
 pub const COUNTER_NAMES: [&str; counter::COUNT as usize] = [
     "ringbuf_full_data",
@@ -165,7 +169,13 @@ impl Capture {
         let traced = HashMap::try_from(take(&mut ebpf, "TRACED")?).map_err(map_err("TRACED"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
 
+        // With the syscall arguments readable from the saved registers at
+        // exit, receive calls need no sys_enter program (see the eBPF side).
+        let args_at_exit = offsets.regs_arg0 != u32::MAX;
         for (category, name, program) in ATTACH {
+            if args_at_exit && RECEIVE_ENTERS.contains(program) {
+                continue;
+            }
             let perr = |reason: String| CaptureError::Program { program: (*program).to_owned(), reason };
             let prog: &mut TracePoint = ebpf
                 .program_mut(program)

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -33,8 +33,9 @@ pub const MAX_TRACED_PROCS: u32 = 65_536;
 pub const MAX_SOCKETS: u32 = 262_144;
 /// Entries in the per-thread in-flight syscall map.
 pub const MAX_INFLIGHT: u32 = 65_536;
-/// Threads remembered as having entered a syscall since attach.
-pub const MAX_SEEN_THREADS: u32 = 65_536;
+/// Slots of the per-thread send-entry times (indexed by tid modulo this;
+/// a power of two).
+pub const ENTER_TIME_SLOTS: u32 = 16_384;
 /// Entries in the port filter map.
 pub const MAX_PORTS: u32 = 1_024;
 /// Threads remembered as being inside an OpenSSL read/write call.

@@ -27,10 +27,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, ProcEvent,
+    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, ENTER_TIME_SLOTS, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, ProcEvent,
     ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter, sock_key,
 };
-use maps::{CONFIG, EVENTS, INFLIGHT, Inflight, PORTS, SCRATCH, SEEN, SOCKS, TRACED, count};
+use maps::{CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, SCRATCH, SOCKS, TRACED, count};
 
 const OP_READ: u32 = 1;
 const OP_WRITE: u32 = 2;
@@ -174,22 +174,67 @@ pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight,
     }
 }
 
-fn enter_data(ctx: &TracePointContext, op: u32, fd: u64, buf: u64, iovcnt: u64) -> Res {
+/// How a data syscall passes its buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `(fd, buf, len)`.
+    Buf,
+    /// `(fd, iov, iovcnt)`.
+    Iov,
+    /// `(fd, msghdr, flags)`: iovecs inside the `struct user_msghdr`.
+    Msg,
+}
+
+/// (buffer or iovec array, iovec count) from a call's second and third arguments.
+#[inline(always)]
+fn buffers(shape: Shape, a1: u64, a2: u64) -> (u64, u64) {
+    match shape {
+        Shape::Buf => (a1, 0),
+        Shape::Iov => (a1, a2),
+        // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+        // SAFETY: reads of the caller's msghdr from user memory.
+        Shape::Msg => unsafe {
+            (
+                aya_ebpf::helpers::bpf_probe_read_user((a1 + 16) as *const u64).unwrap_or(0),
+                aya_ebpf::helpers::bpf_probe_read_user((a1 + 24) as *const u64).unwrap_or(0),
+            )
+        },
+    }
+}
+
+/// Syscall arguments can be read from the saved user registers at exit
+/// (x86_64 with BTF): then only send calls have a sys_enter program, and it
+/// only notes the time.
+#[inline(always)]
+fn args_at_exit(cfg: &KernelConfig) -> bool {
+    cfg.offsets.regs_arg0 != u32::MAX
+}
+
+fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if !is_traced(cfg, tgid) || fd > i32::MAX as u64 {
+    if !is_traced(cfg, tgid) {
         return Ok(0);
     }
-    let _ = ctx;
-    // SAFETY: read-only lookup.
-    if unsafe { SEEN.get(&tid).is_none() } {
-        let _ = SEEN.insert(&tid, &1, 0);
+    if args_at_exit(cfg) {
+        // Bytes sent are stamped when the call was entered (see DataHeader).
+        if let Some(slot) = ENTER_TIME.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1)) {
+            // SAFETY: a map value; a racing thread with the same slot only
+            // makes the exit fall back to its own time (tid check).
+            unsafe { *slot = EnterTime { tid, _pad: 0, ns: bpf_ktime_get_ns() } };
+        }
+        return Ok(0);
+    }
+    let fd = arg(ctx, 0);
+    if fd > i32::MAX as u64 {
+        return Ok(0);
     }
     let st = socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false).ok_or(0u32)?;
     if tls::claim_syscall(id, fd as u32, &st) || st.ignored != 0 {
         return Ok(0);
     }
+    let (buf, iovcnt) = buffers(shape, arg(ctx, 1), arg(ctx, 2));
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
     let inf = Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id, enter_ns };
@@ -207,36 +252,33 @@ struct Iovec {
     len: u64,
 }
 
-/// x86_64 syscall numbers of the data syscalls, for [`recover_inflight`].
-fn op_of_syscall(nr: i32) -> Option<u32> {
+/// x86_64 syscall numbers of the data syscalls.
+fn op_of_syscall(nr: i32) -> Option<(u32, Shape)> {
     Some(match nr {
-        0 | 45 => OP_READ,   // read, recvfrom
-        1 | 44 => OP_WRITE,  // write, sendto
-        19 | 47 => OP_READV, // readv, recvmsg (iovecs via msghdr)
-        20 | 46 => OP_WRITEV,
+        0 => (OP_READ, Shape::Buf),
+        45 => (OP_READ, Shape::Buf), // recvfrom
+        1 => (OP_WRITE, Shape::Buf),
+        44 => (OP_WRITE, Shape::Buf), // sendto
+        19 => (OP_READV, Shape::Iov),
+        20 => (OP_WRITEV, Shape::Iov),
+        47 => (OP_READV, Shape::Msg), // recvmsg
+        46 => (OP_WRITEV, Shape::Msg), // sendmsg
         _ => return None,
     })
 }
 
-/// A data syscall that returned but whose sys_enter kspan never saw: it was
-/// blocked when kspan attached (e.g. a server thread waiting in read() on an
-/// idle keep-alive connection). Recover its arguments from the saved user
-/// registers, once per thread.
-fn recover_inflight(ctx: &TracePointContext, id: u64) -> Option<Inflight> {
-    let cfg = config()?;
+/// A data syscall's arguments, read at its exit from the saved user
+/// registers (x86_64 keeps rdi/rsi/rdx across a syscall); `None` when the
+/// fd is not a traced socket or the bytes belong to an OpenSSL call.
+fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Option<Inflight> {
     let o = &cfg.offsets;
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if o.regs_arg0 == u32::MAX || !is_traced(cfg, tgid) {
+    if !is_traced(cfg, tgid) {
         return None;
     }
-    // SAFETY: read-only lookup.
-    if unsafe { SEEN.get(&tid).is_some() } {
-        return None;
-    }
-    let _ = SEEN.insert(&tid, &1, 0);
     // SAFETY: __syscall_nr is at offset 8 of every sys_exit record.
     let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.ok()?;
-    let op = op_of_syscall(nr)?;
+    let (op, shape) = op_of_syscall(nr)?;
     // SAFETY: helpers allowed in tracing programs; reads go through probe_read.
     let (fd, a1, a2) = unsafe {
         let regs =
@@ -248,43 +290,47 @@ fn recover_inflight(ctx: &TracePointContext, id: u64) -> Option<Inflight> {
         let rd = |off: u32| aya_ebpf::helpers::bpf_probe_read_kernel((regs + off as u64) as *const u64).ok();
         (rd(o.regs_arg0)?, rd(o.regs_arg1)?, rd(o.regs_arg2)?)
     };
-    let (buf, iovcnt) = if nr == 47 || nr == 46 {
-        // SAFETY: the caller's msghdr in user memory.
-        unsafe {
-            (
-                aya_ebpf::helpers::bpf_probe_read_user((a1 + 16) as *const u64).ok()?,
-                aya_ebpf::helpers::bpf_probe_read_user((a1 + 24) as *const u64).ok()?,
-            )
-        }
-    } else {
-        (a1, a2)
-    };
     if fd > i32::MAX as u64 {
         return None;
     }
+    let mut enter_ns = 0;
+    if op == OP_WRITE || op == OP_WRITEV {
+        if let Some(slot) = ENTER_TIME.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1)) {
+            // SAFETY: a map value (see enter_data).
+            unsafe {
+                if (*slot).tid == tid {
+                    enter_ns = (*slot).ns;
+                    (*slot).ns = 0;
+                }
+            }
+        }
+    }
     let st = socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false)?;
-    if st.ignored != 0 {
+    if tls::claim_syscall(id, fd as u32, &st) || st.ignored != 0 {
         return None;
     }
-    Some(Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id, enter_ns: 0 })
+    let (buf, iovcnt) = buffers(shape, a1, a2);
+    Some(Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id, enter_ns })
 }
 
 fn exit_data(ctx: &TracePointContext) -> Res {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: value copied out before removal.
-    let inf = match unsafe { INFLIGHT.get(&id) } {
-        Some(i) => *i,
-        None => match recover_inflight(ctx, id) {
-            Some(i) => i,
-            None => return Ok(0),
-        },
-    };
-    let _ = INFLIGHT.remove(&id);
     let r = ret(ctx);
-    if r <= 0 {
-        return Ok(0);
-    }
     let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let inf = if args_at_exit(cfg) {
+        if r <= 0 {
+            return Ok(0);
+        }
+        inflight_at_exit(ctx, cfg, id).ok_or(0u32)?
+    } else {
+        // SAFETY: value copied out before removal.
+        let inf = unsafe { INFLIGHT.get(&id) }.copied().ok_or(0u32)?;
+        let _ = INFLIGHT.remove(&id);
+        if r <= 0 {
+            return Ok(0);
+        }
+        inf
+    };
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let total = r as u64;
     match inf.op {
@@ -318,31 +364,10 @@ fn exit_data(ctx: &TracePointContext) -> Res {
 }
 
 macro_rules! data_enter {
-    ($name:ident, $op:expr, buf) => {
+    ($name:ident, $op:expr, $shape:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            match enter_data(&ctx, $op, arg(&ctx, 0), arg(&ctx, 1), 0) {
-                Ok(r) | Err(r) => r,
-            }
-        }
-    };
-    ($name:ident, $op:expr, iov) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            match enter_data(&ctx, $op, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2)) {
-                Ok(r) | Err(r) => r,
-            }
-        }
-    };
-    ($name:ident, $op:expr, msg) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-            let msg = arg(&ctx, 1);
-            // SAFETY: reads of the caller's msghdr from user memory.
-            let iov = unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
-            let cnt = unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
-            match enter_data(&ctx, $op, arg(&ctx, 0), iov, cnt) {
+            match enter_data(&ctx, $op, $shape) {
                 Ok(r) | Err(r) => r,
             }
         }
@@ -360,14 +385,14 @@ macro_rules! data_exit {
     };
 }
 
-data_enter!(kspan_enter_read, OP_READ, buf);
-data_enter!(kspan_enter_recvfrom, OP_READ, buf);
-data_enter!(kspan_enter_write, OP_WRITE, buf);
-data_enter!(kspan_enter_sendto, OP_WRITE, buf);
-data_enter!(kspan_enter_readv, OP_READV, iov);
-data_enter!(kspan_enter_writev, OP_WRITEV, iov);
-data_enter!(kspan_enter_recvmsg, OP_READV, msg);
-data_enter!(kspan_enter_sendmsg, OP_WRITEV, msg);
+data_enter!(kspan_enter_read, OP_READ, Shape::Buf);
+data_enter!(kspan_enter_recvfrom, OP_READ, Shape::Buf);
+data_enter!(kspan_enter_write, OP_WRITE, Shape::Buf);
+data_enter!(kspan_enter_sendto, OP_WRITE, Shape::Buf);
+data_enter!(kspan_enter_readv, OP_READV, Shape::Iov);
+data_enter!(kspan_enter_writev, OP_WRITEV, Shape::Iov);
+data_enter!(kspan_enter_recvmsg, OP_READV, Shape::Msg);
+data_enter!(kspan_enter_sendmsg, OP_WRITEV, Shape::Msg);
 data_exit!(kspan_exit_data);
 
 fn try_exit_accept(ctx: &TracePointContext) -> Res {

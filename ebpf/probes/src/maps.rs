@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
-    KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, MAX_SEEN_THREADS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS,
+    KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, ENTER_TIME_SLOTS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS,
     MAX_TRACED_PROCS, SockState, counter,
 };
 
@@ -30,10 +30,12 @@ pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(MAX_
 #[map]
 pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
 
-/// Threads (tid) that entered a data syscall since attach: a sys_exit with no
-/// in-flight entry on a thread NOT in here was blocked before kspan attached.
+/// When a thread of a selected process entered its current send call, in
+/// slot `tid % ENTER_TIME_SLOTS` (the exit checks the tid and clears it).
+/// Used when syscall arguments are read from the saved registers at exit,
+/// so no sys_enter program runs for receive calls at all.
 #[map]
-pub static SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_SEEN_THREADS, 0);
+pub static ENTER_TIME: Array<EnterTime> = Array::with_max_entries(ENTER_TIME_SLOTS, 0);
 
 /// OpenSSL read/write calls in flight, by pid_tgid, between uprobe and uretprobe.
 #[map]
@@ -70,6 +72,16 @@ pub struct Inflight {
     pub sock_id: u64,
     /// Monotonic time (ns) the syscall was entered; 0 when not seen.
     pub enter_ns: u64,
+}
+
+/// One slot of [`ENTER_TIME`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnterTime {
+    pub tid: u32,
+    pub _pad: u32,
+    /// Monotonic ns; 0 when the slot is free.
+    pub ns: u64,
 }
 
 /// A data event under construction: header, then payload.
