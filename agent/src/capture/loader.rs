@@ -81,7 +81,8 @@ const ATTACH: &[(&str, &str, &str)] = &[
 
 /// sys_enter programs of receive calls: only needed when arguments cannot be
 /// read at exit.
-const RECEIVE_ENTERS: &[&str] = &["kspan_enter_read", "kspan_enter_recvfrom", "kspan_enter_readv", "kspan_enter_recvmsg"];
+const RECEIVE_ENTERS: &[&str] =
+    &["kspan_enter_read", "kspan_enter_recvfrom", "kspan_enter_readv", "kspan_enter_recvmsg"];
 
 /// Names of the kernel counters, indexed like `kspan_common::counter`.
 pub const COUNTER_NAMES: [&str; counter::COUNT as usize] = [

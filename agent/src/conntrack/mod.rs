@@ -17,7 +17,7 @@
 //!   handshake's ciphertext did to it) and socket-level data on it is ignored
 //!   from then on; its exchanges carry `ConnMeta::tls`.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use kspan_common::{ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, ROLE_CLIENT, ROLE_SERVER};

@@ -94,7 +94,7 @@ pub struct ProcessTable {
     service_names: HashMap<String, String>,
     extra: Attributes,
     pods: Option<PodStore>,
-    cache: HashMap<u32, Entry>,
+    cache: foldhash::HashMap<u32, Entry>,
     max: usize,
     pub evicted: u64,
     /// Cached resources rebuilt because their pod metadata changed or arrived.
@@ -103,7 +103,16 @@ pub struct ProcessTable {
 
 impl ProcessTable {
     pub fn new(host: HostInfo, service_names: HashMap<String, String>, extra: Attributes, max: usize) -> Self {
-        Self { host, service_names, extra, pods: None, cache: HashMap::new(), max, evicted: 0, refreshed: 0 }
+        Self {
+            host,
+            service_names,
+            extra,
+            pods: None,
+            cache: foldhash::HashMap::default(),
+            max,
+            evicted: 0,
+            refreshed: 0,
+        }
     }
 
     /// Adds Kubernetes pod metadata from `pods`.

@@ -17,7 +17,7 @@ pub mod redis;
 #[cfg(test)]
 pub mod testutil;
 
-use crate::span::model::{Attributes, SpanStatus};
+use crate::span::model::{Attributes, SpanStatus, Text};
 
 /// Which way bytes moved, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -206,6 +206,26 @@ pub enum Detection {
     NeedMore,
     /// This protocol, and the traced process has this role.
     Yes(Role),
+}
+
+/// The text of an IP address, from a small per-thread cache: a capture
+/// thread sees few distinct addresses, and formatting one costs more than
+/// building the rest of an attribute.
+pub fn ip_text(ip: std::net::IpAddr) -> Text {
+    use std::cell::RefCell;
+    const SLOTS: usize = 8;
+    thread_local! {
+        static CACHE: RefCell<(usize, [Option<(std::net::IpAddr, Text)>; SLOTS])> = RefCell::new((0, Default::default()));
+    }
+    CACHE.with_borrow_mut(|(next, slots)| {
+        if let Some((_, t)) = slots.iter().flatten().find(|(a, _)| *a == ip) {
+            return t.clone();
+        }
+        let t = compact_str::ToCompactString::to_compact_string(&ip);
+        slots[*next % SLOTS] = Some((ip, t.clone()));
+        *next = next.wrapping_add(1);
+        t
+    })
 }
 
 /// Addresses of a connection, from the traced process's point of view.

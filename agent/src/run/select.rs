@@ -8,7 +8,7 @@
 //! the pod decision is re-made when the pod store changes. The kernel map
 //! keeps the process-level decision only.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use regex::Regex;
 

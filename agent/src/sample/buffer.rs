@@ -16,7 +16,9 @@
 //! - Spans a rule dropped are never held; every span is counted once.
 //! - Time is injected: every call takes `now_ns` (monotonic).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -19,7 +19,9 @@
 //!   tick). Spans forced out by a cap or a deadline leave unlinked and are
 //!   counted. No span is ever lost: [`Linker::flush`] releases everything.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::SocketAddr;
 
 use super::model::{Span, SpanKind};

@@ -65,11 +65,11 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
         Role::Server => conn.local,
     };
     if let Some(addr) = server {
-        attributes.set("server.address", addr.ip().to_string());
+        attributes.set("server.address", crate::protocol::ip_text(addr.ip()));
         attributes.set("server.port", i64::from(addr.port()));
     }
     if let Some(addr) = conn.peer {
-        attributes.set("network.peer.address", addr.ip().to_string());
+        attributes.set("network.peer.address", crate::protocol::ip_text(addr.ip()));
         attributes.set("network.peer.port", i64::from(addr.port()));
     }
     let mut status = SpanStatus::default();

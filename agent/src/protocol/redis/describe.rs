@@ -29,11 +29,11 @@ pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privac
         Role::Server => conn.local,
     };
     if let Some(s) = server {
-        a.set("server.address", s.ip().to_string());
+        a.set("server.address", crate::protocol::ip_text(s.ip()));
         a.set("server.port", i64::from(s.port()));
     }
     if let Some(p) = conn.peer {
-        a.set("network.peer.address", p.ip().to_string());
+        a.set("network.peer.address", crate::protocol::ip_text(p.ip()));
         a.set("network.peer.port", i64::from(p.port()));
     }
     if r.in_transaction {
