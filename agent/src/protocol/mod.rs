@@ -214,8 +214,10 @@ pub enum Detection {
 pub fn ip_text(ip: std::net::IpAddr) -> Text {
     use std::cell::RefCell;
     const SLOTS: usize = 8;
+    /// (next slot to replace, slots).
+    type Cache = (usize, [Option<(std::net::IpAddr, Text)>; SLOTS]);
     thread_local! {
-        static CACHE: RefCell<(usize, [Option<(std::net::IpAddr, Text)>; SLOTS])> = RefCell::new((0, Default::default()));
+        static CACHE: RefCell<Cache> = RefCell::new((0, Default::default()));
     }
     CACHE.with_borrow_mut(|(next, slots)| {
         if let Some((_, t)) = slots.iter().flatten().find(|(a, _)| *a == ip) {
