@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::RuleOutcome;
-use super::matcher::lookup;
+use super::matcher::{VIEW_KEYS, key_bit, lookup};
 use super::privacy::{self, REDACTED, REQUEST_HEADER_PREFIX};
 use super::schema::{ActionsSpec, ExtractSpec, Source, Template, TemplatePart};
 use crate::span::model::{AttrValue, Span};
@@ -91,6 +91,9 @@ pub(crate) struct Actions {
     replace: Vec<Cow<'static, str>>,
     pub sample: Option<SampleSetting>,
     pub drop: bool,
+    /// [`key_bit`]s of the keys these actions may add, or `None` when they
+    /// may change or remove a key the rule view caches (see [`Actions::added_keys`]).
+    added_keys: Option<u64>,
 }
 
 impl Actions {
@@ -98,7 +101,7 @@ impl Actions {
     pub fn compile(spec: ActionsSpec, sample: Option<SampleSetting>) -> Actions {
         let extract = spec.extract.unwrap_or_default().into_iter().map(compile_extract).collect();
         let redact = spec.redact.unwrap_or_default();
-        Actions {
+        let mut actions = Actions {
             set: spec.set.map(|m| m.0.into_iter().map(|(k, v)| (attr_key(k.0), v.0)).collect()).unwrap_or_default(),
             extract,
             rename: spec.rename,
@@ -107,7 +110,33 @@ impl Actions {
             replace: redact.replace.into_iter().map(attr_key).collect(),
             sample,
             drop: spec.drop.unwrap_or(false),
+            added_keys: None,
+        };
+        actions.added_keys = actions.view_effect();
+        actions
+    }
+
+    /// What running these actions can change in a rule view ([`super::matcher::View`])
+    /// of the span: `Some(bits)` when they only add keys (with these
+    /// [`key_bit`]s), replace values outside [`VIEW_KEYS`] or rename the span,
+    /// so the view's facts stay valid; `None` when the view must be rebuilt.
+    pub fn added_keys(&self) -> Option<u64> {
+        self.added_keys
+    }
+
+    fn view_effect(&self) -> Option<u64> {
+        let written = self.set.iter().map(|(k, _)| k).chain(self.extract.iter().map(|e| &e.to)).chain(&self.replace);
+        let mut keys = 0;
+        for k in written {
+            if VIEW_KEYS.contains(&k.as_ref()) {
+                return None;
+            }
+            keys |= key_bit(k);
         }
+        if self.critical {
+            keys |= key_bit(CRITICAL_ATTR);
+        }
+        self.remove.is_empty().then_some(keys)
     }
 
     /// Applies the actions to `span`, recording sampling effects in `out`.

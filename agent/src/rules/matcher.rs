@@ -8,22 +8,63 @@
 use super::pattern::{DurationCmp, StatusMatch, StrMatch};
 use super::privacy::{self, REQUEST_HEADER_PREFIX};
 use super::schema::{CondSpec, ProtoMask};
-use crate::span::model::{AttrValue, Span, SpanKind};
+use crate::span::model::{AttrValue, Attributes, Span, SpanKind};
 
-/// The well-known fields of a span, looked up once.
-pub struct View<'a> {
-    pub span: &'a Span,
-    pub proto: ProtoMask,
-    method: Option<&'a str>,
-    path: Option<&'a str>,
-    route: Option<&'a str>,
+/// Attribute keys whose values [`View`] reads once per span. An action that
+/// writes or removes one of them makes the next rule see a fresh view
+/// ([`View::new`]); other writes only extend [`Facts::keys`].
+pub const VIEW_KEYS: [&str; 10] = [
+    "http.request.method",
+    "url.path",
+    "http.route",
+    "http.response.status_code",
+    "db.system.name",
+    "db.operation.name",
+    "db.collection.name",
+    "db.namespace",
+    "url.query",
+    "db.redis.key",
+];
+
+/// Where a well-known value was found: an index into the span's
+/// attributes, private attributes or resource attributes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum At {
+    #[default]
+    Absent,
+    Attr(u32),
+    Private(u32),
+    Resource(u32),
+}
+
+impl At {
+    fn str(self, span: &Span) -> Option<&str> {
+        let (attrs, i) = match self {
+            At::Absent => return None,
+            At::Attr(i) => (&span.attributes, i),
+            At::Private(i) => (&span.private, i),
+            At::Resource(i) => (&span.resource.attributes, i),
+        };
+        attrs.0.get(i as usize).and_then(|(_, v)| v.as_str())
+    }
+}
+
+/// What [`View::new`] derived from a span, without borrowing it: kept
+/// across actions that leave [`VIEW_KEYS`] alone (they may append other
+/// keys or change the name, which leave these indices valid).
+#[derive(Clone, Copy, Debug)]
+pub struct Facts {
+    proto: ProtoMask,
+    method: At,
+    path: At,
+    route: At,
+    db_op: At,
+    db_table: At,
+    db_name: At,
+    service: At,
+    query: At,
+    redis_key: At,
     status: Option<i64>,
-    db_op: Option<&'a str>,
-    db_table: Option<&'a str>,
-    db_name: Option<&'a str>,
-    service: Option<&'a str>,
-    query: Option<&'a str>,
-    redis_key: Option<&'a str>,
     error: bool,
     /// [`Prefix::head`] of `route.or(path)` and of `path`.
     route_head: u64,
@@ -32,6 +73,30 @@ pub struct View<'a> {
     op_bit: u64,
     /// Bloom filter ([`key_bit`]) of every attribute key on the span.
     keys: u64,
+}
+
+impl Facts {
+    /// The facts after actions appended keys with these [`key_bit`]s and
+    /// changed nothing in [`VIEW_KEYS`].
+    pub fn with_keys(self, keys: u64) -> Facts {
+        Facts { keys: self.keys | keys, ..self }
+    }
+}
+
+/// The well-known fields of a span, looked up once.
+pub struct View<'a> {
+    pub span: &'a Span,
+    pub proto: ProtoMask,
+    facts: Facts,
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    route: Option<&'a str>,
+    db_op: Option<&'a str>,
+    db_table: Option<&'a str>,
+    db_name: Option<&'a str>,
+    service: Option<&'a str>,
+    query: Option<&'a str>,
+    redis_key: Option<&'a str>,
 }
 
 /// One of 64 bits for a word, ignoring ASCII case (FNV-1a).
@@ -52,61 +117,119 @@ pub fn key_bit(k: &str) -> u64 {
     1 << (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
 
+/// The first `key` in `attrs`: its value's text and where it is.
+fn find<'a>(attrs: &'a Attributes, key: &str, at: fn(u32) -> At) -> (Option<&'a str>, At) {
+    match attrs.0.iter().position(|(k, _)| k == key) {
+        Some(i) => (attrs.0.get(i).and_then(|(_, v)| v.as_str()), at(i as u32)),
+        None => (None, At::Absent),
+    }
+}
+
 impl<'a> View<'a> {
     pub fn new(span: &'a Span) -> View<'a> {
+        let (service, service_at) = find(&span.resource.attributes, "service.name", At::Resource);
+        let (query, query_at) = find(&span.private, "url.query", At::Private);
+        let (redis_key, redis_key_at) = find(&span.private, "db.redis.key", At::Private);
         let mut v = View {
             span,
             proto: ProtoMask::OTHER,
+            facts: Facts {
+                proto: ProtoMask::OTHER,
+                method: At::Absent,
+                path: At::Absent,
+                route: At::Absent,
+                db_op: At::Absent,
+                db_table: At::Absent,
+                db_name: At::Absent,
+                service: service_at,
+                query: query_at,
+                redis_key: redis_key_at,
+                status: None,
+                error: false,
+                route_head: 0,
+                path_head: 0,
+                op_bit: 0,
+                keys: 0,
+            },
             method: None,
             path: None,
             route: None,
-            status: None,
             db_op: None,
             db_table: None,
             db_name: None,
-            service: span.resource.attributes.get_str("service.name"),
-            query: span.private.get_str("url.query"),
-            redis_key: span.private.get_str("db.redis.key"),
-            error: false,
-            route_head: 0,
-            path_head: 0,
-            op_bit: 0,
-            keys: 0,
+            service,
+            query,
+            redis_key,
         };
+        let f = &mut v.facts;
         for (k, _) in span.private.iter().chain(span.resource.attributes.iter()) {
-            v.keys |= key_bit(k);
+            f.keys |= key_bit(k);
         }
         let mut db_system = None;
-        for (k, val) in span.attributes.iter() {
-            v.keys |= key_bit(k);
+        for (i, (k, val)) in span.attributes.iter().enumerate() {
+            f.keys |= key_bit(k);
             if !matches!(k.as_bytes().first(), Some(b'h' | b'u' | b'd')) {
                 continue;
             }
-            match k {
-                "http.request.method" => v.method = val.as_str(),
-                "url.path" => v.path = val.as_str(),
-                "http.route" => v.route = val.as_str(),
-                "http.response.status_code" => v.status = val.as_i64(),
-                "db.system.name" => db_system = val.as_str(),
-                "db.operation.name" => v.db_op = val.as_str(),
-                "db.collection.name" => v.db_table = val.as_str(),
-                "db.namespace" => v.db_name = val.as_str(),
-                "url.query" if v.query.is_none() => v.query = val.as_str(),
-                "db.redis.key" if v.redis_key.is_none() => v.redis_key = val.as_str(),
-                _ => {}
-            }
+            let at = At::Attr(i as u32);
+            let (field, slot) = match k {
+                "http.request.method" => (&mut v.method, &mut f.method),
+                "url.path" => (&mut v.path, &mut f.path),
+                "http.route" => (&mut v.route, &mut f.route),
+                "http.response.status_code" => {
+                    f.status = val.as_i64();
+                    continue;
+                }
+                "db.system.name" => {
+                    db_system = val.as_str();
+                    continue;
+                }
+                "db.operation.name" => (&mut v.db_op, &mut f.db_op),
+                "db.collection.name" => (&mut v.db_table, &mut f.db_table),
+                "db.namespace" => (&mut v.db_name, &mut f.db_name),
+                "url.query" if v.query.is_none() => (&mut v.query, &mut f.query),
+                "db.redis.key" if v.redis_key.is_none() => (&mut v.redis_key, &mut f.redis_key),
+                _ => continue,
+            };
+            *field = val.as_str();
+            *slot = at;
         }
-        v.proto = match db_system {
+        f.proto = match db_system {
             Some("postgresql") => ProtoMask::POSTGRES,
             Some("redis") => ProtoMask::REDIS,
             _ if v.method.is_some() => ProtoMask::HTTP,
             _ => ProtoMask::OTHER,
         };
-        v.error = crate::sample::is_error(span);
-        v.op_bit = v.method.or(v.db_op).map_or(0, word_bit);
-        v.route_head = v.route.or(v.path).map_or(0, Prefix::head);
-        v.path_head = v.path.map_or(0, Prefix::head);
+        v.proto = f.proto;
+        f.error = crate::sample::is_error(span);
+        f.op_bit = v.method.or(v.db_op).map_or(0, word_bit);
+        f.route_head = v.route.or(v.path).map_or(0, Prefix::head);
+        f.path_head = v.path.map_or(0, Prefix::head);
         v
+    }
+
+    /// The view of `span` from facts taken from an earlier view of it (see
+    /// [`Facts`] for when they still hold).
+    pub fn with_facts(span: &'a Span, f: Facts) -> View<'a> {
+        View {
+            span,
+            proto: f.proto,
+            facts: f,
+            method: f.method.str(span),
+            path: f.path.str(span),
+            route: f.route.str(span),
+            db_op: f.db_op.str(span),
+            db_table: f.db_table.str(span),
+            db_name: f.db_name.str(span),
+            service: f.service.str(span),
+            query: f.query.str(span),
+            redis_key: f.redis_key.str(span),
+        }
+    }
+
+    /// What this view derived, to rebuild it after actions ([`View::with_facts`]).
+    pub fn facts(&self) -> Facts {
+        self.facts
     }
 
     /// Bucket index of the span's protocol (0 http, 1 pg, 2 redis, 3 other).
@@ -198,23 +321,23 @@ impl Quick {
     /// False only when the rule cannot match the span.
     pub fn admits(&self, v: &View<'_>) -> bool {
         if self.kind.is_some_and(|k| k != v.span.kind)
-            || (self.ops != 0 && self.ops & v.op_bit == 0)
-            || self.keys & !v.keys != 0
+            || (self.ops != 0 && self.ops & v.facts.op_bit == 0)
+            || self.keys & !v.facts.keys != 0
         {
             return false;
         }
         if let Some((lo, hi)) = self.status
-            && !v.status.is_some_and(|s| (lo..=hi).contains(&s))
+            && !v.facts.status.is_some_and(|s| (lo..=hi).contains(&s))
         {
             return false;
         }
         if let Some(p) = &self.route_prefix
-            && !v.route.or(v.path).is_some_and(|r| p.admits(r, v.route_head))
+            && !v.route.or(v.path).is_some_and(|r| p.admits(r, v.facts.route_head))
         {
             return false;
         }
         if let Some(p) = &self.path_prefix
-            && !v.path.is_some_and(|r| p.admits(r, v.path_head))
+            && !v.path.is_some_and(|r| p.admits(r, v.facts.path_head))
         {
             return false;
         }
@@ -339,9 +462,9 @@ impl Cond {
             Cond::Not(c) => !c.eval(v),
             Cond::Protocol(p) => p.contains(v.proto),
             Cond::Kind(k) => v.span.kind == *k,
-            Cond::Error(e) => v.error == *e,
+            Cond::Error(e) => v.facts.error == *e,
             Cond::Duration(d) => d.matches(v.span.duration_ns()),
-            Cond::Status(s) => s.matches(v.status),
+            Cond::Status(s) => s.matches(v.facts.status),
             Cond::Service(m) => m.matches(v.service),
             Cond::Name(m) => m.matches(Some(&v.span.name)),
             Cond::Method(m) => m.matches(v.method),

@@ -184,10 +184,10 @@ impl RuleSet {
     /// Runs the rules over `span` in order, changing it in place.
     pub fn apply(&self, span: &mut Span) -> RuleOutcome {
         let mut out = RuleOutcome::default();
-        let (bucket, mut hit) = {
+        let (bucket, mut facts, mut hit) = {
             let view = View::new(span);
             let bucket = self.buckets.get(view.bucket()).map_or(&[][..], Vec::as_slice);
-            (bucket, self.next_match(bucket, 0, &view))
+            (bucket, view.facts(), self.next_match(bucket, 0, &view))
         };
         while let Some(k) = hit {
             let Some(rule) = bucket.get(k).and_then(|c| self.rules.get(c.rule as usize)) else {
@@ -202,8 +202,15 @@ impl RuleSet {
             if k + 1 >= bucket.len() {
                 break;
             }
-            // The actions may have changed what later rules see.
-            hit = self.next_match(bucket, k + 1, &View::new(span));
+            // The actions may have changed what later rules see: a fresh
+            // view when they touched what it caches, else the same facts
+            // with the keys they may have added.
+            let view = match rule.actions.added_keys() {
+                Some(keys) => View::with_facts(span, facts.with_keys(keys)),
+                None => View::new(span),
+            };
+            facts = view.facts();
+            hit = self.next_match(bucket, k + 1, &view);
         }
         out
     }

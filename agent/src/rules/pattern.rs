@@ -26,12 +26,16 @@ pub fn build_regex(pattern: &str, case_insensitive: bool) -> Result<regex::Regex
 
 /// A glob: `*` matches within one `/`-separated segment, `**` across
 /// segments, `?` one character, `[abc]` a class, `{a,b}` alternatives.
-/// Literal prefix and suffix are checked before the regex runs.
+/// Literal prefix and suffix are checked before the regex runs; a
+/// case-sensitive glob with a single `*` (`/api/*/checkout`) never runs it.
 #[derive(Clone, Debug)]
 pub struct Glob {
     source: Box<str>,
     prefix: Box<str>,
     suffix: Box<str>,
+    /// The pattern is `prefix*suffix` (one `*`, no other syntax): a match
+    /// is the prefix and suffix around text without `/`.
+    one_star: bool,
     re: regex::bytes::Regex,
 }
 
@@ -57,10 +61,19 @@ impl Glob {
         } else {
             (pattern[..literal_end].to_owned(), pattern[literal_start..].to_owned())
         };
-        Ok(Glob { source: pattern.into(), prefix: prefix.into(), suffix: suffix.into(), re })
+        let one_star = !case_insensitive
+            && pattern.matches(|c| GLOB_META.contains(&c) || c == '\\').eq(["*"])
+            && prefix.len() + 1 + suffix.len() == pattern.len();
+        Ok(Glob { source: pattern.into(), prefix: prefix.into(), suffix: suffix.into(), one_star, re })
     }
 
     pub fn is_match(&self, v: &str) -> bool {
+        if self.one_star {
+            return v
+                .strip_prefix(&*self.prefix)
+                .and_then(|rest| rest.strip_suffix(&*self.suffix))
+                .is_some_and(|star| !star.contains('/'));
+        }
         v.starts_with(&*self.prefix) && v.ends_with(&*self.suffix) && self.re.is_match(v.as_bytes())
     }
 
@@ -547,6 +560,22 @@ mod tests {
         assert!(alt.matches(Some("/b/x")));
         let key = m("\"session:*\"");
         assert!(key.matches(Some("session:abc:def")));
+    }
+
+    #[test]
+    fn single_star_shortcut_agrees_with_the_glob_regex() {
+        let values = ["", "/", "/api//checkout", "/api/v1/checkout", "/api/v1/x/checkout", "/api/checkout", "a", "aa"];
+        for (pattern, shortcut) in
+            [("/api/*/checkout", true), ("*", true), ("a*a", true), ("*.css", true), ("/a/**", false), ("a\\*", false)]
+        {
+            let fast = Glob::new(pattern, false).unwrap();
+            assert_eq!(fast.one_star, shortcut, "{pattern}");
+            let slow = Glob { one_star: false, ..fast.clone() };
+            for v in values {
+                assert_eq!(fast.is_match(v), slow.is_match(v), "{pattern} on {v:?}");
+            }
+        }
+        assert!(!Glob::new("/api/*", true).unwrap().one_star, "case-insensitive globs keep the regex");
     }
 
     #[test]

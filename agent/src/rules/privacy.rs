@@ -103,6 +103,12 @@ const SENSITIVE_REQUEST_KEYS: [(&str, &str); 4] = [
 /// Whether `value` would export a credential header of `span`: it contains a
 /// raw sensitive header value, or the credential after the scheme word.
 pub fn leaks_credential(span: &Span, value: &str) -> bool {
+    // Most spans carry none of those headers: one pass over the keys (most
+    // fail the prefix test) settles it before the per-header lookups.
+    let sensitive = |k: &str| k.strip_prefix(REQUEST_HEADER_PREFIX).is_some_and(|h| SENSITIVE_HEADERS.contains(&h));
+    if !span.private.iter().chain(span.attributes.iter()).any(|(k, _)| sensitive(k)) {
+        return false;
+    }
     SENSITIVE_REQUEST_KEYS.iter().any(|(h, key)| {
         let Some(raw) = request_header(span, key).map(str::trim).filter(|r| !r.is_empty()) else {
             return false;

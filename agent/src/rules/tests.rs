@@ -55,6 +55,32 @@ rules:
 }
 
 #[test]
+fn later_rules_see_cached_fields_rewritten_removed_or_shifted_by_earlier_rules() {
+    let rs = set("
+rules:
+  - id: route
+    match: {http: {path: /orders/7}}
+    actions: {set: {http.route: '/orders/{id}', extra: x}}
+  - id: by-route
+    match: {http: {route: '/orders/\\{id\\}', method: GET}}
+    actions: {set: {seen.route: true}, critical: true, rename: 'r ${http.route}'}
+  - id: by-new-keys
+    match: {name: {equals: 'r /orders/{id}'}, attributes: {seen.route: 'true', business.critical: 'true', extra: x}}
+    actions: {redact: {remove: [extra]}, set: {status.seen: true}}
+  - id: status-after-shift
+    match: {http: {status: 2xx, path: /orders/7}, attributes: {status.seen: 'true', extra: {exists: false}}}
+    actions: {set: {http.response.status_code: 503}}
+  - id: sees-error
+    match: {error: true, http: {status: 5xx}}
+");
+    let mut s = http("GET", "/x");
+    s.attributes.0.insert(0, ("extra".into(), AttrValue::from("x")));
+    s.attributes.set("url.path", "/orders/7");
+    let o = rs.apply(&mut s);
+    assert_eq!(ids(&o), ["route", "by-route", "by-new-keys", "status-after-shift", "sees-error"]);
+}
+
+#[test]
 fn stop_and_drop_end_processing() {
     let rs = set("
 rules:
