@@ -46,6 +46,11 @@ pub struct CaptureSection {
     pub wakeup_bytes: u32,
     /// The agent drains the ring buffer at least this often (ms).
     pub drain_interval_ms: u64,
+    /// Nice value of the capture thread (-20..=19). Below 0 it is scheduled
+    /// ahead of the traced processes' threads when events are pending, so a
+    /// host whose cores are all busy does not overflow the ring buffer
+    /// (needs CAP_SYS_NICE; without it the thread keeps nice 0 and says so).
+    pub capture_thread_nice: i32,
     /// Tracked connections at most.
     pub max_connections: usize,
     /// Connections without traffic for this long are forgotten (s).
@@ -75,6 +80,7 @@ impl Default for CaptureSection {
             ring_buffer_bytes: 8 << 20,
             wakeup_bytes: 256 << 10,
             drain_interval_ms: 10,
+            capture_thread_nice: -5,
             max_connections: 65_536,
             idle_timeout_secs: 600,
             max_processes: 16_384,
@@ -243,6 +249,9 @@ impl Config {
         }
         if !c.ring_buffer_bytes.is_power_of_two() || c.ring_buffer_bytes < 4096 {
             return bad(format!("capture.ring_buffer_bytes = {}: must be a power of two >= 4096", c.ring_buffer_bytes));
+        }
+        if !(-20..=19).contains(&c.capture_thread_nice) {
+            return bad(format!("capture.capture_thread_nice = {}: must be between -20 and 19", c.capture_thread_nice));
         }
         if c.max_connections == 0 || c.span_queue == 0 || c.max_processes == 0 {
             return bad("capture.max_connections, span_queue and max_processes must be > 0".into());

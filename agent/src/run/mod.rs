@@ -225,9 +225,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut pmetrics = metrics::PipelineMetrics::register(&telemetry);
     let thread_stop = stop.clone();
+    let nice = config.capture.capture_thread_nice;
     let capture_thread = std::thread::Builder::new()
         .name("kspan-capture".into())
-        .spawn(move || pipeline.run(thread_stop, |c| pmetrics.publish(c)))
+        .spawn(move || {
+            set_thread_nice(nice);
+            pipeline.run(thread_stop, |c| pmetrics.publish(c))
+        })
         .map_err(|e| RunError::Thread(e.to_string()))?;
     telemetry.set_ready(true);
     tracing::info!("kspan is running");
@@ -275,5 +279,21 @@ fn release_free_heap() {
     // SAFETY: malloc_trim only releases free memory of the allocator.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Gives the calling thread nice value `nice` (Linux: per thread).
+fn set_thread_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on the calling thread.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if r != 0 {
+        tracing::warn!(
+            "capture thread keeps nice 0 (capture_thread_nice = {nice}: {}); on a host whose cores are all busy, \
+             events may be lost (kspan_kernel_lost_total); grant CAP_SYS_NICE or set capture_thread_nice: 0",
+            std::io::Error::last_os_error()
+        );
     }
 }
