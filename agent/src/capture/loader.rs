@@ -212,9 +212,11 @@ impl Capture {
         out
     }
 
-    /// Waits up to `timeout` for a wake-up, then hands every pending record to
-    /// `f`. Returns the number of records.
-    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<usize, CaptureError> {
+    /// Waits up to `timeout` for a wake-up, then hands pending records to `f`
+    /// until the ring is empty or `f` returns false (the rest stays in the
+    /// ring for the next call, which then does not wait). Returns the number
+    /// of records.
+    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&[u8]) -> bool) -> Result<usize, CaptureError> {
         let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
         let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
@@ -226,8 +228,10 @@ impl Capture {
         }
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            f(&item);
             n += 1;
+            if !f(&item) {
+                break;
+            }
         }
         Ok(n)
     }

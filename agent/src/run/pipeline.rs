@@ -1,7 +1,9 @@
 //! The capture thread: drains the ring buffer and runs conntrack, protocol
 //! parsing and span building synchronously (no allocation per event beyond
 //! what parsers keep), handing finished spans to the async side through a
-//! bounded queue, one batch per drain cycle (full: dropped and counted).
+//! bounded queue, one batch per drain cycle (full: dropped and counted). A
+//! cycle takes at most [`MAX_EXCHANGES_PER_CYCLE`] exchanges' worth of
+//! records; the rest waits in the ring buffer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +22,15 @@ use crate::protocol::Protocol;
 use crate::span::builder::{Clock, SpanBuilder};
 use crate::span::link::{LinkInput, Linker};
 use crate::span::model::Span;
+
+/// Exchanges collected per drain cycle before spans are built and handed
+/// on. Without this bound a cycle drained the ring until it was empty: when
+/// the agent falls behind (redis-benchmark -P 16) the kernel keeps refilling
+/// it, and one cycle held hundreds of thousands of exchanges and spans
+/// (RSS above 200 MiB) only for the span queue to drop most of them. Records
+/// left in the ring wait for the next cycle; if the kernel runs out of room
+/// it drops and counts them (`kspan_kernel_lost_total`).
+pub const MAX_EXCHANGES_PER_CYCLE: usize = 1024;
 
 /// Everything the capture thread owns.
 pub struct Pipeline {
@@ -120,9 +131,11 @@ impl Pipeline {
         while !stop.load(Ordering::Relaxed) {
             let interval = self.drain_interval;
             let Self { capture, selector, conns, procs, counters, .. } = &mut self;
-            if let Err(e) =
-                capture.poll(interval, |b| handle(b, selector, conns, procs, counters, &mut out, &mut changes))
-            {
+            let drain = |b: &[u8]| {
+                handle(b, selector, conns, procs, counters, &mut out, &mut changes);
+                out.len() < MAX_EXCHANGES_PER_CYCLE
+            };
+            if let Err(e) = capture.poll(interval, drain) {
                 tracing::error!("{e}");
                 std::thread::sleep(self.drain_interval);
             }

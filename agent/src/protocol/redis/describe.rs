@@ -10,48 +10,65 @@
 //! Non-standard attribute: `db.redis.transaction = true` (exported) marks a
 //! command queued between MULTI and EXEC, whose span ends at `+QUEUED`.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+
+use compact_str::ToCompactString as _;
 
 use super::{Arg, RedisExchange};
 use crate::protocol::{ConnMeta, Described, Privacy, Role};
-use crate::span::model::{Attributes, SpanStatus};
+use crate::span::model::{AttrValue, Attributes, SpanStatus, Text};
+
+/// Most exported attributes a Redis span has (sizes the vector once).
+const MAX_ATTRS: usize = 11;
+
+/// Appends an attribute; every key below is set at most once, so the
+/// replace-if-present search of [`Attributes::set`] is not needed.
+fn put(a: &mut Attributes, key: &'static str, value: impl Into<AttrValue>) {
+    a.0.push((Cow::Borrowed(key), value.into()));
+}
 
 /// Semantic-convention name, attributes and status of an exchange.
+///
+/// Runs once per command: texts are built as [`Text`] (inline up to 24
+/// bytes: database index, addresses, `GET user:42`), so a typical command
+/// allocates only the attribute vectors and the span name.
 pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
     let op = if r.command.is_empty() { "redis" } else { r.command.as_str() };
-    let mut a = Attributes::new();
-    a.set("db.system.name", "redis");
-    a.set("db.operation.name", op);
-    a.set("db.namespace", r.db.to_string());
-    a.set("db.query.text", query_text(r, op, privacy.redis_values));
+    let mut a = Attributes(Vec::with_capacity(MAX_ATTRS));
+    put(&mut a, "db.system.name", "redis");
+    put(&mut a, "db.operation.name", op);
+    put(&mut a, "db.namespace", r.db.to_compact_string());
+    put(&mut a, "db.query.text", query_text(r, op, privacy.redis_values));
     let server = match role {
         Role::Client => conn.peer,
         Role::Server => conn.local,
     };
     if let Some(s) = server {
-        a.set("server.address", crate::protocol::ip_text(s.ip()));
-        a.set("server.port", i64::from(s.port()));
+        put(&mut a, "server.address", crate::protocol::ip_text(s.ip()));
+        put(&mut a, "server.port", i64::from(s.port()));
     }
     if let Some(p) = conn.peer {
-        a.set("network.peer.address", crate::protocol::ip_text(p.ip()));
-        a.set("network.peer.port", i64::from(p.port()));
+        put(&mut a, "network.peer.address", crate::protocol::ip_text(p.ip()));
+        put(&mut a, "network.peer.port", i64::from(p.port()));
     }
     if r.in_transaction {
-        a.set("db.redis.transaction", true);
+        put(&mut a, "db.redis.transaction", true);
     }
     let mut status = SpanStatus::default();
     if r.reply.is_error() {
         let msg = r.error.as_deref().unwrap_or_default();
         if let Some(code) = error_prefix(msg) {
-            a.set("db.response.status_code", code);
+            put(&mut a, "db.response.status_code", code);
         }
         status = SpanStatus::error(msg);
     }
-    let mut private = Attributes::new();
+    let mut private = Attributes(Vec::with_capacity(2));
     if let Some(k) = r.key() {
-        private.set("db.redis.key", arg_text(k));
+        let mut text = Text::default();
+        push_arg(&mut text, k);
+        put(&mut private, "db.redis.key", text);
     }
-    private.set("db.redis.args", i64::from(r.arg_count));
+    put(&mut private, "db.redis.args", i64::from(r.arg_count));
     Described { name: op.to_owned(), attributes: a, private, status, traceparent: None, tracestate: None }
 }
 
@@ -63,23 +80,28 @@ fn error_prefix(msg: &str) -> Option<&str> {
     code.then_some(word)
 }
 
-fn arg_text(a: Arg<'_>) -> String {
-    let mut s = String::from_utf8_lossy(a.bytes).into_owned();
+/// Appends an argument as text (invalid UTF-8 replaced), `...` when cut.
+fn push_arg(s: &mut Text, a: Arg<'_>) {
+    for piece in a.bytes.utf8_chunks() {
+        s.push_str(piece.valid());
+        if !piece.invalid().is_empty() {
+            s.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
     if a.truncated {
         s.push_str("...");
     }
-    s
 }
 
 /// `GET user:42` by default; with values, the command word and every kept
 /// argument (` ...` marks arguments not kept).
-fn query_text(r: &RedisExchange, op: &str, values: bool) -> String {
-    let mut s = String::new();
+fn query_text(r: &RedisExchange, op: &str, values: bool) -> Text {
+    let mut s = Text::default();
     if values {
         s.push_str(op.split(' ').next().unwrap_or(op));
         for a in r.args.iter() {
             s.push(' ');
-            s.push_str(&arg_text(a));
+            push_arg(&mut s, a);
         }
         if (r.args.len() as u64) < u64::from(r.arg_count) {
             s.push_str(" ...");
@@ -88,7 +110,8 @@ fn query_text(r: &RedisExchange, op: &str, values: bool) -> String {
     }
     s.push_str(op);
     if let Some(k) = r.key() {
-        let _ = write!(s, " {}", arg_text(k));
+        s.push(' ');
+        push_arg(&mut s, k);
     }
     s
 }

@@ -72,7 +72,7 @@ impl<const CAP: usize> LineBuf<CAP> {
     /// the buffer is reset).
     pub fn take<'a>(&'a mut self, data: &'a [u8], pos: &mut usize, max: usize) -> LineStep<'a> {
         let rest = data.get(*pos..).unwrap_or(&[]);
-        let Some(nl) = memchr::memchr(b'\n', rest) else {
+        let Some(nl) = find_newline(rest) else {
             self.append(rest);
             *pos = data.len();
             if self.total > max + 1 {
@@ -107,6 +107,20 @@ impl<const CAP: usize> LineBuf<CAP> {
     }
 }
 
+/// Bytes searched with a plain loop before handing over to `memchr`: RESP
+/// lines are mostly a few bytes (`+OK`, `$3`, `:1`), where the call costs
+/// more than the search.
+const SHORT_SCAN: usize = 16;
+
+fn find_newline(rest: &[u8]) -> Option<usize> {
+    let head = rest.get(..SHORT_SCAN).unwrap_or(rest);
+    if let Some(i) = head.iter().position(|&b| b == b'\n') {
+        return Some(i);
+    }
+    let tail = rest.get(SHORT_SCAN..)?;
+    memchr::memchr(b'\n', tail).map(|i| i + SHORT_SCAN)
+}
+
 /// Checks bytes of the `\r\n` that ends a bulk payload, where `left` bytes of
 /// it (2 or 1) were still expected; returns how many are still expected after
 /// `tail`, or an error if a byte is not the expected one.
@@ -119,6 +133,23 @@ pub(super) fn bulk_crlf(tail: &[u8], mut left: u64) -> Result<u64, RespError> {
         left -= 1;
     }
     Ok(left)
+}
+
+/// Fast path for a complete `<digits>\r\n` at `data[pos..]` (the common
+/// case): the value and the bytes used. Anything else (a sign, a split line,
+/// junk) returns None and takes the general path.
+#[inline]
+pub(super) fn quick_len(data: &[u8], pos: usize) -> Option<(i64, usize)> {
+    let rest = data.get(pos..)?;
+    let mut n: i64 = 0;
+    for (i, &b) in rest.iter().enumerate().take(12) {
+        match b {
+            b'0'..=b'9' => n = n * 10 + i64::from(b - b'0'),
+            b'\r' if i > 0 && rest.get(i + 1) == Some(&b'\n') => return Some((n, i + 2)),
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Parses an optionally negative decimal integer (no sign-only, no spaces).

@@ -177,14 +177,18 @@ impl ArgList {
         (self.count as usize) < MAX_STORED_ARGS
     }
 
+    #[inline]
     pub(crate) fn open(&mut self) {
         if self.open.is_none() && self.has_room() {
             self.open = Some(self.buf.len() as u32);
-            self.buf.extend_from_slice(&[0, 0]);
+            // Two pushes: `extend_from_slice` goes through two libc calls.
+            self.buf.push(0);
+            self.buf.push(0);
         }
     }
 
     /// Appends bytes to the open argument, keeping at most MAX_ARG_BYTES.
+    #[inline]
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
         let Some(at) = self.open else { return };
         let at = at as usize;
@@ -200,11 +204,14 @@ impl ArgList {
         }
         if let (Some(part), Some(len)) = (bytes.get(..take), self.buf.get_mut(at)) {
             *len += take as u8;
-            self.buf.extend_from_slice(part);
+            // A plain byte loop: the values are short (a key, a small value),
+            // and `extend_from_slice` costs two libc calls each time.
+            self.buf.extend(part.iter().copied());
         }
     }
 
     /// Closes the open argument; `truncated` marks bytes known to be missing.
+    #[inline]
     pub(crate) fn close(&mut self, truncated: bool) {
         let Some(at) = self.open.take() else { return };
         if truncated && let Some(f) = self.buf.get_mut(at as usize + 1) {

@@ -14,7 +14,7 @@
 //!   until a chunk starts with a RESP type byte; uncaptured bytes that are
 //!   not inside a bulk payload report [`ReplyEvent::Lost`].
 
-use super::line::{LineBuf, LineStep, bulk_crlf, parse_i64};
+use super::line::{LineBuf, LineStep, bulk_crlf, parse_i64, quick_len};
 use super::{MAX_DEPTH, MAX_RESP_LEN, ReplyKind, RespError};
 use crate::protocol::Chunk;
 
@@ -254,11 +254,16 @@ impl ReplyDecoder {
             }
             State::Line { ty } => {
                 let at = self.position();
-                let max = if matches!(ty, b'$' | b'=' | b'!' | b'*' | b'%' | b'~' | b'>' | b'|') {
-                    MAX_HEADER
-                } else {
-                    MAX_LINE
-                };
+                let header = matches!(ty, b'$' | b'=' | b'!' | b'*' | b'%' | b'~' | b'>' | b'|');
+                if header
+                    && self.line.is_empty()
+                    && let Some((n, used)) = quick_len(data, *pos)
+                {
+                    // A whole `<digits>\r\n` header: no line to assemble.
+                    *pos += used;
+                    return self.on_line(ty, Some(n), at, chunk.ts_ns, sink);
+                }
+                let max = if header { MAX_HEADER } else { MAX_LINE };
                 let len = match self.line.take(data, pos, max) {
                     LineStep::More => return Ok(()),
                     LineStep::TooLong => return Err(RespError::LineTooLong),

@@ -14,7 +14,7 @@
 //! [`MAX_ARG_BYTES`]: super::MAX_ARG_BYTES
 
 use super::commands::{self, CmdInfo, KeySpec, Kind};
-use super::line::{LineBuf, LineStep, bulk_crlf, parse_i64};
+use super::line::{LineBuf, LineStep, bulk_crlf, parse_i64, quick_len};
 use super::{ArgList, CommandName, MAX_RESP_LEN, RespError};
 use crate::protocol::Chunk;
 
@@ -544,22 +544,6 @@ impl RequestDecoder {
             }
         }
     }
-}
-
-/// Fast path for a complete `<digits>\r\n` at `data[pos..]` (the common
-/// case): the value and the bytes used. Anything else (a sign, a split line,
-/// junk) returns None and takes the general path.
-fn quick_len(data: &[u8], pos: usize) -> Option<(i64, usize)> {
-    let rest = data.get(pos..)?;
-    let mut n: i64 = 0;
-    for (i, &b) in rest.iter().enumerate().take(12) {
-        match b {
-            b'0'..=b'9' => n = n * 10 + i64::from(b - b'0'),
-            b'\r' if i > 0 && rest.get(i + 1) == Some(&b'\n') => return Some((n, i + 2)),
-            _ => return None,
-        }
-    }
-    None
 }
 
 /// Bytes allowed in an inline command word (letters, digits, `_`, `.`).
