@@ -192,6 +192,8 @@ fn http_bench(bin: &std::path::Path, secs: u32, tls: bool) -> Result<()> {
     let with = wrk(ng.port, secs)?;
     let load_rss_kib = rss.finish();
     let (t1, rss_kib) = proc_usage(agent.child.id());
+    // Counters are published once a second: let the last spans show.
+    std::thread::sleep(Duration::from_millis(1500));
     let spans = agent.metric_sum("kspan_spans_built_total");
     let lost = agent.metric_sum("kspan_kernel_lost_total");
     drop(agent);

@@ -319,6 +319,7 @@ impl Quick {
     }
 
     /// False only when the rule cannot match the span.
+    #[inline]
     pub fn admits(&self, v: &View<'_>) -> bool {
         if self.kind.is_some_and(|k| k != v.span.kind)
             || (self.ops != 0 && self.ops & v.facts.op_bit == 0)

@@ -56,8 +56,8 @@ pub const MAX_RULES: usize = 10_000;
 /// What the rules did to one span.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RuleOutcome {
-    /// Ids of the rules that fired, in order.
-    pub fired: Vec<Arc<str>>,
+    /// Ids of the rules that fired, in order (up to four without allocating).
+    pub fired: smallvec::SmallVec<[Arc<str>; 4]>,
     /// A rule dropped the span.
     pub drop: bool,
     /// A rule marked the span business-critical.

@@ -64,7 +64,7 @@ pub(super) struct ResponseHead {
     /// Length of the header block.
     pub len: usize,
     pub status: u16,
-    pub content_type: Option<String>,
+    pub content_type: Option<crate::span::model::Text>,
     length: Option<u64>,
     /// Some(last coding is chunked) when Transfer-Encoding was present.
     chunked: Option<bool>,
@@ -182,8 +182,11 @@ pub(super) fn parse_response(data: &[u8]) -> Result<ResponseHead, HeadError> {
         framing.observe(h.name, h.value)?;
         if content_type.is_none() && h.name.eq_ignore_ascii_case("content-type") {
             let v = cut_value(h.value);
-            content_type =
-                Some(std::str::from_utf8(v).map_or_else(|_| String::from_utf8_lossy(v).into_owned(), str::to_owned));
+            // Inline (no allocation) up to 24 bytes, which covers the usual types.
+            content_type = Some(std::str::from_utf8(v).map_or_else(
+                |_| crate::span::model::Text::from(String::from_utf8_lossy(v)),
+                crate::span::model::Text::from,
+            ));
         }
     }
     Ok(ResponseHead { len, status, content_type, length: framing.length, chunked: framing.chunked })

@@ -126,7 +126,7 @@ pub struct HttpExchange {
     /// (HEAD, 1xx, 204, 304) or when its framing was lost (truncated capture).
     pub response_body_size: Option<u64>,
     /// The response's `content-type` header (cut at 4 KiB).
-    pub response_content_type: Option<String>,
+    pub response_content_type: Option<crate::span::model::Text>,
     /// Request headers beyond [`MAX_KEPT_HEADERS`] that were not kept.
     pub headers_dropped: u32,
     text: String,

@@ -135,7 +135,7 @@ enum Pair {
 struct Answer {
     pair: Pair,
     status: u16,
-    content_type: Option<String>,
+    content_type: Option<crate::span::model::Text>,
     body: Option<u64>,
 }
 
