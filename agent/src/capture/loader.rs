@@ -172,7 +172,7 @@ impl Capture {
 
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
-        let args_at_exit = offsets.regs_arg0 != u32::MAX;
+        let args_at_exit = offsets.args_at_exit();
         for (category, name, program) in ATTACH {
             if args_at_exit && RECEIVE_ENTERS.contains(program) {
                 continue;

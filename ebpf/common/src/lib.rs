@@ -212,12 +212,22 @@ pub struct KernelOffsets {
     pub sk_v6_daddr: u32,
     pub sk_type: u32,
     /// `struct pt_regs` offsets of the first three syscall arguments
-    /// (x86_64: di, si, dx); used at sys_exit to recover the arguments of a
-    /// syscall that was already blocked when kspan attached.
+    /// (x86_64: di, si, dx); used at sys_exit to read a data syscall's
+    /// arguments (see [`KernelOffsets::args_at_exit`]).
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_arg2: u32,
     pub _pad: u32,
+}
+
+impl KernelOffsets {
+    /// Data syscalls' arguments are read from the saved user registers at
+    /// exit: receive calls need no sys_enter program, and send calls' only
+    /// notes the entry time. Otherwise sys_enter remembers the arguments.
+    #[inline(always)]
+    pub const fn args_at_exit(&self) -> bool {
+        self.regs_arg0 != u32::MAX
+    }
 }
 
 /// `TRACED` value: selected by the agent.

@@ -27,8 +27,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, ENTER_TIME_SLOTS, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, ProcEvent,
-    ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter, sock_key,
+    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, ENTER_TIME_SLOTS, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS,
+    ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter, sock_key,
 };
 use maps::{CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, SCRATCH, SOCKS, TRACED, count};
 
@@ -202,12 +202,10 @@ fn buffers(shape: Shape, a1: u64, a2: u64) -> (u64, u64) {
     }
 }
 
-/// Syscall arguments can be read from the saved user registers at exit
-/// (x86_64 with BTF): then only send calls have a sys_enter program, and it
-/// only notes the time.
+/// This thread's slot of [`ENTER_TIME`].
 #[inline(always)]
-fn args_at_exit(cfg: &KernelConfig) -> bool {
-    cfg.offsets.regs_arg0 != u32::MAX
+fn enter_time_slot(tid: u32) -> Option<*mut EnterTime> {
+    ENTER_TIME.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1))
 }
 
 fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
@@ -217,9 +215,9 @@ fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
     if !is_traced(cfg, tgid) {
         return Ok(0);
     }
-    if args_at_exit(cfg) {
+    if cfg.offsets.args_at_exit() {
         // Bytes sent are stamped when the call was entered (see DataHeader).
-        if let Some(slot) = ENTER_TIME.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1)) {
+        if let Some(slot) = enter_time_slot(tid) {
             // SAFETY: a map value; a racing thread with the same slot only
             // makes the exit fall back to its own time (tid check).
             unsafe { *slot = EnterTime { tid, _pad: 0, ns: bpf_ktime_get_ns() } };
@@ -255,14 +253,12 @@ struct Iovec {
 /// x86_64 syscall numbers of the data syscalls.
 fn op_of_syscall(nr: i32) -> Option<(u32, Shape)> {
     Some(match nr {
-        0 => (OP_READ, Shape::Buf),
-        45 => (OP_READ, Shape::Buf), // recvfrom
-        1 => (OP_WRITE, Shape::Buf),
-        44 => (OP_WRITE, Shape::Buf), // sendto
-        19 => (OP_READV, Shape::Iov),
-        20 => (OP_WRITEV, Shape::Iov),
-        47 => (OP_READV, Shape::Msg), // recvmsg
-        46 => (OP_WRITEV, Shape::Msg), // sendmsg
+        0 | 45 => (OP_READ, Shape::Buf),  // read, recvfrom
+        1 | 44 => (OP_WRITE, Shape::Buf), // write, sendto
+        19 => (OP_READV, Shape::Iov),     // readv
+        20 => (OP_WRITEV, Shape::Iov),    // writev
+        47 => (OP_READV, Shape::Msg),     // recvmsg
+        46 => (OP_WRITEV, Shape::Msg),    // sendmsg
         _ => return None,
     })
 }
@@ -295,7 +291,7 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
     }
     let mut enter_ns = 0;
     if op == OP_WRITE || op == OP_WRITEV {
-        if let Some(slot) = ENTER_TIME.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1)) {
+        if let Some(slot) = enter_time_slot(tid) {
             // SAFETY: a map value (see enter_data).
             unsafe {
                 if (*slot).tid == tid {
@@ -317,7 +313,7 @@ fn exit_data(ctx: &TracePointContext) -> Res {
     let r = ret(ctx);
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
-    let inf = if args_at_exit(cfg) {
+    let inf = if cfg.offsets.args_at_exit() {
         if r <= 0 {
             return Ok(0);
         }

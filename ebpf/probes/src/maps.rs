@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
-    KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, ENTER_TIME_SLOTS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS,
+    ENTER_TIME_SLOTS, KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS,
     MAX_TRACED_PROCS, SockState, counter,
 };
 

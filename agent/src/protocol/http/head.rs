@@ -183,10 +183,7 @@ pub(super) fn parse_response(data: &[u8]) -> Result<ResponseHead, HeadError> {
         if content_type.is_none() && h.name.eq_ignore_ascii_case("content-type") {
             let v = cut_value(h.value);
             // Inline (no allocation) up to 24 bytes, which covers the usual types.
-            content_type = Some(std::str::from_utf8(v).map_or_else(
-                |_| crate::span::model::Text::from(String::from_utf8_lossy(v)),
-                crate::span::model::Text::from,
-            ));
+            content_type = Some(crate::span::model::Text::from_utf8_lossy(v));
         }
     }
     Ok(ResponseHead { len, status, content_type, length: framing.length, chunked: framing.chunked })

@@ -10,22 +10,14 @@
 //! Non-standard attribute: `db.redis.transaction = true` (exported) marks a
 //! command queued between MULTI and EXEC, whose span ends at `+QUEUED`.
 
-use std::borrow::Cow;
-
 use compact_str::ToCompactString as _;
 
 use super::{Arg, RedisExchange};
 use crate::protocol::{ConnMeta, Described, Privacy, Role};
-use crate::span::model::{AttrValue, Attributes, SpanStatus, Text};
+use crate::span::model::{Attributes, SpanStatus, Text};
 
 /// Most exported attributes a Redis span has (sizes the vector once).
 const MAX_ATTRS: usize = 11;
-
-/// Appends an attribute; every key below is set at most once, so the
-/// replace-if-present search of [`Attributes::set`] is not needed.
-fn put(a: &mut Attributes, key: &'static str, value: impl Into<AttrValue>) {
-    a.0.push((Cow::Borrowed(key), value.into()));
-}
 
 /// Semantic-convention name, attributes and status of an exchange.
 ///
@@ -35,30 +27,30 @@ fn put(a: &mut Attributes, key: &'static str, value: impl Into<AttrValue>) {
 pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
     let op = if r.command.is_empty() { "redis" } else { r.command.as_str() };
     let mut a = Attributes(Vec::with_capacity(MAX_ATTRS));
-    put(&mut a, "db.system.name", "redis");
-    put(&mut a, "db.operation.name", op);
-    put(&mut a, "db.namespace", r.db.to_compact_string());
-    put(&mut a, "db.query.text", query_text(r, op, privacy.redis_values));
+    a.push_unique("db.system.name", "redis");
+    a.push_unique("db.operation.name", op);
+    a.push_unique("db.namespace", r.db.to_compact_string());
+    a.push_unique("db.query.text", query_text(r, op, privacy.redis_values));
     let server = match role {
         Role::Client => conn.peer,
         Role::Server => conn.local,
     };
     if let Some(s) = server {
-        put(&mut a, "server.address", crate::protocol::ip_text(s.ip()));
-        put(&mut a, "server.port", i64::from(s.port()));
+        a.push_unique("server.address", crate::protocol::ip_text(s.ip()));
+        a.push_unique("server.port", i64::from(s.port()));
     }
     if let Some(p) = conn.peer {
-        put(&mut a, "network.peer.address", crate::protocol::ip_text(p.ip()));
-        put(&mut a, "network.peer.port", i64::from(p.port()));
+        a.push_unique("network.peer.address", crate::protocol::ip_text(p.ip()));
+        a.push_unique("network.peer.port", i64::from(p.port()));
     }
     if r.in_transaction {
-        put(&mut a, "db.redis.transaction", true);
+        a.push_unique("db.redis.transaction", true);
     }
     let mut status = SpanStatus::default();
     if r.reply.is_error() {
         let msg = r.error.as_deref().unwrap_or_default();
         if let Some(code) = error_prefix(msg) {
-            put(&mut a, "db.response.status_code", code);
+            a.push_unique("db.response.status_code", code);
         }
         status = SpanStatus::error(msg);
     }
@@ -66,9 +58,9 @@ pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privac
     if let Some(k) = r.key() {
         let mut text = Text::default();
         push_arg(&mut text, k);
-        put(&mut private, "db.redis.key", text);
+        private.push_unique("db.redis.key", text);
     }
-    put(&mut private, "db.redis.args", i64::from(r.arg_count));
+    private.push_unique("db.redis.args", i64::from(r.arg_count));
     Described { name: op.to_owned(), attributes: a, private, status, traceparent: None, tracestate: None }
 }
 
