@@ -150,12 +150,16 @@ impl Kspan {
                 return self.spans().into_iter().filter(|s| pred(s)).collect();
             }
             if t.elapsed() > timeout {
+                let metrics = self.metrics();
+                let counters: Vec<&str> =
+                    metrics.lines().filter(|l| !l.starts_with('#') && !l.ends_with(" 0")).collect();
                 panic!(
-                    "wanted {n} matching spans within {timeout:?}, got {}: {:#?}\nall spans: {:#?}\nlog:\n{}",
+                    "wanted {n} matching spans within {timeout:?}, got {}: {:#?}\nall spans: {:#?}\nlog:\n{}\nnon-zero metrics:\n{}",
                     got.len(),
                     got,
                     self.spans(),
-                    self.log()
+                    self.log(),
+                    counters.join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(50));

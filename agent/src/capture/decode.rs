@@ -14,6 +14,8 @@ pub enum RawEvent<'a> {
     Close(CloseEvent),
     Exec(ProcEvent),
     Exit(ProcEvent),
+    /// A traced process forked: `tgid` is the child, `tid` the parent.
+    Fork(ProcEvent),
     /// The process's dynamic loader changed its library list.
     LibLoad(ProcEvent),
 }
@@ -54,6 +56,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         Some(EventKind::ProcExec) => Ok(RawEvent::Exec(read(bytes)?)),
         Some(EventKind::ProcExit) => Ok(RawEvent::Exit(read(bytes)?)),
         Some(EventKind::LibLoad) => Ok(RawEvent::LibLoad(read(bytes)?)),
+        Some(EventKind::ProcFork) => Ok(RawEvent::Fork(read(bytes)?)),
         None => Err(DecodeError::UnknownKind(kind)),
     }
 }
@@ -93,6 +96,8 @@ mod tests {
         assert_eq!(decode(encode::proc(&p)), Ok(RawEvent::Exit(p)));
         let l = ProcEvent { kind: EventKind::LibLoad as u32, tgid: 9, ..Default::default() };
         assert_eq!(decode(encode::proc(&l)), Ok(RawEvent::LibLoad(l)));
+        let f = ProcEvent { kind: EventKind::ProcFork as u32, tgid: 10, tid: 9, ..Default::default() };
+        assert_eq!(decode(encode::proc(&f)), Ok(RawEvent::Fork(f)));
     }
 
     #[test]

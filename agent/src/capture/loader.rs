@@ -76,7 +76,7 @@ const ATTACH: &[(&str, &str, &str)] = &[
     ("syscalls", "sys_enter_close", "kspan_enter_close"),
     ("sched", "sched_process_exec", "kspan_sched_exec"),
     ("sched", "sched_process_exit", "kspan_sched_exit"),
-    ("sched", "sched_process_fork", "kspan_sched_fork"),
+    ("task", "task_newtask", "kspan_task_newtask"),
 ];
 
 /// sys_enter programs of receive calls: only needed when arguments cannot be
@@ -127,7 +127,8 @@ impl Capture {
         sys::raise_memlock();
         sys::ensure_tracefs()?;
         let offsets = btf::resolve_offsets(btf::VMLINUX_BTF)?;
-        let fork_child_pid_off = sys::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
+        let newtask_pid_off = sys::tracepoint_field_offset("task", "task_newtask", "pid")?;
+        let newtask_flags_off = sys::tracepoint_field_offset("task", "task_newtask", "clone_flags")?;
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ring_bytes)
@@ -142,7 +143,8 @@ impl Capture {
             port_filter: !cfg.ports.is_empty() as u32,
             wakeup_bytes: cfg.wakeup_bytes,
             exe_filter: cfg.exe_filter as u32,
-            fork_child_pid_off,
+            newtask_pid_off,
+            newtask_flags_off,
             offsets,
         };
         let map_err =

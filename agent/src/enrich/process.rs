@@ -167,6 +167,28 @@ impl ProcessTable {
         r
     }
 
+    /// A process forked `child`: read it now, or, if it is already gone, give
+    /// it the parent's identity (a fork keeps the executable and
+    /// environment) under its own pid.
+    pub fn inherit(&mut self, parent: u32, child: u32) {
+        if self.cache.contains_key(&child) {
+            return;
+        }
+        if ProcInfo::read(child).is_some() {
+            self.resource(child);
+            return;
+        }
+        self.resource(parent);
+        let Some(e) = self.cache.get(&parent) else { return };
+        let info = ProcInfo { pid: child, start_ticks: 0, ..e.info.clone() };
+        let (pod, generation) = self.pod_of(&info);
+        let r = Arc::new(self.build_with(&info, pod.as_ref()));
+        if self.cache.len() >= self.max {
+            return;
+        }
+        self.cache.insert(child, Entry { resource: r, info, pod: pod.map(|p| p.pod), generation });
+    }
+
     /// Forgets a pid (exec changes its identity; exit ends it).
     pub fn forget(&mut self, pid: u32) {
         self.cache.remove(&pid);
@@ -255,6 +277,20 @@ mod tests {
         let me = ProcInfo::read(std::process::id()).expect("self");
         assert!(!me.exe_path.is_empty());
         assert!(me.start_ticks > 0);
+    }
+
+    #[test]
+    fn a_child_gone_before_it_was_read_gets_its_parents_identity() {
+        let mut t = table();
+        let me = std::process::id();
+        // 4_000_000_000 is no live pid.
+        t.inherit(me, 4_000_000_000);
+        let child = t.resource(4_000_000_000);
+        let parent = t.resource(me);
+        assert_eq!(child.pid, 4_000_000_000);
+        assert_eq!(child.attributes.get("process.pid"), Some(&4_000_000_000i64.into()));
+        assert_eq!(child.attributes.get("service.name"), parent.attributes.get("service.name"));
+        assert_eq!(child.attributes.get("process.executable.path"), parent.attributes.get("process.executable.path"));
     }
 
     #[test]

@@ -111,6 +111,11 @@ fn handle(
                 changes.lib_loads.push(p.tgid);
             }
         }
+        RawEvent::Fork(p) => {
+            if selector.on_fork(p.tid, p.tgid) {
+                procs.inherit(p.tid, p.tgid);
+            }
+        }
         RawEvent::Exit(p) => {
             conns.on_exit(p.tgid, p.ts_ns, out);
             selector.on_exit(p.tgid);

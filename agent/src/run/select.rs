@@ -151,6 +151,29 @@ impl Selector {
         self.decide(tgid) && self.pods.as_mut().is_none_or(|p| p.allows(tgid))
     }
 
+    /// A traced process forked `child` (the kernel already traces it): the
+    /// child takes the parent's decisions, so a child that exits before its
+    /// first event is handled (e.g. a PostgreSQL backend serving one query)
+    /// is not judged from a /proc entry that is already gone. A parent with
+    /// no decision yet leaves the child to be decided on its first event.
+    /// Returns whether the child is known to be selected.
+    pub fn on_fork(&mut self, parent: u32, child: u32) -> bool {
+        if self.all {
+            return false;
+        }
+        let Some(&yes) = self.decided.get(&parent) else { return false };
+        if self.decided.len() >= MAX_DECISIONS {
+            self.decided.clear();
+        }
+        self.decided.insert(child, yes);
+        if let Some(p) = &mut self.pods
+            && let Some(d) = p.decided.get(&parent).cloned()
+        {
+            p.decided.insert(child, d);
+        }
+        yes
+    }
+
     pub fn on_exit(&mut self, tgid: u32) {
         self.decided.remove(&tgid);
         if let Some(p) = &mut self.pods {
@@ -186,6 +209,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_forked_child_takes_its_parents_decision_without_proc() {
+        let mut s = Selector::new(false, &[7], &[]).unwrap();
+        assert!(s.allows(7));
+        s.updates.clear();
+        // 4_000_000_000 is no live pid: /proc cannot decide it.
+        s.on_fork(7, 4_000_000_000);
+        assert!(s.allows(4_000_000_000));
+        assert!(s.updates.is_empty(), "the kernel already traces the child");
+        s.on_exit(4_000_000_000);
+        s.on_fork(8, 4_000_000_001);
+        assert!(!s.allows(4_000_000_001), "an undecided parent passes nothing on");
+    }
+
+    #[test]
     fn all_selects_everything_without_updates() {
         let mut s = Selector::new(true, &[], &[]).unwrap();
         assert!(s.allows(12345));
@@ -210,6 +247,13 @@ mod tests {
     #[test]
     fn exe_regex_matches_path_or_command_line() {
         let mut child = std::process::Command::new("sleep").arg("7.25").spawn().unwrap();
+        // spawn() returns once the child exists, maybe before its exec is done.
+        for _ in 0..200 {
+            if ProcInfo::read(child.id()).is_some_and(|p| p.cmdline.contains("7.25")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let mut s = Selector::new(false, &[], &["sleep 7\\.25".into()]).unwrap();
         assert!(s.allows(child.id()));
         let mut s = Selector::new(false, &[], &["/nonexistent-binary$".into()]).unwrap();

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -60,6 +60,11 @@ pub enum EventKind {
     /// [`ProcEvent`]: a traced process's dynamic loader changed its library
     /// list (`_dl_debug_state`, called around every dlopen/dlclose).
     LibLoad = 6,
+    /// [`ProcEvent`]: a traced process forked a new process (not a thread);
+    /// `tgid` is the child, `tid` the parent's tgid. The child is already
+    /// traced in the kernel when this is written, so the agent can take the
+    /// parent's decision even if the child exits before its /proc is read.
+    ProcFork = 7,
 }
 
 impl EventKind {
@@ -71,6 +76,7 @@ impl EventKind {
             4 => Self::ProcExec,
             5 => Self::ProcExit,
             6 => Self::LibLoad,
+            7 => Self::ProcFork,
             _ => return None,
         })
     }
@@ -152,7 +158,7 @@ pub struct CloseEvent {
     pub sock_id: u64,
 }
 
-/// Process lifecycle event (exec, exit).
+/// Process lifecycle event (exec, exit, fork, library load).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcEvent {
@@ -184,8 +190,10 @@ pub struct KernelConfig {
     /// [`TRACED_PENDING`]) until the agent confirms or removes it, so a process
     /// started after kspan loses no early traffic while `--exe` is decided.
     pub exe_filter: u32,
-    /// Offset of `child_pid` in the `sched_process_fork` tracepoint record.
-    pub fork_child_pid_off: u32,
+    /// Offsets of `pid` and `clone_flags` in the `task_newtask` tracepoint
+    /// record.
+    pub newtask_pid_off: u32,
+    pub newtask_flags_off: u32,
     pub offsets: KernelOffsets,
 }
 

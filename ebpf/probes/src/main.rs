@@ -550,10 +550,6 @@ fn try_exit(_ctx: &TracePointContext) -> Res {
     // A thread that dies inside an OpenSSL call never returns from it.
     tls::forget_thread(id);
     if pid != tgid {
-        // A thread: forget it if a fork handler inserted it.
-        if cfg.trace_all == 0 {
-            let _ = TRACED.remove(&pid);
-        }
         return Ok(0);
     }
     if !is_traced(cfg, tgid) {
@@ -573,27 +569,41 @@ pub fn kspan_sched_exit(ctx: TracePointContext) -> u32 {
     }
 }
 
-fn try_fork(ctx: &TracePointContext) -> Res {
+/// `CLONE_THREAD` from linux/sched.h: the new task joins the caller's
+/// thread group (already traced by tgid).
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// task_newtask runs in the parent while the child is not yet runnable, so
+/// a child of a traced process is traced before its first syscall.
+fn try_newtask(ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     if cfg.trace_all != 0 {
         return Ok(0);
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the offset comes from the tracepoint's format file.
+    let flags = unsafe { ctx.read_at::<u64>(cfg.newtask_flags_off as usize) }.map_err(|_| 0u32)?;
+    if flags & CLONE_THREAD != 0 {
+        return Ok(0);
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
     // SAFETY: plain u8 value copied out.
     let Some(v) = (unsafe { TRACED.get(&tgid) }).copied() else {
         return Ok(0);
     };
-    // SAFETY: the offset comes from the tracepoint's format file.
-    let child = unsafe { ctx.read_at::<i32>(cfg.fork_child_pid_off as usize) }.map_err(|_| 0u32)? as u32;
+    // SAFETY: as above.
+    let child = unsafe { ctx.read_at::<i32>(cfg.newtask_pid_off as usize) }.map_err(|_| 0u32)? as u32;
     if TRACED.insert(&child, &v, 0).is_err() {
         count(counter::TRACED_FULL);
+        return Ok(0);
     }
+    emit_proc(cfg, EventKind::ProcFork, child, tgid);
     Ok(0)
 }
 
 #[tracepoint]
-pub fn kspan_sched_fork(ctx: TracePointContext) -> u32 {
-    match try_fork(&ctx) {
+pub fn kspan_task_newtask(ctx: TracePointContext) -> u32 {
+    match try_newtask(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }
