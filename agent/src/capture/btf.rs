@@ -107,8 +107,11 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
     };
     // Syscall arguments in the saved user registers (x86_64 calling convention).
     let regs = if cfg!(target_arch = "x86_64") {
+        // The kernel side loads these fields at fixed offsets (a BTF pointer
+        // only allows constant ones): any other layout takes the fallback.
+        use kspan_common::{PT_REGS_DI, PT_REGS_DX, PT_REGS_SI};
         match (r.plain("pt_regs", "di"), r.plain("pt_regs", "si"), r.plain("pt_regs", "dx")) {
-            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            (Ok(a), Ok(b), Ok(c)) if (a, b, c) == (PT_REGS_DI, PT_REGS_SI, PT_REGS_DX) => (a, b, c),
             _ => (u32::MAX, u32::MAX, u32::MAX),
         }
     } else {

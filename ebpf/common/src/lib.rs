@@ -228,6 +228,14 @@ pub struct KernelOffsets {
     pub _pad: u32,
 }
 
+/// x86_64 `struct pt_regs` offsets of di, si and dx (the first three syscall
+/// arguments). The kernel side loads them at these constant offsets from the
+/// BTF pointer `bpf_task_pt_regs` returns; the agent enables that path only
+/// when the running kernel's BTF agrees.
+pub const PT_REGS_DI: u32 = 112;
+pub const PT_REGS_SI: u32 = 104;
+pub const PT_REGS_DX: u32 = 96;
+
 impl KernelOffsets {
     /// Data syscalls' arguments are read from the saved user registers at
     /// exit: receive calls need no sys_enter program, and send calls' only

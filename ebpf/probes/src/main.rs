@@ -28,7 +28,8 @@ use aya_ebpf::{
 };
 use kspan_common::{
     CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, ENTER_TIME_SLOTS, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS,
-    ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter, sock_key,
+    PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING,
+    counter, sock_key,
 };
 use maps::{CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, SCRATCH, SOCKS, TRACED, count};
 
@@ -267,7 +268,6 @@ fn op_of_syscall(nr: i32) -> Option<(u32, Shape)> {
 /// registers (x86_64 keeps rdi/rsi/rdx across a syscall); `None` when the
 /// fd is not a traced socket or the bytes belong to an OpenSSL call.
 fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Option<Inflight> {
-    let o = &cfg.offsets;
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if !is_traced(cfg, tgid) {
         return None;
@@ -275,16 +275,20 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
     // SAFETY: __syscall_nr is at offset 8 of every sys_exit record.
     let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.ok()?;
     let (op, shape) = op_of_syscall(nr)?;
-    // SAFETY: helpers allowed in tracing programs; reads go through probe_read.
+    // SAFETY: bpf_task_pt_regs returns a BTF pointer to this task's saved
+    // registers: the verifier checks each constant-offset load against the
+    // kernel's struct pt_regs and turns it into a fault-safe load (no
+    // probe_read helper call). The agent set `regs_arg0` only when BTF
+    // confirmed these offsets (see `PT_REGS_DI`).
     let (fd, a1, a2) = unsafe {
         let regs =
             aya_ebpf::helpers::generated::bpf_task_pt_regs(aya_ebpf::helpers::generated::bpf_get_current_task_btf())
-                as u64;
-        if regs == 0 {
+                as *const u8;
+        if regs.is_null() {
             return None;
         }
-        let rd = |off: u32| aya_ebpf::helpers::bpf_probe_read_kernel((regs + off as u64) as *const u64).ok();
-        (rd(o.regs_arg0)?, rd(o.regs_arg1)?, rd(o.regs_arg2)?)
+        let rd = |off: u32| core::ptr::read_volatile(regs.add(off as usize).cast::<u64>());
+        (rd(PT_REGS_DI), rd(PT_REGS_SI), rd(PT_REGS_DX))
     };
     if fd > i32::MAX as u64 {
         return None;
@@ -460,9 +464,11 @@ fn try_enter_close(ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if !is_traced(cfg, tgid) {
+    if tgid == cfg.self_tgid {
         return Ok(0);
     }
+    // Only traced processes have SOCKS entries: one lookup decides both
+    // (most closes are of files).
     let fd = arg(ctx, 0) as u32;
     let key = sock_key(tgid, fd);
     // SAFETY: value copied out before removal.
