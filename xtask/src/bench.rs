@@ -107,6 +107,66 @@ impl RssSampler {
     }
 }
 
+/// CPU seconds of a process and its children, live or reaped (utime, stime,
+/// cutime, cstime of `pid` plus utime+stime of its live children): eBPF
+/// programs run in the traced process's syscalls, so their cost shows here.
+fn tree_cpu_secs(pid: u32) -> f64 {
+    let ticks = |p: u32, reaped: bool| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let n = if reaped { 15 } else { 13 };
+        (11..n).filter_map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+    };
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let live: u64 = children.split_whitespace().filter_map(|c| c.parse().ok()).map(|c| ticks(c, false)).sum();
+    (ticks(pid, true) + live) as f64 / clk_tck()
+}
+
+/// CPU seconds used by this process's reaped children (the load generators).
+fn reaped_children_cpu_secs() -> f64 {
+    // SAFETY: plain out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Server and load-generator CPU over one run, per operation.
+#[derive(Clone, Copy, Default)]
+struct CpuPerOp {
+    server_us: f64,
+    client_us: f64,
+}
+
+/// Runs `run` and measures the CPU the server tree of `server` and the load
+/// generator used per operation (`rate`: operations per second of the result).
+fn with_cpu<T>(server: u32, run: impl FnOnce() -> Result<T>, rate: impl Fn(&T) -> f64) -> Result<(T, CpuPerOp)> {
+    let (s0, c0, t0) = (tree_cpu_secs(server), reaped_children_cpu_secs(), std::time::Instant::now());
+    let out = run()?;
+    let ops = rate(&out) * t0.elapsed().as_secs_f64();
+    let (s1, c1) = (tree_cpu_secs(server), reaped_children_cpu_secs());
+    let per = |d: f64| if ops > 0.0 { d / ops * 1e6 } else { 0.0 };
+    Ok((out, CpuPerOp { server_us: per(s1 - s0), client_us: per(c1 - c0) }))
+}
+
+fn print_cpu_per_op(base: CpuPerOp, with: CpuPerOp, agent_us: f64) {
+    let pct = |a: f64, b: f64| if a > 0.0 { (b / a - 1.0) * 100.0 } else { 0.0 };
+    println!(
+        "CPU per op, server    {:>7.2} us -> {:.2} us with kspan ({:+.1} %; the eBPF programs run here)",
+        base.server_us,
+        with.server_us,
+        pct(base.server_us, with.server_us)
+    );
+    println!(
+        "CPU per op, client    {:>7.2} us -> {:.2} us ({:+.1} %)",
+        base.client_us,
+        with.client_us,
+        pct(base.client_us, with.client_us)
+    );
+    println!("CPU per op, kspan     {agent_us:>7.2} us (agent process)");
+}
+
 fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
@@ -185,11 +245,11 @@ fn http_bench(bin: &std::path::Path, secs: u32, tls: bool) -> Result<()> {
     let lib_dir = tls.then_some(wrk_libs.0.as_path());
     let wrk = |port, secs| wrk(scheme, lib_dir, port, secs);
     wrk(ng.port, 2)?; // warm-up
-    let base1 = wrk(ng.port, secs)?;
+    let (base1, base_cpu) = with_cpu(ng.pid(), || wrk(ng.port, secs), |l| l.rps)?;
     let agent = Agent::start(bin, &["--pid".into(), ng.pid().to_string()])?;
     let (t0, _) = proc_usage(agent.child.id());
     let rss = RssSampler::start(agent.child.id());
-    let with = wrk(ng.port, secs)?;
+    let (with, with_cpu_op) = with_cpu(ng.pid(), || wrk(ng.port, secs), |l| l.rps)?;
     let load_rss_kib = rss.finish();
     let (t1, rss_kib) = proc_usage(agent.child.id());
     // Counters are published once a second: let the last spans show.
@@ -236,6 +296,7 @@ fn http_bench(bin: &std::path::Path, secs: u32, tls: bool) -> Result<()> {
         cpu_core * 100.0,
         per_10k * 100.0
     );
+    print_cpu_per_op(base_cpu, with_cpu_op, cpu_core / with.rps * 1e6);
     println!("agent RSS under load  {:>10.1} MiB  target <= 40 MiB", load_rss_kib as f64 / 1024.0);
     println!("agent peak RSS        {:>10.1} MiB  (VmHWM, includes start-up)", rss_kib as f64 / 1024.0);
     println!("spans built           {spans:>10.0}  (requests served with kspan: ~{:.0})", with.rps * secs as f64);
@@ -256,14 +317,21 @@ fn number_after(cmd: &mut Command, key: &str) -> Result<f64> {
 }
 
 /// Baseline, with kspan, baseline again; prints the ratio against the mean baseline.
-fn compare(name: &str, bin: &std::path::Path, agent_args: &[String], run: &dyn Fn() -> Result<f64>) -> Result<()> {
+/// `server`: the server's pid, for CPU per operation.
+fn compare(
+    name: &str,
+    bin: &std::path::Path,
+    agent_args: &[String],
+    server: u32,
+    run: &dyn Fn() -> Result<f64>,
+) -> Result<()> {
     run()?; // warm-up
-    let base1 = run()?;
+    let (base1, base_cpu) = with_cpu(server, run, |r| *r)?;
     let agent = Agent::start(bin, agent_args)?;
     let (t0, _) = proc_usage(agent.child.id());
     let rss = RssSampler::start(agent.child.id());
     let started = std::time::Instant::now();
-    let with = run()?;
+    let (with, with_cpu_op) = with_cpu(server, run, |r| *r)?;
     let secs = started.elapsed().as_secs_f64();
     let load_rss_kib = rss.finish();
     let (t1, rss_kib) = proc_usage(agent.child.id());
@@ -278,7 +346,9 @@ fn compare(name: &str, bin: &std::path::Path, agent_args: &[String], run: &dyn F
     println!("baseline              {base:>10.0}  (runs: {base1:.0}, {base2:.0})");
     println!("with kspan            {with:>10.0}");
     println!("ratio                 {:>10.3}", with / base);
-    println!("agent CPU             {:>10.1} % of one core", (t1 - t0) as f64 / clk_tck() / secs * 100.0);
+    let agent_secs = (t1 - t0) as f64 / clk_tck();
+    println!("agent CPU             {:>10.1} % of one core", agent_secs / secs * 100.0);
+    print_cpu_per_op(base_cpu, with_cpu_op, if with > 0.0 { agent_secs / (with * secs) * 1e6 } else { 0.0 });
     println!(
         "agent RSS under load  {:>10.1} MiB  (peak incl. start-up {:.1} MiB)",
         load_rss_kib as f64 / 1024.0,
@@ -317,6 +387,7 @@ fn db_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
         &format!("pgbench -S -c 8 -M prepared, {secs}s, kspan --exe pgbench --pid <postmaster>: TPS (target >= 0.98)"),
         bin,
         &["--exe".into(), "bin/pgbench$".into(), "--pid".into(), child_pid_of(pg.pid()).to_string()],
+        child_pid_of(pg.pid()),
         &pgbench,
     )?;
     drop(pg);
@@ -344,6 +415,7 @@ fn db_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
         "redis-benchmark -P 16 -c 8 SET/GET, kspan --exe redis-benchmark: ops/s (target >= 0.95)",
         bin,
         &["--exe".into(), "redis-benchmark$".into()],
+        r.pid(),
         &bench,
     )
 }

@@ -21,6 +21,7 @@ mod sock;
 mod tls;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user},
     macros::tracepoint,
@@ -73,16 +74,29 @@ fn wake_flags(cfg: &KernelConfig) -> u64 {
     }
 }
 
+/// A field of the tracepoint record at a constant offset, loaded directly
+/// from the context (the verifier checks it against the record's size): no
+/// probe_read helper call, which cost as much as the rest of a program that
+/// only decides "not traced".
+///
+/// # Safety
+/// `off` must be a constant offset of a `T` inside the record.
+#[inline(always)]
+unsafe fn field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    // SAFETY: per the contract above.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off).cast::<T>()) }
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: syscall tracepoint records hold 6 u64 arguments after the header.
-    unsafe { ctx.read_at::<u64>(ARG0 + n * 8) }.unwrap_or(0)
+    unsafe { field::<u64>(ctx, ARG0 + n * 8) }
 }
 
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
     // SAFETY: sys_exit records hold the i64 return value at RET.
-    unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1)
+    unsafe { field::<i64>(ctx, RET) }
 }
 
 fn port_selected(lport: u16, rport: u16) -> bool {
@@ -273,7 +287,7 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
         return None;
     }
     // SAFETY: __syscall_nr is at offset 8 of every sys_exit record.
-    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.ok()?;
+    let nr: i32 = unsafe { field::<i32>(ctx, 8) };
     let (op, shape) = op_of_syscall(nr)?;
     // SAFETY: bpf_task_pt_regs returns a BTF pointer to this task's saved
     // registers: the verifier checks each constant-offset load against the
