@@ -166,6 +166,10 @@ impl Selector {
             self.decided.clear();
         }
         self.decided.insert(child, yes);
+        if !yes {
+            // The kernel marked the child (provisionally) traced: undo that.
+            self.updates.push(KernelUpdate::Unselect(child));
+        }
         if let Some(p) = &mut self.pods
             && let Some(d) = p.decided.get(&parent).cloned()
         {
@@ -220,6 +224,13 @@ mod tests {
         s.on_exit(4_000_000_000);
         s.on_fork(8, 4_000_000_001);
         assert!(!s.allows(4_000_000_001), "an undecided parent passes nothing on");
+        // A parent decided against (e.g. exec'd, provisionally traced, no --exe
+        // match): the kernel's provisional mark on the child is removed.
+        let mut s = Selector::new(false, &[], &["no-such-binary$".into()]).unwrap();
+        assert!(!s.allows(std::process::id()));
+        s.updates.clear();
+        assert!(!s.on_fork(std::process::id(), 4_000_000_002));
+        assert_eq!(s.updates, vec![KernelUpdate::Unselect(4_000_000_002)]);
     }
 
     #[test]
