@@ -58,13 +58,18 @@ fn wrk(scheme: &str, lib_dir: Option<&std::path::Path>, port: u16, secs: u32) ->
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// CPU ticks (user + system) and peak RSS (KiB) of a process.
-fn proc_usage(pid: u32) -> (u64, u64) {
+/// CPU ticks of a process from /proc/PID/stat: utime + stime, plus cutime +
+/// cstime (its reaped children) when `reaped`; 0 if unreadable.
+fn cpu_ticks(pid: u32, reaped: bool) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (ticks, status_kib(pid, "VmHWM:"))
+    let end = if reaped { 15 } else { 13 };
+    (11..end).filter_map(|i| fields.get(i)?.parse::<u64>().ok()).sum()
+}
+
+/// CPU ticks (user + system) and peak RSS (KiB) of a process.
+fn proc_usage(pid: u32) -> (u64, u64) {
+    (cpu_ticks(pid, false), status_kib(pid, "VmHWM:"))
 }
 
 /// A KiB field of /proc/PID/status (`VmRSS:`, `VmHWM:`); 0 if unreadable.
@@ -111,15 +116,9 @@ impl RssSampler {
 /// cutime, cstime of `pid` plus utime+stime of its live children): eBPF
 /// programs run in the traced process's syscalls, so their cost shows here.
 fn tree_cpu_secs(pid: u32) -> f64 {
-    let ticks = |p: u32, reaped: bool| -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let n = if reaped { 15 } else { 13 };
-        (11..n).filter_map(|i| f.get(i)?.parse::<u64>().ok()).sum()
-    };
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let live: u64 = children.split_whitespace().filter_map(|c| c.parse().ok()).map(|c| ticks(c, false)).sum();
-    (ticks(pid, true) + live) as f64 / clk_tck()
+    let live: u64 = children.split_whitespace().filter_map(|c| c.parse().ok()).map(|c| cpu_ticks(c, false)).sum();
+    (cpu_ticks(pid, true) + live) as f64 / clk_tck()
 }
 
 /// CPU seconds used by this process's reaped children (the load generators).

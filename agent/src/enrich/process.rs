@@ -152,7 +152,12 @@ impl ProcessTable {
             }
             return e.resource.clone();
         }
-        let mut info = ProcInfo::read(pid).unwrap_or(ProcInfo { pid, ..Default::default() });
+        let info = ProcInfo::read(pid).unwrap_or(ProcInfo { pid, ..Default::default() });
+        self.insert(pid, info)
+    }
+
+    /// Builds and caches the resource of `pid` from `info`.
+    fn insert(&mut self, pid: u32, mut info: ProcInfo) -> Arc<ProcessResource> {
         info.cmdline = String::new();
         let (pod, generation) = self.pod_of(&info);
         let r = Arc::new(self.build_with(&info, pod.as_ref()));
@@ -174,19 +179,15 @@ impl ProcessTable {
         if self.cache.contains_key(&child) {
             return;
         }
-        if ProcInfo::read(child).is_some() {
-            self.resource(child);
-            return;
-        }
-        self.resource(parent);
-        let Some(e) = self.cache.get(&parent) else { return };
-        let info = ProcInfo { pid: child, start_ticks: 0, ..e.info.clone() };
-        let (pod, generation) = self.pod_of(&info);
-        let r = Arc::new(self.build_with(&info, pod.as_ref()));
-        if self.cache.len() >= self.max {
-            return;
-        }
-        self.cache.insert(child, Entry { resource: r, info, pod: pod.map(|p| p.pod), generation });
+        let info = match ProcInfo::read(child) {
+            Some(info) => info,
+            None => {
+                self.resource(parent);
+                let Some(e) = self.cache.get(&parent) else { return };
+                ProcInfo { pid: child, start_ticks: 0, ..e.info.clone() }
+            }
+        };
+        self.insert(child, info);
     }
 
     /// Forgets a pid (exec changes its identity; exit ends it).

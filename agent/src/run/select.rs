@@ -121,12 +121,17 @@ impl Selector {
         let yes = self.roots.contains(&pid)
             || ProcInfo::read(pid).is_some_and(|p| self.matches_exe(&p))
             || self.descends_from_root(pid);
+        self.remember(pid, yes);
+        self.updates.push(if yes { KernelUpdate::Select(pid) } else { KernelUpdate::Unselect(pid) });
+        yes
+    }
+
+    /// Caches a decision (the cache is cleared when full).
+    fn remember(&mut self, pid: u32, yes: bool) {
         if self.decided.len() >= MAX_DECISIONS {
             self.decided.clear();
         }
         self.decided.insert(pid, yes);
-        self.updates.push(if yes { KernelUpdate::Select(pid) } else { KernelUpdate::Unselect(pid) });
-        yes
     }
 
     /// Whether events of `tgid` are wanted.
@@ -162,10 +167,7 @@ impl Selector {
             return false;
         }
         let Some(&yes) = self.decided.get(&parent) else { return false };
-        if self.decided.len() >= MAX_DECISIONS {
-            self.decided.clear();
-        }
-        self.decided.insert(child, yes);
+        self.remember(child, yes);
         if !yes {
             // The kernel marked the child (provisionally) traced: undo that.
             self.updates.push(KernelUpdate::Unselect(child));
