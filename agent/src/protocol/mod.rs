@@ -153,6 +153,12 @@ pub struct Privacy {
     /// (lower-case names). Authorization, Proxy-Authorization, Cookie and
     /// Set-Cookie are never exported raw even if listed.
     pub capture_headers: Vec<String>,
+    /// Leave [`Described::private`] empty. Not a user setting: the agent sets
+    /// it when no rules file is configured, because only rules and sampling
+    /// read private attributes (raw headers, raw SQL, Redis keys), and
+    /// building them is a good part of the cost of a span.
+    #[serde(skip)]
+    pub skip_private: bool,
 }
 
 /// Header names whose values are never exported raw.

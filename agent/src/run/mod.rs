@@ -22,6 +22,7 @@ use crate::enrich::process::{HostInfo, ProcessTable};
 use crate::export::{
     ExportConfigError, ExportError, ExportMetrics, Exporters, LineFormat, OtlpConfig, OtlpExporter, Output, StreamSink,
 };
+use crate::protocol::Privacy;
 use crate::span::builder::{Clock, SpanBuilder};
 use crate::span::link::{LinkLimits, Linker};
 use crate::span::model::Attributes;
@@ -206,7 +207,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             }
         },
         pods,
-        builder: SpanBuilder::new(Clock::now(), config.privacy.clone()),
+        builder: SpanBuilder::new(
+            Clock::now(),
+            Privacy { skip_private: config.rules_file.is_none(), ..config.privacy.clone() },
+        ),
         linker: (c.link_hold_ms > 0).then(|| {
             Linker::new(LinkLimits {
                 hold_ns: c.link_hold_ms.saturating_mul(1_000_000),

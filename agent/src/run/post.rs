@@ -154,7 +154,7 @@ pub async fn run(
                 let Some(batch) = batch else { break };
                 match rules.as_mut() {
                     Some(r) => batch.into_iter().for_each(|span| r.process(span, &mut out)),
-                    None => out.extend(batch),
+                    None => batch.into_iter().for_each(|span| exporters.submit(Arc::new(span))),
                 }
             }
             _ = tick.tick() => {

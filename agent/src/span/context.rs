@@ -44,10 +44,11 @@ pub fn parse_traceparent(v: &str) -> Option<TraceParent> {
     Some(TraceParent { trace_id, parent_id, flags: flags[0] })
 }
 
-/// A random, non-zero trace id.
+/// A random, non-zero trace id (two 64-bit draws: `rng.random::<[u8; 16]>()`
+/// draws a word per byte).
 pub fn new_trace_id(rng: &mut impl Rng) -> [u8; 16] {
     loop {
-        let id: [u8; 16] = rng.random();
+        let id = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())).to_le_bytes();
         if id != [0; 16] {
             return id;
         }
@@ -57,7 +58,7 @@ pub fn new_trace_id(rng: &mut impl Rng) -> [u8; 16] {
 /// A random, non-zero span id.
 pub fn new_span_id(rng: &mut impl Rng) -> [u8; 8] {
     loop {
-        let id: [u8; 8] = rng.random();
+        let id = rng.next_u64().to_le_bytes();
         if id != [0; 8] {
             return id;
         }

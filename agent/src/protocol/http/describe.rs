@@ -101,6 +101,30 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         }
     }
 
+    let private = if privacy.skip_private { Attributes::new() } else { private_attributes(r) };
+
+    Described {
+        name: span_name(name_method, &route),
+        attributes: a,
+        private,
+        status: if error { SpanStatus::error("") } else { SpanStatus::default() },
+        traceparent: r.header("traceparent").map(str::to_owned),
+        tracestate: r.header("tracestate").map(str::to_owned),
+    }
+}
+
+/// `METHOD route`, without the formatting machinery (once per span).
+fn span_name(method: &str, route: &str) -> String {
+    let mut name = String::with_capacity(method.len() + 1 + route.len());
+    name.push_str(method);
+    name.push(' ');
+    name.push_str(route);
+    name
+}
+
+/// Every request header (repeated ones joined with `,`) and the query
+/// string, for rules.
+fn private_attributes(r: &HttpExchange) -> Attributes {
     let mut private = Attributes(Vec::with_capacity(r.headers.len() + 1));
     for (name, value) in r.headers() {
         let key = private_header_key(name);
@@ -115,15 +139,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     if let Some(q) = r.query() {
         private.set("url.query", q);
     }
-
-    Described {
-        name: format!("{name_method} {route}"),
-        attributes: a,
-        private,
-        status: if error { SpanStatus::error("") } else { SpanStatus::default() },
-        traceparent: r.header("traceparent").map(str::to_owned),
-        tracestate: r.header("tracestate").map(str::to_owned),
-    }
+    private
 }
 
 /// `http.request.header.<name>` for a lower-case header name; common names
@@ -241,6 +257,18 @@ mod tests {
         let d = describe(&ex, Role::Server, &conn(), &Privacy::default());
         assert!(d.attributes.iter().all(|(k, _)| !k.starts_with(HEADER_PREFIX)));
         assert_eq!(d.private.get_str("http.request.header.x-tenant"), Some("acme"));
+    }
+
+    #[test]
+    fn without_rules_private_attributes_are_not_built_and_nothing_else_changes() {
+        let ex = exchange("GET /a/7?q=1 HTTP/1.1\r\nHost: h:81\r\nX-Tenant: acme\r\nUser-Agent: curl\r\n\r\n", 503);
+        let with = describe(&ex, Role::Server, &conn(), &Privacy::default());
+        let skip = Privacy { skip_private: true, ..Privacy::default() };
+        let without = describe(&ex, Role::Server, &conn(), &skip);
+        assert!(without.private.is_empty());
+        assert_eq!(with.private.get_str("http.request.header.x-tenant"), Some("acme"));
+        assert_eq!((without.name.as_str(), without.attributes), (with.name.as_str(), with.attributes));
+        assert_eq!(without.status, with.status);
     }
 
     #[test]

@@ -11,6 +11,10 @@ use crate::span::model::Text;
 /// becomes `{id}`. Anything after `?` is dropped.
 pub fn template_route(path: &str) -> Text {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
+    // Every identifier form has a digit, except a UUID of letters only.
+    if path.len() < 36 && !path.bytes().any(|b| b.is_ascii_digit()) {
+        return Text::new(path);
+    }
     let mut out = Text::with_capacity(path.len());
     for (i, seg) in path.split('/').enumerate() {
         if i > 0 {

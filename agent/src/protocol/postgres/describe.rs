@@ -19,10 +19,14 @@ use super::PgExchange;
 use crate::protocol::{ConnMeta, Described, Privacy, Role};
 use crate::span::model::{Attributes, SpanStatus};
 
+/// Most exported attributes a PostgreSQL span has (sizes the vector once).
+const MAX_ATTRS: usize = 14;
+
 /// Span name, attributes and status of one exchange.
 pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
-    let mut attributes = Attributes::new();
+    let mut attributes = Attributes(Vec::with_capacity(MAX_ATTRS));
     let mut private = Attributes::new();
+    let keep_private = !privacy.skip_private;
     attributes.set("db.system.name", "postgresql");
     if let Some(db) = &r.database {
         attributes.set("db.namespace", db.as_ref());
@@ -46,11 +50,13 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
         if statement.truncated {
             attributes.set("kspan.postgresql.query_truncated", true);
         }
-        private.set("db.query.text.raw", statement.text.to_string());
+        if keep_private {
+            private.set("db.query.text.raw", statement.text.to_string());
+        }
     }
     if r.prepared_unknown {
         attributes.set("kspan.postgresql.prepared_statement_unknown", true);
-        if let Some(name) = &r.unknown_statement_name {
+        if let Some(name) = r.unknown_statement_name.as_ref().filter(|_| keep_private) {
             private.set("kspan.postgresql.statement_name", name.to_string());
         }
     }
@@ -81,7 +87,7 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
         let message = if privacy.raw_sql { e.message.clone() } else { safe_error_message(&e.code, &e.message) };
         status = SpanStatus::error(message);
     }
-    if let Some(user) = &r.user {
+    if let Some(user) = r.user.as_ref().filter(|_| keep_private) {
         private.set("db.user", user.as_ref());
     }
     let name = summary.or(operation).unwrap_or_else(|| "postgresql".to_owned());

@@ -54,13 +54,16 @@ pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privac
         }
         status = SpanStatus::error(msg);
     }
-    let mut private = Attributes(Vec::with_capacity(2));
-    if let Some(k) = r.key() {
-        let mut text = Text::default();
-        push_arg(&mut text, k);
-        private.push_unique("db.redis.key", text);
+    let mut private = Attributes::new();
+    if !privacy.skip_private {
+        private.0.reserve_exact(2);
+        if let Some(k) = r.key() {
+            let mut text = Text::default();
+            push_arg(&mut text, k);
+            private.push_unique("db.redis.key", text);
+        }
+        private.push_unique("db.redis.args", i64::from(r.arg_count));
     }
-    private.push_unique("db.redis.args", i64::from(r.arg_count));
     Described { name: op.to_owned(), attributes: a, private, status, traceparent: None, tracestate: None }
 }
 
