@@ -22,6 +22,7 @@ mod loader;
 pub mod sys;
 #[cfg(feature = "runtime")]
 pub mod tls;
+pub mod tls_entry;
 
 #[cfg(feature = "runtime")]
 pub use loader::*;

@@ -1,5 +1,7 @@
-//! Finding OpenSSL in selected processes and attaching the TLS uprobes
-//! (`SSL_read`, `SSL_write` and their `_ex` variants) to it.
+//! Finding OpenSSL in selected processes and attaching the TLS uprobes to
+//! it: at OpenSSL's internal read/write functions when [`super::tls_entry`]
+//! finds them (one cheap trap per call), else at `SSL_read`, `SSL_write` and
+//! their `_ex` variants.
 //!
 //! Guarantees:
 //! - A library is attached once per file (device, inode), for every process
@@ -21,7 +23,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::programs::{UProbe, uprobe::UProbeScope};
+use aya::programs::UProbe;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use object::{Object, ObjectSymbol};
 
 use super::Capture;
@@ -192,7 +195,7 @@ pub fn system_libraries() -> Vec<PathBuf> {
 impl Capture {
     /// Attaches the library-load hook to a dynamic loader file.
     pub fn attach_loader(&mut self, path: &Path) -> Result<(), TlsAttachError> {
-        self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, path)
+        self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, None, path)
     }
 
     /// Attaches the TLS uprobes to every process's use of the file at `path`.
@@ -200,28 +203,48 @@ impl Capture {
     pub fn attach_tls(&mut self, path: &Path) -> Result<usize, TlsAttachError> {
         let shown = || path.display().to_string();
         let mut probed = 0;
-        for (symbol, program) in PROBES {
-            let attached =
-                self.attach_uprobe(program, symbol, path).and_then(|()| self.attach_uprobe(RET_PROGRAM, symbol, path));
-            match attached {
-                Ok(()) => probed += 1,
-                Err(e) if REQUIRED.contains(&symbol) => return Err(e),
-                Err(e) => tracing::debug!("{}: optional {symbol} not probed: {e}", shown()),
+        match super::tls_entry::find(path) {
+            // One probe pair per direction covers the plain and `_ex` API.
+            Some(entries) => {
+                for (name, offset, program) in [
+                    ("ssl_read_internal", entries.read, "kspan_ssl_read_ex"),
+                    ("ssl_write_internal", entries.write, "kspan_ssl_write_ex"),
+                ] {
+                    self.attach_uprobe(program, name, Some(offset), path)?;
+                    self.attach_uprobe(RET_PROGRAM, name, Some(offset), path)?;
+                    probed += 1;
+                }
+                tracing::debug!("{}: probed at OpenSSL's internal read/write entries", shown());
+            }
+            None => {
+                for (symbol, program) in PROBES {
+                    let attached = self
+                        .attach_uprobe(program, symbol, None, path)
+                        .and_then(|()| self.attach_uprobe(RET_PROGRAM, symbol, None, path));
+                    match attached {
+                        Ok(()) => probed += 1,
+                        Err(e) if REQUIRED.contains(&symbol) => return Err(e),
+                        Err(e) => tracing::debug!("{}: optional {symbol} not probed: {e}", shown()),
+                    }
+                }
             }
         }
         // Optional: tells a reused SSL object's new socket at once (users of
         // custom BIOs, e.g. libpq, never call it).
-        match self.attach_uprobe(SET_FD_PROGRAM, SET_FD_SYMBOL, path) {
+        match self.attach_uprobe(SET_FD_PROGRAM, SET_FD_SYMBOL, None, path) {
             Ok(()) => probed += 1,
             Err(e) => tracing::debug!("{}: optional {SET_FD_SYMBOL} not probed: {e}", shown()),
         }
         Ok(probed)
     }
 
+    /// Attaches `program` at `symbol`, or at file offset `offset` (then
+    /// `symbol` only names the place in errors).
     fn attach_uprobe(
         &mut self,
         program: &'static str,
         symbol: &'static str,
+        offset: Option<u64>,
         path: &Path,
     ) -> Result<(), TlsAttachError> {
         let perr = |reason: String| TlsAttachError::Program { program, reason };
@@ -234,7 +257,11 @@ impl Capture {
         if prog.fd().is_err() {
             prog.load().map_err(|e| perr(format!("verifier rejected it: {e}")))?;
         }
-        prog.attach(symbol, path, UProbeScope::AllProcesses).map_err(|e| TlsAttachError::Attach {
+        let at = match offset {
+            Some(o) => UProbeAttachLocation::AbsoluteOffset(o),
+            None => UProbeAttachLocation::Symbol(symbol),
+        };
+        prog.attach(at, path, UProbeScope::AllProcesses).map_err(|e| TlsAttachError::Attach {
             path: path.display().to_string(),
             symbol,
             // aya wraps the useful part (e.g. the errno) in a source.

@@ -1,5 +1,7 @@
 //! TLS plaintext at the OpenSSL API: uprobes on `SSL_read`, `SSL_write` and
-//! their `_ex` variants (OpenSSL 1.1 and 3 export the same names).
+//! their `_ex` variants (OpenSSL 1.1 and 3 export the same names), or on the
+//! internal functions behind both (`ssl_read_internal`/`ssl_write_internal`,
+//! `_ex` argument shape; the agent picks, see `agent/src/capture/tls_entry.rs`).
 //!
 //! Guarantees:
 //! - Only selected processes are followed (same `TRACED` check as syscalls).
@@ -71,7 +73,9 @@ fn exit(ctx: &RetProbeContext) -> Res {
     let _ = TLS_CALLS.remove(&id);
     let ret: i32 = ctx.ret();
     let moved: u64 = if call.out != 0 {
-        if ret != 1 {
+        // `_ex` and the internal functions behind both APIs: positive on
+        // success, the byte count in the out-parameter.
+        if ret <= 0 {
             return Ok(0);
         }
         // SAFETY: the caller's size_t out-parameter in user memory.
