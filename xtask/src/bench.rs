@@ -459,7 +459,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         otlp_bench()?;
     }
     if !skip_criterion && only.is_none() {
-        sh(cargo().current_dir(root()).args(["bench", "-p", "kspan", "--", "--quick"]))?;
+        sh(cargo().current_dir(root()).args(["bench", "-p", "kspan", "--bench", "*", "--", "--quick"]))?;
     }
     Ok(())
 }
