@@ -148,6 +148,16 @@ mod tests {
     }
 
     #[test]
+    fn without_rules_the_key_is_not_kept_and_nothing_exported_changes() {
+        let r = exchange("GET", &["user:42"], Some(0));
+        let with = describe(&r, Role::Client, &conn(), &Privacy::default());
+        let without = describe(&r, Role::Client, &conn(), &Privacy { skip_private: true, ..Privacy::default() });
+        assert!(without.private.is_empty());
+        assert_eq!(with.private.get_str("db.redis.key"), Some("user:42"));
+        assert_eq!((without.name, without.attributes), (with.name, with.attributes));
+    }
+
+    #[test]
     fn values_are_exported_on_opt_in_with_truncation_marks() {
         let mut r = exchange("SET", &["k"], Some(0));
         r.args.push(&[b'v'; 128], true);
