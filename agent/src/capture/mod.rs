@@ -22,6 +22,7 @@ mod loader;
 pub mod sys;
 #[cfg(feature = "runtime")]
 pub mod tls;
+#[cfg(feature = "runtime")]
 pub mod tls_entry;
 
 #[cfg(feature = "runtime")]
