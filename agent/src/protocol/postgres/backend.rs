@@ -20,15 +20,24 @@ pub(super) struct Tag {
 /// `"CREATE TABLE"` -> (`CREATE TABLE`, None).
 pub(super) fn parse_tag(body: &[u8]) -> Tag {
     let text = String::from_utf8_lossy(cstr(body).0);
-    let words: Vec<&str> = text.split_ascii_whitespace().take(8).collect();
-    let counted = matches!(
-        words.first(),
-        Some(&("SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"))
-    );
-    let numeric = |w: &&str| w.bytes().all(|b| b.is_ascii_digit());
-    let n_words = words.iter().take_while(|w| !numeric(w)).count();
-    let rows = if counted { words.last().filter(|w| numeric(w)).and_then(|w| w.parse().ok()) } else { None };
-    Tag { command: words.get(..n_words).unwrap_or_default().join(" "), rows }
+    let numeric = |w: &str| w.bytes().all(|b| b.is_ascii_digit());
+    // The command is the words before the first number (of the first 8).
+    let (mut command, mut first, mut last, mut in_command) = (String::new(), None, None, true);
+    for w in text.split_ascii_whitespace().take(8) {
+        first.get_or_insert(w);
+        last = Some(w);
+        in_command &= !numeric(w);
+        if in_command {
+            if !command.is_empty() {
+                command.push(' ');
+            }
+            command.push_str(w);
+        }
+    }
+    let counted =
+        matches!(first, Some("SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"));
+    let rows = if counted { last.filter(|w| numeric(w)).and_then(|w| w.parse().ok()) } else { None };
+    Tag { command, rows }
 }
 
 /// The exported parts of an ErrorResponse.

@@ -19,70 +19,73 @@ use super::PgExchange;
 use crate::protocol::{ConnMeta, Described, Privacy, Role};
 use crate::span::model::{Attributes, SpanStatus};
 
-/// Most exported attributes a PostgreSQL span has (sizes the vector once).
-const MAX_ATTRS: usize = 14;
+/// Most exported attributes a PostgreSQL span has (sizes the vector once;
+/// each is pushed once, without looking for an earlier value).
+const MAX_ATTRS: usize = 16;
 
 /// Span name, attributes and status of one exchange.
 pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) -> Described {
     let mut attributes = Attributes(Vec::with_capacity(MAX_ATTRS));
     let mut private = Attributes::new();
     let keep_private = !privacy.skip_private;
-    attributes.set("db.system.name", "postgresql");
+    attributes.push_unique("db.system.name", "postgresql");
     if let Some(db) = &r.database {
-        attributes.set("db.namespace", db.as_ref());
+        attributes.push_unique("db.namespace", db.as_ref());
     }
     let analysis = r.statement.as_deref().map(|s| (s, s.analysis()));
-    let operation = analysis.and_then(|(_, a)| a.operation.clone()).or_else(|| r.command.clone());
-    if let Some(op) = &operation {
-        attributes.set("db.operation.name", op.clone());
+    // Borrowed from the statement's cached analysis: short texts become
+    // inline attribute values without an allocation.
+    let operation = analysis.and_then(|(_, a)| a.operation.as_deref()).or(r.command.as_deref());
+    if let Some(op) = operation {
+        attributes.push_unique("db.operation.name", op);
     }
     let mut summary = None;
     if let Some((statement, a)) = analysis {
         if let Some(collection) = &a.collection {
-            attributes.set("db.collection.name", collection.clone());
+            attributes.push_unique("db.collection.name", collection.as_str());
         }
         if let Some(s) = &a.summary {
-            attributes.set("db.query.summary", s.clone());
-            summary = Some(s.clone());
+            attributes.push_unique("db.query.summary", s.as_str());
+            summary = Some(s.as_str());
         }
-        let text = if privacy.raw_sql { statement.text.to_string() } else { a.sanitized.clone() };
-        attributes.set("db.query.text", text);
+        let text = if privacy.raw_sql { &*statement.text } else { a.sanitized.as_str() };
+        attributes.push_unique("db.query.text", text);
         if statement.truncated {
-            attributes.set("kspan.postgresql.query_truncated", true);
+            attributes.push_unique("kspan.postgresql.query_truncated", true);
         }
         if keep_private {
             private.set("db.query.text.raw", statement.text.to_string());
         }
     }
     if r.prepared_unknown {
-        attributes.set("kspan.postgresql.prepared_statement_unknown", true);
+        attributes.push_unique("kspan.postgresql.prepared_statement_unknown", true);
         if let Some(name) = r.unknown_statement_name.as_ref().filter(|_| keep_private) {
             private.set("kspan.postgresql.statement_name", name.to_string());
         }
     }
     if let Some(rows) = r.rows {
-        attributes.set("db.response.returned_rows", i64::try_from(rows).unwrap_or(i64::MAX));
+        attributes.push_unique("db.response.returned_rows", i64::try_from(rows).unwrap_or(i64::MAX));
     }
     if r.response_truncated {
-        attributes.set("kspan.postgresql.response_truncated", true);
+        attributes.push_unique("kspan.postgresql.response_truncated", true);
     }
     let server = match role {
         Role::Client => conn.peer,
         Role::Server => conn.local,
     };
     if let Some(addr) = server {
-        attributes.set("server.address", crate::protocol::ip_text(addr.ip()));
-        attributes.set("server.port", i64::from(addr.port()));
+        attributes.push_unique("server.address", crate::protocol::ip_text(addr.ip()));
+        attributes.push_unique("server.port", i64::from(addr.port()));
     }
     if let Some(addr) = conn.peer {
-        attributes.set("network.peer.address", crate::protocol::ip_text(addr.ip()));
-        attributes.set("network.peer.port", i64::from(addr.port()));
+        attributes.push_unique("network.peer.address", crate::protocol::ip_text(addr.ip()));
+        attributes.push_unique("network.peer.port", i64::from(addr.port()));
     }
     let mut status = SpanStatus::default();
     if let Some(e) = &r.error {
         if !e.code.is_empty() {
-            attributes.set("db.response.status_code", e.code.clone());
-            attributes.set("error.type", e.code.clone());
+            attributes.push_unique("db.response.status_code", e.code.clone());
+            attributes.push_unique("error.type", e.code.clone());
         }
         let message = if privacy.raw_sql { e.message.clone() } else { safe_error_message(&e.code, &e.message) };
         status = SpanStatus::error(message);
@@ -90,7 +93,7 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
     if let Some(user) = r.user.as_ref().filter(|_| keep_private) {
         private.set("db.user", user.as_ref());
     }
-    let name = summary.or(operation).unwrap_or_else(|| "postgresql".to_owned());
+    let name = summary.or(operation).unwrap_or("postgresql").to_owned();
     Described { name, attributes, private, status, traceparent: None, tracestate: None }
 }
 
