@@ -280,6 +280,8 @@ pub struct TlsAttacher {
     cursor: usize,
     /// Executables already checked for static OpenSSL (by file).
     exes: HashSet<(u64, u64)>,
+    /// Attach the library-load hook to dynamic loaders.
+    loader_hook: bool,
     pub stats: TlsStats,
 }
 
@@ -297,18 +299,30 @@ impl TlsAttacher {
             last_scan: Instant::now(),
             cursor: 0,
             exes: HashSet::new(),
+            loader_hook: true,
             stats: TlsStats::default(),
         }
     }
 
+    /// Without the loader hook (`capture.tls_loader_hook: false`), a libssl
+    /// loaded late is found by the post-exec and timed scans only, and no
+    /// uprobe sits in the dynamic loader that every process runs.
+    pub fn with_loader_hook(mut self, on: bool) -> Self {
+        self.loader_hook = on;
+        self
+    }
+
     /// Attaches the system libssl (so processes started later are covered
-    /// from their first request) and the agent's own dynamic loader (library
-    /// load reports), and scans the already selected processes.
+    /// from their first request) and, with the loader hook, the agent's own
+    /// dynamic loader (library load reports), and scans the already selected
+    /// processes.
     pub fn start(&mut self, capture: &mut Capture, selected: &[u32]) {
         for p in system_libraries() {
             self.consider(capture, &p, Kind::Library);
         }
-        if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        if self.loader_hook
+            && let Ok(maps) = std::fs::read_to_string("/proc/self/maps")
+        {
             for p in mapped_paths(&maps, is_loader) {
                 self.consider(capture, Path::new(p), Kind::Loader);
             }
@@ -362,7 +376,8 @@ impl TlsAttacher {
     fn scan_pid(&mut self, capture: &mut Capture, pid: u32) {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-            for (lib, kind) in mapped_paths(&maps, |p| is_libssl(p) || is_loader(p))
+            let hook = self.loader_hook;
+            for (lib, kind) in mapped_paths(&maps, |p| is_libssl(p) || (hook && is_loader(p)))
                 .into_iter()
                 .map(|p| (p, if is_loader(p) { Kind::Loader } else { Kind::Library }))
             {

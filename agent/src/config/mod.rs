@@ -71,6 +71,12 @@ pub struct CaptureSection {
     /// by traced processes, the system libssl, statically linked
     /// executables). Off: TLS connections show only their handshake.
     pub tls: bool,
+    /// With `tls`: a uprobe on the dynamic loader's `_dl_debug_state` reports
+    /// library loads, so a libssl loaded late is attached at once. Off: it is
+    /// found by the post-exec and 2-second scans, and no uprobe sits in the
+    /// loader that every process runs (programs run under valgrind or other
+    /// binary translators stop with SIGTRAP on a uprobe).
+    pub tls_loader_hook: bool,
 }
 
 impl Default for CaptureSection {
@@ -89,6 +95,7 @@ impl Default for CaptureSection {
             link_max_held: 16_384,
             link_max_per_thread: 256,
             tls: true,
+            tls_loader_hook: true,
         }
     }
 }
@@ -283,7 +290,10 @@ mod tests {
         let c = Config::parse("", "x.yaml").unwrap();
         assert_eq!(c.capture.capture_bytes, 4096);
         assert!(c.traces_all());
+        assert!(c.capture.tls && c.capture.tls_loader_hook);
         c.validate().unwrap();
+        let c = Config::parse("capture:\n  tls_loader_hook: false\n", "x.yaml").unwrap();
+        assert!(c.capture.tls && !c.capture.tls_loader_hook);
     }
 
     #[test]

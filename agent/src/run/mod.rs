@@ -182,7 +182,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
 
     let tls = c.tls.then(|| {
-        let mut tls = TlsAttacher::new();
+        let mut tls = TlsAttacher::new().with_loader_hook(c.tls_loader_hook);
         tls.start(&mut capture, &selector.selected());
         tls
     });
