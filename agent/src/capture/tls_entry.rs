@@ -71,9 +71,17 @@ fn symbol<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> 
         .map(|s| (s.address(), s.size()))
 }
 
+/// The section holding virtual address `addr`.
+fn section_at<'d, 'f, R: object::ReadRef<'d>>(
+    obj: &'f object::File<'d, R>,
+    addr: u64,
+) -> Option<object::Section<'d, 'f, R>> {
+    obj.sections().find(|s| s.address() <= addr && addr < s.address() + s.size())
+}
+
 /// Up to `len` bytes of code at virtual address `addr`.
 fn code<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, addr: u64, len: u64) -> Option<Vec<u8>> {
-    let section = obj.sections().find(|s| s.address() <= addr && addr < s.address() + s.size())?;
+    let section = section_at(obj, addr)?;
     let data = section.data().ok()?;
     let start = usize::try_from(addr - section.address()).ok()?;
     let end = start.saturating_add(usize::try_from(len).ok()?).min(data.len());
@@ -82,7 +90,7 @@ fn code<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, addr: u64, len: u
 
 /// The file offset of virtual address `addr`.
 fn file_offset<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, addr: u64) -> Option<u64> {
-    let section = obj.sections().find(|s| s.address() <= addr && addr < s.address() + s.size())?;
+    let section = section_at(obj, addr)?;
     let (offset, _) = section.file_range()?;
     Some(offset + (addr - section.address()))
 }

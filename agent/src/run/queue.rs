@@ -12,11 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
+use super::pipeline::MAX_EXCHANGES_PER_CYCLE;
 use crate::span::model::Span;
-
-/// Spans reserved for the next batch at most (a drain cycle takes up to
-/// 1,024 exchanges).
-pub const MAX_BATCH_RESERVE: usize = 1024;
 
 /// Sending end (the capture thread).
 pub struct SpanSender {
@@ -55,10 +52,11 @@ impl SpanSender {
         }
         let n = batch.len();
         self.queued.fetch_add(n, Ordering::AcqRel);
-        // The next batch starts at this one's size (at most
-        // [`MAX_BATCH_RESERVE`]): growing a vector of spans from empty every
-        // cycle copied each span several times.
-        match self.tx.try_send(std::mem::replace(batch, Vec::with_capacity(n.min(MAX_BATCH_RESERVE)))) {
+        // The next batch starts at this one's size (at most a drain cycle's
+        // worth): growing a vector of spans from empty every cycle copied
+        // each span several times.
+        let next = Vec::with_capacity(n.min(MAX_EXCHANGES_PER_CYCLE));
+        match self.tx.try_send(std::mem::replace(batch, next)) {
             Ok(()) => dropped as u64,
             Err(_) => {
                 self.queued.fetch_sub(n, Ordering::AcqRel);
