@@ -225,9 +225,139 @@ impl Drop for Agent {
     }
 }
 
+/// One paired measurement: a baseline run, a run with kspan, a second
+/// baseline run (the VM drifts within minutes, so each ratio is against the
+/// baselines on either side of it).
+#[derive(Clone, Copy, Default)]
+struct Round {
+    base1: f64,
+    with: f64,
+    base2: f64,
+    /// CPU per operation without and with kspan.
+    base_cpu: CpuPerOp,
+    with_cpu: CpuPerOp,
+    /// kspan's CPU per operation, us.
+    agent_us: f64,
+    /// kspan's CPU, share of one core.
+    agent_core: f64,
+    p99_base_ms: f64,
+    p99_with_ms: f64,
+    load_rss_kib: u64,
+    peak_rss_kib: u64,
+    spans: f64,
+    lost: f64,
+}
+
+impl Round {
+    fn ratio(&self) -> f64 {
+        self.with / ((self.base1 + self.base2) / 2.0)
+    }
+    /// Throughput ratio if the run were CPU-bound and scheduling perfect:
+    /// the CPU an operation costs without kspan over what it costs with it
+    /// (server + load generator + agent). Steadier than req/s on a VM whose
+    /// speed drifts, and a model, not a measurement of throughput.
+    fn cpu_ratio(&self) -> f64 {
+        let base = self.base_cpu.server_us + self.base_cpu.client_us;
+        let with = self.with_cpu.server_us + self.with_cpu.client_us + self.agent_us;
+        if with > 0.0 { base / with } else { 0.0 }
+    }
+}
+
+/// Runs `rounds` paired rounds of `run` (returns (rate, p99 ms)) without and
+/// with kspan started with `agent_args`; `server`: the server's pid.
+fn rounds(
+    rounds: u32,
+    bin: &std::path::Path,
+    agent_args: &[String],
+    server: u32,
+    run: &dyn Fn() -> Result<(f64, f64)>,
+) -> Result<Vec<Round>> {
+    run()?; // warm-up
+    let mut out = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let ((base1, p99_base_ms), base_cpu) = with_cpu(server, run, |r| r.0)?;
+        let agent = Agent::start(bin, agent_args)?;
+        let (t0, _) = proc_usage(agent.child.id());
+        let rss = RssSampler::start(agent.child.id());
+        let started = std::time::Instant::now();
+        let ((with, p99_with_ms), with_cpu) = with_cpu(server, run, |r| r.0)?;
+        let secs = started.elapsed().as_secs_f64();
+        let load_rss_kib = rss.finish();
+        let (t1, peak_rss_kib) = proc_usage(agent.child.id());
+        // Counters are published once a second: let the last spans show.
+        std::thread::sleep(Duration::from_millis(1500));
+        let spans = agent.metric_sum("kspan_spans_built_total");
+        let lost = agent.metric_sum("kspan_kernel_lost_total");
+        let lost_why = agent.metric_lines("kspan_kernel_lost_total");
+        drop(agent);
+        let (base2, _) = run()?;
+        let agent_secs = (t1 - t0) as f64 / clk_tck();
+        let r = Round {
+            base1,
+            with,
+            base2,
+            base_cpu,
+            with_cpu,
+            agent_us: if with > 0.0 { agent_secs / (with * secs) * 1e6 } else { 0.0 },
+            agent_core: agent_secs / secs,
+            p99_base_ms,
+            p99_with_ms,
+            load_rss_kib,
+            peak_rss_kib,
+            spans,
+            lost,
+        };
+        println!(
+            "  round: baseline {base1:.0} / {base2:.0}, with kspan {with:.0}, ratio {:.3}, CPU-model ratio {:.3}, \
+             agent {:.2} us/op, lost {lost:.0} {lost_why}",
+            r.ratio(),
+            r.cpu_ratio(),
+            r.agent_us
+        );
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The median of `f` over the rounds, with the smallest and largest value.
+fn median_of(rounds: &[Round], f: impl Fn(&Round) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = rounds.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    let mid = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    (mid, v[0], v[v.len() - 1])
+}
+
+/// Prints what every whole-system bench reports, over its rounds.
+fn print_rounds(rounds: &[Round], target_ratio: f64) {
+    let med = |f: &dyn Fn(&Round) -> f64| median_of(rounds, f);
+    let (ratio, lo, hi) = med(&|r| r.ratio());
+    let (cpu_ratio, clo, chi) = med(&|r| r.cpu_ratio());
+    println!(
+        "baseline              {:>10.0}  (median of {} rounds)",
+        med(&|r| (r.base1 + r.base2) / 2.0).0,
+        rounds.len()
+    );
+    println!("with kspan            {:>10.0}", med(&|r| r.with).0);
+    println!("ratio                 {ratio:>10.3}  (rounds {lo:.3}-{hi:.3}) target >= {target_ratio}");
+    println!("CPU-model ratio       {cpu_ratio:>10.3}  (rounds {clo:.3}-{chi:.3}; CPU per op without / with kspan)");
+    let base = CpuPerOp { server_us: med(&|r| r.base_cpu.server_us).0, client_us: med(&|r| r.base_cpu.client_us).0 };
+    let with = CpuPerOp { server_us: med(&|r| r.with_cpu.server_us).0, client_us: med(&|r| r.with_cpu.client_us).0 };
+    print_cpu_per_op(base, with, med(&|r| r.agent_us).0);
+    println!(
+        "agent RSS under load  {:>10.1} MiB  (largest round; peak incl. start-up {:.1} MiB)",
+        rounds.iter().map(|r| r.load_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+        rounds.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0
+    );
+    println!(
+        "spans built           {:>10.0}  kernel lost events {:.0} (all rounds)",
+        rounds.iter().map(|r| r.spans).sum::<f64>(),
+        rounds.iter().map(|r| r.lost).sum::<f64>()
+    );
+}
+
 /// nginx + wrk with and without kspan; `tls`: HTTPS (kspan reads the
 /// plaintext through the OpenSSL uprobes).
-fn http_bench(bin: &std::path::Path, secs: u32, tls: bool) -> Result<()> {
+fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Result<()> {
     let (ng, scheme) = if tls { (nginx_tls(), "https") } else { (nginx(), "http") };
     // uprobes are per file: wrk on the system libssl would trap on every SSL
     // call too. A private copy keeps the load generator unprobed, as a client
@@ -242,64 +372,32 @@ fn http_bench(bin: &std::path::Path, secs: u32, tls: bool) -> Result<()> {
         std::fs::copy(system, wrk_libs.0.join("libssl.so.3"))?;
     }
     let lib_dir = tls.then_some(wrk_libs.0.as_path());
-    let wrk = |port, secs| wrk(scheme, lib_dir, port, secs);
-    wrk(ng.port, 2)?; // warm-up
-    let (base1, base_cpu) = with_cpu(ng.pid(), || wrk(ng.port, secs), |l| l.rps)?;
-    let agent = Agent::start(bin, &["--pid".into(), ng.pid().to_string()])?;
-    let (t0, _) = proc_usage(agent.child.id());
-    let rss = RssSampler::start(agent.child.id());
-    let (with, with_cpu_op) = with_cpu(ng.pid(), || wrk(ng.port, secs), |l| l.rps)?;
-    let load_rss_kib = rss.finish();
-    let (t1, rss_kib) = proc_usage(agent.child.id());
-    // Counters are published once a second: let the last spans show.
-    std::thread::sleep(Duration::from_millis(1500));
-    let spans = agent.metric_sum("kspan_spans_built_total");
-    let lost = agent.metric_sum("kspan_kernel_lost_total");
-    drop(agent);
-    // HTTPS: the same agent with TLS capture off (syscall tracepoints only),
-    // to tell the uprobes' share of the cost.
-    let no_tls = if tls {
-        let dir = TempDir::new("bench-no-tls");
-        let conf = dir.0.join("kspan.yaml");
-        std::fs::write(&conf, "capture:\n  tls: false\n")?;
-        let agent =
-            Agent::start(bin, &["--pid".into(), ng.pid().to_string(), "--config".into(), conf.display().to_string()])?;
-        let load = wrk(ng.port, secs)?;
-        drop(agent);
-        Some(load)
-    } else {
-        None
-    };
-    let base2 = wrk(ng.port, secs)?;
-    let base = Load { rps: (base1.rps + base2.rps) / 2.0, p99_ms: (base1.p99_ms + base2.p99_ms) / 2.0 };
-    let cpu_core = (t1 - t0) as f64 / clk_tck() / secs as f64;
-    let per_10k = cpu_core / (with.rps / 10_000.0);
+    let load = || wrk(scheme, lib_dir, ng.port, secs).map(|l| (l.rps, l.p99_ms));
     println!("== nginx {scheme} + wrk (-t2 -c32, {secs}s), kspan --pid nginx --output none");
     if tls {
         println!("(wrk runs on a private libssl copy: only nginx's SSL calls hit the uprobes)");
     }
-    println!("baseline req/s        {:>10.0}  (runs: {:.0}, {:.0})", base.rps, base1.rps, base2.rps);
-    println!("with kspan req/s      {:>10.0}", with.rps);
-    println!("req/s ratio           {:>10.3}   target >= 0.98", with.rps / base.rps);
-    if let Some(n) = no_tls {
-        println!("TLS capture off req/s {:>10.0}  ratio {:.3} (syscall tracing only)", n.rps, n.rps / base.rps);
-    }
-    println!(
-        "p99 baseline / kspan  {:>7.3} ms / {:.3} ms  (delta {:+.3} ms)",
-        base.p99_ms,
-        with.p99_ms,
-        with.p99_ms - base.p99_ms
-    );
+    let rs = rounds(n_rounds, bin, &["--pid".into(), ng.pid().to_string()], ng.pid(), &load)?;
+    print_rounds(&rs, if tls { 0.97 } else { 0.98 });
+    let (p99b, p99w) = (median_of(&rs, |r| r.p99_base_ms).0, median_of(&rs, |r| r.p99_with_ms).0);
+    println!("p99 baseline / kspan  {p99b:>7.3} ms / {p99w:.3} ms  (delta {:+.3} ms)", p99w - p99b);
+    let core = median_of(&rs, |r| r.agent_core).0;
+    let per_10k = median_of(&rs, |r| r.agent_core / (r.with / 10_000.0)).0;
     println!(
         "agent CPU             {:>10.1} % of one core ({:.2} % per 10k req/s, target <= 2 %)",
-        cpu_core * 100.0,
+        core * 100.0,
         per_10k * 100.0
     );
-    print_cpu_per_op(base_cpu, with_cpu_op, cpu_core / with.rps * 1e6);
-    println!("agent RSS under load  {:>10.1} MiB  target <= 40 MiB", load_rss_kib as f64 / 1024.0);
-    println!("agent peak RSS        {:>10.1} MiB  (VmHWM, includes start-up)", rss_kib as f64 / 1024.0);
-    println!("spans built           {spans:>10.0}  (requests served with kspan: ~{:.0})", with.rps * secs as f64);
-    println!("kernel lost events    {lost:>10.0}  target 0");
+    // HTTPS: the same agent with TLS capture off (syscall tracepoints only),
+    // to tell the uprobes' share of the cost.
+    if tls {
+        let dir = TempDir::new("bench-no-tls");
+        let conf = dir.0.join("kspan.yaml");
+        std::fs::write(&conf, "capture:\n  tls: false\n")?;
+        let args = ["--pid".into(), ng.pid().to_string(), "--config".into(), conf.display().to_string()];
+        let off = rounds(1, bin, &args, ng.pid(), &load)?;
+        println!("TLS capture off: ratio {:.3} (syscall tracing only)", off[0].ratio());
+    }
     Ok(())
 }
 
@@ -315,49 +413,25 @@ fn number_after(cmd: &mut Command, key: &str) -> Result<f64> {
         .with_context(|| format!("no `{key}` in output of {cmd:?}:\n{text}"))
 }
 
-/// Baseline, with kspan, baseline again; prints the ratio against the mean baseline.
-/// `server`: the server's pid, for CPU per operation.
+/// A load with and without kspan over `n_rounds` rounds; prints the median
+/// ratio and spread.
 fn compare(
     name: &str,
+    n_rounds: u32,
+    target_ratio: f64,
     bin: &std::path::Path,
     agent_args: &[String],
     server: u32,
     run: &dyn Fn() -> Result<f64>,
 ) -> Result<()> {
-    run()?; // warm-up
-    let (base1, base_cpu) = with_cpu(server, run, |r| *r)?;
-    let agent = Agent::start(bin, agent_args)?;
-    let (t0, _) = proc_usage(agent.child.id());
-    let rss = RssSampler::start(agent.child.id());
-    let started = std::time::Instant::now();
-    let (with, with_cpu_op) = with_cpu(server, run, |r| *r)?;
-    let secs = started.elapsed().as_secs_f64();
-    let load_rss_kib = rss.finish();
-    let (t1, rss_kib) = proc_usage(agent.child.id());
-    std::thread::sleep(Duration::from_millis(1500));
-    let spans = agent.metric_sum("kspan_spans_built_total");
-    let lost = agent.metric_sum("kspan_kernel_lost_total");
-    let lost_why = agent.metric_lines("kspan_kernel_lost_total");
-    drop(agent);
-    let base2 = run()?;
-    let base = (base1 + base2) / 2.0;
     println!("== {name}");
-    println!("baseline              {base:>10.0}  (runs: {base1:.0}, {base2:.0})");
-    println!("with kspan            {with:>10.0}");
-    println!("ratio                 {:>10.3}", with / base);
-    let agent_secs = (t1 - t0) as f64 / clk_tck();
-    println!("agent CPU             {:>10.1} % of one core", agent_secs / secs * 100.0);
-    print_cpu_per_op(base_cpu, with_cpu_op, if with > 0.0 { agent_secs / (with * secs) * 1e6 } else { 0.0 });
-    println!(
-        "agent RSS under load  {:>10.1} MiB  (peak incl. start-up {:.1} MiB)",
-        load_rss_kib as f64 / 1024.0,
-        rss_kib as f64 / 1024.0
-    );
-    println!("spans built {spans:.0}, kernel lost events {lost:.0} {lost_why}");
+    let rs = rounds(n_rounds, bin, agent_args, server, &|| run().map(|r| (r, f64::NAN)))?;
+    print_rounds(&rs, target_ratio);
+    println!("agent CPU             {:>10.1} % of one core", median_of(&rs, |r| r.agent_core).0 * 100.0);
     Ok(())
 }
 
-fn db_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
+fn db_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> Result<()> {
     let pg = postgres();
     let port = pg.port.to_string();
     sh(Command::new("pgbench").args([
@@ -383,7 +457,9 @@ fn db_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
         )
     };
     compare(
-        &format!("pgbench -S -c 8 -M prepared, {secs}s, kspan --exe pgbench --pid <postmaster>: TPS (target >= 0.98)"),
+        &format!("pgbench -S -c 8 -M prepared, {secs}s, kspan --exe pgbench --pid <postmaster>: TPS"),
+        n_rounds,
+        0.98,
         bin,
         &["--exe".into(), "bin/pgbench$".into(), "--pid".into(), child_pid_of(pg.pid()).to_string()],
         child_pid_of(pg.pid()),
@@ -411,7 +487,9 @@ fn db_bench(bin: &std::path::Path, secs: u32) -> Result<()> {
         Ok(rates.iter().sum::<f64>() / rates.len() as f64)
     };
     compare(
-        "redis-benchmark -P 16 -c 8 SET/GET, kspan --exe redis-benchmark: ops/s (target >= 0.95)",
+        "redis-benchmark -P 16 -c 8 SET/GET, kspan --exe redis-benchmark: ops/s",
+        n_rounds,
+        0.95,
         bin,
         &["--exe".into(), "redis-benchmark$".into()],
         r.pid(),
@@ -440,6 +518,9 @@ fn otlp_bench() -> Result<()> {
 pub fn bench(args: &[String]) -> Result<()> {
     let secs: u32 =
         args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
+    // `--rounds N`: paired baseline/kspan/baseline rounds per load (median printed).
+    let n_rounds: u32 =
+        args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(3);
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
     // `--only http|https|db|otlp`: one whole-system bench, no criterion.
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
@@ -447,13 +528,13 @@ pub fn bench(args: &[String]) -> Result<()> {
     setup::setup(false)?;
     let bin = crate::build(true)?;
     if wanted("http") {
-        http_bench(&bin, secs, false)?;
+        http_bench(&bin, secs, n_rounds, false)?;
     }
     if wanted("https") {
-        http_bench(&bin, secs, true)?;
+        http_bench(&bin, secs, n_rounds, true)?;
     }
     if wanted("db") {
-        db_bench(&bin, secs)?;
+        db_bench(&bin, secs, n_rounds)?;
     }
     if wanted("otlp") {
         otlp_bench()?;
@@ -476,5 +557,21 @@ mod tests {
         assert!((l.p99_ms - 2.51).abs() < 1e-9);
         assert!((parse_duration_ms("310.00us") - 0.31).abs() < 1e-9);
         assert_eq!(parse_duration_ms("1.5s"), 1500.0);
+    }
+
+    #[test]
+    fn rounds_report_median_and_spread() {
+        let r = |with: f64| Round { base1: 100.0, base2: 100.0, with, ..Default::default() };
+        let rs = [r(90.0), r(70.0), r(95.0)];
+        assert_eq!(median_of(&rs, Round::ratio), (0.9, 0.7, 0.95));
+        let even = [r(80.0), r(90.0)];
+        assert!((median_of(&even, Round::ratio).0 - 0.85).abs() < 1e-12);
+        let cpu = Round {
+            base_cpu: CpuPerOp { server_us: 10.0, client_us: 10.0 },
+            with_cpu: CpuPerOp { server_us: 12.0, client_us: 10.0 },
+            agent_us: 3.0,
+            ..Default::default()
+        };
+        assert!((cpu.cpu_ratio() - 0.8).abs() < 1e-12);
     }
 }
