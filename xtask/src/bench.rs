@@ -264,7 +264,8 @@ impl Round {
 }
 
 /// Runs `rounds` paired rounds of `run` (returns (rate, p99 ms)) without and
-/// with kspan started with `agent_args`; `server`: the server's pid.
+/// with kspan started with `agent_args`; `server`: the server's pid. The
+/// caller warms the server up once beforehand.
 fn rounds(
     rounds: u32,
     bin: &std::path::Path,
@@ -272,7 +273,6 @@ fn rounds(
     server: u32,
     run: &dyn Fn() -> Result<(f64, f64)>,
 ) -> Result<Vec<Round>> {
-    run()?; // warm-up
     let mut out = Vec::new();
     for _ in 0..rounds.max(1) {
         let ((base1, p99_base_ms), base_cpu) = with_cpu(server, run, |r| r.0)?;
@@ -377,16 +377,16 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
     if tls {
         println!("(wrk runs on a private libssl copy: only nginx's SSL calls hit the uprobes)");
     }
+    load()?; // warm-up
     let rs = rounds(n_rounds, bin, &["--pid".into(), ng.pid().to_string()], ng.pid(), &load)?;
     print_rounds(&rs, if tls { 0.97 } else { 0.98 });
     let (p99b, p99w) = (median_of(&rs, |r| r.p99_base_ms).0, median_of(&rs, |r| r.p99_with_ms).0);
     println!("p99 baseline / kspan  {p99b:>7.3} ms / {p99w:.3} ms  (delta {:+.3} ms)", p99w - p99b);
-    let core = median_of(&rs, |r| r.agent_core).0;
-    let per_10k = median_of(&rs, |r| r.agent_core / (r.with / 10_000.0)).0;
+    // 1 us of agent CPU per request is 1 % of a core per 10k req/s.
     println!(
         "agent CPU             {:>10.1} % of one core ({:.2} % per 10k req/s, target <= 2 %)",
-        core * 100.0,
-        per_10k * 100.0
+        median_of(&rs, |r| r.agent_core).0 * 100.0,
+        median_of(&rs, |r| r.agent_us).0
     );
     // HTTPS: the same agent with TLS capture off (syscall tracepoints only),
     // to tell the uprobes' share of the cost.
@@ -425,6 +425,7 @@ fn compare(
     run: &dyn Fn() -> Result<f64>,
 ) -> Result<()> {
     println!("== {name}");
+    run()?; // warm-up
     let rs = rounds(n_rounds, bin, agent_args, server, &|| run().map(|r| (r, f64::NAN)))?;
     print_rounds(&rs, target_ratio);
     println!("agent CPU             {:>10.1} % of one core", median_of(&rs, |r| r.agent_core).0 * 100.0);
@@ -515,15 +516,18 @@ fn otlp_bench() -> Result<()> {
     Ok(())
 }
 
+/// The argument after `flag`, if present.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
 pub fn bench(args: &[String]) -> Result<()> {
-    let secs: u32 =
-        args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
+    let secs: u32 = flag_value(args, "--seconds").and_then(|v| v.parse().ok()).unwrap_or(10);
     // `--rounds N`: paired baseline/kspan/baseline rounds per load (median printed).
-    let n_rounds: u32 =
-        args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(3);
+    let n_rounds: u32 = flag_value(args, "--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
     // `--only http|https|db|otlp`: one whole-system bench, no criterion.
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
+    let only = flag_value(args, "--only");
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     setup::setup(false)?;
     let bin = crate::build(true)?;
