@@ -5,13 +5,15 @@
 //! SQLSTATE, severity and primary message are kept, never DETAIL, HINT,
 //! WHERE or the internal query (they quote row values).
 
+use compact_str::CompactString;
+
 use super::frontend::cstr;
 
 /// The command and row count of a CommandComplete tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Tag {
     /// `SELECT`, `INSERT`, `CREATE TABLE`, ...
-    pub command: String,
+    pub command: CompactString,
     /// Rows affected or returned, for the commands that report it.
     pub rows: Option<u64>,
 }
@@ -19,25 +21,43 @@ pub(super) struct Tag {
 /// `"INSERT 0 3"` -> (`INSERT`, 3); `"SELECT 5"` -> (`SELECT`, 5);
 /// `"CREATE TABLE"` -> (`CREATE TABLE`, None).
 pub(super) fn parse_tag(body: &[u8]) -> Tag {
-    let text = String::from_utf8_lossy(cstr(body).0);
-    let numeric = |w: &str| w.bytes().all(|b| b.is_ascii_digit());
-    // The command is the words before the first number (of the first 8).
-    let (mut command, mut first, mut last, mut in_command) = (String::new(), None, None, true);
-    for w in text.split_ascii_whitespace().take(8) {
+    let text = cstr(body).0;
+    let numeric = |w: &[u8]| w.iter().all(u8::is_ascii_digit);
+    // The command is the words before the first number (of the first 8):
+    // the byte range `cmd` of `text`, holding `cmd_words` words.
+    let (mut first, mut last, mut cmd, mut cmd_words, mut in_command) = (None, None, 0..0, 0, true);
+    for w in text.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).take(8) {
         first.get_or_insert(w);
         last = Some(w);
         in_command &= !numeric(w);
         if in_command {
-            if !command.is_empty() {
-                command.push(' ');
-            }
-            command.push_str(w);
+            let end = w.as_ptr() as usize - text.as_ptr() as usize + w.len();
+            cmd = if cmd_words == 0 { end - w.len()..end } else { cmd.start..end };
+            cmd_words += 1;
         }
     }
+    let cmd_text = text.get(cmd).unwrap_or_default();
+    let spaces = cmd_text.iter().filter(|b| b.is_ascii_whitespace()).count();
+    let single_spaced = cmd_words == 0 || (spaces + 1 == cmd_words && spaces == bytecount(cmd_text, b' '));
+    let command = if single_spaced {
+        CompactString::from_utf8_lossy(cmd_text)
+    } else {
+        // Runs of whitespace inside the command collapse to one space.
+        let words: Vec<_> = cmd_text.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).collect();
+        CompactString::from_utf8_lossy(&words.join(&b' '))
+    };
     let counted =
-        matches!(first, Some("SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"));
-    let rows = if counted { last.filter(|w| numeric(w)).and_then(|w| w.parse().ok()) } else { None };
+        matches!(first, Some(b"SELECT" | b"INSERT" | b"UPDATE" | b"DELETE" | b"MERGE" | b"FETCH" | b"MOVE" | b"COPY"));
+    // Digits only, so the conversion to text cannot fail.
+    let rows = match last {
+        Some(w) if counted && numeric(w) => std::str::from_utf8(w).ok().and_then(|w| w.parse().ok()),
+        _ => None,
+    };
     Tag { command, rows }
+}
+
+fn bytecount(s: &[u8], b: u8) -> usize {
+    s.iter().filter(|&&c| c == b).count()
 }
 
 /// The exported parts of an ErrorResponse.
@@ -92,8 +112,14 @@ mod tests {
         assert_eq!(parse_tag(b"CREATE TABLE\0"), Tag { command: "CREATE TABLE".into(), rows: None });
         assert_eq!(parse_tag(b"BEGIN\0"), Tag { command: "BEGIN".into(), rows: None });
         assert_eq!(parse_tag(b"COPY 3"), Tag { command: "COPY".into(), rows: Some(3) });
-        assert_eq!(parse_tag(b""), Tag { command: String::new(), rows: None });
+        assert_eq!(parse_tag(b""), Tag { command: CompactString::default(), rows: None });
         assert_eq!(parse_tag(b"SELECT 99999999999999999999999\0").rows, None);
+        // Runs of whitespace collapse; bytes that are not UTF-8 are replaced.
+        assert_eq!(parse_tag(b" CREATE \t TABLE\0").command, "CREATE TABLE");
+        assert_eq!(parse_tag(b"CREATE\tTABLE\0").command, "CREATE TABLE");
+        assert_eq!(parse_tag(b"ALTER  DEFAULT PRIVILEGES 2\0").command, "ALTER DEFAULT PRIVILEGES");
+        assert_eq!(parse_tag(b"12 X\0").command, "");
+        assert_eq!(parse_tag(b"DO\xff 1\0"), Tag { command: "DO\u{fffd}".into(), rows: None });
     }
 
     #[test]

@@ -34,6 +34,20 @@ pub(super) const STARTUP: u8 = 0;
 /// Pseudo type of the one-byte answer to SSLRequest/GSSENCRequest.
 pub(super) const SSL_REPLY: u8 = 1;
 
+/// Message type bytes each side may send, as lookup tables.
+const FRONTEND_TYPES: [bool; 256] = type_table(b"QPBEDCSHXFdcfp");
+const BACKEND_TYPES: [bool; 256] = type_table(b"RSKZTDCEINn123stAGHWdcVv");
+
+const fn type_table(types: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < types.len() {
+        t[types[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
 /// Which end's messages a framer reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Side {
@@ -44,8 +58,8 @@ pub(super) enum Side {
 impl Side {
     fn known_type(self, ty: u8) -> bool {
         match self {
-            Side::Frontend => b"QPBEDCSHXFdcfp".contains(&ty),
-            Side::Backend => b"RSKZTDCEINn123stAGHWdcVv".contains(&ty),
+            Side::Frontend => FRONTEND_TYPES[usize::from(ty)],
+            Side::Backend => BACKEND_TYPES[usize::from(ty)],
         }
     }
 
@@ -172,6 +186,12 @@ impl Framer {
                     return None;
                 }
                 State::Header => {
+                    if let Some(done) = self.whole_header(inp) {
+                        if done {
+                            return Some(Event::Msg(self.frame(inp.ts, stats)));
+                        }
+                        continue;
+                    }
                     inp.pos += 1;
                     if self.header_byte(b, inp) {
                         return Some(Event::Msg(self.frame(inp.ts, stats)));
@@ -210,6 +230,39 @@ impl Framer {
                 }
             }
         }
+    }
+
+    /// Fast path for the common case: a valid typed header whose five bytes
+    /// are all in this chunk is read at once (the same outcome as five calls
+    /// of [`Self::header_byte`]). `None` leaves everything else, including
+    /// every error, to the byte-wise path; `Some(true)` when the message has
+    /// no body.
+    fn whole_header(&mut self, inp: &mut Input<'_>) -> Option<bool> {
+        if self.hdr_len != 0 || self.expect_ssl_reply {
+            return None;
+        }
+        let &[ty, a, b, c, d] = inp.data.get(inp.pos..inp.pos + 5)? else {
+            return None;
+        };
+        let untyped = self.side == Side::Frontend && self.startup_phase && ty == 0;
+        if untyped || !self.side.known_type(ty) {
+            return None;
+        }
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        let max = if self.first { MAX_FIRST_MSG_LEN } else { MAX_MSG_LEN };
+        if !(4..=max).contains(&len) {
+            return None;
+        }
+        inp.pos += 5;
+        self.start = (inp.ts, inp.tid);
+        self.buf.clear();
+        self.hdr = [ty, a, b, c, d];
+        if self.side == Side::Frontend {
+            self.startup_phase = false;
+        }
+        let keep = self.side.keeps_body(ty);
+        self.state = State::Body { ty, remaining: len - 4, keep, lost: false, capped: false };
+        Some(len == 4)
     }
 
     /// Handles one header byte at a message boundary; true when a message

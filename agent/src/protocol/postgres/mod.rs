@@ -25,6 +25,7 @@ mod lexer;
 mod session;
 pub mod sql;
 
+use compact_str::CompactString;
 use std::sync::{Arc, OnceLock};
 
 pub use backend::PgError;
@@ -86,7 +87,7 @@ pub struct PgExchange {
     /// `user` from the StartupMessage (private: never exported).
     pub user: Option<Arc<str>>,
     /// Command of the first CommandComplete tag (`SELECT`, `INSERT`, ...).
-    pub command: Option<String>,
+    pub command: Option<CompactString>,
     /// Rows from the CommandComplete tag(s), else the number of DataRows.
     pub rows: Option<u64>,
     pub error: Option<PgError>,

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use lru::LruCache;
 
 use super::backend::{self, PgError};
@@ -61,7 +62,7 @@ struct Pending {
     /// Name of a statement kspan never saw prepared.
     unknown_name: Option<Box<str>>,
     data_rows: u64,
-    command: Option<String>,
+    command: Option<CompactString>,
     tag_rows: Option<u64>,
     error: Option<PgError>,
     empty: bool,
