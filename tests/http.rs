@@ -196,3 +196,49 @@ fn non_http_bytes_and_huge_headers_are_counted_not_fatal() {
     assert!(n >= 1.0, "the garbage connection is counted as opaque:\n{m}");
     assert!(k.stop(), "kspan is still healthy");
 }
+
+#[test]
+fn vectored_sends_and_receives_are_one_stream() {
+    let app = python_http("vectored");
+    let k = Kspan::start(&["--exe", r"http_client\.py vectored"]);
+    let r = client(&["vectored", &app.port.to_string()]);
+    assert_eq!(r.iter().map(|x| x["status"].as_i64()).collect::<Vec<_>>(), [Some(200); 3], "{r:#?}");
+    let spans = k.wait_spans(3, WAIT, |s| kind(s) == "client");
+    assert_eq!(spans.len(), 3, "one client span per request: {spans:#?}");
+    let path = |p: &str| spans.iter().find(|s| attr_str(s, "url.path") == Some(p)).unwrap_or_else(|| panic!("{p}"));
+    // A request line split over four buffers of one sendmsg, its response read
+    // into three buffers of one recvmsg.
+    let first = path("/users/31");
+    assert_eq!(attr_str(first, "http.route"), Some("/users/{id}"));
+    assert_eq!(attr_i64(first, "http.response.status_code"), Some(200));
+    // Twelve buffers: kspan captures the first eight, and the length of the
+    // rest still counts, so the body is skipped exactly and the next request
+    // on the connection is parsed.
+    let upload = path("/upload");
+    assert_eq!(attr_str(upload, "http.request.method"), Some("POST"));
+    assert_eq!(attr_i64(upload, "http.request.body.size"), Some(1100), "{upload:#}");
+    assert_eq!(attr_i64(upload, "http.response.status_code"), Some(200));
+    assert_eq!(attr_i64(path("/users/7"), "http.response.status_code"), Some(200));
+    for (x, s) in r.iter().zip(["/users/31", "/upload", "/users/7"]) {
+        let client_ns = x["end"].as_u64().unwrap() - x["start"].as_u64().unwrap();
+        assert!(duration_ns(path(s)) <= client_ns, "{s}: inside what the client measured");
+    }
+    assert!(k.stop());
+}
+
+#[test]
+fn attach_only_attaches_every_hook_and_reports_nothing() {
+    let ng = nginx();
+    let dir = kspan_e2e::servers::TempDir::new("attach-only");
+    let conf = dir.0.join("kspan.yaml");
+    std::fs::write(&conf, "capture:\n  attach_only: true\n").unwrap();
+    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--config", conf.to_str().unwrap()]);
+    curl_keepalive(ng.port, &["/index.html", "/nope"]);
+    // Counters are published once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = k.metrics();
+    let events = m.lines().find(|l| l.starts_with("kspan_events_read_total ")).unwrap_or_else(|| panic!("{m}"));
+    assert_eq!(events, "kspan_events_read_total 0", "the programs returned at once");
+    assert!(k.spans().is_empty());
+    assert!(k.stop());
+}

@@ -7,6 +7,11 @@
   garbage PORT             sends non-HTTP bytes on a connection
   load PORT N PATH [H=V]... N GETs of PATH on one keep-alive connection with
                            headers H; a `{i}` in PATH becomes the request index
+  vectored PORT            on one connection: a GET sent with sendmsg in 4
+                           buffers and read with recvmsg_into into 3; then a
+                           POST whose head and 1100-byte body go in one
+                           sendmsg of 12 buffers (more than kspan captures);
+                           then a GET /users/7
 """
 import json
 import socket
@@ -69,8 +74,46 @@ def main():
             r.read()
             codes[r.status] = codes.get(r.status, 0) + 1
         print(json.dumps([{"codes": codes}]), flush=True)
+    elif mode == "vectored":
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        out = []
+
+        def reply(path, t0):
+            bufs = [bytearray(16), bytearray(16), bytearray(4096)]
+            resp = b""
+            while b"\r\n\r\n" not in resp or len(resp) < head_and_body(resp):
+                n = s.recvmsg_into(bufs)[0]
+                if n == 0:
+                    break
+                joined = b"".join(bytes(b) for b in bufs)
+                resp += joined[:n]
+            out.append({"path": path, "status": int(resp.split()[1]), "start": t0, "end": time.time_ns()})
+
+        t0 = time.time_ns()
+        s.sendmsg([b"GET /users/", b"31 HTTP/1.1\r\n", b"Host: test\r\n", b"\r\n"])
+        reply("/users/31", t0)
+        body = [b"y" * 100] * 11
+        head = b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 1100\r\n\r\n"
+        t0 = time.time_ns()
+        s.sendmsg([head] + body)
+        reply("/upload", t0)
+        t0 = time.time_ns()
+        s.sendall(b"GET /users/7 HTTP/1.1\r\nHost: test\r\n\r\n")
+        reply("/users/7", t0)
+        print(json.dumps(out), flush=True)
     else:
         raise SystemExit("unknown mode " + mode)
+
+
+def head_and_body(resp):
+    """Length of a response (head + Content-Length body) once its head is in."""
+    head, _, _ = resp.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(head) + 4
 
 
 if __name__ == "__main__":

@@ -422,6 +422,7 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
         p.p99_base_ms,
         p.p99_with_ms
     );
+    print_floor(&floor_rounds(n_rounds, bin, &["--pid".into(), ng.pid().to_string()], ng.pid(), &load)?);
     // HTTPS: the same agent with TLS capture off (syscall tracepoints only),
     // to tell the uprobes' share of the cost.
     if tls {
@@ -433,6 +434,35 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
         println!("TLS capture off: ratio {:.3} (syscall tracing only)", off[0].ratio());
     }
     Ok(())
+}
+
+/// The floor under kspan's overhead: `agent_args` plus `capture.attach_only`,
+/// so the same hooks are attached but every program returns at once. What
+/// the load loses then is the kernel's tracepoint (and uprobe) machinery,
+/// which no work in kspan's programs or agent can remove.
+fn floor_rounds(
+    n_rounds: u32,
+    bin: &std::path::Path,
+    agent_args: &[String],
+    server: u32,
+    run: &dyn Fn() -> Result<(f64, f64)>,
+) -> Result<Vec<Round>> {
+    let dir = TempDir::new("bench-floor");
+    let conf = dir.0.join("kspan.yaml");
+    std::fs::write(&conf, "capture:\n  attach_only: true\n")?;
+    let mut args = agent_args.to_vec();
+    args.extend(["--config".into(), conf.display().to_string()]);
+    rounds(n_rounds, bin, &args, server, run)
+}
+
+fn print_floor(floor: &[Round]) {
+    let (ratio, lo, hi) = median_of(floor, Round::ratio);
+    println!(
+        "hooks alone          {ratio:>10.3}  (rounds {lo:.3}-{hi:.3}; capture.attach_only: programs return at once, no \
+         agent work); server CPU per op {:.2} -> {:.2} us",
+        median_of(floor, |r| r.base_cpu.server_us).0,
+        median_of(floor, |r| r.with_cpu.server_us).0,
+    );
 }
 
 /// Runs `cmd` and returns the number after `key` in its output.
@@ -460,8 +490,10 @@ fn compare(
 ) -> Result<()> {
     println!("== {name}");
     run()?; // warm-up
-    let rs = rounds(n_rounds, bin, agent_args, server, &|| run().map(|r| (r, f64::NAN)))?;
+    let load = || run().map(|r| (r, f64::NAN));
+    let rs = rounds(n_rounds, bin, agent_args, server, &load)?;
     print_rounds(&rs, target_ratio);
+    print_floor(&floor_rounds(n_rounds, bin, agent_args, server, &load)?);
     println!("agent CPU             {:>10.1} % of one core", median_of(&rs, |r| r.agent_core).0 * 100.0);
     Ok(())
 }

@@ -28,6 +28,10 @@ pub enum CaptureError {
     Program { program: String, reason: String },
     #[error("map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    #[error(
+        "the eBPF object was built for kernel/user ABI {found:?}, this agent needs {ABI_VERSION}; rebuild both with `cargo xtask build`"
+    )]
+    Abi { found: Option<u32> },
     #[error("invalid capture setting: {0}")]
     Config(String),
     #[error("ring buffer poll: {0}")]
@@ -49,6 +53,8 @@ pub struct CaptureConfig {
     pub exe_filter: bool,
     /// Only sockets with one of these local/peer ports (empty: all).
     pub ports: Vec<u16>,
+    /// Programs return at once (diagnostic: the cost of the hooks alone).
+    pub attach_only: bool,
 }
 
 /// (category, tracepoint, program) attachments.
@@ -84,6 +90,24 @@ const ATTACH: &[(&str, &str, &str)] = &[
 const RECEIVE_ENTERS: &[&str] =
     &["kspan_enter_read", "kspan_enter_recvfrom", "kspan_enter_readv", "kspan_enter_recvmsg"];
 
+/// The ABI version an eBPF object was built against (its `kspan_abi`
+/// section), if it has one.
+fn object_abi(obj: &[u8]) -> Option<u32> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(obj).ok()?;
+    let data = file.section_by_name("kspan_abi")?.data().ok()?;
+    Some(u32::from_le_bytes(data.get(..4)?.try_into().ok()?))
+}
+
+/// Each CPU counts the bytes it writes and wakes the agent after its share
+/// of `wakeup_bytes` (at least 4 KiB), so the pending total stays near the
+/// setting however many CPUs write.
+fn per_cpu_wakeup(wakeup_bytes: u32) -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as u32;
+    (wakeup_bytes / cpus).max(4096)
+}
+
 /// Names of the kernel counters, indexed like `kspan_common::counter`.
 pub const COUNTER_NAMES: [&str; counter::COUNT as usize] = [
     "ringbuf_full_data",
@@ -110,6 +134,10 @@ impl Capture {
     pub fn load(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
         if BPF_OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
+        }
+        let found = object_abi(BPF_OBJECT);
+        if found != Some(ABI_VERSION) {
+            return Err(CaptureError::Abi { found });
         }
         let cap = cfg.capture_bytes as usize;
         if !(MIN_CAPTURE..=MAX_CAPTURE).contains(&cap) {
@@ -141,10 +169,11 @@ impl Capture {
             self_tgid: std::process::id(),
             capture_bytes: cfg.capture_bytes,
             port_filter: !cfg.ports.is_empty() as u32,
-            wakeup_bytes: cfg.wakeup_bytes,
+            wakeup_bytes: per_cpu_wakeup(cfg.wakeup_bytes),
             exe_filter: cfg.exe_filter as u32,
             newtask_pid_off,
             newtask_flags_off,
+            attach_only: cfg.attach_only as u32,
             offsets,
         };
         let map_err =
@@ -236,5 +265,28 @@ impl Capture {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_of_what_is_not_a_versioned_object_is_unknown() {
+        assert_eq!(object_abi(b""), None);
+        assert_eq!(object_abi(b"\x7fELF garbage"), None);
+        // `cargo xtask build`/`test` embed the object; a plain `cargo test` has none.
+        if !BPF_OBJECT.is_empty() {
+            assert_eq!(object_abi(BPF_OBJECT), Some(ABI_VERSION), "the embedded object is this tree's");
+        }
+    }
+
+    #[test]
+    fn each_cpu_wakes_the_agent_after_its_share() {
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as u32;
+        assert_eq!(per_cpu_wakeup(256 << 10), ((256 << 10) / cpus).max(4096));
+        assert_eq!(per_cpu_wakeup(0), 4096, "never a wake-up per record");
     }
 }

@@ -9,8 +9,8 @@
 //! - TLS plaintext comes from uprobes on OpenSSL, attached per library file
 //!   as selected processes are found to map it ([`tls`]); failures there are
 //!   counted, never fatal.
-//! - Wake-ups are batched: the kernel only wakes the agent when
-//!   `wakeup_bytes` are pending, and [`Capture::poll`] also drains on a timer.
+//! - Wake-ups are batched: each CPU wakes the agent once it has written its
+//!   share of `wakeup_bytes`, and [`Capture::poll`] also drains on a timer.
 
 pub mod decode;
 

@@ -42,7 +42,8 @@ pub struct CaptureSection {
     pub capture_bytes: u32,
     /// Ring buffer size in bytes (power of two).
     pub ring_buffer_bytes: u32,
-    /// Pending ring buffer bytes that wake the agent early.
+    /// Ring buffer bytes that wake the agent early (each CPU wakes it after
+    /// writing its share of them).
     pub wakeup_bytes: u32,
     /// The agent drains the ring buffer at least this often (ms). Each
     /// drain cycle has a fixed cost (wake-ups of the capture and async
@@ -80,6 +81,11 @@ pub struct CaptureSection {
     /// loader that every process runs (programs run under valgrind or other
     /// binary translators stop with SIGTRAP on a uprobe).
     pub tls_loader_hook: bool,
+    /// Diagnostic: attach every program but have each return at once (no
+    /// events, no spans). What the traced processes lose then is what the
+    /// kernel's tracepoint and uprobe machinery alone costs on this host,
+    /// the floor under kspan's own overhead (`cargo xtask bench` reports it).
+    pub attach_only: bool,
 }
 
 impl Default for CaptureSection {
@@ -99,6 +105,7 @@ impl Default for CaptureSection {
             link_max_per_thread: 256,
             tls: true,
             tls_loader_hook: true,
+            attach_only: false,
         }
     }
 }
@@ -294,7 +301,9 @@ mod tests {
         assert_eq!(c.capture.capture_bytes, 4096);
         assert!(c.traces_all());
         assert!(c.capture.tls && c.capture.tls_loader_hook);
+        assert!(!c.capture.attach_only, "the diagnostic is off unless asked for");
         c.validate().unwrap();
+        assert!(Config::parse("capture:\n  attach_only: true\n", "x.yaml").unwrap().capture.attach_only);
         let c = Config::parse("capture:\n  tls_loader_hook: false\n", "x.yaml").unwrap();
         assert!(c.capture.tls && !c.capture.tls_loader_hook);
     }

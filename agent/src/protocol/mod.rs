@@ -48,7 +48,7 @@ impl Role {
 }
 
 /// A piece of one direction of a connection's byte stream, as captured by one
-/// syscall (or one iovec of it).
+/// syscall (all the buffers of a vectored one).
 #[derive(Clone, Copy, Debug)]
 pub struct Chunk<'a> {
     pub dir: Direction,

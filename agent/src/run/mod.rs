@@ -162,7 +162,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         trace_all: all,
         exe_filter: !all && !config.select.exe.is_empty(),
         ports: config.select.ports.clone(),
+        attach_only: c.attach_only,
     })?;
+    if c.attach_only {
+        tracing::warn!("capture.attach_only: programs are attached but return at once; no spans will be made");
+    }
     let initial = selector.initial();
     for pid in &initial {
         capture.select(*pid)?;

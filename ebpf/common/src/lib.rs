@@ -7,7 +7,7 @@
 //!   contain only integers and byte arrays, because the two sides are built by
 //!   different compilers for different targets.
 //! - [`ABI_VERSION`] changes whenever a layout changes; the agent refuses an
-//!   object whose version differs (see `KernelConfig::abi_version`).
+//!   object whose version differs (the object's `kspan_abi` section).
 //! - The encoders in [`encode`] are the byte layout the kernel writes; the
 //!   agent's decoder and its tests and fuzz target use them, so decoding is
 //!   tested without a kernel.
@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -24,8 +24,9 @@ pub const ABI_VERSION: u32 = 5;
 pub const MAX_CAPTURE: usize = 16 * 1024;
 /// Smallest capture size the agent accepts (a request header block must fit).
 pub const MIN_CAPTURE: usize = 4 * 1024;
-/// How many iovecs of one readv/writev/recvmsg/sendmsg call are captured
-/// (each becomes its own data event, in order).
+/// How many iovecs of one readv/writev/recvmsg/sendmsg call are captured:
+/// their bytes are joined into the call's one data event (bytes in later
+/// iovecs count as not captured).
 pub const MAX_IOVECS: u32 = 8;
 /// Entries in the per-process selection map.
 pub const MAX_TRACED_PROCS: u32 = 65_536;
@@ -104,8 +105,8 @@ pub struct DataHeader {
     pub fd: u32,
     /// Payload bytes that follow this header.
     pub captured: u32,
-    /// Bytes the syscall really moved for this (part of the) buffer; may be
-    /// larger than `captured`.
+    /// Bytes the call really moved (all its buffers); may be larger than
+    /// `captured`, which is always a prefix of them.
     pub len: u64,
     /// Kernel address of the `struct sock`: tells a reused fd from the old one.
     pub sock_id: u64,
@@ -184,7 +185,8 @@ pub struct KernelConfig {
     pub capture_bytes: u32,
     /// 1: only sockets whose local or peer port is in `PORTS`.
     pub port_filter: u32,
-    /// Ring buffer bytes pending before the kernel wakes the agent.
+    /// Bytes one CPU writes to the ring buffer before it wakes the agent (the
+    /// agent's `wakeup_bytes` divided by the number of CPUs).
     pub wakeup_bytes: u32,
     /// 1: every exec'ing process is traced provisionally (`TRACED` value
     /// [`TRACED_PENDING`]) until the agent confirms or removes it, so a process
@@ -194,6 +196,8 @@ pub struct KernelConfig {
     /// record.
     pub newtask_pid_off: u32,
     pub newtask_flags_off: u32,
+    /// 1: every program returns at once (`capture.attach_only`, a diagnostic).
+    pub attach_only: u32,
     pub offsets: KernelOffsets,
 }
 

@@ -15,6 +15,11 @@
 //! - Program entries are thin; logic lives in fallible `try_*` functions.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd: the atomic types have no read-modify-write methods on the BPF target"
+)]
 
 mod maps;
 mod sock;
@@ -22,7 +27,7 @@ mod tls;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
@@ -32,7 +37,10 @@ use kspan_common::{
     PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING,
     counter, sock_key,
 };
-use maps::{CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, SCRATCH, SOCKS, TRACED, count};
+use maps::{
+    CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, MAX_COPY_AT_OFFSET, PORTS, SCRATCH, SOCKS, TRACED, WAKE,
+    count,
+};
 
 const OP_READ: u32 = 1;
 const OP_WRITE: u32 = 2;
@@ -48,9 +56,11 @@ const EINPROGRESS: i64 = 115;
 
 pub(crate) type Res = Result<u32, u32>;
 
+/// The agent's settings; `None` (the program does nothing) with
+/// `attach_only`, the diagnostic that measures the hooks alone.
 #[inline(always)]
 pub(crate) fn config() -> Option<&'static KernelConfig> {
-    CONFIG.get(0)
+    CONFIG.get(0).filter(|c| c.attach_only == 0)
 }
 
 #[inline(always)]
@@ -65,12 +75,25 @@ pub(crate) fn is_traced(cfg: &KernelConfig, tgid: u32) -> bool {
     unsafe { TRACED.get(&tgid).is_some() }
 }
 
+/// Submit flags for a record of `size` bytes: the agent is woken once this
+/// CPU has written `wakeup_bytes` (the agent's setting, split between the
+/// CPUs) since it last woke it, else it drains on its timer. One per-CPU
+/// counter, no helper call, and one wake-up per threshold crossed (a
+/// pending-bytes check would force a wake-up on every record until the agent
+/// had drained).
 #[inline(always)]
-fn wake_flags(cfg: &KernelConfig) -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes as u64 {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
+fn wake_flags(cfg: &KernelConfig, size: u64) -> u64 {
+    let Some(w) = WAKE.get_ptr_mut(0) else { return BPF_RB_NO_WAKEUP as u64 };
+    // SAFETY: this CPU's slot; programs do not migrate while they run.
+    unsafe {
+        let n = *w + size;
+        if n >= cfg.wakeup_bytes as u64 {
+            *w = 0;
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            *w = n;
+            BPF_RB_NO_WAKEUP as u64
+        }
     }
 }
 
@@ -139,7 +162,7 @@ fn socket_state(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, role: u32, fre
                 raddr: info.raddr,
                 sock_id: info.sk,
             });
-            entry.submit(wake_flags(cfg));
+            entry.submit(wake_flags(cfg, core::mem::size_of::<ConnEvent>() as u64));
         } else {
             count(counter::RINGBUF_FULL_CTRL);
         }
@@ -147,10 +170,82 @@ fn socket_state(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, role: u32, fre
     Some(st)
 }
 
-/// Sends one data event for `len` bytes at user address `src`; `flags` are
-/// `DataHeader::flags` (`DATA_EGRESS`, `DATA_TLS`).
+/// Where the bytes of a data event are in user memory.
+#[derive(Clone, Copy)]
+pub(crate) enum Src {
+    /// One buffer.
+    Buf(u64),
+    /// An iovec array and its length (readv/writev/recvmsg/sendmsg).
+    Iov(u64, u64),
+}
+
+/// User-space `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// Copies into `payload` a prefix of the `len` bytes that the iovecs at
+/// `iov` (`n` of them) held, at most `cap` bytes, and returns its length:
+/// the iovecs in order, stopping at the first one that does not fit whole
+/// (what follows would not be contiguous) or cannot be read. Only the first
+/// `MAX_IOVECS` are looked at; bytes beyond them count as not captured. One
+/// iovec contributes at most `MAX_COPY_AT_OFFSET` bytes (16 KiB less 48),
+/// which only shortens captures configured at the 16 KiB maximum.
+///
+/// # Safety
+/// `payload` must be [`Scratch::payload`](maps::Scratch).
 #[inline(always)]
-pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight, flags: u32, src: u64, len: u64) {
+unsafe fn copy_iovecs(payload: *mut u8, iov: u64, n: u64, len: u64, cap: u64) -> u64 {
+    let mut captured = 0u64;
+    let mut consumed = 0u64;
+    for i in 0..MAX_IOVECS as u64 {
+        if i >= n || consumed >= len || captured >= cap {
+            break;
+        }
+        // SAFETY: reading the caller's iovec array from user memory.
+        let Ok(v) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
+            break;
+        };
+        let mut seg = v.len;
+        if seg > len - consumed {
+            seg = len - consumed;
+        }
+        let mut take = seg;
+        if take > cap - captured {
+            take = cap - captured;
+        }
+        // Bounds the verifier can see: off < MAX_CAPTURE, take <= MAX_COPY_AT_OFFSET.
+        if take > MAX_COPY_AT_OFFSET as u64 {
+            take = MAX_COPY_AT_OFFSET as u64;
+        }
+        let off = captured;
+        if off >= MAX_CAPTURE as u64 {
+            break;
+        }
+        // SAFETY: off + take < SCRATCH_PAYLOAD, inside the scratch buffer.
+        if take > 0
+            && unsafe { bpf_probe_read_user(payload.add(off as usize).cast(), take as u32, v.base as *const _) } != 0
+        {
+            count(counter::READ_USER_FAILED);
+            break;
+        }
+        captured += take;
+        consumed += seg;
+        if take < seg {
+            break;
+        }
+    }
+    captured
+}
+
+/// Sends one data event for the `len` bytes a call moved: its first
+/// `capture_bytes` (a vectored call's buffers joined, so one call is one
+/// event); `flags` are `DataHeader::flags` (`DATA_EGRESS`, `DATA_TLS`).
+#[inline(always)]
+pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight, flags: u32, src: Src, len: u64) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let mut cap = len;
     if cap > cfg.capture_bytes as u64 {
@@ -159,14 +254,21 @@ pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight,
     if cap > MAX_CAPTURE as u64 {
         cap = MAX_CAPTURE as u64;
     }
-    // SAFETY: scratch is this CPU's map value; cap <= MAX_CAPTURE = payload size.
+    // SAFETY: scratch is this CPU's map value; cap <= MAX_CAPTURE <
+    // SCRATCH_PAYLOAD (see copy_iovecs for the vectored case).
     unsafe {
         let payload = (*scratch).payload.as_mut_ptr();
-        let mut captured = cap as u32;
-        if captured > 0 && bpf_probe_read_user(payload.cast(), captured, src as *const _) != 0 {
-            captured = 0;
-            count(counter::READ_USER_FAILED);
-        }
+        let captured = match src {
+            Src::Buf(addr) => {
+                if cap > 0 && bpf_probe_read_user(payload.cast(), cap as u32, addr as *const _) != 0 {
+                    count(counter::READ_USER_FAILED);
+                    0
+                } else {
+                    cap
+                }
+            }
+            Src::Iov(iov, n) => copy_iovecs(payload, iov, n, len, cap),
+        };
         (*scratch).hdr = DataHeader {
             kind: EventKind::Data as u32,
             flags,
@@ -174,16 +276,16 @@ pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight,
             tgid,
             tid,
             fd: inf.fd,
-            captured,
+            captured: captured as u32,
             len,
             sock_id: inf.sock_id,
         };
         let mut size = core::mem::size_of::<DataHeader>() + captured as usize;
-        if size > core::mem::size_of::<maps::Scratch>() {
-            size = core::mem::size_of::<maps::Scratch>();
+        if size > core::mem::size_of::<DataHeader>() + MAX_CAPTURE {
+            size = core::mem::size_of::<DataHeader>() + MAX_CAPTURE;
         }
         let bytes = core::slice::from_raw_parts(scratch as *const u8, size);
-        if EVENTS.output::<[u8]>(bytes, wake_flags(cfg)).is_err() {
+        if EVENTS.output::<[u8]>(bytes, wake_flags(cfg, size as u64)).is_err() {
             count(counter::RINGBUF_FULL_DATA);
         }
     }
@@ -255,14 +357,6 @@ fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
         count(counter::INFLIGHT_FULL);
     }
     Ok(0)
-}
-
-/// User-space `struct iovec`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Iovec {
-    base: u64,
-    len: u64,
 }
 
 /// x86_64 syscall numbers of the data syscalls.
@@ -347,31 +441,10 @@ fn exit_data(ctx: &TracePointContext) -> Res {
     };
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let total = r as u64;
+    let flags = if inf.op == OP_WRITE || inf.op == OP_WRITEV { DATA_EGRESS } else { 0 };
     match inf.op {
-        OP_READ | OP_WRITE => {
-            let flags = if inf.op == OP_WRITE { DATA_EGRESS } else { 0 };
-            emit_data(cfg, tgid, tid, &inf, flags, inf.buf, total)
-        }
-        OP_READV | OP_WRITEV => {
-            let egress = if inf.op == OP_WRITEV { DATA_EGRESS } else { 0 };
-            let mut left = total;
-            let n = if inf.iovcnt < MAX_IOVECS as u64 { inf.iovcnt } else { MAX_IOVECS as u64 };
-            for i in 0..MAX_IOVECS as u64 {
-                if i >= n || left == 0 {
-                    break;
-                }
-                // SAFETY: reading the caller's iovec array from user memory.
-                let Ok(iov) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user((inf.buf + i * 16) as *const Iovec) })
-                else {
-                    break;
-                };
-                let take = if iov.len < left { iov.len } else { left };
-                if take > 0 {
-                    emit_data(cfg, tgid, tid, &inf, egress, iov.base, take);
-                }
-                left -= take;
-            }
-        }
+        OP_READ | OP_WRITE => emit_data(cfg, tgid, tid, &inf, flags, Src::Buf(inf.buf), total),
+        OP_READV | OP_WRITEV => emit_data(cfg, tgid, tid, &inf, flags, Src::Iov(inf.buf, inf.iovcnt), total),
         _ => {}
     }
     Ok(0)
@@ -506,7 +579,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Res {
             _pad2: 0,
             sock_id: st.sock_id,
         });
-        entry.submit(wake_flags(cfg));
+        entry.submit(wake_flags(cfg, core::mem::size_of::<CloseEvent>() as u64));
     } else {
         count(counter::RINGBUF_FULL_CTRL);
     }
@@ -637,3 +710,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// The ABI this object was built against; the agent reads this section and
+/// refuses an object from another version of `kspan-common`.
+#[unsafe(link_section = "kspan_abi")]
+#[unsafe(no_mangle)]
+static KSPAN_ABI: u32 = kspan_common::ABI_VERSION;

@@ -41,6 +41,13 @@ pub static ENTER_TIME: Array<EnterTime> = Array::with_max_entries(ENTER_TIME_SLO
 #[map]
 pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_TLS_CALLS, 0);
 
+/// OpenSSL calls in flight per thread slot (`tid % ENTER_TIME_SLOTS`): at
+/// least the number of `TLS_CALLS` entries of the threads in that slot (an
+/// entry is counted before it is inserted and uncounted after it is
+/// removed), so a zero spares a data syscall the `TLS_CALLS` lookup.
+#[map]
+pub static TLS_ACTIVE: Array<u64> = Array::with_max_entries(ENTER_TIME_SLOTS, 0);
+
 /// The socket under each SSL object, learnt from the read/write syscalls a
 /// thread makes while inside an OpenSSL call on that object.
 #[map]
@@ -49,6 +56,10 @@ pub static TLS_SOCKS: LruHashMap<TlsKey, TlsSock> = LruHashMap::with_max_entries
 /// Per-CPU scratch space where a data event is assembled before output.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes this CPU wrote to `EVENTS` since it last woke the agent.
+#[map]
+pub static WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drop and error counters (see `kspan_common::counter`).
 #[map]
@@ -84,11 +95,19 @@ pub struct EnterTime {
     pub ns: u64,
 }
 
+/// Bytes of [`Scratch::payload`]: the whole 32 KiB a per-CPU map value may
+/// hold, so that a copy at a variable offset below `MAX_CAPTURE` of at most
+/// [`MAX_COPY_AT_OFFSET`] bytes stays inside it where the verifier can see
+/// it. A record never carries more than `MAX_CAPTURE` payload bytes.
+pub const SCRATCH_PAYLOAD: usize = 32 * 1024 - core::mem::size_of::<kspan_common::DataHeader>();
+/// Longest single copy into the payload at a variable offset.
+pub const MAX_COPY_AT_OFFSET: usize = SCRATCH_PAYLOAD - MAX_CAPTURE;
+
 /// A data event under construction: header, then payload.
 #[repr(C)]
 pub struct Scratch {
     pub hdr: kspan_common::DataHeader,
-    pub payload: [u8; MAX_CAPTURE],
+    pub payload: [u8; SCRATCH_PAYLOAD],
 }
 
 #[inline(always)]

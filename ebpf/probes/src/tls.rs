@@ -20,16 +20,22 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, SockState, counter, sock_key};
+use core::intrinsics::AtomicOrdering;
 
-use crate::maps::{Inflight, SOCKS, TLS_CALLS, TLS_SOCKS, TlsCall, TlsKey, TlsSock, count};
-use crate::{Res, config, emit_data, emit_proc, is_traced};
+use kspan_common::{DATA_EGRESS, DATA_TLS, ENTER_TIME_SLOTS, EventKind, SockState, counter, sock_key};
+
+use crate::maps::{Inflight, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SOCKS, TlsCall, TlsKey, TlsSock, count};
+use crate::{Res, Src, config, emit_data, emit_proc, is_traced};
 
 /// A data syscall of a thread that is inside an OpenSSL call: remembers the
 /// SSL object's socket and returns true (the syscall's ciphertext is not
 /// reported).
 #[inline(always)]
 pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
+    // SAFETY: a map value; a torn read is impossible for an aligned u64.
+    if active(id as u32).is_none_or(|n| unsafe { core::ptr::read_volatile(n) } == 0) {
+        return false;
+    }
     // SAFETY: plain-old-data value, copied out at once.
     let Some(call) = (unsafe { TLS_CALLS.get(&id) }).copied() else {
         return false;
@@ -43,7 +49,32 @@ pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
 /// when reused, would have its syscalls taken for OpenSSL ones).
 #[inline(always)]
 pub fn forget_thread(id: u64) {
-    let _ = TLS_CALLS.remove(&id);
+    if TLS_CALLS.remove(&id).is_ok() {
+        uncount(id);
+    }
+}
+
+/// The [`TLS_ACTIVE`] slot of thread `tid`.
+#[inline(always)]
+fn active(tid: u32) -> Option<*mut u64> {
+    TLS_ACTIVE.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1))
+}
+
+/// Adds `v` (wrapping: `u64::MAX` subtracts one) to a slot atomically: the
+/// BPF atomic add, which every kernel with BPF ring buffers has (the core
+/// atomic types have no read-modify-write methods on this target).
+#[inline(always)]
+fn slot_add(slot: *mut u64, v: u64) {
+    // SAFETY: `slot` is a map value; the add is one atomic instruction.
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, v) };
+}
+
+/// A `TLS_CALLS` entry of `id` was removed.
+#[inline(always)]
+fn uncount(id: u64) {
+    if let Some(n) = active(id as u32) {
+        slot_add(n, u64::MAX);
+    }
 }
 
 fn enter(ctx: &ProbeContext, flags: u32, ex: bool) -> Res {
@@ -58,7 +89,11 @@ fn enter(ctx: &ProbeContext, flags: u32, ex: bool) -> Res {
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let call = TlsCall { ssl, buf, out, flags, _pad: 0, enter_ns };
+    let Some(n) = active(id as u32) else { return Ok(0) };
+    // Counted first: a syscall that sees the entry sees the count.
+    slot_add(n, 1);
     if TLS_CALLS.insert(&id, &call, 0).is_err() {
+        slot_add(n, u64::MAX);
         count(counter::TLS_CALLS_FULL);
     }
     Ok(0)
@@ -70,7 +105,9 @@ fn exit(ctx: &RetProbeContext) -> Res {
     let Some(call) = (unsafe { TLS_CALLS.get(&id) }).copied() else {
         return Ok(0);
     };
-    let _ = TLS_CALLS.remove(&id);
+    if TLS_CALLS.remove(&id).is_ok() {
+        uncount(id);
+    }
     let ret: i32 = ctx.ret();
     let moved: u64 = if call.out != 0 {
         // `_ex` and the internal functions behind both APIs: positive on
@@ -101,7 +138,7 @@ fn exit(ctx: &RetProbeContext) -> Res {
         return Ok(0);
     }
     let inf = Inflight { op: 0, fd: sock.fd, buf: call.buf, iovcnt: 0, sock_id: sock.sock_id, enter_ns: call.enter_ns };
-    emit_data(cfg, tgid, tid, &inf, call.flags | DATA_TLS, call.buf, moved);
+    emit_data(cfg, tgid, tid, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), moved);
     Ok(0)
 }
 
