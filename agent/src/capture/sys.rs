@@ -41,7 +41,7 @@ pub fn check_privileges() -> Result<(), CaptureError> {
         Ok(())
     } else {
         Err(CaptureError::Privileges(format!(
-            "missing {}; run as root or grant them (on kernels before 5.8, CAP_SYS_ADMIN instead of CAP_BPF and CAP_PERFMON)",
+            "missing {}; run as root or grant them (CAP_SYS_ADMIN also stands in for CAP_BPF and CAP_PERFMON)",
             missing.join(", ")
         )))
     }

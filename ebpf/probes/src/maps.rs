@@ -37,14 +37,23 @@ pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFL
 #[map]
 pub static ENTER_TIME: Array<EnterTime> = Array::with_max_entries(ENTER_TIME_SLOTS, 0);
 
-/// OpenSSL read/write calls in flight, by pid_tgid, between uprobe and uretprobe.
+/// OpenSSL read/write calls in flight, by pid_tgid, between uprobe and
+/// uretprobe, of threads that could not have their `TLS_SLOTS` slot.
 #[map]
 pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_TLS_CALLS, 0);
 
-/// OpenSSL calls in flight per thread slot (`tid % ENTER_TIME_SLOTS`): at
-/// least the number of `TLS_CALLS` entries of the threads in that slot (an
-/// entry is counted before it is inserted and uncounted after it is
-/// removed), so a zero spares a data syscall the `TLS_CALLS` lookup.
+/// The OpenSSL read/write call in flight of one thread, in slot
+/// `tid % ENTER_TIME_SLOTS` (owned by one thread at a time, taken with a
+/// compare-and-swap): array accesses instead of a hash insert, lookup and
+/// delete per call. A thread whose slot another thread holds uses
+/// `TLS_CALLS` instead.
+#[map]
+pub static TLS_SLOTS: Array<TlsSlot> = Array::with_max_entries(ENTER_TIME_SLOTS, 0);
+
+/// Per thread slot: at least the number of `TLS_CALLS` entries of the
+/// threads in that slot (an entry is counted before it is inserted and
+/// uncounted after it is removed), so a zero spares a data syscall the
+/// `TLS_CALLS` lookup.
 #[map]
 pub static TLS_ACTIVE: Array<u64> = Array::with_max_entries(ENTER_TIME_SLOTS, 0);
 
@@ -133,6 +142,15 @@ pub struct TlsCall {
     pub _pad: u32,
     /// Monotonic time (ns) the call was entered.
     pub enter_ns: u64,
+}
+
+/// One [`TLS_SLOTS`] slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsSlot {
+    /// pid_tgid of the owning thread; 0: free.
+    pub id: u64,
+    pub call: TlsCall,
 }
 
 /// Key of [`TLS_SOCKS`]: SSL pointers are only unique within a process.

@@ -24,24 +24,51 @@ use core::intrinsics::AtomicOrdering;
 
 use kspan_common::{DATA_EGRESS, DATA_TLS, ENTER_TIME_SLOTS, EventKind, SockState, counter, sock_key};
 
-use crate::maps::{Inflight, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SOCKS, TlsCall, TlsKey, TlsSock, count};
+use crate::maps::{
+    Inflight, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SLOTS, TLS_SOCKS, TlsCall, TlsKey, TlsSlot, TlsSock, count,
+};
 use crate::{Res, Src, config, emit_data, emit_proc, is_traced};
+
+/// The OpenSSL call thread `id` is inside, if any: its slot when it owns
+/// one, else the [`TLS_CALLS`] fallback (looked up only when that slot's
+/// count says the map may hold an entry for a thread of it).
+#[inline(always)]
+fn current_call(id: u64) -> Option<TlsCall> {
+    let tid = id as u32;
+    if let Some(s) = slot(tid) {
+        // SAFETY: a map value; only its owner writes `call` (see claim_slot).
+        unsafe {
+            if core::ptr::read_volatile(&(*s).id) == id {
+                return Some((*s).call);
+            }
+        }
+    }
+    // SAFETY: a map value; a torn read is impossible for an aligned u64.
+    if active(tid).is_none_or(|n| unsafe { core::ptr::read_volatile(n) } == 0) {
+        return None;
+    }
+    // SAFETY: plain-old-data value, copied out at once.
+    unsafe { TLS_CALLS.get(&id) }.copied()
+}
 
 /// A data syscall of a thread that is inside an OpenSSL call: remembers the
 /// SSL object's socket and returns true (the syscall's ciphertext is not
 /// reported).
 #[inline(always)]
 pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
-    // SAFETY: a map value; a torn read is impossible for an aligned u64.
-    if active(id as u32).is_none_or(|n| unsafe { core::ptr::read_volatile(n) } == 0) {
-        return false;
-    }
-    // SAFETY: plain-old-data value, copied out at once.
-    let Some(call) = (unsafe { TLS_CALLS.get(&id) }).copied() else {
+    let Some(call) = current_call(id) else {
         return false;
     };
     let key = TlsKey { tgid: (id >> 32) as u32, _pad: 0, ssl: call.ssl };
-    let _ = TLS_SOCKS.insert(&key, &TlsSock { fd, ignored: st.ignored, sock_id: st.sock_id }, 0);
+    let sock = TlsSock { fd, ignored: st.ignored, sock_id: st.sock_id };
+    // An update of the LRU map costs several times a lookup, and an SSL
+    // object keeps its socket: write only what changed.
+    // SAFETY: plain-old-data value, compared at once.
+    let known = unsafe { TLS_SOCKS.get(&key) }
+        .is_some_and(|k| k.fd == sock.fd && k.sock_id == sock.sock_id && k.ignored == sock.ignored);
+    if !known {
+        let _ = TLS_SOCKS.insert(&key, &sock, 0);
+    }
     true
 }
 
@@ -49,8 +76,44 @@ pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
 /// when reused, would have its syscalls taken for OpenSSL ones).
 #[inline(always)]
 pub fn forget_thread(id: u64) {
+    if let Some(s) = slot(id as u32) {
+        // SAFETY: a map value; a dying thread's own slot is written by no one else.
+        unsafe {
+            if core::ptr::read_volatile(&(*s).id) == id {
+                core::ptr::write_volatile(&mut (*s).id, 0);
+            }
+        }
+    }
     if TLS_CALLS.remove(&id).is_ok() {
         uncount(id);
+    }
+}
+
+/// The [`TLS_SLOTS`] slot of thread `tid`.
+#[inline(always)]
+fn slot(tid: u32) -> Option<*mut TlsSlot> {
+    TLS_SLOTS.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1))
+}
+
+/// Makes thread `id` the owner of slot `s` if it is free (or already its
+/// own), with one compare-and-swap: two threads sharing a slot never both
+/// own it. A thread that does not get its slot uses [`TLS_CALLS`].
+///
+/// # Safety
+/// `s` must be a [`TLS_SLOTS`] value.
+#[inline(always)]
+unsafe fn claim_slot(s: *mut TlsSlot, id: u64) -> bool {
+    // SAFETY: per the contract; the swap is one atomic instruction.
+    unsafe {
+        let cur = core::ptr::read_volatile(&(*s).id);
+        cur == id
+            || (cur == 0
+                && core::intrinsics::atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                    &mut (*s).id,
+                    0,
+                    id,
+                )
+                .1)
     }
 }
 
@@ -61,8 +124,8 @@ fn active(tid: u32) -> Option<*mut u64> {
 }
 
 /// Adds `v` (wrapping: `u64::MAX` subtracts one) to a slot atomically: the
-/// BPF atomic add, which every kernel with BPF ring buffers has (the core
-/// atomic types have no read-modify-write methods on this target).
+/// BPF atomic add (the core atomic types have no read-modify-write methods
+/// on this target).
 #[inline(always)]
 fn slot_add(slot: *mut u64, v: u64) {
     // SAFETY: `slot` is a map value; the add is one atomic instruction.
@@ -89,6 +152,13 @@ fn enter(ctx: &ProbeContext, flags: u32, ex: bool) -> Res {
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let call = TlsCall { ssl, buf, out, flags, _pad: 0, enter_ns };
+    if let Some(s) = slot(id as u32) {
+        // SAFETY: a TLS_SLOTS value, written only by the owner it now has.
+        if unsafe { claim_slot(s, id) } {
+            unsafe { (*s).call = call };
+            return Ok(0);
+        }
+    }
     let Some(n) = active(id as u32) else { return Ok(0) };
     // Counted first: a syscall that sees the entry sees the count.
     slot_add(n, 1);
@@ -99,15 +169,32 @@ fn enter(ctx: &ProbeContext, flags: u32, ex: bool) -> Res {
     Ok(0)
 }
 
-fn exit(ctx: &RetProbeContext) -> Res {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: value copied out before removal.
-    let Some(call) = (unsafe { TLS_CALLS.get(&id) }).copied() else {
-        return Ok(0);
-    };
+/// Ends thread `id`'s OpenSSL call: frees its slot or its [`TLS_CALLS`] entry.
+#[inline(always)]
+fn take_call(id: u64) -> Option<TlsCall> {
+    if let Some(s) = slot(id as u32) {
+        // SAFETY: a map value; only its owner (this thread) writes it.
+        unsafe {
+            if core::ptr::read_volatile(&(*s).id) == id {
+                let call = (*s).call;
+                core::ptr::write_volatile(&mut (*s).id, 0);
+                return Some(call);
+            }
+        }
+    }
+    // SAFETY: plain-old-data value, copied out before removal.
+    let call = unsafe { TLS_CALLS.get(&id) }.copied()?;
     if TLS_CALLS.remove(&id).is_ok() {
         uncount(id);
     }
+    Some(call)
+}
+
+fn exit(ctx: &RetProbeContext) -> Res {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = take_call(id) else {
+        return Ok(0);
+    };
     let ret: i32 = ctx.ret();
     let moved: u64 = if call.out != 0 {
         // `_ex` and the internal functions behind both APIs: positive on
