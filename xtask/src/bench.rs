@@ -395,7 +395,8 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
         println!("(wrk runs on a private libssl copy: only nginx's SSL calls hit the uprobes)");
     }
     load()?; // warm-up
-    let rs = rounds(n_rounds, bin, &["--pid".into(), ng.pid().to_string()], ng.pid(), &load)?;
+    let pid_args = ["--pid".to_owned(), ng.pid().to_string()];
+    let rs = rounds(n_rounds, bin, &pid_args, ng.pid(), &load)?;
     print_rounds(&rs, if tls { 0.97 } else { 0.98 });
     let (p99b, p99w) = (median_of(&rs, |r| r.p99_base_ms).0, median_of(&rs, |r| r.p99_with_ms).0);
     println!("p99 baseline / kspan  {p99b:>7.3} ms / {p99w:.3} ms  (delta {:+.3} ms)", p99w - p99b);
@@ -410,7 +411,7 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
     let script = wrk_libs.0.join("pace.lua");
     std::fs::write(&script, "function delay()\n  return 1\nend\n")?;
     let paced = || wrk(scheme, lib_dir, ng.port, secs.max(10), Some(&script)).map(|l| (l.rps, l.p99_ms));
-    let p = rounds(1, bin, &["--pid".into(), ng.pid().to_string()], ng.pid(), &paced)?[0];
+    let p = rounds(1, bin, &pid_args, ng.pid(), &paced)?[0];
     // A paced client's rate also falls as latency grows, so its ratio is
     // not a capacity figure; the agent's CPU per request is the point.
     println!(
@@ -422,38 +423,39 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
         p.p99_base_ms,
         p.p99_with_ms
     );
-    print_floor(&floor_rounds(n_rounds, bin, &["--pid".into(), ng.pid().to_string()], ng.pid(), &load)?);
+    print_floor(&rounds_with_config(n_rounds, bin, &pid_args, FLOOR_CONFIG, ng.pid(), &load)?);
     // HTTPS: the same agent with TLS capture off (syscall tracepoints only),
     // to tell the uprobes' share of the cost.
     if tls {
-        let dir = TempDir::new("bench-no-tls");
-        let conf = dir.0.join("kspan.yaml");
-        std::fs::write(&conf, "capture:\n  tls: false\n")?;
-        let args = ["--pid".into(), ng.pid().to_string(), "--config".into(), conf.display().to_string()];
-        let off = rounds(1, bin, &args, ng.pid(), &load)?;
+        let off = rounds_with_config(1, bin, &pid_args, "capture:\n  tls: false\n", ng.pid(), &load)?;
         println!("TLS capture off: ratio {:.3} (syscall tracing only)", off[0].ratio());
     }
     Ok(())
 }
 
-/// The floor under kspan's overhead: `agent_args` plus `capture.attach_only`,
-/// so the same hooks are attached but every program returns at once. What
-/// the load loses then is the kernel's tracepoint (and uprobe) machinery,
-/// which no work in kspan's programs or agent can remove.
-fn floor_rounds(
+/// [`rounds`] with kspan started with `agent_args` plus a config file of
+/// `config` (YAML), e.g. one capture setting changed.
+fn rounds_with_config(
     n_rounds: u32,
     bin: &std::path::Path,
     agent_args: &[String],
+    config: &str,
     server: u32,
     run: &dyn Fn() -> Result<(f64, f64)>,
 ) -> Result<Vec<Round>> {
-    let dir = TempDir::new("bench-floor");
+    let dir = TempDir::new("bench-config");
     let conf = dir.0.join("kspan.yaml");
-    std::fs::write(&conf, "capture:\n  attach_only: true\n")?;
+    std::fs::write(&conf, config)?;
     let mut args = agent_args.to_vec();
     args.extend(["--config".into(), conf.display().to_string()]);
     rounds(n_rounds, bin, &args, server, run)
 }
+
+/// The floor under kspan's overhead: `capture.attach_only`, so the same
+/// hooks are attached but every program returns at once. What the load
+/// loses then is the kernel's tracepoint (and uprobe) machinery, which no
+/// work in kspan's programs or agent can remove.
+const FLOOR_CONFIG: &str = "capture:\n  attach_only: true\n";
 
 fn print_floor(floor: &[Round]) {
     let (ratio, lo, hi) = median_of(floor, Round::ratio);
@@ -493,7 +495,7 @@ fn compare(
     let load = || run().map(|r| (r, f64::NAN));
     let rs = rounds(n_rounds, bin, agent_args, server, &load)?;
     print_rounds(&rs, target_ratio);
-    print_floor(&floor_rounds(n_rounds, bin, agent_args, server, &load)?);
+    print_floor(&rounds_with_config(n_rounds, bin, agent_args, FLOOR_CONFIG, server, &load)?);
     println!("agent CPU             {:>10.1} % of one core", median_of(&rs, |r| r.agent_core).0 * 100.0);
     Ok(())
 }

@@ -33,13 +33,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, ENTER_TIME_SLOTS, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS,
-    PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING,
-    counter, sock_key,
+    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, PT_REGS_DI,
+    PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter,
+    sock_key,
 };
 use maps::{
     CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, MAX_COPY_AT_OFFSET, PORTS, SCRATCH, SOCKS, TRACED, WAKE,
-    count,
+    count, thread_slot,
 };
 
 const OP_READ: u32 = 1;
@@ -322,7 +322,7 @@ fn buffers(shape: Shape, a1: u64, a2: u64) -> (u64, u64) {
 /// This thread's slot of [`ENTER_TIME`].
 #[inline(always)]
 fn enter_time_slot(tid: u32) -> Option<*mut EnterTime> {
-    ENTER_TIME.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1))
+    ENTER_TIME.get_ptr_mut(thread_slot(tid))
 }
 
 fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {

@@ -119,6 +119,13 @@ pub struct Scratch {
     pub payload: [u8; SCRATCH_PAYLOAD],
 }
 
+/// Index of thread `tid` in the per-thread-slot maps (`ENTER_TIME`,
+/// `TLS_SLOTS`, `TLS_ACTIVE`).
+#[inline(always)]
+pub fn thread_slot(tid: u32) -> u32 {
+    tid & (ENTER_TIME_SLOTS - 1)
+}
+
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {

@@ -22,10 +22,10 @@ use aya_ebpf::{
 };
 use core::intrinsics::AtomicOrdering;
 
-use kspan_common::{DATA_EGRESS, DATA_TLS, ENTER_TIME_SLOTS, EventKind, SockState, counter, sock_key};
+use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, SockState, counter, sock_key};
 
 use crate::maps::{
-    Inflight, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SLOTS, TLS_SOCKS, TlsCall, TlsKey, TlsSlot, TlsSock, count,
+    Inflight, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SLOTS, TLS_SOCKS, TlsCall, TlsKey, TlsSlot, TlsSock, count, thread_slot,
 };
 use crate::{Res, Src, config, emit_data, emit_proc, is_traced};
 
@@ -34,17 +34,12 @@ use crate::{Res, Src, config, emit_data, emit_proc, is_traced};
 /// count says the map may hold an entry for a thread of it).
 #[inline(always)]
 fn current_call(id: u64) -> Option<TlsCall> {
-    let tid = id as u32;
-    if let Some(s) = slot(tid) {
-        // SAFETY: a map value; only its owner writes `call` (see claim_slot).
-        unsafe {
-            if core::ptr::read_volatile(&(*s).id) == id {
-                return Some((*s).call);
-            }
-        }
+    if let Some(s) = owned_slot(id) {
+        // SAFETY: a TLS_SLOTS value this thread owns.
+        return Some(unsafe { (*s).call });
     }
     // SAFETY: a map value; a torn read is impossible for an aligned u64.
-    if active(tid).is_none_or(|n| unsafe { core::ptr::read_volatile(n) } == 0) {
+    if active(id as u32).is_none_or(|n| unsafe { core::ptr::read_volatile(n) } == 0) {
         return None;
     }
     // SAFETY: plain-old-data value, copied out at once.
@@ -76,13 +71,9 @@ pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
 /// when reused, would have its syscalls taken for OpenSSL ones).
 #[inline(always)]
 pub fn forget_thread(id: u64) {
-    if let Some(s) = slot(id as u32) {
-        // SAFETY: a map value; a dying thread's own slot is written by no one else.
-        unsafe {
-            if core::ptr::read_volatile(&(*s).id) == id {
-                core::ptr::write_volatile(&mut (*s).id, 0);
-            }
-        }
+    if let Some(s) = owned_slot(id) {
+        // SAFETY: a TLS_SLOTS value this thread owns; freeing it is its own write.
+        unsafe { core::ptr::write_volatile(&mut (*s).id, 0) };
     }
     if TLS_CALLS.remove(&id).is_ok() {
         uncount(id);
@@ -92,7 +83,16 @@ pub fn forget_thread(id: u64) {
 /// The [`TLS_SLOTS`] slot of thread `tid`.
 #[inline(always)]
 fn slot(tid: u32) -> Option<*mut TlsSlot> {
-    TLS_SLOTS.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1))
+    TLS_SLOTS.get_ptr_mut(thread_slot(tid))
+}
+
+/// Thread `id`'s slot, if it owns it (only the owner writes its `call` and
+/// frees it, so the owner may read and free it without atomics).
+#[inline(always)]
+fn owned_slot(id: u64) -> Option<*mut TlsSlot> {
+    let s = slot(id as u32)?;
+    // SAFETY: a map value; a torn read is impossible for an aligned u64.
+    (unsafe { core::ptr::read_volatile(&(*s).id) } == id).then_some(s)
 }
 
 /// Makes thread `id` the owner of slot `s` if it is free (or already its
@@ -120,7 +120,7 @@ unsafe fn claim_slot(s: *mut TlsSlot, id: u64) -> bool {
 /// The [`TLS_ACTIVE`] slot of thread `tid`.
 #[inline(always)]
 fn active(tid: u32) -> Option<*mut u64> {
-    TLS_ACTIVE.get_ptr_mut(tid & (ENTER_TIME_SLOTS - 1))
+    TLS_ACTIVE.get_ptr_mut(thread_slot(tid))
 }
 
 /// Adds `v` (wrapping: `u64::MAX` subtracts one) to a slot atomically: the
@@ -172,14 +172,12 @@ fn enter(ctx: &ProbeContext, flags: u32, ex: bool) -> Res {
 /// Ends thread `id`'s OpenSSL call: frees its slot or its [`TLS_CALLS`] entry.
 #[inline(always)]
 fn take_call(id: u64) -> Option<TlsCall> {
-    if let Some(s) = slot(id as u32) {
-        // SAFETY: a map value; only its owner (this thread) writes it.
+    if let Some(s) = owned_slot(id) {
+        // SAFETY: a TLS_SLOTS value this thread owns.
         unsafe {
-            if core::ptr::read_volatile(&(*s).id) == id {
-                let call = (*s).call;
-                core::ptr::write_volatile(&mut (*s).id, 0);
-                return Some(call);
-            }
+            let call = (*s).call;
+            core::ptr::write_volatile(&mut (*s).id, 0);
+            return Some(call);
         }
     }
     // SAFETY: plain-old-data value, copied out before removal.
