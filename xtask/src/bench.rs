@@ -11,6 +11,9 @@ use kspan_e2e::{free_port, http_get};
 
 use crate::{cargo, root, setup, sh};
 
+mod curl;
+mod linking;
+
 /// One load-generator result.
 #[derive(Clone, Copy, Debug, Default)]
 struct Load {
@@ -214,18 +217,21 @@ impl Agent {
         }
         bail!("kspan did not become ready")
     }
+}
 
-    fn metric_sum(&self, prefix: &str) -> f64 {
-        http_get(self.metrics_port, "/metrics")
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+/// A snapshot of the agent's `/metrics`.
+#[derive(Clone, Default)]
+struct Metrics(String);
+
+impl Metrics {
+    /// The sum of every series whose line starts with `prefix`.
+    fn sum(&self, prefix: &str) -> f64 {
+        self.0.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 
     /// Non-zero series of a metric, as `labels=value` (e.g. losses by reason).
-    fn metric_lines(&self, prefix: &str) -> String {
-        http_get(self.metrics_port, "/metrics")
+    fn nonzero(&self, prefix: &str) -> String {
+        self.0
             .lines()
             .filter(|l| l.starts_with(prefix) && !l.ends_with(" 0"))
             .map(|l| l.trim_start_matches(prefix).to_owned())
@@ -293,51 +299,92 @@ fn rounds(
     let mut out = Vec::new();
     for _ in 0..rounds.max(1) {
         let ((base1, p99_base_ms), base_cpu) = with_cpu(server, run, |r| r.0)?;
-        let agent = Agent::start(bin, agent_args)?;
-        let (t0, _) = proc_usage(agent.child.id());
-        let rss = RssSampler::start(agent.child.id());
-        let started = std::time::Instant::now();
-        let ((with, p99_with_ms), with_cpu) = with_cpu(server, run, |r| r.0)?;
-        let secs = started.elapsed().as_secs_f64();
-        let load_rss_kib = rss.finish();
-        let (t1, peak_rss_kib) = proc_usage(agent.child.id());
-        // Counters are published once a second: let the last spans show.
-        std::thread::sleep(Duration::from_millis(1500));
-        let spans = agent.metric_sum("kspan_spans_built_total");
-        let lost = agent.metric_sum("kspan_kernel_lost_total");
-        let lost_why = agent.metric_lines("kspan_kernel_lost_total");
-        drop(agent);
+        let w = with_agent(bin, agent_args, server, run)?;
         let (base2, _) = run()?;
-        let agent_secs = (t1 - t0) as f64 / clk_tck();
         let r = Round {
             base1,
-            with,
+            with: w.rate,
             base2,
             base_cpu,
-            with_cpu,
-            agent_us: if with > 0.0 { agent_secs / (with * secs) * 1e6 } else { 0.0 },
-            agent_core: agent_secs / secs,
+            with_cpu: w.cpu,
+            agent_us: w.agent_us,
+            agent_core: w.agent_core,
             p99_base_ms,
-            p99_with_ms,
-            load_rss_kib,
-            peak_rss_kib,
-            spans,
-            lost,
+            p99_with_ms: w.p99_ms,
+            load_rss_kib: w.load_rss_kib,
+            peak_rss_kib: w.peak_rss_kib,
+            spans: w.metrics.sum("kspan_spans_built_total"),
+            lost: w.metrics.sum("kspan_kernel_lost_total"),
         };
         println!(
-            "  round: baseline {base1:.0} / {base2:.0}, with kspan {with:.0}, ratio {:.3}, CPU-model ratio {:.3}, \
-             agent {:.2} us/op, lost {lost:.0} {lost_why}",
+            "  round: baseline {base1:.0} / {base2:.0}, with kspan {:.0}, ratio {:.3}, CPU-model ratio {:.3}, \
+             agent {:.2} us/op, lost {:.0} {}",
+            w.rate,
             r.ratio(),
             r.cpu_ratio(),
-            r.agent_us
+            r.agent_us,
+            r.lost,
+            w.metrics.nonzero("kspan_kernel_lost_total")
         );
         out.push(r);
     }
     Ok(out)
 }
 
+/// One run of a load with kspan running.
+#[derive(Clone, Default)]
+struct AgentRun {
+    /// Operations per second and p99 latency (ms) of the load.
+    rate: f64,
+    p99_ms: f64,
+    /// Operations done in the run.
+    ops: f64,
+    cpu: CpuPerOp,
+    /// kspan's CPU per operation (us) and as a share of one core.
+    agent_us: f64,
+    agent_core: f64,
+    load_rss_kib: u64,
+    peak_rss_kib: u64,
+    /// The agent's counters once the run's last spans are counted.
+    metrics: Metrics,
+}
+
+/// Starts kspan with `args`, runs the load `run` (returns (rate, p99 ms))
+/// and measures it, the server tree of `server` and the agent.
+fn with_agent(
+    bin: &std::path::Path,
+    args: &[String],
+    server: u32,
+    run: &dyn Fn() -> Result<(f64, f64)>,
+) -> Result<AgentRun> {
+    let agent = Agent::start(bin, args)?;
+    let (t0, _) = proc_usage(agent.child.id());
+    let rss = RssSampler::start(agent.child.id());
+    let started = std::time::Instant::now();
+    let ((rate, p99_ms), cpu) = with_cpu(server, run, |r| r.0)?;
+    let secs = started.elapsed().as_secs_f64();
+    let load_rss_kib = rss.finish();
+    let (t1, peak_rss_kib) = proc_usage(agent.child.id());
+    // Counters are published once a second: let the last spans show.
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = Metrics(http_get(agent.metrics_port, "/metrics"));
+    drop(agent);
+    let agent_secs = (t1 - t0) as f64 / clk_tck();
+    Ok(AgentRun {
+        rate,
+        p99_ms,
+        ops: rate * secs,
+        cpu,
+        agent_us: if rate > 0.0 { agent_secs / (rate * secs) * 1e6 } else { 0.0 },
+        agent_core: agent_secs / secs,
+        load_rss_kib,
+        peak_rss_kib,
+        metrics,
+    })
+}
+
 /// The median of `f` over the rounds, with the smallest and largest value.
-fn median_of(rounds: &[Round], f: impl Fn(&Round) -> f64) -> (f64, f64, f64) {
+fn median_of<T>(rounds: &[T], f: impl Fn(&T) -> f64) -> (f64, f64, f64) {
     let mut v: Vec<f64> = rounds.iter().map(f).collect();
     v.sort_by(f64::total_cmp);
     let mid = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
@@ -372,6 +419,12 @@ fn print_rounds(rounds: &[Round], target_ratio: f64) {
     );
 }
 
+/// The median p99 latency without and with kspan.
+fn print_p99(rs: &[Round]) {
+    let (p99b, p99w) = (median_of(rs, |r| r.p99_base_ms).0, median_of(rs, |r| r.p99_with_ms).0);
+    println!("p99 baseline / kspan  {p99b:>7.3} ms / {p99w:.3} ms  (delta {:+.3} ms)", p99w - p99b);
+}
+
 /// nginx + wrk with and without kspan; `tls`: HTTPS (kspan reads the
 /// plaintext through the OpenSSL uprobes).
 fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Result<()> {
@@ -398,8 +451,7 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
     let pid_args = ["--pid".to_owned(), ng.pid().to_string()];
     let rs = rounds(n_rounds, bin, &pid_args, ng.pid(), &load)?;
     print_rounds(&rs, if tls { 0.97 } else { 0.98 });
-    let (p99b, p99w) = (median_of(&rs, |r| r.p99_base_ms).0, median_of(&rs, |r| r.p99_with_ms).0);
-    println!("p99 baseline / kspan  {p99b:>7.3} ms / {p99w:.3} ms  (delta {:+.3} ms)", p99w - p99b);
+    print_p99(&rs);
     // 1 us of agent CPU per request is 1 % of a core per 10k req/s.
     println!(
         "agent CPU             {:>10.1} % of one core ({:.2} % per 10k req/s, target <= 2 %)",
@@ -594,7 +646,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     // `--rounds N`: paired baseline/kspan/baseline rounds per load (median printed).
     let n_rounds: u32 = flag_value(args, "--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
-    // `--only http|https|db|otlp`: one whole-system bench, no criterion.
+    // `--only http|https|https-curl|linking|db|otlp`: one whole-system bench, no criterion.
     let only = flag_value(args, "--only");
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     setup::setup(false)?;
@@ -604,6 +656,12 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     if wanted("https") {
         http_bench(&bin, secs, n_rounds, true)?;
+    }
+    if wanted("https-curl") {
+        curl::curl_bench(&bin, secs, n_rounds)?;
+    }
+    if wanted("linking") {
+        linking::linking_bench(&bin, secs, n_rounds)?;
     }
     if wanted("db") {
         db_bench(&bin, secs, n_rounds)?;

@@ -17,9 +17,12 @@ const USAGE: &str = "usage: cargo xtask <command>
                         cargo xtask run -- run --exe nginx
   test [--no-fuzz] [--fuzz-seconds N]
                         setup, build, unit + end-to-end tests, bounded fuzzing
-  bench [--seconds N] [--no-criterion] [--only http|https|db|otlp]
+  bench [--seconds N] [--rounds N] [--no-criterion]
+        [--only http|https|https-curl|linking|db|otlp]
                         whole-system benchmarks with and without kspan (nginx
-                        HTTP and HTTPS, PostgreSQL, Redis, OTLP), plus criterion";
+                        HTTP and HTTPS under wrk, HTTPS under a curl loop,
+                        linking's own cost, PostgreSQL, Redis, OTLP), plus
+                        criterion";
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()

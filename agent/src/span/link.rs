@@ -22,6 +22,7 @@
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use smallvec::SmallVec;
 use std::net::SocketAddr;
 
 use super::model::{Span, SpanKind};
@@ -147,8 +148,8 @@ pub struct Linker {
     last_server: HashMap<(u32, u32), (u64, u64)>,
     /// Processes whose threads serve overlapping requests.
     multiplexed: HashSet<u32>,
-    /// Waiting servers per connection.
-    servers: HashMap<ConnKey, Vec<u64>>,
+    /// Waiting servers per connection (usually one: no allocation for it).
+    servers: HashMap<ConnKey, SmallVec<[u64; 2]>>,
     /// (deadline, id), oldest first; ids no longer held are skipped.
     order: VecDeque<(u64, u64)>,
     /// Recent client notes per connection, oldest first (at most [`MAX_NOTES_PER_CONN`]).
@@ -238,14 +239,22 @@ impl Linker {
         let mut deps = Vec::new();
         let mut note_keys = Vec::new();
         // The server at the other end arrived first and waits.
+        let mut matched = false;
         if let Some(k) = key
             && let Some(sid) = self.waiting_server(k, &span)
             && let Some(s) = self.take(sid)
         {
             self.stats.cross_process += 1;
             self.absorb(id, &span, sid, s, &mut deps, &mut note_keys);
+            matched = true;
         }
-        if let Some(k) = key {
+        // Otherwise the server may still come: leave a note for it. (A request
+        // is served by one server span, so a matched client needs none: notes
+        // of matched clients would only pile up on a keep-alive connection and
+        // be scanned by every later server span.)
+        if let Some(k) = key
+            && !matched
+        {
             note_keys.push(k);
             self.add_note(k, &span, Target::Held(id), now);
         }

@@ -361,3 +361,22 @@ fn notes_are_bounded_and_expire() {
     assert!(l.notes.is_empty() && l.note_order.is_empty());
     assert_eq!(out.len(), 10);
 }
+
+#[test]
+fn a_client_that_found_its_server_leaves_no_note_on_a_keep_alive_connection() {
+    let mut l = Linker::new(LinkLimits { hold_ns: 500 * MS, max_held: 100_000, max_per_thread: 8 });
+    let mut out = Vec::new();
+    let (cm, sm) = (meta("127.0.0.1:40000", "127.0.0.1:8080"), meta("127.0.0.1:8080", "127.0.0.1:40000"));
+    for n in 0..100u8 {
+        let t = u64::from(n) * 100;
+        // The server span usually completes first: it waits for its client.
+        l.push(input(span(SpanKind::Server, 2 * n + 1, 9, t + 10, t + 40), B, sm), 0, &mut out);
+        let client = LinkInput { serving: false, ..input(span(SpanKind::Client, 2 * n, 7, t, t + 50), A, cm) };
+        l.push(client, 0, &mut out);
+        assert!(l.notes.is_empty(), "request {n}: a matched client leaves no note to scan");
+    }
+    assert_eq!((out.len(), l.stats.cross_process, l.held()), (200, 100, 0));
+    for n in 0..100u8 {
+        assert_eq!(find(&out, 2 * n + 1).parent_span_id, [2 * n; 8]);
+    }
+}

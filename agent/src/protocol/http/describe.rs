@@ -7,6 +7,7 @@
 //! value. Raw headers and query go to `private` (readable by rules, never exported).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use super::{HttpExchange, Method, template_route};
 use crate::protocol::{ConnMeta, Described, Privacy, Role, SENSITIVE_HEADERS, ip_text};
@@ -197,22 +198,43 @@ fn split_host(h: &str) -> (&str, Option<u16>) {
 
 fn url_full(r: &HttpExchange, host: Option<(&str, Option<u16>)>, conn: &ConnMeta, privacy: &Privacy) -> String {
     let (scheme, default_port) = if conn.tls { ("https", 443) } else { ("http", 80) };
-    let authority = match (host, conn.peer) {
-        (Some((h, Some(p))), _) if p != default_port => format!("{}:{p}", bracket(h)),
-        (Some((h, _)), _) => bracket(h).into_owned(),
-        (None, Some(peer)) if peer.port() != default_port => peer.to_string(),
-        (None, Some(peer)) => bracket(&peer.ip().to_string()).into_owned(),
-        (None, None) => String::new(),
-    };
     let path = if r.path().starts_with('/') { r.path() } else { "/" };
-    match r.query() {
-        Some(q) if privacy.capture_url_query => format!("{scheme}://{authority}{path}?{q}"),
-        _ => format!("{scheme}://{authority}{path}"),
+    let query = r.query().filter(|_| privacy.capture_url_query);
+    // One allocation: this runs for every client span.
+    let mut url = String::with_capacity(scheme.len() + 3 + 48 + 6 + path.len() + query.map_or(0, |q| q.len() + 1));
+    url.push_str(scheme);
+    url.push_str("://");
+    let port = match (host, conn.peer) {
+        (Some((h, p)), _) => {
+            push_host(&mut url, h);
+            p
+        }
+        (None, Some(peer)) => {
+            push_host(&mut url, &ip_text(peer.ip()));
+            Some(peer.port())
+        }
+        (None, None) => None,
+    };
+    if let Some(p) = port.filter(|p| *p != default_port) {
+        let _ = write!(url, ":{p}");
     }
+    url.push_str(path);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
 }
 
-fn bracket(host: &str) -> Cow<'_, str> {
-    if host.contains(':') { Cow::Owned(format!("[{host}]")) } else { Cow::Borrowed(host) }
+/// Appends a host, an IPv6 address in brackets.
+fn push_host(url: &mut String, host: &str) {
+    if host.contains(':') {
+        url.push('[');
+        url.push_str(host);
+        url.push(']');
+    } else {
+        url.push_str(host);
+    }
 }
 
 fn clamp_i64(n: u64) -> i64 {
@@ -317,6 +339,23 @@ mod tests {
         let d = describe(&ex, Role::Client, &conn(), &Privacy::default());
         assert_eq!(d.attributes.get_str("url.scheme"), Some("http"));
         assert_eq!(d.attributes.get_str("url.full"), Some("http://h:443/a"));
+    }
+
+    #[test]
+    fn url_full_brackets_ipv6_and_falls_back_to_the_peer() {
+        let ex = exchange("GET /v HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 200);
+        let d = describe(&ex, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(d.attributes.get_str("url.full"), Some("http://[::1]:8080/v"));
+        let no_host = exchange("GET x HTTP/1.0\r\n\r\n", 200);
+        let d = describe(&no_host, Role::Client, &conn(), &Privacy::default());
+        assert_eq!(
+            d.attributes.get_str("url.full"),
+            Some("http://10.0.0.2:40000/"),
+            "peer address, path defaults to /"
+        );
+        let v6 = ConnMeta { peer: Some("[fe80::2]:80".parse().unwrap()), ..conn() };
+        let d = describe(&no_host, Role::Client, &v6, &Privacy::default());
+        assert_eq!(d.attributes.get_str("url.full"), Some("http://[fe80::2]/"), "80 is http's default port");
     }
 
     #[test]
