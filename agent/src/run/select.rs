@@ -118,8 +118,12 @@ impl Selector {
         if self.all {
             return true;
         }
+        // Reading a process's /proc entry costs more than the rest of the
+        // decision: only done when some regex needs it (`--pid` alone walks
+        // the parents, which a short-lived process of a busy host pays on
+        // every exec).
         let yes = self.roots.contains(&pid)
-            || ProcInfo::read(pid).is_some_and(|p| self.matches_exe(&p))
+            || (!self.exe.is_empty() && ProcInfo::read(pid).is_some_and(|p| self.matches_exe(&p)))
             || self.descends_from_root(pid);
         self.remember(pid, yes);
         self.updates.push(if yes { KernelUpdate::Select(pid) } else { KernelUpdate::Unselect(pid) });
