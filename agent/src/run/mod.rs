@@ -167,10 +167,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if c.attach_only {
         tracing::warn!("capture.attach_only: programs are attached but return at once; no spans will be made");
     }
-    let initial = selector.initial();
+    let mut initial = selector.initial();
     for pid in &initial {
         capture.select(*pid)?;
     }
+    // A child forked by a selected process between that scan and its
+    // selection escaped the kernel's fork tracking (and with `--pid` alone the
+    // kernel reports no exec of an untraced process): a second scan decides
+    // the processes that appeared meanwhile.
+    let late = selector.initial();
+    for pid in &late {
+        capture.select(*pid)?;
+    }
+    initial.extend(late);
     let pod_filter = config.select.pod_filter();
     if !pod_filter.is_empty() {
         tracing::info!(

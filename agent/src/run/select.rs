@@ -201,14 +201,17 @@ impl Selector {
         self.decided.iter().filter(|(_, yes)| **yes).map(|(pid, _)| *pid).collect()
     }
 
-    /// Processes already running that are selected (for seeding the kernel map).
+    /// Processes already running that are selected (for seeding the kernel
+    /// map); a pid decided by an earlier call is skipped, so a second call
+    /// returns only processes that appeared since.
     pub fn initial(&mut self) -> Vec<u32> {
         if self.all {
             return Vec::new();
         }
         let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         let pids: Vec<u32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-        let selected: Vec<u32> = pids.into_iter().filter(|p| self.decide(*p)).collect();
+        let selected: Vec<u32> =
+            pids.into_iter().filter(|p| !self.decided.contains_key(p) && self.decide(*p)).collect();
         self.updates.clear();
         selected
     }

@@ -191,6 +191,8 @@ pub struct KernelConfig {
     /// 1: every exec'ing process is traced provisionally (`TRACED` value
     /// [`TRACED_PENDING`]) until the agent confirms or removes it, so a process
     /// started after kspan loses no early traffic while `--exe` is decided.
+    /// 0 without `trace_all` (selection by pid): the exec of a process not
+    /// traced is not reported (forks of traced processes are traced already).
     pub exe_filter: u32,
     /// Offsets of `pid` and `clone_flags` in the `task_newtask` tracepoint
     /// record.

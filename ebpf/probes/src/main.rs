@@ -619,10 +619,20 @@ fn try_exec(_ctx: &TracePointContext) -> Res {
     if tgid == cfg.self_tgid {
         return Ok(0);
     }
-    if cfg.trace_all == 0 && cfg.exe_filter != 0 {
+    if cfg.trace_all == 0 {
         // SAFETY: read-only lookup.
-        if unsafe { TRACED.get(&tgid).is_none() } && TRACED.insert(&tgid, &TRACED_PENDING, 0).is_err() {
-            count(counter::TRACED_FULL);
+        let known = unsafe { TRACED.get(&tgid).is_some() };
+        if cfg.exe_filter != 0 {
+            if !known && TRACED.insert(&tgid, &TRACED_PENDING, 0).is_err() {
+                count(counter::TRACED_FULL);
+            }
+        } else if !known {
+            // Selection by pid alone: forks of traced processes are traced
+            // from task_newtask on, so a process not traced now descends from
+            // no selected pid, and exec does not change its ancestry. Nothing
+            // for the agent to decide: no event, no wake-up (a busy host runs
+            // many short-lived processes).
+            return Ok(0);
         }
     }
     emit_proc(cfg, EventKind::ProcExec, tgid, tid);
