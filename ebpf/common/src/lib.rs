@@ -54,7 +54,8 @@ pub enum EventKind {
     ConnOpen = 2,
     /// [`CloseEvent`]: a known socket fd was closed.
     ConnClose = 3,
-    /// [`ProcEvent`]: a process called execve (any process).
+    /// [`ProcEvent`]: a process called execve (any process; only a traced one
+    /// when processes are selected by pid alone).
     ProcExec = 4,
     /// [`ProcEvent`]: a traced process (thread group) exited.
     ProcExit = 5,

@@ -38,8 +38,8 @@ use kspan_common::{
     sock_key,
 };
 use maps::{
-    CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, MAX_COPY_AT_OFFSET, PORTS, SCRATCH, SOCKS, TRACED, WAKE,
-    count, thread_slot,
+    CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, MAX_COPY_AT_OFFSET, PORTS, PROC_WAKE, SCRATCH, SOCKS,
+    TRACED, WAKE, count, thread_slot,
 };
 
 const OP_READ: u32 = 1;
@@ -593,6 +593,34 @@ pub fn kspan_enter_close(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// Least time between two forced wake-ups of the agent for process events,
+/// per CPU (see [`proc_wake_flags`]).
+const PROC_WAKE_GAP_NS: u64 = 5_000_000;
+
+/// Submit flags for a process event. An exec or a library load may have the
+/// agent attach TLS probes to a process that just started, so it is woken at
+/// once, but each CPU at most once per [`PROC_WAKE_GAP_NS`]: a forced wake-up
+/// is a whole drain cycle of the agent (tens of us), which a host starting
+/// many short-lived processes would otherwise pay several times per process.
+/// Forks and exits, and the events inside the gap, are batched like data.
+#[inline(always)]
+fn proc_wake_flags(cfg: &KernelConfig, kind: EventKind, size: u64) -> u64 {
+    if matches!(kind, EventKind::ProcExec | EventKind::LibLoad)
+        && let Some(last) = PROC_WAKE.get_ptr_mut(0)
+    {
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: this CPU's slot; programs do not migrate while they run.
+        unsafe {
+            if now.wrapping_sub(*last) >= PROC_WAKE_GAP_NS {
+                *last = now;
+                return BPF_RB_FORCE_WAKEUP as u64;
+            }
+        }
+    }
+    wake_flags(cfg, size)
+}
+
 pub(crate) fn emit_proc(cfg: &KernelConfig, kind: EventKind, tgid: u32, tid: u32) {
     if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
         entry.write(ProcEvent {
@@ -604,9 +632,7 @@ pub(crate) fn emit_proc(cfg: &KernelConfig, kind: EventKind, tgid: u32, tid: u32
             tid,
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         });
-        // Process events are rare and the agent acts on them: wake it.
-        let _ = cfg;
-        entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+        entry.submit(proc_wake_flags(cfg, kind, core::mem::size_of::<ProcEvent>() as u64));
     } else {
         count(counter::RINGBUF_FULL_CTRL);
     }

@@ -70,6 +70,10 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// When this CPU last forced a wake-up of the agent for a process event (ns).
+#[map]
+pub static PROC_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Drop and error counters (see `kspan_common::counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
