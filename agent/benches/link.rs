@@ -5,6 +5,10 @@
 //! - `thread_nesting`: a client span held until its thread's server span nests it.
 //! - `whole_trace`: A serves, calls B on this host, B queries a database (4 spans,
 //!   2 nested, 1 cross-process).
+//! - `keep_alive_cross_process`: a load generator on this host calls a traced
+//!   server over 32 keep-alive connections (`wrk -c32`); each server span waits
+//!   for its client span, which links it (the case `cargo xtask bench --only
+//!   linking` measures whole).
 //!
 //! Throughput is in spans, so criterion prints the time per span.
 
@@ -157,8 +161,39 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    g.finish();
     assert_eq!(l.stats.cross_process, l.stats.nested / 2, "every B span linked under its A call");
+
+    g.throughput(Throughput::Elements(2));
+    let mut l = Linker::new(LinkLimits::default());
+    let mut i = 0u64;
+    let mut now = 0u64;
+    g.bench_function("keep_alive_cross_process", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                let t = i * 1_000;
+                let conn = format!("127.0.0.1:{}", 40_000 + i % 32);
+                let client = input(span(SpanKind::Client, 2 * i, 7, t, t + 50), 100, &conn, "127.0.0.1:8080", true);
+                [
+                    input(span(SpanKind::Server, 2 * i + 1, 9, t + 10, t + 40), 200, "127.0.0.1:8080", &conn, true),
+                    LinkInput { serving: false, ..client },
+                ]
+            },
+            |pair| {
+                for s in pair {
+                    l.push(s, now, &mut out);
+                }
+                // 50k requests/s: notes expire on the tick, as in the agent.
+                now += 20_000;
+                l.tick(now, &mut out);
+                assert_eq!(out.len(), 2);
+                out.clear();
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    assert_eq!((l.stats.cross_process, l.held()), (i, 0), "every server span linked to its client");
 }
 
 criterion_group!(benches, bench);
