@@ -495,12 +495,19 @@ fn rounds_with_config(
     server: u32,
     run: &dyn Fn() -> Result<(f64, f64)>,
 ) -> Result<Vec<Round>> {
+    let (_dir, args) = with_config(agent_args, config)?;
+    rounds(n_rounds, bin, &args, server, run)
+}
+
+/// `agent_args` plus `--config` of a file holding `config` (YAML); the file
+/// lives as long as the returned directory.
+fn with_config(agent_args: &[String], config: &str) -> Result<(TempDir, Vec<String>)> {
     let dir = TempDir::new("bench-config");
     let conf = dir.0.join("kspan.yaml");
     std::fs::write(&conf, config)?;
     let mut args = agent_args.to_vec();
     args.extend(["--config".into(), conf.display().to_string()]);
-    rounds(n_rounds, bin, &args, server, run)
+    Ok((dir, args))
 }
 
 /// The floor under kspan's overhead: `capture.attach_only`, so the same

@@ -5,9 +5,9 @@
 //! so the difference is linking alone: holding, matching and releasing.
 
 use anyhow::Result;
-use kspan_e2e::servers::{TempDir, nginx};
+use kspan_e2e::servers::nginx;
 
-use super::{AgentRun, median_of, with_agent, wrk};
+use super::{AgentRun, median_of, with_agent, with_config, wrk};
 
 /// One off / on / off round.
 struct LinkRound {
@@ -50,12 +50,8 @@ pub(super) fn linking_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> 
          every server span linked to wrk's client span), linking off / on / off"
     );
     load()?; // warm-up
-    let dir = TempDir::new("bench-linking");
-    let off_conf = dir.0.join("off.yaml");
-    std::fs::write(&off_conf, "capture:\n  link_hold_ms: 0\n")?;
     let on_args = ["--pid".to_owned(), ng.pid().to_string(), "--exe".to_owned(), "bin/wrk$".to_owned()];
-    let mut off_args = on_args.to_vec();
-    off_args.extend(["--config".to_owned(), off_conf.display().to_string()]);
+    let (_dir, off_args) = with_config(&on_args, "capture:\n  link_hold_ms: 0\n")?;
     let mut rs = Vec::new();
     for _ in 0..n_rounds.max(1) {
         let off1 = with_agent(bin, &off_args, ng.pid(), &load)?;
