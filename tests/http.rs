@@ -111,31 +111,95 @@ fn request_body_sent_in_several_writes() {
     assert!(duration_ns(s) <= client_ns);
 }
 
+/// tests/apps/http_client.py in `preopened` mode: its first request is
+/// answered when this returns, with its local port; a line on its stdin
+/// makes the second request on the same connection.
+struct Preopened {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    port: u16,
+}
+
+impl Preopened {
+    fn start(port: u16) -> Self {
+        let mut child = Command::new("python3")
+            .arg(apps_dir().join("http_client.py"))
+            .args(["preopened", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("client");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let port = first[0]["local_port"].as_u64().unwrap_or_else(|| panic!("{line}")) as u16;
+        Self { child, out, port }
+    }
+
+    /// Makes the second request and waits for the client to exit.
+    fn finish(mut self) {
+        writeln!(self.child.stdin.as_mut().unwrap()).unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert!(line.contains("/users/2"), "{line}");
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn sigusr1_pauses_and_resumes_capture_and_sockets_of_the_pause_get_their_own_peer() {
+    let app = python_http("pause");
+    let k = Kspan::start(&["--pid", &app.pid().to_string()]);
+    let attached = k.links();
+    assert!(attached > 0, "kspan holds its program links");
+    let a = Preopened::start(app.port);
+    let first = k.wait_spans(1, WAIT, server_spans_of(app.pid()));
+    assert_eq!(attr_i64(&first[0], "client.port"), Some(a.port as i64));
+
+    k.toggle_pause(true);
+    assert_eq!(k.links(), 0, "paused: every program is detached");
+    // Unseen: A's second request and its close, B's connect and first
+    // request (the server likely reuses A's fd for B).
+    a.finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let b = Preopened::start(app.port);
+    let b_port = b.port;
+
+    k.toggle_pause(false);
+    assert_eq!(k.links(), attached, "resumed: every program is attached again");
+    b.finish();
+    let spans = k.wait_spans(2, WAIT, server_spans_of(app.pid()));
+    std::thread::sleep(Duration::from_millis(500));
+    let spans_now = k.spans();
+    let all: Vec<&Value> = spans_now.iter().filter(|s| server_spans_of(app.pid())(s)).collect();
+    assert_eq!(all.len(), 2, "nothing from the pause: {all:#?}");
+    let last = &spans[1];
+    assert_eq!(attr_str(last, "url.path"), Some("/users/2"));
+    assert_eq!(
+        attr_i64(last, "client.port"),
+        Some(b_port as i64),
+        "the socket accepted during the pause is B's, not A's"
+    );
+    let m = k.metrics();
+    assert!(m.lines().any(|l| l == "kspan_capture_pauses_total 2"), "{m}");
+    assert!(m.lines().any(|l| l == "kspan_capture_resume_failures_total 0"), "{m}");
+    assert!(k.stop());
+}
+
 #[test]
 fn connection_opened_before_kspan_started() {
     let app = python_http("preopened");
-    let mut c = Command::new("python3")
-        .arg(apps_dir().join("http_client.py"))
-        .args(["preopened", &app.port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("client");
-    let mut out = BufReader::new(c.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert!(line.contains("/users/1"), "{line}");
+    let c = Preopened::start(app.port);
     let k = Kspan::start(&["--pid", &app.pid().to_string()]);
-    writeln!(c.stdin.as_mut().unwrap()).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert!(line.contains("/users/2"), "{line}");
-    c.wait().unwrap();
+    let client_port = c.port;
+    c.finish();
     let spans = k.wait_spans(1, WAIT, server_spans_of(app.pid()));
     assert_eq!(spans.len(), 1, "{spans:#?}");
     assert_eq!(attr_str(&spans[0], "url.path"), Some("/users/2"));
     assert_eq!(attr_i64(&spans[0], "http.response.status_code"), Some(200));
     assert_eq!(attr_i64(&spans[0], "server.port"), Some(app.port as i64), "addresses known for pre-existing sockets");
+    assert_eq!(attr_i64(&spans[0], "client.port"), Some(client_port as i64));
 }
 
 #[test]

@@ -54,6 +54,7 @@ def main():
     elif mode == "preopened":
         c = http.client.HTTPConnection("127.0.0.1", port)
         first = timed(c, "GET", "/users/1")
+        first["local_port"] = c.sock.getsockname()[1]
         print(json.dumps([first]), flush=True)
         sys.stdin.readline()
         second = timed(c, "GET", "/users/2")

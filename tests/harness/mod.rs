@@ -171,6 +171,33 @@ impl Kspan {
         http_get(self.metrics_port, "/metrics")
     }
 
+    /// Sends SIGUSR1 (pause or resume capture) and waits until the metrics
+    /// report `paused` (published once a second; detaching takes seconds).
+    pub fn toggle_pause(&self, paused: bool) {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
+        let want = format!("kspan_capture_paused {}", paused as u8);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if self.metrics().lines().any(|l| l == want) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("kspan did not report {want:?} within 20 s; log:\n{}", self.log());
+    }
+
+    /// kspan's program links: its open perf event and BPF link descriptors.
+    pub fn links(&self) -> usize {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())) else { return 0 };
+        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| {
+                let t = t.to_string_lossy();
+                t == "anon_inode:[perf_event]" || t == "anon_inode:bpf_link"
+            })
+            .count()
+    }
+
     /// Sends SIGTERM and waits for exit; returns the exit status success.
     pub fn stop(mut self) -> bool {
         // SAFETY: plain kill(2) on our child's pid.

@@ -3,9 +3,9 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use super::attach::{AttachFail, Attachment, Target};
 use super::{btf, sys};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use kspan_common::{ABI_VERSION, KernelConfig, MAX_CAPTURE, MIN_CAPTURE, TRACED_YES, counter};
 
@@ -127,6 +127,9 @@ pub struct Capture {
     ring: RingBuf<MapData>,
     traced: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
+    /// Every link made, so that capture can be paused and resumed.
+    pub(super) attachments: Vec<Attachment>,
+    pub(super) paused: bool,
 }
 
 impl Capture {
@@ -201,6 +204,7 @@ impl Capture {
         let traced = HashMap::try_from(take(&mut ebpf, "TRACED")?).map_err(map_err("TRACED"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
 
+        let mut capture = Self { ebpf, ring, traced, counters, attachments: Vec::new(), paused: false };
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
         let args_at_exit = offsets.args_at_exit();
@@ -208,18 +212,15 @@ impl Capture {
             if args_at_exit && RECEIVE_ENTERS.contains(program) {
                 continue;
             }
-            let perr = |reason: String| CaptureError::Program { program: (*program).to_owned(), reason };
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| perr("missing from object".into()))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| perr(e.to_string()))?;
-            if prog.fd().is_err() {
-                prog.load().map_err(|e| perr(format!("verifier rejected it: {e}")))?;
-            }
-            prog.attach(category, name).map_err(|e| perr(format!("attach to {category}/{name}: {e}")))?;
+            capture.attach_recorded(program, Target::Tracepoint { category, name }).map_err(|e| {
+                let reason = match e {
+                    AttachFail::Program(r) => r,
+                    AttachFail::Target(r) => format!("attach to {category}/{name}: {r}"),
+                };
+                CaptureError::Program { program: (*program).to_owned(), reason }
+            })?;
         }
-        Ok(Self { ebpf, ring, traced, counters })
+        Ok(capture)
     }
 
     /// Marks a process (tgid) as selected in the kernel.

@@ -11,9 +11,13 @@
 //!   counted, never fatal.
 //! - Wake-ups are batched: each CPU wakes the agent once it has written its
 //!   share of `wakeup_bytes`, and [`Capture::poll`] also drains on a timer.
+//! - Capture can be paused (every program detached) and resumed, starting
+//!   from fresh kernel connection state ([`Capture::set_paused`]).
 
 pub mod decode;
 
+#[cfg(feature = "runtime")]
+mod attach;
 #[cfg(feature = "runtime")]
 pub mod btf;
 #[cfg(feature = "runtime")]

@@ -23,11 +23,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::programs::UProbe;
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use object::{Object, ObjectSymbol};
 
 use super::Capture;
+use super::attach::{AttachFail, Target};
 
 /// (symbol, entry program); every symbol also gets the shared return program.
 const PROBES: [(&str, &str); 4] = [
@@ -247,25 +246,10 @@ impl Capture {
         offset: Option<u64>,
         path: &Path,
     ) -> Result<(), TlsAttachError> {
-        let perr = |reason: String| TlsAttachError::Program { program, reason };
-        let prog: &mut UProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| perr("missing from object".into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| perr(e.to_string()))?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| perr(format!("verifier rejected it: {e}")))?;
-        }
-        let at = match offset {
-            Some(o) => UProbeAttachLocation::AbsoluteOffset(o),
-            None => UProbeAttachLocation::Symbol(symbol),
-        };
-        prog.attach(at, path, UProbeScope::AllProcesses).map_err(|e| TlsAttachError::Attach {
-            path: path.display().to_string(),
-            symbol,
-            // aya wraps the useful part (e.g. the errno) in a source.
-            reason: crate::telemetry::error_chain(&e),
+        let target = Target::Uprobe { symbol, offset, path: path.to_path_buf() };
+        self.attach_recorded(program, target).map_err(|e| match e {
+            AttachFail::Program(reason) => TlsAttachError::Program { program, reason },
+            AttachFail::Target(reason) => TlsAttachError::Attach { path: path.display().to_string(), symbol, reason },
         })?;
         Ok(())
     }

@@ -360,6 +360,15 @@ impl ConnTable {
         }
     }
 
+    /// Every connection ends (capture resumes after a pause in which closes
+    /// and fd reuse went unseen).
+    pub fn close_all(&mut self, ts: u64, out: &mut Vec<ConnExchange>) {
+        let keys: Vec<_> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.close_key(k, ts, out);
+        }
+    }
+
     /// Drops connections idle for longer than the limit (their close was
     /// never seen, e.g. lost); returns how many.
     pub fn sweep(&mut self, now_ns: u64) -> usize {

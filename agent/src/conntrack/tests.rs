@@ -76,6 +76,19 @@ fn close_and_exit_remove_entries() {
 }
 
 #[test]
+fn close_all_ends_every_connection_of_every_process() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    t.on_open(&open(2, 3, 10), &mut out);
+    t.close_all(7, &mut out);
+    assert!(t.is_empty());
+    assert_eq!(t.stats.closed, 2);
+    t.on_open(&open(1, 3, 11), &mut out);
+    assert_eq!(t.len(), 1, "the table takes new connections after");
+}
+
+#[test]
 fn reused_fd_starts_a_new_connection() {
     let mut t = ConnTable::new(limits(8));
     let mut out = Vec::new();

@@ -190,6 +190,12 @@ impl ProcessTable {
         self.insert(child, info);
     }
 
+    /// Forgets every process: after a capture pause, whose execs and exits
+    /// went unseen (entries are read again from /proc on next use).
+    pub fn clear(&mut self) {
+        self.cache.clear();
+    }
+
     /// Forgets a pid (exec changes its identity; exit ends it).
     pub fn forget(&mut self, pid: u32) {
         self.cache.remove(&pid);

@@ -26,6 +26,19 @@ struct Kind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Stage {
+    stage: String,
+}
+
+/// Stages of the capture thread whose CPU time is counted (see
+/// [`PipelineCounters::stage_cpu_ns`]).
+pub const STAGES: [&str; 4] = ["drain", "build", "link", "other"];
+pub const STAGE_DRAIN: usize = 0;
+pub const STAGE_BUILD: usize = 1;
+pub const STAGE_LINK: usize = 2;
+pub const STAGE_OTHER: usize = 3;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtoKind {
     protocol: String,
     kind: String,
@@ -54,6 +67,17 @@ pub struct PipelineCounters {
     /// Cached process resources rebuilt after their pod metadata changed.
     pub resources_refreshed: u64,
     pub tls: TlsStats,
+    /// Capture is paused (SIGUSR1): no program attached.
+    pub paused: bool,
+    /// Pauses and resumes so far.
+    pub pauses: u64,
+    /// Links that could not be made again on a resume.
+    pub resume_failures: u64,
+    /// The capture thread's CPU time (ns) by stage ([`STAGES`]): drain (ring
+    /// buffer, decoding, connection tracking, protocol parsing), build (span
+    /// building and enrichment), link, other (selection, TLS attach,
+    /// hand-off, housekeeping).
+    pub stage_cpu_ns: [u64; 4],
 }
 
 /// Registered metric handles plus what was last published.
@@ -72,6 +96,10 @@ pub struct PipelineMetrics {
     link_held: Gauge,
     link_multiplexed: Counter,
     k8s_pods: Gauge,
+    paused: Gauge,
+    stage_cpu: Family<Stage, Counter<f64>>,
+    pauses: Counter,
+    resume_failures: Counter,
     k8s_pods_dropped: Counter,
     k8s_watch_errors: Counter,
     resources_refreshed: Counter,
@@ -103,6 +131,10 @@ impl PipelineMetrics {
             link_held: Gauge::default(),
             link_multiplexed: Counter::default(),
             k8s_pods: Gauge::default(),
+            paused: Gauge::default(),
+            stage_cpu: Family::default(),
+            pauses: Counter::default(),
+            resume_failures: Counter::default(),
             k8s_pods_dropped: Counter::default(),
             k8s_watch_errors: Counter::default(),
             resources_refreshed: Counter::default(),
@@ -134,6 +166,23 @@ impl PipelineMetrics {
             "kspan_link_multiplexed_processes",
             "Processes serving overlapping requests on one thread (event loops): client spans not nested",
             m.link_multiplexed.clone(),
+        );
+        t.register(
+            "kspan_capture_paused",
+            "1 while capture is paused (SIGUSR1): no kspan program is attached",
+            m.paused.clone(),
+        );
+        t.register(
+            "kspan_capture_thread_cpu_seconds",
+            "CPU time of the capture thread by stage (drain: ring buffer, connection tracking and parsing; \
+             build: spans and enrichment; link; other)",
+            m.stage_cpu.clone(),
+        );
+        t.register("kspan_capture_pauses", "Times capture was paused (SIGUSR1)", m.pauses.clone());
+        t.register(
+            "kspan_capture_resume_failures",
+            "Program links that could not be made again when capture resumed",
+            m.resume_failures.clone(),
         );
         t.register("kspan_k8s_pods", "Pods of this node with metadata cached", m.k8s_pods.clone());
         t.register("kspan_k8s_pods_dropped", "Pods not cached because the cache was full", m.k8s_pods_dropped.clone());
@@ -211,6 +260,15 @@ impl PipelineMetrics {
         delta(&self.link_released.get_or_create(&r("forced_out")), a.forced_out, b.forced_out);
         self.link_held.set(a.held as i64);
         self.k8s_pods.set(now.k8s_pods as i64);
+        self.paused.set(now.paused as i64);
+        for (i, name) in STAGES.iter().enumerate() {
+            let d = now.stage_cpu_ns[i].saturating_sub(last.stage_cpu_ns[i]);
+            if d > 0 {
+                self.stage_cpu.get_or_create(&Stage { stage: (*name).to_owned() }).inc_by(d as f64 / 1e9);
+            }
+        }
+        delta(&self.pauses, now.pauses, last.pauses);
+        delta(&self.resume_failures, now.resume_failures, last.resume_failures);
         delta(&self.k8s_pods_dropped, now.k8s_pods_dropped, last.k8s_pods_dropped);
         delta(&self.k8s_watch_errors, now.k8s_watch_errors, last.k8s_watch_errors);
         delta(&self.resources_refreshed, now.resources_refreshed, last.resources_refreshed);

@@ -102,6 +102,22 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGUSR1 toggles `pause`: the capture thread detaches every program (the
+/// host runs as without kspan) or attaches them again. For measuring what
+/// kspan costs a service in place: compare its throughput in the two states.
+fn listen_for_pause(pause: Arc<AtomicBool>) {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+        Ok(mut sig) => {
+            tokio::spawn(async move {
+                while sig.recv().await.is_some() {
+                    pause.fetch_xor(true, Ordering::Relaxed);
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot listen for SIGUSR1 (pause/resume): {e}"),
+    }
+}
+
 /// Starts the pod watcher when Kubernetes metadata is on (config, or in a
 /// cluster); `None` when off or when this node's name is unknown.
 fn start_pod_watch(config: &Config) -> Option<PodStore> {
@@ -205,6 +221,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         extra.set(k.clone(), v.clone());
     }
     let (span_tx, span_rx) = queue::span_queue(c.span_queue);
+    let pause = Arc::new(AtomicBool::new(false));
+    listen_for_pause(pause.clone());
     let pipeline = pipeline::Pipeline {
         capture,
         selector,
@@ -235,6 +253,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         spans: span_tx,
         drain_interval: Duration::from_millis(c.drain_interval_ms.max(1)),
         counters: Default::default(),
+        pause: pause.clone(),
     };
     // Loading parsed the kernel's BTF and the eBPF object and scanned /proc:
     // tens of MiB that are free now but would stay in the heap's RSS.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::metrics::PipelineCounters;
+use super::metrics::{PipelineCounters, STAGE_BUILD, STAGE_DRAIN, STAGE_LINK, STAGE_OTHER};
 use super::queue::SpanSender;
 use super::select::{KernelUpdate, Selector};
 use crate::capture::Capture;
@@ -49,6 +49,16 @@ pub struct Pipeline {
     pub spans: SpanSender,
     pub drain_interval: Duration,
     pub counters: PipelineCounters,
+    /// Set (by SIGUSR1) to pause capture, cleared to resume it.
+    pub pause: Arc<AtomicBool>,
+}
+
+/// This thread's CPU time in ns (read a few times per drain cycle).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Process lifecycle seen in one batch, acted on after it.
@@ -60,6 +70,8 @@ struct ProcChanges {
     execs: Vec<u32>,
     /// Selected processes that loaded or unloaded a library (TLS library scan).
     lib_loads: Vec<u32>,
+    /// Forget every process after this batch (capture resumed after a pause).
+    forget_all: bool,
 }
 
 /// Processes one ring buffer record.
@@ -132,9 +144,19 @@ impl Pipeline {
         let mut out = Vec::new();
         let mut changes = ProcChanges::default();
         let mut ready = Vec::new();
+        // Spans built in this cycle, before linking (kept apart so each
+        // stage's CPU time is read twice per cycle, not per span).
+        let mut built: Vec<LinkInput> = Vec::new();
         let mut last_housekeeping = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            let paused = self.pause.load(Ordering::Relaxed);
+            if paused != self.capture.paused() {
+                self.set_paused(paused, &mut out, &mut changes);
+                self.snapshot();
+                publish(&self.counters);
+            }
             let interval = self.drain_interval;
+            let t_drain = thread_cpu_ns();
             let Self { capture, selector, conns, procs, counters, .. } = &mut self;
             let drain = |b: &[u8]| {
                 handle(b, selector, conns, procs, counters, &mut out, &mut changes);
@@ -144,6 +166,7 @@ impl Pipeline {
                 tracing::error!("{e}");
                 std::thread::sleep(self.drain_interval);
             }
+            let t_other = thread_cpu_ns();
             for u in self.selector.updates.drain(..) {
                 match u {
                     KernelUpdate::Select(pid) => {
@@ -168,25 +191,31 @@ impl Pipeline {
             changes.execs.clear();
             changes.lib_loads.clear();
             let now = Clock::monotonic_now();
+            let t_build = thread_cpu_ns();
             for cx in out.drain(..) {
                 let resource = self.procs.resource(cx.tgid);
                 let span = self.builder.build(&cx, resource);
                 self.counters.spans_built += 1;
-                match &mut self.linker {
-                    Some(l) => {
-                        let (peer_traced, serving) = (cx.peer_traced, cx.serving);
-                        let input = LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving };
-                        l.push(input, now, &mut ready)
+                let (peer_traced, serving) = (cx.peer_traced, cx.serving);
+                built.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving });
+            }
+            let t_link = thread_cpu_ns();
+            match &mut self.linker {
+                Some(l) => {
+                    for input in built.drain(..) {
+                        l.push(input, now, &mut ready);
                     }
-                    None => ready.push(span),
+                    l.tick(now, &mut ready);
                 }
+                None => ready.extend(built.drain(..).map(|i| i.span)),
             }
-            if let Some(l) = &mut self.linker {
-                l.tick(now, &mut ready);
-            }
+            let t_send = thread_cpu_ns();
             self.send(&mut ready);
             for pid in changes.exited.drain(..) {
                 self.procs.forget(pid);
+            }
+            if std::mem::take(&mut changes.forget_all) {
+                self.procs.clear();
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 last_housekeeping = Instant::now();
@@ -197,6 +226,11 @@ impl Pipeline {
                 self.snapshot();
                 publish(&self.counters);
             }
+            let stage = &mut self.counters.stage_cpu_ns;
+            stage[STAGE_DRAIN] += t_other.saturating_sub(t_drain);
+            stage[STAGE_BUILD] += t_link.saturating_sub(t_build);
+            stage[STAGE_LINK] += t_send.saturating_sub(t_link);
+            stage[STAGE_OTHER] += t_build.saturating_sub(t_other) + thread_cpu_ns().saturating_sub(t_send);
         }
         if let Some(l) = &mut self.linker {
             l.flush(&mut ready);
@@ -205,6 +239,44 @@ impl Pipeline {
         self.snapshot();
         publish(&self.counters);
         self.counters
+    }
+
+    /// Pauses capture (every program detached; records already written are
+    /// still read) or resumes it. On resume, what the pause hid is made
+    /// good first: connections end (their closes and fd reuse went unseen,
+    /// and the kernel forgets its sockets too), processes that exited are
+    /// forgotten and processes that started are decided.
+    fn set_paused(&mut self, paused: bool, out: &mut Vec<ConnExchange>, changes: &mut ProcChanges) {
+        if !paused {
+            self.conns.close_all(Clock::monotonic_now(), out);
+            // Spans of those connections are built in this cycle and need
+            // resources: exec'd and exited processes are forgotten after it.
+            for pid in self.selector.vanished() {
+                self.selector.on_exit(pid);
+                self.capture.unselect(pid);
+            }
+            changes.forget_all = true;
+            for pid in self.selector.initial() {
+                if let Err(e) = self.capture.select(pid) {
+                    tracing::warn!("cannot select pid {pid}: {e}");
+                }
+                changes.execs.push(pid);
+            }
+        }
+        match self.capture.set_paused(paused) {
+            Ok(failed) => self.counters.resume_failures += failed as u64,
+            Err(e) => {
+                tracing::error!("capture could not resume: {e}");
+                return;
+            }
+        }
+        self.counters.paused = paused;
+        self.counters.pauses += 1;
+        if paused {
+            tracing::info!("capture paused (SIGUSR1): every kspan program is detached until the next SIGUSR1");
+        } else {
+            tracing::info!("capture resumed (SIGUSR1)");
+        }
     }
 
     /// Hands spans whose trace is final to the async side.

@@ -201,6 +201,12 @@ impl Selector {
         self.decided.iter().filter(|(_, yes)| **yes).map(|(pid, _)| *pid).collect()
     }
 
+    /// Decided processes that no longer exist (their exit went unseen while
+    /// capture was paused).
+    pub fn vanished(&self) -> Vec<u32> {
+        self.decided.keys().copied().filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).collect()
+    }
+
     /// Processes already running that are selected (for seeding the kernel
     /// map); a pid decided by an earlier call is skipped, so a second call
     /// returns only processes that appeared since.
@@ -240,6 +246,16 @@ mod tests {
         s.updates.clear();
         assert!(!s.on_fork(std::process::id(), 4_000_000_002));
         assert_eq!(s.updates, vec![KernelUpdate::Unselect(4_000_000_002)]);
+    }
+
+    #[test]
+    fn vanished_lists_decided_processes_without_a_proc_entry() {
+        let me = std::process::id();
+        let mut s = Selector::new(false, &[me], &[]).unwrap();
+        assert!(s.allows(me));
+        s.on_fork(me, 4_000_000_003);
+        assert!(s.allows(4_000_000_003));
+        assert_eq!(s.vanished(), vec![4_000_000_003], "this process lives; the fake child has no /proc entry");
     }
 
     #[test]

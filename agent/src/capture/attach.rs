@@ -1,0 +1,211 @@
+//! Program attachments and pausing: every tracepoint and uprobe link the
+//! agent makes is recorded with its target, so capture can be paused
+//! (every link dropped: the host runs as if kspan were not there) and
+//! resumed (every link made again).
+//!
+//! Guarantees:
+//! - While paused no kspan program is attached: no syscall takes the
+//!   tracepoint path because of kspan and no uprobe sits in any process.
+//!   Uprobes for files found meanwhile are recorded and attached on resume.
+//! - On resume the kernel's per-connection state is cleared before anything
+//!   is attached again, since sockets closed and fds reused during the pause
+//!   were not seen: sockets are found afresh on their next call.
+//! - A link that cannot be made again is logged and counted, never fatal.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+
+use aya::Ebpf;
+use aya::maps::{Map, MapData};
+use aya::programs::trace_point::TracePointLink;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
+use aya::programs::{TracePoint, UProbe};
+
+use super::{Capture, CaptureError};
+
+/// Where a program is attached.
+#[derive(Clone, Debug)]
+pub(super) enum Target {
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    /// At `symbol`, or at file offset `offset` (then `symbol` only names
+    /// the place in messages).
+    Uprobe {
+        symbol: &'static str,
+        offset: Option<u64>,
+        path: PathBuf,
+    },
+}
+
+enum Link {
+    // Held for their Drop, which detaches.
+    Tracepoint(#[allow(dead_code)] TracePointLink),
+    Uprobe(#[allow(dead_code)] UProbeLink),
+}
+
+/// One program at one target; `link` is `None` while paused.
+pub(super) struct Attachment {
+    program: &'static str,
+    target: Target,
+    link: Option<Link>,
+}
+
+/// Why an attachment failed: the program itself (missing, rejected by the
+/// verifier) or attaching it at its target.
+#[derive(Debug)]
+pub(super) enum AttachFail {
+    Program(String),
+    Target(String),
+}
+
+/// Maps whose entries describe live sockets, calls and SSL objects.
+const CONNECTION_MAPS: [&str; 4] = ["SOCKS", "INFLIGHT", "TLS_CALLS", "TLS_SOCKS"];
+
+/// Loads `program` if needed and, unless `paused`, attaches it at `target`.
+fn link(ebpf: &mut Ebpf, program: &'static str, target: &Target, paused: bool) -> Result<Option<Link>, AttachFail> {
+    let prog = ebpf.program_mut(program).ok_or_else(|| AttachFail::Program("missing from object".into()))?;
+    match target {
+        Target::Tracepoint { category, name } => {
+            let tp: &mut TracePoint =
+                prog.try_into().map_err(|e: aya::programs::ProgramError| AttachFail::Program(e.to_string()))?;
+            if tp.fd().is_err() {
+                tp.load().map_err(|e| AttachFail::Program(format!("verifier rejected it: {e}")))?;
+            }
+            if paused {
+                return Ok(None);
+            }
+            let id = tp.attach(category, name).map_err(|e| AttachFail::Target(e.to_string()))?;
+            tp.take_link(id).map(|l| Some(Link::Tracepoint(l))).map_err(|e| AttachFail::Target(e.to_string()))
+        }
+        Target::Uprobe { symbol, offset, path } => {
+            let up: &mut UProbe =
+                prog.try_into().map_err(|e: aya::programs::ProgramError| AttachFail::Program(e.to_string()))?;
+            if up.fd().is_err() {
+                up.load().map_err(|e| AttachFail::Program(format!("verifier rejected it: {e}")))?;
+            }
+            if paused {
+                return Ok(None);
+            }
+            let at = match offset {
+                Some(o) => UProbeAttachLocation::AbsoluteOffset(*o),
+                None => UProbeAttachLocation::Symbol(symbol),
+            };
+            // aya wraps the useful part (e.g. the errno) in a source.
+            let id = up
+                .attach(at, path, UProbeScope::AllProcesses)
+                .map_err(|e| AttachFail::Target(crate::telemetry::error_chain(&e)))?;
+            up.take_link(id).map(|l| Some(Link::Uprobe(l))).map_err(|e| AttachFail::Target(e.to_string()))
+        }
+    }
+}
+
+impl Capture {
+    /// Attaches `program` at `target` and records it; while paused it is
+    /// only recorded (the program is loaded, so a rejected one still fails
+    /// now) and attached on resume.
+    pub(super) fn attach_recorded(&mut self, program: &'static str, target: Target) -> Result<(), AttachFail> {
+        let link = link(&mut self.ebpf, program, &target, self.paused)?;
+        self.attachments.push(Attachment { program, target, link });
+        Ok(())
+    }
+
+    /// Whether capture is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Pauses (detaches every program) or resumes (clears the kernel's
+    /// connection state, then attaches every recorded program again).
+    /// Returns how many attachments could not be made again (logged).
+    pub fn set_paused(&mut self, paused: bool) -> Result<usize, CaptureError> {
+        if paused == self.paused {
+            return Ok(0);
+        }
+        self.paused = paused;
+        if paused {
+            // Each detach waits for the kernel's RCU grace periods (about
+            // 80 ms a tracepoint here): dropped side by side, a pause takes
+            // one wait instead of one per link.
+            let links: Vec<Link> = self.attachments.iter_mut().filter_map(|a| a.link.take()).collect();
+            std::thread::scope(|s| {
+                for l in links {
+                    s.spawn(move || drop(l));
+                }
+            });
+            return Ok(0);
+        }
+        for name in CONNECTION_MAPS {
+            let map = match self.ebpf.map(name) {
+                Some(Map::HashMap(m) | Map::LruHashMap(m)) => m,
+                _ => return Err(CaptureError::Map { map: name, reason: "missing or not a hash map".into() }),
+            };
+            clear(map).map_err(|reason| CaptureError::Map { map: name, reason })?;
+        }
+        let mut failed = 0;
+        let Self { ebpf, attachments, .. } = self;
+        for a in attachments.iter_mut() {
+            match link(ebpf, a.program, &a.target, false) {
+                Ok(l) => a.link = l,
+                Err(AttachFail::Program(e) | AttachFail::Target(e)) => {
+                    failed += 1;
+                    tracing::warn!(program = a.program, target = ?a.target, "not attached again on resume: {e}");
+                }
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// `union bpf_attr` for the map element commands.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    next_key: u64,
+    flags: u64,
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+fn bpf_elem(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command; the key
+    // pointers it holds point to buffers of the map's key size.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Deletes every entry of a hash map nobody writes to meanwhile; returns
+/// how many. Keys are collected first (deleting while walking a hash map
+/// restarts the walk), at most `max_entries` of them.
+fn clear(map: &MapData) -> Result<usize, String> {
+    let info = map.info().map_err(|e| e.to_string())?;
+    let (size, max) = (info.key_size() as usize, info.max_entries() as usize);
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut next = vec![0u8; size];
+    loop {
+        let key = keys.last().map_or(0, |k| k.as_ptr() as u64);
+        let mut attr = ElemAttr { map_fd: fd, _pad: 0, key, next_key: next.as_mut_ptr() as u64, flags: 0 };
+        match bpf_elem(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => keys.push(next.clone()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(format!("walking keys: {e}")),
+        }
+        if keys.len() >= max {
+            break;
+        }
+    }
+    for k in &keys {
+        let mut attr = ElemAttr { map_fd: fd, _pad: 0, key: k.as_ptr() as u64, next_key: 0, flags: 0 };
+        match bpf_elem(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(format!("deleting an entry: {e}")),
+        }
+    }
+    Ok(keys.len())
+}
