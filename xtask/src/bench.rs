@@ -13,6 +13,7 @@ use crate::{cargo, root, setup, sh};
 
 mod curl;
 mod linking;
+mod toggle;
 
 /// One load-generator result.
 #[derive(Clone, Copy, Debug, Default)]
@@ -653,6 +654,8 @@ pub fn bench(args: &[String]) -> Result<()> {
     // `--rounds N`: paired baseline/kspan/baseline rounds per load (median printed).
     let n_rounds: u32 = flag_value(args, "--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
+    // `--pairs N`: window pairs of the toggled (SIGUSR1) measurement, 0: none.
+    let pairs: usize = flag_value(args, "--pairs").and_then(|v| v.parse().ok()).unwrap_or(30);
     // `--only http|https|https-curl|linking|db|otlp`: one whole-system bench, no criterion.
     let only = flag_value(args, "--only");
     let wanted = |name: &str| only.is_none_or(|o| o == name);
@@ -665,7 +668,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         http_bench(&bin, secs, n_rounds, true)?;
     }
     if wanted("https-curl") {
-        curl::curl_bench(&bin, secs, n_rounds)?;
+        curl::curl_bench(&bin, secs, n_rounds, pairs)?;
     }
     if wanted("linking") {
         linking::linking_bench(&bin, secs, n_rounds)?;

@@ -25,6 +25,21 @@ impl LinkRound {
         let total = |r: &AgentRun| r.cpu.server_us + r.cpu.client_us + r.agent_us;
         (total(&self.off[0]) + total(&self.off[1])) / 2.0 / total(&self.on)
     }
+    /// The capture thread's CPU per request in `stage` (us), as the agent
+    /// counts it in the run itself (`kspan_capture_thread_cpu_seconds`).
+    fn stage_us(run: &AgentRun, stage: &str) -> f64 {
+        let secs = run.metrics.sum(&format!("kspan_capture_thread_cpu_seconds_total{{stage=\"{stage}\"}}"));
+        if run.ops > 0.0 { secs / run.ops * 1e6 } else { f64::NAN }
+    }
+    /// Linking's CPU (the agent's own count, in the linking-on run) as a
+    /// share of all the CPU a request costs in that run (server, load
+    /// generator, agent). Linking runs only in the agent, so on a CPU-bound
+    /// host this is the share of requests it costs; both parts come from
+    /// one run, so the VM's drift between runs does not enter.
+    fn cpu_share(&self) -> f64 {
+        let total = self.on.cpu.server_us + self.on.cpu.client_us + self.on.agent_us;
+        if total > 0.0 { Self::stage_us(&self.on, "link") / total } else { f64::NAN }
+    }
     fn off_us(&self) -> f64 {
         (self.off[0].agent_us + self.off[1].agent_us) / 2.0
     }
@@ -59,7 +74,9 @@ pub(super) fn linking_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> 
         let off2 = with_agent(bin, &off_args, ng.pid(), &load)?;
         let r = LinkRound { off: [off1, off2], on };
         println!(
-            "  round: linking off {:.0} / {:.0}, on {:.0} req/s, ratio {:.3}, CPU-model ratio {:.3}; agent {:.2} -> {:.2} us/req; \
+            "  round: linking off {:.0} / {:.0}, on {:.0} req/s, ratio {:.3}, CPU-model ratio {:.3}; agent {:.2} -> {:.2} us/req \
+             (capture thread: drain {:.2}, build {:.2}, link {:.2}, other {:.2} us/req; linking {:.2} % of the CPU per \
+             request); \
              {:.2} spans/req, {:.2} cross-process links per request, released unlinked {}",
             r.off[0].rate,
             r.off[1].rate,
@@ -68,6 +85,11 @@ pub(super) fn linking_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> 
             r.cpu_ratio(),
             r.off_us(),
             r.on.agent_us,
+            LinkRound::stage_us(&r.on, "drain"),
+            LinkRound::stage_us(&r.on, "build"),
+            LinkRound::stage_us(&r.on, "link"),
+            LinkRound::stage_us(&r.on, "other"),
+            r.cpu_share() * 100.0,
             r.spans_per_request(),
             r.links_per_request(),
             r.on.metrics.nonzero("kspan_link_released_unlinked_total"),
@@ -84,15 +106,30 @@ pub(super) fn linking_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> 
     );
     println!("CPU-model ratio       {cpu_ratio:>10.3}  (rounds {clo:.3}-{chi:.3}; CPU per request off / on)");
     println!(
-        "agent CPU per request {off_us:>7.2} us off -> {on_us:.2} us on: linking {:+.2} us per span ({:.2} spans per \
-         request)",
+        "agent CPU per request {off_us:>7.2} us off -> {on_us:.2} us on: {:+.2} us per span between runs; the agent's \
+         own count of its linking: {:.2} us per span ({:.2} spans per request)",
         (on_us - off_us) / spans,
+        median_of(&rs, |r| LinkRound::stage_us(&r.on, "link")).0 / spans,
         spans
+    );
+    let (share, slo, shi) = median_of(&rs, LinkRound::cpu_share);
+    println!(
+        "linking's CPU share   {:>9.2} %  (rounds {:.2}-{:.2} %) of all CPU per request, by the agent's own count of \
+         its linking CPU: what a CPU-bound run loses to linking, ratio {:.3} in the worst round",
+        share * 100.0,
+        slo * 100.0,
+        shi * 100.0,
+        1.0 - shi
     );
     println!(
         "agent CPU, linking on {:>7.2} % of one core per 10k req/s, {:.2} % per 10k spans/s (target <= 2 %)",
         on_us,
         on_us / spans
+    );
+    println!(
+        "agent, linking on     {:>10.1} MiB RSS under load (largest round), kernel lost events {:.0} (all rounds)",
+        rs.iter().map(|r| r.on.load_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+        rs.iter().map(|r| r.on.metrics.sum("kspan_kernel_lost_total")).sum::<f64>()
     );
     println!(
         "links                 {:>10.2} cross-process links per request",
