@@ -21,7 +21,7 @@ use aya::programs::trace_point::TracePointLink;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
 
-use super::{Capture, CaptureError};
+use super::Capture;
 
 /// Where a program is attached.
 #[derive(Clone, Debug)]
@@ -118,10 +118,11 @@ impl Capture {
 
     /// Pauses (detaches every program) or resumes (clears the kernel's
     /// connection state, then attaches every recorded program again).
-    /// Returns how many attachments could not be made again (logged).
-    pub fn set_paused(&mut self, paused: bool) -> Result<usize, CaptureError> {
+    /// Returns how many maps could not be cleared and attachments could not
+    /// be made again (each logged); it always reaches the wanted state.
+    pub fn set_paused(&mut self, paused: bool) -> usize {
         if paused == self.paused {
-            return Ok(0);
+            return 0;
         }
         self.paused = paused;
         if paused {
@@ -131,19 +132,26 @@ impl Capture {
             let links: Vec<Link> = self.attachments.iter_mut().filter_map(|a| a.link.take()).collect();
             std::thread::scope(|s| {
                 for l in links {
-                    s.spawn(move || drop(l));
+                    // A thread that cannot start drops its closure, and so
+                    // the link, right here.
+                    let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(l));
                 }
             });
-            return Ok(0);
-        }
-        for name in CONNECTION_MAPS {
-            let map = match self.ebpf.map(name) {
-                Some(Map::HashMap(m) | Map::LruHashMap(m)) => m,
-                _ => return Err(CaptureError::Map { map: name, reason: "missing or not a hash map".into() }),
-            };
-            clear(map).map_err(|reason| CaptureError::Map { map: name, reason })?;
+            return 0;
         }
         let mut failed = 0;
+        for name in CONNECTION_MAPS {
+            let cleared = match self.ebpf.map(name) {
+                Some(Map::HashMap(m) | Map::LruHashMap(m)) => clear(m),
+                _ => Err("missing or not a hash map".into()),
+            };
+            if let Err(reason) = cleared {
+                // Resuming matters more: stale entries only mislabel
+                // connections that were reused during the pause.
+                failed += 1;
+                tracing::error!(map = name, "not cleared on resume: {reason}");
+            }
+        }
         let Self { ebpf, attachments, .. } = self;
         for a in attachments.iter_mut() {
             match link(ebpf, a.program, &a.target, false) {
@@ -154,7 +162,7 @@ impl Capture {
                 }
             }
         }
-        Ok(failed)
+        failed
     }
 }
 

@@ -71,7 +71,7 @@ pub struct PipelineCounters {
     pub paused: bool,
     /// Pauses and resumes so far.
     pub pauses: u64,
-    /// Links that could not be made again on a resume.
+    /// Links that could not be made again, or maps not cleared, on a resume.
     pub resume_failures: u64,
     /// The capture thread's CPU time (ns) by stage ([`STAGES`]): drain (ring
     /// buffer, decoding, connection tracking, protocol parsing), build (span
@@ -181,7 +181,7 @@ impl PipelineMetrics {
         t.register("kspan_capture_pauses", "Times capture was paused (SIGUSR1)", m.pauses.clone());
         t.register(
             "kspan_capture_resume_failures",
-            "Program links that could not be made again when capture resumed",
+            "Program links that could not be made again, or kernel maps that could not be cleared, when capture resumed",
             m.resume_failures.clone(),
         );
         t.register("kspan_k8s_pods", "Pods of this node with metadata cached", m.k8s_pods.clone());

@@ -263,13 +263,7 @@ impl Pipeline {
                 changes.execs.push(pid);
             }
         }
-        match self.capture.set_paused(paused) {
-            Ok(failed) => self.counters.resume_failures += failed as u64,
-            Err(e) => {
-                tracing::error!("capture could not resume: {e}");
-                return;
-            }
-        }
+        self.counters.resume_failures += self.capture.set_paused(paused) as u64;
         self.counters.paused = paused;
         self.counters.pauses += 1;
         if paused {
