@@ -350,6 +350,18 @@ struct AgentRun {
     metrics: Metrics,
 }
 
+impl AgentRun {
+    /// CPU per operation of the whole run (us): server, load generator and agent.
+    fn total_us(&self) -> f64 {
+        self.cpu.server_us + self.cpu.client_us + self.agent_us
+    }
+
+    /// A counter of the agent (summed over its series) per operation.
+    fn per_op(&self, metric: &str) -> f64 {
+        if self.ops > 0.0 { self.metrics.sum(metric) / self.ops } else { f64::NAN }
+    }
+}
+
 /// Starts kspan with `args`, runs the load `run` (returns (rate, p99 ms))
 /// and measures it, the server tree of `server` and the agent.
 fn with_agent(

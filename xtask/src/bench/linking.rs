@@ -22,14 +22,12 @@ impl LinkRound {
     /// CPU per request (server, load generator and agent) off over on: the
     /// throughput ratio of a CPU-bound run with perfect scheduling.
     fn cpu_ratio(&self) -> f64 {
-        let total = |r: &AgentRun| r.cpu.server_us + r.cpu.client_us + r.agent_us;
-        (total(&self.off[0]) + total(&self.off[1])) / 2.0 / total(&self.on)
+        (self.off[0].total_us() + self.off[1].total_us()) / 2.0 / self.on.total_us()
     }
     /// The capture thread's CPU per request in `stage` (us), as the agent
     /// counts it in the run itself (`kspan_capture_thread_cpu_seconds`).
     fn stage_us(run: &AgentRun, stage: &str) -> f64 {
-        let secs = run.metrics.sum(&format!("kspan_capture_thread_cpu_seconds_total{{stage=\"{stage}\"}}"));
-        if run.ops > 0.0 { secs / run.ops * 1e6 } else { f64::NAN }
+        run.per_op(&format!("kspan_capture_thread_cpu_seconds_total{{stage=\"{stage}\"}}")) * 1e6
     }
     /// Linking's CPU (the agent's own count, in the linking-on run) as a
     /// share of all the CPU a request costs in that run (server, load
@@ -37,23 +35,19 @@ impl LinkRound {
     /// host this is the share of requests it costs; both parts come from
     /// one run, so the VM's drift between runs does not enter.
     fn cpu_share(&self) -> f64 {
-        let total = self.on.cpu.server_us + self.on.cpu.client_us + self.on.agent_us;
+        let total = self.on.total_us();
         if total > 0.0 { Self::stage_us(&self.on, "link") / total } else { f64::NAN }
     }
     fn off_us(&self) -> f64 {
         (self.off[0].agent_us + self.off[1].agent_us) / 2.0
     }
-    /// Per request served with linking on.
-    fn per_request(&self, metric: &str) -> f64 {
-        if self.on.ops > 0.0 { self.on.metrics.sum(metric) / self.on.ops } else { f64::NAN }
-    }
-    /// Spans built per request (2: client and server).
+    /// Spans built per request with linking on (2: client and server).
     fn spans_per_request(&self) -> f64 {
-        self.per_request("kspan_spans_built_total")
+        self.on.per_op("kspan_spans_built_total")
     }
     /// Cross-process links made per request (1 when every server span found its client span).
     fn links_per_request(&self) -> f64 {
-        self.per_request("kspan_links_total{kind=\"cross_process\"}")
+        self.on.per_op("kspan_links_total{kind=\"cross_process\"}")
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Agent, Metrics, http_get};
+use super::{Agent, Metrics, http_get, median_of};
 
 /// Settings of one toggled measurement.
 pub(super) struct Toggle {
@@ -74,13 +74,12 @@ fn set_attached(agent: &Agent, attached: bool) -> Result<()> {
 /// Median, mean and a bootstrap 95 % interval of the mean (2,000
 /// resamples, fixed seed: the same ratios print the same interval).
 pub(super) fn summary(ratios: &[f64]) -> (f64, f64, f64, f64) {
-    let mut v: Vec<f64> = ratios.iter().copied().filter(|r| r.is_finite()).collect();
+    let v: Vec<f64> = ratios.iter().copied().filter(|r| r.is_finite()).collect();
     if v.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
     }
-    v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    let median = median_of(&v, |r| *r).0;
     let mean = v.iter().sum::<f64>() / n as f64;
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
