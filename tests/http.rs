@@ -261,6 +261,53 @@ fn non_http_bytes_and_huge_headers_are_counted_not_fatal() {
     assert!(k.stop(), "kspan is still healthy");
 }
 
+/// A counter of kspan's /metrics (0 when absent).
+fn metric(m: &str, series: &str) -> f64 {
+    m.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+#[test]
+fn an_opaque_connection_is_muted_in_the_kernel_and_the_process_stays_traced() {
+    const ROUND_TRIPS: usize = 1500;
+    let app = python_http("opaque");
+    let mut client = Command::new("python3")
+        .arg(apps_dir().join("http_client.py"))
+        .args(["opaque", &app.port.to_string(), &ROUND_TRIPS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid = serde_json::from_str::<Value>(&line).unwrap()["pid"].as_u64().unwrap();
+    let k = Kspan::start(&["--pid", &pid.to_string()]);
+    writeln!(client.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(client.wait().unwrap().success());
+    let got: Vec<Value> = serde_json::from_str(line.trim()).expect("client JSON");
+    assert_eq!(got[0]["status"], 200);
+
+    // The GET after the opaque connection closed (on a new socket, likely
+    // its fd) is still traced.
+    let spans = k.wait_spans(1, WAIT, |s| kind(s) == "client" && attr_str(s, "url.path") == Some("/users/9"));
+    assert_eq!(attr_i64(&spans[0], "http.response.status_code"), Some(200));
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = k.metrics();
+    // Both ends of the echo connection are this process's sockets.
+    assert_eq!(metric(&m, "kspan_connections_total{reason=\"opaque\"}"), 2.0, "{m}");
+    assert_eq!(metric(&m, "kspan_connections_total{reason=\"muted\"}"), 2.0, "{m}");
+    // Unmuted, every send and receive of both ends is a ring buffer record
+    // (4 per round trip); muted, only what came before the agent's verdict
+    // (the client pauses after 10 round trips: a drain cycle's worth).
+    let read = metric(&m, "kspan_events_read_total");
+    assert!(read < (ROUND_TRIPS / 4) as f64, "{read} records read for {ROUND_TRIPS} round trips:\n{m}");
+    // Closes are still reported: the muted connections are forgotten.
+    assert_eq!(metric(&m, "kspan_open_connections"), 0.0, "{m}");
+    assert!(k.stop());
+}
+
 #[test]
 fn vectored_sends_and_receives_are_one_stream() {
     let app = python_http("vectored");

@@ -34,7 +34,7 @@ fn span(kind: SpanKind, n: u64, tid: u32, start: u64, end: u64) -> Span {
         parent_span_id: [0; 8],
         trace_state: String::new(),
         trace_flags: 1,
-        name: String::from("GET /api/{id}"),
+        name: "GET /api/{id}".into(),
         kind,
         start_unix_ns: start,
         end_unix_ns: end,

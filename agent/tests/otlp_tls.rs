@@ -143,7 +143,7 @@ fn span(resource: &Arc<ProcessResource>, n: u64) -> Arc<Span> {
         parent_span_id: [0; 8],
         trace_state: String::new(),
         trace_flags: 1,
-        name: format!("op-{n}"),
+        name: format!("op-{n}").into(),
         kind: SpanKind::Client,
         start_unix_ns: 1,
         end_unix_ns: 2,

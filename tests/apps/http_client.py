@@ -5,6 +5,12 @@
   preopened PORT           one request, then waits for a line on stdin, then
                            a second request on the SAME connection
   garbage PORT             sends non-HTTP bytes on a connection
+  opaque PORT N            prints its pid, waits for a line on stdin, then
+                           makes N round trips of binary frames over a
+                           loopback connection to an echo thread of its
+                           own (pausing 0.5 s after the 10th), closes it,
+                           and makes one GET /users/9 on a new connection
+                           to PORT
   load PORT N PATH [H=V]... N GETs of PATH on one keep-alive connection with
                            headers H; a `{i}` in PATH becomes the request index
   vectored PORT            on one connection: a GET sent with sendmsg in 4
@@ -64,6 +70,35 @@ def main():
         s.sendall(bytes(range(256)) * 4)
         s.close()
         print("[]", flush=True)
+    elif mode == "opaque":
+        import threading
+        n = int(sys.argv[3])
+        srv = socket.create_server(("127.0.0.1", 0))
+
+        def echo():
+            c, _ = srv.accept()
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                c.sendall(d)
+            c.close()
+
+        threading.Thread(target=echo, daemon=True).start()
+        print(json.dumps({"pid": __import__("os").getpid()}), flush=True)
+        sys.stdin.readline()
+        s = socket.create_connection(srv.getsockname())
+        for i in range(n):
+            frame = b"\x00\x01frame %d\xff" % i
+            s.sendall(frame)
+            got = b""
+            while len(got) < len(frame):
+                got += s.recv(65536)
+            if i == 9:
+                time.sleep(0.5)
+        s.close()
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        print(json.dumps([timed(c, "GET", "/users/9")]), flush=True)
     elif mode == "load":
         n, path = int(sys.argv[3]), sys.argv[4]
         headers = dict(h.split("=", 1) for h in sys.argv[5:])

@@ -7,7 +7,10 @@ use super::attach::{AttachFail, Attachment, Target};
 use super::{btf, sys};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
-use kspan_common::{ABI_VERSION, KernelConfig, MAX_CAPTURE, MIN_CAPTURE, TRACED_YES, counter};
+use kspan_common::{
+    ABI_VERSION, IGNORED_MUTED, IGNORED_NO, KernelConfig, MAX_CAPTURE, MIN_CAPTURE, SockState, TRACED_YES, counter,
+    sock_key,
+};
 
 /// The eBPF object built by `cargo xtask build` (empty if it was not built).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kspan-probes.o"));
@@ -226,6 +229,36 @@ impl Capture {
     /// Marks a process (tgid) as selected in the kernel.
     pub fn select(&mut self, tgid: u32) -> Result<(), CaptureError> {
         self.traced.insert(tgid, TRACED_YES, 0).map_err(|e| CaptureError::Map { map: "TRACED", reason: e.to_string() })
+    }
+
+    /// Stops data events of socket `sock_id` at (tgid, fd) (its close is
+    /// still reported). Returns false when the kernel's entry is gone or
+    /// now holds another socket (the fd was closed or reused meanwhile).
+    ///
+    /// The entry is read and written back: a socket closed and its fd
+    /// reused by a new one between the two system calls (microseconds)
+    /// would be muted in its place.
+    pub fn mute(&mut self, tgid: u32, fd: u32, sock_id: u64) -> Result<bool, CaptureError> {
+        let map_err = |e: aya::maps::MapError| CaptureError::Map { map: "SOCKS", reason: e.to_string() };
+        let mut socks: HashMap<_, u64, SockState> = HashMap::try_from(
+            self.ebpf.map_mut("SOCKS").ok_or(CaptureError::Map { map: "SOCKS", reason: "missing".into() })?,
+        )
+        .map_err(map_err)?;
+        let key = sock_key(tgid, fd);
+        let st = match socks.get(&key, 0) {
+            Ok(st) => st,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(false),
+            Err(e) => return Err(map_err(e)),
+        };
+        if st.sock_id != sock_id || st.ignored != IGNORED_NO {
+            return Ok(false);
+        }
+        const BPF_EXIST: u64 = 2;
+        match socks.insert(key, SockState { ignored: IGNORED_MUTED, ..st }, BPF_EXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     /// Removes a process from the kernel selection (missing is fine).

@@ -11,7 +11,11 @@
 //!   connection is (or was, within [`PAIR_LINGER_NS`]) a tracked socket, so
 //!   cross-process linking only waits when there is something to wait for.
 //! - Detection is by content ([`crate::protocol::detect`]); a connection whose
-//!   first bytes match no protocol becomes opaque and its bytes are ignored.
+//!   first bytes match no protocol becomes opaque and its bytes are ignored,
+//!   and it is queued in [`ConnTable::mutes`] so that the kernel stops
+//!   copying them (at most [`MAX_MUTES`] per drain cycle; beyond that it is
+//!   counted in `mute_failed` and its bytes keep arriving, ignored). A TLS
+//!   handshake is not muted: its plaintext may come from the TLS library.
 //! - TLS: the first plaintext event (`DATA_TLS`) on a connection makes it a
 //!   TLS connection: detection restarts on the plaintext stream (whatever the
 //!   handshake's ciphertext did to it) and socket-level data on it is ignored
@@ -50,6 +54,24 @@ pub struct ConnStats {
     pub tls_handshake: u64,
     /// Socket-level (ciphertext) data events ignored on TLS connections.
     pub tls_ciphertext_ignored: u64,
+    /// Opaque connections whose bytes the kernel stopped copying.
+    pub muted: u64,
+    /// Opaque connections that could not be muted (closed or reused first,
+    /// or more than [`MAX_MUTES`] in one drain cycle): their bytes still
+    /// arrive and are ignored.
+    pub mute_failed: u64,
+}
+
+/// Most mute requests queued in one drain cycle.
+pub const MAX_MUTES: usize = 1024;
+
+/// A socket whose bytes the kernel should stop copying (see [`ConnTable::mutes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mute {
+    pub tgid: u32,
+    pub fd: u32,
+    /// Muted only while the kernel's entry for (tgid, fd) is this socket.
+    pub sock_id: u64,
 }
 
 /// An exchange plus the connection it happened on.
@@ -92,6 +114,9 @@ pub struct ConnTable {
     local_pairs: HashMap<(SocketAddr, SocketAddr), PairState>,
     /// Open server-role connections per process (no entry: none).
     serving: HashMap<u32, u32>,
+    /// Opaque connections found since the caller last drained this: the
+    /// kernel need not copy their bytes any more.
+    pub mutes: Vec<Mute>,
 }
 
 fn count_server(serving: &mut HashMap<u32, u32>, tgid: u32, role: Option<Role>, up: bool) {
@@ -180,6 +205,7 @@ impl ConnTable {
             scratch: Vec::new(),
             local_pairs: HashMap::new(),
             serving: HashMap::new(),
+            mutes: Vec::new(),
         }
     }
 
@@ -285,6 +311,11 @@ impl ConnTable {
                         self.stats.tls_handshake += 1;
                     } else {
                         self.stats.opaque += 1;
+                        if self.mutes.len() < MAX_MUTES {
+                            self.mutes.push(Mute { tgid: key.0, fd: key.1, sock_id: conn.sock_id });
+                        } else {
+                            self.stats.mute_failed += 1;
+                        }
                     }
                     conn.state = State::Opaque;
                     return;

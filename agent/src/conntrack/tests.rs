@@ -121,6 +121,22 @@ fn unknown_bytes_make_the_connection_opaque() {
     t.on_data(&h, &payload, &mut out);
     assert_eq!(t.stats.opaque, 1);
     assert!(out.is_empty());
+    assert_eq!(t.mutes, [Mute { tgid: 1, fd: 3, sock_id: 9 }], "the kernel may stop copying its bytes");
+}
+
+#[test]
+fn mute_requests_are_bounded_per_drain_cycle() {
+    let mut t = ConnTable::new(limits(MAX_MUTES + 8));
+    let mut out = Vec::new();
+    let payload = [0xffu8; 100];
+    for fd in 0..MAX_MUTES as u32 + 3 {
+        t.on_open(&open(1, fd, 9), &mut out);
+        t.on_data(&data(1, fd, 9, 10, &payload), &payload, &mut out);
+        t.on_data(&egress(data(1, fd, 9, 11, &payload)), &payload, &mut out);
+    }
+    assert_eq!(t.stats.opaque, MAX_MUTES as u64 + 3);
+    assert_eq!(t.mutes.len(), MAX_MUTES);
+    assert_eq!(t.stats.mute_failed, 3);
 }
 
 fn loopback(tgid: u32, fd: u32, sock: u64, lport: u16, rport: u16) -> ConnEvent {
@@ -172,6 +188,7 @@ fn tls_plaintext_replaces_the_handshake_and_ciphertext_is_ignored() {
     let server_hello = b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03 server hello";
     t.on_data(&egress(data(1, 3, 9, 11, server_hello)), server_hello, &mut out);
     assert_eq!(t.stats.tls_handshake, 1, "a TLS handshake is not an unknown protocol");
+    assert!(t.mutes.is_empty(), "its plaintext may come from the TLS library");
     let req = b"GET /secure HTTP/1.1\r\nHost: h\r\n\r\n";
     t.on_data(&tls(data(1, 3, 9, 20, req)), req, &mut out);
     // The ciphertext the socket saw for the same bytes is ignored.

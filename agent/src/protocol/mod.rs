@@ -126,7 +126,7 @@ impl Record {
 /// Each protocol maps its record to OpenTelemetry semantic conventions.
 #[derive(Clone, Debug, Default)]
 pub struct Described {
-    pub name: String,
+    pub name: crate::span::model::Text,
     /// Exported attributes (already privacy-filtered).
     pub attributes: Attributes,
     /// Attributes rules may read but that are never exported (raw header

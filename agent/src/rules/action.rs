@@ -163,7 +163,7 @@ impl Actions {
             }
         }
         if let Some(t) = &self.rename {
-            span.name = render(t, span);
+            span.name = render(t, span).into();
         }
         if self.critical {
             span.attributes.set(CRITICAL_ATTR, true);

@@ -209,7 +209,7 @@ mod tests {
             parent_span_id: [0; 8],
             trace_state: String::new(),
             trace_flags: 0,
-            name: String::new(),
+            name: Default::default(),
             kind: SpanKind::Server,
             start_unix_ns: 0,
             end_unix_ns: 0,

@@ -97,7 +97,7 @@ pub fn span_from_value(v: &Value) -> Result<Span, RulesError> {
         parent_span_id,
         trace_state: obj.get("tracestate").and_then(Value::as_str).unwrap_or("").to_owned(),
         trace_flags: 1,
-        name: obj.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+        name: obj.get("name").and_then(Value::as_str).unwrap_or("").into(),
         kind,
         start_unix_ns: start,
         end_unix_ns: start + (duration_ms * 1e6).round() as u64,

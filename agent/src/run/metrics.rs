@@ -233,6 +233,8 @@ impl PipelineMetrics {
             ("tls", c.tls, l.tls),
             ("tls_handshake", c.tls_handshake, l.tls_handshake),
             ("tls_ciphertext_ignored", c.tls_ciphertext_ignored, l.tls_ciphertext_ignored),
+            ("muted", c.muted, l.muted),
+            ("mute_failed", c.mute_failed, l.mute_failed),
         ] {
             delta(&self.conns.get_or_create(&r(name)), a, b);
         }

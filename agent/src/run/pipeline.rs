@@ -167,6 +167,7 @@ impl Pipeline {
                 std::thread::sleep(self.drain_interval);
             }
             let t_other = thread_cpu_ns();
+            self.mute_opaque();
             for u in self.selector.updates.drain(..) {
                 match u {
                     KernelUpdate::Select(pid) => {
@@ -270,6 +271,22 @@ impl Pipeline {
             tracing::info!("capture paused (SIGUSR1): every kspan program is detached until the next SIGUSR1");
         } else {
             tracing::info!("capture resumed (SIGUSR1)");
+        }
+    }
+
+    /// Tells the kernel to stop copying the bytes of connections found
+    /// opaque in this cycle (their closes are still reported).
+    fn mute_opaque(&mut self) {
+        let Self { capture, conns, .. } = self;
+        for m in conns.mutes.drain(..) {
+            match capture.mute(m.tgid, m.fd, m.sock_id) {
+                Ok(true) => conns.stats.muted += 1,
+                Ok(false) => conns.stats.mute_failed += 1,
+                Err(e) => {
+                    conns.stats.mute_failed += 1;
+                    tracing::debug!("cannot mute an opaque connection: {e}");
+                }
+            }
         }
     }
 

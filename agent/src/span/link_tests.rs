@@ -20,7 +20,7 @@ fn span(kind: SpanKind, n: u8, tid: u32, start: u64, end: u64) -> Span {
         parent_span_id: [0; 8],
         trace_state: String::new(),
         trace_flags: 1,
-        name: format!("s{n}"),
+        name: format!("s{n}").into(),
         kind,
         start_unix_ns: start,
         end_unix_ns: end,

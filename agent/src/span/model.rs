@@ -169,7 +169,8 @@ pub struct Span {
     pub trace_state: String,
     /// W3C trace flags (bit 0: sampled).
     pub trace_flags: u8,
-    pub name: String,
+    /// Inline up to 24 bytes (`GET /users/{id}`, `SELECT pgbench_accounts`).
+    pub name: Text,
     pub kind: SpanKind,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
@@ -203,7 +204,7 @@ impl Span {
             parent_span_id: [0; 8],
             trace_state: String::new(),
             trace_flags: 1,
-            name: name.to_owned(),
+            name: Text::new(name),
             kind: SpanKind::Server,
             start_unix_ns: 0,
             end_unix_ns: 1,

@@ -33,7 +33,7 @@ pub fn span(resource: &Arc<ProcessResource>, n: u64, name: &str) -> Arc<Span> {
         parent_span_id: [0; 8],
         trace_state: String::new(),
         trace_flags: 1,
-        name: name.to_owned(),
+        name: name.into(),
         kind: SpanKind::Server,
         start_unix_ns: 1_700_000_000_000_000_000 + n,
         end_unix_ns: 1_700_000_000_001_000_000 + n,

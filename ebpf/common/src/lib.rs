@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -280,13 +280,22 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
+/// `SockState::ignored`: traced (data, open and close events).
+pub const IGNORED_NO: u32 = 0;
+/// `SockState::ignored`: filtered out by the port filter (no events at all).
+pub const IGNORED_PORT: u32 = 1;
+/// `SockState::ignored`: muted by the agent, which found its bytes to be no
+/// protocol it parses: no data events, but its close is still reported so
+/// the agent forgets the connection.
+pub const IGNORED_MUTED: u32 = 2;
+
 /// Value of the kernel's (tgid, fd) socket map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
     pub sock_id: u64,
     pub role: u32,
-    /// 1: filtered out by the port filter (no data events).
+    /// One of `IGNORED_*`: any value but [`IGNORED_NO`] stops data events.
     pub ignored: u32,
 }
 

@@ -4,7 +4,9 @@
 //!
 //! Guarantees:
 //! - Only TCP (stream, AF_INET/AF_INET6) sockets of selected processes produce
-//!   data events; the agent itself is never traced.
+//!   data events; the agent itself is never traced. A socket the agent muted
+//!   (`IGNORED_MUTED`: its bytes are no protocol kspan parses) produces none
+//!   either, only its close.
 //! - A socket is recognised by walking the task's fd table (offsets from the
 //!   running kernel's BTF, given by the agent), so sockets opened before kspan
 //!   started, or inherited across fork, are traced like new ones.
@@ -33,7 +35,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, PT_REGS_DI,
+    CloseEvent, ConnEvent, DATA_EGRESS, IGNORED_PORT, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, PT_REGS_DI,
     PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter,
     sock_key,
 };
@@ -564,7 +566,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Res {
         None => return Ok(0),
     };
     let _ = SOCKS.remove(&key);
-    if st.ignored != 0 {
+    if st.ignored == IGNORED_PORT {
         return Ok(0);
     }
     if let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) {

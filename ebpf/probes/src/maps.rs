@@ -178,7 +178,7 @@ pub struct TlsKey {
 #[derive(Clone, Copy)]
 pub struct TlsSock {
     pub fd: u32,
-    /// 1: filtered out by the port filter (no data events).
+    /// `SockState::ignored` of the socket (not 0: no data events).
     pub ignored: u32,
     pub sock_id: u64,
 }

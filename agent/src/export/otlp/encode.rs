@@ -94,7 +94,7 @@ pub fn encode_span(span: &Span) -> pb::Span {
         trace_state: span.trace_state.clone(),
         parent_span_id: if span.is_root() { Vec::new() } else { span.parent_span_id.to_vec() },
         flags: u32::from(span.trace_flags),
-        name: span.name.clone(),
+        name: span.name.to_string(),
         kind: kind as i32,
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns,

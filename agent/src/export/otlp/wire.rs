@@ -333,7 +333,7 @@ mod tests {
                 s.events.push(SpanEvent { name: String::new(), time_unix_ns: 0, attributes: Attributes::new() });
             }
             if n == 5 {
-                s.name = String::new();
+                s.name = Default::default();
                 s.start_unix_ns = 0;
                 s.attributes.set("long", "x".repeat(300));
             }

@@ -13,7 +13,7 @@ use super::{HttpExchange, Method, template_route};
 use crate::protocol::{ConnMeta, Described, Privacy, Role, SENSITIVE_HEADERS, ip_text};
 use compact_str::ToCompactString;
 
-use crate::span::model::{AttrValue, Attributes, SpanStatus};
+use crate::span::model::{AttrValue, Attributes, SpanStatus, Text};
 
 /// Exported in place of a sensitive header's value.
 pub const REDACTED: &str = "REDACTED";
@@ -115,8 +115,8 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
 }
 
 /// `METHOD route`, without the formatting machinery (once per span).
-fn span_name(method: &str, route: &str) -> String {
-    let mut name = String::with_capacity(method.len() + 1 + route.len());
+fn span_name(method: &str, route: &str) -> Text {
+    let mut name = Text::with_capacity(method.len() + 1 + route.len());
     name.push_str(method);
     name.push(' ');
     name.push_str(route);

@@ -17,7 +17,7 @@
 
 use super::PgExchange;
 use crate::protocol::{ConnMeta, Described, Privacy, Role};
-use crate::span::model::{Attributes, SpanStatus};
+use crate::span::model::{Attributes, SpanStatus, Text};
 
 /// Most exported attributes a PostgreSQL span has (sizes the vector once;
 /// each is pushed once, without looking for an earlier value).
@@ -93,7 +93,7 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
     if let Some(user) = r.user.as_ref().filter(|_| keep_private) {
         private.set("db.user", user.as_ref());
     }
-    let name = summary.or(operation).unwrap_or("postgresql").to_owned();
+    let name = Text::new(summary.or(operation).unwrap_or("postgresql"));
     Described { name, attributes, private, status, traceparent: None, tracestate: None }
 }
 

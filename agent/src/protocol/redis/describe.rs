@@ -64,7 +64,7 @@ pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privac
         }
         private.push_unique("db.redis.args", i64::from(r.arg_count));
     }
-    Described { name: op.to_owned(), attributes: a, private, status, traceparent: None, tracestate: None }
+    Described { name: Text::new(op), attributes: a, private, status, traceparent: None, tracestate: None }
 }
 
 /// Redis error code: the first word when it is upper case (`ERR`,
