@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{child_pid_of, postgres, redis};
+use kspan_e2e::servers::{child_pid_of, postgres, redis, redis_unix};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -65,6 +65,50 @@ fn psql_queries_errors_and_server_side_spans() {
     let server = k
         .wait_spans(2, WAIT, |s| is_pg(s) && kind(s) == "server" && attr_str(s, "db.operation.name") == Some("INSERT"));
     assert!(server.iter().all(|s| exe(s) == "postgres"), "{server:#?}");
+    assert!(k.stop());
+}
+
+#[test]
+fn unix_domain_sockets_psql_and_redis_cli() {
+    let pg = postgres();
+    let r = redis_unix();
+    let pg_dir = pg.dir().expect("socket directory").to_path_buf();
+    let pg_sock = pg_dir.join(format!(".s.PGSQL.{}", pg.port));
+    let redis_sock = r.dir().unwrap().join("redis.sock");
+    let postmaster = child_pid_of(pg.pid());
+    let k = Kspan::start(&["--exe", "bin/psql$", "--pid", &postmaster.to_string(), "--pid", &r.pid().to_string()]);
+    // psql -h DIR: the socket DIR/.s.PGSQL.PORT.
+    let st = Command::new("psql")
+        .args(["-h", pg_dir.to_str().unwrap(), "-p", &pg.port.to_string(), "-U", "postgres", "-d", "kspan"])
+        .args(["-qc", "SELECT 1 WHERE 'secret' = 'x'"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql");
+    assert!(st.success());
+    let out = run_ok(Command::new("redis-cli").arg("-s").arg(&redis_sock).args(["SET", "user:7", "hidden"]));
+    assert_eq!(out.trim(), "OK");
+
+    let pg_spans = k.wait_spans(2, WAIT, |s| is_pg(s) && attr_str(s, "db.operation.name") == Some("SELECT"));
+    let pg_path = pg_sock.to_str().unwrap();
+    for role in ["client", "server"] {
+        let s = pg_spans.iter().find(|s| kind(s) == role).unwrap_or_else(|| panic!("{role}: {pg_spans:#?}"));
+        assert_eq!(attr_str(s, "network.transport"), Some("unix"), "{s:#}");
+        assert_eq!(attr_str(s, "server.address"), Some(pg_path), "{s:#}");
+        assert_eq!(attr_str(s, "db.namespace"), Some("kspan"));
+        assert_eq!(attr_str(s, "db.query.text"), Some("SELECT ? WHERE ? = ?"), "{s:#}");
+        assert!(attr(s, "server.port").is_none());
+    }
+    // psql and its backend are the two ends of one socket: one trace.
+    let client = pg_spans.iter().find(|s| kind(s) == "client").unwrap();
+    let server = pg_spans.iter().find(|s| kind(s) == "server").unwrap();
+    assert_eq!(server["parent_span_id"], client["span_id"], "{server:#}\n{client:#}");
+    assert_eq!(server["trace_id"], client["trace_id"]);
+    let set = k.wait_spans(1, WAIT, |s| is_redis(s) && attr_str(s, "db.operation.name") == Some("SET"));
+    assert_eq!(kind(&set[0]), "server");
+    assert_eq!(attr_str(&set[0], "network.transport"), Some("unix"));
+    assert_eq!(attr_str(&set[0], "server.address"), redis_sock.to_str());
+    assert_eq!(attr_str(&set[0], "network.local.address"), redis_sock.to_str());
+    assert_eq!(attr_str(&set[0], "db.query.text"), Some("SET user:7"));
     assert!(k.stop());
 }
 

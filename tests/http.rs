@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{nginx, python_http};
+use kspan_e2e::servers::{TempDir, nginx, python_http, python_http_unix};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -305,6 +305,51 @@ fn an_opaque_connection_is_muted_in_the_kernel_and_the_process_stays_traced() {
     assert!(read < (ROUND_TRIPS / 4) as f64, "{read} records read for {ROUND_TRIPS} round trips:\n{m}");
     // Closes are still reported: the muted connections are forgotten.
     assert_eq!(metric(&m, "kspan_open_connections"), 0.0, "{m}");
+    assert!(k.stop());
+}
+
+#[test]
+fn unix_domain_socket_server_and_client_spans() {
+    let dir = TempDir::new("unix");
+    let sock = dir.0.join("app.sock");
+    let path = sock.to_str().unwrap();
+    let app = python_http_unix(&sock, "unix");
+    let k = Kspan::start(&["--pid", &app.pid().to_string(), "--exe", "bin/curl$"]);
+    let out = run_ok(
+        Command::new("curl").args(["-s", "--unix-socket", path, "-w", "%{http_code}\n", "-o", "/dev/null"]).args([
+            "http://app/users/5",
+            "-o",
+            "/dev/null",
+            "http://app/missing",
+        ]),
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["200", "404"]);
+    let spans = k.wait_spans(4, WAIT, |s| attr_str(s, "http.request.method") == Some("GET"));
+    for (role, route, status) in [
+        ("server", "/users/{id}", 200),
+        ("client", "/users/{id}", 200),
+        ("server", "/missing", 404),
+        ("client", "/missing", 404),
+    ] {
+        let s = spans
+            .iter()
+            .find(|s| kind(s) == role && attr_str(s, "http.route") == Some(route))
+            .unwrap_or_else(|| panic!("{role} span of {route}: {spans:#?}"));
+        assert_eq!(attr_i64(s, "http.response.status_code"), Some(status));
+        assert_eq!(attr_str(s, "network.transport"), Some("unix"), "{s:#}");
+        // The Host header names the server; the socket is the connection's address.
+        assert_eq!(attr_str(s, "server.address"), Some("app"), "{s:#}");
+        let own = if role == "server" { "network.local.address" } else { "network.peer.address" };
+        assert_eq!(attr_str(s, own), Some(path), "{s:#}");
+        assert!(attr(s, "server.port").is_none(), "a Unix domain socket has no port: {s:#}");
+    }
+    let client = spans.iter().find(|s| kind(s) == "client" && attr_str(s, "url.path") == Some("/users/5")).unwrap();
+    assert_eq!(attr_str(client, "url.full"), Some("http://app/users/5"));
+    // Both ends are traced: the server span is the child of curl's, paired
+    // by the kernel's socket ids of the two ends.
+    let server = spans.iter().find(|s| kind(s) == "server" && attr_str(s, "url.path") == Some("/users/5")).unwrap();
+    assert_eq!(server["trace_id"], client["trace_id"], "{server:#}\n{client:#}");
+    assert_eq!(server["parent_span_id"], client["span_id"]);
     assert!(k.stop());
 }
 

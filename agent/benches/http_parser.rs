@@ -84,7 +84,8 @@ fn bench(c: &mut Criterion) {
     let writes = stream(false);
     let mut exchanges = Vec::with_capacity(EXCHANGES);
     feed_all(&writes, &mut exchanges);
-    let conn = ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok(), tls: false };
+    let conn =
+        ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok(), tls: false, unix: None };
     let privacy = Privacy::default();
     g.bench_function("describe", |b| {
         b.iter(|| {

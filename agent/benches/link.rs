@@ -55,7 +55,7 @@ fn input(span: Span, pid: u32, local: &str, peer: &str, peer_traced: bool) -> Li
     LinkInput {
         span,
         pid,
-        meta: ConnMeta { local: addr(local), peer: addr(peer), tls: false },
+        meta: ConnMeta { local: addr(local), peer: addr(peer), tls: false, unix: None },
         peer_traced,
         serving: true,
     }

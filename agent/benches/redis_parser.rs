@@ -130,7 +130,12 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
             p.feed(&chunk(Direction::Ingress, ts + 1, &replies), &mut out, &mut stats);
         }
         assert_eq!(out.len(), BATCH * BATCHES);
-        let conn = ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:6379".parse().ok(), tls: false };
+        let conn = ConnMeta {
+            local: "10.0.0.1:40000".parse().ok(),
+            peer: "10.0.0.2:6379".parse().ok(),
+            tls: false,
+            unix: None,
+        };
         let privacy = Privacy::default();
         b.iter(|| {
             for e in black_box(&out) {

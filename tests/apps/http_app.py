@@ -2,8 +2,10 @@
 
 Routes: GET /users/<n> -> 200, /missing -> 404, /boom -> 500, /slow?ms=N,
 POST /upload -> 200 with the body length. Usage: http_app.py PORT [TAG]
-(TAG is ignored; it lets tests select the process by command line).
+(TAG is ignored; it lets tests select the process by command line). A PORT
+that starts with `/` is the path of a Unix domain socket to serve on.
 """
+import socketserver
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,8 +54,25 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, b"got %d\n" % len(body))
 
 
+class UnixHandler(Handler):
+    # TCP_NODELAY does not apply to a Unix domain socket.
+    disable_nagle_algorithm = False
+
+    def address_string(self):
+        return "unix"
+
+
+class ThreadingUnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    def server_bind(self):
+        socketserver.UnixStreamServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", 0
+
+
 if __name__ == "__main__":
-    srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    if sys.argv[1].startswith("/"):
+        srv = ThreadingUnixHTTPServer(sys.argv[1], UnixHandler)
+    else:
+        srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     srv.daemon_threads = True
     print("ready", flush=True)
     srv.serve_forever()

@@ -24,6 +24,11 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The server's private directory (PostgreSQL's socket directory).
+    pub fn dir(&self) -> Option<&Path> {
+        self._dir.as_ref().map(|d| d.0.as_path())
+    }
 }
 
 impl Drop for Proc {
@@ -56,9 +61,23 @@ impl Drop for TempDir {
 /// The Python threaded HTTP app (`apps/http_app.py PORT TAG`).
 pub fn python_http(tag: &str) -> Proc {
     let port = free_port();
+    let mut proc = python_http_on(&port.to_string(), tag);
+    wait_port(port, Duration::from_secs(10));
+    proc.port = port;
+    proc
+}
+
+/// The Python HTTP app serving on the Unix domain socket `path` (port 0).
+pub fn python_http_unix(path: &Path, tag: &str) -> Proc {
+    python_http_on(path.to_str().expect("UTF-8 socket path"), tag)
+}
+
+/// Starts the Python app on `on` (a port or a socket path) and waits for its
+/// ready line.
+fn python_http_on(on: &str, tag: &str) -> Proc {
     let mut child = Command::new("python3")
         .arg(apps_dir().join("http_app.py"))
-        .arg(port.to_string())
+        .arg(on)
         .arg(tag)
         .stdout(Stdio::piped())
         .spawn()
@@ -67,8 +86,7 @@ pub fn python_http(tag: &str) -> Proc {
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line).expect("ready line");
     assert_eq!(line.trim(), "ready", "python app did not start");
-    wait_port(port, Duration::from_secs(10));
-    Proc { child, port, _dir: None }
+    Proc { child, port: 0, _dir: None }
 }
 
 /// A self-signed certificate and key for `localhost` in `dir` (made with
@@ -225,14 +243,25 @@ pub fn child_pid_of(pid: u32) -> u32 {
 
 /// redis-server on a free port, no persistence.
 pub fn redis() -> Proc {
+    redis_with(false)
+}
+
+/// [`redis`] also serving on the Unix domain socket `redis.sock` in [`Proc::dir`].
+pub fn redis_unix() -> Proc {
+    redis_with(true)
+}
+
+fn redis_with(unix: bool) -> Proc {
     let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start redis-server (`cargo xtask setup` installs it)");
+    let dir = unix.then(|| TempDir::new("redis"));
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    if let Some(d) = &dir {
+        cmd.arg("--unixsocket").arg(d.0.join("redis.sock"));
+    }
+    let child = cmd.stdout(Stdio::null()).spawn().expect("start redis-server (`cargo xtask setup` installs it)");
     wait_port(port, Duration::from_secs(10));
-    Proc { child, port, _dir: None }
+    Proc { child, port, _dir: dir }
 }
 
 /// A real OTLP collector: rotel (PyPI) with the blackhole exporter and a

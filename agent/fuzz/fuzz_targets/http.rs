@@ -102,6 +102,7 @@ fuzz_target!(|input: &[u8]| {
         local: "127.0.0.1:80".parse().ok(),
         peer: "127.0.0.1:5000".parse().ok(),
         tls: false,
+        unix: None,
     };
     let pieces = pieces(input);
     for p in &pieces {

@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         local: "127.0.0.1:5432".parse().ok(),
         peer: "127.0.0.1:40000".parse().ok(),
         tls: false,
+        unix: None,
     };
     for role in [Role::Client, Role::Server] {
         let mut parser = PgParser::new(role);

@@ -117,6 +117,16 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
     } else {
         (u32::MAX, u32::MAX, u32::MAX)
     };
+    // Unix domain sockets (CONFIG_UNIX may be a module without BTF here).
+    let unix = match (
+        r.plain("unix_sock", "addr"),
+        r.plain("unix_sock", "peer"),
+        r.plain("unix_address", "len"),
+        r.plain("unix_address", "name"),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        _ => (u32::MAX, u32::MAX, u32::MAX, u32::MAX),
+    };
     Ok(KernelOffsets {
         task_files: r.plain("task_struct", "files")?,
         files_fdt: r.plain("files_struct", "fdt")?,
@@ -137,6 +147,10 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
         regs_arg0: regs.0,
         regs_arg1: regs.1,
         regs_arg2: regs.2,
+        unix_sock_addr: unix.0,
+        unix_sock_peer: unix.1,
+        unix_address_len: unix.2,
+        unix_address_name: unix.3,
         _pad: 0,
     })
 }
@@ -157,6 +171,9 @@ mod tests {
         assert!(o.sk_daddr < o.sk_rcv_saddr.max(8), "{o:?}");
         assert!(o.task_files > 0 && o.file_inode > 0 && o.socket_sk > 0, "{o:?}");
         assert_ne!(o.sk_type, u32::MAX, "sk_type is a plain field on modern kernels");
+        // unix_sock starts with its struct sock; unix_address.name follows refcnt and len.
+        assert!(o.unix_sock_addr > o.sk_family && o.unix_sock_peer > o.unix_sock_addr, "{o:?}");
+        assert_eq!((o.unix_address_len, o.unix_address_name), (4, 8), "{o:?}");
         if cfg!(target_arch = "x86_64") {
             assert_eq!((o.regs_arg0, o.regs_arg1, o.regs_arg2), (112, 104, 96), "pt_regs di/si/dx");
         }

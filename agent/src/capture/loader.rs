@@ -54,8 +54,11 @@ pub struct CaptureConfig {
     pub trace_all: bool,
     /// An exe filter is active: exec'ing processes are traced provisionally.
     pub exe_filter: bool,
-    /// Only sockets with one of these local/peer ports (empty: all).
+    /// Only sockets with one of these local/peer ports (empty: all; Unix
+    /// domain sockets have no port, so a port filter leaves them out).
     pub ports: Vec<u16>,
+    /// Trace Unix domain stream sockets too.
+    pub unix_sockets: bool,
     /// Programs return at once (diagnostic: the cost of the hooks alone).
     pub attach_only: bool,
 }
@@ -160,7 +163,12 @@ impl Capture {
         sys::check_privileges()?;
         sys::raise_memlock();
         sys::ensure_tracefs()?;
-        let offsets = btf::resolve_offsets(btf::VMLINUX_BTF)?;
+        let mut offsets = btf::resolve_offsets(btf::VMLINUX_BTF)?;
+        if !cfg.unix_sockets {
+            offsets.unix_sock_addr = u32::MAX;
+        } else if offsets.unix_sock_addr == u32::MAX {
+            tracing::warn!("this kernel's BTF lacks unix_sock/unix_address: Unix domain sockets are not traced");
+        }
         let newtask_pid_off = sys::tracepoint_field_offset("task", "task_newtask", "pid")?;
         let newtask_flags_off = sys::tracepoint_field_offset("task", "task_newtask", "clone_flags")?;
 

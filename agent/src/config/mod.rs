@@ -81,6 +81,11 @@ pub struct CaptureSection {
     /// loader that every process runs (programs run under valgrind or other
     /// binary translators stop with SIGTRAP on a uprobe).
     pub tls_loader_hook: bool,
+    /// Trace Unix domain stream sockets too (an app talking to PostgreSQL
+    /// or Redis through a socket file, nginx proxying to gunicorn or
+    /// php-fpm over one); their spans name the socket path as
+    /// `server.address` with `network.transport=unix`.
+    pub unix_sockets: bool,
     /// Diagnostic: attach every program but have each return at once (no
     /// events, no spans). What the traced processes lose then is what the
     /// kernel's tracepoint and uprobe machinery alone costs on this host,
@@ -105,6 +110,7 @@ impl Default for CaptureSection {
             link_max_per_thread: 256,
             tls: true,
             tls_loader_hook: true,
+            unix_sockets: true,
             attach_only: false,
         }
     }

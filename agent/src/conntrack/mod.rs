@@ -26,8 +26,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use kspan_common::{ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, ROLE_CLIENT, ROLE_SERVER};
 
+mod unix;
+
+pub use unix::{MAX_UNIX_NAMES, UnixNames};
+
 use crate::protocol::detect::{Detector, Verdict};
-use crate::protocol::{Chunk, ConnMeta, Direction, Exchange, ParseStats, Protocol, Role, StreamParser};
+use crate::protocol::{Chunk, ConnMeta, Direction, End, Exchange, ParseStats, Protocol, Role, StreamParser, UnixConn};
 
 /// Limits of the connection table.
 #[derive(Clone, Debug)]
@@ -60,6 +64,9 @@ pub struct ConnStats {
     /// or more than [`MAX_MUTES`] in one drain cycle): their bytes still
     /// arrive and are ignored.
     pub mute_failed: u64,
+    /// Unix domain connections reported unnamed because the table of
+    /// socket names was full ([`MAX_UNIX_NAMES`]).
+    pub unix_names_dropped: u64,
 }
 
 /// Most mute requests queued in one drain cycle.
@@ -111,12 +118,14 @@ pub struct ConnTable {
     parse: [ParseStats; 3],
     scratch: Vec<Exchange>,
     /// (local, peer) of tracked connections whose peer is on this host.
-    local_pairs: HashMap<(SocketAddr, SocketAddr), PairState>,
+    local_pairs: HashMap<(End, End), PairState>,
     /// Open server-role connections per process (no entry: none).
     serving: HashMap<u32, u32>,
     /// Opaque connections found since the caller last drained this: the
     /// kernel need not copy their bytes any more.
     pub mutes: Vec<Mute>,
+    /// Names of Unix domain sockets seen.
+    pub unix_names: UnixNames,
 }
 
 fn count_server(serving: &mut HashMap<u32, u32>, tgid: u32, role: Option<Role>, up: bool) {
@@ -146,14 +155,8 @@ struct PairState {
     closed_at: u64,
 }
 
-/// The (local, peer) pair of a connection whose peer is on this host.
-fn local_pair(meta: &ConnMeta) -> Option<(SocketAddr, SocketAddr)> {
-    let (local, peer) = (meta.local?, meta.peer?);
-    (peer.ip().is_loopback() || peer.ip() == local.ip()).then_some((local, peer))
-}
-
-fn unindex(pairs: &mut HashMap<(SocketAddr, SocketAddr), PairState>, meta: &ConnMeta, ts: u64) {
-    if let Some(k) = local_pair(meta)
+fn unindex(pairs: &mut HashMap<(End, End), PairState>, meta: &ConnMeta, ts: u64) {
+    if let Some(k) = meta.local_ends()
         && let Some(p) = pairs.get_mut(&k)
     {
         p.live = p.live.saturating_sub(1);
@@ -206,6 +209,7 @@ impl ConnTable {
             local_pairs: HashMap::new(),
             serving: HashMap::new(),
             mutes: Vec::new(),
+            unix_names: UnixNames::default(),
         }
     }
 
@@ -233,7 +237,7 @@ impl ConnTable {
             count_server(&mut self.serving, key.0, old.role, false);
         }
         count_server(&mut self.serving, key.0, role, true);
-        if let Some(k) = local_pair(&meta) {
+        if let Some(k) = meta.local_ends() {
             if self.local_pairs.len() >= 2 * self.limits.max_connections {
                 // Bounded: closed pairs go first (only linking precision suffers).
                 self.local_pairs.retain(|_, p| p.live > 0);
@@ -257,11 +261,18 @@ impl ConnTable {
             ROLE_CLIENT => Some(Role::Client),
             _ => None,
         };
+        const AF_UNIX: u16 = 1;
         let meta = ConnMeta {
             local: addr(ev.family, &ev.laddr, ev.lport),
             peer: addr(ev.family, &ev.raddr, ev.rport),
             tls: false,
+            unix: (ev.family == AF_UNIX).then(|| UnixConn {
+                name: self.unix_names.name(ev.unix_path()),
+                sock: ev.sock_id,
+                peer: ev.unix_peer(),
+            }),
         };
+        self.stats.unix_names_dropped = self.unix_names.dropped;
         self.insert(key, ev.sock_id, role, meta, ev.ts_ns);
     }
 
@@ -364,10 +375,7 @@ impl ConnTable {
     /// recently, a tracked socket of a traced process on this host (false
     /// for remote peers).
     pub fn peer_traced(&self, meta: &ConnMeta) -> bool {
-        match (meta.local, meta.peer) {
-            (Some(local), Some(peer)) => self.local_pairs.contains_key(&(peer, local)),
-            _ => false,
-        }
+        meta.local_ends().is_some_and(|(local, peer)| self.local_pairs.contains_key(&(peer, local)))
     }
 
     /// Whether process `tgid` has an open server-role connection, i.e. may

@@ -125,6 +125,42 @@ fn unknown_bytes_make_the_connection_opaque() {
 }
 
 #[test]
+fn the_two_ends_of_a_unix_domain_connection_know_each_other() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    let end = |tgid: u32, sock: u64, peer: u64| {
+        let mut ev = ConnEvent {
+            family: 1,
+            role: kspan_common::ROLE_CLIENT,
+            lport: 0,
+            rport: 0,
+            laddr: [0; 16],
+            raddr: [0; 16],
+            ..open(tgid, 4, sock)
+        };
+        ev.raddr[..8].copy_from_slice(&peer.to_le_bytes());
+        let name = b"/run/app.sock\0";
+        ev.path[..name.len()].copy_from_slice(name);
+        ev.path_len = name.len() as u16;
+        ev
+    };
+    t.on_open(&end(1, 0xa0, 0xb0), &mut out);
+    let server =
+        ConnMeta { unix: Some(UnixConn { name: "/run/app.sock", sock: 0xb0, peer: 0xa0 }), ..ConnMeta::default() };
+    assert!(t.peer_traced(&server), "the client end is tracked");
+    let other = ConnMeta { unix: Some(UnixConn { name: "/run/app.sock", sock: 0xb1, peer: 0xa1 }), ..server };
+    assert!(!t.peer_traced(&other));
+    let req = b"GET / HTTP/1.1\r\nHost: app\r\n\r\n";
+    t.on_data(&egress(data(1, 4, 0xa0, 10, req)), req, &mut out);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    t.on_data(&data(1, 4, 0xa0, 20, resp), resp, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let meta = out[0].meta;
+    assert_eq!((meta.local, meta.peer), (None, None));
+    assert_eq!(meta.unix, Some(UnixConn { name: "/run/app.sock", sock: 0xa0, peer: 0xb0 }));
+}
+
+#[test]
 fn mute_requests_are_bounded_per_drain_cycle() {
     let mut t = ConnTable::new(limits(MAX_MUTES + 8));
     let mut out = Vec::new();
@@ -150,12 +186,13 @@ fn knows_whether_the_other_end_of_a_loopback_connection_is_tracked() {
     let mut out = Vec::new();
     // Server side only (pid 2 accepted 127.0.0.1:80 <- 127.0.0.1:5000).
     t.on_open(&loopback(2, 7, 70, 80, 5000), &mut out);
-    let server_meta = ConnMeta { local: "127.0.0.1:80".parse().ok(), peer: "127.0.0.1:5000".parse().ok(), tls: false };
+    let server_meta =
+        ConnMeta { local: "127.0.0.1:80".parse().ok(), peer: "127.0.0.1:5000".parse().ok(), tls: false, unix: None };
     assert!(!t.peer_traced(&server_meta), "the client is not traced");
     // The client (pid 1) is traced too.
     t.on_open(&loopback(1, 3, 30, 5000, 80), &mut out);
     assert!(t.peer_traced(&server_meta));
-    let client_meta = ConnMeta { local: server_meta.peer, peer: server_meta.local, tls: false };
+    let client_meta = ConnMeta { local: server_meta.peer, peer: server_meta.local, tls: false, unix: None };
     assert!(t.peer_traced(&client_meta));
     t.on_close(1, 3, 30, 10, &mut out);
     assert!(t.peer_traced(&server_meta), "a closed client lingers (its span may still come)");
@@ -164,7 +201,8 @@ fn knows_whether_the_other_end_of_a_loopback_connection_is_tracked() {
     assert!(!t.peer_traced(&client_meta), "idle server swept, then forgotten");
     // A remote peer is never "traced".
     t.on_open(&open(3, 4, 40), &mut out);
-    let remote = ConnMeta { local: "10.0.0.2:5000".parse().ok(), peer: "127.0.0.1:80".parse().ok(), tls: false };
+    let remote =
+        ConnMeta { local: "10.0.0.2:5000".parse().ok(), peer: "127.0.0.1:80".parse().ok(), tls: false, unix: None };
     assert!(!t.peer_traced(&remote));
 }
 

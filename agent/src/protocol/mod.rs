@@ -243,6 +243,61 @@ pub struct ConnMeta {
     pub peer: Option<std::net::SocketAddr>,
     /// The bytes were TLS plaintext (captured at the TLS library, not the socket).
     pub tls: bool,
+    /// A Unix domain stream socket (`local` and `peer` are `None` then).
+    pub unix: Option<UnixConn>,
+}
+
+/// The ends of a Unix domain stream connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnixConn {
+    /// The name of the server's socket: a file system path, `@name` for an
+    /// abstract one, empty when unnamed.
+    pub name: &'static str,
+    /// This end's and the other end's kernel socket ids (`sock_id`; 0: none).
+    pub sock: u64,
+    pub peer: u64,
+}
+
+/// One end of a connection, for pairing it with the other end on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum End {
+    Ip(std::net::SocketAddr),
+    /// A Unix domain socket, by kernel socket id.
+    Unix(u64),
+}
+
+impl ConnMeta {
+    /// (this end, the other end) when the other end is on this host: a TCP
+    /// peer on a loopback or this connection's own address, or the peer of
+    /// a Unix domain socket.
+    pub fn local_ends(&self) -> Option<(End, End)> {
+        if let Some(u) = self.unix {
+            return (u.sock != 0 && u.peer != 0).then_some((End::Unix(u.sock), End::Unix(u.peer)));
+        }
+        let (local, peer) = (self.local?, self.peer?);
+        (peer.ip().is_loopback() || peer.ip() == local.ip()).then_some((End::Ip(local), End::Ip(peer)))
+    }
+}
+
+/// Attributes of a Unix domain connection, where OpenTelemetry puts the
+/// socket's name in place of an IP address: `network.transport=unix`, the
+/// name as `network.peer.address` of a client or `network.local.address`
+/// of a server, and as `server.address` when `server_address` (the
+/// protocol knows no better server name). Nothing for other connections.
+pub fn push_unix(a: &mut Attributes, role: Role, conn: &ConnMeta, server_address: bool) {
+    let Some(UnixConn { name: path, .. }) = conn.unix else { return };
+    a.push_unique("network.transport", "unix");
+    if path.is_empty() {
+        return;
+    }
+    if server_address {
+        a.push_unique("server.address", path);
+    }
+    let key = match role {
+        Role::Client => "network.peer.address",
+        Role::Server => "network.local.address",
+    };
+    a.push_unique(key, path);
 }
 
 impl Record {

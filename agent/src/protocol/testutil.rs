@@ -69,6 +69,11 @@ pub fn load(path: &Path) -> Fixture {
         local: v["conn"]["local"].as_str().map(|s| s.parse().expect("local addr")),
         peer: v["conn"]["peer"].as_str().map(|s| s.parse().expect("peer addr")),
         tls: v["conn"]["tls"].as_bool().unwrap_or(false),
+        // Fixtures name a Unix socket as "unix": "/path" (leaked: tests only).
+        unix: v["conn"]["unix"].as_str().map(|s| crate::protocol::UnixConn {
+            name: Box::leak(s.to_owned().into_boxed_str()),
+            ..Default::default()
+        }),
     };
     let chunks = v["chunks"]
         .as_array()

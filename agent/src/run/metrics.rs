@@ -235,6 +235,7 @@ impl PipelineMetrics {
             ("tls_ciphertext_ignored", c.tls_ciphertext_ignored, l.tls_ciphertext_ignored),
             ("muted", c.muted, l.muted),
             ("mute_failed", c.mute_failed, l.mute_failed),
+            ("unix_name_dropped", c.unix_names_dropped, l.unix_names_dropped),
         ] {
             delta(&self.conns.get_or_create(&r(name)), a, b);
         }

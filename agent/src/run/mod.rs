@@ -178,6 +178,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         trace_all: all,
         exe_filter: !all && !config.select.exe.is_empty(),
         ports: config.select.ports.clone(),
+        unix_sockets: c.unix_sockets,
         attach_only: c.attach_only,
     })?;
     if c.attach_only {

@@ -23,10 +23,9 @@ use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use smallvec::SmallVec;
-use std::net::SocketAddr;
 
 use super::model::{Span, SpanKind};
-use crate::protocol::ConnMeta;
+use crate::protocol::{ConnMeta, End};
 
 /// Limits of the linker.
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +80,7 @@ pub struct LinkInput {
 }
 
 /// A connection as (client end, server end).
-type ConnKey = (SocketAddr, SocketAddr);
+type ConnKey = (End, End);
 
 /// Where a held span is indexed.
 #[derive(Clone, Copy, Debug)]
@@ -173,18 +172,12 @@ fn adopt(child: &mut Span, trace_id: [u8; 16], flags: u8, state: &str) {
 
 /// The connection of a client span, when its peer is on this host.
 fn client_key(meta: &ConnMeta) -> Option<ConnKey> {
-    let (local, peer) = (meta.local?, meta.peer?);
-    is_local_peer(local, peer).then_some((local, peer))
+    meta.local_ends()
 }
 
 /// The connection of a server span, when its peer is on this host.
 fn server_key(meta: &ConnMeta) -> Option<ConnKey> {
-    let (local, peer) = (meta.local?, meta.peer?);
-    is_local_peer(local, peer).then_some((peer, local))
-}
-
-fn is_local_peer(local: SocketAddr, peer: SocketAddr) -> bool {
-    peer.ip().is_loopback() || peer.ip() == local.ip()
+    meta.local_ends().map(|(local, peer)| (peer, local))
 }
 
 impl Linker {

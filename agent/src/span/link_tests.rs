@@ -1,5 +1,6 @@
 //! Tests of the linking stage.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::*;
@@ -39,7 +40,7 @@ fn addr(s: &str) -> SocketAddr {
 
 /// A connection from `client` to `server`, seen from one end.
 fn meta(local: &str, peer: &str) -> ConnMeta {
-    ConnMeta { local: Some(addr(local)), peer: Some(addr(peer)), tls: false }
+    ConnMeta { local: Some(addr(local)), peer: Some(addr(peer)), tls: false, unix: None }
 }
 
 fn remote() -> ConnMeta {
@@ -219,6 +220,31 @@ fn cross_process_call_joins_one_trace_in_any_arrival_order() {
         assert_eq!(find(&out, 3).parent_span_id, [2; 8]);
         assert_eq!(find(&out, 4).parent_span_id, [3; 8]);
     }
+}
+
+/// One end of a Unix domain connection (kernel socket ids `sock`, `peer`).
+fn unix(sock: u64, peer: u64) -> ConnMeta {
+    let name = "/run/app.sock";
+    ConnMeta { unix: Some(crate::protocol::UnixConn { name, sock, peer }), ..ConnMeta::default() }
+}
+
+#[test]
+fn a_call_over_a_unix_domain_socket_joins_the_callers_trace() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    // B serves on socket 0xb0, whose peer is A's socket 0xa0.
+    l.push(input(span(SpanKind::Server, 3, 9, 30, 80), B, unix(0xb0, 0xa0)), 0, &mut out);
+    assert!(out.is_empty(), "held for its client");
+    // A request on another connection is not its caller.
+    l.push(input(span(SpanKind::Client, 5, 8, 20, 90), A, unix(0xa1, 0xb1)), 0, &mut out);
+    l.push(input(span(SpanKind::Client, 2, 7, 20, 90), A, unix(0xa0, 0xb0)), 0, &mut out);
+    l.flush(&mut out);
+    assert_eq!(find(&out, 3).parent_span_id, [2; 8]);
+    assert_eq!(find(&out, 3).trace_id, find(&out, 2).trace_id);
+    assert!(find(&out, 5).is_root());
+    assert_eq!(l.stats.cross_process, 1);
+    // Without the peer's id there is nothing to pair with.
+    assert_eq!(unix(0xb0, 0).local_ends(), None);
 }
 
 #[test]

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -123,7 +123,7 @@ pub const ROLE_CLIENT: u32 = 2;
 /// A socket of a traced process seen for the first time (accept, connect, or
 /// first data on a socket that existed before).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnEvent {
     pub kind: u32,
     /// One of `ROLE_*`.
@@ -138,12 +138,63 @@ pub struct ConnEvent {
     pub lport: u16,
     /// Peer port, host byte order.
     pub rport: u16,
-    pub _pad: [u16; 3],
+    /// AF_UNIX: bytes of `path` that hold the socket's name (0: unnamed).
+    pub path_len: u16,
+    pub _pad: [u16; 2],
     /// Local address: IPv4 in the first 4 bytes, or IPv6.
     pub laddr: [u8; 16],
-    /// Peer address, same encoding.
+    /// Peer address, same encoding. AF_UNIX: the first 8 bytes are the
+    /// peer socket's `struct sock` address (little-endian; 0: none), its
+    /// `sock_id` when that socket is seen.
     pub raddr: [u8; 16],
     pub sock_id: u64,
+    /// AF_UNIX: the `sun_path` of the server's socket (the socket's own name,
+    /// which an accepted socket shares with its listener, else its peer's):
+    /// a file system path (NUL-terminated within `path_len`) or, starting
+    /// with a NUL byte, an abstract name. Only `path_len` bytes are defined.
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _pad2: [u8; 4],
+}
+
+/// Size of `sockaddr_un::sun_path`.
+pub const UNIX_PATH_MAX: usize = 108;
+
+impl Default for ConnEvent {
+    fn default() -> Self {
+        Self {
+            kind: 0,
+            role: 0,
+            ts_ns: 0,
+            tgid: 0,
+            tid: 0,
+            fd: 0,
+            family: 0,
+            lport: 0,
+            rport: 0,
+            path_len: 0,
+            _pad: [0; 2],
+            laddr: [0; 16],
+            raddr: [0; 16],
+            sock_id: 0,
+            path: [0; UNIX_PATH_MAX],
+            _pad2: [0; 4],
+        }
+    }
+}
+
+impl ConnEvent {
+    /// The defined bytes of `path`.
+    pub fn unix_path(&self) -> &[u8] {
+        let n = (self.path_len as usize).min(UNIX_PATH_MAX);
+        &self.path[..n]
+    }
+
+    /// AF_UNIX: the `sock_id` of the other end (0: none).
+    pub fn unix_peer(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.raddr[..8]);
+        u64::from_le_bytes(b)
+    }
 }
 
 /// A known socket fd was closed.
@@ -232,6 +283,13 @@ pub struct KernelOffsets {
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_arg2: u32,
+    /// `unix_sock.addr` and `unix_sock.peer`, `unix_address.len` and
+    /// `unix_address.name`; `unix_sock_addr == u32::MAX`: Unix domain
+    /// sockets are not traced (turned off, or the kernel lacks the fields).
+    pub unix_sock_addr: u32,
+    pub unix_sock_peer: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
     pub _pad: u32,
 }
 

@@ -3,8 +3,9 @@
 //! lifecycle events, through one ring buffer.
 //!
 //! Guarantees:
-//! - Only TCP (stream, AF_INET/AF_INET6) sockets of selected processes produce
-//!   data events; the agent itself is never traced. A socket the agent muted
+//! - Only stream sockets (TCP over AF_INET/AF_INET6, and AF_UNIX when the
+//!   agent gives the `unix_sock` offsets) of selected processes produce data
+//!   events; the agent itself is never traced. A socket the agent muted
 //!   (`IGNORED_MUTED`: its bytes are no protocol kspan parses) produces none
 //!   either, only its close.
 //! - A socket is recognised by walking the task's fd table (offsets from the
@@ -30,12 +31,15 @@ mod tls;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, generated::bpf_probe_read_user,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, IGNORED_PORT, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, PT_REGS_DI,
+    CloseEvent, ConnEvent, DATA_EGRESS, IGNORED_PORT, KernelOffsets, UNIX_PATH_MAX, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, PT_REGS_DI,
     PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter,
     sock_key,
 };
@@ -148,28 +152,59 @@ fn socket_state(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, role: u32, fre
     }
     if !ignored {
         if let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) {
-            entry.write(ConnEvent {
-                kind: EventKind::ConnOpen as u32,
-                role,
-                // SAFETY: helper without preconditions.
-                ts_ns: unsafe { bpf_ktime_get_ns() },
-                tgid,
-                tid,
-                fd,
-                family: info.family,
-                lport: info.lport,
-                rport: info.rport,
-                _pad: [0; 3],
-                laddr: info.laddr,
-                raddr: info.raddr,
-                sock_id: info.sk,
-            });
+            let ev = entry.as_mut_ptr();
+            // SAFETY: `ev` points to the reserved record; fields are written
+            // one by one (the whole event would not fit the BPF stack), and
+            // the agent reads only `path_len` bytes of `path`.
+            unsafe {
+                (*ev).kind = EventKind::ConnOpen as u32;
+                (*ev).role = role;
+                (*ev).ts_ns = bpf_ktime_get_ns();
+                (*ev).tgid = tgid;
+                (*ev).tid = tid;
+                (*ev).fd = fd;
+                (*ev).family = info.family;
+                (*ev).lport = info.lport;
+                (*ev).rport = info.rport;
+                (*ev).path_len = unix_path(&cfg.offsets, info.unix_addr, &mut (*ev).path);
+                (*ev)._pad = [0; 2];
+                (*ev).laddr = info.laddr;
+                (*ev).raddr = info.raddr;
+                (*ev).sock_id = info.sk;
+                (*ev)._pad2 = [0; 4];
+            }
             entry.submit(wake_flags(cfg, core::mem::size_of::<ConnEvent>() as u64));
         } else {
             count(counter::RINGBUF_FULL_CTRL);
         }
     }
     Some(st)
+}
+
+/// Copies the `sun_path` of `struct unix_address` `addr` into `out`;
+/// returns how many of its bytes name the socket (0: unnamed or unreadable).
+#[inline(always)]
+fn unix_path(o: &KernelOffsets, addr: u64, out: &mut [u8; UNIX_PATH_MAX]) -> u16 {
+    if addr == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    let len: i32 = match unsafe { bpf_probe_read_kernel((addr + o.unix_address_len as u64) as *const i32) } {
+        Ok(l) => l,
+        Err(_) => return 0,
+    };
+    // `len` counts sun_family (2 bytes) and the name.
+    let n = len - 2;
+    if n <= 0 {
+        return 0;
+    }
+    let src = addr + o.unix_address_name as u64 + 2;
+    // SAFETY: as above; the name may be shorter than the buffer, the agent
+    // reads only the returned count.
+    if unsafe { bpf_probe_read_kernel_buf(src as *const u8, out) }.is_err() {
+        return 0;
+    }
+    (n as u16).min(UNIX_PATH_MAX as u16)
 }
 
 /// Where the bytes of a data event are in user memory.

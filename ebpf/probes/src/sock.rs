@@ -1,12 +1,13 @@
-//! From a file descriptor of the current task to its TCP socket, by walking
-//! task->files->fdt->fd[fd]->f_inode / private_data->sk with offsets the agent
-//! resolved from BTF.
+//! From a file descriptor of the current task to its TCP (or Unix domain
+//! stream) socket, by walking task->files->fdt->fd[fd]->f_inode /
+//! private_data->sk with offsets the agent resolved from BTF.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use kspan_common::KernelOffsets;
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
+const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
@@ -18,6 +19,9 @@ pub struct SockInfo {
     pub rport: u16,
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
+    /// AF_UNIX: the `struct unix_address` naming the server's socket (the
+    /// socket's own, else its peer's; 0: unnamed).
+    pub unix_addr: u64,
 }
 
 #[inline(always)]
@@ -26,7 +30,8 @@ unsafe fn rd<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
-/// The TCP socket behind `fd` of the current task, if it is one.
+/// The TCP or Unix domain stream socket behind `fd` of the current task, if
+/// it is one (Unix domain ones only when the agent gave their offsets).
 #[inline(always)]
 pub fn lookup(o: &KernelOffsets, fd: u32) -> Option<SockInfo> {
     // SAFETY: every dereference goes through bpf_probe_read_kernel.
@@ -57,7 +62,8 @@ pub fn lookup(o: &KernelOffsets, fd: u32) -> Option<SockInfo> {
             return None;
         }
         let family: u16 = rd(sk, o.sk_family)?;
-        if family != AF_INET && family != AF_INET6 {
+        let unix = family == AF_UNIX && o.unix_sock_addr != u32::MAX;
+        if family != AF_INET && family != AF_INET6 && !unix {
             return None;
         }
         if o.sk_type != u32::MAX {
@@ -65,6 +71,17 @@ pub fn lookup(o: &KernelOffsets, fd: u32) -> Option<SockInfo> {
             if ty != SOCK_STREAM {
                 return None;
             }
+        }
+        if unix {
+            let peer: u64 = rd(sk, o.unix_sock_peer).unwrap_or(0);
+            let mut unix_addr: u64 = rd(sk, o.unix_sock_addr).unwrap_or(0);
+            if unix_addr == 0 && peer != 0 {
+                unix_addr = rd(peer, o.unix_sock_addr).unwrap_or(0);
+            }
+            // The peer's socket identifies the other end (see ConnEvent::raddr).
+            let mut raddr = [0u8; 16];
+            raddr[..8].copy_from_slice(&peer.to_le_bytes());
+            return Some(SockInfo { sk, family, lport: 0, rport: 0, laddr: [0; 16], raddr, unix_addr });
         }
         let lport: u16 = rd(sk, o.sk_num).unwrap_or(0);
         let rport: u16 = u16::from_be(rd(sk, o.sk_dport).unwrap_or(0));
@@ -79,6 +96,6 @@ pub fn lookup(o: &KernelOffsets, fd: u32) -> Option<SockInfo> {
             laddr = rd(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
             raddr = rd(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
         }
-        Some(SockInfo { sk, family, lport, rport, laddr, raddr })
+        Some(SockInfo { sk, family, lport, rport, laddr, raddr, unix_addr: 0 })
     }
 }

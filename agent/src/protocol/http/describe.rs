@@ -51,7 +51,12 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     match (&host, own) {
         (Some((h, port)), _) => {
             a.push_unique("server.address", *h);
-            a.push_unique("server.port", i64::from(port.unwrap_or(80)));
+            // A Host without a port means the scheme's default, except on a
+            // Unix domain socket, which has no port.
+            let default = if conn.tls { 443 } else { 80 };
+            if let Some(p) = port.or(conn.unix.is_none().then_some(default)) {
+                a.push_unique("server.port", i64::from(p));
+            }
         }
         (None, Some(addr)) => {
             a.push_unique("server.address", ip_text(addr.ip()));
@@ -72,6 +77,7 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         a.push_unique("network.local.address", ip_text(local.ip()));
         a.push_unique("network.local.port", i64::from(local.port()));
     }
+    crate::protocol::push_unix(&mut a, role, conn, host.is_none());
     if role == Role::Client {
         a.push_unique("url.full", url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn, privacy));
     }
@@ -244,6 +250,7 @@ fn clamp_i64(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::UnixConn;
     use crate::protocol::http::head::parse_request;
 
     fn exchange(req: &str, status: u16) -> HttpExchange {
@@ -253,7 +260,7 @@ mod tests {
     }
 
     fn conn() -> ConnMeta {
-        ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok(), tls: false }
+        ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok(), tls: false, unix: None }
     }
 
     #[test]
@@ -304,6 +311,36 @@ mod tests {
         let d = describe(&ex, Role::Client, &conn(), &on);
         assert_eq!(d.attributes.get_str("url.query"), Some("token=abc"));
         assert_eq!(d.attributes.get_str("url.full"), Some("http://h/s?token=abc"));
+    }
+
+    #[test]
+    fn a_host_without_port_means_the_default_of_the_scheme_and_none_on_a_unix_socket() {
+        let ex = exchange("GET /a HTTP/1.1\r\nHost: app\r\n\r\n", 200);
+        let port = |conn: &ConnMeta| {
+            describe(&ex, Role::Client, conn, &Privacy::default())
+                .attributes
+                .get("server.port")
+                .and_then(AttrValue::as_i64)
+        };
+        assert_eq!(port(&conn()), Some(80));
+        assert_eq!(port(&ConnMeta { tls: true, ..conn() }), Some(443));
+        let unix = ConnMeta {
+            local: None,
+            peer: None,
+            tls: false,
+            unix: Some(UnixConn { name: "/run/app.sock", sock: 1, peer: 2 }),
+        };
+        assert_eq!(port(&unix), None);
+        let d = describe(&ex, Role::Server, &unix, &Privacy::default());
+        assert_eq!(d.attributes.get_str("network.transport"), Some("unix"));
+        assert_eq!(d.attributes.get_str("network.local.address"), Some("/run/app.sock"));
+        assert_eq!(d.attributes.get_str("server.address"), Some("app"), "the Host header names the server");
+        assert_eq!(d.attributes.get("client.address"), None);
+        // Without a Host header the socket's name is the server's address.
+        let ex = exchange("GET / HTTP/1.0\r\n\r\n", 200);
+        let d = describe(&ex, Role::Client, &unix, &Privacy::default());
+        assert_eq!(d.attributes.get_str("server.address"), Some("/run/app.sock"));
+        assert_eq!(d.attributes.get_str("network.peer.address"), Some("/run/app.sock"));
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
         attributes.push_unique("network.peer.address", crate::protocol::ip_text(addr.ip()));
         attributes.push_unique("network.peer.port", i64::from(addr.port()));
     }
+    crate::protocol::push_unix(&mut attributes, role, conn, true);
     let mut status = SpanStatus::default();
     if let Some(e) = &r.error {
         if !e.code.is_empty() {
@@ -144,7 +145,7 @@ mod tests {
     use crate::span::model::StatusCode;
 
     fn conn() -> ConnMeta {
-        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:5432".parse().ok(), tls: false }
+        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:5432".parse().ok(), tls: false, unix: None }
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privac
         a.push_unique("network.peer.address", crate::protocol::ip_text(p.ip()));
         a.push_unique("network.peer.port", i64::from(p.port()));
     }
+    crate::protocol::push_unix(&mut a, role, conn, true);
     if r.in_transaction {
         a.push_unique("db.redis.transaction", true);
     }
@@ -114,6 +115,7 @@ fn query_text(r: &RedisExchange, op: &str, values: bool) -> Text {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::UnixConn;
     use crate::protocol::redis::{ArgList, CommandName, ReplyKind};
     use crate::span::model::StatusCode;
 
@@ -133,7 +135,30 @@ mod tests {
     }
 
     fn conn() -> ConnMeta {
-        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:6379".parse().ok(), tls: false }
+        ConnMeta { local: "10.0.0.1:40000".parse().ok(), peer: "10.0.0.2:6379".parse().ok(), tls: false, unix: None }
+    }
+
+    #[test]
+    fn a_unix_socket_names_the_server() {
+        let r = exchange("GET", &["k"], Some(0));
+        let unix = ConnMeta {
+            unix: Some(UnixConn { name: "/run/redis/redis.sock", ..UnixConn::default() }),
+            ..ConnMeta::default()
+        };
+        let d = describe(&r, Role::Client, &unix, &Privacy::default());
+        assert_eq!(d.attributes.get_str("network.transport"), Some("unix"));
+        assert_eq!(d.attributes.get_str("server.address"), Some("/run/redis/redis.sock"));
+        assert_eq!(d.attributes.get_str("network.peer.address"), Some("/run/redis/redis.sock"));
+        assert_eq!(d.attributes.get("server.port"), None);
+        // An unnamed socket (socketpair): the transport only.
+        let d = describe(
+            &r,
+            Role::Server,
+            &ConnMeta { unix: Some(UnixConn::default()), ..ConnMeta::default() },
+            &Privacy::default(),
+        );
+        assert_eq!(d.attributes.get_str("network.transport"), Some("unix"));
+        assert_eq!(d.attributes.get("server.address"), None);
     }
 
     #[test]
