@@ -153,6 +153,32 @@ fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
     assert!(k.stop());
 }
 
+#[test]
+fn tls_from_a_library_kspan_does_not_probe_is_muted() {
+    // With `capture.tls: false` OpenSSL is not probed either: nginx's TLS
+    // connection shows only ciphertext, like Go's crypto/tls or rustls would.
+    const REQUESTS: usize = 300;
+    let ng = nginx_tls();
+    let dir = TempDir::new("tls-unprobed");
+    let conf = dir.0.join("kspan.yaml");
+    std::fs::write(&conf, "capture:\n  tls: false\n").unwrap();
+    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--config", conf.to_str().unwrap()]);
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("https_client.py")).args([
+        "keepalive",
+        &REQUESTS.to_string(),
+        &ng.port.to_string(),
+    ]));
+    assert_eq!(out.trim(), format!("{{\"200\": {REQUESTS}}}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"tls_unprobed\"}"), 1.0, "{}", k.metrics());
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"muted\"}"), 1.0);
+    // Unmuted, nginx's read and write of every request are records.
+    let read = metric(&k, "kspan_events_read_total");
+    assert!(read < (REQUESTS / 3) as f64, "{read} records for {REQUESTS} requests:\n{}", k.metrics());
+    assert!(k.spans().is_empty(), "ciphertext makes no span");
+    assert!(k.stop());
+}
+
 fn is_pg(s: &Value) -> bool {
     attr_str(s, "db.system.name") == Some("postgresql")
 }

@@ -4,6 +4,8 @@ use self-signed certificates). Prints JSON.
   get URL...         one GET per URL (urllib opens a connection per request)
   late SECONDS URL   sleeps before importing ssl/urllib (libssl is loaded
                      only then), waits for a line on stdin, then GETs URL
+  keepalive N PORT   N GETs of / on one TLS connection to 127.0.0.1:PORT,
+                     pausing 0.5 s after the 20th
 """
 import json
 import sys
@@ -40,6 +42,23 @@ def main():
         print("loaded", flush=True)
         sys.stdin.readline()
         print(json.dumps(get(sys.argv[3:])), flush=True)
+    elif mode == "keepalive":
+        import http.client
+        import ssl
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[3]), context=ctx)
+        codes = {}
+        for i in range(int(sys.argv[2])):
+            c.request("GET", "/")
+            r = c.getresponse()
+            r.read()
+            codes[r.status] = codes.get(r.status, 0) + 1
+            if i == 19:
+                time.sleep(0.5)
+        print(json.dumps(codes), flush=True)
     else:
         sys.exit(f"unknown mode {mode}")
 

@@ -15,7 +15,9 @@
 //!   and it is queued in [`ConnTable::mutes`] so that the kernel stops
 //!   copying them (at most [`MAX_MUTES`] per drain cycle; beyond that it is
 //!   counted in `mute_failed` and its bytes keep arriving, ignored). A TLS
-//!   handshake is not muted: its plaintext may come from the TLS library.
+//!   handshake is not muted at once: its plaintext may come from the TLS
+//!   library; only after [`TLS_EVENTS_BEFORE_MUTE`] ciphertext events
+//!   without plaintext (a TLS library kspan does not probe).
 //! - TLS: the first plaintext event (`DATA_TLS`) on a connection makes it a
 //!   TLS connection: detection restarts on the plaintext stream (whatever the
 //!   handshake's ciphertext did to it) and socket-level data on it is ignored
@@ -58,6 +60,9 @@ pub struct ConnStats {
     pub tls_handshake: u64,
     /// Socket-level (ciphertext) data events ignored on TLS connections.
     pub tls_ciphertext_ignored: u64,
+    /// TLS connections muted after [`TLS_EVENTS_BEFORE_MUTE`] ciphertext
+    /// events without plaintext (a TLS library kspan does not probe).
+    pub tls_unprobed: u64,
     /// Opaque connections whose bytes the kernel stopped copying.
     pub muted: u64,
     /// Opaque connections that could not be muted (closed or reused first,
@@ -100,6 +105,26 @@ enum State {
     Detecting(Detector),
     Parsing(Protocol, Box<dyn StreamParser>),
     Opaque,
+    /// Began with a TLS handshake and no plaintext came from the TLS
+    /// library yet: socket-level (ciphertext) events seen since.
+    Tls(u32),
+}
+
+/// Ciphertext events after a TLS handshake with no plaintext from the TLS
+/// library, after which the connection is muted: its process encrypts with
+/// a library kspan does not probe (Go's crypto/tls, rustls, a static
+/// BoringSSL). A probed OpenSSL call produces plaintext at the first read
+/// or write after the handshake, and the syscalls inside it no socket
+/// events at all, so a probed connection never gets this far.
+pub const TLS_EVENTS_BEFORE_MUTE: u32 = 16;
+
+/// Queues `m` (at most [`MAX_MUTES`] per drain cycle; beyond: counted).
+fn queue_mute(mutes: &mut Vec<Mute>, stats: &mut ConnStats, m: Mute) {
+    if mutes.len() < MAX_MUTES {
+        mutes.push(m);
+    } else {
+        stats.mute_failed += 1;
+    }
 }
 
 struct Conn {
@@ -312,23 +337,29 @@ impl ConnTable {
         };
         let scratch = &mut self.scratch;
         scratch.clear();
+        let mute = Mute { tgid: key.0, fd: key.1, sock_id: conn.sock_id };
         match &mut conn.state {
             State::Opaque => return,
+            State::Tls(events) => {
+                *events += 1;
+                if *events == TLS_EVENTS_BEFORE_MUTE {
+                    self.stats.tls_unprobed += 1;
+                    queue_mute(&mut self.mutes, &mut self.stats, mute);
+                }
+                return;
+            }
             State::Parsing(p, parser) => parser.feed(&chunk, scratch, &mut self.parse[proto_index(*p)]),
             State::Detecting(det) => match det.offer(&chunk, conn.role) {
                 Verdict::Undecided => return,
                 Verdict::Opaque => {
                     if looks_like_tls(chunk.data) || det.pending().any(|c| looks_like_tls(&c.data)) {
                         self.stats.tls_handshake += 1;
+                        conn.state = State::Tls(0);
                     } else {
                         self.stats.opaque += 1;
-                        if self.mutes.len() < MAX_MUTES {
-                            self.mutes.push(Mute { tgid: key.0, fd: key.1, sock_id: conn.sock_id });
-                        } else {
-                            self.stats.mute_failed += 1;
-                        }
+                        queue_mute(&mut self.mutes, &mut self.stats, mute);
+                        conn.state = State::Opaque;
                     }
-                    conn.state = State::Opaque;
                     return;
                 }
                 Verdict::Detected(proto, role) => {

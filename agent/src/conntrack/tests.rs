@@ -246,6 +246,29 @@ fn tls_plaintext_replaces_the_handshake_and_ciphertext_is_ignored() {
 }
 
 #[test]
+fn tls_without_plaintext_is_muted_after_a_few_ciphertext_events() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 client hello";
+    t.on_data(&data(1, 3, 9, 10, hello), hello, &mut out);
+    let server_hello = b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03 server hello";
+    t.on_data(&egress(data(1, 3, 9, 11, server_hello)), server_hello, &mut out);
+    assert_eq!(t.stats.tls_handshake, 1);
+    let rec = b"\x17\x03\x03\x00\x40 application data record";
+    for i in 0..TLS_EVENTS_BEFORE_MUTE - 1 {
+        t.on_data(&egress(data(1, 3, 9, 20 + u64::from(i), rec)), rec, &mut out);
+    }
+    assert!(t.mutes.is_empty(), "a probed library's plaintext may still come");
+    t.on_data(&data(1, 3, 9, 99, rec), rec, &mut out);
+    assert_eq!(t.mutes, [Mute { tgid: 1, fd: 3, sock_id: 9 }], "no TLS library kspan probes: muted");
+    assert_eq!((t.stats.tls_handshake, t.stats.tls_unprobed, t.stats.opaque), (1, 1, 0));
+    t.on_data(&data(1, 3, 9, 100, rec), rec, &mut out);
+    assert_eq!(t.mutes.len(), 1, "queued once");
+    assert!(out.is_empty());
+}
+
+#[test]
 fn plaintext_connections_are_not_tls() {
     let mut t = ConnTable::new(limits(8));
     let mut out = Vec::new();

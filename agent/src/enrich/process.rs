@@ -74,12 +74,27 @@ impl ProcInfo {
     pub fn exe_name(&self) -> &str {
         self.exe_path.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or(&self.comm)
     }
+
+    /// The name the process was started as, when it is not its executable
+    /// file's: a multi-call program reached through a link (Debian's
+    /// `redis-server` is a link to `redis-check-rdb`; busybox applets).
+    /// That is argv[0]'s base name when the kernel's `comm` (the first 15
+    /// bytes of the name the process was exec'd as, unless it renamed
+    /// itself) agrees with it; `None` otherwise.
+    pub fn invoked_name(&self) -> Option<&str> {
+        let argv0 = self.cmdline.split(' ').next()?;
+        let base = argv0.rsplit('/').next().filter(|b| !b.is_empty())?;
+        let comm = self.comm.as_str();
+        let agrees = base == comm || (comm.len() == 15 && base.starts_with(comm));
+        (agrees && base != self.exe_name()).then_some(base)
+    }
 }
 
 /// A cached resource and what it was built from.
 struct Entry {
     resource: Arc<ProcessResource>,
-    /// /proc facts (command line dropped: not needed to rebuild).
+    /// /proc facts (of the command line only argv[0] is kept: the rest is
+    /// not needed to rebuild).
     info: ProcInfo,
     /// The pod the resource was built with (compared by pointer).
     pod: Option<Arc<super::k8s::PodMeta>>,
@@ -158,7 +173,9 @@ impl ProcessTable {
 
     /// Builds and caches the resource of `pid` from `info`.
     fn insert(&mut self, pid: u32, mut info: ProcInfo) -> Arc<ProcessResource> {
-        info.cmdline = String::new();
+        // The command line is not needed again, but for argv[0] (`invoked_name`).
+        let argv0 = info.cmdline.find(' ').unwrap_or(info.cmdline.len());
+        info.cmdline.truncate(argv0);
         let (pod, generation) = self.pod_of(&info);
         let r = Arc::new(self.build_with(&info, pod.as_ref()));
         if self.cache.len() >= self.max {
@@ -209,7 +226,9 @@ impl ProcessTable {
 
     /// `service.name` precedence: the process's OTEL_SERVICE_NAME, the
     /// configured exe mapping, the pod's `app.kubernetes.io/name` label, its
-    /// owner's name (Deployment before ReplicaSet), the executable name.
+    /// owner's name (Deployment before ReplicaSet), the name it was started
+    /// as if that is not its executable's ([`ProcInfo::invoked_name`]), the
+    /// executable name.
     fn build_with(&self, p: &ProcInfo, pod: Option<&ContainerPod>) -> ProcessResource {
         let mut a = Attributes::new();
         let exe = p.exe_name().to_owned();
@@ -218,6 +237,7 @@ impl ProcessTable {
             .clone()
             .or_else(|| self.service_names.get(&exe).cloned())
             .or_else(|| pod.and_then(|c| c.pod.service_name()).map(str::to_owned))
+            .or_else(|| p.invoked_name().map(str::to_owned))
             .unwrap_or_else(|| if exe.is_empty() { format!("pid-{}", p.pid) } else { exe.clone() });
         a.set("service.name", service);
         a.set("service.instance.id", format!("{}:{}:{}", self.host.host_name, p.pid, p.start_ticks));
@@ -277,6 +297,46 @@ mod tests {
         assert_eq!(r.attributes.get_str("telemetry.distro.name"), Some("kspan"));
         assert_eq!(r.attributes.get_str("deployment.environment.name"), Some("prod"));
         assert_eq!(r.attributes.get("process.pid").and_then(|v| v.as_i64()), Some(8));
+    }
+
+    #[test]
+    fn a_multi_call_executable_is_named_as_it_was_started() {
+        let mut t = table();
+        let redis = ProcInfo {
+            pid: 9,
+            exe_path: "/usr/bin/redis-check-rdb".into(),
+            cmdline: "redis-server 127.0.0.1:6379".into(),
+            comm: "redis-server".into(),
+            ..Default::default()
+        };
+        // Through the cache, which keeps only argv[0] of the command line.
+        let r = t.insert(9, redis.clone());
+        assert_eq!(r.attributes.get_str("service.name"), Some("redis-server"));
+        assert_eq!(r.attributes.get_str("process.executable.name"), Some("redis-check-rdb"), "the file, per OTel");
+        // comm holds 15 bytes of a longer name.
+        let long = ProcInfo {
+            exe_path: "/bin/busybox".into(),
+            cmdline: "/usr/sbin/start-stop-daemon --start".into(),
+            comm: "start-stop-daem".into(),
+            ..redis.clone()
+        };
+        assert_eq!(t.build(&long).attributes.get_str("service.name"), Some("start-stop-daemon"));
+        // A process that retitled itself (argv[0] rewritten, comm not) keeps its executable's name.
+        let retitled = ProcInfo {
+            exe_path: "/usr/bin/python3.12".into(),
+            cmdline: "gunicorn: worker [app:app]".into(),
+            comm: "python3".into(),
+            ..redis.clone()
+        };
+        assert_eq!(t.build(&retitled).attributes.get_str("service.name"), Some("python3.12"));
+        // The usual case: argv[0] is the executable.
+        let nginx = ProcInfo {
+            exe_path: "/usr/sbin/nginx".into(),
+            cmdline: "nginx: worker process".into(),
+            comm: "nginx".into(),
+            ..redis
+        };
+        assert_eq!(t.build(&nginx).attributes.get_str("service.name"), Some("nginx"));
     }
 
     #[test]

@@ -234,6 +234,7 @@ impl PipelineMetrics {
             ("tls_handshake", c.tls_handshake, l.tls_handshake),
             ("tls_ciphertext_ignored", c.tls_ciphertext_ignored, l.tls_ciphertext_ignored),
             ("muted", c.muted, l.muted),
+            ("tls_unprobed", c.tls_unprobed, l.tls_unprobed),
             ("mute_failed", c.mute_failed, l.mute_failed),
             ("unix_name_dropped", c.unix_names_dropped, l.unix_names_dropped),
         ] {
