@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{TempDir, nginx, python_http, python_http_unix};
+use kspan_e2e::servers::{TempDir, nginx, nginx_sendfile, python_http, python_http_unix};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -84,6 +84,35 @@ fn nginx_served_to_curl() {
     assert_eq!(code("/nope"), Some(404));
     assert_eq!(code("/err"), Some(500));
     assert!(spans.iter().all(|s| resource_str(s, "service.name") == Some("nginx")));
+    assert!(k.stop());
+}
+
+#[test]
+fn nginx_with_sendfile_bodies_keep_every_request_on_a_keepalive_connection() {
+    // The body bytes leave through sendfile, not write: kspan must count
+    // them, or the response never ends and later requests are lost.
+    let ng = nginx_sendfile();
+    let k = Kspan::start(&["--pid", &ng.pid().to_string()]);
+    let paths = ["/index.html", "/big.bin", "/api/items.json", "/big.bin", "/nope"];
+    let times = curl_keepalive(ng.port, &paths);
+    let spans = k.wait_spans(5, WAIT, |s| kind(s) == "server");
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    for (i, p) in paths.iter().enumerate() {
+        let s = &spans[i];
+        assert_eq!(attr_str(s, "url.path"), Some(*p), "in order: {spans:#?}");
+        let (status, size) = match *p {
+            "/big.bin" => (200, 1 << 20),
+            "/nope" => (404, -1),
+            _ => (200, -1),
+        };
+        assert_eq!(attr_i64(s, "http.response.status_code"), Some(status));
+        if size > 0 {
+            assert_eq!(attr_i64(s, "http.response.body.size"), Some(size), "{s:#}");
+        }
+        assert!(duration_ns(s) as f64 <= times[i] * 1e9, "{s}: inside what the client measured");
+    }
+    let m = k.metrics();
+    assert_eq!(metric(&m, "kspan_parse_total{protocol=\"http\",kind=\"resyncs\"}"), 0.0, "{m}");
     assert!(k.stop());
 }
 

@@ -109,15 +109,22 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// nginx (master + 1 worker) serving a small static tree; `/err` returns 500.
 pub fn nginx() -> Proc {
-    nginx_with(false)
+    nginx_with(false, false)
 }
 
 /// [`nginx`] serving HTTPS only, with a self-signed certificate.
 pub fn nginx_tls() -> Proc {
-    nginx_with(true)
+    nginx_with(true, false)
 }
 
-fn nginx_with(tls: bool) -> Proc {
+/// [`nginx`] with `sendfile on` (as Debian's packaged configuration has
+/// it): file bodies leave through sendfile, not write. Also serves
+/// `/big.bin` (1 MiB).
+pub fn nginx_sendfile() -> Proc {
+    nginx_with(false, true)
+}
+
+fn nginx_with(tls: bool, sendfile: bool) -> Proc {
     let dir = TempDir::new("nginx");
     let port = free_port();
     let (listen, certs) = if tls {
@@ -133,9 +140,11 @@ fn nginx_with(tls: bool) -> Proc {
     std::fs::create_dir_all(root.join("api")).expect("www");
     std::fs::write(root.join("index.html"), "<h1>kspan</h1>\n").expect("index");
     std::fs::write(root.join("api/items.json"), "[1,2,3]\n").expect("items");
+    std::fs::write(root.join("big.bin"), vec![b'k'; 1 << 20]).expect("big.bin");
+    let sendfile = if sendfile { "on" } else { "off" };
     let conf = format!(
         "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         http {{\n  access_log off;\n  sendfile {sendfile};\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
          fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
          server {{\n    listen 127.0.0.1:{listen};\n    {certs}root {root};\n    keepalive_requests 1000;\n    \
          location = /err {{ return 500; }}\n  }}\n}}\n",

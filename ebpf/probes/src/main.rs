@@ -1,6 +1,7 @@
 //! kspan's kernel side: syscall and scheduler tracepoints that report, for
-//! selected processes, the bytes moved on TCP sockets plus socket and process
-//! lifecycle events, through one ring buffer.
+//! selected processes, the bytes moved on stream sockets plus socket and
+//! process lifecycle events, through one ring buffer. Bytes sent with
+//! sendfile are reported by count only (they are not in user memory).
 //!
 //! Guarantees:
 //! - Only stream sockets (TCP over AF_INET/AF_INET6, and AF_UNIX when the
@@ -53,6 +54,8 @@ const OP_WRITE: u32 = 2;
 const OP_READV: u32 = 3;
 const OP_WRITEV: u32 = 4;
 const OP_CONNECT: u32 = 5;
+/// sendfile: bytes sent from a file, reported by count only (no payload).
+const OP_SENDFILE: u32 = 6;
 
 /// Offset of the first syscall argument in a sys_enter record.
 const ARG0: usize = 16;
@@ -214,6 +217,8 @@ pub(crate) enum Src {
     Buf(u64),
     /// An iovec array and its length (readv/writev/recvmsg/sendmsg).
     Iov(u64, u64),
+    /// Bytes not in user memory (sendfile): the event carries their count only.
+    Uncopied,
 }
 
 /// User-space `struct iovec`.
@@ -305,6 +310,7 @@ pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight,
                 }
             }
             Src::Iov(iov, n) => copy_iovecs(payload, iov, n, len, cap),
+            Src::Uncopied => 0,
         };
         (*scratch).hdr = DataHeader {
             kind: EventKind::Data as u32,
@@ -405,6 +411,7 @@ fn op_of_syscall(nr: i32) -> Option<(u32, Shape)> {
         20 => (OP_WRITEV, Shape::Iov),    // writev
         47 => (OP_READV, Shape::Msg),     // recvmsg
         46 => (OP_WRITEV, Shape::Msg),    // sendmsg
+        40 => (OP_SENDFILE, Shape::Buf),  // sendfile (out_fd first)
         _ => return None,
     })
 }
@@ -439,7 +446,7 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
         return None;
     }
     let mut enter_ns = 0;
-    if op == OP_WRITE || op == OP_WRITEV {
+    if is_send(op) {
         if let Some(slot) = enter_time_slot(tid) {
             // SAFETY: a map value (see enter_data).
             unsafe {
@@ -478,13 +485,20 @@ fn exit_data(ctx: &TracePointContext) -> Res {
     };
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let total = r as u64;
-    let flags = if inf.op == OP_WRITE || inf.op == OP_WRITEV { DATA_EGRESS } else { 0 };
+    let flags = if is_send(inf.op) { DATA_EGRESS } else { 0 };
     match inf.op {
         OP_READ | OP_WRITE => emit_data(cfg, tgid, tid, &inf, flags, Src::Buf(inf.buf), total),
         OP_READV | OP_WRITEV => emit_data(cfg, tgid, tid, &inf, flags, Src::Iov(inf.buf, inf.iovcnt), total),
+        OP_SENDFILE => emit_data(cfg, tgid, tid, &inf, flags, Src::Uncopied, total),
         _ => {}
     }
     Ok(0)
+}
+
+/// Whether `op` sends bytes (its events are stamped at entry, see DataHeader).
+#[inline(always)]
+fn is_send(op: u32) -> bool {
+    op == OP_WRITE || op == OP_WRITEV || op == OP_SENDFILE
 }
 
 macro_rules! data_enter {
@@ -517,6 +531,7 @@ data_enter!(kspan_enter_readv, OP_READV, Shape::Iov);
 data_enter!(kspan_enter_writev, OP_WRITEV, Shape::Iov);
 data_enter!(kspan_enter_recvmsg, OP_READV, Shape::Msg);
 data_enter!(kspan_enter_sendmsg, OP_WRITEV, Shape::Msg);
+data_enter!(kspan_enter_sendfile, OP_SENDFILE, Shape::Buf);
 data_exit!(kspan_exit_data);
 
 fn try_exit_accept(ctx: &TracePointContext) -> Res {
