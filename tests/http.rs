@@ -1,8 +1,7 @@
 //! End-to-end: the real kspan (real eBPF programs) traces real HTTP servers
 //! driven by real clients; spans are read from kspan's JSON-lines output.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use kspan_e2e::servers::{TempDir, nginx, nginx_sendfile, python_http, python_http_unix};
@@ -144,35 +143,25 @@ fn request_body_sent_in_several_writes() {
 /// answered when this returns, with its local port; a line on its stdin
 /// makes the second request on the same connection.
 struct Preopened {
-    child: std::process::Child,
-    out: BufReader<std::process::ChildStdout>,
+    app: Interactive,
     port: u16,
 }
 
 impl Preopened {
     fn start(port: u16) -> Self {
-        let mut child = Command::new("python3")
-            .arg(apps_dir().join("http_client.py"))
-            .args(["preopened", &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("client");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
+        let mut app = Interactive::start("http_client.py", &["preopened", &port.to_string()], &[]);
+        let line = app.line();
         let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
         let port = first[0]["local_port"].as_u64().unwrap_or_else(|| panic!("{line}")) as u16;
-        Self { child, out, port }
+        Self { app, port }
     }
 
     /// Makes the second request and waits for the client to exit.
     fn finish(mut self) {
-        writeln!(self.child.stdin.as_mut().unwrap()).unwrap();
-        let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
+        self.app.go_on();
+        let line = self.app.line();
         assert!(line.contains("/users/2"), "{line}");
-        assert!(self.child.wait().unwrap().success());
+        assert!(self.app.wait());
     }
 }
 
@@ -299,22 +288,13 @@ fn metric(m: &str, series: &str) -> f64 {
 fn an_opaque_connection_is_muted_in_the_kernel_and_the_process_stays_traced() {
     const ROUND_TRIPS: usize = 1500;
     let app = python_http("opaque");
-    let mut client = Command::new("python3")
-        .arg(apps_dir().join("http_client.py"))
-        .args(["opaque", &app.port.to_string(), &ROUND_TRIPS.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("client");
-    let mut out = BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let pid = serde_json::from_str::<Value>(&line).unwrap()["pid"].as_u64().unwrap();
+    let mut client =
+        Interactive::start("http_client.py", &["opaque", &app.port.to_string(), &ROUND_TRIPS.to_string()], &[]);
+    let pid = serde_json::from_str::<Value>(&client.line()).unwrap()["pid"].as_u64().unwrap();
     let k = Kspan::start(&["--pid", &pid.to_string()]);
-    writeln!(client.stdin.as_mut().unwrap()).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert!(client.wait().unwrap().success());
+    client.go_on();
+    let line = client.line();
+    assert!(client.wait());
     let got: Vec<Value> = serde_json::from_str(line.trim()).expect("client JSON");
     assert_eq!(got[0]["status"], 200);
 

@@ -4,7 +4,6 @@
 //! that loads libssl only after kspan started. Spans carry the same attributes
 //! as the plaintext tests (tests/http.rs, tests/db.rs) plus url.scheme=https.
 
-use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -121,31 +120,21 @@ fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
     let k = Kspan::start(&["--exe", &format!("https_client\\.py late .*{tag}")]);
     assert!(!k.log().contains(copy.to_str().unwrap()));
     let url = format!("https://127.0.0.1:{}/api/items.json?{tag}", ng.port);
-    let mut c = Command::new("python3")
-        .arg(apps_dir().join("https_client.py"))
-        .args(["late", "1", &url])
-        .env("LD_LIBRARY_PATH", &dir.0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python client");
-    let mut out = BufReader::new(c.stdout.take().unwrap());
-    let mut reply = String::new();
-    out.read_line(&mut reply).unwrap();
-    assert_eq!(reply.trim(), "loaded");
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", c.id())).unwrap();
+    let lib_path = dir.0.to_str().unwrap();
+    let mut c = Interactive::start("https_client.py", &["late", "1", &url], &[("LD_LIBRARY_PATH", lib_path)]);
+    assert_eq!(c.line().trim(), "loaded");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", c.child.id())).unwrap();
     assert!(maps.contains(copy.to_str().unwrap()), "python loaded the private libssl copy");
     // Found through the loader hook (or the periodic rescan), not at start.
-    let attached_path = format!("/proc/{}/root{}", c.id(), copy.display());
+    let attached_path = format!("/proc/{}/root{}", c.child.id(), copy.display());
     k.wait_log(&attached_path, WAIT);
     let log = k.log();
     let line = log.lines().find(|l| l.contains(&attached_path)).unwrap_or_default();
     assert!(line.contains("TLS uprobes attached"), "{line}");
-    writeln!(c.stdin.as_mut().unwrap()).unwrap();
-    reply.clear();
-    out.read_line(&mut reply).unwrap();
+    c.go_on();
+    let reply = c.line();
     assert!(reply.contains("200"), "{reply}");
-    c.wait().unwrap();
+    c.wait();
     let spans = k.wait_spans(1, WAIT, |s| kind(s) == "client" && attr_str(s, "url.path") == Some("/api/items.json"));
     assert_eq!(spans.len(), 1, "{spans:#?}");
     assert_eq!(attr_str(&spans[0], "url.scheme"), Some("https"));

@@ -260,6 +260,54 @@ impl Unprivileged {
     }
 }
 
+/// A test app of `tests/apps` driven line by line: its stdout is read a
+/// line at a time, a line on its stdin lets it go on. Killed on drop.
+pub struct Interactive {
+    pub child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Interactive {
+    /// Starts `python3 tests/apps/<script> <args>` (with `env`).
+    pub fn start(script: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new("python3")
+            .arg(apps_dir().join(script))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{script}: {e}"));
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        Self { child, out }
+    }
+
+    /// The app's next line of output (empty at its end).
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read app output");
+        line
+    }
+
+    /// Sends an empty line: the app goes on.
+    pub fn go_on(&mut self) {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().expect("stdin")).expect("write app input");
+    }
+
+    /// Waits for the app to exit; true if it succeeded.
+    pub fn wait(mut self) -> bool {
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Minimal HTTP GET over loopback (for the metrics endpoint).
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};

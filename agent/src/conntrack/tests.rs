@@ -216,8 +216,8 @@ fn egress(mut h: DataHeader) -> DataHeader {
     h
 }
 
-#[test]
-fn tls_plaintext_replaces_the_handshake_and_ciphertext_is_ignored() {
+/// A server connection (1, 3) whose first bytes are a TLS handshake.
+fn tls_handshake() -> (ConnTable, Vec<ConnExchange>) {
     let mut t = ConnTable::new(limits(8));
     let mut out = Vec::new();
     t.on_open(&open(1, 3, 9), &mut out);
@@ -226,6 +226,12 @@ fn tls_plaintext_replaces_the_handshake_and_ciphertext_is_ignored() {
     let server_hello = b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03 server hello";
     t.on_data(&egress(data(1, 3, 9, 11, server_hello)), server_hello, &mut out);
     assert_eq!(t.stats.tls_handshake, 1, "a TLS handshake is not an unknown protocol");
+    (t, out)
+}
+
+#[test]
+fn tls_plaintext_replaces_the_handshake_and_ciphertext_is_ignored() {
+    let (mut t, mut out) = tls_handshake();
     assert!(t.mutes.is_empty(), "its plaintext may come from the TLS library");
     let req = b"GET /secure HTTP/1.1\r\nHost: h\r\n\r\n";
     t.on_data(&tls(data(1, 3, 9, 20, req)), req, &mut out);
@@ -247,14 +253,7 @@ fn tls_plaintext_replaces_the_handshake_and_ciphertext_is_ignored() {
 
 #[test]
 fn tls_without_plaintext_is_muted_after_a_few_ciphertext_events() {
-    let mut t = ConnTable::new(limits(8));
-    let mut out = Vec::new();
-    t.on_open(&open(1, 3, 9), &mut out);
-    let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 client hello";
-    t.on_data(&data(1, 3, 9, 10, hello), hello, &mut out);
-    let server_hello = b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03 server hello";
-    t.on_data(&egress(data(1, 3, 9, 11, server_hello)), server_hello, &mut out);
-    assert_eq!(t.stats.tls_handshake, 1);
+    let (mut t, mut out) = tls_handshake();
     let rec = b"\x17\x03\x03\x00\x40 application data record";
     for i in 0..TLS_EVENTS_BEFORE_MUTE - 1 {
         t.on_data(&egress(data(1, 3, 9, 20 + u64::from(i), rec)), rec, &mut out);

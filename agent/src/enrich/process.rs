@@ -302,41 +302,26 @@ mod tests {
     #[test]
     fn a_multi_call_executable_is_named_as_it_was_started() {
         let mut t = table();
-        let redis = ProcInfo {
+        let proc = |exe: &str, cmdline: &str, comm: &str| ProcInfo {
             pid: 9,
-            exe_path: "/usr/bin/redis-check-rdb".into(),
-            cmdline: "redis-server 127.0.0.1:6379".into(),
-            comm: "redis-server".into(),
+            exe_path: exe.into(),
+            cmdline: cmdline.into(),
+            comm: comm.into(),
             ..Default::default()
         };
         // Through the cache, which keeps only argv[0] of the command line.
-        let r = t.insert(9, redis.clone());
+        let r = t.insert(9, proc("/usr/bin/redis-check-rdb", "redis-server 127.0.0.1:6379", "redis-server"));
         assert_eq!(r.attributes.get_str("service.name"), Some("redis-server"));
         assert_eq!(r.attributes.get_str("process.executable.name"), Some("redis-check-rdb"), "the file, per OTel");
+        let service = |p: ProcInfo| t.build(&p).attributes.get_str("service.name").map(str::to_owned);
         // comm holds 15 bytes of a longer name.
-        let long = ProcInfo {
-            exe_path: "/bin/busybox".into(),
-            cmdline: "/usr/sbin/start-stop-daemon --start".into(),
-            comm: "start-stop-daem".into(),
-            ..redis.clone()
-        };
-        assert_eq!(t.build(&long).attributes.get_str("service.name"), Some("start-stop-daemon"));
+        let long = proc("/bin/busybox", "/usr/sbin/start-stop-daemon --start", "start-stop-daem");
+        assert_eq!(service(long).as_deref(), Some("start-stop-daemon"));
         // A process that retitled itself (argv[0] rewritten, comm not) keeps its executable's name.
-        let retitled = ProcInfo {
-            exe_path: "/usr/bin/python3.12".into(),
-            cmdline: "gunicorn: worker [app:app]".into(),
-            comm: "python3".into(),
-            ..redis.clone()
-        };
-        assert_eq!(t.build(&retitled).attributes.get_str("service.name"), Some("python3.12"));
+        let retitled = proc("/usr/bin/python3.12", "gunicorn: worker [app:app]", "python3");
+        assert_eq!(service(retitled).as_deref(), Some("python3.12"));
         // The usual case: argv[0] is the executable.
-        let nginx = ProcInfo {
-            exe_path: "/usr/sbin/nginx".into(),
-            cmdline: "nginx: worker process".into(),
-            comm: "nginx".into(),
-            ..redis
-        };
-        assert_eq!(t.build(&nginx).attributes.get_str("service.name"), Some("nginx"));
+        assert_eq!(service(proc("/usr/sbin/nginx", "nginx: worker process", "nginx")).as_deref(), Some("nginx"));
     }
 
     #[test]
