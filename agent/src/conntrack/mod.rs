@@ -149,8 +149,6 @@ pub struct ConnTable {
     /// Opaque connections found since the caller last drained this: the
     /// kernel need not copy their bytes any more.
     pub mutes: Vec<Mute>,
-    /// Names of Unix domain sockets seen.
-    pub unix_names: UnixNames,
 }
 
 fn count_server(serving: &mut HashMap<u32, u32>, tgid: u32, role: Option<Role>, up: bool) {
@@ -234,7 +232,6 @@ impl ConnTable {
             local_pairs: HashMap::new(),
             serving: HashMap::new(),
             mutes: Vec::new(),
-            unix_names: UnixNames::default(),
         }
     }
 
@@ -292,12 +289,14 @@ impl ConnTable {
             peer: addr(ev.family, &ev.raddr, ev.rport),
             tls: false,
             unix: (ev.family == AF_UNIX).then(|| UnixConn {
-                name: self.unix_names.name(ev.unix_path()),
+                name: unix::intern(ev.unix_path()),
                 sock: ev.sock_id,
                 peer: ev.unix_peer(),
             }),
         };
-        self.stats.unix_names_dropped = self.unix_names.dropped;
+        if ev.family == AF_UNIX {
+            self.stats.unix_names_dropped = unix::dropped();
+        }
         self.insert(key, ev.sock_id, role, meta, ev.ts_ns);
     }
 

@@ -1,11 +1,15 @@
 //! Names of Unix domain sockets, interned: a connection's [`ConnMeta`]
 //! (copied into every exchange) holds a `&'static str`.
 //!
-//! Guarantees: at most [`MAX_UNIX_NAMES`] distinct names are kept for the
-//! agent's lifetime (a host has a handful of socket files); a connection
-//! with a name beyond that is reported as unnamed and counted.
+//! Guarantees: the process keeps at most [`MAX_UNIX_NAMES`] distinct names
+//! for its lifetime, in one table ([`intern`]; a host has a handful of
+//! socket files), so they stay reachable from it and nothing grows however
+//! many connection tables come and go; a connection with a name beyond
+//! that is reported as unnamed and counted ([`dropped`]).
 //!
 //! [`ConnMeta`]: crate::protocol::ConnMeta
+
+use std::sync::{Mutex, OnceLock};
 
 use foldhash::HashMap;
 
@@ -41,11 +45,31 @@ impl UnixNames {
                 String::from_utf8_lossy(&raw[..end]).into_owned()
             }
         };
-        // Bounded above: at most MAX_UNIX_NAMES small strings per process.
+        // Kept for good (the agent's table stays reachable): at most
+        // MAX_UNIX_NAMES small strings per table, one table per process.
         let text: &'static str = Box::leak(text.into_boxed_str());
         self.names.insert(raw.into(), text);
         text
     }
+}
+
+/// The process's table of names.
+fn table() -> &'static Mutex<UnixNames> {
+    static NAMES: OnceLock<Mutex<UnixNames>> = OnceLock::new();
+    NAMES.get_or_init(Mutex::default)
+}
+
+/// The name of a socket (see [`UnixNames::name`]) from the process's table.
+pub fn intern(raw: &[u8]) -> &'static str {
+    if raw.is_empty() {
+        return "";
+    }
+    table().lock().map_or("", |mut t| t.name(raw))
+}
+
+/// Names the process's table could not keep (reported unnamed).
+pub fn dropped() -> u64 {
+    table().lock().map_or(0, |t| t.dropped)
 }
 
 #[cfg(test)]
