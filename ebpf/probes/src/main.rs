@@ -34,15 +34,15 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf, generated::bpf_probe_read_user,
+        generated::{self as helpers_raw, bpf_probe_read_user},
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, IGNORED_PORT, KernelOffsets, UNIX_PATH_MAX, DataHeader, EventKind, KernelConfig, MAX_CAPTURE, MAX_IOVECS, PT_REGS_DI,
-    PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING, counter,
-    sock_key,
+    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, IGNORED_PORT, KernelConfig, KernelOffsets, MAX_CAPTURE,
+    MAX_IOVECS, PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState,
+    TRACED_PENDING, UNIX_PATH_MAX, counter, sock_key,
 };
 use maps::{
     CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, MAX_COPY_AT_OFFSET, PORTS, PROC_WAKE, SCRATCH, SOCKS,
@@ -197,17 +197,20 @@ fn unix_path(o: &KernelOffsets, addr: u64, out: &mut [u8; UNIX_PATH_MAX]) -> u16
         Err(_) => return 0,
     };
     // `len` counts sun_family (2 bytes) and the name.
-    let n = len - 2;
-    if n <= 0 {
+    if len <= 2 {
         return 0;
+    }
+    let mut n = (len - 2) as u32;
+    if n > UNIX_PATH_MAX as u32 {
+        n = UNIX_PATH_MAX as u32;
     }
     let src = addr + o.unix_address_name as u64 + 2;
-    // SAFETY: as above; the name may be shorter than the buffer, the agent
-    // reads only the returned count.
-    if unsafe { bpf_probe_read_kernel_buf(src as *const u8, out) }.is_err() {
+    // SAFETY: as above; exactly the name's bytes (n <= out.len()), nothing
+    // of the memory after the kernel's allocation.
+    if unsafe { helpers_raw::bpf_probe_read_kernel(out.as_mut_ptr().cast(), n, src as *const _) } != 0 {
         return 0;
     }
-    (n as u16).min(UNIX_PATH_MAX as u16)
+    n as u16
 }
 
 /// Where the bytes of a data event are in user memory.
