@@ -359,7 +359,12 @@ fn sniff_array(data: &[u8]) -> Sniff {
     Sniff::Yes
 }
 
-/// A known command word followed by a space or CRLF.
+/// Longest first line an inline command is looked for in.
+const MAX_INLINE_LINE: usize = 256;
+
+/// A known command word followed by CRLF, or by a space and the rest of a
+/// line that ends in CRLF: a log line (`Auth failed for bob\n`, a service's
+/// stdout on a Unix socket) ends in a bare LF and is not a command.
 fn sniff_inline(data: &[u8]) -> Sniff {
     let word_end = data.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(data.len());
     let word = data.get(..word_end).unwrap_or(&[]);
@@ -372,8 +377,17 @@ fn sniff_inline(data: &[u8]) -> Sniff {
         return Sniff::No;
     }
     match (data.get(word_end), data.get(word_end + 1)) {
-        (Some(b' '), _) | (Some(b'\r'), Some(b'\n')) => Sniff::Yes,
+        (Some(b'\r'), Some(b'\n')) => Sniff::Yes,
         (Some(b'\r'), None) => Sniff::NeedMore,
+        (Some(b' '), _) => {
+            let line = &data[..data.len().min(MAX_INLINE_LINE)];
+            match line.iter().position(|b| *b == b'\n') {
+                Some(lf) if lf > 0 && line[lf - 1] == b'\r' => Sniff::Yes,
+                Some(_) => Sniff::No,
+                None if data.len() < MAX_INLINE_LINE => Sniff::NeedMore,
+                None => Sniff::No,
+            }
+        }
         _ => Sniff::No,
     }
 }
@@ -408,6 +422,18 @@ mod tests {
         assert_eq!(det(Direction::Egress, b"HELLO 3\r\n"), Detection::Yes(Role::Client));
         assert_eq!(det(Direction::Egress, b"PINGX\r\n"), Detection::No);
         assert_eq!(det(Direction::Egress, b"PING\rX"), Detection::No);
+        assert_eq!(det(Direction::Egress, b"SELECT 2"), Detection::NeedMore, "the line's end decides");
+    }
+
+    #[test]
+    fn log_lines_that_start_with_a_command_word_are_not_redis() {
+        // A service's stdout (a Unix socket to journald) or any text
+        // protocol: lines end in a bare LF.
+        for line in [&b"Auth failed for bob\n"[..], b"Hello world\nmore", b"select the mode: fast\n", b"PING\n"] {
+            assert_eq!(det(Direction::Egress, line), Detection::No, "{:?}", String::from_utf8_lossy(line));
+        }
+        let long = [b"ECHO ".as_slice(), &[b'x'; MAX_INLINE_LINE]].concat();
+        assert_eq!(det(Direction::Egress, &long), Detection::No, "no line end in sight");
     }
 
     #[test]
