@@ -30,7 +30,7 @@ use kspan_common::{ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, ROLE_CLIENT, RO
 
 mod unix;
 
-pub use unix::{MAX_UNIX_NAMES, UnixNames};
+pub use unix::{MAX_UNIX_NAMES, dropped as unix_names_dropped};
 
 use crate::protocol::detect::{Detector, Verdict};
 use crate::protocol::{Chunk, ConnMeta, Direction, End, Exchange, ParseStats, Protocol, Role, StreamParser, UnixConn};
@@ -69,8 +69,9 @@ pub struct ConnStats {
     /// or more than [`MAX_MUTES`] in one drain cycle): their bytes still
     /// arrive and are ignored.
     pub mute_failed: u64,
-    /// Unix domain connections reported unnamed because the table of
-    /// socket names was full ([`MAX_UNIX_NAMES`]).
+    /// Unix domain connections reported unnamed because the process's
+    /// table of socket names was full ([`MAX_UNIX_NAMES`]); read from that
+    /// table ([`unix_names_dropped`]) when counters are published.
     pub unix_names_dropped: u64,
 }
 
@@ -294,9 +295,6 @@ impl ConnTable {
                 peer: ev.unix_peer(),
             }),
         };
-        if ev.family == AF_UNIX {
-            self.stats.unix_names_dropped = unix::dropped();
-        }
         self.insert(key, ev.sock_id, role, meta, ev.ts_ns);
     }
 

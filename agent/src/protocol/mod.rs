@@ -279,6 +279,26 @@ impl ConnMeta {
     }
 }
 
+/// Address attributes of a database span (the protocol names no server
+/// itself): `server.address`/`server.port` of the server's end (the peer of
+/// a client, the local end of a server), `network.peer.address`/`.port`,
+/// and for a Unix domain socket its name in their place ([`push_unix`]).
+pub fn push_db_addresses(a: &mut Attributes, role: Role, conn: &ConnMeta) {
+    let server = match role {
+        Role::Client => conn.peer,
+        Role::Server => conn.local,
+    };
+    if let Some(s) = server {
+        a.push_unique("server.address", ip_text(s.ip()));
+        a.push_unique("server.port", i64::from(s.port()));
+    }
+    if let Some(p) = conn.peer {
+        a.push_unique("network.peer.address", ip_text(p.ip()));
+        a.push_unique("network.peer.port", i64::from(p.port()));
+    }
+    push_unix(a, role, conn, true);
+}
+
 /// Attributes of a Unix domain connection, where OpenTelemetry puts the
 /// socket's name in place of an IP address: `network.transport=unix`, the
 /// name as `network.peer.address` of a client or `network.local.address`

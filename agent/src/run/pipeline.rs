@@ -298,6 +298,7 @@ impl Pipeline {
     fn snapshot(&mut self) {
         self.counters.kernel = self.capture.kernel_counters();
         self.counters.conns = self.conns.stats;
+        self.counters.conns.unix_names_dropped = crate::conntrack::unix_names_dropped();
         if let Some(tls) = &self.tls {
             self.counters.tls = tls.stats;
         }

@@ -69,19 +69,7 @@ pub fn describe(r: &PgExchange, role: Role, conn: &ConnMeta, privacy: &Privacy) 
     if r.response_truncated {
         attributes.push_unique("kspan.postgresql.response_truncated", true);
     }
-    let server = match role {
-        Role::Client => conn.peer,
-        Role::Server => conn.local,
-    };
-    if let Some(addr) = server {
-        attributes.push_unique("server.address", crate::protocol::ip_text(addr.ip()));
-        attributes.push_unique("server.port", i64::from(addr.port()));
-    }
-    if let Some(addr) = conn.peer {
-        attributes.push_unique("network.peer.address", crate::protocol::ip_text(addr.ip()));
-        attributes.push_unique("network.peer.port", i64::from(addr.port()));
-    }
-    crate::protocol::push_unix(&mut attributes, role, conn, true);
+    crate::protocol::push_db_addresses(&mut attributes, role, conn);
     let mut status = SpanStatus::default();
     if let Some(e) = &r.error {
         if !e.code.is_empty() {

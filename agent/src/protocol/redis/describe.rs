@@ -31,19 +31,7 @@ pub fn describe(r: &RedisExchange, role: Role, conn: &ConnMeta, privacy: &Privac
     a.push_unique("db.operation.name", op);
     a.push_unique("db.namespace", r.db.to_compact_string());
     a.push_unique("db.query.text", query_text(r, op, privacy.redis_values));
-    let server = match role {
-        Role::Client => conn.peer,
-        Role::Server => conn.local,
-    };
-    if let Some(s) = server {
-        a.push_unique("server.address", crate::protocol::ip_text(s.ip()));
-        a.push_unique("server.port", i64::from(s.port()));
-    }
-    if let Some(p) = conn.peer {
-        a.push_unique("network.peer.address", crate::protocol::ip_text(p.ip()));
-        a.push_unique("network.peer.port", i64::from(p.port()));
-    }
-    crate::protocol::push_unix(&mut a, role, conn, true);
+    crate::protocol::push_db_addresses(&mut a, role, conn);
     if r.in_transaction {
         a.push_unique("db.redis.transaction", true);
     }
