@@ -1,13 +1,15 @@
-//! End-to-end: TLS traffic (OpenSSL) traced through the uprobes on
-//! SSL_read/SSL_write: nginx over HTTPS to curl and to a Python urllib
-//! client, psql and psycopg to PostgreSQL with sslmode=require, and a process
-//! that loads libssl only after kspan started. Spans carry the same attributes
-//! as the plaintext tests (tests/http.rs, tests/db.rs) plus url.scheme=https.
+//! End-to-end: TLS traffic traced through the uprobes on OpenSSL
+//! (SSL_read/SSL_write) and GnuTLS (gnutls_record_send2/recv): nginx over
+//! HTTPS to curl and to a Python urllib client, psql and psycopg to
+//! PostgreSQL with sslmode=require, a process that loads libssl only after
+//! kspan started, and GnuTLS at both ends (gnutls-serv to wget). Spans carry
+//! the same attributes as the plaintext tests (tests/http.rs, tests/db.rs)
+//! plus url.scheme=https.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{TempDir, child_pid_of, nginx_tls, postgres_tls};
+use kspan_e2e::servers::{TempDir, child_pid_of, gnutls_serv, nginx_tls, postgres_tls};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -143,10 +145,46 @@ fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
 }
 
 #[test]
+fn gnutls_at_both_ends_gnutls_serv_to_wget() {
+    let gs = gnutls_serv();
+    let k = Kspan::start(&["--pid", &gs.pid().to_string(), "--exe", "^/usr/bin/wget$"]);
+    let paths = ["/gnutls/one", "/gnutls/two"];
+    let urls = paths.map(|p| format!("https://127.0.0.1:{}{p}", gs.port));
+    run_ok(Command::new("wget").args(["-q", "--no-check-certificate", "-O", "/dev/null"]).args(&urls));
+    let servers = k.wait_spans(2, WAIT, server_spans_of(gs.pid()));
+    assert_eq!(servers.len(), 2, "one server span per request: {servers:#?}");
+    let clients =
+        k.wait_spans(2, WAIT, |s| kind(s) == "client" && resource_str(s, "process.executable.name") == Some("wget"));
+    assert_eq!(clients.len(), 2, "one client span per request: {clients:#?}");
+    for (side, spans) in [("server", &servers), ("client", &clients)] {
+        let mut got: Vec<&str> = spans.iter().filter_map(|s| attr_str(s, "url.path")).collect();
+        got.sort_unstable();
+        assert_eq!(got, paths, "{side}: {spans:#?}");
+        for s in spans.iter() {
+            assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "http.response.status_code"), Some(200), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "url.scheme"), Some("https"), "{side}: {s:#}");
+            assert_eq!(attr(s, "tls.established").and_then(Value::as_bool), Some(true), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "server.port"), Some(gs.port as i64), "{side}: {s:#}");
+        }
+    }
+    assert_eq!(resource_str(&servers[0], "process.executable.name"), Some("gnutls-serv"));
+    let one = clients.iter().find(|c| attr_str(c, "url.path") == Some("/gnutls/one")).expect("client span");
+    assert_eq!(attr_str(one, "url.full"), Some(urls[0].as_str()));
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = k.log();
+    let attached = log.lines().find(|l| l.contains("TLS uprobes attached") && l.contains("libgnutls.so"));
+    assert!(attached.is_some_and(|l| l.contains("GnuTLS")), "{log}");
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"opaque\"}"), 0.0, "{}", k.metrics());
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"tls_unprobed\"}"), 0.0, "{}", k.metrics());
+    assert!(k.stop());
+}
+
+#[test]
 fn tls_from_a_library_kspan_does_not_probe_is_muted() {
     // With `capture.tls: false` OpenSSL is not probed either: nginx's TLS
     // connection shows only ciphertext, like Go's crypto/tls or rustls would.
-    const REQUESTS: usize = 300;
+    const REQUESTS: usize = 1000;
     let ng = nginx_tls();
     let dir = TempDir::new("tls-unprobed");
     let conf = dir.0.join("kspan.yaml");

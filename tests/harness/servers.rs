@@ -107,6 +107,26 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// GnuTLS's test server (`gnutls-serv --http`, from gnutls-bin) on HTTPS
+/// with a self-signed certificate: answers every GET with a 200 HTML page
+/// (HTTP/1.0, the body ends at close).
+pub fn gnutls_serv() -> Proc {
+    let dir = TempDir::new("gnutls-serv");
+    let (cert, key) = self_signed_cert(&dir.0);
+    let port = free_port();
+    let child = Command::new("gnutls-serv")
+        .args(["--http", "--port", &port.to_string(), "--x509certfile"])
+        .arg(&cert)
+        .arg("--x509keyfile")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gnutls-serv (apt-get install gnutls-bin)");
+    wait_port(port, Duration::from_secs(10));
+    Proc { child, port, _dir: Some(dir) }
+}
+
 /// nginx (master + 1 worker) serving a small static tree; `/err` returns 500.
 pub fn nginx() -> Proc {
     nginx_with(false, false)

@@ -21,6 +21,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "python3-pip",
     "openssl",
+    // tests/tls.rs: GnuTLS at both ends (gnutls-serv, wget)
+    "gnutls-bin",
+    "wget",
     // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)
     "util-linux",
     "systemd",

@@ -6,7 +6,7 @@
 //!   BTF, no tracefs, a program the kernel rejects), never half-attached.
 //! - Ring buffer records are handed out in kernel order and decoded totally
 //!   ([`decode`]); kernel-side losses are readable via [`Capture::kernel_counters`].
-//! - TLS plaintext comes from uprobes on OpenSSL, attached per library file
+//! - TLS plaintext comes from uprobes on OpenSSL and GnuTLS, attached per library file
 //!   as selected processes are found to map it ([`tls`]); failures there are
 //!   counted, never fatal.
 //! - Wake-ups are batched: each CPU wakes the agent once it has written its
@@ -28,6 +28,8 @@ pub mod sys;
 pub mod tls;
 #[cfg(feature = "runtime")]
 pub mod tls_entry;
+#[cfg(feature = "runtime")]
+pub mod tls_lib;
 
 #[cfg(feature = "runtime")]
 pub use loader::*;

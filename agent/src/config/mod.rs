@@ -71,9 +71,9 @@ pub struct CaptureSection {
     pub link_max_held: usize,
     /// Client spans waiting for their server span at most, per thread.
     pub link_max_per_thread: usize,
-    /// Capture TLS plaintext through uprobes on OpenSSL (libssl files mapped
-    /// by traced processes, the system libssl, statically linked
-    /// executables). Off: TLS connections show only their handshake.
+    /// Capture TLS plaintext through uprobes on OpenSSL and GnuTLS (library
+    /// files mapped by traced processes, the system's libssl and libgnutls,
+    /// statically linked executables). Off: TLS connections show only their handshake.
     pub tls: bool,
     /// With `tls`: a uprobe on the dynamic loader's `_dl_debug_state` reports
     /// library loads, so a libssl loaded late is attached at once. Off: it is

@@ -194,7 +194,7 @@ impl PipelineMetrics {
         );
         t.register(
             "kspan_tls_libraries_attached",
-            "TLS library files (libssl, static executables) with the OpenSSL uprobes attached",
+            "TLS library files (libssl, libgnutls, static executables) with the TLS uprobes attached",
             m.tls_attached.clone(),
         );
         t.register(

@@ -43,7 +43,7 @@ pub struct Pipeline {
     pub builder: SpanBuilder,
     /// Joins spans of one request into one trace; `None`: spans leave as built.
     pub linker: Option<Linker>,
-    /// Finds OpenSSL in selected processes and attaches the TLS uprobes
+    /// Finds OpenSSL and GnuTLS in selected processes and attaches the TLS uprobes
     /// (`None`: TLS capture is off).
     pub tls: Option<TlsAttacher>,
     pub spans: SpanSender,

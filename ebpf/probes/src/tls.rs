@@ -2,6 +2,9 @@
 //! their `_ex` variants (OpenSSL 1.1 and 3 export the same names), or on the
 //! internal functions behind both (`ssl_read_internal`/`ssl_write_internal`,
 //! `_ex` argument shape; the agent picks, see `agent/src/capture/tls_entry.rs`).
+//! GnuTLS's `gnutls_record_send2`/`gnutls_record_recv` have the plain shape
+//! (session, buffer, length; byte count or negative error returned, its low
+//! 32 bits read) and get the same programs (`agent/src/capture/tls_lib.rs`).
 //!
 //! Guarantees:
 //! - Only selected processes are followed (same `TRACED` check as syscalls).
