@@ -181,6 +181,25 @@ fn gnutls_at_both_ends_gnutls_serv_to_wget() {
 }
 
 #[test]
+fn wget_over_gnutls_keeps_every_request_on_a_keepalive_connection_to_nginx() {
+    let ng = nginx_tls();
+    let k = Kspan::start(&["--exe", "^/usr/bin/wget$"]);
+    let paths = ["/", "/api/items.json", "/missing", "/api/items.json?again"];
+    let urls = paths.map(|p| format!("https://127.0.0.1:{}{p}", ng.port));
+    // wget goes on after a 404 but exits 8 ("server error response").
+    let out = Command::new("wget").args(["-q", "--no-check-certificate", "-O", "/dev/null"]).args(&urls).output();
+    assert_eq!(out.expect("wget").status.code(), Some(8));
+    let clients = k.wait_spans(4, WAIT, |s| kind(s) == "client");
+    assert_eq!(clients.len(), 4, "{clients:#?}");
+    let codes: Vec<i64> = clients.iter().filter_map(|c| attr_i64(c, "http.response.status_code")).collect();
+    assert_eq!(codes, [200, 200, 404, 200], "in request order: {clients:#?}");
+    let peers: Vec<i64> = clients.iter().filter_map(|c| attr_i64(c, "network.local.port")).collect();
+    assert!(peers.len() == 4 && peers.iter().all(|p| *p == peers[0]), "one keep-alive connection: {clients:#?}");
+    assert!(clients.iter().all(|c| attr_str(c, "url.scheme") == Some("https")));
+    assert!(k.stop());
+}
+
+#[test]
 fn tls_from_a_library_kspan_does_not_probe_is_muted() {
     // With `capture.tls: false` OpenSSL is not probed either: nginx's TLS
     // connection shows only ciphertext, like Go's crypto/tls or rustls would.
