@@ -53,8 +53,9 @@ const OPENSSL: [Probe; 4] = [
     probe("SSL_read_ex", "kspan_ssl_read_ex", false),
 ];
 
-/// GnuTLS: `gnutls_record_send` forwards to `gnutls_record_send2` (probed
-/// once there); the two receive functions share an internal one and do not
+/// GnuTLS (3.6.3 or later, which added `gnutls_record_send2`):
+/// `gnutls_record_send` forwards to `gnutls_record_send2` (probed once
+/// there); the two receive functions share an internal one and do not
 /// call each other. `gnutls_record_recv_packet` (zero-copy, no user buffer)
 /// and `gnutls_record_send_range` (length hiding) are not covered.
 const GNUTLS: [Probe; 3] = [
@@ -120,22 +121,20 @@ pub fn defined_library(path: &Path) -> Result<Option<TlsLib>, TlsAttachError> {
     let cache = object::ReadCache::new(file);
     let obj =
         object::File::parse(&cache).map_err(|e| TlsAttachError::Parse { path: shown(), reason: e.to_string() })?;
-    let wanted: Vec<(TlsLib, &str)> = TlsLib::ALL.iter().flat_map(|l| l.required().map(move |s| (*l, s))).collect();
-    let mut found = vec![false; wanted.len()];
+    let required: Vec<&'static str> = TlsLib::ALL.iter().flat_map(|l| l.required()).collect();
+    let mut defined: Vec<&'static str> = Vec::new();
     for sym in obj.dynamic_symbols().chain(obj.symbols()) {
         if !sym.is_definition() {
             continue;
         }
-        let Ok(name) = sym.name() else { continue };
-        for (i, (_, s)) in wanted.iter().enumerate() {
-            if *s == name
-                && let Some(slot) = found.get_mut(i)
-            {
-                *slot = true;
-            }
+        if let Ok(name) = sym.name()
+            && let Some(r) = required.iter().find(|r| **r == name)
+            && !defined.contains(r)
+        {
+            defined.push(r);
         }
     }
-    Ok(TlsLib::ALL.into_iter().find(|lib| wanted.iter().zip(&found).filter(|((l, _), _)| l == lib).all(|(_, f)| *f)))
+    Ok(TlsLib::ALL.into_iter().find(|lib| lib.required().all(|r| defined.contains(&r))))
 }
 
 #[cfg(test)]
