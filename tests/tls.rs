@@ -218,9 +218,12 @@ fn tls_from_a_library_kspan_does_not_probe_is_muted() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(metric(&k, "kspan_connections_total{reason=\"tls_unprobed\"}"), 1.0, "{}", k.metrics());
     assert_eq!(metric(&k, "kspan_connections_total{reason=\"muted\"}"), 1.0);
-    // Unmuted, nginx's read and write of every request are records.
+    // Unmuted, nginx's read and write of every request are records (2 per
+    // request). Muted, only the 64 events before the mute and those written
+    // while the agent's request reaches the kernel (more with a slow debug
+    // build: 240-370 seen) are.
     let read = metric(&k, "kspan_events_read_total");
-    assert!(read < (REQUESTS / 3) as f64, "{read} records for {REQUESTS} requests:\n{}", k.metrics());
+    assert!(read < REQUESTS as f64, "{read} records for {REQUESTS} requests:\n{}", k.metrics());
     assert!(k.spans().is_empty(), "ciphertext makes no span");
     assert!(k.stop());
 }
