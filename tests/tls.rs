@@ -193,8 +193,8 @@ fn wget_over_gnutls_keeps_every_request_on_a_keepalive_connection_to_nginx() {
     assert_eq!(clients.len(), 4, "{clients:#?}");
     let codes: Vec<i64> = clients.iter().filter_map(|c| attr_i64(c, "http.response.status_code")).collect();
     assert_eq!(codes, [200, 200, 404, 200], "in request order: {clients:#?}");
-    let peers: Vec<i64> = clients.iter().filter_map(|c| attr_i64(c, "network.local.port")).collect();
-    assert!(peers.len() == 4 && peers.iter().all(|p| *p == peers[0]), "one keep-alive connection: {clients:#?}");
+    let ports: Vec<i64> = clients.iter().filter_map(|c| attr_i64(c, "network.local.port")).collect();
+    assert!(ports.len() == 4 && ports.iter().all(|p| *p == ports[0]), "one keep-alive connection: {clients:#?}");
     assert!(clients.iter().all(|c| attr_str(c, "url.scheme") == Some("https")));
     assert!(k.stop());
 }

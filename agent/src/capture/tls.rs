@@ -113,12 +113,6 @@ pub fn is_loader(path: &str) -> bool {
     (name.starts_with("ld-linux") || name.starts_with("ld-musl")) && name.contains(".so")
 }
 
-/// The distinct TLS library paths mapped in a `/proc/PID/maps` text
-/// (deleted files and anonymous mappings are skipped).
-pub fn tls_library_paths(maps: &str) -> Vec<&str> {
-    mapped_paths(maps, is_tls_library)
-}
-
 /// The distinct mapped file paths whose name passes `keep`.
 pub fn mapped_paths(maps: &str, keep: impl Fn(&str) -> bool) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
@@ -361,16 +355,12 @@ impl TlsAttacher {
             self.stats.files_full += 1;
             return;
         }
-        let found = match kind {
-            Kind::Library => defined_library(path),
-            Kind::Executable(lib) => Ok(Some(lib)),
-            Kind::Loader => Ok(None),
-        };
-        let result = match (found, kind) {
-            (_, Kind::Loader) => capture.attach_loader(path).map(|()| (1, None)),
-            (Ok(Some(lib)), _) => capture.attach_tls(path, lib).map(|n| (n, Some(lib))),
-            (Ok(None), _) => Err(TlsAttachError::NoSymbols { path: path.display().to_string() }),
-            (Err(e), _) => Err(e),
+        let result = match kind {
+            Kind::Loader => capture.attach_loader(path).map(|()| (1, None)),
+            Kind::Executable(lib) => capture.attach_tls(path, lib).map(|n| (n, Some(lib))),
+            Kind::Library => defined_library(path)
+                .and_then(|lib| lib.ok_or_else(|| TlsAttachError::NoSymbols { path: path.display().to_string() }))
+                .and_then(|lib| capture.attach_tls(path, lib).map(|n| (n, Some(lib)))),
         };
         match result {
             Ok(_) if kind == Kind::Loader => {
@@ -436,14 +426,14 @@ mod tests {
 garbage line
 ";
         assert_eq!(
-            tls_library_paths(maps),
+            mapped_paths(maps, is_tls_library),
             [
                 "/usr/lib/x86_64-linux-gnu/libssl.so.3",
                 "/tmp/my libs/libssl.so.1.1",
                 "/usr/lib/x86_64-linux-gnu/libgnutls.so.30.34.3"
             ]
         );
-        assert!(tls_library_paths("").is_empty());
+        assert!(mapped_paths("", is_tls_library).is_empty());
         let loader = "7f1-7f2 r-xp 00001000 fe:00 325843 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\n";
         assert_eq!(mapped_paths(loader, is_loader), ["/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"]);
         assert!(is_loader("/lib/ld-musl-x86_64.so.1"));
@@ -454,7 +444,7 @@ garbage line
     fn this_processes_own_maps_parse() {
         let maps = std::fs::read_to_string("/proc/self/maps").expect("own maps");
         // The test binary links no TLS library: nothing (and no panic).
-        assert!(tls_library_paths(&maps).iter().all(|p| is_tls_library(p)));
+        assert!(mapped_paths(&maps, is_tls_library).iter().all(|p| is_tls_library(p)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use object::{Object, ObjectSymbol};
 use super::tls::TlsAttachError;
 
 /// A TLS library kspan can probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsLib {
     /// OpenSSL 1.1 and 3 (`libssl`), also linked statically.
     OpenSsl,
