@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use kspan_e2e::servers::{TempDir, nginx, nginx_sendfile, python_http, python_http_unix};
+use kspan_e2e::servers::{
+    TempDir, child_pid_of, grpc_server, nginx, nginx_h2c, nginx_sendfile, python_http, python_http_unix,
+};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -364,8 +366,26 @@ fn unix_domain_socket_server_and_client_spans() {
 
 #[test]
 fn vectored_sends_and_receives_are_one_stream() {
+    let k = vectored(&[]);
+    assert!(!k.log().contains("capture.bpf_loop is off"));
+    assert!(k.stop());
+}
+
+#[test]
+fn vectored_calls_without_bpf_loop_use_the_compat_program() {
+    let dir = kspan_e2e::servers::TempDir::new("no-bpf-loop");
+    let conf = dir.0.join("kspan.yaml");
+    std::fs::write(&conf, "capture:\n  bpf_loop: false\n").unwrap();
+    let k = vectored(&["--config", conf.to_str().unwrap()]);
+    assert!(k.log().contains("capture.bpf_loop is off"), "{}", k.log());
+    assert!(k.stop());
+}
+
+/// Requests sent and responses read with several buffers per call, traced
+/// by a kspan started with `extra` arguments (returned, still running).
+fn vectored(extra: &[&str]) -> Kspan {
     let app = python_http("vectored");
-    let k = Kspan::start(&["--exe", r"http_client\.py vectored"]);
+    let k = Kspan::start(&[&["--exe", r"http_client\.py vectored"], extra].concat());
     let r = client(&["vectored", &app.port.to_string()]);
     assert_eq!(r.iter().map(|x| x["status"].as_i64()).collect::<Vec<_>>(), [Some(200); 3], "{r:#?}");
     let spans = k.wait_spans(3, WAIT, |s| kind(s) == "client");
@@ -376,9 +396,9 @@ fn vectored_sends_and_receives_are_one_stream() {
     let first = path("/users/31");
     assert_eq!(attr_str(first, "http.route"), Some("/users/{id}"));
     assert_eq!(attr_i64(first, "http.response.status_code"), Some(200));
-    // Twelve buffers: kspan captures the first eight, and the length of the
-    // rest still counts, so the body is skipped exactly and the next request
-    // on the connection is parsed.
+    // Twelve buffers: all captured, or with the compat program the first
+    // eight, and the length of the rest still counts, so the body is skipped
+    // exactly and the next request on the connection is parsed.
     let upload = path("/upload");
     assert_eq!(attr_str(upload, "http.request.method"), Some("POST"));
     assert_eq!(attr_i64(upload, "http.request.body.size"), Some(1100), "{upload:#}");
@@ -388,7 +408,7 @@ fn vectored_sends_and_receives_are_one_stream() {
         let client_ns = x["end"].as_u64().unwrap() - x["start"].as_u64().unwrap();
         assert!(duration_ns(path(s)) <= client_ns, "{s}: inside what the client measured");
     }
-    assert!(k.stop());
+    k
 }
 
 #[test]
@@ -405,5 +425,127 @@ fn attach_only_attaches_every_hook_and_reports_nothing() {
     let events = m.lines().find(|l| l.starts_with("kspan_events_read_total ")).unwrap_or_else(|| panic!("{m}"));
     assert_eq!(events, "kspan_events_read_total 0", "the programs returned at once");
     assert!(k.spans().is_empty());
+    assert!(k.stop());
+}
+
+/// Spans sorted by start time: the order the requests were made in.
+fn in_start_order(mut spans: Vec<Value>) -> Vec<Value> {
+    spans.sort_by_key(|s| s["start_unix_nanos"].as_u64().unwrap_or(0));
+    spans
+}
+
+/// curl over one plaintext HTTP/2 connection with prior knowledge (no
+/// Upgrade); returns (status, local port) per path. Debian 12's curl 7.88.1
+/// cannot reuse a prior-knowledge connection for a second URL (the transfer
+/// fails with error 16; fixed in curl 8.0), so the URLs after the first go
+/// in `--next` parts with `--http2`, which reuse the open HTTP/2 connection
+/// as it is (no Upgrade on a reused one).
+fn curl_h2c(port: u16, paths: &[&str]) -> Vec<(u16, u16)> {
+    let mut cmd = Command::new("curl");
+    for (i, p) in paths.iter().enumerate() {
+        if i > 0 {
+            cmd.arg("--next");
+        }
+        let version = if i == 0 { "--http2-prior-knowledge" } else { "--http2" };
+        cmd.args(["-s", version, "-w", "%{http_code} %{http_version} %{num_connects} %{local_port}\\n"])
+            .args(["-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}{p}"));
+    }
+    let out = run_ok(&mut cmd);
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines.len(), paths.len(), "curl output: {out}");
+    assert!(lines.iter().all(|l| l.len() == 4 && l[1] == "2"), "every request over HTTP/2: {out}");
+    let connects: u32 = lines.iter().map(|l| l[2].parse::<u32>().unwrap()).sum();
+    assert_eq!(connects, 1, "curl must reuse one HTTP/2 connection: {out}");
+    lines.iter().map(|l| (l[0].parse().unwrap(), l[3].parse().unwrap())).collect()
+}
+
+#[test]
+fn http2_prior_knowledge_curl_to_nginx_h2c() {
+    let ng = nginx_h2c();
+    // nginx runs as master + worker: the worker serves, a child of the master.
+    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--exe", "^/usr/bin/curl$"]);
+    let worker = child_pid_of(ng.pid());
+    let paths = ["/", "/missing", "/"];
+    let got = curl_h2c(ng.port, &paths);
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [200, 404, 200]);
+    let curl_port = got[0].1;
+    assert!(got.iter().all(|g| g.1 == curl_port), "one connection: {got:?}");
+    let servers = in_start_order(k.wait_spans(3, WAIT, server_spans_of(worker)));
+    assert_eq!(servers.len(), 3, "exactly one server span per request: {servers:#?}");
+    let clients =
+        in_start_order(k.wait_spans(3, WAIT, |s| {
+            kind(s) == "client" && resource_str(s, "process.executable.name") == Some("curl")
+        }));
+    assert_eq!(clients.len(), 3, "exactly one client span per request: {clients:#?}");
+    for (side, spans) in [("server", &servers), ("client", &clients)] {
+        for ((s, p), code) in spans.iter().zip(paths).zip([200, 404, 200]) {
+            assert_eq!(attr_str(s, "url.path"), Some(p), "{side}, in request order: {spans:#?}");
+            assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "http.response.status_code"), Some(code), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "url.scheme"), Some("http"), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "http.route"), Some(p), "{side}: {s:#}");
+            assert_eq!(s["name"].as_str(), Some(format!("GET {p}").as_str()), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "server.port"), Some(ng.port as i64), "{side}: {s:#}");
+        }
+    }
+    assert!(servers.iter().all(|s| resource_str(s, "process.executable.name") == Some("nginx")), "{servers:#?}");
+    assert!(servers.iter().all(|s| attr_i64(s, "client.port") == Some(curl_port as i64)), "{servers:#?}");
+    assert!(clients.iter().all(|c| attr_i64(c, "network.local.port") == Some(curl_port as i64)), "{clients:#?}");
+    // A 404 is an error for the client, not for the server.
+    let codes = |spans: &[Value]| spans.iter().map(|s| s["status"]["code"].clone()).collect::<Vec<_>>();
+    assert_eq!(codes(&clients), ["unset", "error", "unset"], "{clients:#?}");
+    assert_eq!(codes(&servers), ["unset", "unset", "unset"], "{servers:#?}");
+    assert_eq!(attr_str(&clients[1], "url.full"), Some(format!("http://127.0.0.1:{}/missing", ng.port).as_str()));
+    // Both ends are traced: each nginx span is the child of curl's span of
+    // the same request (the same stream of the one connection).
+    for (server, client) in servers.iter().zip(&clients) {
+        assert_eq!(server["trace_id"], client["trace_id"], "{server:#}\n{client:#}");
+        assert_eq!(server["parent_span_id"], client["span_id"], "{server:#}\n{client:#}");
+    }
+    assert!(k.stop());
+}
+
+#[test]
+fn grpc_unary_calls_client_and_server_spans() {
+    let srv = grpc_server();
+    let tag = format!("grpc-{}", free_port());
+    let k = Kspan::start(&["--pid", &srv.pid().to_string(), "--exe", &format!(r"grpc_app\.py client .*{tag}")]);
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("grpc_app.py")).args([
+        "client",
+        &srv.port.to_string(),
+        "3",
+        &tag,
+    ]));
+    assert!(out.contains("Fail NOT_FOUND 'no such thing'"), "{out}");
+    let servers = in_start_order(k.wait_spans(4, WAIT, server_spans_of(srv.pid())));
+    assert_eq!(servers.len(), 4, "exactly one server span per call: {servers:#?}");
+    let clients = in_start_order(k.wait_spans(4, WAIT, |s| kind(s) == "client"));
+    assert_eq!(clients.len(), 4, "exactly one client span per call: {clients:#?}");
+    let calls = [("Say", 0), ("Say", 0), ("Say", 0), ("Fail", 5)];
+    for (side, spans) in [("server", &servers), ("client", &clients)] {
+        for (s, (method, code)) in spans.iter().zip(calls) {
+            assert_eq!(s["name"].as_str(), Some(format!("kspan.test.Echo/{method}").as_str()), "{side}: {spans:#?}");
+            assert_eq!(attr_str(s, "rpc.system"), Some("grpc"), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "rpc.service"), Some("kspan.test.Echo"), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "rpc.method"), Some(method), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "rpc.grpc.status_code"), Some(code), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "server.port"), Some(srv.port as i64), "{side}: {s:#}");
+        }
+    }
+    assert!(
+        clients.iter().all(|c| resource_str(c, "process.executable.name").is_some_and(|e| e.starts_with("python"))),
+        "{clients:#?}"
+    );
+    // One channel, one connection.
+    let port = attr_i64(&clients[0], "network.local.port");
+    assert!(port.is_some() && clients.iter().all(|c| attr_i64(c, "network.local.port") == port), "{clients:#?}");
+    // NOT_FOUND is an error for the client; for the server only codes that
+    // mean it failed (UNKNOWN, INTERNAL, UNAVAILABLE...) are.
+    let codes = |spans: &[Value]| spans.iter().map(|s| s["status"]["code"].clone()).collect::<Vec<_>>();
+    assert_eq!(codes(&clients), ["unset", "unset", "unset", "error"], "{clients:#?}");
+    assert_eq!(codes(&servers), ["unset"; 4], "{servers:#?}");
     assert!(k.stop());
 }

@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{TempDir, child_pid_of, gnutls_serv, nginx_tls, postgres_tls};
+use kspan_e2e::servers::{TempDir, child_pid_of, gnutls_serv, nginx_h2_tls, nginx_tls, postgres_tls};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -33,15 +33,22 @@ fn metric(k: &Kspan, prefix: &str) -> f64 {
 }
 
 /// curl -k over one keep-alive HTTPS connection; returns the status codes.
-fn curl_https(port: u16, paths: &[&str]) -> Vec<u16> {
+/// `http2`: asks for HTTP/2 (`--http2`, through ALPN) and checks it was
+/// used; else checks the server answered over HTTP/1.1.
+fn curl_https(port: u16, paths: &[&str], http2: bool) -> Vec<u16> {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sk", "-w", "%{http_code} %{num_connects}\\n"]);
+    cmd.args(["-sk", "-w", "%{http_code} %{num_connects} %{http_version}\\n"]);
+    if http2 {
+        cmd.arg("--http2");
+    }
     for p in paths {
         cmd.args(["-o", "/dev/null"]).arg(format!("https://127.0.0.1:{port}{p}"));
     }
     let out = run_ok(&mut cmd);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), paths.len(), "curl output: {out}");
+    let version = if http2 { "2" } else { "1.1" };
+    assert!(lines.iter().all(|l| l.split_whitespace().nth(2) == Some(version)), "HTTP/{version}: {out}");
     let connects: u32 = lines.iter().filter_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok()).sum();
     assert_eq!(connects, 1, "curl must reuse one keep-alive connection: {out}");
     lines.iter().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
@@ -53,7 +60,7 @@ fn nginx_https_to_curl_server_and_client_spans() {
     // nginx runs as master + worker: the worker serves, a child of the master.
     let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--exe", "^/usr/bin/curl$"]);
     let worker = child_pid_of(ng.pid());
-    let codes = curl_https(ng.port, &["/", "/api/items.json", "/missing", "/err"]);
+    let codes = curl_https(ng.port, &["/", "/api/items.json", "/missing", "/err"], false);
     assert_eq!(codes, [200, 200, 404, 500]);
     let spans = k.wait_spans(4, WAIT, server_spans_of(worker));
     assert_eq!(spans.len(), 4, "exactly one server span per request: {spans:#?}");
@@ -78,6 +85,40 @@ fn nginx_https_to_curl_server_and_client_spans() {
     // Ciphertext was neither parsed as garbage nor lost track of.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(metric(&k, "kspan_tls_libraries_attached_total") >= 1.0, "{}", k.metrics());
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"opaque\"}"), 0.0, "{}", k.metrics());
+    assert!(k.stop());
+}
+
+#[test]
+fn http2_over_tls_curl_to_nginx() {
+    let ng = nginx_h2_tls();
+    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--exe", "^/usr/bin/curl$"]);
+    let worker = child_pid_of(ng.pid());
+    let paths = ["/", "/missing"];
+    assert_eq!(curl_https(ng.port, &paths, true), [200, 404]);
+    let servers = k.wait_spans(2, WAIT, server_spans_of(worker));
+    assert_eq!(servers.len(), 2, "exactly one server span per request: {servers:#?}");
+    let clients =
+        k.wait_spans(2, WAIT, |s| kind(s) == "client" && resource_str(s, "process.executable.name") == Some("curl"));
+    assert_eq!(clients.len(), 2, "exactly one client span per request: {clients:#?}");
+    for (side, spans) in [("server", &servers), ("client", &clients)] {
+        for (p, code) in paths.iter().zip([200, 404]) {
+            let s = spans
+                .iter()
+                .find(|s| attr_str(s, "url.path") == Some(p))
+                .unwrap_or_else(|| panic!("{side} span of {p}: {spans:#?}"));
+            assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "http.response.status_code"), Some(code), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "url.scheme"), Some("https"), "{side}: {s:#}");
+            assert_eq!(attr(s, "tls.established").and_then(Value::as_bool), Some(true), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "server.port"), Some(ng.port as i64), "{side}: {s:#}");
+        }
+    }
+    let missing = clients.iter().find(|c| attr_str(c, "url.path") == Some("/missing")).expect("client /missing");
+    assert_eq!(missing["status"]["code"], "error", "a 404 is an error for the client");
+    assert_eq!(attr_str(missing, "url.full"), Some(format!("https://127.0.0.1:{}/missing", ng.port).as_str()));
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(metric(&k, "kspan_connections_total{reason=\"opaque\"}"), 0.0, "{}", k.metrics());
     assert!(k.stop());
 }

@@ -58,6 +58,7 @@ fn input(span: Span, pid: u32, local: &str, peer: &str, peer_traced: bool) -> Li
         meta: ConnMeta { local: addr(local), peer: addr(peer), tls: false, unix: None },
         peer_traced,
         serving: true,
+        stream: 0,
     }
 }
 

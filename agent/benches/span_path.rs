@@ -154,7 +154,9 @@ fn run(w: &Workload, builder: &mut SpanBuilder, resource: &Arc<ProcessResource>,
     let mut sent = 0;
     for cx in out.drain(..) {
         let span = builder.build(&cx, resource.clone());
-        let input = LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced: cx.peer_traced, serving: cx.serving };
+        let stream = cx.exchange.record.stream();
+        let input =
+            LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced: cx.peer_traced, serving: cx.serving, stream };
         linker.push(input, ts, ready);
         for s in ready.drain(..) {
             // The hand-off to the exporters; dropped here instead of there.

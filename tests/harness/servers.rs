@@ -129,25 +129,37 @@ pub fn gnutls_serv() -> Proc {
 
 /// nginx (master + 1 worker) serving a small static tree; `/err` returns 500.
 pub fn nginx() -> Proc {
-    nginx_with(false, false)
+    nginx_with(false, false, false)
 }
 
 /// [`nginx`] serving HTTPS only, with a self-signed certificate.
 pub fn nginx_tls() -> Proc {
-    nginx_with(true, false)
+    nginx_with(true, false, false)
+}
+
+/// [`nginx`] speaking plaintext HTTP/2 only (h2c with prior knowledge,
+/// `listen PORT http2;`): clients need `curl --http2-prior-knowledge`.
+pub fn nginx_h2c() -> Proc {
+    nginx_with(false, true, false)
+}
+
+/// [`nginx_tls`] with HTTP/2 offered through ALPN (`listen PORT ssl http2;`);
+/// `curl --http2` picks it, HTTP/1.1 clients still get HTTP/1.1.
+pub fn nginx_h2_tls() -> Proc {
+    nginx_with(true, true, false)
 }
 
 /// [`nginx`] with `sendfile on` (as Debian's packaged configuration has
 /// it): file bodies leave through sendfile, not write. Also serves
 /// `/big.bin` (1 MiB).
 pub fn nginx_sendfile() -> Proc {
-    nginx_with(false, true)
+    nginx_with(false, false, true)
 }
 
-fn nginx_with(tls: bool, sendfile: bool) -> Proc {
+fn nginx_with(tls: bool, http2: bool, sendfile: bool) -> Proc {
     let dir = TempDir::new("nginx");
     let port = free_port();
-    let (listen, certs) = if tls {
+    let (mut listen, certs) = if tls {
         let (cert, key) = self_signed_cert(&dir.0);
         (
             format!("{port} ssl"),
@@ -156,6 +168,10 @@ fn nginx_with(tls: bool, sendfile: bool) -> Proc {
     } else {
         (port.to_string(), String::new())
     };
+    if http2 {
+        // nginx 1.22 syntax (1.25 moved it to a separate `http2 on;`).
+        listen.push_str(" http2");
+    }
     let root = dir.0.join("www");
     std::fs::create_dir_all(root.join("api")).expect("www");
     std::fs::write(root.join("index.html"), "<h1>kspan</h1>\n").expect("index");
@@ -184,6 +200,25 @@ fn nginx_with(tls: bool, sendfile: bool) -> Proc {
         .expect("start nginx (apt-get install nginx; `cargo xtask setup` does it)");
     wait_port(port, Duration::from_secs(10));
     Proc { child, port, _dir: Some(dir) }
+}
+
+/// The Python gRPC server (`apps/grpc_app.py server PORT`, grpcio,
+/// plaintext HTTP/2) on a free port: service `kspan.test.Echo` with `Say`
+/// (echo, OK) and `Fail` (NOT_FOUND).
+pub fn grpc_server() -> Proc {
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .arg(apps_dir().join("grpc_app.py"))
+        .args(["server", &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start grpc_app.py (pip install grpcio; `cargo xtask setup` does it)");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready", "grpc app did not start");
+    wait_port(port, Duration::from_secs(10));
+    Proc { child, port, _dir: None }
 }
 
 /// Finds PostgreSQL's server binaries (Debian puts them under /usr/lib/postgresql/<v>/bin).

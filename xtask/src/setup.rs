@@ -39,9 +39,11 @@ const PIP_PACKAGES: &[&str] = &[
     "redis",
     // Kubernetes API schemas for tests/deploy.rs
     "kubernetes-validate",
+    // tests/apps/grpc_app.py: a real gRPC server and client (HTTP/2)
+    "grpcio",
 ];
-const PY_IMPORTS: &str =
-    "import rotel, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, redis, kubernetes_validate";
+const PY_IMPORTS: &str = "import rotel, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, redis, \
+                          kubernetes_validate, grpc";
 
 fn quiet(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())

@@ -7,9 +7,7 @@
 //! captured byte at a time must give the same exchanges.
 #![no_main]
 use kspan::protocol::http::{HttpParser, detect, template_route};
-use kspan::protocol::{
-    Chunk, ConnMeta, Direction, Exchange, ParseStats, Privacy, Record, Role, StreamParser,
-};
+use kspan::protocol::{Chunk, ConnMeta, Direction, Exchange, ParseStats, Privacy, Record, Role, StreamParser};
 use libfuzzer_sys::fuzz_target;
 
 struct Piece<'a> {
@@ -26,19 +24,10 @@ fn pieces(mut rest: &[u8]) -> Vec<Piece<'_>> {
         let n = (*len as usize).min(tail.len());
         let (data, next) = tail.split_at(n);
         rest = next;
-        let dir = if ctl & 1 == 0 {
-            Direction::Ingress
-        } else {
-            Direction::Egress
-        };
+        let dir = if ctl & 1 == 0 { Direction::Ingress } else { Direction::Egress };
         let missing = if ctl & 2 != 0 { *ctl as usize * 64 } else { 0 };
         ts += u64::from(ctl >> 2);
-        v.push(Piece {
-            dir,
-            ts,
-            data,
-            missing,
-        });
+        v.push(Piece { dir, ts, data, missing });
     }
     v
 }
@@ -50,35 +39,15 @@ fn run(role: Role, pieces: &[Piece<'_>], bytewise: bool) -> (Vec<Exchange>, Pars
     let mut last = 0;
     for p in pieces {
         last = p.ts;
-        let feed = |parser: &mut HttpParser,
-                    data: &[u8],
-                    len,
-                    out: &mut Vec<Exchange>,
-                    stats: &mut ParseStats| {
-            parser.feed(
-                &Chunk {
-                    dir: p.dir,
-                    ts_ns: p.ts,
-                    tid: 1,
-                    data,
-                    len,
-                },
-                out,
-                stats,
-            )
+        let feed = |parser: &mut HttpParser, data: &[u8], len, out: &mut Vec<Exchange>, stats: &mut ParseStats| {
+            parser.feed(&Chunk { dir: p.dir, ts_ns: p.ts, tid: 1, data, len }, out, stats)
         };
         if bytewise && p.missing == 0 {
             for b in p.data.chunks(1) {
                 feed(&mut parser, b, 1, &mut out, &mut stats);
             }
         } else {
-            feed(
-                &mut parser,
-                p.data,
-                p.data.len() + p.missing,
-                &mut out,
-                &mut stats,
-            );
+            feed(&mut parser, p.data, p.data.len() + p.missing, &mut out, &mut stats);
         }
     }
     parser.close(last + 1, &mut out, &mut stats);
@@ -98,12 +67,8 @@ fuzz_target!(|input: &[u8]| {
         capture_headers: vec!["authorization".into(), "x-id".into()],
         ..Privacy::default()
     };
-    let conn = ConnMeta {
-        local: "127.0.0.1:80".parse().ok(),
-        peer: "127.0.0.1:5000".parse().ok(),
-        tls: false,
-        unix: None,
-    };
+    let conn =
+        ConnMeta { local: "127.0.0.1:80".parse().ok(), peer: "127.0.0.1:5000".parse().ok(), tls: false, unix: None };
     let pieces = pieces(input);
     for p in &pieces {
         let _ = detect(p.dir, p.data);
@@ -116,8 +81,7 @@ fuzz_target!(|input: &[u8]| {
             assert!(
                 d.attributes
                     .iter()
-                    .all(|(k, v)| k != "http.request.header.authorization"
-                        || v.as_str() == Some("REDACTED"))
+                    .all(|(k, v)| k != "http.request.header.authorization" || v.as_str() == Some("REDACTED"))
             );
         }
         let (bytewise, _) = run(role, &pieces, true);

@@ -9,21 +9,15 @@
 use libfuzzer_sys::fuzz_target;
 
 use kspan::protocol::postgres::{PgParser, describe, sql};
-use kspan::protocol::{
-    Chunk, ConnMeta, Direction, ParseStats, Privacy, Record, Role, StreamParser,
-};
+use kspan::protocol::{Chunk, ConnMeta, Direction, ParseStats, Privacy, Record, Role, StreamParser};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = sql::sanitize(&text);
     let _ = sql::summarize(&text);
 
-    let conn = ConnMeta {
-        local: "127.0.0.1:5432".parse().ok(),
-        peer: "127.0.0.1:40000".parse().ok(),
-        tls: false,
-        unix: None,
-    };
+    let conn =
+        ConnMeta { local: "127.0.0.1:5432".parse().ok(), peer: "127.0.0.1:40000".parse().ok(), tls: false, unix: None };
     for role in [Role::Client, Role::Server] {
         let mut parser = PgParser::new(role);
         let mut out = Vec::new();
@@ -33,25 +27,11 @@ fuzz_target!(|data: &[u8]| {
         while let [ctl, n, tail @ ..] = rest {
             let take = (*n as usize).min(tail.len());
             let (chunk, next) = tail.split_at(take);
-            let dir = if ctl & 1 == 0 {
-                Direction::Egress
-            } else {
-                Direction::Ingress
-            };
-            let missing = if ctl & 2 != 0 {
-                usize::from(ctl >> 2)
-            } else {
-                0
-            };
+            let dir = if ctl & 1 == 0 { Direction::Egress } else { Direction::Ingress };
+            let missing = if ctl & 2 != 0 { usize::from(ctl >> 2) } else { 0 };
             ts += 1;
             parser.feed(
-                &Chunk {
-                    dir,
-                    ts_ns: ts,
-                    tid: 1,
-                    data: chunk,
-                    len: chunk.len() + missing,
-                },
+                &Chunk { dir, ts_ns: ts, tid: 1, data: chunk, len: chunk.len() + missing },
                 &mut out,
                 &mut stats,
             );

@@ -61,6 +61,9 @@ pub struct CaptureConfig {
     pub unix_sockets: bool,
     /// Programs return at once (diagnostic: the cost of the hooks alone).
     pub attach_only: bool,
+    /// Use the data program that walks every iovec with `bpf_loop` when the
+    /// kernel accepts it (else, or when false, the compat one: 8 iovecs).
+    pub bpf_loop: bool,
 }
 
 /// (category, tracepoint, program) attachments.
@@ -92,6 +95,32 @@ const ATTACH: &[(&str, &str, &str)] = &[
     ("sched", "sched_process_exit", "kspan_sched_exit"),
     ("task", "task_newtask", "kspan_task_newtask"),
 ];
+
+/// The data syscalls' exit program (all iovecs, with `bpf_loop`), and its
+/// stand-in for kernels before 5.17 (the first 8 iovecs).
+const DATA_EXIT: &str = "kspan_exit_data";
+const DATA_EXIT_COMPAT: &str = "kspan_exit_data_compat";
+
+/// Loads the data exit program that this kernel accepts: the `bpf_loop` one
+/// unless `bpf_loop` is off or the verifier refuses it (logged once).
+fn data_exit_program(ebpf: &mut Ebpf, bpf_loop: bool) -> &'static str {
+    if !bpf_loop {
+        tracing::warn!("capture.bpf_loop is off: vectored calls are captured up to their first 8 iovecs");
+        return DATA_EXIT_COMPAT;
+    }
+    let loaded = match ebpf.program_mut(DATA_EXIT).map(<&mut aya::programs::TracePoint>::try_from) {
+        Some(Ok(tp)) => tp.load().map_err(|e| crate::telemetry::error_chain(&e)),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("missing from the object".into()),
+    };
+    match loaded {
+        Ok(()) => DATA_EXIT,
+        Err(reason) => {
+            tracing::warn!(%reason, "the kernel refused the bpf_loop data program (Linux < 5.17?): vectored calls are captured up to their first 8 iovecs");
+            DATA_EXIT_COMPAT
+        }
+    }
+}
 
 /// sys_enter programs of receive calls: only needed when arguments cannot be
 /// read at exit.
@@ -221,8 +250,10 @@ impl Capture {
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
         let args_at_exit = offsets.args_at_exit();
-        for (category, name, program) in ATTACH {
-            if args_at_exit && RECEIVE_ENTERS.contains(program) {
+        let exit_data = data_exit_program(&mut capture.ebpf, cfg.bpf_loop);
+        for &(category, name, program) in ATTACH {
+            let program = if program == DATA_EXIT { exit_data } else { program };
+            if args_at_exit && RECEIVE_ENTERS.contains(&program) {
                 continue;
             }
             capture.attach_recorded(program, Target::Tracepoint { category, name }).map_err(|e| {
@@ -230,7 +261,7 @@ impl Capture {
                     AttachFail::Program(r) => r,
                     AttachFail::Target(r) => format!("attach to {category}/{name}: {r}"),
                 };
-                CaptureError::Program { program: (*program).to_owned(), reason }
+                CaptureError::Program { program: program.to_owned(), reason }
             })?;
         }
         Ok(capture)

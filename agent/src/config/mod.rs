@@ -91,6 +91,10 @@ pub struct CaptureSection {
     /// kernel's tracepoint and uprobe machinery alone costs on this host,
     /// the floor under kspan's own overhead (`cargo xtask bench` reports it).
     pub attach_only: bool,
+    /// Capture every iovec of a vectored call with `bpf_loop` (Linux 5.17+).
+    /// kspan falls back by itself on kernels without it (then only the
+    /// first 8 iovecs of a call are captured); `false` forces that fallback.
+    pub bpf_loop: bool,
 }
 
 impl Default for CaptureSection {
@@ -112,6 +116,7 @@ impl Default for CaptureSection {
             tls_loader_hook: true,
             unix_sockets: true,
             attach_only: false,
+            bpf_loop: true,
         }
     }
 }

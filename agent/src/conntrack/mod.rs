@@ -144,7 +144,7 @@ pub struct ConnTable {
     conns: HashMap<(u32, u32), Conn>,
     limits: ConnLimits,
     pub stats: ConnStats,
-    parse: [ParseStats; 3],
+    parse: [ParseStats; Protocol::ALL.len()],
     scratch: Vec<Exchange>,
     /// (local, peer) of tracked connections whose peer is on this host.
     local_pairs: HashMap<(End, End), PairState>,
@@ -194,8 +194,9 @@ fn unindex(pairs: &mut HashMap<(End, End), PairState>, meta: &ConnMeta, ts: u64)
 fn proto_index(p: Protocol) -> usize {
     match p {
         Protocol::Http => 0,
-        Protocol::Postgres => 1,
-        Protocol::Redis => 2,
+        Protocol::Http2 => 1,
+        Protocol::Postgres => 2,
+        Protocol::Redis => 3,
     }
 }
 
@@ -220,6 +221,7 @@ fn looks_like_tls(data: &[u8]) -> bool {
 pub fn new_parser(p: Protocol, role: Role) -> Box<dyn StreamParser> {
     match p {
         Protocol::Http => Box::new(crate::protocol::http::HttpParser::new(role)),
+        Protocol::Http2 => Box::new(crate::protocol::http2::Http2Parser::new(role)),
         Protocol::Postgres => Box::new(crate::protocol::postgres::PgParser::new(role)),
         Protocol::Redis => Box::new(crate::protocol::redis::RedisParser::new(role)),
     }

@@ -50,6 +50,7 @@ pub struct Detector {
 fn detect_one(p: Protocol, dir: Direction, data: &[u8]) -> Detection {
     match p {
         Protocol::Http => super::http::detect(dir, data),
+        Protocol::Http2 => super::http2::detect(dir, data),
         Protocol::Postgres => super::postgres::detect(dir, data),
         Protocol::Redis => super::redis::detect(dir, data),
     }

@@ -1,5 +1,5 @@
 //! Protocol stage: turns one connection's two byte streams into request/response
-//! exchanges (HTTP/1.x, PostgreSQL v3, Redis RESP2/3).
+//! exchanges (HTTP/1.x, HTTP/2 and gRPC, PostgreSQL v3, Redis RESP2/3).
 //!
 //! Guarantees:
 //! - Detection is by content, never by port ([`detect`]).
@@ -12,6 +12,7 @@
 
 pub mod detect;
 pub mod http;
+pub mod http2;
 pub mod postgres;
 pub mod redis;
 #[cfg(test)]
@@ -74,16 +75,21 @@ impl Chunk<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Http,
+    /// HTTP/2 (and gRPC over it); its exchanges are [`Record::Http`] records.
+    Http2,
     Postgres,
     Redis,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 3] = [Protocol::Http, Protocol::Postgres, Protocol::Redis];
+    /// Every protocol, in the order detection tries them (HTTP/2's preface
+    /// before Redis, whose inline commands are also lines of text).
+    pub const ALL: [Protocol; 4] = [Protocol::Http, Protocol::Http2, Protocol::Postgres, Protocol::Redis];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "http",
+            Protocol::Http2 => "http2",
             Protocol::Postgres => "postgresql",
             Protocol::Redis => "redis",
         }
@@ -118,6 +124,15 @@ impl Record {
             Record::Http(_) => Protocol::Http,
             Record::Postgres(_) => Protocol::Postgres,
             Record::Redis(_) => Protocol::Redis,
+        }
+    }
+
+    /// The stream of a multiplexed connection the exchange was on (the
+    /// HTTP/2 stream id); 0 for one request at a time.
+    pub fn stream(&self) -> u32 {
+        match self {
+            Record::Http(h) => h.stream,
+            _ => 0,
         }
     }
 }

@@ -55,7 +55,7 @@ pub struct PipelineCounters {
     pub bad_traceparent: u64,
     pub kernel: [u64; kspan_common::counter::COUNT as usize],
     pub conns: ConnStats,
-    pub parse: [ParseStats; 3],
+    pub parse: [ParseStats; Protocol::ALL.len()],
     pub open_connections: u64,
     pub links: LinkStats,
     /// Pods in the metadata cache now.

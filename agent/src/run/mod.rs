@@ -180,6 +180,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ports: config.select.ports.clone(),
         unix_sockets: c.unix_sockets,
         attach_only: c.attach_only,
+        bpf_loop: c.bpf_loop,
     })?;
     if c.attach_only {
         tracing::warn!("capture.attach_only: programs are attached but return at once; no spans will be made");

@@ -197,8 +197,8 @@ impl Pipeline {
                 let resource = self.procs.resource(cx.tgid);
                 let span = self.builder.build(&cx, resource);
                 self.counters.spans_built += 1;
-                let (peer_traced, serving) = (cx.peer_traced, cx.serving);
-                built.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving });
+                let (peer_traced, serving, stream) = (cx.peer_traced, cx.serving, cx.exchange.record.stream());
+                built.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving, stream });
             }
             let t_link = thread_cpu_ns();
             match &mut self.linker {

@@ -77,10 +77,15 @@ pub struct LinkInput {
     /// request); a client span of a process that serves nothing cannot be
     /// nested and leaves at once.
     pub serving: bool,
+    /// The exchange's stream on a multiplexed connection (HTTP/2 stream id;
+    /// 0 for protocols with one request at a time on a connection): both
+    /// ends see the same id, so concurrent requests on one connection link
+    /// each to its own peer.
+    pub stream: u32,
 }
 
-/// A connection as (client end, server end).
-type ConnKey = (End, End);
+/// A connection as (client end, server end), and a stream on it.
+type ConnKey = (End, End, u32);
 
 /// Where a held span is indexed.
 #[derive(Clone, Copy, Debug)]
@@ -171,13 +176,13 @@ fn adopt(child: &mut Span, trace_id: [u8; 16], flags: u8, state: &str) {
 }
 
 /// The connection of a client span, when its peer is on this host.
-fn client_key(meta: &ConnMeta) -> Option<ConnKey> {
-    meta.local_ends()
+fn client_key(meta: &ConnMeta, stream: u32) -> Option<ConnKey> {
+    meta.local_ends().map(|(local, peer)| (local, peer, stream))
 }
 
 /// The connection of a server span, when its peer is on this host.
-fn server_key(meta: &ConnMeta) -> Option<ConnKey> {
-    meta.local_ends().map(|(local, peer)| (peer, local))
+fn server_key(meta: &ConnMeta, stream: u32) -> Option<ConnKey> {
+    meta.local_ends().map(|(local, peer)| (peer, local, stream))
 }
 
 impl Linker {
@@ -206,10 +211,17 @@ impl Linker {
     /// Takes one span; spans whose trace is final are appended to `out`.
     /// `now` is monotonic time (ns), used only for deadlines.
     pub fn push(&mut self, input: LinkInput, now: u64, out: &mut Vec<Span>) {
-        let LinkInput { span, pid, meta, peer_traced, serving } = input;
+        let LinkInput { span, pid, meta, peer_traced, serving, stream } = input;
+        // Only a peer that is traced can have a span to link with.
         match span.kind {
-            SpanKind::Client => self.push_client(span, pid, &meta, peer_traced, serving, now, out),
-            SpanKind::Server => self.push_server(span, pid, &meta, peer_traced, now, out),
+            SpanKind::Client => {
+                let key = if peer_traced { client_key(&meta, stream) } else { None };
+                self.push_client(span, pid, key, serving, now, out)
+            }
+            SpanKind::Server => {
+                let key = if peer_traced { server_key(&meta, stream) } else { None };
+                self.push_server(span, pid, key, now, out)
+            }
         }
         self.enforce_total_cap(out);
         self.stats.held = self.held_spans as u64;
@@ -220,14 +232,12 @@ impl Linker {
         &mut self,
         span: Span,
         pid: u32,
-        meta: &ConnMeta,
-        peer_traced: bool,
+        key: Option<ConnKey>,
         serving: bool,
         now: u64,
         out: &mut Vec<Span>,
     ) {
         let joined = !span.is_root();
-        let key = if peer_traced { client_key(meta) } else { None };
         let id = self.new_id();
         let mut deps = Vec::new();
         let mut note_keys = Vec::new();
@@ -270,15 +280,7 @@ impl Linker {
         }
     }
 
-    fn push_server(
-        &mut self,
-        mut span: Span,
-        pid: u32,
-        meta: &ConnMeta,
-        peer_traced: bool,
-        now: u64,
-        out: &mut Vec<Span>,
-    ) {
+    fn push_server(&mut self, mut span: Span, pid: u32, key: Option<ConnKey>, now: u64, out: &mut Vec<Span>) {
         let joined = !span.is_root();
         let id = self.new_id();
         let mut deps = Vec::new();
@@ -302,10 +304,7 @@ impl Linker {
                 self.release(cid, Why::Unlinked, out);
             }
         }
-        if !joined
-            && peer_traced
-            && let Some(k) = server_key(meta)
-        {
+        if !joined && let Some(k) = key {
             // The client at the other end arrived first.
             if let Some(note) = self.take_note(k, &span) {
                 span.parent_span_id = note.span_id;

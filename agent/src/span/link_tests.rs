@@ -48,7 +48,7 @@ fn remote() -> ConnMeta {
 }
 
 fn input(span: Span, pid: u32, meta: ConnMeta) -> LinkInput {
-    LinkInput { span, pid, meta, peer_traced: true, serving: true }
+    LinkInput { span, pid, meta, peer_traced: true, serving: true, stream: 0 }
 }
 
 fn find(out: &[Span], n: u8) -> &Span {
@@ -276,6 +276,35 @@ fn other_request_on_the_same_connection_is_not_linked() {
 }
 
 #[test]
+fn concurrent_streams_on_one_connection_link_each_to_its_own_client() {
+    // HTTP/2: two requests in flight at once on one connection, each
+    // server span inside both client spans; only the stream id tells them
+    // apart. Both arrival orders.
+    for server_first in [true, false] {
+        let mut l = Linker::new(limits());
+        let mut out = Vec::new();
+        let (cm, sm) = (meta("127.0.0.1:41000", "127.0.0.1:9090"), meta("127.0.0.1:9090", "127.0.0.1:41000"));
+        let clients = [
+            LinkInput { stream: 1, ..input(span(SpanKind::Client, 1, 7, 10, 100), A, cm) },
+            LinkInput { stream: 3, ..input(span(SpanKind::Client, 2, 7, 12, 110), A, cm) },
+        ];
+        // Stream 3's server span starts first and lies inside both clients.
+        let servers = [
+            LinkInput { stream: 3, ..input(span(SpanKind::Server, 4, 9, 20, 60), B, sm) },
+            LinkInput { stream: 1, ..input(span(SpanKind::Server, 3, 9, 30, 90), B, sm) },
+        ];
+        let (first, second) = if server_first { (servers, clients) } else { (clients, servers) };
+        for i in first.into_iter().chain(second) {
+            l.push(i, 0, &mut out);
+        }
+        l.flush(&mut out);
+        assert_eq!(find(&out, 3).parent_span_id, [1; 8], "stream 1's server under stream 1's client");
+        assert_eq!(find(&out, 4).parent_span_id, [2; 8], "stream 3's server under stream 3's client");
+        assert_eq!(l.stats.cross_process, 2);
+    }
+}
+
+#[test]
 fn server_with_remote_peer_is_not_held() {
     let mut l = Linker::new(limits());
     let mut out = Vec::new();
@@ -304,7 +333,14 @@ fn a_server_span_whose_client_is_not_traced_leaves_at_once() {
     let mut out = Vec::new();
     let m = meta("127.0.0.1:9090", "127.0.0.1:41000");
     l.push(
-        LinkInput { span: span(SpanKind::Server, 3, 9, 30, 80), pid: B, meta: m, peer_traced: false, serving: true },
+        LinkInput {
+            span: span(SpanKind::Server, 3, 9, 30, 80),
+            pid: B,
+            meta: m,
+            peer_traced: false,
+            serving: true,
+            stream: 0,
+        },
         1000,
         &mut out,
     );
@@ -313,7 +349,7 @@ fn a_server_span_whose_client_is_not_traced_leaves_at_once() {
     // And a client span to an untraced local server is not noted for linking.
     let c = span(SpanKind::Client, 4, 9, 100, 120);
     let cm = meta("127.0.0.1:41001", "127.0.0.1:9091");
-    l.push(LinkInput { span: c, pid: A, meta: cm, peer_traced: false, serving: true }, 1000, &mut out);
+    l.push(LinkInput { span: c, pid: A, meta: cm, peer_traced: false, serving: true, stream: 0 }, 1000, &mut out);
     l.tick(1000 + 500 * MS, &mut out);
     assert_eq!(out.len(), 2);
     assert_eq!(l.stats.cross_process, 0);
@@ -324,7 +360,7 @@ fn a_client_of_a_process_that_serves_nothing_leaves_at_once() {
     let mut l = Linker::new(limits());
     let mut out = Vec::new();
     let c = span(SpanKind::Client, 2, 7, 20, 30);
-    l.push(LinkInput { span: c, pid: A, meta: remote(), peer_traced: false, serving: false }, 0, &mut out);
+    l.push(LinkInput { span: c, pid: A, meta: remote(), peer_traced: false, serving: false, stream: 0 }, 0, &mut out);
     assert_eq!(out.len(), 1, "nothing it could be nested in");
     assert!(out[0].is_root());
     assert_eq!(l.held(), 0);

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -26,8 +26,11 @@ pub const MAX_CAPTURE: usize = 16 * 1024;
 pub const MIN_CAPTURE: usize = 4 * 1024;
 /// How many iovecs of one readv/writev/recvmsg/sendmsg call are captured:
 /// their bytes are joined into the call's one data event (bytes in later
-/// iovecs count as not captured).
-pub const MAX_IOVECS: u32 = 8;
+/// iovecs count as not captured). 1,024 is the kernel's own limit
+/// (`UIO_MAXIOV`), so every iovec of a call is looked at.
+pub const MAX_IOVECS: u32 = 1024;
+/// How many iovecs are captured on kernels without `bpf_loop` (before 5.17).
+pub const COMPAT_IOVECS: u64 = 8;
 /// Entries in the per-process selection map.
 pub const MAX_TRACED_PROCS: u32 = 65_536;
 /// Entries in the kernel's (tgid, fd) -> socket map (LRU: the oldest are evicted).

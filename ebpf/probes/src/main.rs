@@ -25,6 +25,8 @@
     reason = "core::intrinsics::atomic_xadd: the atomic types have no read-modify-write methods on the BPF target"
 )]
 
+mod iov;
+use iov::{copy_iovecs, copy_iovecs_unrolled};
 mod maps;
 mod sock;
 mod tls;
@@ -41,12 +43,12 @@ use aya_ebpf::{
 };
 use kspan_common::{
     CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, IGNORED_PORT, KernelConfig, KernelOffsets, MAX_CAPTURE,
-    MAX_IOVECS, PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState,
-    TRACED_PENDING, UNIX_PATH_MAX, counter, sock_key,
+    PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING,
+    UNIX_PATH_MAX, counter, sock_key,
 };
 use maps::{
-    CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, MAX_COPY_AT_OFFSET, PORTS, PROC_WAKE, SCRATCH, SOCKS,
-    TRACED, WAKE, count, thread_slot,
+    CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, PROC_WAKE, SCRATCH, SOCKS, TRACED, WAKE, count,
+    thread_slot,
 };
 
 const OP_READ: u32 = 1;
@@ -224,73 +226,19 @@ pub(crate) enum Src {
     Uncopied,
 }
 
-/// User-space `struct iovec`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Iovec {
-    base: u64,
-    len: u64,
-}
-
-/// Copies into `payload` a prefix of the `len` bytes that the iovecs at
-/// `iov` (`n` of them) held, at most `cap` bytes, and returns its length:
-/// the iovecs in order, stopping at the first one that does not fit whole
-/// (what follows would not be contiguous) or cannot be read. Only the first
-/// `MAX_IOVECS` are looked at; bytes beyond them count as not captured. One
-/// iovec contributes at most `MAX_COPY_AT_OFFSET` bytes (16 KiB less 48),
-/// which only shortens captures configured at the 16 KiB maximum.
-///
-/// # Safety
-/// `payload` must be [`Scratch::payload`](maps::Scratch).
-#[inline(always)]
-unsafe fn copy_iovecs(payload: *mut u8, iov: u64, n: u64, len: u64, cap: u64) -> u64 {
-    let mut captured = 0u64;
-    let mut consumed = 0u64;
-    for i in 0..MAX_IOVECS as u64 {
-        if i >= n || consumed >= len || captured >= cap {
-            break;
-        }
-        // SAFETY: reading the caller's iovec array from user memory.
-        let Ok(v) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
-            break;
-        };
-        let mut seg = v.len;
-        if seg > len - consumed {
-            seg = len - consumed;
-        }
-        let mut take = seg;
-        if take > cap - captured {
-            take = cap - captured;
-        }
-        // Bounds the verifier can see: off < MAX_CAPTURE, take <= MAX_COPY_AT_OFFSET.
-        if take > MAX_COPY_AT_OFFSET as u64 {
-            take = MAX_COPY_AT_OFFSET as u64;
-        }
-        let off = captured;
-        if off >= MAX_CAPTURE as u64 {
-            break;
-        }
-        // SAFETY: off + take < SCRATCH_PAYLOAD, inside the scratch buffer.
-        if take > 0
-            && unsafe { bpf_probe_read_user(payload.add(off as usize).cast(), take as u32, v.base as *const _) } != 0
-        {
-            count(counter::READ_USER_FAILED);
-            break;
-        }
-        captured += take;
-        consumed += seg;
-        if take < seg {
-            break;
-        }
-    }
-    captured
-}
-
 /// Sends one data event for the `len` bytes a call moved: its first
 /// `capture_bytes` (a vectored call's buffers joined, so one call is one
 /// event); `flags` are `DataHeader::flags` (`DATA_EGRESS`, `DATA_TLS`).
 #[inline(always)]
-pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight, flags: u32, src: Src, len: u64) {
+pub(crate) fn emit_data<const LOOP: bool>(
+    cfg: &KernelConfig,
+    tgid: u32,
+    tid: u32,
+    inf: &Inflight,
+    flags: u32,
+    src: Src,
+    len: u64,
+) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let mut cap = len;
     if cap > cfg.capture_bytes as u64 {
@@ -312,7 +260,8 @@ pub(crate) fn emit_data(cfg: &KernelConfig, tgid: u32, tid: u32, inf: &Inflight,
                     cap
                 }
             }
-            Src::Iov(iov, n) => copy_iovecs(payload, iov, n, len, cap),
+            Src::Iov(iov, n) if LOOP => copy_iovecs(iov, n, len, cap),
+            Src::Iov(iov, n) => copy_iovecs_unrolled(iov, n, len, cap),
             Src::Uncopied => 0,
         };
         (*scratch).hdr = DataHeader {
@@ -468,7 +417,7 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
     Some(Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id, enter_ns })
 }
 
-fn exit_data(ctx: &TracePointContext) -> Res {
+fn exit_data<const LOOP: bool>(ctx: &TracePointContext) -> Res {
     let r = ret(ctx);
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
@@ -490,9 +439,9 @@ fn exit_data(ctx: &TracePointContext) -> Res {
     let total = r as u64;
     let flags = if is_send(inf.op) { DATA_EGRESS } else { 0 };
     match inf.op {
-        OP_READ | OP_WRITE => emit_data(cfg, tgid, tid, &inf, flags, Src::Buf(inf.buf), total),
-        OP_READV | OP_WRITEV => emit_data(cfg, tgid, tid, &inf, flags, Src::Iov(inf.buf, inf.iovcnt), total),
-        OP_SENDFILE => emit_data(cfg, tgid, tid, &inf, flags, Src::Uncopied, total),
+        OP_READ | OP_WRITE => emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Buf(inf.buf), total),
+        OP_READV | OP_WRITEV => emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Iov(inf.buf, inf.iovcnt), total),
+        OP_SENDFILE => emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Uncopied, total),
         _ => {}
     }
     Ok(0)
@@ -516,10 +465,10 @@ macro_rules! data_enter {
 }
 
 macro_rules! data_exit {
-    ($name:ident) => {
+    ($name:ident, $loop:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            match exit_data(&ctx) {
+            match exit_data::<$loop>(&ctx) {
                 Ok(r) | Err(r) => r,
             }
         }
@@ -535,7 +484,10 @@ data_enter!(kspan_enter_writev, OP_WRITEV, Shape::Iov);
 data_enter!(kspan_enter_recvmsg, OP_READV, Shape::Msg);
 data_enter!(kspan_enter_sendmsg, OP_WRITEV, Shape::Msg);
 data_enter!(kspan_enter_sendfile, OP_SENDFILE, Shape::Buf);
-data_exit!(kspan_exit_data);
+// Vectored calls: every iovec, walked with bpf_loop (5.17+); the agent
+// loads the compat program instead on kernels without it.
+data_exit!(kspan_exit_data, true);
+data_exit!(kspan_exit_data_compat, false);
 
 fn try_exit_accept(ctx: &TracePointContext) -> Res {
     let r = ret(ctx);

@@ -92,12 +92,25 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         a.push_unique("http.response.body.size", clamp_i64(n));
     }
 
-    let error = match role {
+    let grpc = grpc_call(r);
+    let http_error = match role {
         Role::Server => r.status >= 500,
         Role::Client => r.status >= 400,
     };
-    if error {
+    let grpc_error = grpc.and(r.grpc_status).is_some_and(|code| grpc_is_error(role, code));
+    if let Some((service, method)) = grpc {
+        a.push_unique("rpc.system", "grpc");
+        a.push_unique("rpc.service", service);
+        a.push_unique("rpc.method", method);
+        if let Some(code) = r.grpc_status {
+            a.push_unique("rpc.grpc.status_code", i64::from(code));
+        }
+    }
+    let error = http_error || grpc_error;
+    if http_error {
         a.push_unique("error.type", r.status.to_compact_string());
+    } else if let (true, Some(code)) = (grpc_error, r.grpc_status) {
+        a.push_unique("error.type", code.to_compact_string());
     }
 
     for name in &privacy.capture_headers {
@@ -111,12 +124,35 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     let private = if privacy.skip_private { Attributes::new() } else { private_attributes(r) };
 
     Described {
-        name: span_name(name_method, &route),
+        // gRPC: `package.Service/Method` (OTel RPC conventions).
+        name: match grpc {
+            Some(_) => Text::from(r.path().trim_start_matches('/')),
+            None => span_name(name_method, &route),
+        },
         attributes: a,
         private,
         status: if error { SpanStatus::error("") } else { SpanStatus::default() },
         traceparent: r.header("traceparent").map(str::to_owned),
         tracestate: r.header("tracestate").map(str::to_owned),
+    }
+}
+
+/// (service, method) of a gRPC call: a request with a `application/grpc*`
+/// content type to `/service/method`.
+fn grpc_call(r: &HttpExchange) -> Option<(&str, &str)> {
+    r.header("content-type").filter(|t| t.starts_with("application/grpc"))?;
+    let (service, method) = r.path().strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
+}
+
+/// Whether a gRPC status code makes the span an error: any code but OK for
+/// a client; for a server only the codes that mean it failed (UNKNOWN,
+/// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), as
+/// OpenTelemetry's RPC conventions say.
+fn grpc_is_error(role: Role, code: u32) -> bool {
+    match role {
+        Role::Client => code != 0,
+        Role::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
     }
 }
 

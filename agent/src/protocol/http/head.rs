@@ -216,7 +216,7 @@ pub(super) fn parse(side: Side, data: &[u8]) -> Result<Parsed, HeadError> {
 /// Splits a request target into path and query. An absolute-form target
 /// (`http://host/p?q`, sent to proxies) loses its scheme and authority; a
 /// fragment (never sent by conforming clients) is dropped.
-fn split_target(target: &str) -> (&str, Option<&str>) {
+pub(super) fn split_target(target: &str) -> (&str, Option<&str>) {
     let target = target.split_once('#').map_or(target, |(t, _)| t);
     // Origin form ("/p?q") is by far the most common: skip the scheme search.
     let absolute = if target.starts_with('/') { None } else { target.find("://") };

@@ -90,6 +90,8 @@ pub enum Version {
     Http10,
     #[default]
     Http11,
+    /// HTTP/2 (RFC 9113), parsed by [`crate::protocol::http2`].
+    Http2,
 }
 
 impl Version {
@@ -98,6 +100,7 @@ impl Version {
         match self {
             Version::Http10 => "1.0",
             Version::Http11 => "1.1",
+            Version::Http2 => "2",
         }
     }
 }
@@ -129,6 +132,10 @@ pub struct HttpExchange {
     pub response_content_type: Option<crate::span::model::Text>,
     /// Request headers beyond [`MAX_KEPT_HEADERS`] that were not kept.
     pub headers_dropped: u32,
+    /// gRPC status code from the response's `grpc-status` (HTTP/2 only).
+    pub grpc_status: Option<u32>,
+    /// HTTP/2 stream id (0 for HTTP/1.x).
+    pub stream: u32,
     text: String,
     method_original: Option<TextRange>,
     path: TextRange,
@@ -168,6 +175,42 @@ impl HttpExchange {
         }
         let value = TextRange { start: to_u32(start), end: to_u32(self.text.len()) };
         self.headers.push((name, value));
+    }
+
+    /// A request built from HTTP/2 header fields: pseudo-header fields set
+    /// the method and target (`:authority` becomes `host` unless a `host`
+    /// field is also sent), other fields are kept like HTTP/1.x headers.
+    pub(crate) fn from_h2_fields<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let mut ex = Self::with_capacity(256, 8);
+        ex.version = Version::Http2;
+        let mut authority = None;
+        let mut has_host = false;
+        for (name, value) in fields {
+            match name {
+                b":method" => {
+                    ex.method = Method::from_token(value);
+                    if ex.method == Method::Other {
+                        ex.method_original = Some(ex.push_text(&String::from_utf8_lossy(cut_value(value))));
+                    }
+                }
+                b":path" => {
+                    let target = String::from_utf8_lossy(cut_value(value));
+                    let (path, query) = head::split_target(&target);
+                    ex.path = ex.push_text(path);
+                    ex.query = query.map(|q| ex.push_text(q));
+                }
+                b":authority" => authority = Some(value),
+                _ if name.starts_with(b":") => {}
+                _ => {
+                    has_host |= name == b"host";
+                    ex.push_header(&String::from_utf8_lossy(name), value, None);
+                }
+            }
+        }
+        if let Some(a) = authority.filter(|_| !has_host) {
+            ex.push_header("host", a, None);
+        }
+        ex
     }
 
     fn get(&self, r: TextRange) -> &str {

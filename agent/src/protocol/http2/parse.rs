@@ -1,0 +1,252 @@
+//! [`Http2Parser`]: the two directions' frames and HPACK decoders, and the
+//! table of open streams that pairs each request with its response.
+
+use loona_hpack::Decoder;
+
+use super::frame::{Event, Framer, Lost};
+use super::{MAX_STREAMS, MAX_TABLE};
+use crate::protocol::http::{HttpExchange, Method};
+use crate::protocol::{Chunk, Direction, Exchange, ParseStats, Record, Role, StreamParser};
+
+/// Fields of one decoded header block, in one buffer.
+#[derive(Default)]
+struct Fields {
+    bytes: Vec<u8>,
+    /// (name end, value end) offsets into `bytes`, each field starting where
+    /// the previous one ended.
+    ends: Vec<(usize, usize)>,
+}
+
+impl Fields {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.bytes.extend_from_slice(name);
+        let n = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.ends.push((n, self.bytes.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(n, v)| {
+            let field = (&self.bytes[start..n], &self.bytes[n..v]);
+            start = v;
+            field
+        })
+    }
+
+    fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+/// One open stream: its request, and what has been seen of its response.
+struct Stream {
+    id: u32,
+    ex: HttpExchange,
+    start_ns: u64,
+    tid: u32,
+    /// Response headers (a final `:status`) seen.
+    answered: bool,
+    request_body: u64,
+    response_body: u64,
+}
+
+/// Everything but the frame readers, so events can be handled while a
+/// reader is borrowed.
+struct State {
+    role: Role,
+    /// HPACK decoders of what the process read (0) and wrote (1).
+    decoders: [Decoder<'static>; 2],
+    streams: Vec<Stream>,
+    fields: Fields,
+}
+
+/// Per-connection HTTP/2 parser (see the module guarantees).
+pub struct Http2Parser {
+    /// Frame readers of what the process read (0) and wrote (1).
+    framers: [Framer; 2],
+    state: State,
+    /// The connection can no longer be followed (counted when it happened).
+    lost: bool,
+}
+
+fn index(dir: Direction) -> usize {
+    match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+impl Http2Parser {
+    pub fn new(role: Role) -> Self {
+        let client_writes = role == Role::Client;
+        let mut decoders = [Decoder::new(), Decoder::new()];
+        for d in &mut decoders {
+            d.set_max_allowed_table_size(4096);
+        }
+        Self {
+            framers: [Framer::new(!client_writes), Framer::new(client_writes)],
+            state: State { role, decoders, streams: Vec::new(), fields: Fields::default() },
+            lost: false,
+        }
+    }
+}
+
+impl StreamParser for Http2Parser {
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+        if self.lost {
+            return;
+        }
+        let d = index(chunk.dir);
+        let state = &mut self.state;
+        let mut on = |ev: Event<'_>| state.on_event(d, chunk, ev, out, stats);
+        if let Err(why) = self.framers[d].feed(chunk.data, chunk.missing(), &mut on) {
+            match why {
+                Lost::Truncated => stats.truncated += 1,
+                Lost::Malformed => stats.malformed += 1,
+            }
+            stats.dropped_requests += self.state.streams.len() as u64;
+            self.state.streams = Vec::new();
+            self.lost = true;
+        }
+    }
+
+    fn close(&mut self, _ts_ns: u64, _out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+        stats.dropped_requests += self.state.streams.len() as u64;
+        self.state.streams.clear();
+    }
+}
+
+impl State {
+    fn on_event(
+        &mut self,
+        d: usize,
+        chunk: &Chunk<'_>,
+        ev: Event<'_>,
+        out: &mut Vec<Exchange>,
+        stats: &mut ParseStats,
+    ) -> Result<(), Lost> {
+        let request = chunk.dir == self.role.request_direction();
+        match ev {
+            Event::Headers { stream, end_stream, block } => {
+                self.decode(d, block)?;
+                if request {
+                    self.request_headers(stream, chunk, stats);
+                } else {
+                    self.response_headers(stream, stats);
+                    if end_stream {
+                        self.finish(stream, chunk.ts_ns, out, stats);
+                    }
+                }
+            }
+            Event::PushPromise { block } => self.decode(d, block)?,
+            Event::Data { stream, len, end_stream } => {
+                if let Some(s) = self.streams.iter_mut().find(|s| s.id == stream) {
+                    if request {
+                        s.request_body += len;
+                    } else {
+                        s.response_body += len;
+                    }
+                }
+                if !request && end_stream {
+                    self.finish(stream, chunk.ts_ns, out, stats);
+                }
+            }
+            Event::RstStream { stream } => {
+                if self.streams.iter().any(|s| s.id == stream && s.answered) {
+                    self.finish(stream, chunk.ts_ns, out, stats);
+                } else if let Some(i) = self.streams.iter().position(|s| s.id == stream) {
+                    self.streams.swap_remove(i);
+                    stats.dropped_requests += 1;
+                }
+            }
+            // The sender's table size bounds what the other side's encoder
+            // may use: the decoder of the other direction.
+            Event::Settings { header_table_size: Some(n) } => {
+                self.decoders[1 - d].set_max_allowed_table_size((n as usize).min(MAX_TABLE));
+            }
+            Event::Settings { header_table_size: None } => {}
+        }
+        Ok(())
+    }
+
+    /// Decodes a header block into `fields`, keeping the HPACK table in step.
+    fn decode(&mut self, d: usize, block: &[u8]) -> Result<(), Lost> {
+        let fields = &mut self.fields;
+        fields.clear();
+        self.decoders[d].decode_with_cb(block, |n, v| fields.push(&n, &v)).map_err(|_| Lost::Malformed)
+    }
+
+    fn request_headers(&mut self, stream: u32, chunk: &Chunk<'_>, stats: &mut ParseStats) {
+        // Trailers of a request already open, or a header block without a
+        // method: nothing to start.
+        if self.fields.get(b":method").is_none() || self.streams.iter().any(|s| s.id == stream) {
+            return;
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            stats.dropped_requests += 1;
+            return;
+        }
+        let mut ex = HttpExchange::from_h2_fields(self.fields.iter());
+        ex.stream = stream;
+        self.streams.push(Stream {
+            id: stream,
+            ex,
+            start_ns: chunk.ts_ns,
+            tid: chunk.tid,
+            answered: false,
+            request_body: 0,
+            response_body: 0,
+        });
+    }
+
+    fn response_headers(&mut self, stream: u32, stats: &mut ParseStats) {
+        let Some(s) = self.streams.iter_mut().find(|s| s.id == stream) else {
+            if self.fields.get(b":status").is_some() {
+                stats.unmatched_responses += 1;
+            }
+            return;
+        };
+        if let Some(status) = self.fields.get(b":status") {
+            let status = std::str::from_utf8(status).ok().and_then(|t| t.parse::<u16>().ok()).unwrap_or(0);
+            // Informational responses (100-continue, 103) precede the final one.
+            if (100..200).contains(&status) {
+                return;
+            }
+            s.answered = true;
+            s.ex.status = status;
+            s.ex.response_content_type =
+                self.fields.get(b"content-type").map(|v| String::from_utf8_lossy(v).as_ref().into());
+        }
+        // In the response headers of a trailers-only reply, else in trailers.
+        if let Some(g) = self.fields.get(b"grpc-status") {
+            s.ex.grpc_status = std::str::from_utf8(g).ok().and_then(|t| t.parse().ok());
+        }
+    }
+
+    /// The response of `stream` ended at `ts`: its exchange is complete.
+    fn finish(&mut self, stream: u32, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+        let Some(i) = self.streams.iter().position(|s| s.id == stream) else { return };
+        let mut s = self.streams.swap_remove(i);
+        if !s.answered {
+            stats.dropped_requests += 1;
+            return;
+        }
+        let bodiless = s.ex.method == Method::Head || matches!(s.ex.status, 204 | 304);
+        s.ex.response_body_size = (!bodiless).then_some(s.response_body);
+        s.ex.request_body_size = (s.request_body > 0).then_some(s.request_body);
+        stats.exchanges += 1;
+        out.push(Exchange {
+            role: self.role,
+            start_ns: s.start_ns,
+            end_ns: ts,
+            tid: s.tid,
+            record: Record::Http(s.ex),
+        });
+    }
+}
