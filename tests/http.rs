@@ -117,6 +117,37 @@ fn nginx_with_sendfile_bodies_keep_every_request_on_a_keepalive_connection() {
     assert!(k.stop());
 }
 
+#[test]
+fn spliced_bodies_keep_every_request_on_a_keepalive_connection() {
+    // Both ends move bodies with splice(2): the server from a pipe into its
+    // socket, the client from its socket into a pipe. kspan sees their
+    // length only; without it the responses never end and later requests
+    // on the connection are lost.
+    let app = python_http("spliced");
+    let k = Kspan::start(&["--pid", &app.pid().to_string(), "--exe", r"http_client\.py spliced"]);
+    let r = client(&["spliced", &app.port.to_string()]);
+    let paths = ["/spliced", "/users/5", "/spliced"];
+    let sizes = [3000, 14, 500];
+    assert_eq!(r.iter().map(|x| x["status"].as_i64()).collect::<Vec<_>>(), [Some(200); 3], "{r:#?}");
+    let servers = k.wait_spans(3, WAIT, server_spans_of(app.pid()));
+    let clients = k.wait_spans(3, WAIT, |s| kind(s) == "client");
+    for (side, spans) in [("server", &servers), ("client", &clients)] {
+        assert_eq!(spans.len(), 3, "{side}: one span per request: {spans:#?}");
+        for ((s, p), size) in spans.iter().zip(paths).zip(sizes) {
+            assert_eq!(attr_str(s, "url.path"), Some(p), "{side}, in order: {spans:#?}");
+            assert_eq!(attr_i64(s, "http.response.status_code"), Some(200), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "http.response.body.size"), Some(size), "{side}: {s:#}");
+        }
+    }
+    for (x, s) in r.iter().zip(&clients) {
+        let client_ns = x["end"].as_u64().unwrap() - x["start"].as_u64().unwrap();
+        assert!(duration_ns(s) <= client_ns, "{s}: inside what the client measured");
+    }
+    let m = k.metrics();
+    assert_eq!(metric(&m, "kspan_parse_total{protocol=\"http\",kind=\"resyncs\"}"), 0.0, "{m}");
+    assert!(k.stop());
+}
+
 fn client(args: &[&str]) -> Vec<Value> {
     let out = run_ok(Command::new("python3").arg(apps_dir().join("http_client.py")).args(args));
     serde_json::from_str(out.trim()).expect("client JSON")

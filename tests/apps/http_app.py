@@ -1,10 +1,12 @@
 """Threaded HTTP/1.1 test server (one thread per connection, keep-alive).
 
 Routes: GET /users/<n> -> 200, /missing -> 404, /boom -> 500, /slow?ms=N,
+/spliced?bytes=N -> 200 with N bytes sent by splice(2) from a pipe,
 POST /upload -> 200 with the body length. Usage: http_app.py PORT [TAG]
 (TAG is ignored; it lets tests select the process by command line). A PORT
 that starts with `/` is the path of a Unix domain socket to serve on.
 """
+import os
 import socketserver
 import sys
 import time
@@ -39,6 +41,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, b"healthy\n")
         elif u.path == "/boom":
             self.reply(500, b"internal error\n")
+        elif u.path == "/spliced":
+            self.spliced(int(parse_qs(u.query).get("bytes", ["1000"])[0]))
         elif u.path == "/slow":
             ms = int(parse_qs(u.query).get("ms", ["100"])[0])
             time.sleep(ms / 1000.0)
@@ -47,6 +51,22 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200)
 
     do_HEAD = do_GET
+
+    def spliced(self, n):
+        # The head through the socket's write, the body (at most a pipe's
+        # 64 KiB) from a pipe with splice(2): the bytes never pass through
+        # this process's memory, as with HAProxy's kernel splicing.
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        r, w = os.pipe()
+        os.write(w, b"s" * n)
+        os.close(w)
+        sent = 0
+        while sent < n:
+            sent += os.splice(r, self.connection.fileno(), n - sent)
+        os.close(r)
 
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))

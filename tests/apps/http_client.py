@@ -16,10 +16,15 @@
   vectored PORT            on one connection: a GET sent with sendmsg in 4
                            buffers and read with recvmsg_into into 3; then a
                            POST whose head and 1100-byte body go in one
-                           sendmsg of 12 buffers (more than kspan captures);
-                           then a GET /users/7
+                           sendmsg of 12 buffers (more than the 8 kspan
+                           captures without bpf_loop); then a GET /users/7
+  spliced PORT             on one connection: GET /spliced?bytes=3000,
+                           GET /users/5, GET /spliced?bytes=500; each head
+                           read with 1-byte recvs, each body moved out of the
+                           socket into a pipe with splice(2)
 """
 import json
+import os
 import socket
 import sys
 import time
@@ -137,6 +142,26 @@ def main():
         t0 = time.time_ns()
         s.sendall(b"GET /users/7 HTTP/1.1\r\nHost: test\r\n\r\n")
         reply("/users/7", t0)
+        print(json.dumps(out), flush=True)
+    elif mode == "spliced":
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        out = []
+        for path in ["/spliced?bytes=3000", "/users/5", "/spliced?bytes=500"]:
+            t0 = time.time_ns()
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: test\r\n\r\n" % path.encode())
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += s.recv(1)
+            left = head_and_body(head) - len(head)
+            r, w = os.pipe()
+            while left > 0:
+                n = os.splice(s.fileno(), w, left)
+                os.read(r, n)
+                left -= n
+            os.close(r)
+            os.close(w)
+            out.append({"path": path, "status": int(head.split()[1]), "start": t0, "end": time.time_ns()})
         print(json.dumps(out), flush=True)
     else:
         raise SystemExit("unknown mode " + mode)

@@ -178,11 +178,14 @@ fn nginx_with(tls: bool, http2: bool, sendfile: bool) -> Proc {
     std::fs::write(root.join("api/items.json"), "[1,2,3]\n").expect("items");
     std::fs::write(root.join("big.bin"), vec![b'k'; 1 << 20]).expect("big.bin");
     let sendfile = if sendfile { "on" } else { "off" };
+    // wrk reconnects after nginx closes a connection; h2load does not, so an
+    // HTTP/2 server keeps its connections open for a whole benchmark.
+    let keepalive = if http2 { 1_000_000 } else { 1000 };
     let conf = format!(
         "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
          http {{\n  access_log off;\n  sendfile {sendfile};\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
          fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-         server {{\n    listen 127.0.0.1:{listen};\n    {certs}root {root};\n    keepalive_requests 1000;\n    \
+         server {{\n    listen 127.0.0.1:{listen};\n    {certs}root {root};\n    keepalive_requests {keepalive};\n    \
          location = /err {{ return 500; }}\n  }}\n}}\n",
         d = dir.0.display(),
         root = root.display()

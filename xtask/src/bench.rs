@@ -12,6 +12,7 @@ use kspan_e2e::{free_port, http_get};
 use crate::{cargo, root, setup, sh};
 
 mod curl;
+mod h2;
 mod linking;
 mod toggle;
 
@@ -668,7 +669,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
     // `--pairs N`: window pairs of the toggled (SIGUSR1) measurement, 0: none.
     let pairs: usize = flag_value(args, "--pairs").and_then(|v| v.parse().ok()).unwrap_or(30);
-    // `--only http|https|https-curl|linking|db|otlp`: one whole-system bench, no criterion.
+    // `--only http|https|https-curl|h2|linking|db|otlp`: one whole-system bench, no criterion.
     let only = flag_value(args, "--only");
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     setup::setup(false)?;
@@ -681,6 +682,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     if wanted("https-curl") {
         curl::curl_bench(&bin, secs, n_rounds, pairs)?;
+    }
+    if wanted("h2") {
+        h2::h2_bench(&bin, secs, n_rounds)?;
     }
     if wanted("linking") {
         linking::linking_bench(&bin, secs, n_rounds)?;

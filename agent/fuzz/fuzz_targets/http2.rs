@@ -1,13 +1,15 @@
 //! Feeds arbitrary frames to the HTTP/2 parser in both roles, after a real
 //! connection preface (without it the parser never starts), then closes and
 //! describes every exchange. Must never panic, and feeding the captured
-//! bytes one at a time must give the same exchanges.
+//! bytes one at a time must give the same exchanges. The records are also
+//! header blocks for kspan's HPACK decoder, which must agree with
+//! loona-hpack's wherever that one decodes a block.
 //!
 //! Input: repeated `[ctl: u8][len: u8][bytes; len]`. `ctl` bit 0: the
 //! client's (0) or the server's (1) bytes; bit 1: `(ctl >> 2) * 113` more
 //! bytes moved but were not captured.
 #![no_main]
-use kspan::protocol::http2::{Http2Parser, PREFACE};
+use kspan::protocol::http2::{Http2Parser, PREFACE, hpack};
 use kspan::protocol::{Chunk, ConnMeta, Direction, Exchange, ParseStats, Privacy, Record, Role, StreamParser};
 use libfuzzer_sys::fuzz_target;
 
@@ -40,11 +42,26 @@ fn run(role: Role, records: &[(bool, &[u8], usize)], bytewise: bool) -> (Vec<Exc
     (out, stats)
 }
 
+/// Decodes the records as consecutive header blocks with both decoders.
+fn hpack_agrees(records: &[(bool, &[u8], usize)]) {
+    let mut ours = hpack::Decoder::default();
+    let mut reference = loona_hpack::Decoder::new();
+    reference.set_max_allowed_table_size(4096);
+    for &(_, block, _) in &records[1..] {
+        let mut got = Vec::new();
+        let ok = ours.decode(block, |n, v| got.push((n.to_vec(), v.to_vec())));
+        let Ok(want) = reference.decode(block) else { return };
+        assert_eq!(ok, Ok(()), "loona-hpack decoded {block:02x?} as {want:?}");
+        assert_eq!(got, want);
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let conn =
         ConnMeta { local: "127.0.0.1:443".parse().ok(), peer: "127.0.0.1:5000".parse().ok(), tls: true, unix: None };
     let privacy = Privacy { capture_headers: vec!["cookie".into()], ..Privacy::default() };
     let records = records(input);
+    hpack_agrees(&records);
     for role in [Role::Client, Role::Server] {
         let (out, stats) = run(role, &records, false);
         assert_eq!(stats.exchanges as usize, out.len());

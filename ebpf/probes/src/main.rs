@@ -58,6 +58,10 @@ const OP_WRITEV: u32 = 4;
 const OP_CONNECT: u32 = 5;
 /// sendfile: bytes sent from a file, reported by count only (no payload).
 const OP_SENDFILE: u32 = 6;
+/// splice into a socket (from a pipe): bytes sent, by count only.
+const OP_SPLICE_OUT: u32 = 7;
+/// splice out of a socket (into a pipe): bytes received, by count only.
+const OP_SPLICE_IN: u32 = 8;
 
 /// Offset of the first syscall argument in a sys_enter record.
 const ARG0: usize = 16;
@@ -295,13 +299,15 @@ enum Shape {
     Iov,
     /// `(fd, msghdr, flags)`: iovecs inside the `struct user_msghdr`.
     Msg,
+    /// `(fd_in, off_in, fd_out, ...)`: splice, either end may be the socket.
+    Splice,
 }
 
 /// (buffer or iovec array, iovec count) from a call's second and third arguments.
 #[inline(always)]
 fn buffers(shape: Shape, a1: u64, a2: u64) -> (u64, u64) {
     match shape {
-        Shape::Buf => (a1, 0),
+        Shape::Buf | Shape::Splice => (a1, 0),
         Shape::Iov => (a1, a2),
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
         // SAFETY: reads of the caller's msghdr from user memory.
@@ -336,18 +342,14 @@ fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
         }
         return Ok(0);
     }
-    let fd = arg(ctx, 0);
-    if fd > i32::MAX as u64 {
-        return Ok(0);
-    }
-    let st = socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false).ok_or(0u32)?;
-    if tls::claim_syscall(id, fd as u32, &st) || st.ignored != 0 {
+    let (op, fd, st) = data_socket(cfg, tgid, tid, op, shape, arg(ctx, 0), arg(ctx, 2)).ok_or(0u32)?;
+    if tls::claim_syscall(id, fd, &st) || st.ignored != 0 {
         return Ok(0);
     }
     let (buf, iovcnt) = buffers(shape, arg(ctx, 1), arg(ctx, 2));
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
-    let inf = Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id, enter_ns };
+    let inf = Inflight { op, fd, buf, iovcnt, sock_id: st.sock_id, enter_ns };
     if INFLIGHT.insert(&id, &inf, 0).is_err() {
         count(counter::INFLIGHT_FULL);
     }
@@ -357,13 +359,14 @@ fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
 /// x86_64 syscall numbers of the data syscalls.
 fn op_of_syscall(nr: i32) -> Option<(u32, Shape)> {
     Some(match nr {
-        0 | 45 => (OP_READ, Shape::Buf),  // read, recvfrom
-        1 | 44 => (OP_WRITE, Shape::Buf), // write, sendto
-        19 => (OP_READV, Shape::Iov),     // readv
-        20 => (OP_WRITEV, Shape::Iov),    // writev
-        47 => (OP_READV, Shape::Msg),     // recvmsg
-        46 => (OP_WRITEV, Shape::Msg),    // sendmsg
-        40 => (OP_SENDFILE, Shape::Buf),  // sendfile (out_fd first)
+        0 | 45 => (OP_READ, Shape::Buf),       // read, recvfrom
+        1 | 44 => (OP_WRITE, Shape::Buf),      // write, sendto
+        19 => (OP_READV, Shape::Iov),          // readv
+        20 => (OP_WRITEV, Shape::Iov),         // writev
+        47 => (OP_READV, Shape::Msg),          // recvmsg
+        46 => (OP_WRITEV, Shape::Msg),         // sendmsg
+        40 => (OP_SENDFILE, Shape::Buf),       // sendfile (out_fd first)
+        275 => (OP_SPLICE_OUT, Shape::Splice), // splice (which end: see data_socket)
         _ => return None,
     })
 }
@@ -394,9 +397,6 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
         let rd = |off: u32| core::ptr::read_volatile(regs.add(off as usize).cast::<u64>());
         (rd(PT_REGS_DI), rd(PT_REGS_SI), rd(PT_REGS_DX))
     };
-    if fd > i32::MAX as u64 {
-        return None;
-    }
     let mut enter_ns = 0;
     if is_send(op) {
         if let Some(slot) = enter_time_slot(tid) {
@@ -409,12 +409,12 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
             }
         }
     }
-    let st = socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false)?;
-    if tls::claim_syscall(id, fd as u32, &st) || st.ignored != 0 {
+    let (op, fd, st) = data_socket(cfg, tgid, tid, op, shape, fd, a2)?;
+    if tls::claim_syscall(id, fd, &st) || st.ignored != 0 {
         return None;
     }
     let (buf, iovcnt) = buffers(shape, a1, a2);
-    Some(Inflight { op, fd: fd as u32, buf, iovcnt, sock_id: st.sock_id, enter_ns })
+    Some(Inflight { op, fd, buf, iovcnt, sock_id: st.sock_id, enter_ns })
 }
 
 fn exit_data<const LOOP: bool>(ctx: &TracePointContext) -> Res {
@@ -441,7 +441,9 @@ fn exit_data<const LOOP: bool>(ctx: &TracePointContext) -> Res {
     match inf.op {
         OP_READ | OP_WRITE => emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Buf(inf.buf), total),
         OP_READV | OP_WRITEV => emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Iov(inf.buf, inf.iovcnt), total),
-        OP_SENDFILE => emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Uncopied, total),
+        OP_SENDFILE | OP_SPLICE_OUT | OP_SPLICE_IN => {
+            emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Uncopied, total)
+        }
         _ => {}
     }
     Ok(0)
@@ -450,7 +452,36 @@ fn exit_data<const LOOP: bool>(ctx: &TracePointContext) -> Res {
 /// Whether `op` sends bytes (its events are stamped at entry, see DataHeader).
 #[inline(always)]
 fn is_send(op: u32) -> bool {
-    op == OP_WRITE || op == OP_WRITEV || op == OP_SENDFILE
+    op == OP_WRITE || op == OP_WRITEV || op == OP_SENDFILE || op == OP_SPLICE_OUT
+}
+
+/// The traced socket a data call moves bytes through: (op, fd, state).
+/// `a0` is the first argument; for splice `a2` is the output fd: a socket
+/// there makes the call a send (`OP_SPLICE_OUT`), else a socket at `a0` a
+/// receive (`OP_SPLICE_IN`). `None` when no end is a traced socket.
+#[inline(always)]
+fn data_socket(
+    cfg: &KernelConfig,
+    tgid: u32,
+    tid: u32,
+    op: u32,
+    shape: Shape,
+    a0: u64,
+    a2: u64,
+) -> Option<(u32, u32, SockState)> {
+    let traced = |fd: u64| {
+        if fd > i32::MAX as u64 {
+            return None;
+        }
+        socket_state(cfg, tgid, tid, fd as u32, ROLE_UNKNOWN, false).map(|st| (fd as u32, st))
+    };
+    if shape == Shape::Splice {
+        if let Some((fd, st)) = traced(a2) {
+            return Some((OP_SPLICE_OUT, fd, st));
+        }
+        return traced(a0).map(|(fd, st)| (OP_SPLICE_IN, fd, st));
+    }
+    traced(a0).map(|(fd, st)| (op, fd, st))
 }
 
 macro_rules! data_enter {
@@ -484,6 +515,7 @@ data_enter!(kspan_enter_writev, OP_WRITEV, Shape::Iov);
 data_enter!(kspan_enter_recvmsg, OP_READV, Shape::Msg);
 data_enter!(kspan_enter_sendmsg, OP_WRITEV, Shape::Msg);
 data_enter!(kspan_enter_sendfile, OP_SENDFILE, Shape::Buf);
+data_enter!(kspan_enter_splice, OP_SPLICE_OUT, Shape::Splice);
 // Vectored calls: every iovec, walked with bpf_loop (5.17+); the agent
 // loads the compat program instead on kernels without it.
 data_exit!(kspan_exit_data, true);

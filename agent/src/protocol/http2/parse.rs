@@ -1,9 +1,8 @@
 //! [`Http2Parser`]: the two directions' frames and HPACK decoders, and the
 //! table of open streams that pairs each request with its response.
 
-use loona_hpack::Decoder;
-
 use super::frame::{Event, Framer, Lost};
+use super::hpack::Decoder;
 use super::{MAX_STREAMS, MAX_TABLE};
 use crate::protocol::http::{HttpExchange, Method};
 use crate::protocol::{Chunk, Direction, Exchange, ParseStats, Record, Role, StreamParser};
@@ -61,7 +60,7 @@ struct Stream {
 struct State {
     role: Role,
     /// HPACK decoders of what the process read (0) and wrote (1).
-    decoders: [Decoder<'static>; 2],
+    decoders: [Decoder; 2],
     streams: Vec<Stream>,
     fields: Fields,
 }
@@ -85,10 +84,7 @@ fn index(dir: Direction) -> usize {
 impl Http2Parser {
     pub fn new(role: Role) -> Self {
         let client_writes = role == Role::Client;
-        let mut decoders = [Decoder::new(), Decoder::new()];
-        for d in &mut decoders {
-            d.set_max_allowed_table_size(4096);
-        }
+        let decoders = [Decoder::default(), Decoder::default()];
         Self {
             framers: [Framer::new(!client_writes), Framer::new(client_writes)],
             state: State { role, decoders, streams: Vec::new(), fields: Fields::default() },
@@ -168,7 +164,7 @@ impl State {
             // The sender's table size bounds what the other side's encoder
             // may use: the decoder of the other direction.
             Event::Settings { header_table_size: Some(n) } => {
-                self.decoders[1 - d].set_max_allowed_table_size((n as usize).min(MAX_TABLE));
+                self.decoders[1 - d].set_allowed((n as usize).min(MAX_TABLE));
             }
             Event::Settings { header_table_size: None } => {}
         }
@@ -179,7 +175,7 @@ impl State {
     fn decode(&mut self, d: usize, block: &[u8]) -> Result<(), Lost> {
         let fields = &mut self.fields;
         fields.clear();
-        self.decoders[d].decode_with_cb(block, |n, v| fields.push(&n, &v)).map_err(|_| Lost::Malformed)
+        self.decoders[d].decode(block, |n, v| fields.push(n, v)).map_err(|_| Lost::Malformed)
     }
 
     fn request_headers(&mut self, stream: u32, chunk: &Chunk<'_>, stats: &mut ParseStats) {
