@@ -5,9 +5,12 @@
 
 use std::hint::black_box;
 
+mod common;
+
+use common::feed_all;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kspan::protocol::http2::{Http2Parser, PREFACE};
-use kspan::protocol::{Chunk, Direction, ParseStats, Role, StreamParser};
+use kspan::protocol::{Direction, Role};
 use loona_hpack::Encoder;
 
 const CALLS: usize = 1000;
@@ -59,26 +62,20 @@ fn stream() -> Vec<(Direction, Vec<u8>)> {
     writes
 }
 
-fn feed_all(writes: &[(Direction, Vec<u8>)], out: &mut Vec<kspan::protocol::Exchange>) -> ParseStats {
-    let mut parser = Http2Parser::new(Role::Server);
-    let mut stats = ParseStats::default();
-    for (i, (dir, data)) in writes.iter().enumerate() {
-        let chunk = Chunk { dir: *dir, ts_ns: i as u64, tid: 1, data, len: data.len() };
-        parser.feed(&chunk, out, &mut stats);
-    }
-    stats
-}
-
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("http2_parser");
     g.throughput(Throughput::Elements(CALLS as u64));
     let writes = stream();
     let mut out = Vec::with_capacity(CALLS);
-    assert_eq!(feed_all(&writes, &mut out).exchanges, CALLS as u64, "bench stream must parse cleanly");
+    assert_eq!(
+        feed_all(Http2Parser::new(Role::Server), &writes, &mut out).exchanges,
+        CALLS as u64,
+        "bench stream must parse cleanly"
+    );
     g.bench_function("grpc_unary_calls_one_connection", |b| {
         b.iter(|| {
             out.clear();
-            black_box(feed_all(black_box(&writes), &mut out));
+            black_box(feed_all(Http2Parser::new(Role::Server), black_box(&writes), &mut out));
         })
     });
     g.finish();

@@ -4,9 +4,12 @@
 
 use std::hint::black_box;
 
+mod common;
+
+use common::feed_all;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kspan::protocol::http::HttpParser;
-use kspan::protocol::{Chunk, ConnMeta, Direction, ParseStats, Privacy, Role, StreamParser};
+use kspan::protocol::{ConnMeta, Direction, Privacy, Role};
 
 const EXCHANGES: usize = 1000;
 
@@ -57,33 +60,27 @@ fn stream(split_body: bool) -> Vec<(Direction, Vec<u8>)> {
     writes
 }
 
-fn feed_all(writes: &[(Direction, Vec<u8>)], out: &mut Vec<kspan::protocol::Exchange>) -> ParseStats {
-    let mut parser = HttpParser::new(Role::Server);
-    let mut stats = ParseStats::default();
-    for (i, (dir, data)) in writes.iter().enumerate() {
-        let chunk = Chunk { dir: *dir, ts_ns: i as u64, tid: 1, data, len: data.len() };
-        parser.feed(&chunk, out, &mut stats);
-    }
-    stats
-}
-
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("http_parser");
     g.throughput(Throughput::Elements(EXCHANGES as u64));
     for (name, split) in [("keepalive_one_write_per_message", false), ("keepalive_body_separate_write", true)] {
         let writes = stream(split);
         let mut out = Vec::with_capacity(EXCHANGES);
-        assert_eq!(feed_all(&writes, &mut out).exchanges, EXCHANGES as u64, "bench stream must parse cleanly");
+        assert_eq!(
+            feed_all(HttpParser::new(Role::Server), &writes, &mut out).exchanges,
+            EXCHANGES as u64,
+            "bench stream must parse cleanly"
+        );
         g.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
-                black_box(feed_all(black_box(&writes), &mut out));
+                black_box(feed_all(HttpParser::new(Role::Server), black_box(&writes), &mut out));
             })
         });
     }
     let writes = stream(false);
     let mut exchanges = Vec::with_capacity(EXCHANGES);
-    feed_all(&writes, &mut exchanges);
+    feed_all(HttpParser::new(Role::Server), &writes, &mut exchanges);
     let conn =
         ConnMeta { local: "10.0.0.1:8080".parse().ok(), peer: "10.0.0.2:40000".parse().ok(), tls: false, unix: None };
     let privacy = Privacy::default();

@@ -115,21 +115,31 @@ const EOS: u16 = 256;
 /// Marks a tree slot as a leaf: the low bits are the symbol.
 const LEAF: u16 = 0x8000;
 
+/// (code, length) of every symbol: shorter codes first, then by symbol,
+/// each the previous code plus one, shifted to its length.
+fn canonical_codes() -> [(u32, u8); 257] {
+    let mut order: Vec<u16> = (0..=EOS).collect();
+    order.sort_by_key(|&s| (CODE_LENGTHS[s as usize], s));
+    let mut codes = [(0u32, 0u8); 257];
+    let (mut code, mut prev_len) = (0u32, 0u8);
+    for (n, &sym) in order.iter().enumerate() {
+        let len = CODE_LENGTHS[sym as usize];
+        if n > 0 {
+            code = (code + 1) << (len - prev_len);
+        }
+        prev_len = len;
+        codes[sym as usize] = (code, len);
+    }
+    codes
+}
+
 /// The Huffman code as a binary tree: node `i` has children `tree[i][bit]`,
 /// each another node or `LEAF | symbol`.
 fn tree() -> &'static [[u16; 2]] {
     static TREE: OnceLock<Vec<[u16; 2]>> = OnceLock::new();
     TREE.get_or_init(|| {
-        let mut order: Vec<u16> = (0..=EOS).collect();
-        order.sort_by_key(|&s| (CODE_LENGTHS[s as usize], s));
         let mut nodes = vec![[0u16; 2]];
-        let (mut code, mut prev_len) = (0u32, 0u8);
-        for (n, &sym) in order.iter().enumerate() {
-            let len = CODE_LENGTHS[sym as usize];
-            if n > 0 {
-                code = (code + 1) << (len - prev_len);
-            }
-            prev_len = len;
+        for (sym, &(code, len)) in (0..=EOS).zip(canonical_codes().iter()) {
             let mut node = 0usize;
             for i in (0..len).rev() {
                 let bit = ((code >> i) & 1) as usize;
@@ -432,18 +442,7 @@ mod tests {
     fn every_symbol_round_trips_through_the_canonical_code() {
         // Encode each byte with the code derived from the lengths; decoding
         // gives it back, and the RFC's example strings decode as printed.
-        let mut order: Vec<u16> = (0..=EOS).collect();
-        order.sort_by_key(|&s| (CODE_LENGTHS[s as usize], s));
-        let mut codes = [(0u32, 0u8); 257];
-        let (mut code, mut prev) = (0u32, 0u8);
-        for (n, &s) in order.iter().enumerate() {
-            let len = CODE_LENGTHS[s as usize];
-            if n > 0 {
-                code = (code + 1) << (len - prev);
-            }
-            prev = len;
-            codes[s as usize] = (code, len);
-        }
+        let codes = canonical_codes();
         assert_eq!(codes[b'a' as usize], (0x3, 5));
         assert_eq!(codes[EOS as usize], (0x3fff_ffff, 30));
         for sym in 0..=255u8 {
