@@ -75,18 +75,22 @@ pub fn python_http_unix(path: &Path, tag: &str) -> Proc {
 /// Starts the Python app on `on` (a port or a socket path) and waits for its
 /// ready line.
 fn python_http_on(on: &str, tag: &str) -> Proc {
+    Proc { child: python_app_ready("http_app.py", &[on, tag]), port: 0, _dir: None }
+}
+
+/// Starts `apps/<script>` with `args` and waits for its `ready` line.
+fn python_app_ready(script: &str, args: &[&str]) -> Child {
     let mut child = Command::new("python3")
-        .arg(apps_dir().join("http_app.py"))
-        .arg(on)
-        .arg(tag)
+        .arg(apps_dir().join(script))
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("start python http app");
+        .unwrap_or_else(|e| panic!("start {script} (`cargo xtask setup` installs what it needs): {e}"));
     let out = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line).expect("ready line");
-    assert_eq!(line.trim(), "ready", "python app did not start");
-    Proc { child, port: 0, _dir: None }
+    assert_eq!(line.trim(), "ready", "{script} did not start");
+    child
 }
 
 /// A self-signed certificate and key for `localhost` in `dir` (made with
@@ -210,16 +214,7 @@ fn nginx_with(tls: bool, http2: bool, sendfile: bool) -> Proc {
 /// (echo, OK) and `Fail` (NOT_FOUND).
 pub fn grpc_server() -> Proc {
     let port = free_port();
-    let mut child = Command::new("python3")
-        .arg(apps_dir().join("grpc_app.py"))
-        .args(["server", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start grpc_app.py (pip install grpcio; `cargo xtask setup` does it)");
-    let out = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).expect("ready line");
-    assert_eq!(line.trim(), "ready", "grpc app did not start");
+    let child = python_app_ready("grpc_app.py", &["server", &port.to_string()]);
     wait_port(port, Duration::from_secs(10));
     Proc { child, port, _dir: None }
 }

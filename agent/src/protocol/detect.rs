@@ -73,10 +73,7 @@ impl Detector {
     /// Offers the next chunk; on `Detected`, the caller replays [`Self::pending`]
     /// and then this chunk into the new parser.
     pub fn offer(&mut self, chunk: &Chunk<'_>, _known_role: Option<Role>) -> Verdict {
-        let d = match chunk.dir {
-            Direction::Ingress => 0,
-            Direction::Egress => 1,
-        };
+        let d = chunk.dir.index();
         if !self.ruled_out[d] {
             let buf = &mut self.sniff[d];
             let take = SNIFF_BYTES.saturating_sub(buf.len()).min(chunk.data.len());

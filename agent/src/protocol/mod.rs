@@ -29,6 +29,16 @@ pub enum Direction {
     Egress,
 }
 
+impl Direction {
+    /// 0 for Ingress, 1 for Egress: an index into per-direction arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }
+    }
+}
+
 /// The traced process's side of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {

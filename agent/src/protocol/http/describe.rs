@@ -97,7 +97,8 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         Role::Server => r.status >= 500,
         Role::Client => r.status >= 400,
     };
-    let grpc_error = grpc.and(r.grpc_status).is_some_and(|code| grpc_is_error(role, code));
+    // The code that makes a gRPC call an error, if it is one.
+    let grpc_error = grpc.and(r.grpc_status).filter(|&code| grpc_is_error(role, code));
     if let Some((service, method)) = grpc {
         a.push_unique("rpc.system", "grpc");
         a.push_unique("rpc.service", service);
@@ -106,10 +107,10 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
             a.push_unique("rpc.grpc.status_code", i64::from(code));
         }
     }
-    let error = http_error || grpc_error;
+    let error = http_error || grpc_error.is_some();
     if http_error {
         a.push_unique("error.type", r.status.to_compact_string());
-    } else if let (true, Some(code)) = (grpc_error, r.grpc_status) {
+    } else if let Some(code) = grpc_error {
         a.push_unique("error.type", code.to_compact_string());
     }
 

@@ -196,18 +196,11 @@ impl Framer {
             }
             HEADERS => {
                 let skip = if f.flags & PRIORITY != 0 { 5 } else { 0 };
-                let fragment = unpad(&self.payload, f.flags, skip)?;
-                self.block.clear();
-                self.block.extend_from_slice(fragment);
-                self.open = Some(OpenBlock { stream: f.stream, end_stream, push: false });
-                self.block_done_if(f.flags, on)
+                self.open_block(f.flags, skip, OpenBlock { stream: f.stream, end_stream, push: false }, on)
             }
+            // The promised stream id (4 bytes) precedes the fragment.
             PUSH_PROMISE => {
-                let fragment = unpad(&self.payload, f.flags, 4)?;
-                self.block.clear();
-                self.block.extend_from_slice(fragment);
-                self.open = Some(OpenBlock { stream: f.stream, end_stream: false, push: true });
-                self.block_done_if(f.flags, on)
+                self.open_block(f.flags, 4, OpenBlock { stream: f.stream, end_stream: false, push: true }, on)
             }
             CONTINUATION => {
                 if self.open.is_none() || self.block.len() + self.payload.len() > MAX_BLOCK {
@@ -231,6 +224,22 @@ impl Framer {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Starts `open`'s header block with the fragment of the kept HEADERS or
+    /// PUSH_PROMISE payload (`skip` bytes after the pad length left out).
+    fn open_block(
+        &mut self,
+        flags: u8,
+        skip: usize,
+        open: OpenBlock,
+        on: &mut dyn FnMut(Event<'_>) -> Result<(), Lost>,
+    ) -> Result<(), Lost> {
+        let fragment = unpad(&self.payload, flags, skip)?;
+        self.block.clear();
+        self.block.extend_from_slice(fragment);
+        self.open = Some(open);
+        self.block_done_if(flags, on)
     }
 
     fn block_done_if(&mut self, flags: u8, on: &mut dyn FnMut(Event<'_>) -> Result<(), Lost>) -> Result<(), Lost> {

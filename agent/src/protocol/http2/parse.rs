@@ -5,7 +5,7 @@ use super::frame::{Event, Framer, Lost};
 use super::hpack::Decoder;
 use super::{MAX_STREAMS, MAX_TABLE};
 use crate::protocol::http::{HttpExchange, Method};
-use crate::protocol::{Chunk, Direction, Exchange, ParseStats, Record, Role, StreamParser};
+use crate::protocol::{Chunk, Exchange, ParseStats, Record, Role, StreamParser};
 
 /// Fields of one decoded header block, in one buffer.
 #[derive(Default)]
@@ -45,7 +45,7 @@ impl Fields {
 
 /// One open stream: its request, and what has been seen of its response.
 struct Stream {
-    id: u32,
+    /// The request so far; its `stream` is the stream id.
     ex: HttpExchange,
     start_ns: u64,
     tid: u32,
@@ -74,13 +74,6 @@ pub struct Http2Parser {
     lost: bool,
 }
 
-fn index(dir: Direction) -> usize {
-    match dir {
-        Direction::Ingress => 0,
-        Direction::Egress => 1,
-    }
-}
-
 impl Http2Parser {
     pub fn new(role: Role) -> Self {
         let client_writes = role == Role::Client;
@@ -98,7 +91,7 @@ impl StreamParser for Http2Parser {
         if self.lost {
             return;
         }
-        let d = index(chunk.dir);
+        let d = chunk.dir.index();
         let state = &mut self.state;
         let mut on = |ev: Event<'_>| state.on_event(d, chunk, ev, out, stats);
         if let Err(why) = self.framers[d].feed(chunk.data, chunk.missing(), &mut on) {
@@ -142,7 +135,7 @@ impl State {
             }
             Event::PushPromise { block } => self.decode(d, block)?,
             Event::Data { stream, len, end_stream } => {
-                if let Some(s) = self.streams.iter_mut().find(|s| s.id == stream) {
+                if let Some(s) = self.streams.iter_mut().find(|s| s.ex.stream == stream) {
                     if request {
                         s.request_body += len;
                     } else {
@@ -153,14 +146,8 @@ impl State {
                     self.finish(stream, chunk.ts_ns, out, stats);
                 }
             }
-            Event::RstStream { stream } => {
-                if self.streams.iter().any(|s| s.id == stream && s.answered) {
-                    self.finish(stream, chunk.ts_ns, out, stats);
-                } else if let Some(i) = self.streams.iter().position(|s| s.id == stream) {
-                    self.streams.swap_remove(i);
-                    stats.dropped_requests += 1;
-                }
-            }
+            // A reset ends the stream: its exchange if answered, else dropped.
+            Event::RstStream { stream } => self.finish(stream, chunk.ts_ns, out, stats),
             // The sender's table size bounds what the other side's encoder
             // may use: the decoder of the other direction.
             Event::Settings { header_table_size: Some(n) } => {
@@ -181,7 +168,7 @@ impl State {
     fn request_headers(&mut self, stream: u32, chunk: &Chunk<'_>, stats: &mut ParseStats) {
         // Trailers of a request already open, or a header block without a
         // method: nothing to start.
-        if self.fields.get(b":method").is_none() || self.streams.iter().any(|s| s.id == stream) {
+        if self.fields.get(b":method").is_none() || self.streams.iter().any(|s| s.ex.stream == stream) {
             return;
         }
         if self.streams.len() >= MAX_STREAMS {
@@ -191,7 +178,6 @@ impl State {
         let mut ex = HttpExchange::from_h2_fields(self.fields.iter());
         ex.stream = stream;
         self.streams.push(Stream {
-            id: stream,
             ex,
             start_ns: chunk.ts_ns,
             tid: chunk.tid,
@@ -202,7 +188,7 @@ impl State {
     }
 
     fn response_headers(&mut self, stream: u32, stats: &mut ParseStats) {
-        let Some(s) = self.streams.iter_mut().find(|s| s.id == stream) else {
+        let Some(s) = self.streams.iter_mut().find(|s| s.ex.stream == stream) else {
             if self.fields.get(b":status").is_some() {
                 stats.unmatched_responses += 1;
             }
@@ -225,9 +211,10 @@ impl State {
         }
     }
 
-    /// The response of `stream` ended at `ts`: its exchange is complete.
+    /// `stream` ended at `ts`: its exchange is complete if it was answered,
+    /// else its request is dropped (counted).
     fn finish(&mut self, stream: u32, ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
-        let Some(i) = self.streams.iter().position(|s| s.id == stream) else { return };
+        let Some(i) = self.streams.iter().position(|s| s.ex.stream == stream) else { return };
         let mut s = self.streams.swap_remove(i);
         if !s.answered {
             stats.dropped_requests += 1;
