@@ -9,7 +9,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{TempDir, child_pid_of, gnutls_serv, nginx_h2_tls, nginx_tls, postgres_tls};
+use kspan_e2e::servers::{
+    TempDir, child_pid_of, gnutls_serv, go_tls_app, go_tls_server, nginx_h2_tls, nginx_tls, postgres_tls,
+};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -34,13 +36,11 @@ fn metric(k: &Kspan, prefix: &str) -> f64 {
 
 /// curl -k over one keep-alive HTTPS connection; returns the status codes.
 /// `http2`: asks for HTTP/2 (`--http2`, through ALPN) and checks it was
-/// used; else checks the server answered over HTTP/1.1.
+/// used; else asks for and checks HTTP/1.1.
 fn curl_https(port: u16, paths: &[&str], http2: bool) -> Vec<u16> {
     let mut cmd = Command::new("curl");
     cmd.args(["-sk", "-w", "%{http_code} %{num_connects} %{http_version}\\n"]);
-    if http2 {
-        cmd.arg("--http2");
-    }
+    cmd.arg(if http2 { "--http2" } else { "--http1.1" });
     for p in paths {
         cmd.args(["-o", "/dev/null"]).arg(format!("https://127.0.0.1:{port}{p}"));
     }
@@ -266,6 +266,89 @@ fn tls_from_a_library_kspan_does_not_probe_is_muted() {
     let read = metric(&k, "kspan_events_read_total");
     assert!(read < REQUESTS as f64, "{read} records for {REQUESTS} requests:\n{}", k.metrics());
     assert!(k.spans().is_empty(), "ciphertext makes no span");
+    assert!(k.stop());
+}
+
+/// Runs the Go test client (`go_tls_app client`); returns its pid and the
+/// "STATUS PROTO" lines it printed.
+fn go_client(args: &[&str]) -> (u32, Vec<String>) {
+    let child = Command::new(go_tls_app()).arg("client").args(args).stdout(Stdio::piped()).spawn().expect("go client");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("go client output");
+    assert!(out.status.success(), "go client failed");
+    (pid, String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+}
+
+#[test]
+fn go_crypto_tls_server_and_client_spans() {
+    // kspan first: the Go server is found at its exec; the client runs the
+    // same executable, whose probes are then already in place.
+    let k = Kspan::start(&["--exe", "/go_tls_app$"]);
+    let srv = go_tls_server();
+    k.wait_log("\"Go crypto/tls\"", WAIT);
+    let url = |p: &str| format!("https://127.0.0.1:{}{p}", srv.port);
+    assert_eq!(curl_https(srv.port, &["/", "/items/42", "/missing", "/err"], false), [200, 200, 404, 500]);
+    assert_eq!(curl_https(srv.port, &["/items/7"], true), [200]);
+    let (h2_pid, h2) = go_client(&["-h2", &url("/"), &url("/items/9")]);
+    assert_eq!(h2, ["200 HTTP/2.0", "200 HTTP/2.0"]);
+    let (h1_pid, h1) = go_client(&[&url("/err")]);
+    assert_eq!(h1, ["500 HTTP/1.1"]);
+
+    let servers = k.wait_spans(8, WAIT, server_spans_of(srv.pid()));
+    assert_eq!(servers.len(), 8, "exactly one server span per request: {servers:#?}");
+    for s in &servers {
+        assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s:#}");
+        assert_eq!(attr_str(s, "url.scheme"), Some("https"), "{s:#}");
+        assert_eq!(attr(s, "tls.established").and_then(Value::as_bool), Some(true), "{s:#}");
+        assert_eq!(attr_i64(s, "server.port"), Some(srv.port as i64), "{s:#}");
+    }
+    // Routes, statuses and versions as the clients saw them.
+    let mut seen: Vec<(String, i64, String)> = servers
+        .iter()
+        .map(|s| {
+            let route = attr_str(s, "http.route").unwrap_or("?").to_string();
+            let code = attr_i64(s, "http.response.status_code").unwrap_or(0);
+            (route, code, attr_str(s, "network.protocol.version").unwrap_or("?").to_string())
+        })
+        .collect();
+    seen.sort();
+    let want = [
+        ("/", 200, "1.1"),
+        ("/", 200, "2"),
+        ("/err", 500, "1.1"),
+        ("/err", 500, "1.1"),
+        ("/items/{id}", 200, "1.1"),
+        ("/items/{id}", 200, "2"),
+        ("/items/{id}", 200, "2"),
+        ("/missing", 404, "1.1"),
+    ];
+    let want: Vec<(String, i64, String)> = want.iter().map(|(r, c, v)| (r.to_string(), *c, v.to_string())).collect();
+    assert_eq!(seen, want, "{servers:#?}");
+    assert!(by_route(&servers, "/err").iter().all(|s| s["status"]["code"] == "error"));
+
+    // The Go client's spans, each the parent of the server's span.
+    for (pid, n, version) in [(h2_pid, 2, "2"), (h1_pid, 1, "1.1")] {
+        let of_pid = move |s: &Value| kind(s) == "client" && s["resource"]["process.pid"].as_i64() == Some(pid as i64);
+        let clients = k.wait_spans(n, WAIT, of_pid);
+        assert_eq!(clients.len(), n, "{clients:#?}");
+        for c in &clients {
+            assert_eq!(attr_str(c, "network.protocol.version"), Some(version), "{c:#}");
+            assert_eq!(attr_str(c, "url.scheme"), Some("https"), "{c:#}");
+            let path = attr_str(c, "url.path").expect("url.path");
+            assert_eq!(attr_str(c, "url.full"), Some(url(path).as_str()), "{c:#}");
+            let child = servers.iter().find(|s| s["parent_span_id"] == c["span_id"]);
+            let child = child.unwrap_or_else(|| panic!("no server span under {c:#}"));
+            assert_eq!(attr_str(child, "url.path"), Some(path));
+        }
+    }
+    // Ciphertext was neither parsed nor needed: every connection's socket
+    // was found from its Go connection.
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = k.metrics();
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"opaque\"}"), 0.0, "{m}");
+    let no_fd = "kspan_kernel_lost_total{reason=\"tls_no_fd\"}";
+    assert!(m.contains(no_fd), "{m}");
+    assert_eq!(metric(&k, no_fd), 0.0, "{m}");
     assert!(k.stop());
 }
 

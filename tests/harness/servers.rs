@@ -111,6 +111,52 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// The Go HTTPS test app (`apps/go_tls_app.go`: Go's own crypto/tls and
+/// net/http), built once per test process with Debian's golang-go into
+/// `target/e2e-apps/` (symbols kept: kspan finds `crypto/tls` by them).
+pub fn go_tls_app() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-apps");
+            std::fs::create_dir_all(&dir).expect("target/e2e-apps");
+            let (exe, tmp) = (dir.join("go_tls_app"), dir.join(format!("go_tls_app.{}", std::process::id())));
+            let out = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&tmp)
+                .arg(apps_dir().join("go_tls_app.go"))
+                .env("CGO_ENABLED", "0")
+                .env("GOCACHE", dir.join("go-cache"))
+                .env("GOPATH", dir.join("go-path"))
+                .output()
+                .expect("go build (`cargo xtask setup` installs golang-go)");
+            assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
+            std::fs::rename(&tmp, &exe).expect("rename go_tls_app");
+            exe
+        })
+        .clone()
+}
+
+/// [`go_tls_app`] serving HTTPS (HTTP/1.1, and HTTP/2 through ALPN) with a
+/// self-signed certificate: `/` and `/items/ID` 200, `/err` 500, else 404.
+pub fn go_tls_server() -> Proc {
+    let dir = TempDir::new("go-tls");
+    let (cert, key) = self_signed_cert(&dir.0);
+    let mut child = Command::new(go_tls_app())
+        .arg("server")
+        .args([&cert, &key])
+        .stdout(Stdio::piped())
+        // Each wait_port probe is logged as a failed handshake.
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start go_tls_app");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port line");
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("go_tls_app server printed {line:?}"));
+    wait_port(port, Duration::from_secs(10));
+    Proc { child, port, _dir: Some(dir) }
+}
+
 /// GnuTLS's test server (`gnutls-serv --http`, from gnutls-bin) on HTTPS
 /// with a self-signed certificate: answers every GET with a 200 HTML page
 /// (HTTP/1.0, the body ends at close).

@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     // tests/tls.rs: GnuTLS at both ends (gnutls-serv, wget)
     "gnutls-bin",
     "wget",
+    // tests/tls.rs: a Go HTTPS server and client (Go's own crypto/tls)
+    "golang-go",
     // cargo xtask bench: h2load, an HTTP/2 load generator
     "nghttp2-client",
     // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)

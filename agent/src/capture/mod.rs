@@ -7,7 +7,8 @@
 //! - Ring buffer records are handed out in kernel order and decoded totally
 //!   ([`decode`]); kernel-side losses are readable via [`Capture::kernel_counters`].
 //! - TLS plaintext comes from uprobes on OpenSSL and GnuTLS, attached per library file
-//!   as selected processes are found to map it ([`tls`]); failures there are
+//!   as selected processes are found to map it ([`tls`]), and on Go's
+//!   `crypto/tls` in Go executables ([`go_tls`]); failures there are
 //!   counted, never fatal.
 //! - Wake-ups are batched: each CPU wakes the agent once it has written its
 //!   share of `wakeup_bytes`, and [`Capture::poll`] also drains on a timer.
@@ -20,6 +21,8 @@ pub mod decode;
 mod attach;
 #[cfg(feature = "runtime")]
 pub mod btf;
+#[cfg(feature = "runtime")]
+pub mod go_tls;
 #[cfg(feature = "runtime")]
 mod loader;
 #[cfg(feature = "runtime")]

@@ -2,7 +2,8 @@
 //! processes and attaching the TLS uprobes to them: OpenSSL at its internal
 //! read/write functions when [`super::tls_entry`] finds them (one cheap
 //! trap per call), else at `SSL_read`, `SSL_write` and their `_ex`
-//! variants; GnuTLS at `gnutls_record_send2` and `gnutls_record_recv`.
+//! variants; GnuTLS at `gnutls_record_send2` and `gnutls_record_recv`; Go
+//! executables at `crypto/tls.(*Conn).Read`/`Write` ([`super::go_tls`]).
 //!
 //! Guarantees:
 //! - A library is attached once per file (device, inode), for every process
@@ -10,8 +11,9 @@
 //!   reports selected processes.
 //! - Sources: `libssl*.so*` and `libgnutls.so*` mappings in `/proc/PID/maps`
 //!   of selected processes, the executable itself when it defines a
-//!   library's functions (static OpenSSL), and the system's libraries found
-//!   in the usual library directories at start-up.
+//!   library's functions (static OpenSSL) or is a Go program using
+//!   `crypto/tls`, and the system's libraries found in the usual library
+//!   directories at start-up.
 //! - A selected process is rescanned when its dynamic loader reports a
 //!   library load (uprobe on `_dl_debug_state` of every `ld-linux`/`ld-musl`
 //!   found), shortly after exec, and round-robin on a timer, so a library
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::Capture;
 use super::attach::{AttachFail, Target};
+use super::go_tls::{self, GoTlsProbes};
 pub use super::tls_lib::{TlsLib, defined_library};
 
 /// Return program shared by all probed functions.
@@ -37,6 +40,8 @@ const SET_FD_PROGRAM: &str = "kspan_ssl_set_fd";
 /// The dynamic loader's debugger hook, called around every dlopen/dlclose.
 const LOADER_SYMBOL: &str = "_dl_debug_state";
 const LOADER_PROGRAM: &str = "kspan_dl_state";
+/// Program on every return instruction of the probed Go functions.
+const GO_RET_PROGRAM: &str = "kspan_go_tls_ret";
 
 /// Files (attached or failed) remembered; beyond this new files are skipped and counted.
 pub const MAX_FILES: usize = 4_096;
@@ -66,6 +71,8 @@ pub enum TlsAttachError {
     Program { program: &'static str, reason: String },
     #[error("{path}: attaching {symbol}: {reason}")]
     Attach { path: String, symbol: &'static str, reason: String },
+    #[error("{path}: Go TLS not probed: {source}")]
+    Go { path: String, source: super::go_tls::GoTlsError },
 }
 
 impl TlsAttachError {
@@ -77,6 +84,7 @@ impl TlsAttachError {
             Self::NoSymbols { .. } => "no_symbols",
             Self::Program { .. } => "program",
             Self::Attach { .. } => "attach",
+            Self::Go { .. } => "go_unsupported",
         }
     }
 }
@@ -87,8 +95,8 @@ pub struct TlsStats {
     /// Files with the TLS uprobes attached.
     pub attached: u64,
     /// Files that failed, by [`TlsAttachError::reason`] order:
-    /// io, not_object, no_symbols, program, attach.
-    pub failed: [u64; 5],
+    /// io, not_object, no_symbols, program, attach, go_unsupported.
+    pub failed: [u64; 6],
     /// New files skipped: [`MAX_FILES`] reached.
     pub files_full: u64,
     /// Exec'd processes not scanned early: pending queue full.
@@ -96,7 +104,7 @@ pub struct TlsStats {
 }
 
 /// Metric labels of [`TlsStats::failed`], same order.
-pub const FAILURE_REASONS: [&str; 5] = ["io", "not_object", "no_symbols", "program", "attach"];
+pub const FAILURE_REASONS: [&str; 6] = ["io", "not_object", "no_symbols", "program", "attach", "go_unsupported"];
 
 fn failure_index(e: &TlsAttachError) -> usize {
     FAILURE_REASONS.iter().position(|r| *r == e.reason()).unwrap_or(0)
@@ -196,6 +204,23 @@ impl Capture {
             Err(e) => tracing::debug!("{}: optional {set_fd} not probed: {e}", shown()),
         }
         Ok(probed)
+    }
+
+    /// Attaches the Go TLS probes to the Go executable at `path`: each
+    /// function's entry, and each of its return instructions. Returns how
+    /// many probes were attached.
+    pub fn attach_go(&mut self, path: &Path, probes: &GoTlsProbes) -> Result<usize, TlsAttachError> {
+        let mut n = 0;
+        for (f, symbol, entry_program) in
+            [(&probes.read, go_tls::READ, "kspan_go_tls_read"), (&probes.write, go_tls::WRITE, "kspan_go_tls_write")]
+        {
+            for ret in &f.rets {
+                self.attach_uprobe(GO_RET_PROGRAM, symbol, Some(*ret), path)?;
+            }
+            self.attach_uprobe(entry_program, symbol, Some(f.entry), path)?;
+            n += 1 + f.rets.len();
+        }
+        Ok(n)
     }
 
     /// Attaches `program` at `symbol`, or at file offset `offset` (then
@@ -342,6 +367,8 @@ impl TlsAttacher {
         self.exes.insert(id);
         if let Ok(Some(lib)) = defined_library(&exe) {
             self.consider(capture, &exe, Kind::Executable(lib));
+        } else if go_tls::find_in(&exe).is_some() {
+            self.consider(capture, &exe, Kind::Go);
         }
     }
 
@@ -358,6 +385,11 @@ impl TlsAttacher {
         let result = match kind {
             Kind::Loader => capture.attach_loader(path).map(|()| (1, None)),
             Kind::Executable(lib) => capture.attach_tls(path, lib).map(|n| (n, Some(lib))),
+            Kind::Go => match go_tls::find_in(path) {
+                Some(Ok(probes)) => capture.attach_go(path, &probes).map(|n| (n, None)),
+                Some(Err(source)) => Err(TlsAttachError::Go { path: path.display().to_string(), source }),
+                None => Err(TlsAttachError::NoSymbols { path: path.display().to_string() }),
+            },
             Kind::Library => defined_library(path)
                 .and_then(|lib| lib.ok_or_else(|| TlsAttachError::NoSymbols { path: path.display().to_string() }))
                 .and_then(|lib| capture.attach_tls(path, lib).map(|n| (n, Some(lib)))),
@@ -370,7 +402,7 @@ impl TlsAttacher {
             Ok((n, lib)) => {
                 self.stats.attached += 1;
                 self.files.insert(id, true);
-                let tls = lib.map_or("", TlsLib::name);
+                let tls = lib.map_or("Go crypto/tls", TlsLib::name);
                 tracing::info!(library = %path.display(), tls, functions = n, "TLS uprobes attached");
             }
             Err(e) if kind == Kind::Loader => {
@@ -398,6 +430,8 @@ enum Kind {
     Executable(TlsLib),
     /// A dynamic loader: gets the library-load hook.
     Loader,
+    /// A Go executable using `crypto/tls`.
+    Go,
 }
 
 /// (device, inode) of a file, following symlinks.

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -333,7 +333,8 @@ pub mod counter {
     pub const SOCKS_FULL: u32 = 4;
     /// Forked children not traced: selection map full.
     pub const TRACED_FULL: u32 = 5;
-    /// TLS plaintext not reported: the SSL object's socket was not known yet.
+    /// TLS plaintext not reported: the SSL object's socket was not known yet,
+    /// or a Go TLS connection's descriptor is no known socket.
     pub const TLS_NO_FD: u32 = 6;
     /// OpenSSL calls not followed: TLS call map full.
     pub const TLS_CALLS_FULL: u32 = 7;
@@ -349,6 +350,10 @@ pub const IGNORED_PORT: u32 = 1;
 /// protocol it parses: no data events, but its close is still reported so
 /// the agent forgets the connection.
 pub const IGNORED_MUTED: u32 = 2;
+/// `SockState::ignored`: a TLS connection whose plaintext a uprobe reports
+/// together with its socket (Go's `crypto/tls`): the syscalls carry
+/// ciphertext and make no data events; open and close are still reported.
+pub const IGNORED_TLS_USER: u32 = 3;
 
 /// Value of the kernel's (tgid, fd) socket map.
 #[repr(C)]

@@ -27,6 +27,7 @@
 
 mod iov;
 use iov::{copy_iovecs, copy_iovecs_unrolled};
+mod go_tls;
 mod maps;
 mod sock;
 mod tls;

@@ -62,6 +62,12 @@ pub static TLS_ACTIVE: Array<u64> = Array::with_max_entries(ENTER_TIME_SLOTS, 0)
 #[map]
 pub static TLS_SOCKS: LruHashMap<TlsKey, TlsSock> = LruHashMap::with_max_entries(MAX_TLS_OBJECTS, 0);
 
+/// Go `crypto/tls` read/write calls in flight, by (tgid, goroutine), between
+/// the function's entry and one of its `RET`s (LRU: a call whose return was
+/// missed is evicted in time).
+#[map]
+pub static GO_TLS_CALLS: LruHashMap<TlsKey, TlsCall> = LruHashMap::with_max_entries(MAX_TLS_CALLS, 0);
+
 /// Per-CPU scratch space where a data event is assembled before output.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

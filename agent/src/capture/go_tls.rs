@@ -1,0 +1,238 @@
+//! Where the Go TLS uprobes go in a Go executable: the entries of
+//! `crypto/tls.(*Conn).Read` and `(*Conn).Write`, and every `RET`
+//! instruction of both (Go code cannot take a uretprobe: see
+//! `ebpf/probes/src/go_tls.rs`).
+//!
+//! Guarantees:
+//! - A file is taken for a Go program only when it has Go's build
+//!   information (`.go.buildinfo`) and defines both functions in its symbol
+//!   table; a Go program without TLS is no error ([`find`] gives `None`).
+//! - Probes are placed only where the kernel programs' reading of registers
+//!   holds: x86_64 and Go 1.18 or later (the register ABI came in 1.17; the
+//!   version is read from the build information, whose inline form 1.18
+//!   introduced). Anything else is a precise [`GoTlsError`], logged once per
+//!   file and counted by the caller.
+//! - Return instructions are found by decoding each function from its start
+//!   to its symbol's end (Go puts no data inside functions), never by
+//!   searching for the byte `0xc3`; a function with none, with more than
+//!   [`MAX_RETS`] or with an undecodable instruction is refused.
+//! - Not covered: stripped executables (no symbol table; Go's own
+//!   `.gopclntab` is not read), Go older than 1.18, other architectures.
+
+use std::path::Path;
+
+use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+/// The Go functions probed.
+pub const READ: &str = "crypto/tls.(*Conn).Read";
+pub const WRITE: &str = "crypto/tls.(*Conn).Write";
+/// Most return instructions probed in one function (Go 1.19's `Read` has 6).
+pub const MAX_RETS: usize = 64;
+/// Oldest Go release with the inline build information and register ABI.
+const MIN_MINOR: u32 = 18;
+
+/// Why a Go executable's TLS cannot be probed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GoTlsError {
+    #[error("Go {0}: kspan reads Go 1.18 or later (register ABI, inline build information)")]
+    Version(String),
+    #[error("Go build information unreadable (Go older than 1.18?)")]
+    BuildInfo,
+    #[error("{0:?} executable: Go TLS probes are for x86_64")]
+    Arch(object::Architecture),
+    #[error("{symbol}: {reason}")]
+    Function { symbol: &'static str, reason: String },
+}
+
+/// One probed function: file offsets of its entry and of each `RET`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoFunction {
+    pub entry: u64,
+    pub rets: Vec<u64>,
+}
+
+/// What is probed in one Go executable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoTlsProbes {
+    /// Go release, e.g. `go1.19.8`.
+    pub version: String,
+    pub read: GoFunction,
+    pub write: GoFunction,
+}
+
+/// The Go TLS probe points of the executable `obj`, `None` when it is not a
+/// Go program using `crypto/tls`.
+pub fn find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<Result<GoTlsProbes, GoTlsError>> {
+    let info = obj.section_by_name(".go.buildinfo")?;
+    let (read, write) = (symbol(obj, READ)?, symbol(obj, WRITE)?);
+    Some(probes(obj, info.data().unwrap_or_default(), read, write))
+}
+
+/// [`find`] on the file at `path` (unreadable or not an object: `None`).
+pub fn find_in(path: &Path) -> Option<Result<GoTlsProbes, GoTlsError>> {
+    let file = std::fs::File::open(path).ok()?;
+    let cache = object::ReadCache::new(file);
+    let obj = object::File::parse(&cache).ok()?;
+    find(&obj)
+}
+
+fn probes<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    info: &[u8],
+    read: (u64, u64),
+    write: (u64, u64),
+) -> Result<GoTlsProbes, GoTlsError> {
+    let version = build_version(info).ok_or(GoTlsError::BuildInfo)?;
+    let minor = version.strip_prefix("go1.").and_then(|r| r.split(['.', '-', 'r', 'b']).next()?.parse::<u32>().ok());
+    if minor.is_none_or(|m| m < MIN_MINOR) {
+        return Err(GoTlsError::Version(version));
+    }
+    if obj.architecture() != object::Architecture::X86_64 {
+        return Err(GoTlsError::Arch(obj.architecture()));
+    }
+    let read = function(obj, READ, read)?;
+    let write = function(obj, WRITE, write)?;
+    Ok(GoTlsProbes { version, read, write })
+}
+
+/// Address and size of a defined function symbol.
+fn symbol<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> Option<(u64, u64)> {
+    obj.symbols()
+        .find(|s| s.is_definition() && s.kind() == object::SymbolKind::Text && s.name() == Ok(name))
+        .map(|s| (s.address(), s.size()))
+}
+
+fn function<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    symbol: &'static str,
+    (addr, size): (u64, u64),
+) -> Result<GoFunction, GoTlsError> {
+    let fail = |reason: &str| GoTlsError::Function { symbol, reason: reason.to_string() };
+    let section = obj
+        .sections()
+        .find(|s| s.address() <= addr && addr.saturating_add(size) <= s.address() + s.size())
+        .ok_or_else(|| fail("not inside a section"))?;
+    let data = section.data().map_err(|e| fail(&e.to_string()))?;
+    let start = usize::try_from(addr - section.address()).map_err(|_| fail("bad address"))?;
+    let code = usize::try_from(size).ok().and_then(|n| data.get(start..start.checked_add(n)?));
+    let code = code.filter(|c| !c.is_empty()).ok_or_else(|| fail("no code (symbol size 0?)"))?;
+    let (file_start, _) = section.file_range().ok_or_else(|| fail("section not in the file"))?;
+    let to_file = |a: u64| file_start + (a - section.address());
+    let rets = ret_addresses(addr, code).map_err(|e| fail(&e))?;
+    Ok(GoFunction { entry: to_file(addr), rets: rets.into_iter().map(to_file).collect() })
+}
+
+/// Addresses of the `RET` instructions of the function `code` at `addr`.
+pub fn ret_addresses(addr: u64, code: &[u8]) -> Result<Vec<u64>, String> {
+    let mut rets = Vec::new();
+    let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    while decoder.can_decode() {
+        let ins = decoder.decode();
+        if ins.is_invalid() {
+            return Err(format!("undecodable instruction at {:#x}", ins.ip()));
+        }
+        if ins.mnemonic() == Mnemonic::Ret {
+            if rets.len() == MAX_RETS {
+                return Err(format!("more than {MAX_RETS} return instructions"));
+            }
+            rets.push(ins.ip());
+        }
+    }
+    if rets.is_empty() {
+        return Err("no return instruction".into());
+    }
+    Ok(rets)
+}
+
+/// The Go version in a `.go.buildinfo` section of the inline form (Go
+/// 1.18+): 16-byte header (`\xff Go buildinf:`, pointer size, flags with
+/// bit 2), padding to 32 bytes, then length-prefixed (varint) strings, the
+/// version first.
+pub fn build_version(info: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !info.starts_with(MAGIC) || info.get(15)? & 2 == 0 {
+        return None;
+    }
+    let mut at = 32;
+    let mut len: usize = 0;
+    for shift in (0..35).step_by(7) {
+        let b = *info.get(at)?;
+        at += 1;
+        len |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            let v = info.get(at..at.checked_add(len)?)?;
+            return std::str::from_utf8(v).ok().filter(|v| v.starts_with("go")).map(str::to_string);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_information_gives_the_version() {
+        let mut info = b"\xff Go buildinf:\x08\x02".to_vec();
+        info.resize(32, 0);
+        info.push(8);
+        info.extend_from_slice(b"go1.19.8\x98\x01path");
+        assert_eq!(build_version(&info).as_deref(), Some("go1.19.8"));
+        // Pre-1.18 form (pointers to strings): flags without bit 2.
+        let mut old = info.clone();
+        old[15] = 0;
+        assert_eq!(build_version(&old), None);
+        // Truncated, or a length past the end.
+        assert_eq!(build_version(&info[..36]), None);
+        let mut long = info.clone();
+        long[32] = 0x7f;
+        assert_eq!(build_version(&long), None);
+        assert_eq!(build_version(b"not buildinfo"), None);
+    }
+
+    #[test]
+    fn returns_are_found_by_decoding_not_by_byte() {
+        // cmp rsp,[r14+0x10]; jbe +0x10; push rbp; mov rbp,rsp;
+        // mov eax,0xc3 (a c3 byte inside an immediate); pop rbp; ret;
+        // xor eax,eax; ret
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x76, 0x10, 0x55, 0x48, 0x89, 0xe5, 0xb8, 0xc3, 0x00, 0x00, 0x00, 0x5d, 0xc3, 0x31,
+            0xc0, 0xc3,
+        ];
+        assert_eq!(ret_addresses(0x1000, &code), Ok(vec![0x1010, 0x1013]));
+        assert!(ret_addresses(0x1000, &[0x55, 0x5d]).unwrap_err().contains("no return"));
+        assert!(ret_addresses(0x1000, &[0x0f, 0xff]).unwrap_err().contains("undecodable"));
+        assert!(ret_addresses(0x1000, &[0xc3; MAX_RETS + 1]).unwrap_err().contains("more than"));
+    }
+
+    /// A Go program built here (Debian's golang-go, a test dependency) is
+    /// found with its entries and returns; skipped without Go.
+    #[test]
+    fn a_real_go_https_program_is_found() {
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/apps/go_tls_app.go");
+        let exe = dir.path().join("go_tls_app");
+        let built = std::process::Command::new("go")
+            .args(["build", "-o"])
+            .arg(&exe)
+            .arg(src)
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", dir.path().join("cache"))
+            .env("GOPATH", dir.path().join("path"))
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            eprintln!("go not installed: skipped");
+            return;
+        }
+        let p = find_in(&exe).expect("a Go TLS program").expect("probed");
+        assert!(p.version.starts_with("go1."), "{p:?}");
+        for f in [&p.read, &p.write] {
+            assert!(!f.rets.is_empty() && f.rets.iter().all(|r| *r > f.entry), "{p:?}");
+        }
+        assert_ne!(p.read.entry, p.write.entry);
+        // Not Go, or Go without TLS.
+        assert_eq!(find_in(Path::new("/bin/sh")), None);
+        assert_eq!(find_in(Path::new("/nonexistent")), None);
+    }
+}

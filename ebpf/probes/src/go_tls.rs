@@ -1,0 +1,135 @@
+//! TLS plaintext of Go programs: uprobes on `crypto/tls.(*Conn).Read` and
+//! `(*Conn).Write` of a Go executable (Go 1.17+ register ABI on x86_64).
+//! The agent finds the functions and their return instructions
+//! (`agent/src/capture/go_tls.rs`).
+//!
+//! Guarantees:
+//! - Only selected processes are followed (same `TRACED` check as syscalls).
+//! - A call is keyed by its goroutine (`R14` holds the current `g`), not by
+//!   thread: a goroutine that blocks inside `Read` may resume on another
+//!   thread. Go has no usable return probe (a uretprobe rewrites the return
+//!   address, which Go's stack copying and tracebacks do not expect), so the
+//!   entry remembers the call and a probe on each `RET` of the function
+//!   reports it. An entry seen twice (the stack-growth check re-runs the
+//!   prologue) overwrites itself; a remembered call is reported once.
+//! - The socket is read from the connection itself: `tls.Conn.conn` (a
+//!   `net.Conn` interface, first field) holds a `*net.TCPConn` (or
+//!   `*net.UnixConn`) whose `*netFD` starts with `poll.FD`, whose `Sysfd`
+//!   follows its 16-byte mutex. Layouts unchanged since Go 1.9. A descriptor
+//!   that is not a known socket of the process (a wrapped `net.Conn`) gets no
+//!   event and is counted (`TLS_NO_FD`).
+//! - Plaintext goes out as a data event flagged `DATA_TLS`, built by the same
+//!   `emit_data` as syscall data. The socket is then marked
+//!   `IGNORED_TLS_USER`: its syscalls carry ciphertext and make no events.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::uprobe,
+    programs::ProbeContext,
+};
+
+use kspan_common::{DATA_EGRESS, DATA_TLS, IGNORED_NO, IGNORED_TLS_USER, counter, sock_key};
+
+use crate::maps::{GO_TLS_CALLS, Inflight, SOCKS, TlsCall, TlsKey, count};
+use crate::{Res, Src, config, emit_data, is_traced};
+
+/// Offset of the interface's data word in `tls.Conn` (`conn net.Conn` is
+/// the first field: type word, then data word).
+const CONN_DATA: u64 = 8;
+/// Offset of `Sysfd` in `net.netFD` (`pfd poll.FD` first; `poll.FD` starts
+/// with `fdmu fdMutex`, 16 bytes).
+const NETFD_SYSFD: u64 = 16;
+
+/// The socket descriptor under a `*tls.Conn`.
+#[inline(always)]
+fn conn_fd(conn: u64) -> Option<u32> {
+    // SAFETY: user memory of the traced process, read with the fault-safe
+    // helper; a bad pointer gives an error, not a fault.
+    unsafe {
+        let data: u64 = bpf_probe_read_user((conn + CONN_DATA) as *const u64).ok()?;
+        // `*net.TCPConn` -> `conn{fd *netFD}` at offset 0.
+        let netfd: u64 = bpf_probe_read_user(data as *const u64).ok()?;
+        let fd: i64 = bpf_probe_read_user((netfd + NETFD_SYSFD) as *const i64).ok()?;
+        u32::try_from(fd).ok()
+    }
+}
+
+fn enter(ctx: &ProbeContext, flags: u32) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !is_traced(cfg, tgid) {
+        return Ok(0);
+    }
+    // SAFETY: the probe's saved user registers. Go's register ABI: receiver
+    // in RAX, the byte slice's pointer in RBX (its length in RCX).
+    let (conn, buf, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
+    // SAFETY: helper without preconditions.
+    let enter_ns = unsafe { bpf_ktime_get_ns() };
+    let call = TlsCall { ssl: conn, buf, out: 0, flags, _pad: 0, enter_ns };
+    if GO_TLS_CALLS.insert(&TlsKey { tgid, _pad: 0, ssl: g }, &call, 0).is_err() {
+        count(counter::TLS_CALLS_FULL);
+    }
+    Ok(0)
+}
+
+fn ret(ctx: &ProbeContext) -> Res {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    // SAFETY: the probe's saved user registers: the goroutine in R14, the
+    // byte count (first result) in RAX.
+    let (g, n) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax as i64) };
+    let key = TlsKey { tgid, _pad: 0, ssl: g };
+    // SAFETY: plain-old-data value, copied out before removal.
+    let call = unsafe { GO_TLS_CALLS.get(&key) }.copied().ok_or(0u32)?;
+    let _ = GO_TLS_CALLS.remove(&key);
+    if n <= 0 {
+        return Ok(0);
+    }
+    let cfg = config().ok_or(0u32)?;
+    let Some(fd) = conn_fd(call.ssl) else {
+        count(counter::TLS_NO_FD);
+        return Ok(0);
+    };
+    let Some(st) = SOCKS.get_ptr_mut(&sock_key(tgid, fd)) else {
+        count(counter::TLS_NO_FD);
+        return Ok(0);
+    };
+    // SAFETY: a SOCKS value; `ignored` is an aligned u32 (a racing writer
+    // leaves one of the two values).
+    let sock_id = unsafe {
+        match (*st).ignored {
+            IGNORED_NO => core::ptr::write_volatile(&mut (*st).ignored, IGNORED_TLS_USER),
+            IGNORED_TLS_USER => {}
+            _ => return Ok(0),
+        }
+        (*st).sock_id
+    };
+    let inf = Inflight { op: 0, fd, buf: call.buf, iovcnt: 0, sock_id, enter_ns: call.enter_ns };
+    emit_data::<false>(cfg, tgid, tid, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), n as u64);
+    Ok(0)
+}
+
+/// Entry of `crypto/tls.(*Conn).Write`.
+#[uprobe]
+pub fn kspan_go_tls_write(ctx: ProbeContext) -> u32 {
+    match enter(&ctx, DATA_EGRESS) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Entry of `crypto/tls.(*Conn).Read`.
+#[uprobe]
+pub fn kspan_go_tls_read(ctx: ProbeContext) -> u32 {
+    match enter(&ctx, 0) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Each `RET` of both functions (the entry remembered which it was).
+#[uprobe]
+pub fn kspan_go_tls_ret(ctx: ProbeContext) -> u32 {
+    match ret(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
