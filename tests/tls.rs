@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kspan_e2e::servers::{
-    TempDir, child_pid_of, gnutls_serv, go_tls_app, go_tls_server, nginx_h2_tls, nginx_tls, postgres_tls,
+    TempDir, child_pid_of, gnutls_serv, go_tls_app, go_tls_app_stripped, go_tls_server, nginx_h2_tls, nginx_tls,
+    postgres_tls,
 };
 use kspan_e2e::*;
 use serde_json::Value;
@@ -284,7 +285,7 @@ fn go_crypto_tls_server_and_client_spans() {
     // kspan first: the Go server is found at its exec; the client runs the
     // same executable, whose probes are then already in place.
     let k = Kspan::start(&["--exe", "/go_tls_app$"]);
-    let srv = go_tls_server();
+    let srv = go_tls_server(&go_tls_app());
     k.wait_log("\"Go crypto/tls\"", WAIT);
     let url = |p: &str| format!("https://127.0.0.1:{}{p}", srv.port);
     assert_eq!(curl_https(srv.port, &["/", "/items/42", "/missing", "/err"], false), [200, 200, 404, 500]);
@@ -349,6 +350,33 @@ fn go_crypto_tls_server_and_client_spans() {
     let no_fd = "kspan_kernel_lost_total{reason=\"tls_no_fd\"}";
     assert!(m.contains(no_fd), "{m}");
     assert_eq!(metric(&k, no_fd), 0.0, "{m}");
+    assert!(k.stop());
+}
+
+#[test]
+fn stripped_go_executable_is_probed_through_its_function_table() {
+    // Started before kspan: found by the scan of selected processes at start.
+    let srv = go_tls_server(&go_tls_app_stripped());
+    let k = Kspan::start(&["--pid", &srv.pid().to_string()]);
+    k.wait_log("\"Go crypto/tls\"", WAIT);
+    assert_eq!(curl_https(srv.port, &["/items/5", "/missing"], false), [200, 404]);
+    assert_eq!(curl_https(srv.port, &["/"], true), [200]);
+    let spans = k.wait_spans(3, WAIT, server_spans_of(srv.pid()));
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let mut seen: Vec<(&str, i64, &str)> = spans
+        .iter()
+        .map(|s| {
+            assert_eq!(attr_str(s, "url.scheme"), Some("https"), "{s:#}");
+            let route = attr_str(s, "http.route").unwrap_or("?");
+            (
+                route,
+                attr_i64(s, "http.response.status_code").unwrap_or(0),
+                attr_str(s, "network.protocol.version").unwrap_or("?"),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [("/", 200, "2"), ("/items/{id}", 200, "1.1"), ("/missing", 404, "1.1")]);
     assert!(k.stop());
 }
 

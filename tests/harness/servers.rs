@@ -113,36 +113,46 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// The Go HTTPS test app (`apps/go_tls_app.go`: Go's own crypto/tls and
 /// net/http), built once per test process with Debian's golang-go into
-/// `target/e2e-apps/` (symbols kept: kspan finds `crypto/tls` by them).
+/// `target/e2e-apps/`, with its symbol table.
 pub fn go_tls_app() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-apps");
-            std::fs::create_dir_all(&dir).expect("target/e2e-apps");
-            let (exe, tmp) = (dir.join("go_tls_app"), dir.join(format!("go_tls_app.{}", std::process::id())));
-            let out = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&tmp)
-                .arg(apps_dir().join("go_tls_app.go"))
-                .env("CGO_ENABLED", "0")
-                .env("GOCACHE", dir.join("go-cache"))
-                .env("GOPATH", dir.join("go-path"))
-                .output()
-                .expect("go build (`cargo xtask setup` installs golang-go)");
-            assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
-            std::fs::rename(&tmp, &exe).expect("rename go_tls_app");
-            exe
-        })
-        .clone()
+    BUILT.get_or_init(|| go_build("go_tls_app", &[])).clone()
 }
 
-/// [`go_tls_app`] serving HTTPS (HTTP/1.1, and HTTP/2 through ALPN) with a
-/// self-signed certificate: `/` and `/items/ID` 200, `/err` 500, else 404.
-pub fn go_tls_server() -> Proc {
+/// [`go_tls_app`] built without a symbol table (`-ldflags=-s -w`), as
+/// container images usually ship Go programs.
+pub fn go_tls_app_stripped() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| go_build("go_tls_app_stripped", &["-ldflags=-s -w"])).clone()
+}
+
+fn go_build(name: &str, flags: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-apps");
+    std::fs::create_dir_all(&dir).expect("target/e2e-apps");
+    let (exe, tmp) = (dir.join(name), dir.join(format!("{name}.{}", std::process::id())));
+    let out = Command::new("go")
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(apps_dir().join("go_tls_app.go"))
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("go-cache"))
+        .env("GOPATH", dir.join("go-path"))
+        .output()
+        .expect("go build (`cargo xtask setup` installs golang-go)");
+    assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&tmp, &exe).expect("rename the Go app");
+    exe
+}
+
+/// The Go app `exe` ([`go_tls_app`] or [`go_tls_app_stripped`]) serving
+/// HTTPS (HTTP/1.1, and HTTP/2 through ALPN) with a self-signed
+/// certificate: `/` and `/items/ID` 200, `/err` 500, else 404.
+pub fn go_tls_server(exe: &Path) -> Proc {
     let dir = TempDir::new("go-tls");
     let (cert, key) = self_signed_cert(&dir.0);
-    let mut child = Command::new(go_tls_app())
+    let mut child = Command::new(exe)
         .arg("server")
         .args([&cert, &key])
         .stdout(Stdio::piped())

@@ -107,7 +107,7 @@ fn test(args: &[String]) -> Result<()> {
 /// Runs every fuzz target for a bounded time from its committed seeds.
 fn fuzz(seconds: u64) -> Result<()> {
     let dir = root().join("agent/fuzz");
-    let targets = ["http", "http2", "postgres", "redis", "event_decode"];
+    let targets = ["http", "http2", "postgres", "redis", "event_decode", "gopclntab"];
     sh(cargo_nightly().current_dir(&dir).args(["fuzz", "build", "-O"]))?;
     for t in targets {
         let corpus = std::env::temp_dir().join(format!("kspan-fuzz-corpus-{t}"));

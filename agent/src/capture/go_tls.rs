@@ -5,8 +5,9 @@
 //!
 //! Guarantees:
 //! - A file is taken for a Go program only when it has Go's build
-//!   information (`.go.buildinfo`) and defines both functions in its symbol
-//!   table; a Go program without TLS is no error ([`find`] gives `None`).
+//!   information (`.go.buildinfo`) and defines both functions, in its symbol
+//!   table or, when stripped, in Go's function table ([`gopclntab`]); a Go
+//!   program without TLS is no error ([`find`] gives `None`).
 //! - Probes are placed only where the kernel programs' reading of registers
 //!   holds: x86_64 and Go 1.18 or later (the register ABI came in 1.17; the
 //!   version is read from the build information, whose inline form 1.18
@@ -16,12 +17,14 @@
 //!   to its symbol's end (Go puts no data inside functions), never by
 //!   searching for the byte `0xc3`; a function with none, with more than
 //!   [`MAX_RETS`] or with an undecodable instruction is refused.
-//! - Not covered: stripped executables (no symbol table; Go's own
-//!   `.gopclntab` is not read), Go older than 1.18, other architectures.
+//! - Not covered: Go older than 1.18, other architectures, executables
+//!   whose function table is not in a `.gopclntab` section.
 
 use std::path::Path;
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+
+use super::gopclntab;
 use object::{Object, ObjectSection, ObjectSymbol};
 
 /// The Go functions probed.
@@ -65,7 +68,14 @@ pub struct GoTlsProbes {
 /// Go program using `crypto/tls`.
 pub fn find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<Result<GoTlsProbes, GoTlsError>> {
     let info = obj.section_by_name(".go.buildinfo")?;
-    let (read, write) = (symbol(obj, READ)?, symbol(obj, WRITE)?);
+    let (read, write) = match (symbol(obj, READ), symbol(obj, WRITE)) {
+        (Some(read), Some(write)) => (read, write),
+        // Stripped: Go's own function table.
+        _ => {
+            let tab = obj.section_by_name(".gopclntab")?.data().ok()?;
+            (gopclntab::find_function(tab, READ)?, gopclntab::find_function(tab, WRITE)?)
+        }
+    };
     Some(probes(obj, info.data().unwrap_or_default(), read, write))
 }
 
@@ -231,6 +241,22 @@ mod tests {
             assert!(!f.rets.is_empty() && f.rets.iter().all(|r| *r > f.entry), "{p:?}");
         }
         assert_ne!(p.read.entry, p.write.entry);
+        // Stripped, the same build gives the same probe points from Go's
+        // function table.
+        let stripped = dir.path().join("stripped");
+        let built = std::process::Command::new("go")
+            .args(["build", "-ldflags=-s -w", "-o"])
+            .arg(&stripped)
+            .arg(src)
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", dir.path().join("cache"))
+            .env("GOPATH", dir.path().join("path"))
+            .status();
+        assert!(built.is_ok_and(|s| s.success()));
+        let file = std::fs::read(&stripped).expect("read");
+        let obj = object::File::parse(&*file).expect("ELF");
+        assert!(symbol(&obj, READ).is_none(), "stripped: no symbol table");
+        assert_eq!(find(&obj), Some(Ok(p)));
         // Not Go, or Go without TLS.
         assert_eq!(find_in(Path::new("/bin/sh")), None);
         assert_eq!(find_in(Path::new("/nonexistent")), None);

@@ -23,6 +23,7 @@ mod attach;
 pub mod btf;
 #[cfg(feature = "runtime")]
 pub mod go_tls;
+pub mod gopclntab;
 #[cfg(feature = "runtime")]
 mod loader;
 #[cfg(feature = "runtime")]

@@ -8,16 +8,20 @@
 //! - A call is keyed by its goroutine (`R14` holds the current `g`), not by
 //!   thread: a goroutine that blocks inside `Read` may resume on another
 //!   thread. Go has no usable return probe (a uretprobe rewrites the return
-//!   address, which Go's stack copying and tracebacks do not expect), so the
-//!   entry remembers the call and a probe on each `RET` of the function
-//!   reports it. An entry seen twice (the stack-growth check re-runs the
-//!   prologue) overwrites itself; a remembered call is reported once.
-//! - The socket is read from the connection itself: `tls.Conn.conn` (a
-//!   `net.Conn` interface, first field) holds a `*net.TCPConn` (or
-//!   `*net.UnixConn`) whose `*netFD` starts with `poll.FD`, whose `Sysfd`
-//!   follows its 16-byte mutex. Layouts unchanged since Go 1.9. A descriptor
-//!   that is not a known socket of the process (a wrapped `net.Conn`) gets no
-//!   event and is counted (`TLS_NO_FD`).
+//!   address, which Go's stack copying and tracebacks do not expect), so a
+//!   probe on each `RET` of the function ends the call.
+//! - The socket is read from the connection at entry, while it is surely
+//!   open (another goroutine may close it before the call returns):
+//!   `tls.Conn.conn` (a `net.Conn` interface, first field) holds a
+//!   `*net.TCPConn` (or `*net.UnixConn`) whose `*netFD` starts with
+//!   `poll.FD`, whose `Sysfd` follows its 16-byte mutex. Layouts unchanged
+//!   since Go 1.9. A descriptor that is not a known socket of the process
+//!   (a wrapped `net.Conn`) gets no event and is counted (`TLS_NO_FD`).
+//! - `Write` is reported at its entry (the plaintext is there, and it then
+//!   precedes its own ciphertext), `Read` at its return with the byte count.
+//!   The stack-growth check may run a function's entry twice for one call:
+//!   a `Write` entry that finds the same call still open is not reported
+//!   again.
 //! - Plaintext goes out as a data event flagged `DATA_TLS`, built by the same
 //!   `emit_data` as syscall data. The socket is then marked
 //!   `IGNORED_TLS_USER`: its syscalls carry ciphertext and make no events.
@@ -28,9 +32,9 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-use kspan_common::{DATA_EGRESS, DATA_TLS, IGNORED_NO, IGNORED_TLS_USER, counter, sock_key};
+use kspan_common::{DATA_EGRESS, DATA_TLS, IGNORED_NO, IGNORED_TLS_USER, KernelConfig, counter, sock_key};
 
-use crate::maps::{GO_TLS_CALLS, Inflight, SOCKS, TlsCall, TlsKey, count};
+use crate::maps::{GO_TLS_CALLS, GoCall, Inflight, SOCKS, TlsKey, count};
 use crate::{Res, Src, config, emit_data, is_traced};
 
 /// Offset of the interface's data word in `tls.Conn` (`conn net.Conn` is
@@ -39,6 +43,8 @@ const CONN_DATA: u64 = 8;
 /// Offset of `Sysfd` in `net.netFD` (`pfd poll.FD` first; `poll.FD` starts
 /// with `fdmu fdMutex`, 16 bytes).
 const NETFD_SYSFD: u64 = 16;
+/// `GoCall::fd` when the connection's socket could not be read.
+const NO_FD: u32 = u32::MAX;
 
 /// The socket descriptor under a `*tls.Conn`.
 #[inline(always)]
@@ -50,24 +56,59 @@ fn conn_fd(conn: u64) -> Option<u32> {
         // `*net.TCPConn` -> `conn{fd *netFD}` at offset 0.
         let netfd: u64 = bpf_probe_read_user(data as *const u64).ok()?;
         let fd: i64 = bpf_probe_read_user((netfd + NETFD_SYSFD) as *const i64).ok()?;
-        u32::try_from(fd).ok()
+        u32::try_from(fd).ok().filter(|fd| *fd != NO_FD)
     }
+}
+
+/// Reports `n` bytes of `call`'s buffer as plaintext of its socket.
+#[inline(always)]
+fn report(cfg: &KernelConfig, tgid: u32, tid: u32, call: &GoCall, n: u64) {
+    let st = match call.fd {
+        NO_FD => None,
+        fd => SOCKS.get_ptr_mut(&sock_key(tgid, fd)),
+    };
+    let Some(st) = st else {
+        count(counter::TLS_NO_FD);
+        return;
+    };
+    // SAFETY: a SOCKS value; `ignored` is an aligned u32 (a racing writer
+    // leaves one of the two values).
+    let sock_id = unsafe {
+        match (*st).ignored {
+            IGNORED_NO => core::ptr::write_volatile(&mut (*st).ignored, IGNORED_TLS_USER),
+            IGNORED_TLS_USER => {}
+            _ => return,
+        }
+        (*st).sock_id
+    };
+    let inf = Inflight { op: 0, fd: call.fd, buf: call.buf, iovcnt: 0, sock_id, enter_ns: call.enter_ns };
+    emit_data::<false>(cfg, tgid, tid, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), n);
 }
 
 fn enter(ctx: &ProbeContext, flags: u32) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if !is_traced(cfg, tgid) {
         return Ok(0);
     }
     // SAFETY: the probe's saved user registers. Go's register ABI: receiver
-    // in RAX, the byte slice's pointer in RBX (its length in RCX).
-    let (conn, buf, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
+    // in RAX, the byte slice's pointer and length in RBX and RCX.
+    let (conn, buf, len, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx, (*ctx.regs).r14) };
+    let key = TlsKey { tgid, _pad: 0, ssl: g };
+    // SAFETY: plain-old-data value, compared at once.
+    let again = unsafe { GO_TLS_CALLS.get(&key) }.is_some_and(|c| c.conn == conn && c.buf == buf && c.len == len);
+    if again {
+        return Ok(0);
+    }
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
-    let call = TlsCall { ssl: conn, buf, out: 0, flags, _pad: 0, enter_ns };
-    if GO_TLS_CALLS.insert(&TlsKey { tgid, _pad: 0, ssl: g }, &call, 0).is_err() {
+    let fd = conn_fd(conn).unwrap_or(NO_FD);
+    let call = GoCall { conn, buf, len, enter_ns, fd, flags };
+    if flags & DATA_EGRESS != 0 && len > 0 {
+        report(cfg, tgid, tid, &call, len);
+    }
+    if GO_TLS_CALLS.insert(&key, &call, 0).is_err() {
         count(counter::TLS_CALLS_FULL);
     }
     Ok(0)
@@ -83,30 +124,11 @@ fn ret(ctx: &ProbeContext) -> Res {
     // SAFETY: plain-old-data value, copied out before removal.
     let call = unsafe { GO_TLS_CALLS.get(&key) }.copied().ok_or(0u32)?;
     let _ = GO_TLS_CALLS.remove(&key);
-    if n <= 0 {
+    if call.flags & DATA_EGRESS != 0 || n <= 0 {
         return Ok(0);
     }
     let cfg = config().ok_or(0u32)?;
-    let Some(fd) = conn_fd(call.ssl) else {
-        count(counter::TLS_NO_FD);
-        return Ok(0);
-    };
-    let Some(st) = SOCKS.get_ptr_mut(&sock_key(tgid, fd)) else {
-        count(counter::TLS_NO_FD);
-        return Ok(0);
-    };
-    // SAFETY: a SOCKS value; `ignored` is an aligned u32 (a racing writer
-    // leaves one of the two values).
-    let sock_id = unsafe {
-        match (*st).ignored {
-            IGNORED_NO => core::ptr::write_volatile(&mut (*st).ignored, IGNORED_TLS_USER),
-            IGNORED_TLS_USER => {}
-            _ => return Ok(0),
-        }
-        (*st).sock_id
-    };
-    let inf = Inflight { op: 0, fd, buf: call.buf, iovcnt: 0, sock_id, enter_ns: call.enter_ns };
-    emit_data::<false>(cfg, tgid, tid, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), n as u64);
+    report(cfg, tgid, tid, &call, n as u64);
     Ok(0)
 }
 

@@ -66,7 +66,7 @@ pub static TLS_SOCKS: LruHashMap<TlsKey, TlsSock> = LruHashMap::with_max_entries
 /// the function's entry and one of its `RET`s (LRU: a call whose return was
 /// missed is evicted in time).
 #[map]
-pub static GO_TLS_CALLS: LruHashMap<TlsKey, TlsCall> = LruHashMap::with_max_entries(MAX_TLS_CALLS, 0);
+pub static GO_TLS_CALLS: LruHashMap<TlsKey, GoCall> = LruHashMap::with_max_entries(MAX_TLS_CALLS, 0);
 
 /// Per-CPU scratch space where a data event is assembled before output.
 #[map]
@@ -159,6 +159,23 @@ pub struct TlsCall {
     pub _pad: u32,
     /// Monotonic time (ns) the call was entered.
     pub enter_ns: u64,
+}
+
+/// A Go `crypto/tls` call in flight ([`GO_TLS_CALLS`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoCall {
+    /// The `*tls.Conn` receiver.
+    pub conn: u64,
+    pub buf: u64,
+    /// Length of the byte slice passed.
+    pub len: u64,
+    /// Monotonic time (ns) the call was entered.
+    pub enter_ns: u64,
+    /// The connection's socket read at entry (`u32::MAX`: not found).
+    pub fd: u32,
+    /// `DATA_EGRESS` for writes, 0 for reads.
+    pub flags: u32,
 }
 
 /// One [`TLS_SLOTS`] slot.
