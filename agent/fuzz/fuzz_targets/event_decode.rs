@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
             Ok(RawEvent::ConnOpen(c)) => table.on_open(&c, &mut out),
             Ok(RawEvent::Close(c)) => table.on_close(c.tgid, c.fd, c.sock_id, c.ts_ns, &mut out),
             Ok(RawEvent::Exit(p)) => table.on_exit(p.tgid, p.ts_ns, &mut out),
-            Ok(RawEvent::Exec(_) | RawEvent::LibLoad(_) | RawEvent::Fork(_)) | Err(_) => {}
+            Ok(RawEvent::Exec(e)) => drop(kspan::capture::decode::exec_filename(&e)),
+            Ok(RawEvent::LibLoad(_) | RawEvent::Fork(_)) | Err(_) => {}
         }
     }
     table.sweep(u64::MAX);

@@ -1,7 +1,7 @@
 //! Decoding of raw ring buffer records into typed events. Total: any byte
 //! string decodes to an event or a [`DecodeError`], never a panic.
 
-use kspan_common::{CloseEvent, ConnEvent, DataHeader, EventKind, ProcEvent};
+use kspan_common::{CloseEvent, ConnEvent, DataHeader, EventKind, ExecEvent, ProcEvent};
 
 /// A decoded ring buffer record; data payloads borrow the record.
 #[derive(Debug, PartialEq, Eq)]
@@ -12,7 +12,7 @@ pub enum RawEvent<'a> {
     },
     ConnOpen(ConnEvent),
     Close(CloseEvent),
-    Exec(ProcEvent),
+    Exec(ExecEvent),
     Exit(ProcEvent),
     /// A traced process forked: `tgid` is the child, `tid` the parent.
     Fork(ProcEvent),
@@ -61,6 +61,12 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
     }
 }
 
+/// The file name of an exec event (up to its NUL; lossy UTF-8).
+pub fn exec_filename(e: &ExecEvent) -> std::borrow::Cow<'_, str> {
+    let end = e.filename.iter().position(|b| *b == 0).unwrap_or(e.filename.len());
+    String::from_utf8_lossy(&e.filename[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use kspan_common::{DATA_EGRESS, encode};
@@ -98,6 +104,13 @@ mod tests {
         assert_eq!(decode(encode::proc(&l)), Ok(RawEvent::LibLoad(l)));
         let f = ProcEvent { kind: EventKind::ProcFork as u32, tgid: 10, tid: 9, ..Default::default() };
         assert_eq!(decode(encode::proc(&f)), Ok(RawEvent::Fork(f)));
+        let mut e = ExecEvent::default();
+        e.proc.kind = EventKind::ProcExec as u32;
+        e.filename[..8].copy_from_slice(b"/bin/sh\0");
+        assert_eq!(decode(encode::exec(&e)), Ok(RawEvent::Exec(e)));
+        assert_eq!(exec_filename(&e), "/bin/sh");
+        // A record of the old size (no file name) is short, not misread.
+        assert!(matches!(decode(&encode::exec(&e)[..size_of::<ProcEvent>()]), Err(DecodeError::Short(_))));
     }
 
     #[test]

@@ -213,6 +213,18 @@ impl ProcessTable {
         self.cache.clear();
     }
 
+    /// A process exec'd `filename`: its identity is read afresh; when it is
+    /// already gone (or a zombie), the file name stands for its executable.
+    pub fn exec(&mut self, pid: u32, filename: &str) {
+        self.cache.remove(&pid);
+        let info = ProcInfo::read(pid).filter(|p| !p.exe_path.is_empty()).unwrap_or_else(|| ProcInfo {
+            pid,
+            exe_path: filename.to_owned(),
+            ..Default::default()
+        });
+        self.insert(pid, info);
+    }
+
     /// Forgets a pid (exec changes its identity; exit ends it).
     pub fn forget(&mut self, pid: u32) {
         self.cache.remove(&pid);
@@ -329,6 +341,19 @@ mod tests {
         let me = ProcInfo::read(std::process::id()).expect("self");
         assert!(!me.exe_path.is_empty());
         assert!(me.start_ticks > 0);
+    }
+
+    #[test]
+    fn a_process_gone_before_its_exec_was_read_is_named_by_its_exec_file() {
+        let mut t = table();
+        // 4_000_000_000 is no live pid.
+        t.exec(4_000_000_000, "/usr/bin/curl");
+        let r = t.resource(4_000_000_000);
+        assert_eq!(r.attributes.get_str("process.executable.name"), Some("curl"));
+        // A live process is read from /proc whatever name is given.
+        let me = std::process::id();
+        t.exec(me, "/usr/bin/not-this");
+        assert_ne!(t.resource(me).attributes.get_str("process.executable.name"), Some("not-this"));
     }
 
     #[test]

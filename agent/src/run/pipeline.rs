@@ -111,11 +111,12 @@ fn handle(
             }
         }
         RawEvent::Close(c) => conns.on_close(c.tgid, c.fd, c.sock_id, c.ts_ns, out),
-        RawEvent::Exec(p) => {
-            procs.forget(p.tgid);
-            if selector.on_exec(p.tgid) {
-                procs.resource(p.tgid);
-                changes.execs.push(p.tgid);
+        RawEvent::Exec(e) => {
+            let (tgid, file) = (e.proc.tgid, crate::capture::decode::exec_filename(&e));
+            procs.forget(tgid);
+            if selector.on_exec(tgid, &file) {
+                procs.exec(tgid, &file);
+                changes.execs.push(tgid);
             }
         }
         RawEvent::LibLoad(p) => {

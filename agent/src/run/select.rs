@@ -114,7 +114,16 @@ impl Selector {
         false
     }
 
-    fn decide(&mut self, pid: u32) -> bool {
+    /// `--exe` against the process's /proc entry or, once that is gone (or
+    /// the process is a zombie), the file name its exec event carried.
+    fn exe_matches(&self, pid: u32, exec_file: Option<&str>) -> bool {
+        match ProcInfo::read(pid).filter(|p| !p.exe_path.is_empty()) {
+            Some(p) => self.matches_exe(&p),
+            None => exec_file.is_some_and(|f| self.exe.iter().any(|re| re.is_match(f))),
+        }
+    }
+
+    fn decide(&mut self, pid: u32, exec_file: Option<&str>) -> bool {
         if self.all {
             return true;
         }
@@ -123,7 +132,7 @@ impl Selector {
         // the parents, which a short-lived process of a busy host pays on
         // every exec).
         let yes = self.roots.contains(&pid)
-            || (!self.exe.is_empty() && ProcInfo::read(pid).is_some_and(|p| self.matches_exe(&p)))
+            || (!self.exe.is_empty() && self.exe_matches(pid, exec_file))
             || self.descends_from_root(pid);
         self.remember(pid, yes);
         self.updates.push(if yes { KernelUpdate::Select(pid) } else { KernelUpdate::Unselect(pid) });
@@ -143,13 +152,15 @@ impl Selector {
         let process = self.all
             || match self.decided.get(&tgid) {
                 Some(v) => *v,
-                None => self.decide(tgid),
+                None => self.decide(tgid, None),
             };
         process && self.pods.as_mut().is_none_or(|p| p.allows(tgid))
     }
 
-    /// A process exec'd: its identity changed, decide again.
-    pub fn on_exec(&mut self, tgid: u32) -> bool {
+    /// A process exec'd `exec_file` (the name execve was given): its
+    /// identity changed, decide again. The name decides `--exe` when the
+    /// process is already gone (a client that lived a few milliseconds).
+    pub fn on_exec(&mut self, tgid: u32, exec_file: &str) -> bool {
         if let Some(p) = &mut self.pods {
             p.decided.remove(&tgid);
         }
@@ -157,7 +168,7 @@ impl Selector {
             return self.allows(tgid);
         }
         self.decided.remove(&tgid);
-        self.decide(tgid) && self.pods.as_mut().is_none_or(|p| p.allows(tgid))
+        self.decide(tgid, Some(exec_file)) && self.pods.as_mut().is_none_or(|p| p.allows(tgid))
     }
 
     /// A traced process forked `child` (the kernel already traces it): the
@@ -217,7 +228,7 @@ impl Selector {
         let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         let pids: Vec<u32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
         let selected: Vec<u32> =
-            pids.into_iter().filter(|p| !self.decided.contains_key(p) && self.decide(*p)).collect();
+            pids.into_iter().filter(|p| !self.decided.contains_key(p) && self.decide(*p, None)).collect();
         self.updates.clear();
         selected
     }
@@ -256,6 +267,19 @@ mod tests {
         s.on_fork(me, 4_000_000_003);
         assert!(s.allows(4_000_000_003));
         assert_eq!(s.vanished(), vec![4_000_000_003], "this process lives; the fake child has no /proc entry");
+    }
+
+    #[test]
+    fn a_process_gone_before_its_exec_is_decided_is_matched_by_the_exec_file_name() {
+        let mut s = Selector::new(false, &[], &["/go_tls_app$".to_string()]).unwrap();
+        // 4_000_000_004 is no live pid: /proc cannot decide it.
+        assert!(s.on_exec(4_000_000_004, "./target/go_tls_app"));
+        assert!(s.allows(4_000_000_004));
+        assert!(!s.on_exec(4_000_000_005, "/usr/bin/curl"));
+        assert!(!s.allows(4_000_000_005));
+        // A live process is judged by its /proc entry, not the name given.
+        let me = std::process::id();
+        assert!(!s.on_exec(me, "/somewhere/go_tls_app"), "this test binary is not go_tls_app");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Byte encoders for ring buffer records, exactly as the kernel writes them.
 //! Used by the agent's tests, golden fixtures and fuzz seeds.
 
-use crate::{CloseEvent, ConnEvent, DataHeader, ProcEvent};
+use crate::{CloseEvent, ConnEvent, DataHeader, ExecEvent, ProcEvent};
 
 /// Views a padding-free `repr(C)` event as bytes.
 fn as_bytes<T: Copy>(v: &T) -> &[u8] {
@@ -34,5 +34,10 @@ pub fn close(ev: &CloseEvent) -> &[u8] {
 
 /// Bytes of a process event record.
 pub fn proc(ev: &ProcEvent) -> &[u8] {
+    as_bytes(ev)
+}
+
+/// Bytes of an exec event record.
+pub fn exec(ev: &ExecEvent) -> &[u8] {
     as_bytes(ev)
 }

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -57,7 +57,7 @@ pub enum EventKind {
     ConnOpen = 2,
     /// [`CloseEvent`]: a known socket fd was closed.
     ConnClose = 3,
-    /// [`ProcEvent`]: a process called execve (any process; only a traced one
+    /// [`ExecEvent`]: a process called execve (any process; only a traced one
     /// when processes are selected by pid alone).
     ProcExec = 4,
     /// [`ProcEvent`]: a traced process (thread group) exited.
@@ -225,6 +225,26 @@ pub struct ProcEvent {
     /// Thread id that triggered the event.
     pub tid: u32,
     pub comm: [u8; 16],
+}
+
+/// Bytes of the exec'd file name an [`ExecEvent`] carries (longer names are
+/// cut; the name is NUL-terminated within).
+pub const EXEC_FILENAME_LEN: usize = 256;
+
+/// A process exec'd: its [`ProcEvent`] and the file name execve was given
+/// (`sched_process_exec`'s `filename`), so the agent can match `--exe`
+/// even when the process is gone before it reads /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub proc: ProcEvent,
+    pub filename: [u8; EXEC_FILENAME_LEN],
+}
+
+impl Default for ExecEvent {
+    fn default() -> Self {
+        Self { proc: ProcEvent::default(), filename: [0; EXEC_FILENAME_LEN] }
+    }
 }
 
 /// Agent -> kernel settings, element 0 of the `CONFIG` array map.

@@ -43,9 +43,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, IGNORED_PORT, KernelConfig, KernelOffsets, MAX_CAPTURE,
-    PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, TRACED_PENDING,
-    UNIX_PATH_MAX, counter, sock_key,
+    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, ExecEvent, IGNORED_PORT, KernelConfig, KernelOffsets,
+    MAX_CAPTURE, PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState,
+    TRACED_PENDING, UNIX_PATH_MAX, counter, sock_key,
 };
 use maps::{
     CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, PROC_WAKE, SCRATCH, SOCKS, TRACED, WAKE, count,
@@ -661,24 +661,52 @@ fn proc_wake_flags(cfg: &KernelConfig, kind: EventKind, size: u64) -> u64 {
     wake_flags(cfg, size)
 }
 
+fn proc_event(kind: EventKind, tgid: u32, tid: u32) -> ProcEvent {
+    ProcEvent {
+        kind: kind as u32,
+        _pad: 0,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tgid,
+        tid,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
 pub(crate) fn emit_proc(cfg: &KernelConfig, kind: EventKind, tgid: u32, tid: u32) {
     if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
-        entry.write(ProcEvent {
-            kind: kind as u32,
-            _pad: 0,
-            // SAFETY: helper without preconditions.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            tgid,
-            tid,
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        });
+        entry.write(proc_event(kind, tgid, tid));
         entry.submit(proc_wake_flags(cfg, kind, core::mem::size_of::<ProcEvent>() as u64));
     } else {
         count(counter::RINGBUF_FULL_CTRL);
     }
 }
 
-fn try_exec(_ctx: &TracePointContext) -> Res {
+/// The exec event, with the file name from the tracepoint record
+/// (`__data_loc char[] filename` at offset 8: its offset in the low 16 bits).
+fn emit_exec(ctx: &TracePointContext, cfg: &KernelConfig, tgid: u32, tid: u32) {
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count(counter::RINGBUF_FULL_CTRL);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved record, written before it is submitted;
+    // the name is read with the fault-safe string helper and always ends
+    // with a NUL inside the array.
+    unsafe {
+        (*ev).proc = proc_event(EventKind::ProcExec, tgid, tid);
+        let name = &mut (*ev).filename;
+        name[0] = 0;
+        let loc: u32 = field::<u32>(ctx, 8);
+        let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+        if aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, name).is_err() {
+            name[0] = 0;
+        }
+    }
+    entry.submit(proc_wake_flags(cfg, EventKind::ProcExec, core::mem::size_of::<ExecEvent>() as u64));
+}
+
+fn try_exec(ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
@@ -701,7 +729,7 @@ fn try_exec(_ctx: &TracePointContext) -> Res {
             return Ok(0);
         }
     }
-    emit_proc(cfg, EventKind::ProcExec, tgid, tid);
+    emit_exec(ctx, cfg, tgid, tid);
     Ok(0)
 }
 
