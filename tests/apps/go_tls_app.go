@@ -26,7 +26,7 @@ func serve(cert, key string) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch {
-		case r.URL.Path == "/":
+		case r.URL.Path == "/" || r.URL.Path == "/index.html":
 			io.WriteString(w, "hello from go\n")
 		case strings.HasPrefix(r.URL.Path, "/items/"):
 			w.Header().Set("Content-Type", "application/json")

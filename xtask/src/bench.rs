@@ -12,6 +12,7 @@ use kspan_e2e::{free_port, http_get};
 use crate::{cargo, root, setup, sh};
 
 mod curl;
+mod go_tls;
 mod h2;
 mod linking;
 mod toggle;
@@ -443,18 +444,7 @@ fn print_p99(rs: &[Round]) {
 /// plaintext through the OpenSSL uprobes).
 fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Result<()> {
     let (ng, scheme) = if tls { (nginx_tls(), "https") } else { (nginx(), "http") };
-    // uprobes are per file: wrk on the system libssl would trap on every SSL
-    // call too. A private copy keeps the load generator unprobed, as a client
-    // on another host would be.
-    let wrk_libs = TempDir::new("bench-wrk-libssl");
-    if tls {
-        let system =
-            ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3"]
-                .into_iter()
-                .find(|p| std::path::Path::new(p).exists())
-                .context("no system libssl.so.3 to copy for wrk")?;
-        std::fs::copy(system, wrk_libs.0.join("libssl.so.3"))?;
-    }
+    let wrk_libs = if tls { private_libssl()? } else { TempDir::new("bench-wrk") };
     let lib_dir = tls.then_some(wrk_libs.0.as_path());
     let load = || wrk(scheme, lib_dir, ng.port, secs, None).map(|l| (l.rps, l.p99_ms));
     println!("== nginx {scheme} + wrk (-t2 -c32, {secs}s), kspan --pid nginx --output none");
@@ -497,6 +487,21 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
         println!("TLS capture off: ratio {:.3} (syscall tracing only)", off[0].ratio());
     }
     Ok(())
+}
+
+/// A directory holding a private copy of the system libssl, for a load
+/// generator's `LD_LIBRARY_PATH`: uprobes are per file, so a client on the
+/// system libssl would trap on every SSL call too. The copy keeps it
+/// unprobed, as a client on another host would be.
+fn private_libssl() -> Result<TempDir> {
+    let dir = TempDir::new("bench-libssl");
+    let system =
+        ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .context("no system libssl.so.3 to copy for the load generator")?;
+    std::fs::copy(system, dir.0.join("libssl.so.3"))?;
+    Ok(dir)
 }
 
 /// [`rounds`] with kspan started with `agent_args` plus a config file of
@@ -669,7 +674,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     let skip_criterion = args.iter().any(|a| a == "--no-criterion");
     // `--pairs N`: window pairs of the toggled (SIGUSR1) measurement, 0: none.
     let pairs: usize = flag_value(args, "--pairs").and_then(|v| v.parse().ok()).unwrap_or(30);
-    // `--only http|https|https-curl|h2|linking|db|otlp`: one whole-system bench, no criterion.
+    // `--only http|https|https-curl|h2|go-tls|linking|db|otlp`: one whole-system bench, no criterion.
     let only = flag_value(args, "--only");
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     setup::setup(false)?;
@@ -685,6 +690,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     if wanted("h2") {
         h2::h2_bench(&bin, secs, n_rounds)?;
+    }
+    if wanted("go-tls") {
+        go_tls::go_tls_bench(&bin, secs, n_rounds)?;
     }
     if wanted("linking") {
         linking::linking_bench(&bin, secs, n_rounds)?;

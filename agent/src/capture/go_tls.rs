@@ -1,6 +1,7 @@
-//! Where the Go TLS uprobes go in a Go executable: the entries of
-//! `crypto/tls.(*Conn).Read` and `(*Conn).Write`, and every `RET`
-//! instruction of both (Go code cannot take a uretprobe: see
+//! Where the Go TLS uprobes go in a Go executable: the stack-growth check
+//! at the start of `crypto/tls.(*Conn).Read` and `(*Conn).Write` (its
+//! conditional jump, which the kernel emulates in the uprobe trap), and
+//! every `RET` instruction of `Read` (Go code cannot take a uretprobe: see
 //! `ebpf/probes/src/go_tls.rs`).
 //!
 //! Guarantees:
@@ -13,16 +14,20 @@
 //!   version is read from the build information, whose inline form 1.18
 //!   introduced). Anything else is a precise [`GoTlsError`], logged once per
 //!   file and counted by the caller.
-//! - Return instructions are found by decoding each function from its start
-//!   to its symbol's end (Go puts no data inside functions), never by
-//!   searching for the byte `0xc3`; a function with none, with more than
-//!   [`MAX_RETS`] or with an undecodable instruction is refused.
+//! - Instructions are found by decoding each function from its start to its
+//!   symbol's end (Go puts no data inside functions), never by searching for
+//!   bytes. The entry probe goes on a `jbe` among the first
+//!   [`PROLOGUE`] instructions that follows a `cmp` against `16(%r14)`
+//!   (`g.stackguard0`), with nothing in between that writes a register the
+//!   kernel program reads; a function without that prologue, with no `RET`
+//!   or more than [`MAX_RETS`], or with an undecodable instruction is
+//!   refused.
 //! - Not covered: Go older than 1.18, other architectures, executables
 //!   whose function table is not in a `.gopclntab` section.
 
 use std::path::Path;
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic, Register};
 
 use super::gopclntab;
 use object::{Object, ObjectSection, ObjectSymbol};
@@ -32,6 +37,8 @@ pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 /// Most return instructions probed in one function (Go 1.19's `Read` has 6).
 pub const MAX_RETS: usize = 64;
+/// Instructions searched for the stack check's jump.
+pub const PROLOGUE: usize = 4;
 /// Oldest Go release with the inline build information and register ABI.
 const MIN_MINOR: u32 = 18;
 
@@ -48,20 +55,16 @@ pub enum GoTlsError {
     Function { symbol: &'static str, reason: String },
 }
 
-/// One probed function: file offsets of its entry and of each `RET`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GoFunction {
-    pub entry: u64,
-    pub rets: Vec<u64>,
-}
-
-/// What is probed in one Go executable.
+/// What is probed in one Go executable (file offsets).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoTlsProbes {
     /// Go release, e.g. `go1.19.8`.
     pub version: String,
-    pub read: GoFunction,
-    pub write: GoFunction,
+    /// The stack check's jump in `Read`, and each of its `RET`s.
+    pub read: u64,
+    pub read_rets: Vec<u64>,
+    /// The stack check's jump in `Write`.
+    pub write: u64,
 }
 
 /// The Go TLS probe points of the executable `obj`, `None` when it is not a
@@ -101,9 +104,9 @@ fn probes<'d, R: object::ReadRef<'d>>(
     if obj.architecture() != object::Architecture::X86_64 {
         return Err(GoTlsError::Arch(obj.architecture()));
     }
-    let read = function(obj, READ, read)?;
-    let write = function(obj, WRITE, write)?;
-    Ok(GoTlsProbes { version, read, write })
+    let (read, read_rets) = function(obj, READ, read)?;
+    let (write, _) = function(obj, WRITE, write)?;
+    Ok(GoTlsProbes { version, read, read_rets, write })
 }
 
 /// Address and size of a defined function symbol.
@@ -113,11 +116,12 @@ fn symbol<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> 
         .map(|s| (s.address(), s.size()))
 }
 
+/// File offsets of the stack check's jump and of the `RET`s of a function.
 fn function<'d, R: object::ReadRef<'d>>(
     obj: &object::File<'d, R>,
     symbol: &'static str,
     (addr, size): (u64, u64),
-) -> Result<GoFunction, GoTlsError> {
+) -> Result<(u64, Vec<u64>), GoTlsError> {
     let fail = |reason: &str| GoTlsError::Function { symbol, reason: reason.to_string() };
     let section = obj
         .sections()
@@ -129,18 +133,35 @@ fn function<'d, R: object::ReadRef<'d>>(
     let code = code.filter(|c| !c.is_empty()).ok_or_else(|| fail("no code (symbol size 0?)"))?;
     let (file_start, _) = section.file_range().ok_or_else(|| fail("section not in the file"))?;
     let to_file = |a: u64| file_start + (a - section.address());
-    let rets = ret_addresses(addr, code).map_err(|e| fail(&e))?;
-    Ok(GoFunction { entry: to_file(addr), rets: rets.into_iter().map(to_file).collect() })
+    let (check, rets) = probe_points(addr, code).map_err(|e| fail(&e))?;
+    Ok((to_file(check), rets.into_iter().map(to_file).collect()))
 }
 
-/// Addresses of the `RET` instructions of the function `code` at `addr`.
-pub fn ret_addresses(addr: u64, code: &[u8]) -> Result<Vec<u64>, String> {
+/// Addresses of the stack check's `jbe` and of the `RET` instructions of the
+/// function `code` at `addr`.
+pub fn probe_points(addr: u64, code: &[u8]) -> Result<(u64, Vec<u64>), String> {
     let mut rets = Vec::new();
+    let mut check = None;
+    let mut compared = false;
     let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut n = 0;
     while decoder.can_decode() {
         let ins = decoder.decode();
+        n += 1;
         if ins.is_invalid() {
             return Err(format!("undecodable instruction at {:#x}", ins.ip()));
+        }
+        if n <= PROLOGUE && check.is_none() {
+            match ins.mnemonic() {
+                // cmp %rsp or %r12, 16(%r14): against g.stackguard0.
+                Mnemonic::Cmp => {
+                    compared = ins.memory_base() == Register::R14 && ins.memory_displacement64() == 16;
+                }
+                Mnemonic::Jbe if compared => check = Some(ins.ip()),
+                // lea -N(%rsp),%r12 before the cmp of a large frame.
+                Mnemonic::Lea if ins.op0_register() == Register::R12 => {}
+                _ => compared = false,
+            }
         }
         if ins.mnemonic() == Mnemonic::Ret {
             if rets.len() == MAX_RETS {
@@ -149,10 +170,11 @@ pub fn ret_addresses(addr: u64, code: &[u8]) -> Result<Vec<u64>, String> {
             rets.push(ins.ip());
         }
     }
+    let check = check.ok_or("no stack check (cmp 16(%r14); jbe) at the start")?;
     if rets.is_empty() {
         return Err("no return instruction".into());
     }
-    Ok(rets)
+    Ok((check, rets))
 }
 
 /// The Go version in a `.go.buildinfo` section of the inline form (Go
@@ -202,18 +224,28 @@ mod tests {
     }
 
     #[test]
-    fn returns_are_found_by_decoding_not_by_byte() {
-        // cmp rsp,[r14+0x10]; jbe +0x10; push rbp; mov rbp,rsp;
+    fn probe_points_are_found_by_decoding_not_by_byte() {
+        // cmp 0x10(%r14),%rsp; jbe +0x10; push rbp; mov rbp,rsp;
         // mov eax,0xc3 (a c3 byte inside an immediate); pop rbp; ret;
         // xor eax,eax; ret
         let code = [
             0x49, 0x3b, 0x66, 0x10, 0x76, 0x10, 0x55, 0x48, 0x89, 0xe5, 0xb8, 0xc3, 0x00, 0x00, 0x00, 0x5d, 0xc3, 0x31,
             0xc0, 0xc3,
         ];
-        assert_eq!(ret_addresses(0x1000, &code), Ok(vec![0x1010, 0x1013]));
-        assert!(ret_addresses(0x1000, &[0x55, 0x5d]).unwrap_err().contains("no return"));
-        assert!(ret_addresses(0x1000, &[0x0f, 0xff]).unwrap_err().contains("undecodable"));
-        assert!(ret_addresses(0x1000, &[0xc3; MAX_RETS + 1]).unwrap_err().contains("more than"));
+        assert_eq!(probe_points(0x1000, &code), Ok((0x1004, vec![0x1010, 0x1013])));
+        // A large frame: lea -0x68(%rsp),%r12; cmp 0x10(%r14),%r12; jbe; ret.
+        let large = [0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x76, 0x01, 0xc3];
+        assert_eq!(probe_points(0x2000, &large), Ok((0x2009, vec![0x200b])));
+        // A jbe after a cmp of something else, or after another instruction.
+        let other = [0x48, 0x39, 0xd8, 0x76, 0x01, 0xc3]; // cmp %rbx,%rax; jbe; ret
+        assert!(probe_points(0x1000, &other).unwrap_err().contains("no stack check"));
+        let between = [0x49, 0x3b, 0x66, 0x10, 0x48, 0x89, 0xc3, 0x76, 0x01, 0xc3]; // cmp; mov %rax,%rbx; jbe; ret
+        assert!(probe_points(0x1000, &between).unwrap_err().contains("no stack check"));
+        let check = [0x49, 0x3b, 0x66, 0x10, 0x76, 0x00];
+        assert!(probe_points(0x1000, &[&check[..], &[0x55, 0x5d]].concat()).unwrap_err().contains("no return"));
+        assert!(probe_points(0x1000, &[0x0f, 0xff]).unwrap_err().contains("undecodable"));
+        let many = [&check[..], &[0xc3; MAX_RETS + 1]].concat();
+        assert!(probe_points(0x1000, &many).unwrap_err().contains("more than"));
     }
 
     /// A Go program built here (Debian's golang-go, a test dependency) is
@@ -237,10 +269,8 @@ mod tests {
         }
         let p = find_in(&exe).expect("a Go TLS program").expect("probed");
         assert!(p.version.starts_with("go1."), "{p:?}");
-        for f in [&p.read, &p.write] {
-            assert!(!f.rets.is_empty() && f.rets.iter().all(|r| *r > f.entry), "{p:?}");
-        }
-        assert_ne!(p.read.entry, p.write.entry);
+        assert!(!p.read_rets.is_empty() && p.read_rets.iter().all(|r| *r > p.read), "{p:?}");
+        assert_ne!(p.read, p.write);
         // Stripped, the same build gives the same probe points from Go's
         // function table.
         let stripped = dir.path().join("stripped");

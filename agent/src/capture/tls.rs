@@ -40,7 +40,7 @@ const SET_FD_PROGRAM: &str = "kspan_ssl_set_fd";
 /// The dynamic loader's debugger hook, called around every dlopen/dlclose.
 const LOADER_SYMBOL: &str = "_dl_debug_state";
 const LOADER_PROGRAM: &str = "kspan_dl_state";
-/// Program on every return instruction of the probed Go functions.
+/// Program on every return instruction of Go's `crypto/tls.(*Conn).Read`.
 const GO_RET_PROGRAM: &str = "kspan_go_tls_ret";
 
 /// Files (attached or failed) remembered; beyond this new files are skipped and counted.
@@ -206,21 +206,16 @@ impl Capture {
         Ok(probed)
     }
 
-    /// Attaches the Go TLS probes to the Go executable at `path`: each
-    /// function's entry, and each of its return instructions. Returns how
-    /// many probes were attached.
+    /// Attaches the Go TLS probes to the Go executable at `path`: the
+    /// return instructions of `Read`, then both functions' entries. Returns
+    /// how many probes were attached.
     pub fn attach_go(&mut self, path: &Path, probes: &GoTlsProbes) -> Result<usize, TlsAttachError> {
-        let mut n = 0;
-        for (f, symbol, entry_program) in
-            [(&probes.read, go_tls::READ, "kspan_go_tls_read"), (&probes.write, go_tls::WRITE, "kspan_go_tls_write")]
-        {
-            for ret in &f.rets {
-                self.attach_uprobe(GO_RET_PROGRAM, symbol, Some(*ret), path)?;
-            }
-            self.attach_uprobe(entry_program, symbol, Some(f.entry), path)?;
-            n += 1 + f.rets.len();
+        for ret in &probes.read_rets {
+            self.attach_uprobe(GO_RET_PROGRAM, go_tls::READ, Some(*ret), path)?;
         }
-        Ok(n)
+        self.attach_uprobe("kspan_go_tls_read", go_tls::READ, Some(probes.read), path)?;
+        self.attach_uprobe("kspan_go_tls_write", go_tls::WRITE, Some(probes.write), path)?;
+        Ok(probes.read_rets.len() + 2)
     }
 
     /// Attaches `program` at `symbol`, or at file offset `offset` (then

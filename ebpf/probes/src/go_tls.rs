@@ -5,23 +5,28 @@
 //!
 //! Guarantees:
 //! - Only selected processes are followed (same `TRACED` check as syscalls).
-//! - A call is keyed by its goroutine (`R14` holds the current `g`), not by
-//!   thread: a goroutine that blocks inside `Read` may resume on another
+//! - The entry probes sit on the conditional jump of the function's
+//!   stack-growth check (`cmp ...(%r14),...; jbe morestack`), which the
+//!   kernel emulates in the trap (the first instruction would be
+//!   single-stepped: a second trap). The flags of the `cmp` tell whether the
+//!   jump is taken: then the stack grows and the function starts again, and
+//!   only the second pass counts, so each call is seen once.
+//! - A `Read` is keyed by its goroutine (`R14` holds the current `g`), not
+//!   by thread: a goroutine that blocks inside it may resume on another
 //!   thread. Go has no usable return probe (a uretprobe rewrites the return
 //!   address, which Go's stack copying and tracebacks do not expect), so a
-//!   probe on each `RET` of the function ends the call.
+//!   probe on each `RET` of `Read` ends the call.
 //! - The socket is read from the connection at entry, while it is surely
 //!   open (another goroutine may close it before the call returns):
 //!   `tls.Conn.conn` (a `net.Conn` interface, first field) holds a
 //!   `*net.TCPConn` (or `*net.UnixConn`) whose `*netFD` starts with
 //!   `poll.FD`, whose `Sysfd` follows its 16-byte mutex. Layouts unchanged
 //!   since Go 1.9. A descriptor that is not a known socket of the process
-//!   (a wrapped `net.Conn`) gets no event and is counted (`TLS_NO_FD`).
+//!   (a wrapped `net.Conn`) gets no event and is counted (`TLS_NO_FD`); a
+//!   closed connection (`Sysfd` -1: the call fails) is skipped.
 //! - `Write` is reported at its entry (the plaintext is there, and it then
-//!   precedes its own ciphertext), `Read` at its return with the byte count.
-//!   The stack-growth check may run a function's entry twice for one call:
-//!   a `Write` entry that finds the same call still open is not reported
-//!   again.
+//!   precedes its own ciphertext; no return probe), `Read` at its return
+//!   with the byte count.
 //! - Plaintext goes out as a data event flagged `DATA_TLS`, built by the same
 //!   `emit_data` as syscall data. The socket is then marked
 //!   `IGNORED_TLS_USER`: its syscalls carry ciphertext and make no events.
@@ -45,18 +50,19 @@ const CONN_DATA: u64 = 8;
 const NETFD_SYSFD: u64 = 16;
 /// `GoCall::fd` when the connection's socket could not be read.
 const NO_FD: u32 = u32::MAX;
+/// Carry and zero flags: `jbe` jumps when either is set.
+const CF_ZF: u64 = 1 | 1 << 6;
 
-/// The socket descriptor under a `*tls.Conn`.
+/// The socket descriptor under a `*tls.Conn` (-1 once it is closed).
 #[inline(always)]
-fn conn_fd(conn: u64) -> Option<u32> {
+fn conn_fd(conn: u64) -> Option<i64> {
     // SAFETY: user memory of the traced process, read with the fault-safe
     // helper; a bad pointer gives an error, not a fault.
     unsafe {
         let data: u64 = bpf_probe_read_user((conn + CONN_DATA) as *const u64).ok()?;
         // `*net.TCPConn` -> `conn{fd *netFD}` at offset 0.
         let netfd: u64 = bpf_probe_read_user(data as *const u64).ok()?;
-        let fd: i64 = bpf_probe_read_user((netfd + NETFD_SYSFD) as *const i64).ok()?;
-        u32::try_from(fd).ok().filter(|fd| *fd != NO_FD)
+        bpf_probe_read_user((netfd + NETFD_SYSFD) as *const i64).ok()
     }
 }
 
@@ -94,21 +100,28 @@ fn enter(ctx: &ProbeContext, flags: u32) -> Res {
     }
     // SAFETY: the probe's saved user registers. Go's register ABI: receiver
     // in RAX, the byte slice's pointer and length in RBX and RCX.
-    let (conn, buf, len, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx, (*ctx.regs).r14) };
-    let key = TlsKey { tgid, _pad: 0, ssl: g };
-    // SAFETY: plain-old-data value, compared at once.
-    let again = unsafe { GO_TLS_CALLS.get(&key) }.is_some_and(|c| c.conn == conn && c.buf == buf && c.len == len);
-    if again {
+    let (conn, buf, len, g, eflags) =
+        unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx, (*ctx.regs).r14, (*ctx.regs).eflags) };
+    if eflags & CF_ZF != 0 {
+        // The stack grows first; the function then starts over.
         return Ok(0);
     }
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
-    let fd = conn_fd(conn).unwrap_or(NO_FD);
-    let call = GoCall { conn, buf, len, enter_ns, fd, flags };
-    if flags & DATA_EGRESS != 0 && len > 0 {
-        report(cfg, tgid, tid, &call, len);
+    let fd = match conn_fd(conn) {
+        // Closed: the call fails without moving a byte.
+        Some(-1) => return Ok(0),
+        Some(fd) => u32::try_from(fd).ok().filter(|fd| *fd != NO_FD).unwrap_or(NO_FD),
+        None => NO_FD,
+    };
+    let call = GoCall { buf, enter_ns, fd, flags };
+    if flags & DATA_EGRESS != 0 {
+        if len > 0 {
+            report(cfg, tgid, tid, &call, len);
+        }
+        return Ok(0);
     }
-    if GO_TLS_CALLS.insert(&key, &call, 0).is_err() {
+    if GO_TLS_CALLS.insert(&TlsKey { tgid, _pad: 0, ssl: g }, &call, 0).is_err() {
         count(counter::TLS_CALLS_FULL);
     }
     Ok(0)
@@ -124,7 +137,7 @@ fn ret(ctx: &ProbeContext) -> Res {
     // SAFETY: plain-old-data value, copied out before removal.
     let call = unsafe { GO_TLS_CALLS.get(&key) }.copied().ok_or(0u32)?;
     let _ = GO_TLS_CALLS.remove(&key);
-    if call.flags & DATA_EGRESS != 0 || n <= 0 {
+    if n <= 0 {
         return Ok(0);
     }
     let cfg = config().ok_or(0u32)?;
@@ -132,7 +145,7 @@ fn ret(ctx: &ProbeContext) -> Res {
     Ok(0)
 }
 
-/// Entry of `crypto/tls.(*Conn).Write`.
+/// Stack check of `crypto/tls.(*Conn).Write`.
 #[uprobe]
 pub fn kspan_go_tls_write(ctx: ProbeContext) -> u32 {
     match enter(&ctx, DATA_EGRESS) {
@@ -140,7 +153,7 @@ pub fn kspan_go_tls_write(ctx: ProbeContext) -> u32 {
     }
 }
 
-/// Entry of `crypto/tls.(*Conn).Read`.
+/// Stack check of `crypto/tls.(*Conn).Read`.
 #[uprobe]
 pub fn kspan_go_tls_read(ctx: ProbeContext) -> u32 {
     match enter(&ctx, 0) {
@@ -148,7 +161,7 @@ pub fn kspan_go_tls_read(ctx: ProbeContext) -> u32 {
     }
 }
 
-/// Each `RET` of both functions (the entry remembered which it was).
+/// Each `RET` of `crypto/tls.(*Conn).Read`.
 #[uprobe]
 pub fn kspan_go_tls_ret(ctx: ProbeContext) -> u32 {
     match ret(&ctx) {

@@ -62,8 +62,8 @@ pub static TLS_ACTIVE: Array<u64> = Array::with_max_entries(ENTER_TIME_SLOTS, 0)
 #[map]
 pub static TLS_SOCKS: LruHashMap<TlsKey, TlsSock> = LruHashMap::with_max_entries(MAX_TLS_OBJECTS, 0);
 
-/// Go `crypto/tls` read/write calls in flight, by (tgid, goroutine), between
-/// the function's entry and one of its `RET`s (LRU: a call whose return was
+/// Go `crypto/tls` reads in flight, by (tgid, goroutine), between the
+/// function's entry and one of its `RET`s (LRU: a call whose return was
 /// missed is evicted in time).
 #[map]
 pub static GO_TLS_CALLS: LruHashMap<TlsKey, GoCall> = LruHashMap::with_max_entries(MAX_TLS_CALLS, 0);
@@ -165,11 +165,7 @@ pub struct TlsCall {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GoCall {
-    /// The `*tls.Conn` receiver.
-    pub conn: u64,
     pub buf: u64,
-    /// Length of the byte slice passed.
-    pub len: u64,
     /// Monotonic time (ns) the call was entered.
     pub enter_ns: u64,
     /// The connection's socket read at entry (`u32::MAX`: not found).

@@ -35,7 +35,7 @@ pub fn h2_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> Result<()> {
 }
 
 /// Requests per second from h2load's `finished in 10.00s, 12345.67 req/s, ...`.
-fn parse_h2load(out: &str) -> Option<f64> {
+pub(super) fn parse_h2load(out: &str) -> Option<f64> {
     let line = out.lines().find(|l| l.starts_with("finished in"))?;
     let rate = line.split(", ").nth(1)?.strip_suffix(" req/s")?;
     rate.parse().ok()
