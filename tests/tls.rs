@@ -2,7 +2,9 @@
 //! (SSL_read/SSL_write) and GnuTLS (gnutls_record_send2/recv): nginx over
 //! HTTPS to curl and to a Python urllib client, psql and psycopg to
 //! PostgreSQL with sslmode=require, a process that loads libssl only after
-//! kspan started, and GnuTLS at both ends (gnutls-serv to wget). Spans carry
+//! kspan started, GnuTLS at both ends (gnutls-serv to wget), and Go's own
+//! crypto/tls (a Go HTTPS server, stripped or not, to curl and to a Go
+//! client, over HTTP/1.1 and HTTP/2). Spans carry
 //! the same attributes as the plaintext tests (tests/http.rs, tests/db.rs)
 //! plus url.scheme=https.
 

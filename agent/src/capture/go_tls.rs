@@ -28,9 +28,9 @@
 use std::path::Path;
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, Register};
+use object::{Object, ObjectSection, ObjectSymbol};
 
 use super::gopclntab;
-use object::{Object, ObjectSection, ObjectSymbol};
 
 /// The Go functions probed.
 pub const READ: &str = "crypto/tls.(*Conn).Read";
@@ -248,22 +248,30 @@ mod tests {
         assert!(probe_points(0x1000, &many).unwrap_err().contains("more than"));
     }
 
+    /// Builds the e2e Go app into `dir/name` with extra `flags`; whether it
+    /// built.
+    fn go_build(dir: &Path, name: &str, flags: &[&str]) -> bool {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/apps/go_tls_app.go");
+        std::process::Command::new("go")
+            .arg("build")
+            .args(flags)
+            .arg("-o")
+            .arg(dir.join(name))
+            .arg(src)
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOPATH", dir.join("path"))
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// A Go program built here (Debian's golang-go, a test dependency) is
     /// found with its entries and returns; skipped without Go.
     #[test]
     fn a_real_go_https_program_is_found() {
         let Ok(dir) = tempfile::tempdir() else { return };
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/apps/go_tls_app.go");
         let exe = dir.path().join("go_tls_app");
-        let built = std::process::Command::new("go")
-            .args(["build", "-o"])
-            .arg(&exe)
-            .arg(src)
-            .env("CGO_ENABLED", "0")
-            .env("GOCACHE", dir.path().join("cache"))
-            .env("GOPATH", dir.path().join("path"))
-            .status();
-        if !built.is_ok_and(|s| s.success()) {
+        if !go_build(dir.path(), "go_tls_app", &[]) {
             eprintln!("go not installed: skipped");
             return;
         }
@@ -273,17 +281,8 @@ mod tests {
         assert_ne!(p.read, p.write);
         // Stripped, the same build gives the same probe points from Go's
         // function table.
-        let stripped = dir.path().join("stripped");
-        let built = std::process::Command::new("go")
-            .args(["build", "-ldflags=-s -w", "-o"])
-            .arg(&stripped)
-            .arg(src)
-            .env("CGO_ENABLED", "0")
-            .env("GOCACHE", dir.path().join("cache"))
-            .env("GOPATH", dir.path().join("path"))
-            .status();
-        assert!(built.is_ok_and(|s| s.success()));
-        let file = std::fs::read(&stripped).expect("read");
+        assert!(go_build(dir.path(), "stripped", &["-ldflags=-s -w"]));
+        let file = std::fs::read(dir.path().join("stripped")).expect("read");
         let obj = object::File::parse(&*file).expect("ELF");
         assert!(symbol(&obj, READ).is_none(), "stripped: no symbol table");
         assert_eq!(find(&obj), Some(Ok(p)));

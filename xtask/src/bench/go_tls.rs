@@ -4,12 +4,10 @@
 //! `crypto/tls.(*Conn).Read`/`Write`). Both load generators run on a private
 //! libssl copy, so only the Go server's calls hit uprobes.
 
-use std::process::Command;
-
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use kspan_e2e::servers::{go_tls_app, go_tls_server};
 
-use super::{compare, h2::parse_h2load, private_libssl, wrk};
+use super::{compare, h2::h2load, private_libssl, wrk};
 
 pub fn go_tls_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> Result<()> {
     let srv = go_tls_server(&go_tls_app());
@@ -26,18 +24,7 @@ pub fn go_tls_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> Result<(
         &h1,
     )?;
     let url = format!("https://127.0.0.1:{}/index.html", srv.port);
-    let h2 = || {
-        let out = Command::new("h2load")
-            .env("LD_LIBRARY_PATH", &libs.0)
-            .args(["-t", "2", "-c", "32", "-m", "10", "-D", &secs.to_string(), &url])
-            .output()
-            .context("h2load (apt install nghttp2-client; `cargo xtask setup` does it)")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!("h2load failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-        }
-        parse_h2load(&text).with_context(|| format!("no rate in h2load output:\n{text}"))
-    };
+    let h2 = || h2load(&url, secs, Some(&libs.0));
     compare(
         &format!("Go HTTPS (crypto/tls) + h2load (-t2 -c32 -m10, {secs}s, HTTP/2), kspan --pid: req/s"),
         n_rounds,

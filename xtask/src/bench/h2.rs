@@ -12,17 +12,7 @@ use super::compare;
 pub fn h2_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> Result<()> {
     let ng = nginx_h2c();
     let url = format!("http://127.0.0.1:{}/index.html", ng.port);
-    let load = || {
-        let out = Command::new("h2load")
-            .args(["-t", "2", "-c", "32", "-m", "10", "-D", &secs.to_string(), &url])
-            .output()
-            .context("h2load (apt install nghttp2-client; `cargo xtask setup` does it)")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!("h2load failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-        }
-        parse_h2load(&text).with_context(|| format!("no rate in h2load output:\n{text}"))
-    };
+    let load = || h2load(&url, secs, None);
     compare(
         &format!("nginx h2c + h2load (-t2 -c32 -m10, {secs}s), kspan --pid nginx: req/s"),
         n_rounds,
@@ -34,8 +24,26 @@ pub fn h2_bench(bin: &std::path::Path, secs: u32, n_rounds: u32) -> Result<()> {
     )
 }
 
+/// h2load on `url` (2 threads, 32 connections, 10 streams each) for `secs`
+/// seconds, with `LD_LIBRARY_PATH` set to `lib_dir` if given; its req/s.
+pub(super) fn h2load(url: &str, secs: u32, lib_dir: Option<&std::path::Path>) -> Result<f64> {
+    let mut cmd = Command::new("h2load");
+    if let Some(d) = lib_dir {
+        cmd.env("LD_LIBRARY_PATH", d);
+    }
+    let out = cmd
+        .args(["-t", "2", "-c", "32", "-m", "10", "-D", &secs.to_string(), url])
+        .output()
+        .context("h2load (apt install nghttp2-client; `cargo xtask setup` does it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("h2load failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_h2load(&text).with_context(|| format!("no rate in h2load output:\n{text}"))
+}
+
 /// Requests per second from h2load's `finished in 10.00s, 12345.67 req/s, ...`.
-pub(super) fn parse_h2load(out: &str) -> Option<f64> {
+fn parse_h2load(out: &str) -> Option<f64> {
     let line = out.lines().find(|l| l.starts_with("finished in"))?;
     let rate = line.split(", ").nth(1)?.strip_suffix(" req/s")?;
     rate.parse().ok()
