@@ -9,19 +9,11 @@ mod common;
 
 use common::feed_all;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kspan::protocol::http2::{Http2Parser, PREFACE};
+use kspan::protocol::http2::{Http2Parser, PREFACE, encode_frame as frame};
 use kspan::protocol::{Direction, Role};
 use loona_hpack::Encoder;
 
 const CALLS: usize = 1000;
-
-fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let n = payload.len();
-    let mut v = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, ty, flags];
-    v.extend_from_slice(&stream.to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
 
 fn headers(enc: &mut Encoder<'_>, stream: u32, end_stream: bool, fields: &[(&str, &str)]) -> Vec<u8> {
     let block = enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));

@@ -20,6 +20,17 @@ const PRIORITY: u8 = 0x20;
 
 const SETTINGS_HEADER_TABLE_SIZE: u16 = 1;
 
+/// The bytes of one frame: the 9-byte header (24-bit length, type, flags,
+/// stream id) and `payload`, for the unit tests, benches and fuzz seeds that
+/// write connections (the parser itself never writes a frame).
+pub fn encode(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut v = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, ty, flags];
+    v.extend_from_slice(&stream.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
 /// What a frame (or a completed header block) means to the parser.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {

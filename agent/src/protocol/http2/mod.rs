@@ -28,6 +28,7 @@ mod frame;
 pub mod hpack;
 mod parse;
 
+pub use frame::encode as encode_frame;
 pub use parse::Http2Parser;
 
 use super::{Detection, Direction, Role};

@@ -10,13 +10,7 @@ const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 
-fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let n = payload.len();
-    let mut v = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, ty, flags];
-    v.extend_from_slice(&stream.to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
+use super::encode_frame as frame;
 
 fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
     let p: Vec<u8> = pairs.iter().flat_map(|(k, v)| k.to_be_bytes().into_iter().chain(v.to_be_bytes())).collect();
