@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{Proc, postgres, python_http, redis};
+use kspan_e2e::servers::{Proc, go_db_server, postgres, python_http, redis};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -156,6 +156,103 @@ fn one_trace_across_a_its_databases_and_b() {
         .unwrap_or_else(|| panic!("no kspan_bad_traceparent_total in:\n{m}"));
     assert!(bad >= 1.0, "{m}");
     assert!(m.contains("kspan_links_total{kind=\"cross_process\"}"), "{m}");
+    assert!(k.stop(), "kspan exits cleanly");
+}
+
+/// Requests per scheme to the Go service, 8 at a time.
+const GO_REQUESTS: usize = 24;
+
+/// The number at the end of a path or key (`/both/7`, `GET kspan:7`).
+fn last_number(s: &str) -> Option<u32> {
+    s.rsplit(['/', ':']).next()?.parse().ok()
+}
+
+/// A Go service (net/http, database/sql with lib/pq, redigo; it propagates
+/// no context) under concurrent requests over HTTP and HTTPS (Go's
+/// crypto/tls, HTTP/1.1): every PostgreSQL and Redis call a handler makes is
+/// the child of the server span of the request it serves, though goroutines
+/// move between threads and each thread runs other requests' goroutines
+/// (keyed by thread, their server spans overlap on one thread and nothing
+/// would nest). Over HTTP the kernel reads the goroutine below the thread's
+/// `fsbase` at each syscall; over HTTPS the server side comes from the Go
+/// TLS probes (the goroutine in R14) and the database side from syscalls,
+/// so the two readings must agree.
+#[test]
+fn go_service_calls_nest_under_their_request_by_goroutine() {
+    let pg = postgres();
+    let rd = redis();
+    let sets: String = (0..GO_REQUESTS).map(|n| format!("SET kspan:{n} v{n}\n")).collect();
+    let mut cli = Command::new("redis-cli")
+        .args(["-p", &rd.port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    cli.stdin.take().expect("stdin").write_all(sets.as_bytes()).expect("SETs");
+    assert!(cli.wait().expect("redis-cli").success());
+    let (go, https) = go_db_server(pg.port, rd.port);
+    let k = Kspan::start(&["--pid", &go.pid().to_string()]);
+    k.wait_log("\"Go crypto/tls\"", WAIT);
+
+    let route = |n: usize| ["pg", "redis", "both"][n % 3];
+    let mut curl = Command::new("curl");
+    curl.args(["-sSfk", "--http1.1", "--parallel", "--parallel-max", "8"]);
+    for n in 0..GO_REQUESTS {
+        curl.arg(format!("http://127.0.0.1:{}/{}/{n}", go.port, route(n)));
+        curl.arg(format!("https://127.0.0.1:{https}/{}/{n}", route(n)));
+    }
+    let out = run_ok(&mut curl);
+    assert!(out.lines().filter(|l| l.starts_with('v')).count() >= 2 * (GO_REQUESTS / 3) * 2, "answers: {out}");
+
+    let go_pid = go.pid() as i64;
+    let servers = k.wait_spans(2 * GO_REQUESTS, WAIT, |s| kind(s) == "server" && pid_of(s) == go_pid);
+    assert_eq!(servers.len(), 2 * GO_REQUESTS, "one server span per request: {servers:#?}");
+    // pg: 1 call, redis: 1, both: 2; per scheme.
+    let calls = 2 * (0..GO_REQUESTS).map(|n| if route(n) == "both" { 2 } else { 1 }).sum::<usize>();
+    let clients = k.wait_spans(calls, WAIT, |s| kind(s) == "client" && pid_of(s) == go_pid);
+    assert_eq!(clients.len(), calls, "one client span per call: {clients:#?}");
+    let mut children = std::collections::HashMap::<&str, Vec<&str>>::new();
+    for c in &clients {
+        let parent = servers
+            .iter()
+            .find(|s| id(s, "span_id") == id(c, "parent_span_id"))
+            .unwrap_or_else(|| panic!("a call outside any request span: {c:#}\nservers: {servers:#?}"));
+        assert_eq!(id(c, "trace_id"), id(parent, "trace_id"), "{c:#}");
+        assert_inside(c, parent);
+        let path = attr_str(parent, "url.path").expect("url.path");
+        let system = attr_str(c, "db.system.name").expect("a database call");
+        match system {
+            "postgresql" => assert_eq!(attr_str(c, "db.operation.name"), Some("SELECT"), "{c:#}"),
+            "redis" => {
+                let text = attr_str(c, "db.query.text").expect("command and key");
+                assert_eq!(last_number(text), last_number(path), "the key names the request: {c:#}\n{parent:#}");
+            }
+            other => panic!("unexpected {other} call: {c:#}"),
+        }
+        children.entry(id(parent, "span_id")).or_default().push(system);
+    }
+    for s in &servers {
+        let path = attr_str(s, "url.path").expect("url.path");
+        let mut got = children.remove(id(s, "span_id")).unwrap_or_default();
+        got.sort();
+        let want: &[&str] = match path.split('/').nth(1) {
+            Some("pg") => &["postgresql"],
+            Some("redis") => &["redis"],
+            _ => &["postgresql", "redis"],
+        };
+        assert_eq!(got, want, "children of {path}: {s:#}");
+    }
+    // Counters are published once a second.
+    let t = std::time::Instant::now();
+    let mut m = k.metrics();
+    while !m.lines().any(|l| l.starts_with("kspan_spans_built_total") && !l.ends_with(" 0"))
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        m = k.metrics();
+    }
+    assert!(m.lines().any(|l| l == "kspan_go_processes 1"), "the Go service is keyed by goroutine:\n{m}");
+    assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no thread multiplexing seen:\n{m}");
     assert!(k.stop(), "kspan exits cleanly");
 }
 

@@ -56,6 +56,7 @@ fn data(ts: u64, payload: &[u8], egress: bool) -> DataHeader {
         captured: payload.len() as u32,
         len: payload.len() as u64,
         sock_id: 42,
+        goroutine: 0,
     }
 }
 

@@ -81,7 +81,8 @@ impl Kspan {
             .args(["--output", "jsonl", "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(args)
             .envs(env.iter().copied())
-            .env("KSPAN_LOG", "info")
+            // E2E_KSPAN_LOG: another log filter while debugging a test.
+            .env("KSPAN_LOG", std::env::var("E2E_KSPAN_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -116,17 +116,25 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
 /// `target/e2e-apps/`, with its symbol table.
 pub fn go_tls_app() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| go_build("go_tls_app", &[])).clone()
+    BUILT.get_or_init(|| go_build("go_tls_app", "go_tls_app.go", &[])).clone()
 }
 
 /// [`go_tls_app`] built without a symbol table (`-ldflags=-s -w`), as
 /// container images usually ship Go programs.
 pub fn go_tls_app_stripped() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| go_build("go_tls_app_stripped", &["-ldflags=-s -w"])).clone()
+    BUILT.get_or_init(|| go_build("go_tls_app_stripped", "go_tls_app.go", &["-ldflags=-s -w"])).clone()
 }
 
-fn go_build(name: &str, flags: &[&str]) -> PathBuf {
+/// `tests/apps/go_db_app.go`: a Go web service on lib/pq and redigo, built
+/// in GOPATH mode against Debian's packaged sources (`cargo xtask setup`
+/// installs them).
+pub fn go_db_app() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| go_build("go_db_app", "go_db_app.go", &[])).clone()
+}
+
+fn go_build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-apps");
     std::fs::create_dir_all(&dir).expect("target/e2e-apps");
     let (exe, tmp) = (dir.join(name), dir.join(format!("{name}.{}", std::process::id())));
@@ -135,15 +143,40 @@ fn go_build(name: &str, flags: &[&str]) -> PathBuf {
         .args(flags)
         .arg("-o")
         .arg(&tmp)
-        .arg(apps_dir().join("go_tls_app.go"))
+        .arg(apps_dir().join(source))
         .env("CGO_ENABLED", "0")
         .env("GOCACHE", dir.join("go-cache"))
-        .env("GOPATH", dir.join("go-path"))
+        // Standard library and Debian's golang-*-dev sources only: no module download.
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
         .output()
         .expect("go build (`cargo xtask setup` installs golang-go)");
     assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
     std::fs::rename(&tmp, &exe).expect("rename the Go app");
     exe
+}
+
+/// [`go_db_app`] serving HTTP and HTTPS (self-signed certificate), its
+/// handlers calling the PostgreSQL at `pg_port` (database `kspan`) and the
+/// Redis at `redis_port`. `port` is the HTTP port; the HTTPS port is returned too.
+pub fn go_db_server(pg_port: u16, redis_port: u16) -> (Proc, u16) {
+    let dir = TempDir::new("go-db");
+    let (cert, key) = self_signed_cert(&dir.0);
+    let dsn = format!("host=127.0.0.1 port={pg_port} user=postgres dbname=kspan sslmode=disable");
+    let mut child = Command::new(go_db_app())
+        .args([dsn, format!("127.0.0.1:{redis_port}")])
+        .args([&cert, &key])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start go_db_app");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port line");
+    let ports: Vec<u16> = line.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    let [http, https] = ports[..] else { panic!("go_db_app printed {line:?}") };
+    wait_port(http, Duration::from_secs(10));
+    wait_port(https, Duration::from_secs(10));
+    (Proc { child, port: http, _dir: Some(dir) }, https)
 }
 
 /// The Go app `exe` ([`go_tls_app`] or [`go_tls_app_stripped`]) serving

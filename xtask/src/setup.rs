@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     "wget",
     // tests/tls.rs: a Go HTTPS server and client (Go's own crypto/tls)
     "golang-go",
+    // tests/trace.rs: a Go web service on lib/pq and redigo (GOPATH build)
+    "golang-github-lib-pq-dev",
+    "golang-github-gomodule-redigo-dev",
     // cargo xtask bench: h2load, an HTTP/2 load generator
     "nghttp2-client",
     // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)

@@ -117,6 +117,12 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
     } else {
         (u32::MAX, u32::MAX, u32::MAX)
     };
+    // A Go thread's TLS base (its current goroutine is read below it); the
+    // kernel side also loads the saved user stack pointer at a fixed offset.
+    let task_fsbase = match (regs.0, r.plain("task_struct", "thread.fsbase"), r.plain("pt_regs", "sp")) {
+        (a, Ok(fs), Ok(kspan_common::PT_REGS_SP)) if a != u32::MAX => fs,
+        _ => u32::MAX,
+    };
     // Unix domain sockets (CONFIG_UNIX may be a module without BTF here).
     let unix = match (
         r.plain("unix_sock", "addr"),
@@ -151,7 +157,7 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
         unix_sock_peer: unix.1,
         unix_address_len: unix.2,
         unix_address_name: unix.3,
-        _pad: 0,
+        task_fsbase,
     })
 }
 
@@ -176,6 +182,7 @@ mod tests {
         assert_eq!((o.unix_address_len, o.unix_address_name), (4, 8), "{o:?}");
         if cfg!(target_arch = "x86_64") {
             assert_eq!((o.regs_arg0, o.regs_arg1, o.regs_arg2), (112, 104, 96), "pt_regs di/si/dx");
+            assert!(o.goroutines() && o.task_fsbase > o.task_files.min(1000), "{o:?}");
         }
     }
 }

@@ -85,6 +85,7 @@ mod tests {
             captured: 5,
             len: 9000,
             sock_id: 0xdead,
+            goroutine: 0x00c0_001a_2bc0,
         };
         let mut buf = [0u8; 128];
         let n = encode::data(&hdr, b"hello", &mut buf).expect("fits");

@@ -57,6 +57,9 @@ pub struct CaptureConfig {
     /// Only sockets with one of these local/peer ports (empty: all; Unix
     /// domain sockets have no port, so a port filter leaves them out).
     pub ports: Vec<u16>,
+    /// Read the goroutine behind each data call of a Go program, so nesting
+    /// follows goroutines (`capture.go_goroutines`).
+    pub go_goroutines: bool,
     /// Trace Unix domain stream sockets too.
     pub unix_sockets: bool,
     /// Programs return at once (diagnostic: the cost of the hooks alone).
@@ -169,6 +172,8 @@ pub struct Capture {
     /// Every link made, so that capture can be paused and resumed.
     pub(super) attachments: Vec<Attachment>,
     pub(super) paused: bool,
+    /// The kernel can read Go programs' goroutines (see `go_proc`).
+    goroutines: bool,
 }
 
 impl Capture {
@@ -248,7 +253,8 @@ impl Capture {
         let traced = HashMap::try_from(take(&mut ebpf, "TRACED")?).map_err(map_err("TRACED"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
 
-        let mut capture = Self { ebpf, ring, traced, counters, attachments: Vec::new(), paused: false };
+        let goroutines = cfg.go_goroutines && offsets.goroutines();
+        let mut capture = Self { ebpf, ring, traced, counters, attachments: Vec::new(), paused: false, goroutines };
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
         let args_at_exit = offsets.args_at_exit();
@@ -272,6 +278,32 @@ impl Capture {
     /// Marks a process (tgid) as selected in the kernel.
     pub fn select(&mut self, tgid: u32) -> Result<(), CaptureError> {
         self.traced.insert(tgid, TRACED_YES, 0).map_err(|e| CaptureError::Map { map: "TRACED", reason: e.to_string() })
+    }
+
+    /// Whether Go programs' goroutines are read (`capture.go_goroutines`
+    /// and a kernel whose BTF gave the offsets).
+    pub fn goroutines(&self) -> bool {
+        self.goroutines
+    }
+
+    /// Has the kernel read the goroutine of Go program `tgid`'s data calls,
+    /// `offset` bytes from its threads' `fsbase`.
+    pub fn set_go(&mut self, tgid: u32, offset: i64) -> Result<(), CaptureError> {
+        let map_err = |e: aya::maps::MapError| CaptureError::Map { map: "GO_PROCS", reason: e.to_string() };
+        let mut go: HashMap<_, u32, i64> = HashMap::try_from(
+            self.ebpf.map_mut("GO_PROCS").ok_or(CaptureError::Map { map: "GO_PROCS", reason: "missing".into() })?,
+        )
+        .map_err(map_err)?;
+        go.insert(tgid, offset, 0).map_err(map_err)
+    }
+
+    /// Forgets a Go program (it exited or exec'd something else).
+    pub fn unset_go(&mut self, tgid: u32) {
+        if let Some(m) = self.ebpf.map_mut("GO_PROCS")
+            && let Ok(mut go) = HashMap::<_, u32, i64>::try_from(m)
+        {
+            let _ = go.remove(&tgid);
+        }
     }
 
     /// Stops data events of socket `sock_id` at (tgid, fd) (its close is

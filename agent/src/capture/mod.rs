@@ -10,6 +10,8 @@
 //!   as selected processes are found to map it ([`tls`]), and on Go's
 //!   `crypto/tls` in Go executables ([`go_tls`]); failures there are
 //!   counted, never fatal.
+//! - In Go programs ([`go_proc`]) each data event names the goroutine that
+//!   made the call, when the kernel could read it.
 //! - Wake-ups are batched: each CPU wakes the agent once it has written its
 //!   share of `wakeup_bytes`, and [`Capture::poll`] also drains on a timer.
 //! - Capture can be paused (every program detached) and resumed, starting
@@ -21,6 +23,8 @@ pub mod decode;
 mod attach;
 #[cfg(feature = "runtime")]
 pub mod btf;
+#[cfg(feature = "runtime")]
+pub mod go_proc;
 #[cfg(feature = "runtime")]
 pub mod go_tls;
 pub mod gopclntab;

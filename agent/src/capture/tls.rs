@@ -430,7 +430,7 @@ enum Kind {
 }
 
 /// (device, inode) of a file, following symlinks.
-fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
     let m = std::fs::metadata(path).ok()?;
     m.is_file().then(|| (m.dev(), m.ino()))
 }

@@ -86,6 +86,9 @@ pub struct CaptureSection {
     /// php-fpm over one); their spans name the socket path as
     /// `server.address` with `network.transport=unix`.
     pub unix_sockets: bool,
+    /// In Go programs, nest client calls by the goroutine that made them
+    /// (the kernel reads it at each data call) rather than by thread.
+    pub go_goroutines: bool,
     /// Diagnostic: attach every program but have each return at once (no
     /// events, no spans). What the traced processes lose then is what the
     /// kernel's tracepoint and uprobe machinery alone costs on this host,
@@ -115,6 +118,7 @@ impl Default for CaptureSection {
             tls: true,
             tls_loader_hook: true,
             unix_sockets: true,
+            go_goroutines: true,
             attach_only: false,
             bpf_loop: true,
         }

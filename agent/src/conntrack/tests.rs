@@ -33,6 +33,7 @@ fn data(tgid: u32, fd: u32, sock: u64, ts: u64, payload: &[u8]) -> DataHeader {
         captured: payload.len() as u32,
         len: payload.len() as u64,
         sock_id: sock,
+        goroutine: 0,
     }
 }
 
@@ -340,4 +341,25 @@ fn knows_which_processes_serve() {
     assert!(t.serves(3), "a request read: the process serves");
     t.sweep(10_000);
     assert!(!t.serves(3), "swept");
+}
+
+#[test]
+fn go_calls_are_keyed_by_goroutine() {
+    assert_eq!(thread_key(1234, 0), 1234, "no goroutine: the thread");
+    let g = 0xc000_0a01_a0_u64;
+    let key = thread_key(1234, g);
+    assert!(key >= 0x8000_0000, "never a thread id: {key:#x}");
+    assert_eq!(thread_key(77, g), key, "the goroutine, whatever thread it ran on");
+    // Neighbouring goroutines (a `g` is a few hundred bytes) differ.
+    assert_ne!(thread_key(1234, g + 0x1a0), key);
+
+    let mut t = ConnTable::new(limits(4));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    t.on_data(&DataHeader { goroutine: g, ..data(1, 3, 9, 10, req) }, req, &mut out);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    t.on_data(&DataHeader { goroutine: g, ..egress(data(1, 3, 9, 20, resp)) }, resp, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].exchange.tid, key, "the exchange carries the goroutine's key");
 }

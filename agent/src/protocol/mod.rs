@@ -65,7 +65,8 @@ pub struct Chunk<'a> {
     pub dir: Direction,
     /// Kernel monotonic time (ns) when the syscall completed.
     pub ts_ns: u64,
-    /// Thread that made the syscall.
+    /// Thread that made the syscall, or its goroutine in a Go program
+    /// (`conntrack::thread_key`).
     pub tid: u32,
     /// The captured prefix of the bytes moved.
     pub data: &'a [u8],

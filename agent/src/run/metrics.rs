@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::capture::COUNTER_NAMES;
+use crate::capture::go_proc::GoProcStats;
 use crate::capture::tls::{FAILURE_REASONS, TlsStats};
 use crate::conntrack::ConnStats;
 use crate::protocol::{ParseStats, Protocol};
@@ -67,6 +68,7 @@ pub struct PipelineCounters {
     /// Cached process resources rebuilt after their pod metadata changed.
     pub resources_refreshed: u64,
     pub tls: TlsStats,
+    pub go: GoProcStats,
     /// Capture is paused (SIGUSR1): no program attached.
     pub paused: bool,
     /// Pauses and resumes so far.
@@ -105,6 +107,8 @@ pub struct PipelineMetrics {
     resources_refreshed: Counter,
     tls_attached: Counter,
     tls_failed: Family<Reason, Counter>,
+    go_processes: Gauge,
+    go_full: Counter,
     last: PipelineCounters,
 }
 
@@ -140,6 +144,8 @@ impl PipelineMetrics {
             resources_refreshed: Counter::default(),
             tls_attached: Counter::default(),
             tls_failed: Family::default(),
+            go_processes: Gauge::default(),
+            go_full: Counter::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -201,6 +207,16 @@ impl PipelineMetrics {
             "kspan_tls_attach_failures",
             "TLS library files not attached, by reason (files_full, pending_full: a cap was hit)",
             m.tls_failed.clone(),
+        );
+        t.register(
+            "kspan_go_processes",
+            "Selected Go programs whose calls nest by goroutine (the kernel reads the goroutine at each data call)",
+            m.go_processes.clone(),
+        );
+        t.register(
+            "kspan_go_processes_unregistered",
+            "Go programs keyed by thread instead of goroutine because the kernel map was full",
+            m.go_full.clone(),
         );
         m
     }
@@ -283,6 +299,8 @@ impl PipelineMetrics {
         }
         delta(&self.tls_failed.get_or_create(&r("files_full")), a.files_full, b.files_full);
         delta(&self.tls_failed.get_or_create(&r("pending_full")), a.pending_full, b.pending_full);
+        self.go_processes.set(now.go.registered as i64);
+        delta(&self.go_full, now.go.full, last.go.full);
         self.last = *now;
     }
 }

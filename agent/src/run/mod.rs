@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::capture::go_proc::GoProcs;
 use crate::capture::tls::TlsAttacher;
 use crate::capture::{Capture, CaptureConfig, CaptureError};
 use crate::config::{Config, ConfigError, OutputKind};
@@ -179,6 +180,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         exe_filter: !all && !config.select.exe.is_empty(),
         ports: config.select.ports.clone(),
         unix_sockets: c.unix_sockets,
+        go_goroutines: c.go_goroutines,
         attach_only: c.attach_only,
         bpf_loop: c.bpf_loop,
     })?;
@@ -212,6 +214,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tracing::info!(processes = initial.len(), "tracing selected processes (more are picked up as they start)");
     }
 
+    let mut go = GoProcs::new();
+    for pid in selector.selected() {
+        go.on_selected(&mut capture, pid);
+    }
     let tls = c.tls.then(|| {
         let mut tls = TlsAttacher::new().with_loader_hook(c.tls_loader_hook);
         tls.start(&mut capture, &selector.selected());
@@ -252,6 +258,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             })
         }),
         tls,
+        go,
         spans: span_tx,
         drain_interval: Duration::from_millis(c.drain_interval_ms.max(1)),
         counters: Default::default(),

@@ -14,6 +14,7 @@ use super::queue::SpanSender;
 use super::select::{KernelUpdate, Selector};
 use crate::capture::Capture;
 use crate::capture::decode::{RawEvent, decode};
+use crate::capture::go_proc::GoProcs;
 use crate::capture::tls::TlsAttacher;
 use crate::conntrack::{ConnExchange, ConnTable};
 use crate::enrich::k8s::PodStore;
@@ -46,6 +47,8 @@ pub struct Pipeline {
     /// Finds OpenSSL and GnuTLS in selected processes and attaches the TLS uprobes
     /// (`None`: TLS capture is off).
     pub tls: Option<TlsAttacher>,
+    /// The Go programs among the selected processes (goroutine nesting).
+    pub go: GoProcs,
     pub spans: SpanSender,
     pub drain_interval: Duration,
     pub counters: PipelineCounters,
@@ -179,7 +182,10 @@ impl Pipeline {
                     KernelUpdate::Unselect(pid) => self.capture.unselect(pid),
                 }
             }
-            let Self { tls, capture, selector, .. } = &mut self;
+            let Self { tls, capture, selector, go, .. } = &mut self;
+            for pid in &changes.execs {
+                go.on_selected(capture, *pid);
+            }
             if let Some(tls) = tls {
                 let wall = Instant::now();
                 for pid in changes.execs.drain(..) {
@@ -215,6 +221,7 @@ impl Pipeline {
             self.send(&mut ready);
             for pid in changes.exited.drain(..) {
                 self.procs.forget(pid);
+                self.go.on_exit(&mut self.capture, pid);
             }
             if std::mem::take(&mut changes.forget_all) {
                 self.procs.clear();
@@ -256,6 +263,7 @@ impl Pipeline {
             for pid in self.selector.vanished() {
                 self.selector.on_exit(pid);
                 self.capture.unselect(pid);
+                self.go.on_exit(&mut self.capture, pid);
             }
             changes.forget_all = true;
             for pid in self.selector.initial() {
@@ -300,6 +308,7 @@ impl Pipeline {
         self.counters.kernel = self.capture.kernel_counters();
         self.counters.conns = self.conns.stats;
         self.counters.conns.unix_names_dropped = crate::conntrack::unix_names_dropped();
+        self.counters.go = self.go.stats;
         if let Some(tls) = &self.tls {
             self.counters.tls = tls.stats;
         }

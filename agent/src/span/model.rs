@@ -180,7 +180,8 @@ pub struct Span {
     pub private: Attributes,
     pub events: Vec<SpanEvent>,
     pub resource: Arc<ProcessResource>,
-    /// Thread that handled/issued the request (for nesting).
+    /// Thread that handled/issued the request, or its goroutine in a Go
+    /// program (`conntrack::thread_key`; for nesting).
     pub tid: u32,
 }
 

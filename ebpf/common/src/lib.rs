@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -46,6 +46,8 @@ pub const MAX_PORTS: u32 = 1_024;
 pub const MAX_TLS_CALLS: u32 = 65_536;
 /// (tgid, SSL object) -> socket entries (LRU: the oldest are evicted).
 pub const MAX_TLS_OBJECTS: u32 = 65_536;
+/// Go processes whose goroutine the kernel reads at each data event.
+pub const MAX_GO_PROCS: u32 = 16_384;
 
 /// Kind tag at offset 0 of every ring buffer record.
 #[repr(u32)]
@@ -114,6 +116,9 @@ pub struct DataHeader {
     pub len: u64,
     /// Kernel address of the `struct sock`: tells a reused fd from the old one.
     pub sock_id: u64,
+    /// Go programs: the address of the goroutine (`g`) that made the call,
+    /// 0 when unknown or not a Go program (see `GO_PROCS` on the kernel side).
+    pub goroutine: u64,
 }
 
 /// Connection role as known by the kernel.
@@ -313,7 +318,10 @@ pub struct KernelOffsets {
     pub unix_sock_peer: u32,
     pub unix_address_len: u32,
     pub unix_address_name: u32,
-    pub _pad: u32,
+    /// `task_struct.thread.fsbase` (x86_64): where a Go thread's TLS block,
+    /// and so its current goroutine, is found; `u32::MAX`: goroutines are
+    /// not read.
+    pub task_fsbase: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets of di, si and dx (the first three syscall
@@ -323,6 +331,8 @@ pub struct KernelOffsets {
 pub const PT_REGS_DI: u32 = 112;
 pub const PT_REGS_SI: u32 = 104;
 pub const PT_REGS_DX: u32 = 96;
+/// x86_64 `struct pt_regs` offset of the user stack pointer.
+pub const PT_REGS_SP: u32 = 152;
 
 impl KernelOffsets {
     /// Data syscalls' arguments are read from the saved user registers at
@@ -331,6 +341,13 @@ impl KernelOffsets {
     #[inline(always)]
     pub const fn args_at_exit(&self) -> bool {
         self.regs_arg0 != u32::MAX
+    }
+
+    /// The goroutine of a Go program's data call can be read (x86_64, the
+    /// saved registers' layout confirmed, `fsbase` found).
+    #[inline(always)]
+    pub const fn goroutines(&self) -> bool {
+        self.args_at_exit() && self.task_fsbase != u32::MAX
     }
 }
 

@@ -66,9 +66,10 @@ fn conn_fd(conn: u64) -> Option<i64> {
     }
 }
 
-/// Reports `n` bytes of `call`'s buffer as plaintext of its socket.
+/// Reports `n` bytes of `call`'s buffer as plaintext of its socket, made by
+/// goroutine `g`.
 #[inline(always)]
-fn report(cfg: &KernelConfig, tgid: u32, tid: u32, call: &GoCall, n: u64) {
+fn report(cfg: &KernelConfig, tgid: u32, tid: u32, g: u64, call: &GoCall, n: u64) {
     let st = match call.fd {
         NO_FD => None,
         fd => SOCKS.get_ptr_mut(&sock_key(tgid, fd)),
@@ -88,7 +89,7 @@ fn report(cfg: &KernelConfig, tgid: u32, tid: u32, call: &GoCall, n: u64) {
         (*st).sock_id
     };
     let inf = Inflight { op: 0, fd: call.fd, buf: call.buf, iovcnt: 0, sock_id, enter_ns: call.enter_ns };
-    emit_data::<false>(cfg, tgid, tid, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), n);
+    emit_data::<false>(cfg, tgid, tid, g, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), n);
 }
 
 fn enter(ctx: &ProbeContext, flags: u32) -> Res {
@@ -117,7 +118,7 @@ fn enter(ctx: &ProbeContext, flags: u32) -> Res {
     let call = GoCall { buf, enter_ns, fd, flags };
     if flags & DATA_EGRESS != 0 {
         if len > 0 {
-            report(cfg, tgid, tid, &call, len);
+            report(cfg, tgid, tid, g, &call, len);
         }
         return Ok(0);
     }
@@ -141,7 +142,7 @@ fn ret(ctx: &ProbeContext) -> Res {
         return Ok(0);
     }
     let cfg = config().ok_or(0u32)?;
-    report(cfg, tgid, tid, &call, n as u64);
+    report(cfg, tgid, tid, g, &call, n as u64);
     Ok(0)
 }
 

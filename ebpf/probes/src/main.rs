@@ -32,6 +32,7 @@
 mod iov;
 use iov::{copy_iovecs, copy_iovecs_unrolled};
 mod go_tls;
+mod goroutine;
 mod maps;
 mod sock;
 mod tls;
@@ -237,12 +238,15 @@ pub(crate) enum Src {
 
 /// Sends one data event for the `len` bytes a call moved: its first
 /// `capture_bytes` (a vectored call's buffers joined, so one call is one
-/// event); `flags` are `DataHeader::flags` (`DATA_EGRESS`, `DATA_TLS`).
+/// event); `flags` are `DataHeader::flags` (`DATA_EGRESS`, `DATA_TLS`);
+/// `goroutine` is the Go goroutine making the call (0: none known).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn emit_data<const LOOP: bool>(
     cfg: &KernelConfig,
     tgid: u32,
     tid: u32,
+    goroutine: u64,
     inf: &Inflight,
     flags: u32,
     src: Src,
@@ -283,6 +287,7 @@ pub(crate) fn emit_data<const LOOP: bool>(
             captured: captured as u32,
             len,
             sock_id: inf.sock_id,
+            goroutine,
         };
         let mut size = core::mem::size_of::<DataHeader>() + captured as usize;
         if size > core::mem::size_of::<DataHeader>() + MAX_CAPTURE {
@@ -443,11 +448,12 @@ fn exit_data<const LOOP: bool>(ctx: &TracePointContext) -> Res {
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let total = r as u64;
     let flags = if is_send(inf.op) { DATA_EGRESS } else { 0 };
+    let g = goroutine::current(cfg, tgid);
     match inf.op {
-        OP_READ | OP_WRITE => emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Buf(inf.buf), total),
-        OP_READV | OP_WRITEV => emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Iov(inf.buf, inf.iovcnt), total),
+        OP_READ | OP_WRITE => emit_data::<LOOP>(cfg, tgid, tid, g, &inf, flags, Src::Buf(inf.buf), total),
+        OP_READV | OP_WRITEV => emit_data::<LOOP>(cfg, tgid, tid, g, &inf, flags, Src::Iov(inf.buf, inf.iovcnt), total),
         OP_SENDFILE | OP_SPLICE_OUT | OP_SPLICE_IN => {
-            emit_data::<LOOP>(cfg, tgid, tid, &inf, flags, Src::Uncopied, total)
+            emit_data::<LOOP>(cfg, tgid, tid, g, &inf, flags, Src::Uncopied, total)
         }
         _ => {}
     }

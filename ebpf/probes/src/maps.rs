@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
-    ENTER_TIME_SLOTS, KernelConfig, MAX_CAPTURE, MAX_INFLIGHT, MAX_PORTS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS,
-    MAX_TRACED_PROCS, SockState, counter,
+    ENTER_TIME_SLOTS, KernelConfig, MAX_CAPTURE, MAX_GO_PROCS, MAX_INFLIGHT, MAX_PORTS, MAX_SOCKETS, MAX_TLS_CALLS,
+    MAX_TLS_OBJECTS, MAX_TRACED_PROCS, SockState, counter,
 };
 
 /// Agent settings (element 0).
@@ -17,6 +17,12 @@ pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 /// Selected processes by tgid (`TRACED_YES` / `TRACED_PENDING`).
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCS, 0);
+
+/// Selected Go programs by tgid: the offset of the current goroutine's
+/// pointer from the thread's `fsbase` (-8 unless the program has other
+/// thread-local data). See `goroutine.rs`.
+#[map]
+pub static GO_PROCS: HashMap<u32, i64> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
 
 /// Port filter: local or peer ports that select a socket.
 #[map]

@@ -226,7 +226,7 @@ fn exit(ctx: &RetProbeContext) -> Res {
         return Ok(0);
     }
     let inf = Inflight { op: 0, fd: sock.fd, buf: call.buf, iovcnt: 0, sock_id: sock.sock_id, enter_ns: call.enter_ns };
-    emit_data::<false>(cfg, tgid, tid, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), moved);
+    emit_data::<false>(cfg, tgid, tid, 0, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), moved);
     Ok(0)
 }
 

@@ -385,12 +385,16 @@ impl HttpParser {
     }
 
     /// A header block was parsed; `first` is where its first byte came from,
-    /// `now` the chunk holding its last byte.
+    /// `now` the chunk holding its last byte. A request starts when its
+    /// first byte came and belongs to the thread that completed its head:
+    /// Go's net/http server reads the first byte of a keep-alive
+    /// connection's next request on a background goroutine, the rest on
+    /// the goroutine that serves it.
     fn on_parsed(&mut self, p: Parsed, first: Origin, now: Origin, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         match p {
             Parsed::Request(r) => {
                 self.req.state = State::Head;
-                self.on_request(r, first, stats);
+                self.on_request(r, Origin { ts: first.ts, tid: now.tid }, stats);
             }
             Parsed::Response(r) => {
                 self.resp.state = State::Head;

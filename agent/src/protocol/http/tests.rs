@@ -231,3 +231,21 @@ fn random_garbage_and_mangled_http_never_panic_and_stay_bounded() {
         }
     }
 }
+
+/// Go's net/http server reads the first byte of a keep-alive connection's
+/// next request on a background goroutine and the rest on the goroutine
+/// that serves it: the request starts at the first byte and belongs to the
+/// one that completed its head.
+#[test]
+fn a_request_belongs_to_the_thread_that_completed_its_head() {
+    use Direction::{Egress, Ingress};
+    let (background, serving) = (0x8000_0001, 0x8000_0002);
+    let chunks = [
+        OwnedChunk { tid: background, ..chunk(Ingress, 10, b"G") },
+        OwnedChunk { tid: serving, ..chunk(Ingress, 20, b"ET /x HTTP/1.1\r\nHost: a\r\n\r\n") },
+        OwnedChunk { tid: serving, ..chunk(Egress, 30, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") },
+    ];
+    let (out, _) = run(&mut *parser(Role::Server), &chunks, None);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].start_ns, out[0].end_ns, out[0].tid), (10, 30, serving));
+}

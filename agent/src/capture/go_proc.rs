@@ -1,0 +1,185 @@
+//! Which selected processes are Go programs, so that the kernel reads the
+//! goroutine behind each of their data calls (`ebpf/probes/src/goroutine.rs`)
+//! and nesting follows goroutines, not the threads they happen to run on.
+//!
+//! Guarantees:
+//! - A process is registered when its executable is an x86_64 ELF file with
+//!   Go's build information (`.go.buildinfo`, Go 1.13 and later; stripped
+//!   binaries keep it). Each executable file is read once (by device and
+//!   inode; at most [`MAX_FILES`] remembered, then the memory starts over).
+//! - The offset of the goroutine pointer below the thread's `fsbase` is read
+//!   from the executable: a cgo build has a TLS segment and the symbol
+//!   `runtime.tlsg`; Go's own linker uses -8. The kernel believes the pointer
+//!   only when that goroutine owns the stack the call runs on, so a wrong
+//!   offset costs nesting, never a wrong parent.
+//! - Bounded: the kernel map holds [`MAX_GO_PROCS`] processes; one more is
+//!   counted (`full`) and keyed by thread like any other program.
+//! - A process leaves at exit, at an exec of something that is not Go, and
+//!   when it vanished while capture was paused.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use object::read::elf::ProgramHeader as _;
+use object::{Object, ObjectSymbol};
+
+use kspan_common::MAX_GO_PROCS;
+
+use super::Capture;
+use super::tls::file_id;
+
+/// Executables remembered as Go or not.
+pub const MAX_FILES: usize = 4096;
+/// Go's goroutine slot below `fsbase` when the executable says nothing else.
+pub const DEFAULT_G_OFFSET: i64 = -8;
+
+/// Counters of the registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoProcStats {
+    /// Go processes whose goroutines the kernel reads now.
+    pub registered: u64,
+    /// Go processes not registered: the kernel map was full (or refused).
+    pub full: u64,
+}
+
+/// The Go processes among the selected ones.
+#[derive(Default)]
+pub struct GoProcs {
+    /// (device, inode) of an executable -> its goroutine offset (None: not Go).
+    files: HashMap<(u64, u64), Option<i64>>,
+    pids: HashSet<u32>,
+    pub stats: GoProcStats,
+}
+
+impl GoProcs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A selected process started, exec'd or was found at start-up: register
+    /// it if its executable is a Go program (and forget it if it no longer is).
+    pub fn on_selected(&mut self, capture: &mut Capture, pid: u32) {
+        if !capture.goroutines() {
+            return;
+        }
+        let exe = format!("/proc/{pid}/exe");
+        let Some(id) = file_id(Path::new(&exe)) else { return };
+        let offset = match self.files.get(&id) {
+            Some(o) => *o,
+            None => {
+                if self.files.len() >= MAX_FILES {
+                    self.files.clear();
+                }
+                let o = g_offset_in(Path::new(&exe));
+                self.files.insert(id, o);
+                o
+            }
+        };
+        match offset {
+            Some(off) if !self.pids.contains(&pid) => {
+                if self.pids.len() >= MAX_GO_PROCS as usize {
+                    self.stats.full += 1;
+                    return;
+                }
+                match capture.set_go(pid, off) {
+                    Ok(()) => {
+                        self.pids.insert(pid);
+                        self.stats.registered = self.pids.len() as u64;
+                        tracing::debug!(pid, offset = off, "Go program: calls nest by goroutine");
+                    }
+                    Err(e) => {
+                        self.stats.full += 1;
+                        tracing::debug!(pid, "Go program keyed by thread: {e}");
+                    }
+                }
+            }
+            Some(_) => {}
+            None => self.on_exit(capture, pid),
+        }
+    }
+
+    /// The process exited (or vanished).
+    pub fn on_exit(&mut self, capture: &mut Capture, pid: u32) {
+        if self.pids.remove(&pid) {
+            tracing::debug!(pid, "Go program forgotten");
+            capture.unset_go(pid);
+            self.stats.registered = self.pids.len() as u64;
+        }
+    }
+}
+
+/// The goroutine offset of the Go executable at `path`, `None` when it is
+/// no x86_64 Go program (or unreadable).
+pub fn g_offset_in(path: &Path) -> Option<i64> {
+    let file = std::fs::File::open(path).ok()?;
+    let cache = object::ReadCache::new(file);
+    let obj = object::File::parse(&cache).ok()?;
+    g_offset(&obj)
+}
+
+/// [`g_offset_in`] on a parsed file.
+pub fn g_offset<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<i64> {
+    if obj.architecture() != object::Architecture::X86_64 || obj.section_by_name(".go.buildinfo").is_none() {
+        return None;
+    }
+    Some(tls_offset(obj).unwrap_or(DEFAULT_G_OFFSET))
+}
+
+/// x86_64 TLS (variant II): the executable's block ends at the thread
+/// pointer, so a variable at `value` in a segment of `memsz` bytes aligned
+/// to `align` sits at `value - round_up(memsz, align)`.
+fn tls_offset<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<i64> {
+    let object::File::Elf64(elf) = obj else { return None };
+    let tlsg = obj.symbols().find(|s| s.kind() == object::SymbolKind::Tls && s.name() == Ok("runtime.tlsg"))?;
+    let endian = elf.endian();
+    let seg = elf.elf_program_headers().iter().find(|p| p.p_type(endian) == object::elf::PT_TLS)?;
+    let (memsz, align) = (seg.p_memsz(endian), seg.p_align(endian).max(1));
+    let block = memsz.checked_next_multiple_of(align)?;
+    let value = tlsg.address();
+    (value < block).then(|| value as i64 - block as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_binary_is_not_go() {
+        assert_eq!(g_offset_in(Path::new("/proc/self/exe")), None);
+        assert_eq!(g_offset_in(Path::new("/nonexistent")), None);
+    }
+
+    /// Builds a Go program (with and without cgo) when a Go toolchain is
+    /// installed (`cargo xtask setup` installs one).
+    #[test]
+    fn go_executables_give_their_goroutine_offset() {
+        let dir = std::env::temp_dir().join(format!("kspan-go-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plain = "package main\nimport \"fmt\"\nfunc main() { fmt.Println(1) }\n";
+        // C thread-local data in the executable moves Go's slot.
+        let cgo = "package main\n/*\n__thread long c_tls[4];\nlong get(void) { return c_tls[1]; }\n*/\n\
+                   import \"C\"\nimport \"fmt\"\nfunc main() { fmt.Println(C.get()) }\n";
+        let build = |name: &str, src: &str, cgo: bool| {
+            std::fs::write(dir.join(format!("{name}.go")), src).unwrap();
+            let out = std::process::Command::new("go")
+                .args(["build", "-o", name, &format!("{name}.go")])
+                .current_dir(&dir)
+                .env("GOCACHE", dir.join("cache"))
+                .env("GO111MODULE", "off")
+                .env("CGO_ENABLED", if cgo { "1" } else { "0" })
+                .output();
+            matches!(out, Ok(o) if o.status.success())
+        };
+        if !build("plain", plain, false) {
+            eprintln!("skipping: no Go toolchain");
+            return;
+        }
+        assert_eq!(g_offset_in(&dir.join("plain")), Some(DEFAULT_G_OFFSET));
+        if build("withcgo", cgo, true) {
+            let off = g_offset_in(&dir.join("withcgo")).expect("a cgo build is a Go program");
+            assert!(off < 0 && off % 8 == 0, "{off}");
+            assert_ne!(off, DEFAULT_G_OFFSET, "the C thread-locals share the block: {off}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

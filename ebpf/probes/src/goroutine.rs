@@ -1,0 +1,59 @@
+//! The goroutine behind a data call of a Go program, so the agent nests a
+//! Go server's outgoing calls under the request the same goroutine serves
+//! (a goroutine moves between threads; a thread runs many goroutines).
+//!
+//! Guarantees:
+//! - Only processes the agent put in `GO_PROCS` pay for it: one hash lookup
+//!   per data event for the others, none per syscall that makes no event.
+//! - Go on linux/amd64 keeps the running goroutine's `g` in thread-local
+//!   storage, at a fixed offset below the thread's `fsbase` (-8, or what the
+//!   executable's TLS segment says; the agent computes it). The pointer is
+//!   only believed when the `g` it names owns the stack the call runs on
+//!   (`g.stack.lo <= sp < g.stack.hi`: `g.stack` is the first field of `g`
+//!   in every Go release). A thread running C code (cgo), the scheduler's
+//!   own stack (`g0`), or a wrong offset gives 0: the agent then keys the
+//!   call by its thread, as for any other program.
+//! - Every read is fault-safe (a bad address is an error, not a fault).
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use kspan_common::{KernelConfig, PT_REGS_SP};
+
+use crate::maps::GO_PROCS;
+
+/// The current goroutine of Go program `tgid` (its `g` address), or 0.
+#[inline(always)]
+pub(crate) fn current(cfg: &KernelConfig, tgid: u32) -> u64 {
+    if !cfg.offsets.goroutines() {
+        return 0;
+    }
+    // SAFETY: plain value copied out.
+    let Some(tls_off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else { return 0 };
+    read_current(cfg, tls_off).unwrap_or(0)
+}
+
+#[inline(always)]
+fn read_current(cfg: &KernelConfig, tls_off: i64) -> Option<u64> {
+    // SAFETY: kernel and user memory read with the fault-safe helpers; the
+    // saved registers through the BTF pointer at a constant offset (the
+    // agent set `task_fsbase` only when BTF confirmed the x86_64 layout).
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let fsbase: u64 = bpf_probe_read_kernel(task.add(cfg.offsets.task_fsbase as usize).cast::<u64>()).ok()?;
+        if fsbase == 0 {
+            return None;
+        }
+        let g: u64 = bpf_probe_read_user(fsbase.wrapping_add(tls_off as u64) as *const u64).ok()?;
+        if g == 0 {
+            return None;
+        }
+        let [lo, hi]: [u64; 2] = bpf_probe_read_user(g as *const [u64; 2]).ok()?;
+        let regs =
+            aya_ebpf::helpers::generated::bpf_task_pt_regs(aya_ebpf::helpers::generated::bpf_get_current_task_btf())
+                as *const u8;
+        if regs.is_null() {
+            return None;
+        }
+        let sp = core::ptr::read_volatile(regs.add(PT_REGS_SP as usize).cast::<u64>());
+        (lo <= sp && sp < hi).then_some(g)
+    }
+}

@@ -1,0 +1,104 @@
+// Go web service for kspan's end-to-end tests of goroutine nesting: an
+// HTTP and an HTTPS server (Go's net/http and crypto/tls) whose handlers
+// query PostgreSQL through database/sql and lib/pq, and Redis through
+// redigo, each from a shared connection pool, as Go services do. It
+// propagates no trace context. Built in GOPATH mode against Debian's
+// packaged sources (golang-github-lib-pq-dev, golang-github-gomodule-redigo-dev).
+//
+//	go_db_app PG_DSN REDIS_ADDR CERT KEY
+//
+// prints "HTTP_PORT HTTPS_PORT" on stdout, then serves on 127.0.0.1:
+//
+//	/pg/N      one query (SELECT ... WHERE oid > $1), answers its result
+//	/redis/N   GET kspan:N, answers what it got
+//	/both/N    both, in that order
+package main
+
+import (
+	"database/sql"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/gomodule/redigo/redis"
+	_ "github.com/lib/pq"
+)
+
+func main() {
+	if len(os.Args) != 5 {
+		fmt.Fprintln(os.Stderr, "usage: go_db_app PG_DSN REDIS_ADDR CERT KEY")
+		os.Exit(2)
+	}
+	db, err := sql.Open("postgres", os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	db.SetMaxOpenConns(4)
+	db.SetMaxIdleConns(4)
+	pool := &redis.Pool{
+		MaxIdle: 4,
+		Dial:    func() (redis.Conn, error) { return redis.Dial("tcp", os.Args[2]) },
+	}
+	pg := func(n int) (string, error) {
+		var count int
+		err := db.QueryRow("SELECT count(*) FROM pg_class WHERE oid > $1", n).Scan(&count)
+		return strconv.Itoa(count), err
+	}
+	rd := func(n int) (string, error) {
+		c := pool.Get()
+		defer c.Close()
+		v, err := redis.String(c.Do("GET", fmt.Sprintf("kspan:%d", n)))
+		if err == redis.ErrNil {
+			return "nil", nil
+		}
+		return v, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+		if len(parts) != 2 {
+			http.NotFound(w, r)
+			return
+		}
+		n, err := strconv.Atoi(parts[1])
+		if err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		var calls []func(int) (string, error)
+		switch parts[0] {
+		case "pg":
+			calls = append(calls, pg)
+		case "redis":
+			calls = append(calls, rd)
+		case "both":
+			calls = append(calls, pg, rd)
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		for _, call := range calls {
+			v, err := call(n)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			fmt.Fprintln(w, v)
+		}
+	})
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	tls, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(plain.Addr().(*net.TCPAddr).Port, tls.Addr().(*net.TCPAddr).Port)
+	os.Stdout.Sync()
+	go func() { panic(http.Serve(plain, mux)) }()
+	panic(http.ServeTLS(tls, mux, os.Args[3], os.Args[4]))
+}
