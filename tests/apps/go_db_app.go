@@ -12,11 +12,14 @@
 //	/pg/N      one query (SELECT ... WHERE oid > $1), answers its result
 //	/redis/N   GET kspan:N, answers what it got
 //	/both/N    both, in that order
+//	/chain/N   GET /redis/N of its own HTTP server through net/http's
+//	           client (its Transport writes on a goroutine of its own)
 package main
 
 import (
 	"database/sql"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -56,6 +59,20 @@ func main() {
 		}
 		return v, err
 	}
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	self := fmt.Sprintf("http://%s/redis/", plain.Addr())
+	chain := func(n int) (string, error) {
+		resp, err := http.Get(self + strconv.Itoa(n))
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return strings.TrimSpace(string(b)), err
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
@@ -76,6 +93,8 @@ func main() {
 			calls = append(calls, rd)
 		case "both":
 			calls = append(calls, pg, rd)
+		case "chain":
+			calls = append(calls, chain)
 		default:
 			http.NotFound(w, r)
 			return
@@ -89,10 +108,6 @@ func main() {
 			fmt.Fprintln(w, v)
 		}
 	})
-	plain, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
 	tls, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)

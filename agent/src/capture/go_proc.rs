@@ -16,6 +16,11 @@
 //!   counted (`full`) and keyed by thread like any other program.
 //! - A process leaves at exit, at an exec of something that is not Go, and
 //!   when it vanished while capture was paused.
+//! - A Go executable that uses net/http's client gets one uprobe on its
+//!   round trip (`ebpf/probes/src/go_http.rs`): the `Transport` writes each
+//!   request on a goroutine of its own, and the probe tells the kernel whose
+//!   round trip it is. Go 1.18+ and x86_64 as for the TLS probes; a failure
+//!   is logged once per file and counted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -25,8 +30,8 @@ use object::{Object, ObjectSymbol};
 
 use kspan_common::MAX_GO_PROCS;
 
-use super::Capture;
-use super::tls::file_id;
+use super::tls::{TlsAttachError, file_id};
+use super::{Capture, go_tls};
 
 /// Executables remembered as Go or not.
 pub const MAX_FILES: usize = 4096;
@@ -40,6 +45,10 @@ pub struct GoProcStats {
     pub registered: u64,
     /// Go processes not registered: the kernel map was full (or refused).
     pub full: u64,
+    /// Go executables with the net/http client round-trip probe attached.
+    pub http_clients: u64,
+    /// Go executables using net/http's client where it could not be.
+    pub http_client_failures: u64,
 }
 
 /// The Go processes among the selected ones.
@@ -72,6 +81,9 @@ impl GoProcs {
                 }
                 let o = g_offset_in(Path::new(&exe));
                 self.files.insert(id, o);
+                if o.is_some() {
+                    self.probe_round_trips(capture, Path::new(&exe));
+                }
                 o
             }
         };
@@ -95,6 +107,33 @@ impl GoProcs {
             }
             Some(_) => {}
             None => self.on_exit(capture, pid),
+        }
+    }
+
+    /// Puts the round-trip probe on net/http's client of a Go executable
+    /// (once per file: uprobes belong to the file), so its outgoing HTTP
+    /// calls count for the goroutine that made them.
+    fn probe_round_trips(&mut self, capture: &mut Capture, exe: &Path) {
+        let found = (|| {
+            let file = std::fs::File::open(exe).ok()?;
+            let cache = object::ReadCache::new(file);
+            let obj = object::File::parse(&cache).ok()?;
+            go_tls::find_round_trip(&obj)
+        })();
+        let result = match found {
+            None => return,
+            Some(Ok(at)) => capture.attach_go_round_trip(exe, at),
+            Some(Err(source)) => Err(TlsAttachError::Go { path: exe.display().to_string(), source }),
+        };
+        match result {
+            Ok(()) => {
+                self.stats.http_clients += 1;
+                tracing::info!(exe = %exe.display(), "Go net/http client round trips followed");
+            }
+            Err(e) => {
+                self.stats.http_client_failures += 1;
+                tracing::warn!(exe = %exe.display(), "Go net/http client calls will not nest: {e}");
+            }
         }
     }
 

@@ -35,6 +35,9 @@ use super::gopclntab;
 /// The Go functions probed.
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
+/// net/http's client round trip on an HTTP/1 connection (`go_proc`: the
+/// goroutine it starts on is remembered for its connection).
+pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 /// Most return instructions probed in one function (Go 1.19's `Read` has 6).
 pub const MAX_RETS: usize = 64;
 /// Instructions searched for the stack check's jump.
@@ -90,12 +93,19 @@ pub fn find_in(path: &Path) -> Option<Result<GoTlsProbes, GoTlsError>> {
     find(&obj)
 }
 
-fn probes<'d, R: object::ReadRef<'d>>(
-    obj: &object::File<'d, R>,
-    info: &[u8],
-    read: (u64, u64),
-    write: (u64, u64),
-) -> Result<GoTlsProbes, GoTlsError> {
+/// The stack check's jump (file offset) of net/http's client round trip
+/// ([`ROUND_TRIP`]) in the executable `obj`, `None` when it is not a Go
+/// program using net/http's client. Same requirements as [`find`].
+pub fn find_round_trip<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<Result<u64, GoTlsError>> {
+    let info = obj.section_by_name(".go.buildinfo")?;
+    let f = symbol(obj, ROUND_TRIP)
+        .or_else(|| gopclntab::find_function(obj.section_by_name(".gopclntab")?.data().ok()?, ROUND_TRIP))?;
+    let check = supported(obj, info.data().unwrap_or_default()).and_then(|_| function(obj, ROUND_TRIP, f));
+    Some(check.map(|(jump, _)| jump))
+}
+
+/// The Go version, when kspan's Go probes can read this executable.
+fn supported<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, info: &[u8]) -> Result<String, GoTlsError> {
     let version = build_version(info).ok_or(GoTlsError::BuildInfo)?;
     let minor = version.strip_prefix("go1.").and_then(|r| r.split(['.', '-', 'r', 'b']).next()?.parse::<u32>().ok());
     if minor.is_none_or(|m| m < MIN_MINOR) {
@@ -104,6 +114,16 @@ fn probes<'d, R: object::ReadRef<'d>>(
     if obj.architecture() != object::Architecture::X86_64 {
         return Err(GoTlsError::Arch(obj.architecture()));
     }
+    Ok(version)
+}
+
+fn probes<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    info: &[u8],
+    read: (u64, u64),
+    write: (u64, u64),
+) -> Result<GoTlsProbes, GoTlsError> {
+    let version = supported(obj, info)?;
     let (read, read_rets) = function(obj, READ, read)?;
     let (write, _) = function(obj, WRITE, write)?;
     Ok(GoTlsProbes { version, read, read_rets, write })
@@ -286,6 +306,12 @@ mod tests {
         let obj = object::File::parse(&*file).expect("ELF");
         assert!(symbol(&obj, READ).is_none(), "stripped: no symbol table");
         assert_eq!(find(&obj), Some(Ok(p)));
+        // net/http's client round trip, found both ways too (the app is a
+        // client as well as a server).
+        let full = std::fs::read(&exe).expect("read");
+        let round_trip = find_round_trip(&object::File::parse(&*full).expect("ELF"));
+        assert!(matches!(round_trip, Some(Ok(at)) if at > 0), "{round_trip:?}");
+        assert_eq!(find_round_trip(&obj), round_trip);
         // Not Go, or Go without TLS.
         assert_eq!(find_in(Path::new("/bin/sh")), None);
         assert_eq!(find_in(Path::new("/nonexistent")), None);

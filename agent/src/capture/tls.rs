@@ -220,6 +220,12 @@ impl Capture {
 
     /// Attaches `program` at `symbol`, or at file offset `offset` (then
     /// `symbol` only names the place in errors).
+    /// The round-trip probe of net/http's client in a Go executable (see
+    /// `go_proc`), at the file offset [`go_tls::find_round_trip`] gave.
+    pub fn attach_go_round_trip(&mut self, path: &Path, at: u64) -> Result<(), TlsAttachError> {
+        self.attach_uprobe("kspan_go_round_trip", go_tls::ROUND_TRIP, Some(at), path)
+    }
+
     fn attach_uprobe(
         &mut self,
         program: &'static str,

@@ -109,6 +109,7 @@ pub struct PipelineMetrics {
     tls_failed: Family<Reason, Counter>,
     go_processes: Gauge,
     go_full: Counter,
+    go_http: Family<Reason, Counter>,
     last: PipelineCounters,
 }
 
@@ -146,6 +147,7 @@ impl PipelineMetrics {
             tls_failed: Family::default(),
             go_processes: Gauge::default(),
             go_full: Counter::default(),
+            go_http: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -217,6 +219,11 @@ impl PipelineMetrics {
             "kspan_go_processes_unregistered",
             "Go programs keyed by thread instead of goroutine because the kernel map was full",
             m.go_full.clone(),
+        );
+        t.register(
+            "kspan_go_http_client_probes",
+            "Go executables whose net/http client round trips are followed, by result (attached, failed)",
+            m.go_http.clone(),
         );
         m
     }
@@ -301,6 +308,8 @@ impl PipelineMetrics {
         delta(&self.tls_failed.get_or_create(&r("pending_full")), a.pending_full, b.pending_full);
         self.go_processes.set(now.go.registered as i64);
         delta(&self.go_full, now.go.full, last.go.full);
+        delta(&self.go_http.get_or_create(&r("attached")), now.go.http_clients, last.go.http_clients);
+        delta(&self.go_http.get_or_create(&r("failed")), now.go.http_client_failures, last.go.http_client_failures);
         self.last = *now;
     }
 }

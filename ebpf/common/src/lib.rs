@@ -48,6 +48,9 @@ pub const MAX_TLS_CALLS: u32 = 65_536;
 pub const MAX_TLS_OBJECTS: u32 = 65_536;
 /// Go processes whose goroutine the kernel reads at each data event.
 pub const MAX_GO_PROCS: u32 = 16_384;
+/// Go HTTP client connections remembered with the goroutine of their
+/// current round trip (LRU: the oldest are evicted).
+pub const MAX_GO_CONNS: u32 = 65_536;
 
 /// Kind tag at offset 0 of every ring buffer record.
 #[repr(u32)]

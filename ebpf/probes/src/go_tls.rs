@@ -40,7 +40,7 @@ use aya_ebpf::{
 use kspan_common::{DATA_EGRESS, DATA_TLS, IGNORED_NO, IGNORED_TLS_USER, KernelConfig, counter, sock_key};
 
 use crate::maps::{GO_TLS_CALLS, GoCall, Inflight, SOCKS, TlsKey, count};
-use crate::{Res, Src, config, emit_data, is_traced};
+use crate::{Res, Src, config, emit_data, goroutine, is_traced};
 
 /// Offset of the interface's data word in `tls.Conn` (`conn net.Conn` is
 /// the first field: type word, then data word).
@@ -51,16 +51,23 @@ const NETFD_SYSFD: u64 = 16;
 /// `GoCall::fd` when the connection's socket could not be read.
 const NO_FD: u32 = u32::MAX;
 /// Carry and zero flags: `jbe` jumps when either is set.
-const CF_ZF: u64 = 1 | 1 << 6;
+pub(crate) const CF_ZF: u64 = 1 | 1 << 6;
 
 /// The socket descriptor under a `*tls.Conn` (-1 once it is closed).
 #[inline(always)]
-fn conn_fd(conn: u64) -> Option<i64> {
+pub(crate) fn conn_fd(conn: u64) -> Option<i64> {
     // SAFETY: user memory of the traced process, read with the fault-safe
     // helper; a bad pointer gives an error, not a fault.
+    let data: u64 = unsafe { bpf_probe_read_user((conn + CONN_DATA) as *const u64) }.ok()?;
+    net_conn_fd(data)
+}
+
+/// The socket descriptor under a `*net.TCPConn` (or `*net.UnixConn`): its
+/// `conn{fd *netFD}` at offset 0, then `Sysfd` in the `netFD`.
+#[inline(always)]
+pub(crate) fn net_conn_fd(data: u64) -> Option<i64> {
+    // SAFETY: as in conn_fd.
     unsafe {
-        let data: u64 = bpf_probe_read_user((conn + CONN_DATA) as *const u64).ok()?;
-        // `*net.TCPConn` -> `conn{fd *netFD}` at offset 0.
         let netfd: u64 = bpf_probe_read_user(data as *const u64).ok()?;
         bpf_probe_read_user((netfd + NETFD_SYSFD) as *const i64).ok()
     }
@@ -88,6 +95,9 @@ fn report(cfg: &KernelConfig, tgid: u32, tid: u32, g: u64, call: &GoCall, n: u64
         }
         (*st).sock_id
     };
+    // net/http's client writes on a goroutine of its own: the round trip's
+    // caller is the one that counts.
+    let g = goroutine::caller(tgid, call.fd, sock_id).unwrap_or(g);
     let inf = Inflight { op: 0, fd: call.fd, buf: call.buf, iovcnt: 0, sock_id, enter_ns: call.enter_ns };
     emit_data::<false>(cfg, tgid, tid, g, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), n);
 }

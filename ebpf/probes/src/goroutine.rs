@@ -13,22 +13,39 @@
 //!   in every Go release). A thread running C code (cgo), the scheduler's
 //!   own stack (`g0`), or a wrong offset gives 0: the agent then keys the
 //!   call by its thread, as for any other program.
+//! - A Go HTTP client connection whose current round trip started on
+//!   another goroutine (`go_http.rs`: net/http's `Transport` writes the
+//!   request and reads the response on goroutines of its own) reports the
+//!   round trip's caller instead, so the client call nests under the
+//!   request that caller serves.
 //! - Every read is fault-safe (a bad address is an error, not a fault).
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
-use kspan_common::{KernelConfig, PT_REGS_SP};
+use kspan_common::{KernelConfig, PT_REGS_SP, sock_key};
 
-use crate::maps::GO_PROCS;
+use crate::maps::{GO_CONN_CALLER, GO_PROCS};
 
-/// The current goroutine of Go program `tgid` (its `g` address), or 0.
+/// The goroutine a data call of Go program `tgid` on socket (`fd`,
+/// `sock_id`) counts for (its `g` address), or 0.
 #[inline(always)]
-pub(crate) fn current(cfg: &KernelConfig, tgid: u32) -> u64 {
+pub(crate) fn current(cfg: &KernelConfig, tgid: u32, fd: u32, sock_id: u64) -> u64 {
     if !cfg.offsets.goroutines() {
         return 0;
     }
     // SAFETY: plain value copied out.
     let Some(tls_off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else { return 0 };
+    if let Some(g) = caller(tgid, fd, sock_id) {
+        return g;
+    }
     read_current(cfg, tls_off).unwrap_or(0)
+}
+
+/// The goroutine whose round trip is under way on an HTTP client socket.
+#[inline(always)]
+pub(crate) fn caller(tgid: u32, fd: u32, sock_id: u64) -> Option<u64> {
+    // SAFETY: plain value copied out.
+    let c = unsafe { GO_CONN_CALLER.get(&sock_key(tgid, fd)) }.copied()?;
+    (c.sock_id == sock_id && c.g != 0).then_some(c.g)
 }
 
 #[inline(always)]

@@ -31,6 +31,7 @@
 
 mod iov;
 use iov::{copy_iovecs, copy_iovecs_unrolled};
+mod go_http;
 mod go_tls;
 mod goroutine;
 mod maps;
@@ -448,7 +449,7 @@ fn exit_data<const LOOP: bool>(ctx: &TracePointContext) -> Res {
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let total = r as u64;
     let flags = if is_send(inf.op) { DATA_EGRESS } else { 0 };
-    let g = goroutine::current(cfg, tgid);
+    let g = goroutine::current(cfg, tgid, inf.fd, inf.sock_id);
     match inf.op {
         OP_READ | OP_WRITE => emit_data::<LOOP>(cfg, tgid, tid, g, &inf, flags, Src::Buf(inf.buf), total),
         OP_READV | OP_WRITEV => emit_data::<LOOP>(cfg, tgid, tid, g, &inf, flags, Src::Iov(inf.buf, inf.iovcnt), total),

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
-    ENTER_TIME_SLOTS, KernelConfig, MAX_CAPTURE, MAX_GO_PROCS, MAX_INFLIGHT, MAX_PORTS, MAX_SOCKETS, MAX_TLS_CALLS,
-    MAX_TLS_OBJECTS, MAX_TRACED_PROCS, SockState, counter,
+    ENTER_TIME_SLOTS, KernelConfig, MAX_CAPTURE, MAX_GO_CONNS, MAX_GO_PROCS, MAX_INFLIGHT, MAX_PORTS, MAX_SOCKETS,
+    MAX_TLS_CALLS, MAX_TLS_OBJECTS, MAX_TRACED_PROCS, SockState, counter,
 };
 
 /// Agent settings (element 0).
@@ -23,6 +23,12 @@ pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCS
 /// thread-local data). See `goroutine.rs`.
 #[map]
 pub static GO_PROCS: HashMap<u32, i64> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
+
+/// The goroutine that started the current round trip on a Go HTTP client
+/// connection, by `sock_key(tgid, fd)`: net/http's `Transport` writes the
+/// request on a goroutine of its own. See `go_http.rs`.
+#[map]
+pub static GO_CONN_CALLER: LruHashMap<u64, GoCaller> = LruHashMap::with_max_entries(MAX_GO_CONNS, 0);
 
 /// Port filter: local or peer ports that select a socket.
 #[map]
@@ -178,6 +184,16 @@ pub struct GoCall {
     pub fd: u32,
     /// `DATA_EGRESS` for writes, 0 for reads.
     pub flags: u32,
+}
+
+/// A [`GO_CONN_CALLER`] value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoCaller {
+    /// The calling goroutine (`g`).
+    pub g: u64,
+    /// The socket the entry is about: a reused fd is another socket.
+    pub sock_id: u64,
 }
 
 /// One [`TLS_SLOTS`] slot.
