@@ -163,19 +163,10 @@ pub fn go_db_server(pg_port: u16, redis_port: u16) -> (Proc, u16) {
     let dir = TempDir::new("go-db");
     let (cert, key) = self_signed_cert(&dir.0);
     let dsn = format!("host=127.0.0.1 port={pg_port} user=postgres dbname=kspan sslmode=disable");
-    let mut child = Command::new(go_db_app())
-        .args([dsn, format!("127.0.0.1:{redis_port}")])
-        .args([&cert, &key])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start go_db_app");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port line");
-    let ports: Vec<u16> = line.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-    let [http, https] = ports[..] else { panic!("go_db_app printed {line:?}") };
-    wait_port(http, Duration::from_secs(10));
-    wait_port(https, Duration::from_secs(10));
+    let mut cmd = Command::new(go_db_app());
+    cmd.args([dsn, format!("127.0.0.1:{redis_port}")]).args([&cert, &key]);
+    let (child, ports) = start_go_app(cmd);
+    let [http, https] = ports[..] else { panic!("go_db_app printed ports {ports:?}") };
     (Proc { child, port: http, _dir: Some(dir) }, https)
 }
 
@@ -185,19 +176,25 @@ pub fn go_db_server(pg_port: u16, redis_port: u16) -> (Proc, u16) {
 pub fn go_tls_server(exe: &Path) -> Proc {
     let dir = TempDir::new("go-tls");
     let (cert, key) = self_signed_cert(&dir.0);
-    let mut child = Command::new(exe)
-        .arg("server")
-        .args([&cert, &key])
-        .stdout(Stdio::piped())
-        // Each wait_port probe is logged as a failed handshake.
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start go_tls_app");
+    let mut cmd = Command::new(exe);
+    cmd.arg("server").args([&cert, &key]);
+    let (child, ports) = start_go_app(cmd);
+    Proc { child, port: ports[0], _dir: Some(dir) }
+}
+
+/// Starts a Go test app that prints its port(s) on its first line, and
+/// waits until each accepts connections.
+fn start_go_app(mut cmd: Command) -> (std::process::Child, Vec<u16>) {
+    // Each wait_port probe of a TLS port is logged as a failed handshake.
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start a Go test app");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port line");
-    let port = line.trim().parse().unwrap_or_else(|_| panic!("go_tls_app server printed {line:?}"));
-    wait_port(port, Duration::from_secs(10));
-    Proc { child, port, _dir: Some(dir) }
+    let ports: Vec<u16> = line.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert!(!ports.is_empty(), "the Go app printed {line:?}");
+    for p in &ports {
+        wait_port(*p, Duration::from_secs(10));
+    }
+    (child, ports)
 }
 
 /// GnuTLS's test server (`gnutls-serv --http`, from gnutls-bin) on HTTPS

@@ -79,10 +79,10 @@ impl GoProcs {
                 if self.files.len() >= MAX_FILES {
                     self.files.clear();
                 }
-                let o = g_offset_in(Path::new(&exe));
+                let (o, round_trip) = read_exe(Path::new(&exe));
                 self.files.insert(id, o);
-                if o.is_some() {
-                    self.probe_round_trips(capture, Path::new(&exe));
+                if let Some(found) = round_trip {
+                    self.probe_round_trips(capture, Path::new(&exe), found);
                 }
                 o
             }
@@ -113,17 +113,10 @@ impl GoProcs {
     /// Puts the round-trip probe on net/http's client of a Go executable
     /// (once per file: uprobes belong to the file), so its outgoing HTTP
     /// calls count for the goroutine that made them.
-    fn probe_round_trips(&mut self, capture: &mut Capture, exe: &Path) {
-        let found = (|| {
-            let file = std::fs::File::open(exe).ok()?;
-            let cache = object::ReadCache::new(file);
-            let obj = object::File::parse(&cache).ok()?;
-            go_tls::find_round_trip(&obj)
-        })();
+    fn probe_round_trips(&mut self, capture: &mut Capture, exe: &Path, found: Result<u64, go_tls::GoTlsError>) {
         let result = match found {
-            None => return,
-            Some(Ok(at)) => capture.attach_go_round_trip(exe, at),
-            Some(Err(source)) => Err(TlsAttachError::Go { path: exe.display().to_string(), source }),
+            Ok(at) => capture.attach_go_round_trip(exe, at),
+            Err(source) => Err(TlsAttachError::Go { path: exe.display().to_string(), source }),
         };
         match result {
             Ok(()) => {
@@ -150,10 +143,22 @@ impl GoProcs {
 /// The goroutine offset of the Go executable at `path`, `None` when it is
 /// no x86_64 Go program (or unreadable).
 pub fn g_offset_in(path: &Path) -> Option<i64> {
-    let file = std::fs::File::open(path).ok()?;
+    read_exe(path).0
+}
+
+/// One read of an executable: its goroutine offset ([`g_offset`]) and,
+/// for a Go program, where its net/http client round trip is probed
+/// (`None`: it has none).
+type ExeFacts = (Option<i64>, Option<Result<u64, go_tls::GoTlsError>>);
+
+fn read_exe(path: &Path) -> ExeFacts {
+    let Ok(file) = std::fs::File::open(path) else { return (None, None) };
     let cache = object::ReadCache::new(file);
-    let obj = object::File::parse(&cache).ok()?;
-    g_offset(&obj)
+    let Ok(obj) = object::File::parse(&cache) else { return (None, None) };
+    match g_offset(&obj) {
+        Some(o) => (Some(o), go_tls::find_round_trip(&obj)),
+        None => (None, None),
+    }
 }
 
 /// [`g_offset_in`] on a parsed file.

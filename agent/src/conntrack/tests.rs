@@ -346,7 +346,7 @@ fn knows_which_processes_serve() {
 #[test]
 fn go_calls_are_keyed_by_goroutine() {
     assert_eq!(thread_key(1234, 0), 1234, "no goroutine: the thread");
-    let g = 0xc000_0a01_a0_u64;
+    let g = 0x00c0_000a_01a0_u64;
     let key = thread_key(1234, g);
     assert!(key >= 0x8000_0000, "never a thread id: {key:#x}");
     assert_eq!(thread_key(77, g), key, "the goroutine, whatever thread it ran on");
