@@ -3,6 +3,8 @@
 //! kspan traces A and B and must put every span of one request in one trace
 //! with the right parents. Also: incoming W3C context is joined, a malformed
 //! one starts a new trace, and an SDK-instrumented client's context wins.
+//! And a Go service under concurrent requests: its database and HTTP calls
+//! nest by goroutine, not by thread.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -125,7 +125,6 @@ enum State {
 /// gnutls-serv is 20 events, so the bound leaves room for three times that.
 pub const TLS_EVENTS_BEFORE_MUTE: u32 = 64;
 
-/// Queues `m` (at most [`MAX_MUTES`] per drain cycle; beyond: counted).
 /// The "thread" a call is nested by: the thread itself, or for a Go program
 /// the goroutine that made it (a goroutine moves between threads and a
 /// thread runs many goroutines). Goroutine keys have the top bit set; Linux
@@ -140,6 +139,7 @@ pub fn thread_key(tid: u32, goroutine: u64) -> u32 {
     0x8000_0000 | ((g ^ (g >> 31)) as u32 & 0x7fff_ffff)
 }
 
+/// Queues `m` (at most [`MAX_MUTES`] per drain cycle; beyond: counted).
 fn queue_mute(mutes: &mut Vec<Mute>, stats: &mut ConnStats, m: Mute) {
     if mutes.len() < MAX_MUTES {
         mutes.push(m);

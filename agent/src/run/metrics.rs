@@ -222,7 +222,7 @@ impl PipelineMetrics {
         );
         t.register(
             "kspan_go_http_client_probes",
-            "Go executables whose net/http client round trips are followed, by result (attached, failed)",
+            "Go executables given the net/http client round-trip probe, by reason: attached, or failed (logged)",
             m.go_http.clone(),
         );
         m

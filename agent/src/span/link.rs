@@ -3,7 +3,8 @@
 //! Two rules join spans that the builder made as separate traces:
 //! - Nesting: a CLIENT span issued by thread T of process P while T serves a
 //!   request becomes a child of that SERVER span (same (pid, tid), client
-//!   time range inside the server's).
+//!   time range inside the server's). In a Go program the "thread" is the
+//!   goroutine (`conntrack::thread_key`).
 //! - Cross-process: a SERVER span whose connection is the other end of a
 //!   traced CLIENT span's connection (same 4-tuple, server time range inside
 //!   the client's) becomes a child of that client span, in its trace.
