@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{Proc, go_db_server, postgres, python_http, redis};
+use kspan_e2e::servers::{Proc, go_db_app, go_db_app_cgo, go_db_server, postgres, python_http, redis};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -184,6 +184,34 @@ fn last_number(s: &str) -> Option<u32> {
 /// caller): one trace of four spans.
 #[test]
 fn go_service_calls_nest_under_their_request_by_goroutine() {
+    go_service_nests(&go_db_app());
+}
+
+/// The same Go service built with cgo and C thread-local data: its
+/// goroutine slot is not at Go's usual -8 from the thread pointer, and
+/// kspan reads where it is from the executable's TLS segment.
+#[test]
+fn go_service_built_with_cgo_and_c_thread_locals_nests_too() {
+    let exe = go_db_app_cgo();
+    // readelf, independently: runtime.tlsg's value and the TLS segment.
+    let segs = run_ok(Command::new("readelf").arg("-lW").arg(&exe));
+    let tls: Vec<u64> = segs
+        .lines()
+        .find(|l| l.trim_start().starts_with("TLS "))
+        .expect("a TLS segment")
+        .split_whitespace()
+        .filter_map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .collect();
+    let (memsz, align) = (tls[4], tls[5].max(1));
+    let syms = run_ok(Command::new("readelf").arg("-sW").arg(&exe));
+    let tlsg = syms.lines().find(|l| l.ends_with(" runtime.tlsg")).expect("runtime.tlsg");
+    let value = u64::from_str_radix(tlsg.split_whitespace().nth(1).expect("value"), 16).expect("hex");
+    let offset = value as i64 - memsz.next_multiple_of(align) as i64;
+    assert_ne!(offset, -8, "the goroutine slot moved (segment {tls:?}, runtime.tlsg {value:#x})");
+    go_service_nests(&exe);
+}
+
+fn go_service_nests(exe: &std::path::Path) {
     let pg = postgres();
     let rd = redis();
     let sets: String = (0..GO_REQUESTS).map(|n| format!("SET kspan:{n} v{n}\n")).collect();
@@ -195,7 +223,7 @@ fn go_service_calls_nest_under_their_request_by_goroutine() {
         .expect("redis-cli");
     cli.stdin.take().expect("stdin").write_all(sets.as_bytes()).expect("SETs");
     assert!(cli.wait().expect("redis-cli").success());
-    let (go, https) = go_db_server(pg.port, rd.port);
+    let (go, https) = go_db_server(exe, pg.port, rd.port);
     let k = Kspan::start(&["--pid", &go.pid().to_string()]);
     k.wait_log("\"Go crypto/tls\"", WAIT);
     k.wait_log("Go net/http client round trips followed", WAIT);

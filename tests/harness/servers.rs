@@ -116,14 +116,14 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
 /// `target/e2e-apps/`, with its symbol table.
 pub fn go_tls_app() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| go_build("go_tls_app", "go_tls_app.go", &[])).clone()
+    BUILT.get_or_init(|| go_build("go_tls_app", &["go_tls_app.go"], &[], false)).clone()
 }
 
 /// [`go_tls_app`] built without a symbol table (`-ldflags=-s -w`), as
 /// container images usually ship Go programs.
 pub fn go_tls_app_stripped() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| go_build("go_tls_app_stripped", "go_tls_app.go", &["-ldflags=-s -w"])).clone()
+    BUILT.get_or_init(|| go_build("go_tls_app_stripped", &["go_tls_app.go"], &["-ldflags=-s -w"], false)).clone()
 }
 
 /// `tests/apps/go_db_app.go`: a Go web service on lib/pq and redigo, built
@@ -131,10 +131,18 @@ pub fn go_tls_app_stripped() -> PathBuf {
 /// installs them).
 pub fn go_db_app() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| go_build("go_db_app", "go_db_app.go", &[])).clone()
+    BUILT.get_or_init(|| go_build("go_db_app", &["go_db_app.go"], &[], false)).clone()
 }
 
-fn go_build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+/// [`go_db_app`] built with cgo and C thread-local data
+/// (`tests/apps/go_db_app_cgo.go`): the goroutine slot is elsewhere in the
+/// thread's TLS block.
+pub fn go_db_app_cgo() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| go_build("go_db_app_cgo", &["go_db_app.go", "go_db_app_cgo.go"], &[], true)).clone()
+}
+
+fn go_build(name: &str, sources: &[&str], flags: &[&str], cgo: bool) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-apps");
     std::fs::create_dir_all(&dir).expect("target/e2e-apps");
     let (exe, tmp) = (dir.join(name), dir.join(format!("{name}.{}", std::process::id())));
@@ -143,8 +151,8 @@ fn go_build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
         .args(flags)
         .arg("-o")
         .arg(&tmp)
-        .arg(apps_dir().join(source))
-        .env("CGO_ENABLED", "0")
+        .args(sources.iter().map(|s| apps_dir().join(s)))
+        .env("CGO_ENABLED", if cgo { "1" } else { "0" })
         .env("GOCACHE", dir.join("go-cache"))
         // Standard library and Debian's golang-*-dev sources only: no module download.
         .env("GO111MODULE", "off")
@@ -156,14 +164,15 @@ fn go_build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     exe
 }
 
-/// [`go_db_app`] serving HTTP and HTTPS (self-signed certificate), its
-/// handlers calling the PostgreSQL at `pg_port` (database `kspan`) and the
-/// Redis at `redis_port`. `port` is the HTTP port; the HTTPS port is returned too.
-pub fn go_db_server(pg_port: u16, redis_port: u16) -> (Proc, u16) {
+/// [`go_db_app`] (or [`go_db_app_cgo`]: `exe`) serving HTTP and HTTPS
+/// (self-signed certificate), its handlers calling the PostgreSQL at
+/// `pg_port` (database `kspan`) and the Redis at `redis_port`. `port` is the
+/// HTTP port; the HTTPS port is returned too.
+pub fn go_db_server(exe: &Path, pg_port: u16, redis_port: u16) -> (Proc, u16) {
     let dir = TempDir::new("go-db");
     let (cert, key) = self_signed_cert(&dir.0);
     let dsn = format!("host=127.0.0.1 port={pg_port} user=postgres dbname=kspan sslmode=disable");
-    let mut cmd = Command::new(go_db_app());
+    let mut cmd = Command::new(exe);
     cmd.args([dsn, format!("127.0.0.1:{redis_port}")]).args([&cert, &key]);
     let (child, ports) = start_go_app(cmd);
     let [http, https] = ports[..] else { panic!("go_db_app printed ports {ports:?}") };

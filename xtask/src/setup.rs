@@ -26,7 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     "wget",
     // tests/tls.rs: a Go HTTPS server and client (Go's own crypto/tls)
     "golang-go",
-    // tests/trace.rs: a Go web service on lib/pq and redigo (GOPATH build)
+    // tests/trace.rs: a Go web service on lib/pq and redigo (GOPATH build),
+    // and its cgo variant (gcc)
+    "gcc",
     "golang-github-lib-pq-dev",
     "golang-github-gomodule-redigo-dev",
     // cargo xtask bench: h2load, an HTTP/2 load generator
