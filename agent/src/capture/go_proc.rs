@@ -22,7 +22,7 @@
 //!   round trip it is. Go 1.18+ and x86_64 as for the TLS probes; a failure
 //!   is logged once per file and counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use object::read::elf::ProgramHeader as _;
@@ -56,7 +56,8 @@ pub struct GoProcStats {
 pub struct GoProcs {
     /// (device, inode) of an executable -> its goroutine offset (None: not Go).
     files: HashMap<(u64, u64), Option<i64>>,
-    pids: HashSet<u32>,
+    /// Registered processes and their goroutine offsets.
+    pids: HashMap<u32, i64>,
     pub stats: GoProcStats,
 }
 
@@ -88,14 +89,16 @@ impl GoProcs {
             }
         };
         match offset {
-            Some(off) if !self.pids.contains(&pid) => {
-                if self.pids.len() >= MAX_GO_PROCS as usize {
+            // Registered already (an exec of another Go program may move the slot).
+            Some(off) if self.pids.get(&pid) == Some(&off) => {}
+            Some(off) => {
+                if self.pids.len() >= MAX_GO_PROCS as usize && !self.pids.contains_key(&pid) {
                     self.stats.full += 1;
                     return;
                 }
                 match capture.set_go(pid, off) {
                     Ok(()) => {
-                        self.pids.insert(pid);
+                        self.pids.insert(pid, off);
                         self.stats.registered = self.pids.len() as u64;
                         tracing::debug!(pid, offset = off, "Go program: calls nest by goroutine");
                     }
@@ -105,7 +108,6 @@ impl GoProcs {
                     }
                 }
             }
-            Some(_) => {}
             None => self.on_exit(capture, pid),
         }
     }
@@ -132,7 +134,7 @@ impl GoProcs {
 
     /// The process exited (or vanished).
     pub fn on_exit(&mut self, capture: &mut Capture, pid: u32) {
-        if self.pids.remove(&pid) {
+        if self.pids.remove(&pid).is_some() {
             tracing::debug!(pid, "Go program forgotten");
             capture.unset_go(pid);
             self.stats.registered = self.pids.len() as u64;
