@@ -187,6 +187,7 @@ fn tls_offset<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<i
 
 #[cfg(test)]
 mod tests {
+    use super::super::go_tls::tests::go_build_source;
     use super::*;
 
     #[test]
@@ -206,15 +207,9 @@ mod tests {
         let cgo = "package main\n/*\n__thread long c_tls[4];\nlong get(void) { return c_tls[1]; }\n*/\n\
                    import \"C\"\nimport \"fmt\"\nfunc main() { fmt.Println(C.get()) }\n";
         let build = |name: &str, src: &str, cgo: bool| {
-            std::fs::write(dir.join(format!("{name}.go")), src).unwrap();
-            let out = std::process::Command::new("go")
-                .args(["build", "-o", name, &format!("{name}.go")])
-                .current_dir(&dir)
-                .env("GOCACHE", dir.join("cache"))
-                .env("GO111MODULE", "off")
-                .env("CGO_ENABLED", if cgo { "1" } else { "0" })
-                .output();
-            matches!(out, Ok(o) if o.status.success())
+            let source = dir.join(format!("{name}.go"));
+            std::fs::write(&source, src).unwrap();
+            go_build_source(&dir, name, &source, &[], cgo)
         };
         if !build("plain", plain, false) {
             eprintln!("skipping: no Go toolchain");

@@ -74,14 +74,7 @@ pub struct GoTlsProbes {
 /// Go program using `crypto/tls`.
 pub fn find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<Result<GoTlsProbes, GoTlsError>> {
     let info = obj.section_by_name(".go.buildinfo")?;
-    let (read, write) = match (symbol(obj, READ), symbol(obj, WRITE)) {
-        (Some(read), Some(write)) => (read, write),
-        // Stripped: Go's own function table.
-        _ => {
-            let tab = obj.section_by_name(".gopclntab")?.data().ok()?;
-            (gopclntab::find_function(tab, READ)?, gopclntab::find_function(tab, WRITE)?)
-        }
-    };
+    let (read, write) = (lookup(obj, READ)?, lookup(obj, WRITE)?);
     Some(probes(obj, info.data().unwrap_or_default(), read, write))
 }
 
@@ -98,8 +91,7 @@ pub fn find_in(path: &Path) -> Option<Result<GoTlsProbes, GoTlsError>> {
 /// program using net/http's client. Same requirements as [`find`].
 pub fn find_round_trip<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<Result<u64, GoTlsError>> {
     let info = obj.section_by_name(".go.buildinfo")?;
-    let f = symbol(obj, ROUND_TRIP)
-        .or_else(|| gopclntab::find_function(obj.section_by_name(".gopclntab")?.data().ok()?, ROUND_TRIP))?;
+    let f = lookup(obj, ROUND_TRIP)?;
     let check = supported(obj, info.data().unwrap_or_default()).and_then(|_| function(obj, ROUND_TRIP, f));
     Some(check.map(|(jump, _)| jump))
 }
@@ -127,6 +119,12 @@ fn probes<'d, R: object::ReadRef<'d>>(
     let (read, read_rets) = function(obj, READ, read)?;
     let (write, _) = function(obj, WRITE, write)?;
     Ok(GoTlsProbes { version, read, read_rets, write })
+}
+
+/// Address and size of a Go function: from the symbol table or, when the
+/// executable is stripped, from Go's own function table.
+fn lookup<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> Option<(u64, u64)> {
+    symbol(obj, name).or_else(|| gopclntab::find_function(obj.section_by_name(".gopclntab")?.data().ok()?, name))
 }
 
 /// Address and size of a defined function symbol.
@@ -221,7 +219,7 @@ pub fn build_version(info: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -271,18 +269,31 @@ mod tests {
     /// Builds the e2e Go app into `dir/name` with extra `flags`; whether it
     /// built.
     fn go_build(dir: &Path, name: &str, flags: &[&str]) -> bool {
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/apps/go_tls_app.go");
+        let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/apps/go_tls_app.go"));
+        go_build_source(dir, name, src, flags, false)
+    }
+
+    /// Builds the Go program `source` (standard library only) into
+    /// `dir/name`, with cgo or not; whether it built (false without a Go
+    /// toolchain: `cargo xtask setup` installs one).
+    pub(in crate::capture) fn go_build_source(
+        dir: &Path,
+        name: &str,
+        source: &Path,
+        flags: &[&str],
+        cgo: bool,
+    ) -> bool {
         std::process::Command::new("go")
             .arg("build")
             .args(flags)
             .arg("-o")
             .arg(dir.join(name))
-            .arg(src)
-            .env("CGO_ENABLED", "0")
+            .arg(source)
+            .env("CGO_ENABLED", if cgo { "1" } else { "0" })
             .env("GOCACHE", dir.join("cache"))
             .env("GOPATH", dir.join("path"))
-            .status()
-            .is_ok_and(|s| s.success())
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// A Go program built here (Debian's golang-go, a test dependency) is

@@ -368,8 +368,8 @@ impl TlsAttacher {
         self.exes.insert(id);
         if let Ok(Some(lib)) = defined_library(&exe) {
             self.consider(capture, &exe, Kind::Executable(lib));
-        } else if go_tls::find_in(&exe).is_some() {
-            self.consider(capture, &exe, Kind::Go);
+        } else if let Some(found) = go_tls::find_in(&exe) {
+            self.consider(capture, &exe, Kind::Go(found));
         }
     }
 
@@ -383,20 +383,18 @@ impl TlsAttacher {
             self.stats.files_full += 1;
             return;
         }
+        let loader = kind == Kind::Loader;
         let result = match kind {
             Kind::Loader => capture.attach_loader(path).map(|()| (1, None)),
             Kind::Executable(lib) => capture.attach_tls(path, lib).map(|n| (n, Some(lib))),
-            Kind::Go => match go_tls::find_in(path) {
-                Some(Ok(probes)) => capture.attach_go(path, &probes).map(|n| (n, None)),
-                Some(Err(source)) => Err(TlsAttachError::Go { path: path.display().to_string(), source }),
-                None => Err(TlsAttachError::NoSymbols { path: path.display().to_string() }),
-            },
+            Kind::Go(Ok(probes)) => capture.attach_go(path, &probes).map(|n| (n, None)),
+            Kind::Go(Err(source)) => Err(TlsAttachError::Go { path: path.display().to_string(), source }),
             Kind::Library => defined_library(path)
                 .and_then(|lib| lib.ok_or_else(|| TlsAttachError::NoSymbols { path: path.display().to_string() }))
                 .and_then(|lib| capture.attach_tls(path, lib).map(|n| (n, Some(lib)))),
         };
         match result {
-            Ok(_) if kind == Kind::Loader => {
+            Ok(_) if loader => {
                 self.files.insert(id, true);
                 tracing::debug!(loader = %path.display(), "library-load hook attached");
             }
@@ -406,7 +404,7 @@ impl TlsAttacher {
                 let tls = lib.map_or("Go crypto/tls", TlsLib::name);
                 tracing::info!(library = %path.display(), tls, functions = n, "TLS uprobes attached");
             }
-            Err(e) if kind == Kind::Loader => {
+            Err(e) if loader => {
                 // Late libraries are still found by the timed scans.
                 self.files.insert(id, false);
                 tracing::debug!(loader = %path.display(), "no library-load hook: {e}");
@@ -423,7 +421,7 @@ impl TlsAttacher {
 }
 
 /// What a file is to the attacher.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum Kind {
     /// A mapped TLS library: its symbols tell which one, then it is probed.
     Library,
@@ -431,8 +429,9 @@ enum Kind {
     Executable(TlsLib),
     /// A dynamic loader: gets the library-load hook.
     Loader,
-    /// A Go executable using `crypto/tls`.
-    Go,
+    /// A Go executable using `crypto/tls`: where its probes go, as read
+    /// when it was found to be one (read once).
+    Go(Result<GoTlsProbes, super::go_tls::GoTlsError>),
 }
 
 /// (device, inode) of a file, following symlinks.

@@ -19,17 +19,13 @@
 //! - Bounded: an LRU map of [`MAX_GO_CONNS`](kspan_common::MAX_GO_CONNS)
 //!   connections; each round trip overwrites its connection's entry.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::uprobe,
-    programs::ProbeContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
 
 use kspan_common::{ROLE_CLIENT, sock_key};
 
-use crate::go_tls::{CF_ZF, conn_fd, net_conn_fd};
+use crate::Res;
+use crate::go_tls::{conn_fd, go_entry, net_conn_fd};
 use crate::maps::{GO_CONN_CALLER, GoCaller, SOCKS};
-use crate::{Res, config, is_traced};
 
 /// Offset of the data word of `persistConn.conn`.
 const PCONN_CONN_DATA: u64 = 80 + 8;
@@ -44,18 +40,10 @@ fn client_socket(tgid: u32, fd: Option<i64>) -> Option<(u32, u64)> {
 }
 
 fn round_trip(ctx: &ProbeContext) -> Res {
-    let cfg = config().ok_or(0u32)?;
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if !is_traced(cfg, tgid) {
-        return Ok(0);
-    }
+    let (_, tgid, _) = go_entry(ctx).ok_or(0u32)?;
     // SAFETY: the probe's saved user registers: the receiver in RAX, the
     // goroutine in R14.
-    let (pc, g, eflags) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14, (*ctx.regs).eflags) };
-    if eflags & CF_ZF != 0 {
-        return Ok(0);
-    }
+    let (pc, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
     // SAFETY: user memory read with the fault-safe helper.
     let data: u64 = unsafe { bpf_probe_read_user((pc + PCONN_CONN_DATA) as *const u64) }.map_err(|_| 0u32)?;
     // A plain connection, else TLS over one.

@@ -51,7 +51,7 @@ const NETFD_SYSFD: u64 = 16;
 /// `GoCall::fd` when the connection's socket could not be read.
 const NO_FD: u32 = u32::MAX;
 /// Carry and zero flags: `jbe` jumps when either is set.
-pub(crate) const CF_ZF: u64 = 1 | 1 << 6;
+const CF_ZF: u64 = 1 | 1 << 6;
 
 /// The socket descriptor under a `*tls.Conn` (-1 once it is closed).
 #[inline(always)]
@@ -102,21 +102,25 @@ fn report(cfg: &KernelConfig, tgid: u32, tid: u32, g: u64, call: &GoCall, n: u64
     emit_data::<false>(cfg, tgid, tid, g, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), n);
 }
 
-fn enter(ctx: &ProbeContext, flags: u32) -> Res {
-    let cfg = config().ok_or(0u32)?;
+/// A Go function entered at its stack check's jump (this file's entry
+/// probes and `go_http.rs`'s): the settings, tgid and tid when the process
+/// is selected and this is the pass that counts (when the stack grows the
+/// function starts over, so only the second pass goes on).
+#[inline(always)]
+pub(crate) fn go_entry(ctx: &ProbeContext) -> Option<(&'static KernelConfig, u32, u32)> {
+    let cfg = config()?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if !is_traced(cfg, tgid) {
-        return Ok(0);
-    }
+    // SAFETY: the probe's saved user registers.
+    let eflags = unsafe { (*ctx.regs).eflags };
+    (is_traced(cfg, tgid) && eflags & CF_ZF == 0).then_some((cfg, tgid, tid))
+}
+
+fn enter(ctx: &ProbeContext, flags: u32) -> Res {
+    let (cfg, tgid, tid) = go_entry(ctx).ok_or(0u32)?;
     // SAFETY: the probe's saved user registers. Go's register ABI: receiver
     // in RAX, the byte slice's pointer and length in RBX and RCX.
-    let (conn, buf, len, g, eflags) =
-        unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx, (*ctx.regs).r14, (*ctx.regs).eflags) };
-    if eflags & CF_ZF != 0 {
-        // The stack grows first; the function then starts over.
-        return Ok(0);
-    }
+    let (conn, buf, len, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx, (*ctx.regs).r14) };
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
     let fd = match conn_fd(conn) {
