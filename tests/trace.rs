@@ -184,7 +184,20 @@ fn last_number(s: &str) -> Option<u32> {
 /// caller): one trace of four spans.
 #[test]
 fn go_service_calls_nest_under_their_request_by_goroutine() {
-    go_service_nests(&go_db_app());
+    go_service_nests(&go_db_app(), false);
+}
+
+/// The same service's HTTPS servers (net/http's own HTTP/2 server, and
+/// golang.org/x/net/http2's) speaking HTTP/2 to curl, which multiplexes the
+/// concurrent requests as streams of one connection per server: Go
+/// reads every request of a connection on one goroutine and runs each
+/// stream's handler on a goroutine of its own. The stream-handler probe
+/// names that goroutine for the stream, so each request's calls nest under
+/// it (keyed by the reading goroutine, the streams overlap and the process
+/// would be seen as multiplexed: nothing nested).
+#[test]
+fn go_http2_server_streams_nest_by_their_handler_goroutine() {
+    go_service_nests(&go_db_app(), true);
 }
 
 /// The same Go service built with cgo and C thread-local data: its
@@ -208,10 +221,12 @@ fn go_service_built_with_cgo_and_c_thread_locals_nests_too() {
     let value = u64::from_str_radix(tlsg.split_whitespace().nth(1).expect("value"), 16).expect("hex");
     let offset = value as i64 - memsz.next_multiple_of(align) as i64;
     assert_ne!(offset, -8, "the goroutine slot moved (segment {tls:?}, runtime.tlsg {value:#x})");
-    go_service_nests(&exe);
+    go_service_nests(&exe, false);
 }
 
-fn go_service_nests(exe: &std::path::Path) {
+/// Drives the Go service with curl: over HTTP/1.1, its HTTP and its first
+/// HTTPS server; with `h2`, both HTTPS servers over HTTP/2.
+fn go_service_nests(exe: &std::path::Path, h2: bool) {
     let pg = postgres();
     let rd = redis();
     let sets: String = (0..GO_REQUESTS).map(|n| format!("SET kspan:{n} v{n}\n")).collect();
@@ -223,29 +238,42 @@ fn go_service_nests(exe: &std::path::Path) {
         .expect("redis-cli");
     cli.stdin.take().expect("stdin").write_all(sets.as_bytes()).expect("SETs");
     assert!(cli.wait().expect("redis-cli").success());
-    let (go, https) = go_db_server(exe, pg.port, rd.port);
+    let (go, [https, xnet]) = go_db_server(exe, pg.port, rd.port);
     let k = Kspan::start(&["--pid", &go.pid().to_string()]);
     k.wait_log("\"Go crypto/tls\"", WAIT);
     k.wait_log("Go net/http client round trips followed", WAIT);
+    for symbol in ["net/http.(*http2serverConn)", "golang.org/x/net/http2.(*serverConn)"] {
+        k.wait_log(&format!("{symbol}.runHandler"), WAIT);
+    }
 
     let route = |n: usize| ["pg", "redis", "both", "chain"][n % 4];
     let mut curl = Command::new("curl");
-    curl.args(["-sSfk", "--http1.1", "--parallel", "--parallel-max", "8"]);
+    curl.args(["-sSfk", if h2 { "--http2" } else { "--http1.1" }, "--parallel", "--parallel-max", "8"]);
     for n in 0..GO_REQUESTS {
-        curl.arg(format!("http://127.0.0.1:{}/{}/{n}", go.port, route(n)));
+        // Over HTTP/2: net/http's and golang.org/x/net/http2's servers.
+        let first = if h2 { format!("https://127.0.0.1:{xnet}") } else { format!("http://127.0.0.1:{}", go.port) };
+        curl.arg(format!("{first}/{}/{n}", route(n)));
         curl.arg(format!("https://127.0.0.1:{https}/{}/{n}", route(n)));
     }
     let out = run_ok(&mut curl);
-    let redis_answers = 2 * (0..GO_REQUESTS).filter(|n| route(*n) != "pg").count();
+    // Each request is sent to two servers.
+    let per = 2;
+    let redis_answers = per * (0..GO_REQUESTS).filter(|n| route(*n) != "pg").count();
     assert_eq!(out.lines().filter(|l| l.starts_with('v')).count(), redis_answers, "answers: {out}");
 
     // Per request: its server span, and pg 1 call, redis 1, both 2, chain 1
     // HTTP call whose own server span makes 1 Redis call.
-    let chains = 2 * (0..GO_REQUESTS).filter(|n| route(*n) == "chain").count();
+    let chains = per * (0..GO_REQUESTS).filter(|n| route(*n) == "chain").count();
     let go_pid = go.pid() as i64;
-    let servers = k.wait_spans(2 * GO_REQUESTS + chains, WAIT, |s| kind(s) == "server" && pid_of(s) == go_pid);
-    assert_eq!(servers.len(), 2 * GO_REQUESTS + chains, "one server span per request: {servers:#?}");
-    let calls = 2 * (0..GO_REQUESTS).map(|n| if route(n) == "both" { 2 } else { 1 }).sum::<usize>() + chains;
+    let servers = k.wait_spans(per * GO_REQUESTS + chains, WAIT, |s| kind(s) == "server" && pid_of(s) == go_pid);
+    assert_eq!(servers.len(), per * GO_REQUESTS + chains, "one server span per request: {servers:#?}");
+    if h2 {
+        // curl's requests came as HTTP/2 streams (the chains' inner
+        // requests are net/http's HTTP/1.1 client calls).
+        let streams = servers.iter().filter(|s| attr_str(s, "network.protocol.version") == Some("2")).count();
+        assert_eq!(streams, per * GO_REQUESTS, "{servers:#?}");
+    }
+    let calls = per * (0..GO_REQUESTS).map(|n| if route(n) == "both" { 2 } else { 1 }).sum::<usize>() + chains;
     let clients = k.wait_spans(calls, WAIT, |s| kind(s) == "client" && pid_of(s) == go_pid);
     assert_eq!(clients.len(), calls, "one client span per call: {clients:#?}");
     let all: Vec<&Value> = servers.iter().chain(&clients).collect();
@@ -299,6 +327,14 @@ fn go_service_nests(exe: &std::path::Path) {
     }
     assert!(m.lines().any(|l| l == "kspan_go_processes 1"), "the Go service is keyed by goroutine:\n{m}");
     assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no thread multiplexing seen:\n{m}");
+    if h2 {
+        let want = format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {}", per * GO_REQUESTS);
+        while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            m = k.metrics();
+        }
+        assert!(m.lines().any(|l| l == want), "each stream keyed by its handler's goroutine:\n{m}");
+    }
     assert!(k.stop(), "kspan exits cleanly");
 }
 

@@ -1,13 +1,17 @@
 // Go web service for kspan's end-to-end tests of goroutine nesting: an
-// HTTP and an HTTPS server (Go's net/http and crypto/tls) whose handlers
-// query PostgreSQL through database/sql and lib/pq, and Redis through
-// redigo, each from a shared connection pool, as Go services do. It
-// propagates no trace context. Built in GOPATH mode against Debian's
-// packaged sources (golang-github-lib-pq-dev, golang-github-gomodule-redigo-dev).
+// HTTP and two HTTPS servers (Go's net/http and crypto/tls; HTTP/1.1, and
+// HTTP/2 through ALPN: net/http's own HTTP/2 server on the first,
+// golang.org/x/net/http2's on the second) whose handlers query PostgreSQL
+// through database/sql and lib/pq, and Redis through redigo, each from a
+// shared connection pool, as Go services do. It propagates no trace
+// context. Built in GOPATH mode against Debian's packaged sources
+// (golang-github-lib-pq-dev, golang-github-gomodule-redigo-dev,
+// golang-golang-x-net-dev).
 //
 //	go_db_app PG_DSN REDIS_ADDR CERT KEY
 //
-// prints "HTTP_PORT HTTPS_PORT" on stdout, then serves on 127.0.0.1:
+// prints "HTTP_PORT HTTPS_PORT XNET_HTTPS_PORT" on stdout, then serves on
+// 127.0.0.1:
 //
 //	/pg/N      one query (SELECT ... WHERE oid > $1), answers its result
 //	/redis/N   GET kspan:N, answers what it got
@@ -28,6 +32,7 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 	_ "github.com/lib/pq"
+	"golang.org/x/net/http2"
 )
 
 func main() {
@@ -108,12 +113,22 @@ func main() {
 			fmt.Fprintln(w, v)
 		}
 	})
-	tls, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	listen := func() (net.Listener, int) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		return l, l.Addr().(*net.TCPAddr).Port
+	}
+	tls, tlsPort := listen()
+	xnet, xnetPort := listen()
+	xnetServer := &http.Server{Handler: mux}
+	if err := http2.ConfigureServer(xnetServer, &http2.Server{}); err != nil {
 		panic(err)
 	}
-	fmt.Println(plain.Addr().(*net.TCPAddr).Port, tls.Addr().(*net.TCPAddr).Port)
+	fmt.Println(plain.Addr().(*net.TCPAddr).Port, tlsPort, xnetPort)
 	os.Stdout.Sync()
 	go func() { panic(http.Serve(plain, mux)) }()
+	go func() { panic(xnetServer.ServeTLS(xnet, os.Args[3], os.Args[4])) }()
 	panic(http.ServeTLS(tls, mux, os.Args[3], os.Args[4]))
 }

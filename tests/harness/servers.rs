@@ -167,16 +167,17 @@ fn go_build(name: &str, sources: &[&str], flags: &[&str], cgo: bool) -> PathBuf 
 /// [`go_db_app`] (or [`go_db_app_cgo`]: `exe`) serving HTTP and HTTPS
 /// (self-signed certificate), its handlers calling the PostgreSQL at
 /// `pg_port` (database `kspan`) and the Redis at `redis_port`. `port` is the
-/// HTTP port; the HTTPS port is returned too.
-pub fn go_db_server(exe: &Path, pg_port: u16, redis_port: u16) -> (Proc, u16) {
+/// HTTP port; the HTTPS ports are returned too: net/http's HTTP/2 server,
+/// then golang.org/x/net/http2's.
+pub fn go_db_server(exe: &Path, pg_port: u16, redis_port: u16) -> (Proc, [u16; 2]) {
     let dir = TempDir::new("go-db");
     let (cert, key) = self_signed_cert(&dir.0);
     let dsn = format!("host=127.0.0.1 port={pg_port} user=postgres dbname=kspan sslmode=disable");
     let mut cmd = Command::new(exe);
     cmd.args([dsn, format!("127.0.0.1:{redis_port}")]).args([&cert, &key]);
     let (child, ports) = start_go_app(cmd);
-    let [http, https] = ports[..] else { panic!("go_db_app printed ports {ports:?}") };
-    (Proc { child, port: http, _dir: Some(dir) }, https)
+    let [http, https, xnet] = ports[..] else { panic!("go_db_app printed ports {ports:?}") };
+    (Proc { child, port: http, _dir: Some(dir) }, [https, xnet])
 }
 
 /// The Go app `exe` ([`go_tls_app`] or [`go_tls_app_stripped`]) serving

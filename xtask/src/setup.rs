@@ -26,11 +26,12 @@ const APT_PACKAGES: &[&str] = &[
     "wget",
     // tests/tls.rs: a Go HTTPS server and client (Go's own crypto/tls)
     "golang-go",
-    // tests/trace.rs: a Go web service on lib/pq and redigo (GOPATH build),
-    // and its cgo variant (gcc)
+    // tests/trace.rs: a Go web service on lib/pq, redigo and
+    // golang.org/x/net/http2 (GOPATH build), and its cgo variant (gcc)
     "gcc",
     "golang-github-lib-pq-dev",
     "golang-github-gomodule-redigo-dev",
+    "golang-golang-x-net-dev",
     // cargo xtask bench: h2load, an HTTP/2 load generator
     "nghttp2-client",
     // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)

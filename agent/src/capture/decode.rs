@@ -1,7 +1,7 @@
 //! Decoding of raw ring buffer records into typed events. Total: any byte
 //! string decodes to an event or a [`DecodeError`], never a panic.
 
-use kspan_common::{CloseEvent, ConnEvent, DataHeader, EventKind, ExecEvent, ProcEvent};
+use kspan_common::{CloseEvent, ConnEvent, DataHeader, EventKind, ExecEvent, GoStreamEvent, ProcEvent};
 
 /// A decoded ring buffer record; data payloads borrow the record.
 #[derive(Debug, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub enum RawEvent<'a> {
     Fork(ProcEvent),
     /// The process's dynamic loader changed its library list.
     LibLoad(ProcEvent),
+    /// A Go HTTP/2 server runs a stream's handler on this goroutine.
+    GoStream(GoStreamEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         Some(EventKind::ProcExit) => Ok(RawEvent::Exit(read(bytes)?)),
         Some(EventKind::LibLoad) => Ok(RawEvent::LibLoad(read(bytes)?)),
         Some(EventKind::ProcFork) => Ok(RawEvent::Fork(read(bytes)?)),
+        Some(EventKind::GoStream) => Ok(RawEvent::GoStream(read(bytes)?)),
         None => Err(DecodeError::UnknownKind(kind)),
     }
 }
@@ -105,6 +108,9 @@ mod tests {
         assert_eq!(decode(encode::proc(&l)), Ok(RawEvent::LibLoad(l)));
         let f = ProcEvent { kind: EventKind::ProcFork as u32, tgid: 10, tid: 9, ..Default::default() };
         assert_eq!(decode(encode::proc(&f)), Ok(RawEvent::Fork(f)));
+        let g =
+            GoStreamEvent { kind: EventKind::GoStream as u32, stream: 3, goroutine: 0xc000_0001, ..Default::default() };
+        assert_eq!(decode(encode::go_stream(&g)), Ok(RawEvent::GoStream(g)));
         let mut e = ExecEvent::default();
         e.proc.kind = EventKind::ProcExec as u32;
         e.filename[..8].copy_from_slice(b"/bin/sh\0");

@@ -19,8 +19,12 @@
 //! - A Go executable that uses net/http's client gets one uprobe on its
 //!   round trip (`ebpf/probes/src/go_http.rs`): the `Transport` writes each
 //!   request on a goroutine of its own, and the probe tells the kernel whose
-//!   round trip it is. Go 1.18+ and x86_64 as for the TLS probes; a failure
-//!   is logged once per file and counted.
+//!   round trip it is. One that serves HTTP/2 (net/http's HTTPS server
+//!   offers it by default; golang.org/x/net/http2) gets one on its stream
+//!   handler's start: one goroutine reads every request of a connection,
+//!   and each stream's handler runs on a goroutine of its own, which the
+//!   probe reports for the stream. Go 1.18+ and x86_64 as for the TLS
+//!   probes; a failure is logged once per file and counted.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,6 +53,10 @@ pub struct GoProcStats {
     pub http_clients: u64,
     /// Go executables using net/http's client where it could not be.
     pub http_client_failures: u64,
+    /// Go executables with the HTTP/2 server stream-handler probe attached.
+    pub h2_servers: u64,
+    /// Go executables serving HTTP/2 where it could not be.
+    pub h2_server_failures: u64,
 }
 
 /// The Go processes among the selected ones.
@@ -80,10 +88,10 @@ impl GoProcs {
                 if self.files.len() >= MAX_FILES {
                     self.files.clear();
                 }
-                let (o, round_trip) = read_exe(Path::new(&exe));
+                let (o, probes) = read_exe(Path::new(&exe));
                 self.files.insert(id, o);
-                if let Some(found) = round_trip {
-                    self.probe_round_trips(capture, Path::new(&exe), found);
+                for (probe, found) in probes {
+                    self.probe_nesting(capture, Path::new(&exe), &probe, found);
                 }
                 o
             }
@@ -112,22 +120,33 @@ impl GoProcs {
         }
     }
 
-    /// Puts the round-trip probe on net/http's client of a Go executable
-    /// (once per file: uprobes belong to the file), so its outgoing HTTP
-    /// calls count for the goroutine that made them.
-    fn probe_round_trips(&mut self, capture: &mut Capture, exe: &Path, found: Result<u64, go_tls::GoTlsError>) {
+    /// Puts a nesting probe (net/http's client round trip, an HTTP/2
+    /// server's stream handler) on a Go executable, once per file: uprobes
+    /// belong to the file.
+    fn probe_nesting(
+        &mut self,
+        capture: &mut Capture,
+        exe: &Path,
+        probe: &go_tls::NestingProbe,
+        found: Result<u64, go_tls::GoTlsError>,
+    ) {
         let result = match found {
-            Ok(at) => capture.attach_go_round_trip(exe, at),
+            Ok(at) => capture.attach_go_nesting(exe, probe, at),
             Err(source) => Err(TlsAttachError::Go { path: exe.display().to_string(), source }),
+        };
+        let s = &mut self.stats;
+        let (what, ok, failed) = match probe.h2_server {
+            true => ("HTTP/2 server streams", &mut s.h2_servers, &mut s.h2_server_failures),
+            false => ("net/http client round trips", &mut s.http_clients, &mut s.http_client_failures),
         };
         match result {
             Ok(()) => {
-                self.stats.http_clients += 1;
-                tracing::info!(exe = %exe.display(), "Go net/http client round trips followed");
+                *ok += 1;
+                tracing::info!(exe = %exe.display(), symbol = probe.symbol, "Go {what} followed");
             }
             Err(e) => {
-                self.stats.http_client_failures += 1;
-                tracing::warn!(exe = %exe.display(), "Go net/http client calls will not nest: {e}");
+                *failed += 1;
+                tracing::warn!(exe = %exe.display(), "Go {what}: their calls will not nest: {e}");
             }
         }
     }
@@ -149,18 +168,16 @@ pub fn g_offset_in(path: &Path) -> Option<i64> {
 }
 
 /// One read of an executable: its goroutine offset ([`g_offset`]) and,
-/// for a Go program, where its net/http client round trip is probed
-/// (`None`: it has none).
-type ExeFacts = (Option<i64>, Option<Result<u64, go_tls::GoTlsError>>);
+/// for a Go program, where each nesting probe it has a function for goes.
+type ExeFacts = (Option<i64>, Vec<(go_tls::NestingProbe, Result<u64, go_tls::GoTlsError>)>);
 
 fn read_exe(path: &Path) -> ExeFacts {
-    let Ok(file) = std::fs::File::open(path) else { return (None, None) };
+    let Ok(file) = std::fs::File::open(path) else { return (None, Vec::new()) };
     let cache = object::ReadCache::new(file);
-    let Ok(obj) = object::File::parse(&cache) else { return (None, None) };
-    match g_offset(&obj) {
-        Some(o) => (Some(o), go_tls::find_round_trip(&obj)),
-        None => (None, None),
-    }
+    let Ok(obj) = object::File::parse(&cache) else { return (None, Vec::new()) };
+    let Some(o) = g_offset(&obj) else { return (None, Vec::new()) };
+    let probes = go_tls::NESTING_PROBES.iter().filter_map(|p| Some((*p, go_tls::find_function(&obj, p.symbol)?)));
+    (Some(o), probes.collect())
 }
 
 /// [`g_offset_in`] on a parsed file.

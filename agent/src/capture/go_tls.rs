@@ -35,9 +35,40 @@ use super::gopclntab;
 /// The Go functions probed.
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
-/// net/http's client round trip on an HTTP/1 connection (`go_proc`: the
-/// goroutine it starts on is remembered for its connection).
+/// The Go functions probed so that calls nest by the request they serve
+/// (`go_proc`), with the kernel program each takes.
+pub const NESTING_PROBES: [NestingProbe; 4] = [
+    // net/http's client round trip on an HTTP/1 connection: the goroutine
+    // it starts on is remembered for its connection.
+    NestingProbe { symbol: ROUND_TRIP, program: "kspan_go_round_trip", h2_server: false },
+    // An HTTP/2 server's stream handler, on its own goroutine: net/http's
+    // bundled copy and golang.org/x/net/http2 (`serverConn.hs` a pointer),
+    // and the in-tree copy whose `hs` is an interface.
+    NestingProbe { symbol: "net/http.(*http2serverConn).runHandler", program: "kspan_go_h2_handler", h2_server: true },
+    NestingProbe {
+        symbol: "golang.org/x/net/http2.(*serverConn).runHandler",
+        program: "kspan_go_h2_handler",
+        h2_server: true,
+    },
+    NestingProbe {
+        symbol: "net/http/internal/http2.(*serverConn).runHandler",
+        program: "kspan_go_h2_handler_cfg",
+        h2_server: true,
+    },
+];
+/// net/http's client round trip.
 pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+
+/// A Go function whose start tells the kernel which goroutine a request or
+/// call belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NestingProbe {
+    pub symbol: &'static str,
+    /// The kernel program (it knows the function's argument layout).
+    pub program: &'static str,
+    /// An HTTP/2 server's stream handler (else net/http's client).
+    pub h2_server: bool,
+}
 /// Most return instructions probed in one function (Go 1.19's `Read` has 6).
 pub const MAX_RETS: usize = 64;
 /// Instructions searched for the stack check's jump.
@@ -86,13 +117,16 @@ pub fn find_in(path: &Path) -> Option<Result<GoTlsProbes, GoTlsError>> {
     find(&obj)
 }
 
-/// The stack check's jump (file offset) of net/http's client round trip
-/// ([`ROUND_TRIP`]) in the executable `obj`, `None` when it is not a Go
-/// program using net/http's client. Same requirements as [`find`].
-pub fn find_round_trip<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<Result<u64, GoTlsError>> {
+/// The stack check's jump (file offset) of the Go function `symbol` in the
+/// executable `obj`, `None` when it is not a Go program defining it. Same
+/// requirements as [`find`].
+pub fn find_function<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    symbol: &'static str,
+) -> Option<Result<u64, GoTlsError>> {
     let info = obj.section_by_name(".go.buildinfo")?;
-    let f = lookup(obj, ROUND_TRIP)?;
-    let check = supported(obj, info.data().unwrap_or_default()).and_then(|_| function(obj, ROUND_TRIP, f));
+    let f = lookup(obj, symbol)?;
+    let check = supported(obj, info.data().unwrap_or_default()).and_then(|_| function(obj, symbol, f));
     Some(check.map(|(jump, _)| jump))
 }
 
@@ -320,9 +354,14 @@ pub(super) mod tests {
         // net/http's client round trip, found both ways too (the app is a
         // client as well as a server).
         let full = std::fs::read(&exe).expect("read");
-        let round_trip = find_round_trip(&object::File::parse(&*full).expect("ELF"));
-        assert!(matches!(round_trip, Some(Ok(at)) if at > 0), "{round_trip:?}");
-        assert_eq!(find_round_trip(&obj), round_trip);
+        // So is the HTTP/2 server's stream handler (its HTTPS server offers h2).
+        let full = object::File::parse(&*full).expect("ELF");
+        for symbol in [ROUND_TRIP, "net/http.(*http2serverConn).runHandler"] {
+            let at = find_function(&full, symbol);
+            assert!(matches!(at, Some(Ok(at)) if at > 0), "{symbol}: {at:?}");
+            assert_eq!(find_function(&obj, symbol), at, "{symbol}");
+        }
+        assert_eq!(find_function(&full, "golang.org/x/net/http2.(*serverConn).runHandler"), None);
         // Not Go, or Go without TLS.
         assert_eq!(find_in(Path::new("/bin/sh")), None);
         assert_eq!(find_in(Path::new("/nonexistent")), None);

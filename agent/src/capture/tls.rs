@@ -218,14 +218,19 @@ impl Capture {
         Ok(probes.read_rets.len() + 2)
     }
 
-    /// Attaches `program` at `symbol`, or at file offset `offset` (then
-    /// `symbol` only names the place in errors).
-    /// The round-trip probe of net/http's client in a Go executable (see
-    /// `go_proc`), at the file offset [`go_tls::find_round_trip`] gave.
-    pub fn attach_go_round_trip(&mut self, path: &Path, at: u64) -> Result<(), TlsAttachError> {
-        self.attach_uprobe("kspan_go_round_trip", go_tls::ROUND_TRIP, Some(at), path)
+    /// A nesting probe of a Go executable (see `go_proc`), at the file
+    /// offset [`go_tls::find_function`] gave.
+    pub fn attach_go_nesting(
+        &mut self,
+        path: &Path,
+        probe: &go_tls::NestingProbe,
+        at: u64,
+    ) -> Result<(), TlsAttachError> {
+        self.attach_uprobe(probe.program, probe.symbol, Some(at), path)
     }
 
+    /// Attaches `program` at `symbol`, or at file offset `offset` (then
+    /// `symbol` only names the place in errors).
     fn attach_uprobe(
         &mut self,
         program: &'static str,

@@ -29,7 +29,7 @@
 use foldhash::{HashMap, HashMapExt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use kspan_common::{ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, ROLE_CLIENT, ROLE_SERVER};
+use kspan_common::{ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, GoStreamEvent, ROLE_CLIENT, ROLE_SERVER};
 
 mod unix;
 
@@ -76,6 +76,12 @@ pub struct ConnStats {
     /// table of socket names was full ([`MAX_UNIX_NAMES`]); read from that
     /// table ([`unix_names_dropped`]) when counters are published.
     pub unix_names_dropped: u64,
+    /// Go HTTP/2 streams keyed by their handler's goroutine.
+    pub go_streams: u64,
+    /// Go HTTP/2 stream handlers reported for no open request (its
+    /// connection or stream unknown here, e.g. lost data): that request
+    /// keeps the goroutine that read it.
+    pub go_streams_unmatched: u64,
 }
 
 /// Most mute requests queued in one drain cycle.
@@ -404,6 +410,21 @@ impl ConnTable {
         let (peer_traced, serving) = (self.peer_traced(&meta), self.serves(key.0));
         let tagged = |exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange, peer_traced, serving };
         out.extend(self.scratch.drain(..).map(tagged));
+    }
+
+    /// A Go HTTP/2 server runs `ev.stream`'s handler on `ev.goroutine`: the
+    /// calls made there nest under that request (see [`thread_key`]).
+    pub fn on_go_stream(&mut self, ev: &GoStreamEvent) {
+        let conn = self.conns.get_mut(&(ev.tgid, ev.fd)).filter(|c| c.sock_id == ev.sock_id);
+        let served = match conn.map(|c| &mut c.state) {
+            Some(State::Parsing(_, parser)) => parser.serve_stream_on(ev.stream, thread_key(ev.tid, ev.goroutine)),
+            _ => false,
+        };
+        if served {
+            self.stats.go_streams += 1;
+        } else {
+            self.stats.go_streams_unmatched += 1;
+        }
     }
 
     fn close_key(&mut self, key: (u32, u32), ts: u64, out: &mut Vec<ConnExchange>) {

@@ -363,3 +363,40 @@ fn go_calls_are_keyed_by_goroutine() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].exchange.tid, key, "the exchange carries the goroutine's key");
 }
+
+/// A Go HTTP/2 stream handler's report reaches the stream's request on
+/// that socket only: another socket at the same descriptor, an unknown
+/// descriptor or a connection that is not parsed count as unmatched.
+#[test]
+fn go_stream_handlers_key_their_stream() {
+    use kspan_common::{EventKind, GoStreamEvent};
+    let mut t = ConnTable::new(limits(4));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let mut h = vec![];
+    h.extend_from_slice(crate::protocol::http2::PREFACE);
+    h.extend(crate::protocol::http2::encode_frame(4, 0, 0, &[]));
+    // HEADERS, END_STREAM | END_HEADERS, stream 1: GET / (static table).
+    h.extend(crate::protocol::http2::encode_frame(1, 0x5, 1, &[0x82, 0x84, 0x86, 0x41, 0x01, b'x']));
+    t.on_data(&data(1, 3, 9, 10, &h), &h, &mut out);
+    let g = 0x00c0_0001_0000_u64;
+    let ev = |fd, sock_id, stream| GoStreamEvent {
+        kind: EventKind::GoStream as u32,
+        stream,
+        tgid: 1,
+        fd,
+        sock_id,
+        goroutine: g,
+        ..Default::default()
+    };
+    t.on_go_stream(&ev(3, 8, 1));
+    t.on_go_stream(&ev(4, 9, 1));
+    t.on_go_stream(&ev(3, 9, 7));
+    assert_eq!((t.stats.go_streams, t.stats.go_streams_unmatched), (0, 3));
+    t.on_go_stream(&ev(3, 9, 1));
+    assert_eq!((t.stats.go_streams, t.stats.go_streams_unmatched), (1, 3));
+    let resp = crate::protocol::http2::encode_frame(1, 0x5, 1, &[0x88]);
+    t.on_data(&egress(data(1, 3, 9, 20, &resp)), &resp, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].exchange.tid, thread_key(0, g), "served by the handler's goroutine");
+}

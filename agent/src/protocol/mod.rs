@@ -227,6 +227,13 @@ pub trait StreamParser: Send {
     /// The connection closed at `ts_ns`: emit what can still be emitted
     /// (e.g. a response delimited by close) and count what is dropped.
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats);
+    /// The request open on `stream` of a multiplexed connection is served
+    /// by thread (or goroutine) key `tid`, not by the one that read it (a Go
+    /// HTTP/2 server's stream handler). False when no such request is open
+    /// (protocols with one request at a time have no streams).
+    fn serve_stream_on(&mut self, _stream: u32, _tid: u32) -> bool {
+        false
+    }
 }
 
 /// Result of sniffing the first bytes seen in one direction of a connection.

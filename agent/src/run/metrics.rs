@@ -110,6 +110,8 @@ pub struct PipelineMetrics {
     go_processes: Gauge,
     go_full: Counter,
     go_http: Family<Reason, Counter>,
+    go_h2: Family<Reason, Counter>,
+    go_streams: Family<Reason, Counter>,
     last: PipelineCounters,
 }
 
@@ -148,6 +150,8 @@ impl PipelineMetrics {
             go_processes: Gauge::default(),
             go_full: Counter::default(),
             go_http: Family::default(),
+            go_h2: Family::default(),
+            go_streams: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -224,6 +228,16 @@ impl PipelineMetrics {
             "kspan_go_http_client_probes",
             "Go executables given the net/http client round-trip probe, by reason: attached, or failed (logged)",
             m.go_http.clone(),
+        );
+        t.register(
+            "kspan_go_http2_server_probes",
+            "Go executables given the HTTP/2 server stream-handler probe, by reason: attached, or failed (logged)",
+            m.go_h2.clone(),
+        );
+        t.register(
+            "kspan_go_http2_streams",
+            "Go HTTP/2 server streams reported by the handler probe, by reason: handler_goroutine (the request is keyed by its handler's goroutine), or unmatched (no open request found: it keeps the goroutine that read it)",
+            m.go_streams.clone(),
         );
         m
     }
@@ -310,6 +324,11 @@ impl PipelineMetrics {
         delta(&self.go_full, now.go.full, last.go.full);
         delta(&self.go_http.get_or_create(&r("attached")), now.go.http_clients, last.go.http_clients);
         delta(&self.go_http.get_or_create(&r("failed")), now.go.http_client_failures, last.go.http_client_failures);
+        delta(&self.go_h2.get_or_create(&r("attached")), now.go.h2_servers, last.go.h2_servers);
+        delta(&self.go_h2.get_or_create(&r("failed")), now.go.h2_server_failures, last.go.h2_server_failures);
+        let g = &self.go_streams;
+        delta(&g.get_or_create(&r("handler_goroutine")), now.conns.go_streams, last.conns.go_streams);
+        delta(&g.get_or_create(&r("unmatched")), now.conns.go_streams_unmatched, last.conns.go_streams_unmatched);
         self.last = *now;
     }
 }

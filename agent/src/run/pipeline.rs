@@ -114,6 +114,7 @@ fn handle(
             }
         }
         RawEvent::Close(c) => conns.on_close(c.tgid, c.fd, c.sock_id, c.ts_ns, out),
+        RawEvent::GoStream(g) => conns.on_go_stream(&g),
         RawEvent::Exec(e) => {
             let (tgid, file) = (e.proc.tgid, crate::capture::decode::exec_filename(&e));
             procs.forget(tgid);

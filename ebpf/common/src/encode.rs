@@ -1,7 +1,7 @@
 //! Byte encoders for ring buffer records, exactly as the kernel writes them.
 //! Used by the agent's tests, golden fixtures and fuzz seeds.
 
-use crate::{CloseEvent, ConnEvent, DataHeader, ExecEvent, ProcEvent};
+use crate::{CloseEvent, ConnEvent, DataHeader, ExecEvent, GoStreamEvent, ProcEvent};
 
 /// Views a padding-free `repr(C)` event as bytes.
 fn as_bytes<T: Copy>(v: &T) -> &[u8] {
@@ -39,5 +39,10 @@ pub fn proc(ev: &ProcEvent) -> &[u8] {
 
 /// Bytes of an exec event record.
 pub fn exec(ev: &ExecEvent) -> &[u8] {
+    as_bytes(ev)
+}
+
+/// Bytes of a Go HTTP/2 stream handler record.
+pub fn go_stream(ev: &GoStreamEvent) -> &[u8] {
     as_bytes(ev)
 }

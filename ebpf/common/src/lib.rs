@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 13;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -75,6 +75,9 @@ pub enum EventKind {
     /// traced in the kernel when this is written, so the agent can take the
     /// parent's decision even if the child exits before its /proc is read.
     ProcFork = 7,
+    /// [`GoStreamEvent`]: a Go HTTP/2 server started the handler of a stream
+    /// on a goroutine of its own.
+    GoStream = 8,
 }
 
 impl EventKind {
@@ -87,6 +90,7 @@ impl EventKind {
             5 => Self::ProcExit,
             6 => Self::LibLoad,
             7 => Self::ProcFork,
+            8 => Self::GoStream,
             _ => return None,
         })
     }
@@ -121,6 +125,27 @@ pub struct DataHeader {
     pub sock_id: u64,
     /// Go programs: the address of the goroutine (`g`) that made the call,
     /// 0 when unknown or not a Go program (see `GO_PROCS` on the kernel side).
+    pub goroutine: u64,
+}
+
+/// A Go HTTP/2 server (net/http's, or golang.org/x/net/http2) runs each
+/// stream's handler on a goroutine of its own, while one goroutine per
+/// connection reads every request: this names the goroutine that serves
+/// `stream` on socket (`tgid`, `fd`, `sock_id`), so the calls it makes nest
+/// under that request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoStreamEvent {
+    pub kind: u32,
+    /// HTTP/2 stream id.
+    pub stream: u32,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub _pad: u32,
+    pub sock_id: u64,
+    /// The handler's goroutine (`g` address).
     pub goroutine: u64,
 }
 

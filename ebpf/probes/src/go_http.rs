@@ -1,10 +1,15 @@
-//! Go's net/http client: a uprobe on `net/http.(*persistConn).roundTrip`
-//! remembers which goroutine started the round trip on each HTTP/1
-//! connection. The `Transport` writes the request on its connection's write
-//! goroutine and reads the response on its read goroutine, so the calls'
-//! own goroutines say nothing about the request the caller serves; with
-//! this, a handler's outgoing HTTP call nests under its request (see
-//! `goroutine.rs`).
+//! Go's net/http, where its goroutines do not say which request a call
+//! belongs to (see `goroutine.rs`):
+//! - Client: a uprobe on `net/http.(*persistConn).roundTrip` remembers
+//!   which goroutine started the round trip on each HTTP/1 connection. The
+//!   `Transport` writes the request on its connection's write goroutine and
+//!   reads the response on its read goroutine; with this, a handler's
+//!   outgoing HTTP call nests under its request.
+//! - HTTP/2 server: one goroutine per connection reads every request, and
+//!   each stream's handler runs on a goroutine of its own
+//!   (`(*serverConn).runHandler`). A uprobe there reports (socket, stream
+//!   id, handler goroutine) to the agent, which keys that stream's server
+//!   span by the handler's goroutine.
 //!
 //! Guarantees:
 //! - Only selected processes (the `TRACED` check), on the stack check's
@@ -18,25 +23,46 @@
 //!   the calls then count for their own goroutines.
 //! - Bounded: an LRU map of [`MAX_GO_CONNS`](kspan_common::MAX_GO_CONNS)
 //!   connections; each round trip overwrites its connection's entry.
+//! - A stream is reported only when the layout reads back consistently:
+//!   `rw.rws.stream.sc` is the receiver (`stream` starts with `sc` then
+//!   `id` in every release), and `serverConn.conn` gives a known server
+//!   socket of the process. `conn` follows `srv` and `hs`: at 16 while `hs`
+//!   is a `*http.Server` (net/http's bundled copy, golang.org/x/net/http2),
+//!   at 24 where it is an interface (the in-tree `net/http/internal/http2`):
+//!   one program per layout, the agent attaches the one of the function's
+//!   package. A lost record (ring buffer full) is counted; that
+//!   stream then keeps its reading goroutine and the process is seen as
+//!   multiplexed, never given a wrong parent.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::uprobe,
+    programs::ProbeContext,
+};
 
-use kspan_common::{ROLE_CLIENT, sock_key};
+use kspan_common::{EventKind, GoStreamEvent, ROLE_CLIENT, ROLE_SERVER, counter, sock_key};
 
-use crate::Res;
 use crate::go_tls::{conn_fd, go_entry, net_conn_fd};
-use crate::maps::{GO_CONN_CALLER, GoCaller, SOCKS};
+use crate::maps::{EVENTS, GO_CONN_CALLER, GoCaller, SOCKS, count};
+use crate::{Res, wake_flags};
 
 /// Offset of the data word of `persistConn.conn`.
 const PCONN_CONN_DATA: u64 = 80 + 8;
 
-/// A client socket of `tgid` at `fd`: (fd, its socket id).
+/// A socket of `tgid` at `fd` in `role`: (fd, its socket id).
 #[inline(always)]
-fn client_socket(tgid: u32, fd: Option<i64>) -> Option<(u32, u64)> {
+fn socket(tgid: u32, fd: Option<i64>, role: u32) -> Option<(u32, u64)> {
     let fd = u32::try_from(fd?).ok()?;
     // SAFETY: plain value copied out.
     let st = unsafe { SOCKS.get(&sock_key(tgid, fd)) }.copied()?;
-    (st.role == ROLE_CLIENT).then_some((fd, st.sock_id))
+    (st.role == role).then_some((fd, st.sock_id))
+}
+
+/// The socket under the `net.Conn` whose data word is `data`: a plain
+/// connection, else TLS over one.
+#[inline(always)]
+fn net_conn_socket(tgid: u32, data: u64, role: u32) -> Option<(u32, u64)> {
+    socket(tgid, net_conn_fd(data), role).or_else(|| socket(tgid, conn_fd(data), role))
 }
 
 fn round_trip(ctx: &ProbeContext) -> Res {
@@ -46,9 +72,7 @@ fn round_trip(ctx: &ProbeContext) -> Res {
     let (pc, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
     // SAFETY: user memory read with the fault-safe helper.
     let data: u64 = unsafe { bpf_probe_read_user((pc + PCONN_CONN_DATA) as *const u64) }.map_err(|_| 0u32)?;
-    // A plain connection, else TLS over one.
-    let (fd, sock_id) =
-        client_socket(tgid, net_conn_fd(data)).or_else(|| client_socket(tgid, conn_fd(data))).ok_or(0u32)?;
+    let (fd, sock_id) = net_conn_socket(tgid, data, ROLE_CLIENT).ok_or(0u32)?;
     let _ = GO_CONN_CALLER.insert(&sock_key(tgid, fd), &GoCaller { g, sock_id }, 0);
     Ok(0)
 }
@@ -57,6 +81,66 @@ fn round_trip(ctx: &ProbeContext) -> Res {
 #[uprobe]
 pub fn kspan_go_round_trip(ctx: ProbeContext) -> u32 {
     match round_trip(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Reads a user word.
+#[inline(always)]
+fn word(at: u64) -> Result<u64, u32> {
+    // SAFETY: user memory read with the fault-safe helper.
+    unsafe { bpf_probe_read_user(at as *const u64) }.map_err(|_| 0u32)
+}
+
+/// A stream handler starts: `CONN` is the offset of the data word of
+/// `serverConn.conn`.
+#[inline(always)]
+fn h2_handler<const CONN: u64>(ctx: &ProbeContext) -> Res {
+    let (cfg, tgid, tid) = go_entry(ctx).ok_or(0u32)?;
+    // SAFETY: the probe's saved user registers: the receiver (`sc`) in RAX,
+    // the first argument (`rw *responseWriter`) in RBX, the goroutine in R14.
+    let (sc, rw, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
+    // rw.rws (first field), rws.stream (first field), stream.sc, stream.id.
+    let stream = word(word(rw)?)?;
+    if word(stream)? != sc {
+        return Ok(0);
+    }
+    let id = word(stream + 8)? as u32;
+    let data = word(sc + CONN)?;
+    let (fd, sock_id) = net_conn_socket(tgid, data, ROLE_SERVER).ok_or(0u32)?;
+    let Some(mut entry) = EVENTS.reserve::<GoStreamEvent>(0) else {
+        count(counter::RINGBUF_FULL_CTRL);
+        return Ok(0);
+    };
+    entry.write(GoStreamEvent {
+        kind: EventKind::GoStream as u32,
+        stream: id,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tgid,
+        tid,
+        fd,
+        _pad: 0,
+        sock_id,
+        goroutine: g,
+    });
+    entry.submit(wake_flags(cfg, core::mem::size_of::<GoStreamEvent>() as u64));
+    Ok(0)
+}
+
+/// Stack check of an HTTP/2 server's `(*serverConn).runHandler`, on the
+/// new goroutine of a stream's handler: `serverConn.conn` at 16.
+#[uprobe]
+pub fn kspan_go_h2_handler(ctx: ProbeContext) -> u32 {
+    match h2_handler::<{ 16 + 8 }>(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// The same where `serverConn.hs` is an interface: `conn` at 24.
+#[uprobe]
+pub fn kspan_go_h2_handler_cfg(ctx: ProbeContext) -> u32 {
+    match h2_handler::<{ 24 + 8 }>(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }

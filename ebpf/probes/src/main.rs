@@ -104,7 +104,7 @@ pub(crate) fn is_traced(cfg: &KernelConfig, tgid: u32) -> bool {
 /// pending-bytes check would force a wake-up on every record until the agent
 /// had drained).
 #[inline(always)]
-fn wake_flags(cfg: &KernelConfig, size: u64) -> u64 {
+pub(crate) fn wake_flags(cfg: &KernelConfig, size: u64) -> u64 {
     let Some(w) = WAKE.get_ptr_mut(0) else { return BPF_RB_NO_WAKEUP as u64 };
     // SAFETY: this CPU's slot; programs do not migrate while they run.
     unsafe {

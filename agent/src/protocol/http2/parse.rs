@@ -109,6 +109,11 @@ impl StreamParser for Http2Parser {
         stats.dropped_requests += self.state.streams.len() as u64;
         self.state.streams.clear();
     }
+
+    fn serve_stream_on(&mut self, stream: u32, tid: u32) -> bool {
+        let open = self.state.streams.iter_mut().find(|s| s.ex.stream == stream);
+        open.map(|s| s.tid = tid).is_some()
+    }
 }
 
 impl State {

@@ -341,3 +341,24 @@ fn golden_fixtures_recorded_from_real_servers() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol/http2/fixtures");
     crate::protocol::testutil::check_golden_dir(&dir, &|role| Box::new(Http2Parser::new(role)));
 }
+
+/// A Go HTTP/2 server reads every request on one goroutine and runs each
+/// stream's handler on another: the handler's key replaces the reader's for
+/// that stream alone, and a stream not open is refused.
+#[test]
+fn a_stream_served_on_another_thread_carries_that_thread() {
+    let mut c = Conn::new(Role::Server);
+    for id in [1, 3] {
+        let req = c.get(id, "/a");
+        c.client(&req);
+    }
+    assert!(c.p.serve_stream_on(3, 0x8000_0042));
+    assert!(!c.p.serve_stream_on(5, 0x8000_0043), "no request on stream 5");
+    for id in [1, 3] {
+        let resp = c.response_frame(id, END_STREAM, &[(":status", "200")]);
+        c.server(&resp);
+    }
+    let tids: Vec<(u32, u32)> = c.out.iter().map(|e| (http(e).stream, e.tid)).collect();
+    assert_eq!(tids, [(1, 7), (3, 0x8000_0042)]);
+    assert!(!c.p.serve_stream_on(3, 0x8000_0042), "stream 3 is over");
+}
