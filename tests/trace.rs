@@ -181,7 +181,10 @@ fn last_number(s: &str) -> Option<u32> {
 /// syscalls, so the two readings must agree. `/chain/N` calls the service's
 /// own `/redis/N` through net/http's client, whose `Transport` writes the
 /// request on a goroutine of its own (the round-trip probe names the
-/// caller): one trace of four spans.
+/// caller): one trace of four spans. `/h2chain/N` and `/xchain/N` do the
+/// same over HTTP/2 (net/http's client to its own HTTPS server, x/net's to
+/// x/net's), where a goroutine per request writes it and acts for the
+/// caller, and a goroutine per stream serves it.
 #[test]
 fn go_service_calls_nest_under_their_request_by_goroutine() {
     go_service_nests(&go_db_app(), false);
@@ -242,11 +245,16 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
     let k = Kspan::start(&["--pid", &go.pid().to_string()]);
     k.wait_log("\"Go crypto/tls\"", WAIT);
     k.wait_log("Go net/http client round trips followed", WAIT);
-    for symbol in ["net/http.(*http2serverConn)", "golang.org/x/net/http2.(*serverConn)"] {
-        k.wait_log(&format!("{symbol}.runHandler"), WAIT);
+    for symbol in [
+        "net/http.(*http2serverConn).runHandler",
+        "golang.org/x/net/http2.(*serverConn).runHandler",
+        "net/http.(*http2clientStream).doRequest",
+        "golang.org/x/net/http2.(*clientStream).doRequest",
+    ] {
+        k.wait_log(symbol, WAIT);
     }
 
-    let route = |n: usize| ["pg", "redis", "both", "chain"][n % 4];
+    let route = |n: usize| ["pg", "redis", "both", "chain", "h2chain", "xchain"][n % 6];
     let mut curl = Command::new("curl");
     curl.args(["-sSfk", if h2 { "--http2" } else { "--http1.1" }, "--parallel", "--parallel-max", "8"]);
     for n in 0..GO_REQUESTS {
@@ -261,18 +269,19 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
     let redis_answers = per * (0..GO_REQUESTS).filter(|n| route(*n) != "pg").count();
     assert_eq!(out.lines().filter(|l| l.starts_with('v')).count(), redis_answers, "answers: {out}");
 
-    // Per request: its server span, and pg 1 call, redis 1, both 2, chain 1
-    // HTTP call whose own server span makes 1 Redis call.
-    let chains = per * (0..GO_REQUESTS).filter(|n| route(*n) == "chain").count();
+    // Per request: its server span, and pg 1 call, redis 1, both 2, each
+    // chain 1 HTTP call whose own server span makes 1 Redis call (h2chain
+    // and xchain over HTTP/2: net/http's client and server, x/net's).
+    let count = |routes: &[&str]| per * (0..GO_REQUESTS).filter(|n| routes.contains(&route(*n))).count();
+    let chains = count(&["chain", "h2chain", "xchain"]);
+    let h2_streams = count(&["h2chain", "xchain"]) + if h2 { per * GO_REQUESTS } else { 0 };
     let go_pid = go.pid() as i64;
     let servers = k.wait_spans(per * GO_REQUESTS + chains, WAIT, |s| kind(s) == "server" && pid_of(s) == go_pid);
     assert_eq!(servers.len(), per * GO_REQUESTS + chains, "one server span per request: {servers:#?}");
-    if h2 {
-        // curl's requests came as HTTP/2 streams (the chains' inner
-        // requests are net/http's HTTP/1.1 client calls).
-        let streams = servers.iter().filter(|s| attr_str(s, "network.protocol.version") == Some("2")).count();
-        assert_eq!(streams, per * GO_REQUESTS, "{servers:#?}");
-    }
+    // HTTP/2 streams: curl's requests with `h2`, and the inner requests of
+    // h2chain and xchain.
+    let streams = servers.iter().filter(|s| attr_str(s, "network.protocol.version") == Some("2")).count();
+    assert_eq!(streams, h2_streams, "{servers:#?}");
     let calls = per * (0..GO_REQUESTS).map(|n| if route(n) == "both" { 2 } else { 1 }).sum::<usize>() + chains;
     let clients = k.wait_spans(calls, WAIT, |s| kind(s) == "client" && pid_of(s) == go_pid);
     assert_eq!(clients.len(), calls, "one client span per call: {clients:#?}");
@@ -316,25 +325,17 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
         assert_inside(s, call);
     }
     assert_eq!(nested_servers, chains, "each chain's inner request is in its trace");
-    // Counters are published once a second.
+    // Counters are published once a second: wait for the streams' count.
+    let want = format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {h2_streams}");
     let t = std::time::Instant::now();
     let mut m = k.metrics();
-    while !m.lines().any(|l| l.starts_with("kspan_spans_built_total") && !l.ends_with(" 0"))
-        && t.elapsed() < Duration::from_secs(10)
-    {
+    while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(200));
         m = k.metrics();
     }
+    assert!(m.lines().any(|l| l == want), "each HTTP/2 stream keyed by its handler's goroutine:\n{m}");
     assert!(m.lines().any(|l| l == "kspan_go_processes 1"), "the Go service is keyed by goroutine:\n{m}");
     assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no thread multiplexing seen:\n{m}");
-    if h2 {
-        let want = format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {}", per * GO_REQUESTS);
-        while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(200));
-            m = k.metrics();
-        }
-        assert!(m.lines().any(|l| l == want), "each stream keyed by its handler's goroutine:\n{m}");
-    }
     assert!(k.stop(), "kspan exits cleanly");
 }
 

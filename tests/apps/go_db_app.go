@@ -18,9 +18,15 @@
 //	/both/N    both, in that order
 //	/chain/N   GET /redis/N of its own HTTP server through net/http's
 //	           client (its Transport writes on a goroutine of its own)
+//	/h2chain/N the same over HTTP/2, from its first HTTPS server through
+//	           net/http's client (each request written by a goroutine of
+//	           its own)
+//	/xchain/N  the same from its second HTTPS server through
+//	           golang.org/x/net/http2's Transport
 package main
 
 import (
+	cryptotls "crypto/tls"
 	"database/sql"
 	"fmt"
 	"io"
@@ -64,20 +70,37 @@ func main() {
 		}
 		return v, err
 	}
-	plain, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	listen := func() (net.Listener, int) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		return l, l.Addr().(*net.TCPAddr).Port
 	}
-	self := fmt.Sprintf("http://%s/redis/", plain.Addr())
-	chain := func(n int) (string, error) {
-		resp, err := http.Get(self + strconv.Itoa(n))
+	plain, plainPort := listen()
+	tls, tlsPort := listen()
+	xnet, xnetPort := listen()
+	get := func(c *http.Client, url string) (string, error) {
+		resp, err := c.Get(url)
 		if err != nil {
 			return "", err
 		}
 		defer resp.Body.Close()
+		if resp.ProtoMajor != 2 && strings.HasPrefix(url, "https:") {
+			return "", fmt.Errorf("%s: %s, not HTTP/2", url, resp.Proto)
+		}
 		b, err := io.ReadAll(resp.Body)
 		return strings.TrimSpace(string(b)), err
 	}
+	skipVerify := &cryptotls.Config{InsecureSkipVerify: true}
+	h2Client := &http.Client{Transport: &http.Transport{TLSClientConfig: skipVerify, ForceAttemptHTTP2: true}}
+	xnetClient := &http.Client{Transport: &http2.Transport{TLSClientConfig: skipVerify}}
+	via := func(c *http.Client, base string) func(int) (string, error) {
+		return func(n int) (string, error) { return get(c, base+strconv.Itoa(n)) }
+	}
+	chain := via(http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/redis/", plainPort))
+	h2chain := via(h2Client, fmt.Sprintf("https://127.0.0.1:%d/redis/", tlsPort))
+	xchain := via(xnetClient, fmt.Sprintf("https://127.0.0.1:%d/redis/", xnetPort))
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
@@ -100,6 +123,10 @@ func main() {
 			calls = append(calls, pg, rd)
 		case "chain":
 			calls = append(calls, chain)
+		case "h2chain":
+			calls = append(calls, h2chain)
+		case "xchain":
+			calls = append(calls, xchain)
 		default:
 			http.NotFound(w, r)
 			return
@@ -113,20 +140,11 @@ func main() {
 			fmt.Fprintln(w, v)
 		}
 	})
-	listen := func() (net.Listener, int) {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			panic(err)
-		}
-		return l, l.Addr().(*net.TCPAddr).Port
-	}
-	tls, tlsPort := listen()
-	xnet, xnetPort := listen()
 	xnetServer := &http.Server{Handler: mux}
 	if err := http2.ConfigureServer(xnetServer, &http2.Server{}); err != nil {
 		panic(err)
 	}
-	fmt.Println(plain.Addr().(*net.TCPAddr).Port, tlsPort, xnetPort)
+	fmt.Println(plainPort, tlsPort, xnetPort)
 	os.Stdout.Sync()
 	go func() { panic(http.Serve(plain, mux)) }()
 	go func() { panic(xnetServer.ServeTLS(xnet, os.Args[3], os.Args[4])) }()

@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(RawEvent::Close(c)) => table.on_close(c.tgid, c.fd, c.sock_id, c.ts_ns, &mut out),
             Ok(RawEvent::Exit(p)) => table.on_exit(p.tgid, p.ts_ns, &mut out),
             Ok(RawEvent::Exec(e)) => drop(kspan::capture::decode::exec_filename(&e)),
+            Ok(RawEvent::GoStream(g)) => table.on_go_stream(&g),
             Ok(RawEvent::LibLoad(_) | RawEvent::Fork(_)) | Err(_) => {}
         }
     }

@@ -23,8 +23,11 @@
 //!   offers it by default; golang.org/x/net/http2) gets one on its stream
 //!   handler's start: one goroutine reads every request of a connection,
 //!   and each stream's handler runs on a goroutine of its own, which the
-//!   probe reports for the stream. Go 1.18+ and x86_64 as for the TLS
-//!   probes; a failure is logged once per file and counted.
+//!   probe reports for the stream. One that uses the HTTP/2 client gets
+//!   probes on `RoundTrip` and on the start and `RET`s of the goroutine that
+//!   writes each request (`doRequest`), which acts for the caller. Go 1.18+
+//!   and x86_64 as for the TLS probes; a failure is logged once per file
+//!   and counted.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,14 +52,9 @@ pub struct GoProcStats {
     pub registered: u64,
     /// Go processes not registered: the kernel map was full (or refused).
     pub full: u64,
-    /// Go executables with the net/http client round-trip probe attached.
-    pub http_clients: u64,
-    /// Go executables using net/http's client where it could not be.
-    pub http_client_failures: u64,
-    /// Go executables with the HTTP/2 server stream-handler probe attached.
-    pub h2_servers: u64,
-    /// Go executables serving HTTP/2 where it could not be.
-    pub h2_server_failures: u64,
+    /// Nesting probes attached and failed, by [`go_tls::Nesting`]: one per
+    /// Go function probed in an executable.
+    pub probes: [[u64; 2]; 3],
 }
 
 /// The Go processes among the selected ones.
@@ -121,31 +119,28 @@ impl GoProcs {
     }
 
     /// Puts a nesting probe (net/http's client round trip, an HTTP/2
-    /// server's stream handler) on a Go executable, once per file: uprobes
-    /// belong to the file.
+    /// server's stream handler, an HTTP/2 client request) on a Go
+    /// executable, once per file: uprobes belong to the file.
     fn probe_nesting(
         &mut self,
         capture: &mut Capture,
         exe: &Path,
         probe: &go_tls::NestingProbe,
-        found: Result<u64, go_tls::GoTlsError>,
+        found: Result<(u64, Vec<u64>), go_tls::GoTlsError>,
     ) {
         let result = match found {
             Ok(at) => capture.attach_go_nesting(exe, probe, at),
             Err(source) => Err(TlsAttachError::Go { path: exe.display().to_string(), source }),
         };
-        let s = &mut self.stats;
-        let (what, ok, failed) = match probe.h2_server {
-            true => ("HTTP/2 server streams", &mut s.h2_servers, &mut s.h2_server_failures),
-            false => ("net/http client round trips", &mut s.http_clients, &mut s.http_client_failures),
-        };
+        let what = probe.nesting.label().1;
+        let counts = &mut self.stats.probes[probe.nesting as usize];
         match result {
             Ok(()) => {
-                *ok += 1;
+                counts[0] += 1;
                 tracing::info!(exe = %exe.display(), symbol = probe.symbol, "Go {what} followed");
             }
             Err(e) => {
-                *failed += 1;
+                counts[1] += 1;
                 tracing::warn!(exe = %exe.display(), "Go {what}: their calls will not nest: {e}");
             }
         }
@@ -169,7 +164,7 @@ pub fn g_offset_in(path: &Path) -> Option<i64> {
 
 /// One read of an executable: its goroutine offset ([`g_offset`]) and,
 /// for a Go program, where each nesting probe it has a function for goes.
-type ExeFacts = (Option<i64>, Vec<(go_tls::NestingProbe, Result<u64, go_tls::GoTlsError>)>);
+type ExeFacts = (Option<i64>, Vec<(go_tls::NestingProbe, Result<(u64, Vec<u64>), go_tls::GoTlsError>)>);
 
 fn read_exe(path: &Path) -> ExeFacts {
     let Ok(file) = std::fs::File::open(path) else { return (None, Vec::new()) };

@@ -36,39 +36,88 @@ use super::gopclntab;
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 /// The Go functions probed so that calls nest by the request they serve
-/// (`go_proc`), with the kernel program each takes.
-pub const NESTING_PROBES: [NestingProbe; 4] = [
+/// (`go_proc`), with the kernel programs each takes.
+pub const NESTING_PROBES: [NestingProbe; 8] = [
     // net/http's client round trip on an HTTP/1 connection: the goroutine
     // it starts on is remembered for its connection.
-    NestingProbe { symbol: ROUND_TRIP, program: "kspan_go_round_trip", h2_server: false },
+    NestingProbe::entry(Nesting::HttpClient, ROUND_TRIP, "kspan_go_round_trip"),
     // An HTTP/2 server's stream handler, on its own goroutine: net/http's
     // bundled copy and golang.org/x/net/http2 (`serverConn.hs` a pointer),
     // and the in-tree copy whose `hs` is an interface.
-    NestingProbe { symbol: "net/http.(*http2serverConn).runHandler", program: "kspan_go_h2_handler", h2_server: true },
+    NestingProbe::entry(Nesting::Http2Server, "net/http.(*http2serverConn).runHandler", "kspan_go_h2_handler"),
+    NestingProbe::entry(Nesting::Http2Server, "golang.org/x/net/http2.(*serverConn).runHandler", "kspan_go_h2_handler"),
+    NestingProbe::entry(
+        Nesting::Http2Server,
+        "net/http/internal/http2.(*serverConn).runHandler",
+        "kspan_go_h2_handler_cfg",
+    ),
+    // An HTTP/2 client request: `RoundTrip` on the caller's goroutine, and
+    // the goroutine that writes the request (until each of its `RET`s).
+    NestingProbe::entry(Nesting::Http2Client, "net/http.(*http2ClientConn).RoundTrip", "kspan_go_h2_round_trip"),
     NestingProbe {
-        symbol: "golang.org/x/net/http2.(*serverConn).runHandler",
-        program: "kspan_go_h2_handler",
-        h2_server: true,
+        rets: Some("kspan_go_h2_do_request_ret"),
+        ..NestingProbe::entry(Nesting::Http2Client, "net/http.(*http2clientStream).doRequest", "kspan_go_h2_do_request")
     },
+    NestingProbe::entry(
+        Nesting::Http2Client,
+        "golang.org/x/net/http2.(*ClientConn).RoundTrip",
+        "kspan_go_h2_round_trip",
+    ),
     NestingProbe {
-        symbol: "net/http/internal/http2.(*serverConn).runHandler",
-        program: "kspan_go_h2_handler_cfg",
-        h2_server: true,
+        rets: Some("kspan_go_h2_do_request_ret"),
+        ..NestingProbe::entry(
+            Nesting::Http2Client,
+            "golang.org/x/net/http2.(*clientStream).doRequest",
+            "kspan_go_h2_do_request",
+        )
     },
 ];
 /// net/http's client round trip.
 pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 
-/// A Go function whose start tells the kernel which goroutine a request or
-/// call belongs to.
+/// What a nesting probe follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nesting {
+    /// net/http's HTTP/1 client.
+    HttpClient = 0,
+    /// An HTTP/2 server's stream handlers.
+    Http2Server = 1,
+    /// net/http's HTTP/2 client.
+    Http2Client = 2,
+}
+
+impl Nesting {
+    pub const ALL: [Nesting; 3] = [Nesting::HttpClient, Nesting::Http2Server, Nesting::Http2Client];
+
+    /// Its `probe` label, and its name in logs.
+    pub fn label(self) -> (&'static str, &'static str) {
+        match self {
+            Nesting::HttpClient => ("http_client", "net/http client round trips"),
+            Nesting::Http2Server => ("http2_server", "HTTP/2 server streams"),
+            Nesting::Http2Client => ("http2_client", "HTTP/2 client requests"),
+        }
+    }
+}
+
+/// A Go function whose start (and, with `rets`, end) tells the kernel which
+/// goroutine a request or call belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NestingProbe {
+    pub nesting: Nesting,
     pub symbol: &'static str,
-    /// The kernel program (it knows the function's argument layout).
+    /// The kernel program of the stack check's jump (it knows the
+    /// function's argument layout).
     pub program: &'static str,
-    /// An HTTP/2 server's stream handler (else net/http's client).
-    pub h2_server: bool,
+    /// The kernel program of each `RET`, if the function's end matters.
+    pub rets: Option<&'static str>,
 }
+
+impl NestingProbe {
+    const fn entry(nesting: Nesting, symbol: &'static str, program: &'static str) -> Self {
+        Self { nesting, symbol, program, rets: None }
+    }
+}
+
 /// Most return instructions probed in one function (Go 1.19's `Read` has 6).
 pub const MAX_RETS: usize = 64;
 /// Instructions searched for the stack check's jump.
@@ -117,17 +166,16 @@ pub fn find_in(path: &Path) -> Option<Result<GoTlsProbes, GoTlsError>> {
     find(&obj)
 }
 
-/// The stack check's jump (file offset) of the Go function `symbol` in the
-/// executable `obj`, `None` when it is not a Go program defining it. Same
-/// requirements as [`find`].
+/// The stack check's jump and the `RET`s (file offsets) of the Go function
+/// `symbol` in the executable `obj`, `None` when it is not a Go program
+/// defining it. Same requirements as [`find`].
 pub fn find_function<'d, R: object::ReadRef<'d>>(
     obj: &object::File<'d, R>,
     symbol: &'static str,
-) -> Option<Result<u64, GoTlsError>> {
+) -> Option<Result<(u64, Vec<u64>), GoTlsError>> {
     let info = obj.section_by_name(".go.buildinfo")?;
     let f = lookup(obj, symbol)?;
-    let check = supported(obj, info.data().unwrap_or_default()).and_then(|_| function(obj, symbol, f));
-    Some(check.map(|(jump, _)| jump))
+    Some(supported(obj, info.data().unwrap_or_default()).and_then(|_| function(obj, symbol, f)))
 }
 
 /// The Go version, when kspan's Go probes can read this executable.
@@ -358,7 +406,7 @@ pub(super) mod tests {
         let full = object::File::parse(&*full).expect("ELF");
         for symbol in [ROUND_TRIP, "net/http.(*http2serverConn).runHandler"] {
             let at = find_function(&full, symbol);
-            assert!(matches!(at, Some(Ok(at)) if at > 0), "{symbol}: {at:?}");
+            assert!(matches!(&at, Some(Ok((at, rets))) if *at > 0 && !rets.is_empty()), "{symbol}: {at:?}");
             assert_eq!(find_function(&obj, symbol), at, "{symbol}");
         }
         assert_eq!(find_function(&full, "golang.org/x/net/http2.(*serverConn).runHandler"), None);

@@ -219,13 +219,19 @@ impl Capture {
     }
 
     /// A nesting probe of a Go executable (see `go_proc`), at the file
-    /// offset [`go_tls::find_function`] gave.
+    /// offsets [`go_tls::find_function`] gave: its `RET`s first (if it has
+    /// a program for them), so the entry never runs without them.
     pub fn attach_go_nesting(
         &mut self,
         path: &Path,
         probe: &go_tls::NestingProbe,
-        at: u64,
+        (at, rets): (u64, Vec<u64>),
     ) -> Result<(), TlsAttachError> {
+        if let Some(program) = probe.rets {
+            for ret in rets {
+                self.attach_uprobe(program, probe.symbol, Some(ret), path)?;
+            }
+        }
         self.attach_uprobe(probe.program, probe.symbol, Some(at), path)
     }
 

@@ -22,6 +22,12 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeReason {
+    probe: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: String,
 }
@@ -109,8 +115,7 @@ pub struct PipelineMetrics {
     tls_failed: Family<Reason, Counter>,
     go_processes: Gauge,
     go_full: Counter,
-    go_http: Family<Reason, Counter>,
-    go_h2: Family<Reason, Counter>,
+    go_probes: Family<ProbeReason, Counter>,
     go_streams: Family<Reason, Counter>,
     last: PipelineCounters,
 }
@@ -149,8 +154,7 @@ impl PipelineMetrics {
             tls_failed: Family::default(),
             go_processes: Gauge::default(),
             go_full: Counter::default(),
-            go_http: Family::default(),
-            go_h2: Family::default(),
+            go_probes: Family::default(),
             go_streams: Family::default(),
             last: PipelineCounters::default(),
         };
@@ -225,14 +229,9 @@ impl PipelineMetrics {
             m.go_full.clone(),
         );
         t.register(
-            "kspan_go_http_client_probes",
-            "Go executables given the net/http client round-trip probe, by reason: attached, or failed (logged)",
-            m.go_http.clone(),
-        );
-        t.register(
-            "kspan_go_http2_server_probes",
-            "Go executables given the HTTP/2 server stream-handler probe, by reason: attached, or failed (logged)",
-            m.go_h2.clone(),
+            "kspan_go_nesting_probes",
+            "Go functions probed so that calls nest by goroutine, one per function of an executable, by probe (http_client: net/http's HTTP/1 round trip; http2_server: a stream handler's start; http2_client: an HTTP/2 request's writer) and reason (attached, or failed: logged)",
+            m.go_probes.clone(),
         );
         t.register(
             "kspan_go_http2_streams",
@@ -322,10 +321,13 @@ impl PipelineMetrics {
         delta(&self.tls_failed.get_or_create(&r("pending_full")), a.pending_full, b.pending_full);
         self.go_processes.set(now.go.registered as i64);
         delta(&self.go_full, now.go.full, last.go.full);
-        delta(&self.go_http.get_or_create(&r("attached")), now.go.http_clients, last.go.http_clients);
-        delta(&self.go_http.get_or_create(&r("failed")), now.go.http_client_failures, last.go.http_client_failures);
-        delta(&self.go_h2.get_or_create(&r("attached")), now.go.h2_servers, last.go.h2_servers);
-        delta(&self.go_h2.get_or_create(&r("failed")), now.go.h2_server_failures, last.go.h2_server_failures);
+        for n in crate::capture::go_tls::Nesting::ALL {
+            let (a, b) = (now.go.probes[n as usize], last.go.probes[n as usize]);
+            for (i, reason) in ["attached", "failed"].into_iter().enumerate() {
+                let label = ProbeReason { probe: n.label().0.to_owned(), reason: reason.to_owned() };
+                delta(&self.go_probes.get_or_create(&label), a[i], b[i]);
+            }
+        }
         let g = &self.go_streams;
         delta(&g.get_or_create(&r("handler_goroutine")), now.conns.go_streams, last.conns.go_streams);
         delta(&g.get_or_create(&r("unmatched")), now.conns.go_streams_unmatched, last.conns.go_streams_unmatched);

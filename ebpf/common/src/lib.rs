@@ -51,6 +51,10 @@ pub const MAX_GO_PROCS: u32 = 16_384;
 /// Go HTTP client connections remembered with the goroutine of their
 /// current round trip (LRU: the oldest are evicted).
 pub const MAX_GO_CONNS: u32 = 65_536;
+/// Go HTTP/2 client requests between their `RoundTrip` and the start of
+/// the goroutine that writes them, and such goroutines while they run
+/// (LRU each: the oldest are evicted).
+pub const MAX_GO_H2_REQUESTS: u32 = 65_536;
 
 /// Kind tag at offset 0 of every ring buffer record.
 #[repr(u32)]

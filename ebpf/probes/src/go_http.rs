@@ -5,6 +5,12 @@
 //!   `Transport` writes the request on its connection's write goroutine and
 //!   reads the response on its read goroutine; with this, a handler's
 //!   outgoing HTTP call nests under its request.
+//! - HTTP/2 client: `(*http2ClientConn).RoundTrip` runs on the caller's
+//!   goroutine and starts a goroutine (`(*http2clientStream).doRequest`)
+//!   that writes the request and lives until its response is read. Uprobes
+//!   on both pass the caller on by the request pointer, and while
+//!   `doRequest` runs (probes on each of its `RET`s end it) its goroutine's
+//!   calls count for the caller (`GO_ACTS_FOR`).
 //! - HTTP/2 server: one goroutine per connection reads every request, and
 //!   each stream's handler runs on a goroutine of its own
 //!   (`(*serverConn).runHandler`). A uprobe there reports (socket, stream
@@ -22,7 +28,15 @@
 //!   a reused descriptor never inherits it. Another layout gives no entry:
 //!   the calls then count for their own goroutines.
 //! - Bounded: an LRU map of [`MAX_GO_CONNS`](kspan_common::MAX_GO_CONNS)
-//!   connections; each round trip overwrites its connection's entry.
+//!   connections; each round trip overwrites its connection's entry. The
+//!   HTTP/2 client's two maps hold
+//!   [`MAX_GO_H2_REQUESTS`](kspan_common::MAX_GO_H2_REQUESTS) each. A
+//!   request whose `RoundTrip` was not seen (its caller entry evicted, or
+//!   the process not keyed by goroutine) gives its writer no caller: its
+//!   calls then count for the writer itself, which serves no request.
+//! - A writer acts for its caller only between `doRequest`'s start and a
+//!   `RET` of it; the agent attaches the entry probe only after every `RET`
+//!   probe, so a goroutine never keeps a caller after it ended.
 //! - A stream is reported only when the layout reads back consistently:
 //!   `rw.rws.stream.sc` is the receiver (`stream` starts with `sc` then
 //!   `id` in every release), and `serverConn.conn` gives a known server
@@ -30,12 +44,13 @@
 //!   is a `*http.Server` (net/http's bundled copy, golang.org/x/net/http2),
 //!   at 24 where it is an interface (the in-tree `net/http/internal/http2`):
 //!   one program per layout, the agent attaches the one of the function's
-//!   package. A lost record (ring buffer full) is counted; that
-//!   stream then keeps its reading goroutine and the process is seen as
+//!   package. Only for processes in `GO_PROCS`, whose data calls carry
+//!   goroutines. A lost record (ring buffer full) is counted; that stream
+//!   then keeps its reading goroutine and the process is seen as
 //!   multiplexed, never given a wrong parent.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::uprobe,
     programs::ProbeContext,
 };
@@ -43,7 +58,7 @@ use aya_ebpf::{
 use kspan_common::{EventKind, GoStreamEvent, ROLE_CLIENT, ROLE_SERVER, counter, sock_key};
 
 use crate::go_tls::{conn_fd, go_entry, net_conn_fd};
-use crate::maps::{EVENTS, GO_CONN_CALLER, GoCaller, SOCKS, count};
+use crate::maps::{EVENTS, GO_ACTS_FOR, GO_CONN_CALLER, GO_H2_REQUESTS, GO_PROCS, GoCaller, ProcPtr, SOCKS, count};
 use crate::{Res, wake_flags};
 
 /// Offset of the data word of `persistConn.conn`.
@@ -85,6 +100,70 @@ pub fn kspan_go_round_trip(ctx: ProbeContext) -> u32 {
     }
 }
 
+/// Whether the data calls of `tgid` carry goroutines (`GO_PROCS`): the
+/// uprobes are on the file, and other processes running it may be keyed by
+/// thread.
+#[inline(always)]
+fn keyed_by_goroutine(tgid: u32) -> bool {
+    // SAFETY: read-only lookup.
+    unsafe { GO_PROCS.get(&tgid) }.is_some()
+}
+
+fn h2_round_trip(ctx: &ProbeContext) -> Res {
+    let (_, tgid, _) = go_entry(ctx).ok_or(0u32)?;
+    if !keyed_by_goroutine(tgid) {
+        return Ok(0);
+    }
+    // SAFETY: the probe's saved user registers: the request in RBX, the
+    // calling goroutine in R14.
+    let (req, g) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).r14) };
+    let _ = GO_H2_REQUESTS.insert(&ProcPtr { tgid, _pad: 0, ptr: req }, &g, 0);
+    Ok(0)
+}
+
+/// Stack check of net/http's HTTP/2 client `(*ClientConn).RoundTrip`.
+#[uprobe]
+pub fn kspan_go_h2_round_trip(ctx: ProbeContext) -> u32 {
+    match h2_round_trip(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn h2_do_request(ctx: &ProbeContext) -> Res {
+    let (_, tgid, _) = go_entry(ctx).ok_or(0u32)?;
+    // SAFETY: the probe's saved user registers: the request in RBX, the
+    // writing goroutine in R14.
+    let (req, g) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).r14) };
+    let key = ProcPtr { tgid, _pad: 0, ptr: req };
+    // SAFETY: plain value copied out before removal.
+    let caller = unsafe { GO_H2_REQUESTS.get(&key) }.copied().ok_or(0u32)?;
+    let _ = GO_H2_REQUESTS.remove(&key);
+    if caller != g {
+        let _ = GO_ACTS_FOR.insert(&ProcPtr { tgid, _pad: 0, ptr: g }, &caller, 0);
+    }
+    Ok(0)
+}
+
+/// Stack check of `(*clientStream).doRequest`, on the goroutine that
+/// writes the request.
+#[uprobe]
+pub fn kspan_go_h2_do_request(ctx: ProbeContext) -> u32 {
+    match h2_do_request(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Each `RET` of `(*clientStream).doRequest`: its goroutine acts for
+/// itself again (a `g` is reused by later goroutines).
+#[uprobe]
+pub fn kspan_go_h2_do_request_ret(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the probe's saved user registers: the goroutine in R14.
+    let g = unsafe { (*ctx.regs).r14 };
+    let _ = GO_ACTS_FOR.remove(&ProcPtr { tgid, _pad: 0, ptr: g });
+    0
+}
+
 /// Reads a user word.
 #[inline(always)]
 fn word(at: u64) -> Result<u64, u32> {
@@ -97,6 +176,9 @@ fn word(at: u64) -> Result<u64, u32> {
 #[inline(always)]
 fn h2_handler<const CONN: u64>(ctx: &ProbeContext) -> Res {
     let (cfg, tgid, tid) = go_entry(ctx).ok_or(0u32)?;
+    if !keyed_by_goroutine(tgid) {
+        return Ok(0);
+    }
     // SAFETY: the probe's saved user registers: the receiver (`sc`) in RAX,
     // the first argument (`rw *responseWriter`) in RBX, the goroutine in R14.
     let (sc, rw, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };

@@ -95,9 +95,9 @@ fn report(cfg: &KernelConfig, tgid: u32, tid: u32, g: u64, call: &GoCall, n: u64
         }
         (*st).sock_id
     };
-    // net/http's client writes on a goroutine of its own: the round trip's
+    // net/http's client writes on goroutines of its own: the round trip's
     // caller is the one that counts.
-    let g = goroutine::caller(tgid, call.fd, sock_id).unwrap_or(g);
+    let g = goroutine::counted(tgid, call.fd, sock_id, g);
     let inf = Inflight { op: 0, fd: call.fd, buf: call.buf, iovcnt: 0, sock_id, enter_ns: call.enter_ns };
     emit_data::<false>(cfg, tgid, tid, g, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), n);
 }

@@ -16,14 +16,15 @@
 //! - A Go HTTP client connection whose current round trip started on
 //!   another goroutine (`go_http.rs`: net/http's `Transport` writes the
 //!   request and reads the response on goroutines of its own) reports the
-//!   round trip's caller instead, so the client call nests under the
+//!   round trip's caller instead, and so does a goroutine writing an HTTP/2
+//!   client request for its caller: the client call nests under the
 //!   request that caller serves.
 //! - Every read is fault-safe (a bad address is an error, not a fault).
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
 use kspan_common::{KernelConfig, PT_REGS_SP, sock_key};
 
-use crate::maps::{GO_CONN_CALLER, GO_PROCS};
+use crate::maps::{GO_ACTS_FOR, GO_CONN_CALLER, GO_PROCS, ProcPtr};
 
 /// The goroutine a data call of Go program `tgid` on socket (`fd`,
 /// `sock_id`) counts for (its `g` address), or 0.
@@ -37,15 +38,31 @@ pub(crate) fn current(cfg: &KernelConfig, tgid: u32, fd: u32, sock_id: u64) -> u
     if let Some(g) = caller(tgid, fd, sock_id) {
         return g;
     }
-    read_current(cfg, tls_off).unwrap_or(0)
+    read_current(cfg, tls_off).map(|g| acting_for(tgid, g)).unwrap_or(0)
+}
+
+/// The goroutine a call of goroutine `g` on socket (`fd`, `sock_id`) counts
+/// for: the caller of the round trip under way on that HTTP/1 client
+/// socket, else the one `g` acts for (an HTTP/2 client request's writer),
+/// else `g`.
+#[inline(always)]
+pub(crate) fn counted(tgid: u32, fd: u32, sock_id: u64, g: u64) -> u64 {
+    caller(tgid, fd, sock_id).unwrap_or_else(|| acting_for(tgid, g))
 }
 
 /// The goroutine whose round trip is under way on an HTTP client socket.
 #[inline(always)]
-pub(crate) fn caller(tgid: u32, fd: u32, sock_id: u64) -> Option<u64> {
+fn caller(tgid: u32, fd: u32, sock_id: u64) -> Option<u64> {
     // SAFETY: plain value copied out.
     let c = unsafe { GO_CONN_CALLER.get(&sock_key(tgid, fd)) }.copied()?;
     (c.sock_id == sock_id && c.g != 0).then_some(c.g)
+}
+
+/// The goroutine `g` acts for while it writes an HTTP/2 client request.
+#[inline(always)]
+fn acting_for(tgid: u32, g: u64) -> u64 {
+    // SAFETY: plain value copied out.
+    unsafe { GO_ACTS_FOR.get(&ProcPtr { tgid, _pad: 0, ptr: g }) }.copied().unwrap_or(g)
 }
 
 #[inline(always)]

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
-    ENTER_TIME_SLOTS, KernelConfig, MAX_CAPTURE, MAX_GO_CONNS, MAX_GO_PROCS, MAX_INFLIGHT, MAX_PORTS, MAX_SOCKETS,
-    MAX_TLS_CALLS, MAX_TLS_OBJECTS, MAX_TRACED_PROCS, SockState, counter,
+    ENTER_TIME_SLOTS, KernelConfig, MAX_CAPTURE, MAX_GO_CONNS, MAX_GO_H2_REQUESTS, MAX_GO_PROCS, MAX_INFLIGHT,
+    MAX_PORTS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS, MAX_TRACED_PROCS, SockState, counter,
 };
 
 /// Agent settings (element 0).
@@ -29,6 +29,19 @@ pub static GO_PROCS: HashMap<u32, i64> = HashMap::with_max_entries(MAX_GO_PROCS,
 /// request on a goroutine of its own. See `go_http.rs`.
 #[map]
 pub static GO_CONN_CALLER: LruHashMap<u64, GoCaller> = LruHashMap::with_max_entries(MAX_GO_CONNS, 0);
+
+/// net/http's HTTP/2 client: the goroutine that called `RoundTrip` with a
+/// request, by (tgid, request pointer), until the goroutine that writes the
+/// request starts. See `go_http.rs`.
+#[map]
+pub static GO_H2_REQUESTS: LruHashMap<ProcPtr, u64> = LruHashMap::with_max_entries(MAX_GO_H2_REQUESTS, 0);
+
+/// Goroutines that act for another while they run, by (tgid, `g`): net/http's
+/// HTTP/2 client writes each request on a goroutine of its own
+/// (`doRequest`), whose calls count for the `RoundTrip` caller. See
+/// `go_http.rs`.
+#[map]
+pub static GO_ACTS_FOR: LruHashMap<ProcPtr, u64> = LruHashMap::with_max_entries(MAX_GO_H2_REQUESTS, 0);
 
 /// Port filter: local or peer ports that select a socket.
 #[map]
@@ -203,6 +216,16 @@ pub struct TlsSlot {
     /// pid_tgid of the owning thread; 0: free.
     pub id: u64,
     pub call: TlsCall,
+}
+
+/// A pointer of one process (a Go request or goroutine): pointers are only
+/// unique within a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcPtr {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ptr: u64,
 }
 
 /// Key of [`TLS_SOCKS`]: SSL pointers are only unique within a process.
