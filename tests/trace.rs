@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kspan_e2e::servers::{Proc, go_db_app, go_db_app_cgo, go_db_server, postgres, python_http, redis};
+use kspan_e2e::servers::{Proc, go_db_app, go_db_app_cgo, go_db_server, go_grpc_server, postgres, python_http, redis};
 use kspan_e2e::*;
 use serde_json::Value;
 
@@ -227,10 +227,8 @@ fn go_service_built_with_cgo_and_c_thread_locals_nests_too() {
     go_service_nests(&exe, false);
 }
 
-/// Drives the Go service with curl: over HTTP/1.1, its HTTP and its first
-/// HTTPS server; with `h2`, both HTTPS servers over HTTP/2.
-fn go_service_nests(exe: &std::path::Path, h2: bool) {
-    let pg = postgres();
+/// A Redis server holding `kspan:N` = `vN` for each request number N.
+fn seeded_redis() -> Proc {
     let rd = redis();
     let sets: String = (0..GO_REQUESTS).map(|n| format!("SET kspan:{n} v{n}\n")).collect();
     let mut cli = Command::new("redis-cli")
@@ -241,6 +239,13 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
         .expect("redis-cli");
     cli.stdin.take().expect("stdin").write_all(sets.as_bytes()).expect("SETs");
     assert!(cli.wait().expect("redis-cli").success());
+    rd
+}
+
+/// Drives the Go service with curl: over HTTP/1.1, its HTTP and its first
+/// HTTPS server; with `h2`, both HTTPS servers over HTTP/2.
+fn go_service_nests(exe: &std::path::Path, h2: bool) {
+    let (pg, rd) = (postgres(), seeded_redis());
     let (go, [https, xnet]) = go_db_server(exe, pg.port, rd.port);
     let k = Kspan::start(&["--pid", &go.pid().to_string()]);
     k.wait_log("\"Go crypto/tls\"", WAIT);
@@ -336,6 +341,82 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
     assert!(m.lines().any(|l| l == want), "each HTTP/2 stream keyed by its handler's goroutine:\n{m}");
     assert!(m.lines().any(|l| l == "kspan_go_processes 1"), "the Go service is keyed by goroutine:\n{m}");
     assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no thread multiplexing seen:\n{m}");
+    assert!(k.stop(), "kspan exits cleanly");
+}
+
+/// Concurrent gRPC calls, one channel (grpcio, raw bytes: the health
+/// service's `HealthCheckRequest` is field 1, the service name).
+const GRPC_CLIENT: &str = r#"
+import sys, grpc
+port, n = int(sys.argv[1]), int(sys.argv[2])
+check = grpc.insecure_channel(f"127.0.0.1:{port}").unary_unary("/grpc.health.v1.Health/Check")
+def request(s):
+    return b"\x0a" + bytes([len(s)]) + s.encode()
+calls = [check.future(request(f"{['pg', 'redis', 'both'][i % 3]}/{i}"), timeout=30) for i in range(n)]
+for c in calls:
+    c.result()
+print("ok", flush=True)
+"#;
+
+/// A grpc-go service (the health service's Check makes PostgreSQL and
+/// Redis calls) answering concurrent calls multiplexed on one connection:
+/// grpc-go reads every request on one goroutine and serves each stream on
+/// a goroutine of its own. The handler probe (`(*Server).handleStream`,
+/// the transport's connection read at the offset the executable's DWARF
+/// gives) names that goroutine for the stream, so each call's database
+/// calls nest under its server span.
+#[test]
+fn grpc_go_server_streams_nest_by_their_goroutine() {
+    let (pg, rd) = (postgres(), seeded_redis());
+    let go = go_grpc_server(pg.port, rd.port);
+    let k = Kspan::start(&["--pid", &go.pid().to_string()]);
+    k.wait_log("google.golang.org/grpc.(*Server).handleStream", WAIT);
+    let out =
+        run_ok(Command::new("python3").arg("-c").arg(GRPC_CLIENT).args([go.port.to_string(), GO_REQUESTS.to_string()]));
+    assert_eq!(out.trim(), "ok");
+    let go_pid = go.pid() as i64;
+    let servers = k.wait_spans(GO_REQUESTS, WAIT, |s| kind(s) == "server" && pid_of(s) == go_pid);
+    assert_eq!(servers.len(), GO_REQUESTS, "one server span per call: {servers:#?}");
+    assert!(servers.iter().all(|s| s["name"] == "grpc.health.v1.Health/Check"), "{servers:#?}");
+    // pg 1 call, redis 1, both 2.
+    let calls = (0..GO_REQUESTS).map(|i| if i % 3 == 2 { 2 } else { 1 }).sum::<usize>();
+    let clients = k.wait_spans(calls, WAIT, |s| kind(s) == "client" && pid_of(s) == go_pid);
+    assert_eq!(clients.len(), calls, "one client span per call: {clients:#?}");
+    let mut children: Vec<Vec<&str>> = vec![Vec::new(); servers.len()];
+    for c in &clients {
+        let i = servers
+            .iter()
+            .position(|s| id(s, "span_id") == id(c, "parent_span_id"))
+            .unwrap_or_else(|| panic!("a call outside any request span: {c:#}\nservers: {servers:#?}"));
+        assert_eq!(id(c, "trace_id"), id(&servers[i], "trace_id"), "{c:#}");
+        assert_inside(c, &servers[i]);
+        children[i].push(attr_str(c, "db.system.name").unwrap_or("?"));
+    }
+    // Each call's own calls, and no more: a wrong parent would show as a
+    // server with two Redis calls, or none.
+    let mut shapes: Vec<String> = children
+        .iter_mut()
+        .map(|c| {
+            c.sort();
+            c.join("+")
+        })
+        .collect();
+    shapes.sort();
+    let third = GO_REQUESTS / 3;
+    let want: Vec<String> = ["postgresql", "postgresql+redis", "redis"]
+        .iter()
+        .flat_map(|s| std::iter::repeat_n(s.to_string(), third))
+        .collect();
+    assert_eq!(shapes, want, "{servers:#?}");
+    let want = format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {GO_REQUESTS}");
+    let t = std::time::Instant::now();
+    let mut m = k.metrics();
+    while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        m = k.metrics();
+    }
+    assert!(m.lines().any(|l| l == want), "each stream keyed by its goroutine:\n{m}");
+    assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no multiplexing seen:\n{m}");
     assert!(k.stop(), "kspan exits cleanly");
 }
 

@@ -142,6 +142,13 @@ pub fn go_db_app_cgo() -> PathBuf {
     BUILT.get_or_init(|| go_build("go_db_app_cgo", &["go_db_app.go", "go_db_app_cgo.go"], &[], true)).clone()
 }
 
+/// `tests/apps/go_grpc_app.go`: a grpc-go service (Debian's
+/// golang-google-grpc-dev, GOPATH build) on lib/pq and redigo.
+pub fn go_grpc_app() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| go_build("go_grpc_app", &["go_grpc_app.go"], &[], false)).clone()
+}
+
 fn go_build(name: &str, sources: &[&str], flags: &[&str], cgo: bool) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-apps");
     std::fs::create_dir_all(&dir).expect("target/e2e-apps");
@@ -178,6 +185,17 @@ pub fn go_db_server(exe: &Path, pg_port: u16, redis_port: u16) -> (Proc, [u16; 2
     let (child, ports) = start_go_app(cmd);
     let [http, https, xnet] = ports[..] else { panic!("go_db_app printed ports {ports:?}") };
     (Proc { child, port: http, _dir: Some(dir) }, [https, xnet])
+}
+
+/// [`go_grpc_app`] serving gRPC without TLS, its health service's Check
+/// calling the PostgreSQL at `pg_port` (database `kspan`) and the Redis at
+/// `redis_port`.
+pub fn go_grpc_server(pg_port: u16, redis_port: u16) -> Proc {
+    let dsn = format!("host=127.0.0.1 port={pg_port} user=postgres dbname=kspan sslmode=disable");
+    let mut cmd = Command::new(go_grpc_app());
+    cmd.args([dsn, format!("127.0.0.1:{redis_port}")]);
+    let (child, ports) = start_go_app(cmd);
+    Proc { child, port: ports[0], _dir: None }
 }
 
 /// The Go app `exe` ([`go_tls_app`] or [`go_tls_app_stripped`]) serving

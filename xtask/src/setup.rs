@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     "golang-github-lib-pq-dev",
     "golang-github-gomodule-redigo-dev",
     "golang-golang-x-net-dev",
+    // tests/trace.rs: a grpc-go service (GOPATH build)
+    "golang-google-grpc-dev",
     // cargo xtask bench: h2load, an HTTP/2 load generator
     "nghttp2-client",
     // tests/caps.rs (setpriv) and tests/deploy.rs (systemd-analyze verify)

@@ -35,10 +35,10 @@ use std::path::Path;
 use object::read::elf::ProgramHeader as _;
 use object::{Object, ObjectSymbol};
 
-use kspan_common::MAX_GO_PROCS;
+use kspan_common::{GoProc, MAX_GO_PROCS, NO_OFFSET};
 
 use super::tls::{TlsAttachError, file_id};
-use super::{Capture, go_tls};
+use super::{Capture, go_dwarf, go_tls};
 
 /// Executables remembered as Go or not.
 pub const MAX_FILES: usize = 4096;
@@ -54,16 +54,17 @@ pub struct GoProcStats {
     pub full: u64,
     /// Nesting probes attached and failed, by [`go_tls::Nesting`]: one per
     /// Go function probed in an executable.
-    pub probes: [[u64; 2]; 3],
+    pub probes: [[u64; 2]; go_tls::Nesting::ALL.len()],
 }
 
 /// The Go processes among the selected ones.
 #[derive(Default)]
 pub struct GoProcs {
-    /// (device, inode) of an executable -> its goroutine offset (None: not Go).
-    files: HashMap<(u64, u64), Option<i64>>,
-    /// Registered processes and their goroutine offsets.
-    pids: HashMap<u32, i64>,
+    /// (device, inode) of an executable -> what the kernel reads of it
+    /// (None: not Go).
+    files: HashMap<(u64, u64), Option<GoProc>>,
+    /// Registered processes and what the kernel reads of them.
+    pids: HashMap<u32, GoProc>,
     pub stats: GoProcStats,
 }
 
@@ -80,33 +81,33 @@ impl GoProcs {
         }
         let exe = format!("/proc/{pid}/exe");
         let Some(id) = file_id(Path::new(&exe)) else { return };
-        let offset = match self.files.get(&id) {
+        let known = match self.files.get(&id) {
             Some(o) => *o,
             None => {
                 if self.files.len() >= MAX_FILES {
                     self.files.clear();
                 }
-                let (o, probes) = read_exe(Path::new(&exe));
-                self.files.insert(id, o);
+                let (go, probes) = read_exe(Path::new(&exe));
+                self.files.insert(id, go);
                 for (probe, found) in probes {
                     self.probe_nesting(capture, Path::new(&exe), &probe, found);
                 }
-                o
+                go
             }
         };
-        match offset {
+        match known {
             // Registered already (an exec of another Go program may move the slot).
-            Some(off) if self.pids.get(&pid) == Some(&off) => {}
-            Some(off) => {
+            Some(go) if self.pids.get(&pid) == Some(&go) => {}
+            Some(go) => {
                 if self.pids.len() >= MAX_GO_PROCS as usize && !self.pids.contains_key(&pid) {
                     self.stats.full += 1;
                     return;
                 }
-                match capture.set_go(pid, off) {
+                match capture.set_go(pid, go) {
                     Ok(()) => {
-                        self.pids.insert(pid, off);
+                        self.pids.insert(pid, go);
                         self.stats.registered = self.pids.len() as u64;
-                        tracing::debug!(pid, offset = off, "Go program: calls nest by goroutine");
+                        tracing::debug!(pid, offset = go.g_offset, "Go program: calls nest by goroutine");
                     }
                     Err(e) => {
                         self.stats.full += 1;
@@ -159,20 +160,35 @@ impl GoProcs {
 /// The goroutine offset of the Go executable at `path`, `None` when it is
 /// no x86_64 Go program (or unreadable).
 pub fn g_offset_in(path: &Path) -> Option<i64> {
-    read_exe(path).0
+    read_exe(path).0.map(|go| go.g_offset)
 }
 
-/// One read of an executable: its goroutine offset ([`g_offset`]) and,
-/// for a Go program, where each nesting probe it has a function for goes.
-type ExeFacts = (Option<i64>, Vec<(go_tls::NestingProbe, Result<(u64, Vec<u64>), go_tls::GoTlsError>)>);
+/// One read of an executable: what the kernel reads of a Go program (its
+/// goroutine offset, [`g_offset`], and its grpc-go server transport's
+/// layout) and where each nesting probe it has a function for goes.
+type ExeFacts = (Option<GoProc>, Vec<(go_tls::NestingProbe, Result<(u64, Vec<u64>), go_tls::GoTlsError>)>);
 
 fn read_exe(path: &Path) -> ExeFacts {
     let Ok(file) = std::fs::File::open(path) else { return (None, Vec::new()) };
     let cache = object::ReadCache::new(file);
     let Ok(obj) = object::File::parse(&cache) else { return (None, Vec::new()) };
-    let Some(o) = g_offset(&obj) else { return (None, Vec::new()) };
-    let probes = go_tls::NESTING_PROBES.iter().filter_map(|p| Some((*p, go_tls::find_function(&obj, p.symbol)?)));
-    (Some(o), probes.collect())
+    let Some(g_offset) = g_offset(&obj) else { return (None, Vec::new()) };
+    let mut go = GoProc { g_offset, ..GoProc::default() };
+    let mut probes = Vec::new();
+    for p in go_tls::NESTING_PROBES {
+        let Some(mut found) = go_tls::find_function(&obj, p.symbol) else { continue };
+        if p.nesting == go_tls::Nesting::GrpcServer && found.is_ok() {
+            // The probe reads the transport's connection: only where the
+            // executable says where it is.
+            let (name, field) = go_tls::GRPC_TRANSPORT;
+            match go_dwarf::member_offset(&obj, name, field) {
+                Ok(off) => go.grpc_conn = u32::try_from(off).unwrap_or(NO_OFFSET),
+                Err(e) => found = Err(go_tls::GoTlsError::Layout(name, e)),
+            }
+        }
+        probes.push((p, found));
+    }
+    (Some(go), probes)
 }
 
 /// [`g_offset_in`] on a parsed file.

@@ -37,7 +37,7 @@ pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 /// The Go functions probed so that calls nest by the request they serve
 /// (`go_proc`), with the kernel programs each takes.
-pub const NESTING_PROBES: [NestingProbe; 8] = [
+pub const NESTING_PROBES: [NestingProbe; 9] = [
     // net/http's client round trip on an HTTP/1 connection: the goroutine
     // it starts on is remembered for its connection.
     NestingProbe::entry(Nesting::HttpClient, ROUND_TRIP, "kspan_go_round_trip"),
@@ -58,6 +58,9 @@ pub const NESTING_PROBES: [NestingProbe; 8] = [
         rets: Some("kspan_go_h2_do_request_ret"),
         ..NestingProbe::entry(Nesting::Http2Client, "net/http.(*http2clientStream).doRequest", "kspan_go_h2_do_request")
     },
+    // grpc-go's server: each stream served on a goroutine of its own (the
+    // transport's layout comes from DWARF: `GRPC_TRANSPORT`).
+    NestingProbe::entry(Nesting::GrpcServer, GRPC_HANDLE_STREAM, "kspan_go_grpc_handler"),
     NestingProbe::entry(
         Nesting::Http2Client,
         "golang.org/x/net/http2.(*ClientConn).RoundTrip",
@@ -74,6 +77,10 @@ pub const NESTING_PROBES: [NestingProbe; 8] = [
 ];
 /// net/http's client round trip.
 pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+/// grpc-go's server: a stream's handling starts.
+pub const GRPC_HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
+/// grpc-go's server transport, and its field holding the connection.
+pub const GRPC_TRANSPORT: (&str, &str) = ("google.golang.org/grpc/internal/transport.http2Server", "conn");
 
 /// What a nesting probe follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,10 +91,13 @@ pub enum Nesting {
     Http2Server = 1,
     /// net/http's HTTP/2 client.
     Http2Client = 2,
+    /// grpc-go's server streams.
+    GrpcServer = 3,
 }
 
 impl Nesting {
-    pub const ALL: [Nesting; 3] = [Nesting::HttpClient, Nesting::Http2Server, Nesting::Http2Client];
+    pub const ALL: [Nesting; 4] =
+        [Nesting::HttpClient, Nesting::Http2Server, Nesting::Http2Client, Nesting::GrpcServer];
 
     /// Its `probe` label, and its name in logs.
     pub fn label(self) -> (&'static str, &'static str) {
@@ -95,6 +105,7 @@ impl Nesting {
             Nesting::HttpClient => ("http_client", "net/http client round trips"),
             Nesting::Http2Server => ("http2_server", "HTTP/2 server streams"),
             Nesting::Http2Client => ("http2_client", "HTTP/2 client requests"),
+            Nesting::GrpcServer => ("grpc_server", "grpc-go server streams"),
         }
     }
 }
@@ -136,6 +147,8 @@ pub enum GoTlsError {
     Arch(object::Architecture),
     #[error("{symbol}: {reason}")]
     Function { symbol: &'static str, reason: String },
+    #[error("layout of {0} unknown: {1}")]
+    Layout(&'static str, super::go_dwarf::DwarfError),
 }
 
 /// What is probed in one Go executable (file offsets).

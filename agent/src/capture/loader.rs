@@ -8,8 +8,8 @@ use super::{btf, sys};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use kspan_common::{
-    ABI_VERSION, IGNORED_MUTED, IGNORED_NO, KernelConfig, MAX_CAPTURE, MIN_CAPTURE, SockState, TRACED_YES, counter,
-    sock_key,
+    ABI_VERSION, GoProc, IGNORED_MUTED, IGNORED_NO, KernelConfig, MAX_CAPTURE, MIN_CAPTURE, SockState, TRACED_YES,
+    counter, sock_key,
 };
 
 /// The eBPF object built by `cargo xtask build` (empty if it was not built).
@@ -287,20 +287,21 @@ impl Capture {
     }
 
     /// Has the kernel read the goroutine of Go program `tgid`'s data calls,
-    /// `offset` bytes from its threads' `fsbase`.
-    pub fn set_go(&mut self, tgid: u32, offset: i64) -> Result<(), CaptureError> {
+    /// `go.g_offset` bytes from its threads' `fsbase` (and its executable's
+    /// layouts from `go`).
+    pub fn set_go(&mut self, tgid: u32, go: GoProc) -> Result<(), CaptureError> {
         let map_err = |e: aya::maps::MapError| CaptureError::Map { map: "GO_PROCS", reason: e.to_string() };
-        let mut go: HashMap<_, u32, i64> = HashMap::try_from(
+        let mut procs: HashMap<_, u32, GoProc> = HashMap::try_from(
             self.ebpf.map_mut("GO_PROCS").ok_or(CaptureError::Map { map: "GO_PROCS", reason: "missing".into() })?,
         )
         .map_err(map_err)?;
-        go.insert(tgid, offset, 0).map_err(map_err)
+        procs.insert(tgid, go, 0).map_err(map_err)
     }
 
     /// Forgets a Go program (it exited or exec'd something else).
     pub fn unset_go(&mut self, tgid: u32) {
         if let Some(m) = self.ebpf.map_mut("GO_PROCS")
-            && let Ok(mut go) = HashMap::<_, u32, i64>::try_from(m)
+            && let Ok(mut go) = HashMap::<_, u32, GoProc>::try_from(m)
         {
             let _ = go.remove(&tgid);
         }

@@ -24,6 +24,8 @@ mod attach;
 #[cfg(feature = "runtime")]
 pub mod btf;
 #[cfg(feature = "runtime")]
+pub mod go_dwarf;
+#[cfg(feature = "runtime")]
 pub mod go_proc;
 #[cfg(feature = "runtime")]
 pub mod go_tls;

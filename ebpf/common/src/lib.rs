@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 13;
+pub const ABI_VERSION: u32 = 14;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -151,6 +151,29 @@ pub struct GoStreamEvent {
     pub sock_id: u64,
     /// The handler's goroutine (`g` address).
     pub goroutine: u64,
+}
+
+/// A Go program whose goroutines the kernel reads: value of its `GO_PROCS`
+/// entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoProc {
+    /// Offset of the running goroutine's pointer from the thread's `fsbase`.
+    pub g_offset: i64,
+    /// Offset of `conn` (a `net.Conn`) in grpc-go's server transport
+    /// (`transport.http2Server`), from the executable's DWARF;
+    /// [`NO_OFFSET`]: unknown (no grpc-go server, or no DWARF).
+    pub grpc_conn: u32,
+    pub _pad: u32,
+}
+
+/// An offset the agent could not read.
+pub const NO_OFFSET: u32 = u32::MAX;
+
+impl Default for GoProc {
+    fn default() -> Self {
+        Self { g_offset: -8, grpc_conn: NO_OFFSET, _pad: 0 }
+    }
 }
 
 /// Connection role as known by the kernel.
@@ -445,4 +468,5 @@ mod pod {
     // SAFETY: all of these are repr(C), padding-free and valid for any bit pattern.
     unsafe impl aya::Pod for super::KernelConfig {}
     unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::GoProc {}
 }

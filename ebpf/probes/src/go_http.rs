@@ -13,9 +13,10 @@
 //!   calls count for the caller (`GO_ACTS_FOR`).
 //! - HTTP/2 server: one goroutine per connection reads every request, and
 //!   each stream's handler runs on a goroutine of its own
-//!   (`(*serverConn).runHandler`). A uprobe there reports (socket, stream
-//!   id, handler goroutine) to the agent, which keys that stream's server
-//!   span by the handler's goroutine.
+//!   (`(*serverConn).runHandler`; grpc-go: `(*Server).handleStream`). A
+//!   uprobe there reports (socket, stream id, handler goroutine) to the
+//!   agent, which keys that stream's server span by the handler's
+//!   goroutine.
 //!
 //! Guarantees:
 //! - Only selected processes (the `TRACED` check), on the stack check's
@@ -37,6 +38,10 @@
 //! - A writer acts for its caller only between `doRequest`'s start and a
 //!   `RET` of it; the agent attaches the entry probe only after every `RET`
 //!   probe, so a goroutine never keeps a caller after it ended.
+//! - grpc-go: the handler's `stream.st` must be the transport it was given
+//!   (both interface words), and `http2Server.conn` is read at the offset
+//!   the agent found in the executable's DWARF (`GoProc::grpc_conn`; none,
+//!   no report). The same socket check applies.
 //! - A stream is reported only when the layout reads back consistently:
 //!   `rw.rws.stream.sc` is the receiver (`stream` starts with `sc` then
 //!   `id` in every release), and `serverConn.conn` gives a known server
@@ -55,7 +60,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-use kspan_common::{EventKind, GoStreamEvent, ROLE_CLIENT, ROLE_SERVER, counter, sock_key};
+use kspan_common::{EventKind, GoStreamEvent, KernelConfig, NO_OFFSET, ROLE_CLIENT, ROLE_SERVER, counter, sock_key};
 
 use crate::go_tls::{conn_fd, go_entry, net_conn_fd};
 use crate::maps::{EVENTS, GO_ACTS_FOR, GO_CONN_CALLER, GO_H2_REQUESTS, GO_PROCS, GoCaller, ProcPtr, SOCKS, count};
@@ -189,14 +194,21 @@ fn h2_handler<const CONN: u64>(ctx: &ProbeContext) -> Res {
     }
     let id = word(stream + 8)? as u32;
     let data = word(sc + CONN)?;
-    let (fd, sock_id) = net_conn_socket(tgid, data, ROLE_SERVER).ok_or(0u32)?;
+    report_stream(cfg, tgid, tid, data, id, g)
+}
+
+/// Reports that goroutine `g` serves `stream` on the server connection
+/// whose `net.Conn` data word is `conn`.
+#[inline(always)]
+fn report_stream(cfg: &KernelConfig, tgid: u32, tid: u32, conn: u64, stream: u32, g: u64) -> Res {
+    let (fd, sock_id) = net_conn_socket(tgid, conn, ROLE_SERVER).ok_or(0u32)?;
     let Some(mut entry) = EVENTS.reserve::<GoStreamEvent>(0) else {
         count(counter::RINGBUF_FULL_CTRL);
         return Ok(0);
     };
     entry.write(GoStreamEvent {
         kind: EventKind::GoStream as u32,
-        stream: id,
+        stream,
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid,
@@ -223,6 +235,35 @@ pub fn kspan_go_h2_handler(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn kspan_go_h2_handler_cfg(ctx: ProbeContext) -> u32 {
     match h2_handler::<{ 24 + 8 }>(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn grpc_handler(ctx: &ProbeContext) -> Res {
+    let (cfg, tgid, tid) = go_entry(ctx).ok_or(0u32)?;
+    // SAFETY: plain value copied out.
+    let go = unsafe { GO_PROCS.get(&tgid) }.copied().ok_or(0u32)?;
+    if go.grpc_conn == NO_OFFSET {
+        return Ok(0);
+    }
+    // SAFETY: the probe's saved user registers: the transport argument (an
+    // interface: its itab and data words) in RBX and RCX, the stream in RDI,
+    // the goroutine in R14.
+    let (itab, t, stream, g) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).rcx, (*ctx.regs).rdi, (*ctx.regs).r14) };
+    // `Stream` starts with `id`, then `st`: the very transport passed in.
+    if word(stream + 8)? != itab || word(stream + 16)? != t {
+        return Ok(0);
+    }
+    let id = word(stream)? as u32;
+    let conn = word(t + u64::from(go.grpc_conn) + 8)?;
+    report_stream(cfg, tgid, tid, conn, id, g)
+}
+
+/// Stack check of grpc-go's `(*Server).handleStream`, on the goroutine
+/// that serves the stream.
+#[uprobe]
+pub fn kspan_go_grpc_handler(ctx: ProbeContext) -> u32 {
+    match grpc_handler(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }

@@ -34,11 +34,11 @@ pub(crate) fn current(cfg: &KernelConfig, tgid: u32, fd: u32, sock_id: u64) -> u
         return 0;
     }
     // SAFETY: plain value copied out.
-    let Some(tls_off) = (unsafe { GO_PROCS.get(&tgid) }).copied() else { return 0 };
+    let Some(go) = (unsafe { GO_PROCS.get(&tgid) }).copied() else { return 0 };
     if let Some(g) = caller(tgid, fd, sock_id) {
         return g;
     }
-    read_current(cfg, tls_off).map(|g| acting_for(tgid, g)).unwrap_or(0)
+    read_current(cfg, go.g_offset).map(|g| acting_for(tgid, g)).unwrap_or(0)
 }
 
 /// The goroutine a call of goroutine `g` on socket (`fd`, `sock_id`) counts

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
-    ENTER_TIME_SLOTS, KernelConfig, MAX_CAPTURE, MAX_GO_CONNS, MAX_GO_H2_REQUESTS, MAX_GO_PROCS, MAX_INFLIGHT,
+    ENTER_TIME_SLOTS, GoProc, KernelConfig, MAX_CAPTURE, MAX_GO_CONNS, MAX_GO_H2_REQUESTS, MAX_GO_PROCS, MAX_INFLIGHT,
     MAX_PORTS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS, MAX_TRACED_PROCS, SockState, counter,
 };
 
@@ -20,9 +20,10 @@ pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCS
 
 /// Selected Go programs by tgid: the offset of the current goroutine's
 /// pointer from the thread's `fsbase` (-8 unless the program has other
-/// thread-local data). See `goroutine.rs`.
+/// thread-local data; see `goroutine.rs`), and the layout of grpc-go's
+/// server transport in its executable (`go_http.rs`).
 #[map]
-pub static GO_PROCS: HashMap<u32, i64> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
+pub static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
 
 /// The goroutine that started the current round trip on a Go HTTP client
 /// connection, by `sock_key(tgid, fd)`: net/http's `Transport` writes the
