@@ -227,6 +227,21 @@ fn go_service_built_with_cgo_and_c_thread_locals_nests_too() {
     go_service_nests(&exe, false);
 }
 
+/// kspan's metrics once they count `n` Go HTTP/2 streams keyed by their
+/// handler's goroutine (counters are published once a second); fails if
+/// they do not within 10 s.
+fn streams_keyed_by_goroutine(k: &Kspan, n: usize) -> String {
+    let want = format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {n}");
+    let t = std::time::Instant::now();
+    let mut m = k.metrics();
+    while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        m = k.metrics();
+    }
+    assert!(m.lines().any(|l| l == want), "each HTTP/2 stream keyed by its handler's goroutine:\n{m}");
+    m
+}
+
 /// A Redis server holding `kspan:N` = `vN` for each request number N.
 fn seeded_redis() -> Proc {
     let rd = redis();
@@ -330,15 +345,7 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
         assert_inside(s, call);
     }
     assert_eq!(nested_servers, chains, "each chain's inner request is in its trace");
-    // Counters are published once a second: wait for the streams' count.
-    let want = format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {h2_streams}");
-    let t = std::time::Instant::now();
-    let mut m = k.metrics();
-    while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(200));
-        m = k.metrics();
-    }
-    assert!(m.lines().any(|l| l == want), "each HTTP/2 stream keyed by its handler's goroutine:\n{m}");
+    let m = streams_keyed_by_goroutine(&k, h2_streams);
     assert!(m.lines().any(|l| l == "kspan_go_processes 1"), "the Go service is keyed by goroutine:\n{m}");
     assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no thread multiplexing seen:\n{m}");
     assert!(k.stop(), "kspan exits cleanly");
@@ -408,14 +415,7 @@ fn grpc_go_server_streams_nest_by_their_goroutine() {
         .flat_map(|s| std::iter::repeat_n(s.to_string(), third))
         .collect();
     assert_eq!(shapes, want, "{servers:#?}");
-    let want = format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {GO_REQUESTS}");
-    let t = std::time::Instant::now();
-    let mut m = k.metrics();
-    while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(200));
-        m = k.metrics();
-    }
-    assert!(m.lines().any(|l| l == want), "each stream keyed by its goroutine:\n{m}");
+    let m = streams_keyed_by_goroutine(&k, GO_REQUESTS);
     assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no multiplexing seen:\n{m}");
     assert!(k.stop(), "kspan exits cleanly");
 }

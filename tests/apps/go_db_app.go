@@ -27,7 +27,6 @@ package main
 
 import (
 	cryptotls "crypto/tls"
-	"database/sql"
 	"fmt"
 	"io"
 	"net"
@@ -37,7 +36,6 @@ import (
 	"strings"
 
 	"github.com/gomodule/redigo/redis"
-	_ "github.com/lib/pq"
 	"golang.org/x/net/http2"
 )
 
@@ -46,16 +44,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: go_db_app PG_DSN REDIS_ADDR CERT KEY")
 		os.Exit(2)
 	}
-	db, err := sql.Open("postgres", os.Args[1])
-	if err != nil {
-		panic(err)
-	}
-	db.SetMaxOpenConns(4)
-	db.SetMaxIdleConns(4)
-	pool := &redis.Pool{
-		MaxIdle: 4,
-		Dial:    func() (redis.Conn, error) { return redis.Dial("tcp", os.Args[2]) },
-	}
+	db, pool := backends(os.Args[1], os.Args[2])
 	pg := func(n int) (string, error) {
 		var count int
 		err := db.QueryRow("SELECT count(*) FROM pg_class WHERE oid > $1", n).Scan(&count)

@@ -23,7 +23,6 @@ import (
 	"strings"
 
 	"github.com/gomodule/redigo/redis"
-	_ "github.com/lib/pq"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health/grpc_health_v1"
@@ -66,16 +65,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: go_grpc_app PG_DSN REDIS_ADDR")
 		os.Exit(2)
 	}
-	db, err := sql.Open("postgres", os.Args[1])
-	if err != nil {
-		panic(err)
-	}
-	db.SetMaxOpenConns(4)
-	db.SetMaxIdleConns(4)
-	pool := &redis.Pool{
-		MaxIdle: 4,
-		Dial:    func() (redis.Conn, error) { return redis.Dial("tcp", os.Args[2]) },
-	}
+	db, pool := backends(os.Args[1], os.Args[2])
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)

@@ -131,7 +131,7 @@ pub fn go_tls_app_stripped() -> PathBuf {
 /// installs them).
 pub fn go_db_app() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| go_build("go_db_app", &["go_db_app.go"], &[], false)).clone()
+    BUILT.get_or_init(|| go_build("go_db_app", &["go_db_app.go", "go_backends.go"], &[], false)).clone()
 }
 
 /// [`go_db_app`] built with cgo and C thread-local data
@@ -139,14 +139,16 @@ pub fn go_db_app() -> PathBuf {
 /// thread's TLS block.
 pub fn go_db_app_cgo() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| go_build("go_db_app_cgo", &["go_db_app.go", "go_db_app_cgo.go"], &[], true)).clone()
+    BUILT
+        .get_or_init(|| go_build("go_db_app_cgo", &["go_db_app.go", "go_backends.go", "go_db_app_cgo.go"], &[], true))
+        .clone()
 }
 
 /// `tests/apps/go_grpc_app.go`: a grpc-go service (Debian's
 /// golang-google-grpc-dev, GOPATH build) on lib/pq and redigo.
 pub fn go_grpc_app() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| go_build("go_grpc_app", &["go_grpc_app.go"], &[], false)).clone()
+    BUILT.get_or_init(|| go_build("go_grpc_app", &["go_grpc_app.go", "go_backends.go"], &[], false)).clone()
 }
 
 fn go_build(name: &str, sources: &[&str], flags: &[&str], cgo: bool) -> PathBuf {

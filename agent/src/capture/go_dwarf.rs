@@ -22,7 +22,7 @@ use object::{Object, ObjectSection};
 pub const MAX_SECTION: u64 = 256 << 20;
 
 /// Why an offset could not be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DwarfError {
     #[error("no DWARF (built with -ldflags=-w, or stripped)")]
     Missing,
@@ -59,56 +59,65 @@ fn section<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, id: SectionId)
     }
 }
 
-/// Byte offset of field `member` in the Go struct `type_name` (e.g.
-/// `google.golang.org/grpc/internal/transport.http2Server`).
-pub fn member_offset<'d, R: object::ReadRef<'d>>(
-    obj: &object::File<'d, R>,
-    type_name: &str,
-    member: &str,
-) -> Result<u64, DwarfError> {
-    if obj.section_by_name(".debug_info").is_none() {
-        return Err(DwarfError::Missing);
+/// The DWARF sections of one executable, inflated once for any number of
+/// lookups.
+pub struct GoDwarf<'d> {
+    sections: gimli::DwarfSections<Cow<'d, [u8]>>,
+}
+
+impl<'d> GoDwarf<'d> {
+    /// Reads the DWARF of `obj`.
+    pub fn load<R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Result<Self, DwarfError> {
+        if obj.section_by_name(".debug_info").is_none() {
+            return Err(DwarfError::Missing);
+        }
+        Ok(Self { sections: gimli::DwarfSections::load(|id| section(obj, id))? })
     }
-    let sections = gimli::DwarfSections::load(|id| section(obj, id))?;
-    let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
-    let parse = |e: gimli::Error| DwarfError::Parse(e.to_string());
-    let name_of = |unit: &gimli::Unit<_>, e: &gimli::DebuggingInformationEntry<_>| -> Option<Vec<u8>> {
-        let v = e.attr_value(gimli::DW_AT_name).ok()??;
-        Some(dwarf.attr_string(unit, v).ok()?.slice().to_vec())
-    };
-    let mut units = dwarf.units();
-    while let Some(header) = units.next().map_err(parse)? {
-        let unit = dwarf.unit(header).map_err(parse)?;
-        let mut entries = unit.entries();
-        // Depth of the struct found, while its members are read.
-        let mut inside: Option<isize> = None;
-        let mut depth = 0isize;
-        while let Some((delta, e)) = entries.next_dfs().map_err(parse)? {
-            depth += delta;
-            if let Some(d) = inside {
-                if depth <= d {
-                    return Err(DwarfError::NoMember(type_name.into(), member.into()));
+
+    /// Byte offset of field `member` in the Go struct `type_name` (e.g.
+    /// `google.golang.org/grpc/internal/transport.http2Server`).
+    pub fn member_offset(&self, type_name: &str, member: &str) -> Result<u64, DwarfError> {
+        let dwarf = self.sections.borrow(|s| EndianSlice::new(s, LittleEndian));
+        let parse = |e: gimli::Error| DwarfError::Parse(e.to_string());
+        let name_of = |unit: &gimli::Unit<_>, e: &gimli::DebuggingInformationEntry<_>| -> Option<Vec<u8>> {
+            let v = e.attr_value(gimli::DW_AT_name).ok()??;
+            Some(dwarf.attr_string(unit, v).ok()?.slice().to_vec())
+        };
+        let mut units = dwarf.units();
+        while let Some(header) = units.next().map_err(parse)? {
+            let unit = dwarf.unit(header).map_err(parse)?;
+            let mut entries = unit.entries();
+            // Depth of the struct found, while its members are read.
+            let mut inside: Option<isize> = None;
+            let mut depth = 0isize;
+            while let Some((delta, e)) = entries.next_dfs().map_err(parse)? {
+                depth += delta;
+                if let Some(d) = inside {
+                    if depth <= d {
+                        break;
+                    }
+                    if depth == d + 1
+                        && e.tag() == gimli::DW_TAG_member
+                        && name_of(&unit, e).as_deref() == Some(member.as_bytes())
+                    {
+                        let at = e.attr(gimli::DW_AT_data_member_location).map_err(parse)?;
+                        return at
+                            .and_then(|a| a.udata_value())
+                            .ok_or_else(|| DwarfError::Parse(format!("{type_name}.{member}: no constant location")));
+                    }
+                    continue;
                 }
-                if depth == d + 1
-                    && e.tag() == gimli::DW_TAG_member
-                    && name_of(&unit, e).as_deref() == Some(member.as_bytes())
+                if e.tag() == gimli::DW_TAG_structure_type && name_of(&unit, e).as_deref() == Some(type_name.as_bytes())
                 {
-                    let at = e.attr(gimli::DW_AT_data_member_location).map_err(parse)?;
-                    return at
-                        .and_then(|a| a.udata_value())
-                        .ok_or_else(|| DwarfError::Parse(format!("{type_name}.{member}: no constant location")));
+                    inside = Some(depth);
                 }
-                continue;
             }
-            if e.tag() == gimli::DW_TAG_structure_type && name_of(&unit, e).as_deref() == Some(type_name.as_bytes()) {
-                inside = Some(depth);
+            if inside.is_some() {
+                return Err(DwarfError::NoMember(type_name.into(), member.into()));
             }
         }
-        if inside.is_some() {
-            return Err(DwarfError::NoMember(type_name.into(), member.into()));
-        }
+        Err(DwarfError::NoType(type_name.into()))
     }
-    Err(DwarfError::NoType(type_name.into()))
 }
 
 #[cfg(test)]
@@ -136,18 +145,16 @@ mod tests {
         let read = |name: &str| std::fs::read(dir.path().join(name)).expect("read");
         let full = read("full");
         let obj = object::File::parse(&*full).expect("ELF");
+        let dwarf = GoDwarf::load(&obj).expect("DWARF");
         // int64, an interface (two words), a channel, then `conn`.
-        assert_eq!(member_offset(&obj, "main.probed", "conn"), Ok(32));
-        assert_eq!(member_offset(&obj, "main.probed", "ctx"), Ok(8));
+        assert_eq!(dwarf.member_offset("main.probed", "conn"), Ok(32));
+        assert_eq!(dwarf.member_offset("main.probed", "ctx"), Ok(8));
         assert_eq!(
-            member_offset(&obj, "main.probed", "nope"),
+            dwarf.member_offset("main.probed", "nope"),
             Err(DwarfError::NoMember("main.probed".into(), "nope".into()))
         );
-        assert_eq!(member_offset(&obj, "main.absent", "conn"), Err(DwarfError::NoType("main.absent".into())));
+        assert_eq!(dwarf.member_offset("main.absent", "conn"), Err(DwarfError::NoType("main.absent".into())));
         let bare = read("nodwarf");
-        assert_eq!(
-            member_offset(&object::File::parse(&*bare).expect("ELF"), "main.probed", "conn"),
-            Err(DwarfError::Missing)
-        );
+        assert!(matches!(GoDwarf::load(&object::File::parse(&*bare).expect("ELF")), Err(DwarfError::Missing)));
     }
 }

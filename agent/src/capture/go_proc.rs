@@ -178,17 +178,38 @@ fn read_exe(path: &Path) -> ExeFacts {
     for p in go_tls::NESTING_PROBES {
         let Some(mut found) = go_tls::find_function(&obj, p.symbol) else { continue };
         if p.nesting == go_tls::Nesting::GrpcServer && found.is_ok() {
-            // The probe reads the transport's connection: only where the
-            // executable says where it is.
-            let (name, field) = go_tls::GRPC_TRANSPORT;
-            match go_dwarf::member_offset(&obj, name, field) {
-                Ok(off) => go.grpc_conn = u32::try_from(off).unwrap_or(NO_OFFSET),
-                Err(e) => found = Err(go_tls::GoTlsError::Layout(name, e)),
+            // The probe reads grpc-go's structs: only where the executable
+            // says where their fields are.
+            match grpc_server_conn(&obj) {
+                Ok(off) => go.grpc_conn = off,
+                Err(e) => found = Err(e),
             }
         }
         probes.push((p, found));
     }
     (Some(go), probes)
+}
+
+/// Where grpc-go's server transport keeps its connection
+/// (`http2Server.conn`), from the executable's DWARF, once the kernel
+/// program's reading of `Stream` holds there too (`id` first, `st` at 8:
+/// releases that split `Stream` are refused).
+fn grpc_server_conn<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Result<u32, go_tls::GoTlsError> {
+    let (transport, conn) = go_tls::GRPC_TRANSPORT;
+    let dwarf = go_dwarf::GoDwarf::load(obj).map_err(|e| go_tls::GoTlsError::Layout(transport, e))?;
+    let stream = go_tls::GRPC_STREAM;
+    for (field, at) in [("id", 0), ("st", 8)] {
+        match dwarf.member_offset(stream, field) {
+            Ok(o) if o == at => {}
+            Ok(o) => {
+                let why = go_dwarf::DwarfError::Parse(format!("{field} at {o}, not {at}"));
+                return Err(go_tls::GoTlsError::Layout(stream, why));
+            }
+            Err(e) => return Err(go_tls::GoTlsError::Layout(stream, e)),
+        }
+    }
+    let off = dwarf.member_offset(transport, conn).map_err(|e| go_tls::GoTlsError::Layout(transport, e))?;
+    Ok(u32::try_from(off).unwrap_or(NO_OFFSET))
 }
 
 /// [`g_offset_in`] on a parsed file.

@@ -81,6 +81,8 @@ pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 pub const GRPC_HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
 /// grpc-go's server transport, and its field holding the connection.
 pub const GRPC_TRANSPORT: (&str, &str) = ("google.golang.org/grpc/internal/transport.http2Server", "conn");
+/// grpc-go's stream (the kernel program reads its `id` and `st`).
+pub const GRPC_STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
 
 /// What a nesting probe follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
