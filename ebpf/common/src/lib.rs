@@ -132,7 +132,7 @@ pub struct DataHeader {
     pub goroutine: u64,
 }
 
-/// A Go HTTP/2 server (net/http's, or golang.org/x/net/http2) runs each
+/// A Go HTTP/2 server (net/http's, golang.org/x/net/http2, grpc-go) runs each
 /// stream's handler on a goroutine of its own, while one goroutine per
 /// connection reads every request: this names the goroutine that serves
 /// `stream` on socket (`tgid`, `fd`, `sock_id`), so the calls it makes nest

@@ -1,10 +1,9 @@
-//! Go's net/http, where its goroutines do not say which request a call
-//! belongs to (see `goroutine.rs`):
-//! - Client: a uprobe on `net/http.(*persistConn).roundTrip` remembers
-//!   which goroutine started the round trip on each HTTP/1 connection. The
-//!   `Transport` writes the request on its connection's write goroutine and
-//!   reads the response on its read goroutine; with this, a handler's
-//!   outgoing HTTP call nests under its request.
+//! Go's net/http and grpc-go, where goroutines do not say which request a
+//! call belongs to (see `goroutine.rs`):
+//! - HTTP/1 client: a uprobe on `net/http.(*persistConn).roundTrip`
+//!   remembers which goroutine started the round trip on each connection
+//!   (the `Transport` writes the request on its connection's write goroutine
+//!   and reads the response on its read goroutine).
 //! - HTTP/2 client: `(*http2ClientConn).RoundTrip` runs on the caller's
 //!   goroutine and starts a goroutine (`(*http2clientStream).doRequest`)
 //!   that writes the request and lives until its response is read. Uprobes
@@ -19,40 +18,41 @@
 //!   goroutine.
 //!
 //! Guarantees:
-//! - Only selected processes (the `TRACED` check), on the stack check's
-//!   emulated jump like the Go TLS probes (second pass only when the stack
-//!   grows).
-//! - The connection is `persistConn.conn` (a `net.Conn` interface after
-//!   `alt`, `t` and `cacheKey`: offset 80 since Go 1.12), a `*net.TCPConn`
-//!   or a `*tls.Conn` over one. An entry is written only when one reading
-//!   gives a known client socket of the process; its socket id is kept, so
-//!   a reused descriptor never inherits it. Another layout gives no entry:
-//!   the calls then count for their own goroutines.
-//! - Bounded: an LRU map of [`MAX_GO_CONNS`](kspan_common::MAX_GO_CONNS)
-//!   connections; each round trip overwrites its connection's entry. The
-//!   HTTP/2 client's two maps hold
-//!   [`MAX_GO_H2_REQUESTS`](kspan_common::MAX_GO_H2_REQUESTS) each. A
-//!   request whose `RoundTrip` was not seen (its caller entry evicted, or
-//!   the process not keyed by goroutine) gives its writer no caller: its
-//!   calls then count for the writer itself, which serves no request.
+//! - Only selected processes (the `TRACED` check), and for the HTTP/2
+//!   reports and aliases only those whose data calls carry goroutines
+//!   (`GO_PROCS`); probes sit on the stack check's emulated jump like the
+//!   Go TLS probes (second pass only when the stack grows).
+//! - A connection is a `net.Conn` whose data word is a `*net.TCPConn` or a
+//!   `*tls.Conn` over one, and counts only when that reading gives a known
+//!   socket of the process in the expected role (its socket id kept, so a
+//!   reused descriptor never inherits anything). Another layout gives no
+//!   entry or report: the calls then count for their own goroutines, and a
+//!   server's streams keep their reading goroutine (the process is then
+//!   seen as multiplexed), never a wrong request.
+//! - Where the connection is: `persistConn.conn` at 80 (since Go 1.12);
+//!   `serverConn.conn` after `srv` and `hs`, at 16 while `hs` is a
+//!   `*http.Server` (net/http's bundled copy, golang.org/x/net/http2) and
+//!   at 24 where it is an interface (the in-tree `net/http/internal/http2`:
+//!   one program per layout, the agent attaches the one of the function's
+//!   package); grpc-go's `http2Server.conn` at the offset the agent found
+//!   in the executable's DWARF (`GoProc::grpc_conn`; none: no report).
+//! - A stream is reported only when it reads back consistently: net/http's
+//!   `rw.rws.stream.sc` is the receiver (`stream` starts with `sc` then
+//!   `id` in every release); grpc-go's `stream.st` is the transport the
+//!   handler was given (both interface words; the agent checked in DWARF
+//!   that `Stream` starts with `id` and `st`). A lost record (ring buffer
+//!   full) is counted.
 //! - A writer acts for its caller only between `doRequest`'s start and a
 //!   `RET` of it; the agent attaches the entry probe only after every `RET`
 //!   probe, so a goroutine never keeps a caller after it ended.
-//! - grpc-go: the handler's `stream.st` must be the transport it was given
-//!   (both interface words), and `http2Server.conn` is read at the offset
-//!   the agent found in the executable's DWARF (`GoProc::grpc_conn`; none,
-//!   no report). The same socket check applies.
-//! - A stream is reported only when the layout reads back consistently:
-//!   `rw.rws.stream.sc` is the receiver (`stream` starts with `sc` then
-//!   `id` in every release), and `serverConn.conn` gives a known server
-//!   socket of the process. `conn` follows `srv` and `hs`: at 16 while `hs`
-//!   is a `*http.Server` (net/http's bundled copy, golang.org/x/net/http2),
-//!   at 24 where it is an interface (the in-tree `net/http/internal/http2`):
-//!   one program per layout, the agent attaches the one of the function's
-//!   package. Only for processes in `GO_PROCS`, whose data calls carry
-//!   goroutines. A lost record (ring buffer full) is counted; that stream
-//!   then keeps its reading goroutine and the process is seen as
-//!   multiplexed, never given a wrong parent.
+//! - Bounded: LRU maps of [`MAX_GO_CONNS`](kspan_common::MAX_GO_CONNS)
+//!   HTTP/1 client connections (each round trip overwrites its
+//!   connection's entry) and of
+//!   [`MAX_GO_H2_REQUESTS`](kspan_common::MAX_GO_H2_REQUESTS) HTTP/2
+//!   client requests and writing goroutines each. A request whose
+//!   `RoundTrip` was not seen (its entry evicted) gives its writer no
+//!   caller: its calls then count for the writer itself, which serves no
+//!   request.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
