@@ -36,10 +36,16 @@ pub enum DwarfError {
     NoMember(String, String),
 }
 
-/// A section's bytes, inflated if compressed (empty when absent).
+/// The sections a member lookup reads: the entries, their abbreviations
+/// and the strings their names may be in. Line tables, locations and
+/// ranges (most of Go's DWARF) are never inflated.
+const READ: [SectionId; 3] = [SectionId::DebugInfo, SectionId::DebugAbbrev, SectionId::DebugStr];
+
+/// A section's bytes, inflated if compressed (empty when absent, or not
+/// one of [`READ`]).
 fn section<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, id: SectionId) -> Result<Cow<'d, [u8]>, DwarfError> {
     let name = id.name();
-    let Some(s) = obj.section_by_name(name) else { return Ok(Cow::Borrowed(&[])) };
+    let Some(s) = obj.section_by_name(name).filter(|_| READ.contains(&id)) else { return Ok(Cow::Borrowed(&[])) };
     let fail = |e: String| DwarfError::Section(name, e);
     let c = s.compressed_data().map_err(|e| fail(e.to_string()))?;
     match c.format {
@@ -77,46 +83,82 @@ impl<'d> GoDwarf<'d> {
     /// Byte offset of field `member` in the Go struct `type_name` (e.g.
     /// `google.golang.org/grpc/internal/transport.http2Server`).
     pub fn member_offset(&self, type_name: &str, member: &str) -> Result<u64, DwarfError> {
+        let [found] = self.member_offsets([(type_name, member)])?;
+        found
+    }
+
+    /// [`member_offset`](Self::member_offset) of each (struct, field) pair,
+    /// in one pass over the entries. The outer error is DWARF that cannot be
+    /// read; each pair has its own answer.
+    pub fn member_offsets<const N: usize>(
+        &self,
+        wanted: [(&str, &str); N],
+    ) -> Result<[Result<u64, DwarfError>; N], DwarfError> {
         let dwarf = self.sections.borrow(|s| EndianSlice::new(s, LittleEndian));
         let parse = |e: gimli::Error| DwarfError::Parse(e.to_string());
-        let name_of = |unit: &gimli::Unit<_>, e: &gimli::DebuggingInformationEntry<_>| -> Option<Vec<u8>> {
-            let v = e.attr_value(gimli::DW_AT_name).ok()??;
-            Some(dwarf.attr_string(unit, v).ok()?.slice().to_vec())
+        // Go writes names inline; a `.debug_str` reference is read too.
+        let name_of = |e: &gimli::DebuggingInformationEntry<_>| -> Option<Vec<u8>> {
+            let name = match e.attr_value(gimli::DW_AT_name).ok()?? {
+                gimli::AttributeValue::String(s) => s,
+                gimli::AttributeValue::DebugStrRef(o) => dwarf.debug_str.get_str(o).ok()?,
+                _ => return None,
+            };
+            Some(name.slice().to_vec())
         };
+        // Per pair: its struct was seen; its answer once found.
+        let mut seen = [false; N];
+        let mut found: [Option<Result<u64, DwarfError>>; N] = std::array::from_fn(|_| None);
         let mut units = dwarf.units();
         while let Some(header) = units.next().map_err(parse)? {
-            let unit = dwarf.unit(header).map_err(parse)?;
-            let mut entries = unit.entries();
-            // Depth of the struct found, while its members are read.
-            let mut inside: Option<isize> = None;
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+            // The entries alone (a whole `Unit` would read line tables too).
+            let abbrevs = dwarf.abbreviations(&header).map_err(parse)?;
+            let mut entries = header.entries(&abbrevs);
+            // The struct whose members are being read, and its depth.
+            let mut inside: Option<(isize, Vec<u8>)> = None;
             let mut depth = 0isize;
             while let Some((delta, e)) = entries.next_dfs().map_err(parse)? {
                 depth += delta;
-                if let Some(d) = inside {
-                    if depth <= d {
-                        break;
+                if inside.as_ref().is_some_and(|(d, _)| depth <= *d) {
+                    inside = None;
+                }
+                if let Some((d, type_name)) = &inside {
+                    if depth != d + 1 || e.tag() != gimli::DW_TAG_member {
+                        continue;
                     }
-                    if depth == d + 1
-                        && e.tag() == gimli::DW_TAG_member
-                        && name_of(&unit, e).as_deref() == Some(member.as_bytes())
-                    {
-                        let at = e.attr(gimli::DW_AT_data_member_location).map_err(parse)?;
-                        return at
-                            .and_then(|a| a.udata_value())
-                            .ok_or_else(|| DwarfError::Parse(format!("{type_name}.{member}: no constant location")));
+                    let Some(member) = name_of(e) else { continue };
+                    for (i, (t, m)) in wanted.iter().enumerate() {
+                        if found[i].is_none() && t.as_bytes() == type_name.as_slice() && m.as_bytes() == member {
+                            let at = e.attr(gimli::DW_AT_data_member_location).map_err(parse)?;
+                            found[i] = Some(
+                                at.and_then(|a| a.udata_value())
+                                    .ok_or_else(|| DwarfError::Parse(format!("{t}.{m}: no constant location"))),
+                            );
+                        }
                     }
                     continue;
                 }
-                if e.tag() == gimli::DW_TAG_structure_type && name_of(&unit, e).as_deref() == Some(type_name.as_bytes())
+                if e.tag() == gimli::DW_TAG_structure_type
+                    && let Some(name) = name_of(e)
+                    && wanted.iter().any(|(t, _)| t.as_bytes() == name)
                 {
-                    inside = Some(depth);
+                    for (i, (t, _)) in wanted.iter().enumerate() {
+                        seen[i] |= t.as_bytes() == name;
+                    }
+                    inside = Some((depth, name));
                 }
             }
-            if inside.is_some() {
-                return Err(DwarfError::NoMember(type_name.into(), member.into()));
-            }
         }
-        Err(DwarfError::NoType(type_name.into()))
+        Ok(std::array::from_fn(|i| {
+            let (t, m) = wanted[i];
+            match found[i].take() {
+                Some(answer) => answer,
+                None if seen[i] => Err(DwarfError::NoMember(t.into(), m.into())),
+                None => Err(DwarfError::NoType(t.into())),
+            }
+        }))
     }
 }
 
@@ -154,6 +196,15 @@ mod tests {
             Err(DwarfError::NoMember("main.probed".into(), "nope".into()))
         );
         assert_eq!(dwarf.member_offset("main.absent", "conn"), Err(DwarfError::NoType("main.absent".into())));
+        // Several at once, each with its own answer.
+        assert_eq!(
+            dwarf.member_offsets([("main.probed", "done"), ("main.probed", "nope"), ("main.absent", "a")]),
+            Ok([
+                Ok(24),
+                Err(DwarfError::NoMember("main.probed".into(), "nope".into())),
+                Err(DwarfError::NoType("main.absent".into()))
+            ])
+        );
         let bare = read("nodwarf");
         assert!(matches!(GoDwarf::load(&object::File::parse(&*bare).expect("ELF")), Err(DwarfError::Missing)));
     }

@@ -173,7 +173,7 @@ fn read_exe(path: &Path) -> ExeFacts {
     let cache = object::ReadCache::new(file);
     let Ok(obj) = object::File::parse(&cache) else { return (None, Vec::new()) };
     let Some(g_offset) = g_offset(&obj) else { return (None, Vec::new()) };
-    let mut go = GoProc { g_offset, ..GoProc::default() };
+    let mut go = GoProc { g_offset, grpc_conn: NO_OFFSET, _pad: 0 };
     let mut probes = Vec::new();
     for p in go_tls::NESTING_PROBES {
         let Some(mut found) = go_tls::find_function(&obj, p.symbol) else { continue };
@@ -196,20 +196,18 @@ fn read_exe(path: &Path) -> ExeFacts {
 /// releases that split `Stream` are refused).
 fn grpc_server_conn<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Result<u32, go_tls::GoTlsError> {
     let (transport, conn) = go_tls::GRPC_TRANSPORT;
-    let dwarf = go_dwarf::GoDwarf::load(obj).map_err(|e| go_tls::GoTlsError::Layout(transport, e))?;
     let stream = go_tls::GRPC_STREAM;
-    for (field, at) in [("id", 0), ("st", 8)] {
-        match dwarf.member_offset(stream, field) {
-            Ok(o) if o == at => {}
-            Ok(o) => {
-                let why = go_dwarf::DwarfError::Parse(format!("{field} at {o}, not {at}"));
-                return Err(go_tls::GoTlsError::Layout(stream, why));
-            }
-            Err(e) => return Err(go_tls::GoTlsError::Layout(stream, e)),
+    let layout = |name| move |e| go_tls::GoTlsError::Layout(name, e);
+    let dwarf = go_dwarf::GoDwarf::load(obj).map_err(layout(transport))?;
+    let [id, st, conn] =
+        dwarf.member_offsets([(stream, "id"), (stream, "st"), (transport, conn)]).map_err(layout(transport))?;
+    for (field, found, at) in [("id", id, 0), ("st", st, 8)] {
+        match found.map_err(layout(stream))? {
+            o if o == at => {}
+            o => return Err(layout(stream)(go_dwarf::DwarfError::Parse(format!("{field} at {o}, not {at}")))),
         }
     }
-    let off = dwarf.member_offset(transport, conn).map_err(|e| go_tls::GoTlsError::Layout(transport, e))?;
-    Ok(u32::try_from(off).unwrap_or(NO_OFFSET))
+    Ok(u32::try_from(conn.map_err(layout(transport))?).unwrap_or(NO_OFFSET))
 }
 
 /// [`g_offset_in`] on a parsed file.

@@ -51,16 +51,14 @@ pub const NESTING_PROBES: [NestingProbe; 9] = [
         "net/http/internal/http2.(*serverConn).runHandler",
         "kspan_go_h2_handler_cfg",
     ),
-    // An HTTP/2 client request: `RoundTrip` on the caller's goroutine, and
-    // the goroutine that writes the request (until each of its `RET`s).
+    // An HTTP/2 client request (net/http's bundled client, then x/net's):
+    // `RoundTrip` on the caller's goroutine, and the goroutine that writes
+    // the request (until each of its `RET`s).
     NestingProbe::entry(Nesting::Http2Client, "net/http.(*http2ClientConn).RoundTrip", "kspan_go_h2_round_trip"),
     NestingProbe {
         rets: Some("kspan_go_h2_do_request_ret"),
         ..NestingProbe::entry(Nesting::Http2Client, "net/http.(*http2clientStream).doRequest", "kspan_go_h2_do_request")
     },
-    // grpc-go's server: each stream served on a goroutine of its own (the
-    // transport's layout comes from DWARF: `GRPC_TRANSPORT`).
-    NestingProbe::entry(Nesting::GrpcServer, GRPC_HANDLE_STREAM, "kspan_go_grpc_handler"),
     NestingProbe::entry(
         Nesting::Http2Client,
         "golang.org/x/net/http2.(*ClientConn).RoundTrip",
@@ -74,6 +72,9 @@ pub const NESTING_PROBES: [NestingProbe; 9] = [
             "kspan_go_h2_do_request",
         )
     },
+    // grpc-go's server: each stream served on a goroutine of its own (the
+    // transport's layout comes from DWARF: `GRPC_TRANSPORT`).
+    NestingProbe::entry(Nesting::GrpcServer, GRPC_HANDLE_STREAM, "kspan_go_grpc_handler"),
 ];
 /// net/http's client round trip.
 pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";

@@ -170,12 +170,6 @@ pub struct GoProc {
 /// An offset the agent could not read.
 pub const NO_OFFSET: u32 = u32::MAX;
 
-impl Default for GoProc {
-    fn default() -> Self {
-        Self { g_offset: -8, grpc_conn: NO_OFFSET, _pad: 0 }
-    }
-}
-
 /// Connection role as known by the kernel.
 pub const ROLE_UNKNOWN: u32 = 0;
 /// The fd came from accept/accept4.

@@ -69,6 +69,13 @@ use crate::{Res, wake_flags};
 /// Offset of the data word of `persistConn.conn`.
 const PCONN_CONN_DATA: u64 = 80 + 8;
 
+/// Reads a user word.
+#[inline(always)]
+fn word(at: u64) -> Result<u64, u32> {
+    // SAFETY: user memory read with the fault-safe helper.
+    unsafe { bpf_probe_read_user(at as *const u64) }.map_err(|_| 0u32)
+}
+
 /// A socket of `tgid` at `fd` in `role`: (fd, its socket id).
 #[inline(always)]
 fn socket(tgid: u32, fd: Option<i64>, role: u32) -> Option<(u32, u64)> {
@@ -90,9 +97,7 @@ fn round_trip(ctx: &ProbeContext) -> Res {
     // SAFETY: the probe's saved user registers: the receiver in RAX, the
     // goroutine in R14.
     let (pc, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
-    // SAFETY: user memory read with the fault-safe helper.
-    let data: u64 = unsafe { bpf_probe_read_user((pc + PCONN_CONN_DATA) as *const u64) }.map_err(|_| 0u32)?;
-    let (fd, sock_id) = net_conn_socket(tgid, data, ROLE_CLIENT).ok_or(0u32)?;
+    let (fd, sock_id) = net_conn_socket(tgid, word(pc + PCONN_CONN_DATA)?, ROLE_CLIENT).ok_or(0u32)?;
     let _ = GO_CONN_CALLER.insert(&sock_key(tgid, fd), &GoCaller { g, sock_id }, 0);
     Ok(0)
 }
@@ -122,7 +127,7 @@ fn h2_round_trip(ctx: &ProbeContext) -> Res {
     // SAFETY: the probe's saved user registers: the request in RBX, the
     // calling goroutine in R14.
     let (req, g) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).r14) };
-    let _ = GO_H2_REQUESTS.insert(&ProcPtr { tgid, _pad: 0, ptr: req }, &g, 0);
+    let _ = GO_H2_REQUESTS.insert(&ProcPtr::new(tgid, req), &g, 0);
     Ok(0)
 }
 
@@ -139,12 +144,12 @@ fn h2_do_request(ctx: &ProbeContext) -> Res {
     // SAFETY: the probe's saved user registers: the request in RBX, the
     // writing goroutine in R14.
     let (req, g) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).r14) };
-    let key = ProcPtr { tgid, _pad: 0, ptr: req };
+    let key = ProcPtr::new(tgid, req);
     // SAFETY: plain value copied out before removal.
     let caller = unsafe { GO_H2_REQUESTS.get(&key) }.copied().ok_or(0u32)?;
     let _ = GO_H2_REQUESTS.remove(&key);
     if caller != g {
-        let _ = GO_ACTS_FOR.insert(&ProcPtr { tgid, _pad: 0, ptr: g }, &caller, 0);
+        let _ = GO_ACTS_FOR.insert(&ProcPtr::new(tgid, g), &caller, 0);
     }
     Ok(0)
 }
@@ -165,15 +170,8 @@ pub fn kspan_go_h2_do_request_ret(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the probe's saved user registers: the goroutine in R14.
     let g = unsafe { (*ctx.regs).r14 };
-    let _ = GO_ACTS_FOR.remove(&ProcPtr { tgid, _pad: 0, ptr: g });
+    let _ = GO_ACTS_FOR.remove(&ProcPtr::new(tgid, g));
     0
-}
-
-/// Reads a user word.
-#[inline(always)]
-fn word(at: u64) -> Result<u64, u32> {
-    // SAFETY: user memory read with the fault-safe helper.
-    unsafe { bpf_probe_read_user(at as *const u64) }.map_err(|_| 0u32)
 }
 
 /// A stream handler starts: `CONN` is the offset of the data word of

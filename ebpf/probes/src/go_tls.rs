@@ -39,7 +39,7 @@ use aya_ebpf::{
 
 use kspan_common::{DATA_EGRESS, DATA_TLS, IGNORED_NO, IGNORED_TLS_USER, KernelConfig, counter, sock_key};
 
-use crate::maps::{GO_TLS_CALLS, GoCall, Inflight, SOCKS, TlsKey, count};
+use crate::maps::{GO_TLS_CALLS, GoCall, Inflight, ProcPtr, SOCKS, count};
 use crate::{Res, Src, config, emit_data, goroutine, is_traced};
 
 /// Offset of the interface's data word in `tls.Conn` (`conn net.Conn` is
@@ -136,7 +136,7 @@ fn enter(ctx: &ProbeContext, flags: u32) -> Res {
         }
         return Ok(0);
     }
-    if GO_TLS_CALLS.insert(&TlsKey { tgid, _pad: 0, ssl: g }, &call, 0).is_err() {
+    if GO_TLS_CALLS.insert(&ProcPtr::new(tgid, g), &call, 0).is_err() {
         count(counter::TLS_CALLS_FULL);
     }
     Ok(0)
@@ -148,7 +148,7 @@ fn ret(ctx: &ProbeContext) -> Res {
     // SAFETY: the probe's saved user registers: the goroutine in R14, the
     // byte count (first result) in RAX.
     let (g, n) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax as i64) };
-    let key = TlsKey { tgid, _pad: 0, ssl: g };
+    let key = ProcPtr::new(tgid, g);
     // SAFETY: plain-old-data value, copied out before removal.
     let call = unsafe { GO_TLS_CALLS.get(&key) }.copied().ok_or(0u32)?;
     let _ = GO_TLS_CALLS.remove(&key);

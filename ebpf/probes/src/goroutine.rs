@@ -62,7 +62,7 @@ fn caller(tgid: u32, fd: u32, sock_id: u64) -> Option<u64> {
 #[inline(always)]
 fn acting_for(tgid: u32, g: u64) -> u64 {
     // SAFETY: plain value copied out.
-    unsafe { GO_ACTS_FOR.get(&ProcPtr { tgid, _pad: 0, ptr: g }) }.copied().unwrap_or(g)
+    unsafe { GO_ACTS_FOR.get(&ProcPtr::new(tgid, g)) }.copied().unwrap_or(g)
 }
 
 #[inline(always)]

@@ -86,13 +86,13 @@ pub static TLS_ACTIVE: Array<u64> = Array::with_max_entries(ENTER_TIME_SLOTS, 0)
 /// The socket under each SSL object, learnt from the read/write syscalls a
 /// thread makes while inside an OpenSSL call on that object.
 #[map]
-pub static TLS_SOCKS: LruHashMap<TlsKey, TlsSock> = LruHashMap::with_max_entries(MAX_TLS_OBJECTS, 0);
+pub static TLS_SOCKS: LruHashMap<ProcPtr, TlsSock> = LruHashMap::with_max_entries(MAX_TLS_OBJECTS, 0);
 
 /// Go `crypto/tls` reads in flight, by (tgid, goroutine), between the
 /// function's entry and one of its `RET`s (LRU: a call whose return was
 /// missed is evicted in time).
 #[map]
-pub static GO_TLS_CALLS: LruHashMap<TlsKey, GoCall> = LruHashMap::with_max_entries(MAX_TLS_CALLS, 0);
+pub static GO_TLS_CALLS: LruHashMap<ProcPtr, GoCall> = LruHashMap::with_max_entries(MAX_TLS_CALLS, 0);
 
 /// Per-CPU scratch space where a data event is assembled before output.
 #[map]
@@ -219,8 +219,9 @@ pub struct TlsSlot {
     pub call: TlsCall,
 }
 
-/// A pointer of one process (a Go request or goroutine): pointers are only
-/// unique within a process.
+/// A pointer of one process (an SSL object, a goroutine, a Go request):
+/// pointers are only unique within a process. Key of [`TLS_SOCKS`],
+/// [`GO_TLS_CALLS`], [`GO_H2_REQUESTS`] and [`GO_ACTS_FOR`].
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ProcPtr {
@@ -229,13 +230,11 @@ pub struct ProcPtr {
     pub ptr: u64,
 }
 
-/// Key of [`TLS_SOCKS`]: SSL pointers are only unique within a process.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct TlsKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    pub ssl: u64,
+impl ProcPtr {
+    #[inline(always)]
+    pub fn new(tgid: u32, ptr: u64) -> Self {
+        Self { tgid, _pad: 0, ptr }
+    }
 }
 
 /// The socket an SSL object reads and writes.

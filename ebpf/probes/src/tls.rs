@@ -28,7 +28,8 @@ use core::intrinsics::AtomicOrdering;
 use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, SockState, counter, sock_key};
 
 use crate::maps::{
-    Inflight, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SLOTS, TLS_SOCKS, TlsCall, TlsKey, TlsSlot, TlsSock, count, thread_slot,
+    Inflight, ProcPtr, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SLOTS, TLS_SOCKS, TlsCall, TlsSlot, TlsSock, count,
+    thread_slot,
 };
 use crate::{Res, Src, config, emit_data, emit_proc, is_traced};
 
@@ -57,7 +58,7 @@ pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
     let Some(call) = current_call(id) else {
         return false;
     };
-    let key = TlsKey { tgid: (id >> 32) as u32, _pad: 0, ssl: call.ssl };
+    let key = ProcPtr::new((id >> 32) as u32, call.ssl);
     let sock = TlsSock { fd, ignored: st.ignored, sock_id: st.sock_id };
     // An update of the LRU map costs several times a lookup, and an SSL
     // object keeps its socket: write only what changed.
@@ -216,7 +217,7 @@ fn exit(ctx: &RetProbeContext) -> Res {
     }
     let cfg = config().ok_or(0u32)?;
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    let key = TlsKey { tgid, _pad: 0, ssl: call.ssl };
+    let key = ProcPtr::new(tgid, call.ssl);
     // SAFETY: plain-old-data value, copied out at once.
     let Some(sock) = (unsafe { TLS_SOCKS.get(&key) }).copied() else {
         count(counter::TLS_NO_FD);
@@ -285,7 +286,7 @@ fn set_fd(ctx: &ProbeContext) -> Res {
     }
     let ssl: u64 = ctx.arg(0).ok_or(0u32)?;
     let fd: i32 = ctx.arg(1).ok_or(0u32)?;
-    let key = TlsKey { tgid, _pad: 0, ssl };
+    let key = ProcPtr::new(tgid, ssl);
     // SAFETY: plain-old-data value, copied out at once.
     match (fd >= 0).then(|| unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.copied()).flatten() {
         Some(st) => {
