@@ -580,3 +580,63 @@ fn grpc_unary_calls_client_and_server_spans() {
     assert_eq!(codes(&servers), ["unset"; 4], "{servers:#?}");
     assert!(k.stop());
 }
+
+/// A gRPC channel opened before kspan started (an agent restarted under
+/// long-lived connections): its HTTP/2 connection is taken up mid-stream
+/// at its next call, on both ends. HPACK fields the peers indexed before
+/// the join are unknown, never guessed: the `Say` calls, whose `:path` was
+/// indexed by the warm-up calls, are spans named by their method alone,
+/// without a path; `Fail`, called for the first time after the join, has
+/// its path. Every call after the join has its span, and each server span
+/// is linked to its client span.
+#[test]
+fn grpc_connection_opened_before_kspan_is_followed_from_its_next_call() {
+    let srv = grpc_server();
+    let mut client = Interactive::start("grpc_app.py", &["joined", &srv.port.to_string(), "3"], &[]);
+    assert_eq!(client.line().trim(), "warm");
+    let cpid = client.child.id();
+    let k = Kspan::start(&["--pid", &srv.pid().to_string(), "--pid", &cpid.to_string()]);
+    client.go_on();
+    let mut out = String::new();
+    loop {
+        let line = client.line();
+        if line.is_empty() {
+            break;
+        }
+        out.push_str(&line);
+    }
+    assert!(client.wait(), "{out}");
+    assert!(out.contains("Fail NOT_FOUND 'no such thing'"), "{out}");
+    let measured: Vec<u64> = out
+        .lines()
+        .filter(|l| l.starts_with("Say "))
+        .map(|l| l.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("duration"))
+        .collect();
+    let servers = in_start_order(k.wait_spans(4, WAIT, server_spans_of(srv.pid())));
+    let clients =
+        in_start_order(k.wait_spans(4, WAIT, |s| {
+            kind(s) == "client" && s["resource"]["process.pid"].as_i64() == Some(cpid as i64)
+        }));
+    assert_eq!((servers.len(), clients.len()), (4, 4), "one span per call after the join: {servers:#?} {clients:#?}");
+    for (side, spans) in [("server", &servers), ("client", &clients)] {
+        for (i, s) in spans.iter().enumerate() {
+            assert_eq!(attr_str(s, "http.request.method"), Some("POST"), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "http.response.status_code"), Some(200), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "network.protocol.version"), Some("2"), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "server.port"), Some(srv.port as i64), "{side}: {s:#}");
+            let (name, path) =
+                if i < 3 { ("POST", None) } else { ("POST /kspan.test.Echo/Fail", Some("/kspan.test.Echo/Fail")) };
+            assert_eq!(s["name"].as_str(), Some(name), "{side}: {s:#}");
+            assert_eq!(attr_str(s, "url.path"), path, "{side}: {s:#}");
+        }
+        for (s, m) in spans.iter().zip(&measured) {
+            assert!(duration_ns(s) <= *m, "{side}: {} ns, the client measured {m} ns: {s:#}", duration_ns(s));
+        }
+    }
+    for (s, c) in servers.iter().zip(&clients) {
+        assert_eq!(s["parent_span_id"], c["span_id"], "{s:#}\n{c:#}");
+    }
+    // Both ends: the client's and the server's socket.
+    k.wait_metric("kspan_connections_total{reason=\"http2_joined\"} 2");
+    assert!(k.stop());
+}

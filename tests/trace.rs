@@ -228,18 +228,9 @@ fn go_service_built_with_cgo_and_c_thread_locals_nests_too() {
 }
 
 /// kspan's metrics once they count `n` Go HTTP/2 streams keyed by their
-/// handler's goroutine (counters are published once a second); fails if
-/// they do not within 10 s.
+/// handler's goroutine; fails if they do not within 10 s.
 fn streams_keyed_by_goroutine(k: &Kspan, n: usize) -> String {
-    let want = format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {n}");
-    let t = std::time::Instant::now();
-    let mut m = k.metrics();
-    while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(200));
-        m = k.metrics();
-    }
-    assert!(m.lines().any(|l| l == want), "each HTTP/2 stream keyed by its handler's goroutine:\n{m}");
-    m
+    k.wait_metric(&format!("kspan_go_http2_streams_total{{reason=\"handler_goroutine\"}} {n}"))
 }
 
 /// A Redis server holding `kspan:N` = `vN` for each request number N.

@@ -9,6 +9,9 @@ Service `kspan.test.Echo`: `Say` answers with the request bytes (status OK),
                           sequence; prints one line per call and exits 0 if
                           every outcome was the expected one (TAG is ignored;
                           it lets tests select the process by command line)
+  joined PORT N [TAG]     like client, on a channel that first calls Say
+                          three times, prints "warm" and waits for a line on
+                          stdin (a connection open before kspan starts)
 """
 import sys
 import time
@@ -49,10 +52,15 @@ def call(channel, method):
     return channel.unary_unary("/%s/%s" % (SERVICE, method), request_serializer=identity, response_deserializer=identity)
 
 
-def client(port, n):
+def client(port, n, warm=False):
     ok = True
     with grpc.insecure_channel("127.0.0.1:%d" % port) as channel:
         say_rpc, fail_rpc = call(channel, "Say"), call(channel, "Fail")
+        if warm:
+            for _ in range(3):
+                ok = ok and say_rpc(b"warm", timeout=10) == b"warm"
+            print("warm", flush=True)
+            sys.stdin.readline()
         for i in range(n):
             msg = b"hello %d" % i
             t0 = time.time_ns()
@@ -73,7 +81,7 @@ if __name__ == "__main__":
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "server":
         serve(port)
-    elif mode == "client":
-        sys.exit(0 if client(port, int(sys.argv[3])) else 1)
+    elif mode in ("client", "joined"):
+        sys.exit(0 if client(port, int(sys.argv[3]), warm=mode == "joined") else 1)
     else:
         raise SystemExit("unknown mode " + mode)

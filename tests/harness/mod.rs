@@ -172,6 +172,19 @@ impl Kspan {
         http_get(self.metrics_port, "/metrics")
     }
 
+    /// The metrics once they hold the line `want` (counters are published
+    /// once a second); fails if they do not within 10 s.
+    pub fn wait_metric(&self, want: &str) -> String {
+        let t = std::time::Instant::now();
+        let mut m = self.metrics();
+        while !m.lines().any(|l| l == want) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            m = self.metrics();
+        }
+        assert!(m.lines().any(|l| l == want), "no `{want}` in the metrics:\n{m}");
+        m
+    }
+
     /// Sends SIGUSR1 (pause or resume capture) and waits until the metrics
     /// report `paused` (published once a second; detaching takes seconds).
     pub fn toggle_pause(&self, paused: bool) {

@@ -3,7 +3,10 @@
 //! describes every exchange. Must never panic, and feeding the captured
 //! bytes one at a time must give the same exchanges. The records are also
 //! header blocks for kspan's HPACK decoder, which must agree with
-//! loona-hpack's wherever that one decodes a block.
+//! loona-hpack's wherever that one decodes a block; and for a decoder
+//! joined after some of them (a connection kspan did not see open), which
+//! must give every field the full decoder gives, or an unknown one, never
+//! another. A parser joined mid-stream gets the records too (no preface).
 //!
 //! Input: repeated `[ctl: u8][len: u8][bytes; len]`. `ctl` bit 0: the
 //! client's (0) or the server's (1) bytes; bit 1: `(ctl >> 2) * 113` more
@@ -26,7 +29,15 @@ fn records(mut input: &[u8]) -> Vec<(bool, &[u8], usize)> {
 }
 
 fn run(role: Role, records: &[(bool, &[u8], usize)], bytewise: bool) -> (Vec<Exchange>, ParseStats) {
-    let mut p = Http2Parser::new(role);
+    run_with(Http2Parser::new(role), role, records, bytewise)
+}
+
+fn run_with(
+    mut p: Http2Parser,
+    role: Role,
+    records: &[(bool, &[u8], usize)],
+    bytewise: bool,
+) -> (Vec<Exchange>, ParseStats) {
     let (mut out, mut stats) = (Vec::new(), ParseStats::default());
     for (i, &(from_client, bytes, missing)) in records.iter().enumerate() {
         let dir = if from_client == (role == Role::Client) { Direction::Egress } else { Direction::Ingress };
@@ -56,12 +67,44 @@ fn hpack_agrees(records: &[(bool, &[u8], usize)]) {
     }
 }
 
+/// The records as header blocks for a full decoder and for one joined
+/// after the first `join` of them: where the full one decodes a block, the
+/// joined one does too, each field the same or unknown (empty name; its
+/// value, if any, the same).
+fn joined_is_never_wrong(records: &[(bool, &[u8], usize)], join: usize) {
+    let mut full = hpack::Decoder::default();
+    let mut joined = hpack::Decoder::joined();
+    for (i, &(_, block, _)) in records[1..].iter().enumerate() {
+        let mut want = Vec::new();
+        let ok = full.decode(block, |n, v| want.push((n.to_vec(), v.to_vec())));
+        if i >= join {
+            let mut got = Vec::new();
+            let joined_ok = joined.decode(block, |n, v| got.push((n.to_vec(), v.to_vec())));
+            if ok.is_err() {
+                return;
+            }
+            assert_eq!(joined_ok, Ok(()), "{block:02x?}");
+            assert_eq!(got.len(), want.len());
+            for ((n, v), (wn, wv)) in got.iter().zip(&want) {
+                if n.as_slice() == hpack::UNKNOWN {
+                    assert!(v.is_empty() || v == wv, "{v:?} for {wn:?}: {wv:?}");
+                } else {
+                    assert_eq!((n, v), (wn, wv));
+                }
+            }
+        } else if ok.is_err() {
+            return;
+        }
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let conn =
         ConnMeta { local: "127.0.0.1:443".parse().ok(), peer: "127.0.0.1:5000".parse().ok(), tls: true, unix: None };
     let privacy = Privacy { capture_headers: vec!["cookie".into()], ..Privacy::default() };
     let records = records(input);
     hpack_agrees(&records);
+    joined_is_never_wrong(&records, usize::from(input.first().copied().unwrap_or(0) % 8));
     for role in [Role::Client, Role::Server] {
         let (out, stats) = run(role, &records, false);
         assert_eq!(stats.exchanges as usize, out.len());
@@ -71,6 +114,11 @@ fuzz_target!(|input: &[u8]| {
             assert!(
                 d.attributes.iter().all(|(k, v)| k != "http.request.header.cookie" || v.as_str() == Some("REDACTED"))
             );
+        }
+        let (joined, stats) = run_with(Http2Parser::joined(role), role, &records[1..], false);
+        assert_eq!(stats.exchanges as usize, joined.len());
+        for e in &joined {
+            e.record.describe(role, &conn, &privacy);
         }
         let (bytewise, _) = run(role, &records, true);
         let key = |e: &Exchange| (e.start_ns, e.end_ns, format!("{:?}", e.record));

@@ -36,6 +36,7 @@ mod unix;
 pub use unix::{MAX_UNIX_NAMES, dropped as unix_names_dropped};
 
 use crate::protocol::detect::{Detector, Verdict};
+use crate::protocol::http2::Http2Parser;
 use crate::protocol::{Chunk, ConnMeta, Direction, End, Exchange, ParseStats, Protocol, Role, StreamParser, UnixConn};
 
 /// Limits of the connection table.
@@ -61,6 +62,8 @@ pub struct ConnStats {
     /// not counted as opaque); they switch to plaintext when the process's
     /// TLS library is probed.
     pub tls_handshake: u64,
+    /// HTTP/2 connections taken up mid-stream (opened before kspan started).
+    pub http2_joined: u64,
     /// Socket-level (ciphertext) data events ignored on TLS connections.
     pub tls_ciphertext_ignored: u64,
     /// TLS connections muted after [`TLS_EVENTS_BEFORE_MUTE`] ciphertext
@@ -244,7 +247,7 @@ fn looks_like_tls(data: &[u8]) -> bool {
 pub fn new_parser(p: Protocol, role: Role) -> Box<dyn StreamParser> {
     match p {
         Protocol::Http => Box::new(crate::protocol::http::HttpParser::new(role)),
-        Protocol::Http2 => Box::new(crate::protocol::http2::Http2Parser::new(role)),
+        Protocol::Http2 => Box::new(Http2Parser::new(role)),
         Protocol::Postgres => Box::new(crate::protocol::postgres::PgParser::new(role)),
         Protocol::Redis => Box::new(crate::protocol::redis::RedisParser::new(role)),
     }
@@ -374,34 +377,40 @@ impl ConnTable {
                 return;
             }
             State::Parsing(p, parser) => parser.feed(&chunk, scratch, &mut self.parse[proto_index(*p)]),
-            State::Detecting(det) => match det.offer(&chunk, conn.role) {
-                Verdict::Undecided => return,
-                Verdict::Opaque => {
-                    if looks_like_tls(chunk.data) || det.pending().any(|c| looks_like_tls(&c.data)) {
-                        self.stats.tls_handshake += 1;
-                        conn.state = State::Tls(0);
-                    } else {
-                        self.stats.opaque += 1;
-                        queue_mute(&mut self.mutes, &mut self.stats, mute);
-                        conn.state = State::Opaque;
+            State::Detecting(det) => {
+                let (proto, detected, joined) = match det.offer(&chunk, conn.role) {
+                    Verdict::Undecided => return,
+                    Verdict::Opaque => {
+                        if looks_like_tls(chunk.data) || det.pending().any(|c| looks_like_tls(&c.data)) {
+                            self.stats.tls_handshake += 1;
+                            conn.state = State::Tls(0);
+                        } else {
+                            self.stats.opaque += 1;
+                            queue_mute(&mut self.mutes, &mut self.stats, mute);
+                            conn.state = State::Opaque;
+                        }
+                        return;
                     }
-                    return;
+                    Verdict::Detected(proto, role) => (proto, role, false),
+                    Verdict::Joined(role) => (Protocol::Http2, role, true),
+                };
+                if conn.role.is_none() {
+                    count_server(&mut self.serving, key.0, Some(detected), true);
                 }
-                Verdict::Detected(proto, role) => {
-                    if conn.role.is_none() {
-                        count_server(&mut self.serving, key.0, Some(role), true);
-                    }
-                    let role = conn.role.unwrap_or(role);
-                    conn.role = Some(role);
-                    let mut parser = new_parser(proto, role);
-                    let stats = &mut self.parse[proto_index(proto)];
-                    for c in det.pending() {
-                        parser.feed(&c.as_chunk(), scratch, stats);
-                    }
-                    parser.feed(&chunk, scratch, stats);
-                    conn.state = State::Parsing(proto, parser);
+                let role = *conn.role.get_or_insert(detected);
+                let mut parser = if joined {
+                    self.stats.http2_joined += 1;
+                    Box::new(Http2Parser::joined(role))
+                } else {
+                    new_parser(proto, role)
+                };
+                let stats = &mut self.parse[proto_index(proto)];
+                for c in det.pending() {
+                    parser.feed(&c.as_chunk(), scratch, stats);
                 }
-            },
+                parser.feed(&chunk, scratch, stats);
+                conn.state = State::Parsing(proto, parser);
+            }
         }
         let meta = conn.meta;
         if scratch.is_empty() {

@@ -400,3 +400,51 @@ fn go_stream_handlers_key_their_stream() {
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].exchange.tid, thread_key(0, g), "served by the handler's goroutine");
 }
+
+/// An HTTP/2 connection opened before kspan started: no preface, and its
+/// first frames (pings) do not tell the role; it stays undecided, not muted,
+/// until a HEADERS frame does, and the request held before that pairs.
+#[test]
+fn http2_opened_before_kspan_is_taken_up_mid_stream() {
+    use crate::protocol::http2::encode_frame as frame;
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    let mut unseen = open(1, 3, 9);
+    unseen.role = kspan_common::ROLE_UNKNOWN;
+    t.on_open(&unseen, &mut out);
+    let ping = frame(6, 0, 0, &[7; 8]);
+    let pong = frame(6, 1, 0, &[7; 8]);
+    let mut ts = 10;
+    for _ in 0..20 {
+        t.on_data(&data(1, 3, 9, ts, &ping), &ping, &mut out);
+        t.on_data(&egress(data(1, 3, 9, ts + 1, &pong)), &pong, &mut out);
+        ts += 2;
+    }
+    assert!(t.mutes.is_empty() && t.stats.opaque == 0, "HTTP/2 frames: not opaque");
+    // The request starts from the dynamic table (its :path first): it does
+    // not tell the role, the response (`:status 200`, static) does.
+    let mut request = vec![0x80 | 62];
+    request.extend([0x83, 0x86]); // POST, http
+    let request = frame(1, 0x4 | 0x1, 5, &request);
+    t.on_data(&data(1, 3, 9, ts, &request), &request, &mut out);
+    assert!(out.is_empty() && t.stats.http2_joined == 0);
+    let mut response = frame(1, 0x4, 5, &[0x88]);
+    response.extend(frame(0, 0x1, 5, b"ok"));
+    t.on_data(&egress(data(1, 3, 9, ts + 5, &response)), &response, &mut out);
+    assert_eq!(t.stats.http2_joined, 1);
+    assert_eq!(out.len(), 1, "{:?}", t.parse_stats(Protocol::Http2));
+    assert_eq!((out[0].exchange.role, out[0].exchange.start_ns, out[0].exchange.end_ns), (Role::Server, ts, ts + 5));
+    assert_eq!(t.conns[&(1, 3)].role, Some(Role::Server));
+}
+
+/// Binary bytes that are no HTTP/2 frames are opaque as before.
+#[test]
+fn bytes_that_are_not_http2_frames_are_still_opaque() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let junk = [0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08];
+    t.on_data(&data(1, 3, 9, 10, &junk), &junk, &mut out);
+    t.on_data(&egress(data(1, 3, 9, 11, &junk)), &junk, &mut out);
+    assert_eq!((t.stats.opaque, t.stats.http2_joined), (1, 0));
+}

@@ -5,6 +5,16 @@
 //! [`MAX_PENDING_CHUNKS`], [`MAX_PENDING_BYTES`]) and replayed into the parser
 //! once decided; when both directions rule every protocol out, or the bounds
 //! are hit, the connection is opaque.
+//!
+//! Except HTTP/2 taken up mid-stream ([`Verdict::Joined`], a connection
+//! opened before kspan started): any read or write may show it
+//! ([`http2::detect_joined`](super::http2::detect_joined)), and its parser
+//! is given the held chunks too (a request whose HEADERS did not tell the
+//! role still pairs with the response that did). While chunks keep looking
+//! like HTTP/2 frames that do not tell the role yet, the connection stays
+//! undecided, at most [`MAX_JOIN_WAIT`] chunks; when the held chunks would
+//! overflow their bounds they are dropped and a new run is held, so the
+//! held chunks always run without a gap up to the deciding one.
 
 use super::{Chunk, Detection, Direction, Protocol, Role};
 
@@ -14,6 +24,9 @@ pub const SNIFF_BYTES: usize = 64;
 pub const MAX_PENDING_CHUNKS: usize = 8;
 /// Payload bytes held while undecided.
 pub const MAX_PENDING_BYTES: usize = 32 * 1024;
+/// Chunks a connection that looks like HTTP/2 frames mid-stream may wait
+/// for one that tells its role (a request or response HEADERS frame).
+pub const MAX_JOIN_WAIT: u32 = 256;
 
 /// A chunk held while detection is undecided.
 pub struct PendingChunk {
@@ -36,6 +49,10 @@ pub enum Verdict {
     Undecided,
     Opaque,
     Detected(Protocol, Role),
+    /// HTTP/2 taken up mid-stream at this chunk: its parser is given the
+    /// held chunks (a gapless run before this one), then this one, and
+    /// follows each direction from its first chunk at a frame boundary.
+    Joined(Role),
 }
 
 /// Per-connection detection state.
@@ -45,6 +62,8 @@ pub struct Detector {
     ruled_out: [bool; 2],
     pending: Vec<PendingChunk>,
     pending_bytes: usize,
+    /// Chunks seen that were HTTP/2 frames from their first byte.
+    h2_frames: u32,
 }
 
 fn detect_one(p: Protocol, dir: Direction, data: &[u8]) -> Detection {
@@ -81,15 +100,31 @@ impl Detector {
             let complete = buf.len() >= SNIFF_BYTES || chunk.missing() > 0;
             match sniff(chunk.dir, buf) {
                 Verdict::Detected(p, r) => return Verdict::Detected(p, r),
-                Verdict::Opaque => self.ruled_out[d] = true,
+                // (`sniff` never gives `Joined`.)
+                Verdict::Opaque | Verdict::Joined(_) => self.ruled_out[d] = true,
                 Verdict::Undecided if complete => self.ruled_out[d] = true,
                 Verdict::Undecided => {}
             }
         }
-        if self.ruled_out[0] && self.ruled_out[1] {
-            return Verdict::Opaque;
+        match super::http2::detect_joined(chunk.dir, chunk.data, chunk.len) {
+            Detection::Yes(role) => return Verdict::Joined(role),
+            Detection::NeedMore => self.h2_frames += 1,
+            Detection::No => {}
         }
-        if self.pending.len() >= MAX_PENDING_CHUNKS || self.pending_bytes + chunk.data.len() > MAX_PENDING_BYTES {
+        let full =
+            self.pending.len() >= MAX_PENDING_CHUNKS || self.pending_bytes + chunk.data.len() > MAX_PENDING_BYTES;
+        if self.ruled_out[0] && self.ruled_out[1] {
+            // Only HTTP/2 mid-stream is left.
+            if self.h2_frames == 0 || self.h2_frames >= MAX_JOIN_WAIT {
+                return Verdict::Opaque;
+            }
+            // The held chunks must run without a gap up to the one that
+            // decides: when they would overflow, a new run starts here.
+            if full {
+                self.pending.clear();
+                self.pending_bytes = 0;
+            }
+        } else if full {
             return Verdict::Opaque;
         }
         self.pending_bytes += chunk.data.len();

@@ -207,6 +207,9 @@ pub struct ParseStats {
     pub unmatched_responses: u64,
     /// Requests dropped: in-flight queue full, or connection closed before a response.
     pub dropped_requests: u64,
+    /// Header fields of an HTTP/2 connection taken up mid-stream that the
+    /// peer had indexed before kspan joined (not decodable, left out).
+    pub unknown_fields: u64,
 }
 
 impl ParseStats {
@@ -217,6 +220,7 @@ impl ParseStats {
         self.resyncs += o.resyncs;
         self.unmatched_responses += o.unmatched_responses;
         self.dropped_requests += o.dropped_requests;
+        self.unknown_fields += o.unknown_fields;
     }
 }
 

@@ -268,6 +268,7 @@ impl PipelineMetrics {
             ("fd_reused", c.fd_reused, l.fd_reused),
             ("tls", c.tls, l.tls),
             ("tls_handshake", c.tls_handshake, l.tls_handshake),
+            ("http2_joined", c.http2_joined, l.http2_joined),
             ("tls_ciphertext_ignored", c.tls_ciphertext_ignored, l.tls_ciphertext_ignored),
             ("muted", c.muted, l.muted),
             ("tls_unprobed", c.tls_unprobed, l.tls_unprobed),
@@ -285,6 +286,7 @@ impl PipelineMetrics {
                 ("resyncs", a.resyncs, b.resyncs),
                 ("unmatched_responses", a.unmatched_responses, b.unmatched_responses),
                 ("dropped_requests", a.dropped_requests, b.dropped_requests),
+                ("unknown_fields", a.unknown_fields, b.unknown_fields),
             ] {
                 let key = ProtoKind { protocol: p.as_str().to_owned(), kind: kind.to_owned() };
                 delta(&self.parse.get_or_create(&key), x, y);

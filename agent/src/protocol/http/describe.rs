@@ -31,7 +31,12 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     if let Some(orig) = r.method_original() {
         a.push_unique("http.request.method_original", orig);
     }
-    a.push_unique("url.path", r.path());
+    // No path: an HTTP/2 request whose `:path` the peer indexed before
+    // kspan joined its connection (so no route and no URL either).
+    let known_path = !r.path().is_empty();
+    if known_path {
+        a.push_unique("url.path", r.path());
+    }
     if privacy.capture_url_query
         && let Some(q) = r.query()
     {
@@ -40,7 +45,10 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
     a.push_unique("url.scheme", if conn.tls { "https" } else { "http" });
     a.push_unique("network.protocol.name", "http");
     a.push_unique("network.protocol.version", r.version.as_str());
-    a.push_unique("http.response.status_code", i64::from(r.status));
+    // 0: an HTTP/2 `:status` indexed before kspan joined the connection.
+    if r.status != 0 {
+        a.push_unique("http.response.status_code", i64::from(r.status));
+    }
 
     let host = r.header("host").map(split_host);
     // The server's own address: ours when serving, the peer's when calling.
@@ -78,10 +86,12 @@ pub fn describe(r: &HttpExchange, role: Role, conn: &ConnMeta, privacy: &Privacy
         a.push_unique("network.local.port", i64::from(local.port()));
     }
     crate::protocol::push_unix(&mut a, role, conn, host.is_none());
-    if role == Role::Client {
+    if role == Role::Client && known_path {
         a.push_unique("url.full", url_full(r, host.as_ref().map(|(h, p)| (*h, *p)), conn, privacy));
     }
-    a.push_unique("http.route", route.clone());
+    if known_path {
+        a.push_unique("http.route", route.clone());
+    }
     if let Some(ua) = r.header("user-agent") {
         a.push_unique("user_agent.original", ua);
     }
@@ -158,11 +168,14 @@ fn grpc_is_error(role: Role, code: u32) -> bool {
 }
 
 /// `METHOD route`, without the formatting machinery (once per span).
+/// `METHOD` alone when the route is unknown.
 fn span_name(method: &str, route: &str) -> Text {
     let mut name = Text::with_capacity(method.len() + 1 + route.len());
     name.push_str(method);
-    name.push(' ');
-    name.push_str(route);
+    if !route.is_empty() {
+        name.push(' ');
+        name.push_str(route);
+    }
     name
 }
 

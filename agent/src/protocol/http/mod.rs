@@ -200,7 +200,9 @@ impl HttpExchange {
                     ex.query = query.map(|q| ex.push_text(q));
                 }
                 b":authority" => authority = Some(value),
-                _ if name.starts_with(b":") => {}
+                // Pseudo-headers not used, and fields unknown on a connection
+                // joined mid-stream (`hpack::UNKNOWN`, an empty name).
+                _ if name.starts_with(b":") || name.is_empty() => {}
                 _ => {
                     has_host |= name == b"host";
                     ex.push_header(&String::from_utf8_lossy(name), value, None);

@@ -7,9 +7,13 @@ use super::{MAX_BLOCK, PREFACE};
 
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
+const PRIORITY_FRAME: u8 = 2;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PUSH_PROMISE: u8 = 5;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
 const CONTINUATION: u8 = 9;
 
 const END_STREAM: u8 = 0x1;
@@ -29,6 +33,68 @@ pub fn encode(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&stream.to_be_bytes());
     v.extend_from_slice(payload);
     v
+}
+
+/// Whether a frame header could start a frame a real HTTP/2 peer sends:
+/// a known type, only the flags that type defines, the stream id that type
+/// needs (none for connection frames, one for stream frames), the reserved
+/// bit clear, and a length the type allows.
+fn plausible_head(h: &[u8; 9]) -> bool {
+    let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+    let (ty, flags) = (h[3], h[4]);
+    if h[5] & 0x80 != 0 {
+        return false;
+    }
+    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+    let (allowed, on_stream, len_ok) = match ty {
+        DATA => (END_STREAM | PADDED, true, true),
+        HEADERS => (END_STREAM | END_HEADERS | PADDED | PRIORITY, true, len > 0),
+        PRIORITY_FRAME => (0, true, len == 5),
+        RST_STREAM => (0, true, len == 4),
+        SETTINGS => (ACK, false, if flags & ACK != 0 { len == 0 } else { len % 6 == 0 }),
+        PUSH_PROMISE => (END_HEADERS | PADDED, true, len >= 4),
+        PING => (ACK, false, len == 8),
+        GOAWAY => (0, false, len >= 8),
+        WINDOW_UPDATE => (0, stream != 0, len == 4),
+        CONTINUATION => (END_HEADERS, true, len > 0),
+        _ => return false,
+    };
+    flags & !allowed == 0 && (stream != 0) == on_stream && len_ok
+}
+
+/// Reads one read or write (`data` captured of `len` bytes) as HTTP/2
+/// frames from its first byte, for a connection kspan did not see open:
+/// `None` unless every frame header in it is [plausible](plausible_head),
+/// the first frame is not a CONTINUATION (whose block began earlier), and
+/// the frames end exactly where the read or write did (or, when not all of
+/// it was captured, somewhere in the part not captured). A chunk that
+/// starts inside a frame rarely passes all of that. `Some(block)`: the
+/// header block of the first HEADERS frame, when that frame is whole in
+/// `data` and ends its block (END_HEADERS).
+pub fn scan_from_start(data: &[u8], len: usize) -> Option<Option<&[u8]>> {
+    let (mut pos, mut first) = (0, None);
+    while let Some(h) = data.get(pos..pos + 9) {
+        let h: &[u8; 9] = h.try_into().ok()?;
+        if !plausible_head(h) || (pos == 0 && h[3] == CONTINUATION) {
+            return None;
+        }
+        let end = pos + 9 + (usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]));
+        if h[3] == HEADERS && first.is_none() {
+            first = Some(data.get(pos + 9..end).filter(|_| h[4] & END_HEADERS != 0).and_then(|payload| {
+                let skip = if h[4] & PRIORITY != 0 { 5 } else { 0 };
+                unpad(payload, h[4], skip).ok()
+            }));
+        }
+        pos = end;
+    }
+    let captured = data.len();
+    let ends_right = if captured < len {
+        // Past the last whole frame header seen, but not past the end.
+        pos > 0 && pos + 9 > captured && pos <= len
+    } else {
+        pos == captured && pos > 0
+    };
+    ends_right.then_some(first.flatten())
 }
 
 /// What a frame (or a completed header block) means to the parser.

@@ -11,6 +11,16 @@
 //! the size the peer allowed (at most [`MAX_TABLE`](super::MAX_TABLE)
 //! bytes, RFC size accounting); an error leaves the decoder unusable for
 //! the connection (the caller stops), never silently out of step.
+//!
+//! A decoder [`joined`](Decoder::joined) mid-stream (a connection opened
+//! before kspan started) never gives a wrong field either: index `i` of the
+//! dynamic table is the `i`-th newest entry, and the entries inserted since
+//! the join are the newest ones, so an index within them is decoded
+//! exactly and one beyond them (an entry the encoder added before the
+//! join) is reported as an unknown field ([`UNKNOWN`] as its name), never
+//! guessed. A joined decoder keeps up to [`MAX_TABLE`](super::MAX_TABLE)
+//! bytes whatever size the encoder uses (it keeps at least every entry the
+//! encoder still has, or reports the ones it lost as unknown).
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -277,6 +287,39 @@ fn string(block: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> Result<(), HpackE
     Ok(())
 }
 
+/// The name of a header block's first field when it can be told without
+/// the dynamic table (a static-table index or a literal name), after any
+/// table size updates: on a connection joined mid-stream it tells a
+/// request (`:method`, `:path`...) from a response (`:status`).
+pub fn first_name(block: &[u8]) -> Option<Vec<u8>> {
+    let mut pos = 0;
+    loop {
+        let b = *block.get(pos)?;
+        if b & 0xe0 == 0x20 {
+            integer(block, &mut pos, 5).ok()?;
+            continue;
+        }
+        let prefix = if b & 0x80 != 0 {
+            7
+        } else if b & 0x40 != 0 {
+            6
+        } else {
+            4
+        };
+        let i = integer(block, &mut pos, prefix).ok()?;
+        if i == 0 && prefix != 7 {
+            let mut name = Vec::new();
+            string(block, &mut pos, &mut name).ok()?;
+            return Some(name);
+        }
+        return STATIC.get(i.checked_sub(1)?).map(|(n, _)| n.as_bytes().to_vec());
+    }
+}
+
+/// The name a joined decoder gives a field it cannot know (empty: no real
+/// HTTP/2 field name is).
+pub const UNKNOWN: &[u8] = b"";
+
 /// One direction's decoding state: the dynamic table and its size limits.
 pub struct Decoder {
     /// Newest entry first.
@@ -289,18 +332,38 @@ pub struct Decoder {
     allowed: usize,
     name: Vec<u8>,
     value: Vec<u8>,
+    /// Started mid-stream: entries from before the join are unknown.
+    joined: bool,
 }
 
 impl Default for Decoder {
     fn default() -> Self {
-        Self { table: VecDeque::new(), size: 0, max: 4096, allowed: 4096, name: Vec::new(), value: Vec::new() }
+        Self {
+            table: VecDeque::new(),
+            size: 0,
+            max: 4096,
+            allowed: 4096,
+            name: Vec::new(),
+            value: Vec::new(),
+            joined: false,
+        }
     }
 }
 
 impl Decoder {
+    /// A decoder starting mid-stream (see the module guarantees): the
+    /// encoder's table size is unknown, so the largest kspan keeps is used
+    /// and size updates above it are clamped instead of refused.
+    pub fn joined() -> Self {
+        let max = super::MAX_TABLE;
+        Self { max, allowed: max, joined: true, ..Self::default() }
+    }
+
     /// The largest table a size update may ask for.
     pub fn set_allowed(&mut self, n: usize) {
-        self.allowed = n;
+        if !self.joined {
+            self.allowed = n;
+        }
     }
 
     /// Decodes one whole header block, calling `field` for each field in
@@ -313,9 +376,12 @@ impl Decoder {
                 let (n, v) = self.get(i)?;
                 field(n, v);
             } else if b & 0xe0 == 0x20 {
-                let n = integer(block, &mut pos, 5)?;
+                let mut n = integer(block, &mut pos, 5)?;
                 if n > self.allowed {
-                    return Err(HpackError::TableSize(n));
+                    if !self.joined {
+                        return Err(HpackError::TableSize(n));
+                    }
+                    n = self.allowed;
                 }
                 self.max = n;
                 self.evict(0);
@@ -343,12 +409,18 @@ impl Decoder {
         Ok(())
     }
 
+    /// Entry `i` of the static or dynamic table; for a joined decoder, an
+    /// unknown field (empty name and value) for a dynamic entry from before
+    /// the join.
     fn get(&self, i: usize) -> Result<(&[u8], &[u8]), HpackError> {
         if let Some(&(n, v)) = i.checked_sub(1).and_then(|j| STATIC.get(j)) {
             return Ok((n.as_bytes(), v.as_bytes()));
         }
-        let (n, v) = i.checked_sub(STATIC.len() + 1).and_then(|j| self.table.get(j)).ok_or(HpackError::Index(i))?;
-        Ok((n, v))
+        match i.checked_sub(STATIC.len() + 1).map(|j| self.table.get(j)) {
+            Some(Some((n, v))) => Ok((n, v)),
+            Some(None) if self.joined => Ok((UNKNOWN, b"")),
+            _ => Err(HpackError::Index(i)),
+        }
     }
 
     /// Adds an entry (RFC 7541 4.4: one larger than the table empties it).

@@ -7,10 +7,19 @@
 //! [`crate::protocol::http::describe`]).
 //!
 //! Guarantees:
-//! - [`detect`] needs the client connection preface, so only connections
-//!   seen from their first byte are parsed: HPACK's dynamic table cannot be
-//!   rebuilt mid-stream (a connection opened before kspan started, or with
-//!   prior knowledge unseen, stays opaque).
+//! - [`detect`] finds the client connection preface of a connection seen
+//!   from its first byte. A connection kspan did not see open (opened
+//!   before kspan started) is taken up mid-stream by [`detect_joined`]: a
+//!   read or write that is whole HTTP/2 frames, from its first byte to its
+//!   last, and holds a complete HEADERS frame whose first field is a
+//!   request or response pseudo-header (told from the static table, so the
+//!   role follows). From there each direction is followed from its first
+//!   read or write that is whole frames; HPACK's dynamic table is
+//!   rebuilt from the join on, and a field the peer indexed before the join
+//!   is unknown ([`hpack::UNKNOWN`], counted as `unknown_fields`), never
+//!   guessed: such a request gets no `:method`/`:path` until the peer's
+//!   encoder sends them again, which it does once newer entries pushed the
+//!   old ones out of its table.
 //! - Streams are paired by stream id, so concurrent and interleaved streams
 //!   on one connection each give their own exchange, in the order they end.
 //! - Header blocks are decoded by kspan's own HPACK decoder ([`hpack`]),
@@ -61,5 +70,33 @@ pub fn detect(dir: Direction, data: &[u8]) -> Detection {
     })
 }
 
+/// Sniffs one read or write of a connection kspan did not see open (see
+/// the module guarantees): `Yes` with the traced process's role, `NeedMore`
+/// for HTTP/2 frames that do not tell (no whole HEADERS frame, or one whose
+/// first field was indexed before the join), `No` for anything else.
+pub fn detect_joined(dir: Direction, data: &[u8], len: usize) -> Detection {
+    let Some(block) = frame::scan_from_start(data, len) else { return Detection::No };
+    let Some(name) = block.and_then(hpack::first_name) else { return Detection::NeedMore };
+    let request = match name.as_slice() {
+        b":status" => false,
+        b":method" | b":path" | b":scheme" | b":authority" | b":protocol" => true,
+        _ => return Detection::NeedMore,
+    };
+    // Requests go from client to server.
+    Detection::Yes(match (request, dir) {
+        (true, Direction::Egress) | (false, Direction::Ingress) => Role::Client,
+        (true, Direction::Ingress) | (false, Direction::Egress) => Role::Server,
+    })
+}
+
+/// Whether one read or write (`data` captured of `len` bytes) is whole
+/// HTTP/2 frames (as far as its bytes tell), so a joined connection's
+/// direction can be followed from it.
+pub fn whole_frames(data: &[u8], len: usize) -> bool {
+    frame::scan_from_start(data, len).is_some()
+}
+
+#[cfg(test)]
+mod joined_tests;
 #[cfg(test)]
 mod tests;

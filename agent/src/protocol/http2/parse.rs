@@ -2,7 +2,7 @@
 //! table of open streams that pairs each request with its response.
 
 use super::frame::{Event, Framer, Lost};
-use super::hpack::Decoder;
+use super::hpack::{Decoder, UNKNOWN};
 use super::{MAX_STREAMS, MAX_TABLE};
 use crate::protocol::http::{HttpExchange, Method};
 use crate::protocol::{Chunk, Exchange, ParseStats, Record, Role, StreamParser};
@@ -41,6 +41,11 @@ impl Fields {
     fn get(&self, name: &[u8]) -> Option<&[u8]> {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
+
+    /// Fields a joined decoder could not know (indexed before the join).
+    fn unknown(&self) -> usize {
+        self.iter().filter(|(n, _)| *n == UNKNOWN).count()
+    }
 }
 
 /// One open stream: its request, and what has been seen of its response.
@@ -63,6 +68,8 @@ struct State {
     decoders: [Decoder; 2],
     streams: Vec<Stream>,
     fields: Fields,
+    /// Taken up mid-stream: header blocks may hold unknown fields.
+    joined: bool,
 }
 
 /// Per-connection HTTP/2 parser (see the module guarantees).
@@ -72,6 +79,10 @@ pub struct Http2Parser {
     state: State,
     /// The connection can no longer be followed (counted when it happened).
     lost: bool,
+    /// Per direction: reads (0) and writes (1) are followed from a frame
+    /// boundary on (false only for a joined connection's direction not yet
+    /// seen at one: a read or write of whole frames).
+    synced: [bool; 2],
 }
 
 impl Http2Parser {
@@ -80,8 +91,23 @@ impl Http2Parser {
         let decoders = [Decoder::default(), Decoder::default()];
         Self {
             framers: [Framer::new(!client_writes), Framer::new(client_writes)],
-            state: State { role, decoders, streams: Vec::new(), fields: Fields::default() },
+            state: State { role, decoders, streams: Vec::new(), fields: Fields::default(), joined: false },
             lost: false,
+            synced: [true; 2],
+        }
+    }
+
+    /// A parser for a connection taken up mid-stream (see the module
+    /// guarantees): no preface, each direction followed from its first
+    /// read or write of whole frames, HPACK decoders that
+    /// report what was indexed before the join as unknown.
+    pub fn joined(role: Role) -> Self {
+        let decoders = [Decoder::joined(), Decoder::joined()];
+        Self {
+            framers: [Framer::new(false), Framer::new(false)],
+            state: State { role, decoders, streams: Vec::new(), fields: Fields::default(), joined: true },
+            lost: false,
+            synced: [false; 2],
         }
     }
 }
@@ -92,6 +118,15 @@ impl StreamParser for Http2Parser {
             return;
         }
         let d = chunk.dir.index();
+        if !self.synced[d] {
+            // Mid-frame (a frame begun before the join): wait for a read or
+            // write of whole frames.
+            if !super::whole_frames(chunk.data, chunk.len) {
+                stats.resyncs += 1;
+                return;
+            }
+            self.synced[d] = true;
+        }
         let state = &mut self.state;
         let mut on = |ev: Event<'_>| state.on_event(d, chunk, ev, out, stats);
         if let Err(why) = self.framers[d].feed(chunk.data, chunk.missing(), &mut on) {
@@ -170,10 +205,20 @@ impl State {
         self.decoders[d].decode(block, |n, v| fields.push(n, v)).map_err(|_| Lost::Malformed)
     }
 
+    /// Whether the decoded block may hold pseudo-headers it does not show
+    /// (a joined connection's field indexed before the join); counted.
+    fn unknown_fields(&self, stats: &mut ParseStats) -> bool {
+        let n = if self.joined { self.fields.unknown() } else { 0 };
+        stats.unknown_fields += n as u64;
+        n > 0
+    }
+
     fn request_headers(&mut self, stream: u32, chunk: &Chunk<'_>, stats: &mut ParseStats) {
         // Trailers of a request already open, or a header block without a
-        // method: nothing to start.
-        if self.fields.get(b":method").is_none() || self.streams.iter().any(|s| s.ex.stream == stream) {
+        // method (unless it may be among the unknown fields of a joined
+        // connection): nothing to start.
+        let unknown = self.unknown_fields(stats);
+        if (self.fields.get(b":method").is_none() && !unknown) || self.streams.iter().any(|s| s.ex.stream == stream) {
             return;
         }
         if self.streams.len() >= MAX_STREAMS {
@@ -181,6 +226,10 @@ impl State {
             return;
         }
         let mut ex = HttpExchange::from_h2_fields(self.fields.iter());
+        if self.fields.get(b":method").is_none() {
+            // Among the unknown fields: no method is assumed.
+            ex.method = Method::Other;
+        }
         ex.stream = stream;
         self.streams.push(Stream {
             ex,
@@ -193,12 +242,18 @@ impl State {
     }
 
     fn response_headers(&mut self, stream: u32, stats: &mut ParseStats) {
+        let unknown = self.unknown_fields(stats);
         let Some(s) = self.streams.iter_mut().find(|s| s.ex.stream == stream) else {
             if self.fields.get(b":status").is_some() {
                 stats.unmatched_responses += 1;
             }
             return;
         };
+        // A joined connection's first response block whose `:status` was
+        // indexed before the join: answered, status unknown (0).
+        if unknown && !s.answered && self.fields.get(b":status").is_none() {
+            s.answered = true;
+        }
         if let Some(status) = self.fields.get(b":status") {
             let status = std::str::from_utf8(status).ok().and_then(|t| t.parse::<u16>().ok()).unwrap_or(0);
             // Informational responses (100-continue, 103) precede the final one.
