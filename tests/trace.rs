@@ -203,6 +203,76 @@ fn go_http2_server_streams_nest_by_their_handler_goroutine() {
     go_service_nests(&go_db_app(), true);
 }
 
+/// A Go service's pooled HTTP/2 (TLS) connection to its own HTTPS server,
+/// opened before kspan started: kspan takes it up mid-stream, on both ends
+/// (`http2_joined`), and follows each direction from its first read or
+/// write at a frame boundary (Go reads a frame's header and its payload
+/// with two calls). Go's HPACK encoder sends each new
+/// `:path` as a literal, so the calls are fully named; the server's stream
+/// handler reports reach the joined stream (held while the connection was
+/// still undecided), so each call nests: request -> HTTP/2 call -> its
+/// server span -> Redis, in one trace.
+#[test]
+fn go_http2_connection_opened_before_kspan_is_followed_and_nests() {
+    let (pg, rd) = (postgres(), seeded_redis());
+    let (go, _) = go_db_server(&go_db_app(), pg.port, rd.port);
+    let chain = |n: usize| format!("http://127.0.0.1:{}/h2chain/{n}", go.port);
+    // The pooled HTTP/2 connection is opened by the first call.
+    assert_eq!(run_ok(Command::new("curl").args(["-sSf", &chain(0)])).trim(), "v0");
+    let k = Kspan::start(&["--pid", &go.pid().to_string()]);
+    k.wait_log("\"Go crypto/tls\"", WAIT);
+    for symbol in ["net/http.(*http2serverConn).runHandler", "net/http.(*http2clientStream).doRequest"] {
+        k.wait_log(symbol, WAIT);
+    }
+    // The server's goroutine was already inside its TLS `Read` of the
+    // next frame header when kspan attached: that read is never seen (the
+    // probe reads a call's buffer at its entry), so the first call's
+    // request is lost on the server's end. The calls after it are whole.
+    assert_eq!(run_ok(Command::new("curl").args(["-sSf", &chain(0)])).trim(), "v0");
+    const CALLS: usize = 4;
+    let mut curl = Command::new("curl");
+    curl.arg("-sSf");
+    for n in 1..=CALLS {
+        curl.arg(chain(n));
+    }
+    let out = run_ok(&mut curl);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["v1", "v2", "v3", "v4"], "{out}");
+    let go_pid = go.pid() as i64;
+    let h2 = |s: &Value| attr_str(s, "network.protocol.version") == Some("2");
+    let spans = |kind_: &'static str, http2: bool| {
+        move |s: &Value| {
+            kind(s) == kind_ && pid_of(s) == go_pid && h2(s) == http2 && attr_str(s, "db.system.name").is_none()
+        }
+    };
+    let outer = k.wait_spans(CALLS, WAIT, spans("server", false));
+    let calls = k.wait_spans(CALLS, WAIT, spans("client", true));
+    let inner = k.wait_spans(CALLS, WAIT, spans("server", true));
+    let redis = k.wait_spans(CALLS, WAIT, |s| pid_of(s) == go_pid && attr_str(s, "db.system.name") == Some("redis"));
+    for n in 1..=CALLS {
+        let (o, i) = (format!("/h2chain/{n}"), format!("/redis/{n}"));
+        let at = |spans: &[Value], p: &str| -> Value {
+            let found = spans.iter().find(|s| attr_str(s, "url.path") == Some(p));
+            found.unwrap_or_else(|| panic!("{p}: {spans:#?}")).clone()
+        };
+        let (o, c, s) = (&at(&outer, &o), &at(&calls, &i), &at(&inner, &i));
+        assert_eq!(s["name"].as_str(), Some("GET /redis/{id}"), "{s:#}");
+        assert_eq!(attr_i64(s, "http.response.status_code"), Some(200), "{s:#}");
+        let r = redis
+            .iter()
+            .find(|r| attr_str(r, "db.query.text") == Some(&format!("GET kspan:{n}")))
+            .unwrap_or_else(|| panic!("GET kspan:{n}: {redis:#?}"));
+        for (child, parent) in [(c, o), (s, c), (r, s)] {
+            assert_eq!(id(child, "parent_span_id"), id(parent, "span_id"), "{child:#}\n{parent:#}");
+            assert_eq!(id(child, "trace_id"), id(o, "trace_id"), "{child:#}");
+        }
+        assert_inside(c, o);
+        assert_inside(r, s);
+    }
+    k.wait_metric("kspan_connections_total{reason=\"http2_joined\"} 2");
+    streams_keyed_by_goroutine(&k, CALLS);
+    assert!(k.stop());
+}
+
 /// The same Go service built with cgo and C thread-local data: its
 /// goroutine slot is not at Go's usual -8 from the thread pointer, and
 /// kspan reads where it is from the executable's TLS segment.

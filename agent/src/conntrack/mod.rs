@@ -58,9 +58,10 @@ pub struct ConnStats {
     pub fd_reused: u64,
     /// Connections switched to TLS plaintext.
     pub tls: u64,
-    /// Connections that began with a TLS handshake (ignored like opaque ones,
-    /// not counted as opaque); they switch to plaintext when the process's
-    /// TLS library is probed.
+    /// Connections that began with TLS records: a handshake, or application
+    /// data of a connection opened before kspan started (ignored like opaque
+    /// ones, not counted as opaque); they switch to plaintext when the
+    /// process's TLS library is probed.
     pub tls_handshake: u64,
     /// HTTP/2 connections taken up mid-stream (opened before kspan started).
     pub http2_joined: u64,
@@ -238,9 +239,11 @@ fn addr(family: u16, raw: &[u8; 16], port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// A TLS handshake record header: content type 22, version 3.0 to 3.4.
+/// A TLS record header, version 3.0 to 3.4: a handshake (22), or for a
+/// connection opened before kspan started application data (23), an alert
+/// (21) or a cipher change (20).
 fn looks_like_tls(data: &[u8]) -> bool {
-    matches!(data, [0x16, 0x03, 0x00..=0x04, ..])
+    matches!(data, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
 }
 
 /// Builds the per-protocol parser for a detected protocol.
@@ -381,6 +384,7 @@ impl ConnTable {
                 let (proto, detected, joined) = match det.offer(&chunk, conn.role) {
                     Verdict::Undecided => return,
                     Verdict::Opaque => {
+                        self.stats.go_streams_unmatched += det.held_streams().count() as u64;
                         if looks_like_tls(chunk.data) || det.pending().any(|c| looks_like_tls(&c.data)) {
                             self.stats.tls_handshake += 1;
                             conn.state = State::Tls(0);
@@ -408,6 +412,14 @@ impl ConnTable {
                 for c in det.pending() {
                     parser.feed(&c.as_chunk(), scratch, stats);
                 }
+                // Before this chunk, which may end a stream reported held.
+                for (stream, tid) in det.held_streams() {
+                    if role == Role::Server && parser.serve_stream_on(stream, tid) {
+                        self.stats.go_streams += 1;
+                    } else {
+                        self.stats.go_streams_unmatched += 1;
+                    }
+                }
                 parser.feed(&chunk, scratch, stats);
                 conn.state = State::Parsing(proto, parser);
             }
@@ -425,8 +437,20 @@ impl ConnTable {
     /// calls made there nest under that request (see [`thread_key`]).
     pub fn on_go_stream(&mut self, ev: &GoStreamEvent) {
         let conn = self.conns.get_mut(&(ev.tgid, ev.fd)).filter(|c| c.sock_id == ev.sock_id);
+        let key = thread_key(ev.tid, ev.goroutine);
+        // The kernel also reports sockets of no known role (opened before
+        // kspan started): only a server's streams are served.
+        let conn = conn.filter(|c| c.role != Some(Role::Client));
         let served = match conn.map(|c| &mut c.state) {
-            Some(State::Parsing(_, parser)) => parser.serve_stream_on(ev.stream, thread_key(ev.tid, ev.goroutine)),
+            Some(State::Parsing(_, parser)) => parser.serve_stream_on(ev.stream, key),
+            // A connection taken up mid-stream may still be undecided, its
+            // request held: counted once the parser had it.
+            Some(State::Detecting(det)) => {
+                if det.hold_stream(ev.stream, key) {
+                    return;
+                }
+                false
+            }
             _ => false,
         };
         if served {
@@ -448,6 +472,9 @@ impl ConnTable {
             let meta = conn.meta;
             let tagged = |exchange| ConnExchange { tgid: key.0, fd: key.1, meta, exchange, peer_traced, serving };
             out.extend(v.into_iter().map(tagged));
+        }
+        if let State::Detecting(det) = &conn.state {
+            self.stats.go_streams_unmatched += det.held_streams().count() as u64;
         }
     }
 

@@ -428,12 +428,19 @@ fn http2_opened_before_kspan_is_taken_up_mid_stream() {
     let request = frame(1, 0x4 | 0x1, 5, &request);
     t.on_data(&data(1, 3, 9, ts, &request), &request, &mut out);
     assert!(out.is_empty() && t.stats.http2_joined == 0);
+    // A Go server's handler for that request starts while it is held.
+    let g = 0x00c0_0002_0000_u64;
+    let ev = kspan_common::GoStreamEvent { stream: 5, tgid: 1, fd: 3, sock_id: 9, goroutine: g, ..Default::default() };
+    t.on_go_stream(&ev);
+    assert_eq!((t.stats.go_streams, t.stats.go_streams_unmatched), (0, 0), "held, not counted yet");
     let mut response = frame(1, 0x4, 5, &[0x88]);
     response.extend(frame(0, 0x1, 5, b"ok"));
     t.on_data(&egress(data(1, 3, 9, ts + 5, &response)), &response, &mut out);
     assert_eq!(t.stats.http2_joined, 1);
     assert_eq!(out.len(), 1, "{:?}", t.parse_stats(Protocol::Http2));
     assert_eq!((out[0].exchange.role, out[0].exchange.start_ns, out[0].exchange.end_ns), (Role::Server, ts, ts + 5));
+    assert_eq!(out[0].exchange.tid, thread_key(1, g), "the handler's goroutine serves it");
+    assert_eq!((t.stats.go_streams, t.stats.go_streams_unmatched), (1, 0));
     assert_eq!(t.conns[&(1, 3)].role, Some(Role::Server));
 }
 
@@ -447,4 +454,27 @@ fn bytes_that_are_not_http2_frames_are_still_opaque() {
     t.on_data(&data(1, 3, 9, 10, &junk), &junk, &mut out);
     t.on_data(&egress(data(1, 3, 9, 11, &junk)), &junk, &mut out);
     assert_eq!((t.stats.opaque, t.stats.http2_joined), (1, 0));
+}
+
+/// A TLS connection opened before kspan started shows application data
+/// records first, both ways, maybe before the TLS library's plaintext
+/// (a probe that reports at a call's return): it waits for the plaintext
+/// like a handshake does, it is not muted as opaque.
+#[test]
+fn tls_application_data_first_waits_for_plaintext() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let sent = b"\x17\x03\x03\x00\x20 encrypted request record.......";
+    let got = b"\x17\x03\x03\x00\x2a encrypted response record......";
+    t.on_data(&egress(data(1, 3, 9, 10, sent)), sent, &mut out);
+    t.on_data(&data(1, 3, 9, 11, got), got, &mut out);
+    assert!(t.mutes.is_empty(), "{:?}", t.stats);
+    assert_eq!((t.stats.tls_handshake, t.stats.opaque), (1, 0));
+    let req = b"GET /late HTTP/1.1\r\nHost: h\r\n\r\n";
+    t.on_data(&tls(data(1, 3, 9, 20, req)), req, &mut out);
+    let resp = b"HTTP/1.1 204 No Content\r\n\r\n";
+    t.on_data(&egress(tls(data(1, 3, 9, 30, resp))), resp, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].meta.tls);
 }

@@ -24,6 +24,8 @@ pub const SNIFF_BYTES: usize = 64;
 pub const MAX_PENDING_CHUNKS: usize = 8;
 /// Payload bytes held while undecided.
 pub const MAX_PENDING_BYTES: usize = 32 * 1024;
+/// Go HTTP/2 stream-handler reports held while undecided.
+pub const MAX_HELD_STREAMS: usize = 16;
 /// Chunks a connection that looks like HTTP/2 frames mid-stream may wait
 /// for one that tells its role (a request or response HEADERS frame).
 pub const MAX_JOIN_WAIT: u32 = 256;
@@ -64,6 +66,9 @@ pub struct Detector {
     pending_bytes: usize,
     /// Chunks seen that were HTTP/2 frames from their first byte.
     h2_frames: u32,
+    /// (stream, thread key) of Go HTTP/2 stream handlers reported while
+    /// undecided (a joined connection's request may still be held).
+    streams: Vec<(u32, u32)>,
 }
 
 fn detect_one(p: Protocol, dir: Direction, data: &[u8]) -> Detection {
@@ -141,5 +146,20 @@ impl Detector {
     /// Chunks held while undecided, oldest first.
     pub fn pending(&self) -> impl Iterator<Item = &PendingChunk> {
         self.pending.iter()
+    }
+
+    /// Holds a Go HTTP/2 stream handler's report until the parser exists
+    /// (false when [`MAX_HELD_STREAMS`] are held: not held).
+    pub fn hold_stream(&mut self, stream: u32, tid: u32) -> bool {
+        let room = self.streams.len() < MAX_HELD_STREAMS;
+        if room {
+            self.streams.push((stream, tid));
+        }
+        room
+    }
+
+    /// Reports held by [`Self::hold_stream`], oldest first.
+    pub fn held_streams(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.streams.iter().copied()
     }
 }

@@ -24,8 +24,10 @@
 //!   Go TLS probes (second pass only when the stack grows).
 //! - A connection is a `net.Conn` whose data word is a `*net.TCPConn` or a
 //!   `*tls.Conn` over one, and counts only when that reading gives a known
-//!   socket of the process in the expected role (its socket id kept, so a
-//!   reused descriptor never inherits anything). Another layout gives no
+//!   socket of the process in the expected role, or of no known role (one
+//!   opened before kspan started; the agent checks a stream report against
+//!   the role it parsed), its socket id kept, so a reused descriptor never
+//!   inherits anything. Another layout gives no
 //!   entry or report: the calls then count for their own goroutines, and a
 //!   server's streams keep their reading goroutine (the process is then
 //!   seen as multiplexed), never a wrong request.
@@ -60,7 +62,9 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-use kspan_common::{EventKind, GoStreamEvent, KernelConfig, NO_OFFSET, ROLE_CLIENT, ROLE_SERVER, counter, sock_key};
+use kspan_common::{
+    EventKind, GoStreamEvent, KernelConfig, NO_OFFSET, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, counter, sock_key,
+};
 
 use crate::go_tls::{conn_fd, go_entry, net_conn_fd};
 use crate::maps::{EVENTS, GO_ACTS_FOR, GO_CONN_CALLER, GO_H2_REQUESTS, GO_PROCS, GoCaller, ProcPtr, SOCKS, count};
@@ -76,13 +80,14 @@ fn word(at: u64) -> Result<u64, u32> {
     unsafe { bpf_probe_read_user(at as *const u64) }.map_err(|_| 0u32)
 }
 
-/// A socket of `tgid` at `fd` in `role`: (fd, its socket id).
+/// A socket of `tgid` at `fd` in `role`, or of no known role (opened
+/// before kspan started: no accept or connect seen): (fd, its socket id).
 #[inline(always)]
 fn socket(tgid: u32, fd: Option<i64>, role: u32) -> Option<(u32, u64)> {
     let fd = u32::try_from(fd?).ok()?;
     // SAFETY: plain value copied out.
     let st = unsafe { SOCKS.get(&sock_key(tgid, fd)) }.copied()?;
-    (st.role == role).then_some((fd, st.sock_id))
+    (st.role == role || st.role == ROLE_UNKNOWN).then_some((fd, st.sock_id))
 }
 
 /// The socket under the `net.Conn` whose data word is `data`: a plain

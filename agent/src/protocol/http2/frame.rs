@@ -67,13 +67,16 @@ fn plausible_head(h: &[u8; 9]) -> bool {
 /// `None` unless every frame header in it is [plausible](plausible_head),
 /// the first frame is not a CONTINUATION (whose block began earlier), and
 /// the frames end exactly where the read or write did (or, when not all of
-/// it was captured, somewhere in the part not captured). A chunk that
-/// starts inside a frame rarely passes all of that. `Some(block)`: the
+/// it was captured, somewhere in the part not captured), or right after a
+/// frame header whose payload is read next (Go reads a frame's header and
+/// its payload with two calls). A chunk that starts inside a frame rarely
+/// passes all of that. `Some(block)`: the
 /// header block of the first HEADERS frame, when that frame is whole in
 /// `data` and ends its block (END_HEADERS).
 pub fn scan_from_start(data: &[u8], len: usize) -> Option<Option<&[u8]>> {
-    let (mut pos, mut first) = (0, None);
+    let (mut pos, mut first, mut last_head) = (0, None, 0);
     while let Some(h) = data.get(pos..pos + 9) {
+        last_head = pos + 9;
         let h: &[u8; 9] = h.try_into().ok()?;
         if !plausible_head(h) || (pos == 0 && h[3] == CONTINUATION) {
             return None;
@@ -92,7 +95,7 @@ pub fn scan_from_start(data: &[u8], len: usize) -> Option<Option<&[u8]>> {
         // Past the last whole frame header seen, but not past the end.
         pos > 0 && pos + 9 > captured && pos <= len
     } else {
-        pos == captured && pos > 0
+        pos > 0 && (pos == captured || last_head == captured)
     };
     ends_right.then_some(first.flatten())
 }

@@ -134,6 +134,10 @@ fn whole_frames_from_the_first_byte_are_recognised() {
     assert_eq!(frame::scan_from_start(&bytes[..40], bytes.len()), Some(None));
     assert_eq!(frame::scan_from_start(&bytes[..40], 41), Some(None), "the HEADERS frame ends at 41");
     assert_eq!(frame::scan_from_start(&bytes[..bytes.len() - 1], bytes.len() - 1), None, "ends inside a frame");
+    // A frame's header read alone, its payload read next (Go).
+    let head = ping().len() + 13 + 9;
+    assert_eq!(frame::scan_from_start(&bytes[..head], head), Some(None));
+    assert_eq!(frame::scan_from_start(&bytes[..head + 1], head + 1), None);
     // Not a frame boundary, or not HTTP/2 frames at all.
     let not = [
         &bytes[1..],
