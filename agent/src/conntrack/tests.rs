@@ -478,3 +478,25 @@ fn tls_application_data_first_waits_for_plaintext() {
     assert_eq!(out.len(), 1, "{out:?}");
     assert!(out[0].meta.tls);
 }
+
+/// A connection that once looked like HTTP/2 frames but never tells a
+/// role waits a bounded number of reads and writes, then is opaque.
+#[test]
+fn waiting_for_http2_mid_stream_is_bounded() {
+    use crate::protocol::detect::MAX_JOIN_WAIT;
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    // Four pings: enough bytes to rule every other protocol out.
+    let pings = crate::protocol::http2::encode_frame(6, 0, 0, &[7; 8]).repeat(4);
+    t.on_data(&data(1, 3, 9, 1, &pings), &pings, &mut out);
+    let junk = [0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08];
+    let mut n = 0;
+    while t.stats.opaque == 0 && n < 10 * MAX_JOIN_WAIT {
+        t.on_data(&egress(data(1, 3, 9, 2 + u64::from(n), &junk)), &junk, &mut out);
+        n += 1;
+    }
+    assert_eq!(t.stats.opaque, 1);
+    assert!(n > MAX_JOIN_WAIT && n <= MAX_JOIN_WAIT + 2, "{n}");
+    assert_eq!(t.mutes.len(), 1);
+}

@@ -26,8 +26,9 @@ pub const MAX_PENDING_CHUNKS: usize = 8;
 pub const MAX_PENDING_BYTES: usize = 32 * 1024;
 /// Go HTTP/2 stream-handler reports held while undecided.
 pub const MAX_HELD_STREAMS: usize = 16;
-/// Chunks a connection that looks like HTTP/2 frames mid-stream may wait
-/// for one that tells its role (a request or response HEADERS frame).
+/// Chunks a connection that looked like HTTP/2 frames mid-stream may wait
+/// for one that tells its role (a request or response HEADERS frame), once
+/// no other protocol is left.
 pub const MAX_JOIN_WAIT: u32 = 256;
 
 /// A chunk held while detection is undecided.
@@ -66,6 +67,8 @@ pub struct Detector {
     pending_bytes: usize,
     /// Chunks seen that were HTTP/2 frames from their first byte.
     h2_frames: u32,
+    /// Chunks seen while only HTTP/2 mid-stream was left.
+    waited: u32,
     /// (stream, thread key) of Go HTTP/2 stream handlers reported while
     /// undecided (a joined connection's request may still be held).
     streams: Vec<(u32, u32)>,
@@ -120,7 +123,8 @@ impl Detector {
             self.pending.len() >= MAX_PENDING_CHUNKS || self.pending_bytes + chunk.data.len() > MAX_PENDING_BYTES;
         if self.ruled_out[0] && self.ruled_out[1] {
             // Only HTTP/2 mid-stream is left.
-            if self.h2_frames == 0 || self.h2_frames >= MAX_JOIN_WAIT {
+            self.waited += 1;
+            if self.h2_frames == 0 || self.waited > MAX_JOIN_WAIT {
                 return Verdict::Opaque;
             }
             // The held chunks must run without a gap up to the one that
