@@ -41,7 +41,7 @@ pub enum HpackError {
 }
 
 /// The static table (RFC 7541 Appendix A), index 1 first.
-const STATIC: [(&str, &str); 61] = [
+pub(super) const STATIC: [(&str, &str); 61] = [
     (":authority", ""),
     (":method", "GET"),
     (":method", "POST"),

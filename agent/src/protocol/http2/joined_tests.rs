@@ -4,10 +4,10 @@
 
 use std::collections::VecDeque;
 
-use super::hpack::{Decoder, UNKNOWN, first_name};
+use super::hpack::{Decoder, STATIC, UNKNOWN, first_name};
+use super::tests::http;
 use super::*;
-use crate::protocol::http::HttpExchange;
-use crate::protocol::{Chunk, ConnMeta, Exchange, ParseStats, Privacy, Record, StreamParser};
+use crate::protocol::{Chunk, ConnMeta, Exchange, ParseStats, Privacy, StreamParser};
 
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -23,23 +23,6 @@ struct Encoder {
     table: VecDeque<(String, String)>,
     size: usize,
 }
-
-const STATIC_NAMES: [(&str, &str); 14] = [
-    (":authority", ""),
-    (":method", "GET"),
-    (":method", "POST"),
-    (":path", "/"),
-    (":path", "/index.html"),
-    (":scheme", "http"),
-    (":scheme", "https"),
-    (":status", "200"),
-    (":status", "204"),
-    (":status", "206"),
-    (":status", "304"),
-    (":status", "400"),
-    (":status", "404"),
-    (":status", "500"),
-];
 
 impl Encoder {
     fn new() -> Self {
@@ -69,7 +52,7 @@ impl Encoder {
     /// Index of (name, value), or of the name alone, in either table.
     fn find(&self, name: &str, value: &str) -> (Option<usize>, Option<usize>) {
         let dynamic = self.table.iter().enumerate().map(|(i, (n, v))| (i + 62, n.as_str(), v.as_str()));
-        let all = STATIC_NAMES.iter().enumerate().map(|(i, (n, v))| (i + 1, *n, *v)).chain(dynamic);
+        let all = STATIC.iter().enumerate().map(|(i, (n, v))| (i + 1, *n, *v)).chain(dynamic);
         let (mut exact, mut named) = (None, None);
         for (i, n, v) in all {
             if n == name {
@@ -316,13 +299,6 @@ impl Joined {
         let mut f = frame(1, END_HEADERS, stream, &block(&mut self.server_enc, &[(":status", "200")]));
         f.extend(frame(0, END_STREAM, stream, b"ok"));
         self.feed(Direction::Egress, &f);
-    }
-}
-
-fn http(e: &Exchange) -> &HttpExchange {
-    match &e.record {
-        Record::Http(h) => h,
-        other => panic!("not http: {other:?}"),
     }
 }
 

@@ -88,7 +88,7 @@ impl Conn {
     }
 }
 
-fn http(e: &Exchange) -> &HttpExchange {
+pub(super) fn http(e: &Exchange) -> &HttpExchange {
     match &e.record {
         Record::Http(h) => h,
         other => panic!("not http: {other:?}"),
