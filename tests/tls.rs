@@ -453,3 +453,36 @@ fn psycopg_sslmode_require_extended_protocol() {
     assert!(k.spans().iter().all(|s| !s.to_string().contains("alice@example.com")), "bound values never exported");
     assert!(k.stop());
 }
+
+/// An HTTPS keep-alive connection opened before kspan started (Python's
+/// ssl, i.e. OpenSSL, to nginx): its next request is traced on both ends,
+/// and linked. (OpenSSL's write plaintext comes before its ciphertext, so
+/// this passes with or without the rule that TLS application data records
+/// wait for plaintext; the Go test in `trace.rs` needs that rule.)
+#[test]
+fn https_connection_opened_before_kspan_started_is_traced_on_both_ends() {
+    let ng = nginx_tls();
+    let mut client = Interactive::start("http_client.py", &["preopened", &ng.port.to_string(), "tls"], &[]);
+    let first: Value = serde_json::from_str(&client.line()).expect("client JSON");
+    assert_eq!(first[0]["status"], 404, "{first}");
+    let cpid = client.child.id();
+    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--pid", &cpid.to_string()]);
+    client.go_on();
+    let second: Value = serde_json::from_str(&client.line()).expect("client JSON");
+    assert_eq!(second[0]["path"], "/users/2", "{second}");
+    assert!(client.wait());
+    let worker = child_pid_of(ng.pid());
+    let servers = k.wait_spans(1, WAIT, server_spans_of(worker));
+    let clients =
+        k.wait_spans(1, WAIT, |s| kind(s) == "client" && s["resource"]["process.pid"].as_i64() == Some(cpid as i64));
+    for s in servers.iter().chain(&clients) {
+        assert_eq!(attr_str(s, "url.path"), Some("/users/2"), "{s:#}");
+        assert_eq!(attr_str(s, "url.scheme"), Some("https"), "{s:#}");
+        assert_eq!(attr_i64(s, "http.response.status_code"), Some(404), "{s:#}");
+    }
+    assert_eq!((servers.len(), clients.len()), (1, 1), "{servers:#?} {clients:#?}");
+    assert_eq!(servers[0]["parent_span_id"], clients[0]["span_id"], "linked on this host");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"opaque\"}"), 0.0, "{}", k.metrics());
+    assert!(k.stop());
+}

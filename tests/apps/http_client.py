@@ -2,8 +2,10 @@
 
   keepalive PORT PATH...   requests on one connection; per-request timing
   pieces PORT              POST /upload, 3000-byte body sent in 3 writes
-  preopened PORT           one request, then waits for a line on stdin, then
-                           a second request on the SAME connection
+  preopened PORT [tls]     one request, then waits for a line on stdin, then
+                           a second request on the SAME connection (with
+                           `tls`: HTTPS through Python's ssl, which is
+                           OpenSSL; the certificate is not checked)
   garbage PORT             sends non-HTTP bytes on a connection
   opaque PORT N            prints its pid, waits for a line on stdin, then
                            makes N round trips of binary frames over a
@@ -63,7 +65,12 @@ def main():
         t1 = time.time_ns()
         print(json.dumps([{"path": "/upload", "status": int(resp.split()[1]), "start": t0, "end": t1}]), flush=True)
     elif mode == "preopened":
-        c = http.client.HTTPConnection("127.0.0.1", port)
+        if sys.argv[3:] == ["tls"]:
+            import ssl
+
+            c = http.client.HTTPSConnection("127.0.0.1", port, context=ssl._create_unverified_context())
+        else:
+            c = http.client.HTTPConnection("127.0.0.1", port)
         first = timed(c, "GET", "/users/1")
         first["local_port"] = c.sock.getsockname()[1]
         print(json.dumps([first]), flush=True)
