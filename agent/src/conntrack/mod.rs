@@ -246,6 +246,12 @@ fn looks_like_tls(data: &[u8]) -> bool {
     matches!(data, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
 }
 
+/// Go stream-handler reports a detector held, dropped with it: counted as
+/// unmatched.
+fn drop_held_streams(stats: &mut ConnStats, det: &Detector) {
+    stats.go_streams_unmatched += det.held_streams().count() as u64;
+}
+
 /// Builds the per-protocol parser for a detected protocol.
 pub fn new_parser(p: Protocol, role: Role) -> Box<dyn StreamParser> {
     match p {
@@ -384,7 +390,7 @@ impl ConnTable {
                 let (proto, detected, joined) = match det.offer(&chunk, conn.role) {
                     Verdict::Undecided => return,
                     Verdict::Opaque => {
-                        self.stats.go_streams_unmatched += det.held_streams().count() as u64;
+                        drop_held_streams(&mut self.stats, det);
                         if looks_like_tls(chunk.data) || det.pending().any(|c| looks_like_tls(&c.data)) {
                             self.stats.tls_handshake += 1;
                             conn.state = State::Tls(0);
@@ -474,7 +480,7 @@ impl ConnTable {
             out.extend(v.into_iter().map(tagged));
         }
         if let State::Detecting(det) = &conn.state {
-            self.stats.go_streams_unmatched += det.held_streams().count() as u64;
+            drop_held_streams(&mut self.stats, det);
         }
     }
 

@@ -65,8 +65,8 @@ pub struct Detector {
     ruled_out: [bool; 2],
     pending: Vec<PendingChunk>,
     pending_bytes: usize,
-    /// Chunks seen that were HTTP/2 frames from their first byte.
-    h2_frames: u32,
+    /// A chunk was HTTP/2 frames from its first byte.
+    h2_seen: bool,
     /// Chunks seen while only HTTP/2 mid-stream was left.
     waited: u32,
     /// (stream, thread key) of Go HTTP/2 stream handlers reported while
@@ -116,7 +116,7 @@ impl Detector {
         }
         match super::http2::detect_joined(chunk.dir, chunk.data, chunk.len) {
             Detection::Yes(role) => return Verdict::Joined(role),
-            Detection::NeedMore => self.h2_frames += 1,
+            Detection::NeedMore => self.h2_seen = true,
             Detection::No => {}
         }
         let full =
@@ -124,7 +124,7 @@ impl Detector {
         if self.ruled_out[0] && self.ruled_out[1] {
             // Only HTTP/2 mid-stream is left.
             self.waited += 1;
-            if self.h2_frames == 0 || self.waited > MAX_JOIN_WAIT {
+            if !self.h2_seen || self.waited > MAX_JOIN_WAIT {
                 return Verdict::Opaque;
             }
             // The held chunks must run without a gap up to the one that

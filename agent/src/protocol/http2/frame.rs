@@ -35,12 +35,23 @@ pub fn encode(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The payload length of a frame header (24 bits).
+fn payload_len(h: &[u8; 9]) -> usize {
+    usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2])
+}
+
+/// Bytes of a HEADERS payload before its block fragment (after the pad
+/// length): the priority fields, when flagged.
+fn priority_skip(flags: u8) -> usize {
+    if flags & PRIORITY != 0 { 5 } else { 0 }
+}
+
 /// Whether a frame header could start a frame a real HTTP/2 peer sends:
 /// a known type, only the flags that type defines, the stream id that type
 /// needs (none for connection frames, one for stream frames), the reserved
 /// bit clear, and a length the type allows.
 fn plausible_head(h: &[u8; 9]) -> bool {
-    let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+    let len = payload_len(h);
     let (ty, flags) = (h[3], h[4]);
     if h[5] & 0x80 != 0 {
         return false;
@@ -51,7 +62,7 @@ fn plausible_head(h: &[u8; 9]) -> bool {
         HEADERS => (END_STREAM | END_HEADERS | PADDED | PRIORITY, true, len > 0),
         PRIORITY_FRAME => (0, true, len == 5),
         RST_STREAM => (0, true, len == 4),
-        SETTINGS => (ACK, false, if flags & ACK != 0 { len == 0 } else { len % 6 == 0 }),
+        SETTINGS => (ACK, false, if flags & ACK != 0 { len == 0 } else { len.is_multiple_of(6) }),
         PUSH_PROMISE => (END_HEADERS | PADDED, true, len >= 4),
         PING => (ACK, false, len == 8),
         GOAWAY => (0, false, len >= 8),
@@ -70,9 +81,9 @@ fn plausible_head(h: &[u8; 9]) -> bool {
 /// it was captured, somewhere in the part not captured), or right after a
 /// frame header whose payload is read next (Go reads a frame's header and
 /// its payload with two calls). A chunk that starts inside a frame rarely
-/// passes all of that. `Some(block)`: the
-/// header block of the first HEADERS frame, when that frame is whole in
-/// `data` and ends its block (END_HEADERS).
+/// passes all of that. `Some(block)`: the header block of the first
+/// HEADERS frame, when that frame is whole in `data` and ends its block
+/// (END_HEADERS).
 pub fn scan_from_start(data: &[u8], len: usize) -> Option<Option<&[u8]>> {
     let (mut pos, mut first, mut last_head) = (0, None, 0);
     while let Some(h) = data.get(pos..pos + 9) {
@@ -81,12 +92,10 @@ pub fn scan_from_start(data: &[u8], len: usize) -> Option<Option<&[u8]>> {
         if !plausible_head(h) || (pos == 0 && h[3] == CONTINUATION) {
             return None;
         }
-        let end = pos + 9 + (usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]));
+        let end = pos + 9 + payload_len(h);
         if h[3] == HEADERS && first.is_none() {
-            first = Some(data.get(pos + 9..end).filter(|_| h[4] & END_HEADERS != 0).and_then(|payload| {
-                let skip = if h[4] & PRIORITY != 0 { 5 } else { 0 };
-                unpad(payload, h[4], skip).ok()
-            }));
+            let payload = data.get(pos + 9..end).filter(|_| h[4] & END_HEADERS != 0);
+            first = Some(payload.and_then(|p| unpad(p, h[4], priority_skip(h[4])).ok()));
         }
         pos = end;
     }
@@ -245,7 +254,7 @@ impl Framer {
     fn start_frame(&mut self) -> Result<(), Lost> {
         let h = self.head;
         self.head_len = 0;
-        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        let len = payload_len(&h);
         let (ty, flags) = (h[3], h[4]);
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
         // A header block must go on in CONTINUATION frames of its stream.
@@ -274,10 +283,12 @@ impl Framer {
                 let len = f.len.saturating_sub(pad) as u64;
                 on(Event::Data { stream: f.stream, len, end_stream })
             }
-            HEADERS => {
-                let skip = if f.flags & PRIORITY != 0 { 5 } else { 0 };
-                self.open_block(f.flags, skip, OpenBlock { stream: f.stream, end_stream, push: false }, on)
-            }
+            HEADERS => self.open_block(
+                f.flags,
+                priority_skip(f.flags),
+                OpenBlock { stream: f.stream, end_stream, push: false },
+                on,
+            ),
             // The promised stream id (4 bytes) precedes the fragment.
             PUSH_PROMISE => {
                 self.open_block(f.flags, 4, OpenBlock { stream: f.stream, end_stream: false, push: true }, on)

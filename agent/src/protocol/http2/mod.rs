@@ -89,13 +89,6 @@ pub fn detect_joined(dir: Direction, data: &[u8], len: usize) -> Detection {
     })
 }
 
-/// Whether one read or write (`data` captured of `len` bytes) is whole
-/// HTTP/2 frames, or ends right after a frame header (as far as its bytes
-/// tell), so a joined connection's direction can be followed from it.
-pub fn whole_frames(data: &[u8], len: usize) -> bool {
-    frame::scan_from_start(data, len).is_some()
-}
-
 #[cfg(test)]
 mod joined_tests;
 #[cfg(test)]

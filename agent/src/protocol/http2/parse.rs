@@ -1,7 +1,7 @@
 //! [`Http2Parser`]: the two directions' frames and HPACK decoders, and the
 //! table of open streams that pairs each request with its response.
 
-use super::frame::{Event, Framer, Lost};
+use super::frame::{Event, Framer, Lost, scan_from_start};
 use super::hpack::{Decoder, UNKNOWN};
 use super::{MAX_STREAMS, MAX_TABLE};
 use crate::protocol::http::{HttpExchange, Method};
@@ -120,8 +120,8 @@ impl StreamParser for Http2Parser {
         let d = chunk.dir.index();
         if !self.synced[d] {
             // Mid-frame (a frame begun before the join): wait for a read or
-            // write of whole frames.
-            if !super::whole_frames(chunk.data, chunk.len) {
+            // write of whole frames (or one ending after a frame header).
+            if scan_from_start(chunk.data, chunk.len).is_none() {
                 stats.resyncs += 1;
                 return;
             }
@@ -218,7 +218,8 @@ impl State {
         // method (unless it may be among the unknown fields of a joined
         // connection): nothing to start.
         let unknown = self.unknown_fields(stats);
-        if (self.fields.get(b":method").is_none() && !unknown) || self.streams.iter().any(|s| s.ex.stream == stream) {
+        let has_method = self.fields.get(b":method").is_some();
+        if (!has_method && !unknown) || self.streams.iter().any(|s| s.ex.stream == stream) {
             return;
         }
         if self.streams.len() >= MAX_STREAMS {
@@ -226,7 +227,7 @@ impl State {
             return;
         }
         let mut ex = HttpExchange::from_h2_fields(self.fields.iter());
-        if self.fields.get(b":method").is_none() {
+        if !has_method {
             // Among the unknown fields: no method is assumed.
             ex.method = Method::Other;
         }
