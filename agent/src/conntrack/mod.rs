@@ -361,6 +361,9 @@ impl ConnTable {
                 // far (handshake, or a protocol's TLS negotiation) is over.
                 self.stats.tls += 1;
                 conn.meta.tls = true;
+                if let State::Detecting(det) = &conn.state {
+                    drop_held_streams(&mut self.stats, det);
+                }
                 conn.state = State::Detecting(Detector::default());
             }
             _ => {}
