@@ -367,15 +367,22 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
     let clients = k.wait_spans(calls, WAIT, |s| kind(s) == "client" && pid_of(s) == go_pid);
     assert_eq!(clients.len(), calls, "one client span per call: {clients:#?}");
     let all: Vec<&Value> = servers.iter().chain(&clients).collect();
+    // Counters that tell which Go path missed, for a failure's message.
+    let go_counters = || -> String {
+        // Counters are published once a second.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let m = k.metrics();
+        let keep = ["kspan_go_", "kspan_link", "kspan_kernel_lost", "kspan_parse_total{protocol=\"http", "kspan_tls"];
+        m.lines().filter(|l| keep.iter().any(|p| l.starts_with(p))).collect::<Vec<_>>().join("\n")
+    };
     let children_of = |parent: &Value| -> Vec<&Value> {
         all.iter().copied().filter(|c| id(c, "parent_span_id") == id(parent, "span_id")).collect()
     };
     let what = |s: &Value| attr_str(s, "db.system.name").unwrap_or("http").to_owned();
     for c in &clients {
-        let parent = servers
-            .iter()
-            .find(|s| id(s, "span_id") == id(c, "parent_span_id"))
-            .unwrap_or_else(|| panic!("a call outside any request span: {c:#}\nservers: {servers:#?}"));
+        let parent = servers.iter().find(|s| id(s, "span_id") == id(c, "parent_span_id")).unwrap_or_else(|| {
+            panic!("a call outside any request span: {c:#}\n{}\nservers: {servers:#?}", go_counters())
+        });
         assert_eq!(id(c, "trace_id"), id(parent, "trace_id"), "{c:#}");
         assert_inside(c, parent);
         if what(c) == "redis" {
@@ -394,7 +401,7 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
             Some("both") => &["postgresql", "redis"],
             _ => &["http"],
         };
-        assert_eq!(got, want, "children of {path}: {s:#}");
+        assert_eq!(got, want, "children of {path}: {s:#}\n{}", go_counters());
         if id(s, "parent_span_id").is_empty() {
             continue;
         }
@@ -413,14 +420,16 @@ fn go_service_nests(exe: &std::path::Path, h2: bool) {
 }
 
 /// Concurrent gRPC calls, one channel (grpcio, raw bytes: the health
-/// service's `HealthCheckRequest` is field 1, the service name).
+/// service's `HealthCheckRequest` is field 1, the service name): PORT N
+/// [KIND,...] (pg, redis, both by default).
 const GRPC_CLIENT: &str = r#"
 import sys, grpc
 port, n = int(sys.argv[1]), int(sys.argv[2])
+kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["pg", "redis", "both"]
 check = grpc.insecure_channel(f"127.0.0.1:{port}").unary_unary("/grpc.health.v1.Health/Check")
 def request(s):
     return b"\x0a" + bytes([len(s)]) + s.encode()
-calls = [check.future(request(f"{['pg', 'redis', 'both'][i % 3]}/{i}"), timeout=30) for i in range(n)]
+calls = [check.future(request(f"{kinds[i % len(kinds)]}/{i}"), timeout=30) for i in range(n)]
 for c in calls:
     c.result()
 print("ok", flush=True)
@@ -477,6 +486,57 @@ fn grpc_go_server_streams_nest_by_their_goroutine() {
         .collect();
     assert_eq!(shapes, want, "{servers:#?}");
     let m = streams_keyed_by_goroutine(&k, GO_REQUESTS);
+    assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no multiplexing seen:\n{m}");
+    assert!(k.stop(), "kspan exits cleanly");
+}
+
+/// grpc-go's client writes every call of a channel on one goroutine
+/// (`loopyWriter`), so the writer does not say whose call it is. The
+/// probe on each `RET` of `(*http2Client).NewStream` (run on the caller's
+/// goroutine, which also numbers the stream; the transport's connection
+/// read at the offsets the executable's DWARF gives) names the caller for
+/// the call's stream. Concurrent "chain/N" calls, each making one grpc-go
+/// call on a shared channel to this very server ("redis/N"): each outer
+/// Check -> its call -> the inner Check (linked across the connection) ->
+/// its Redis command, one trace, no call under another's request.
+#[test]
+fn grpc_go_client_calls_nest_under_their_caller() {
+    let (pg, rd) = (postgres(), seeded_redis());
+    let go = go_grpc_server(pg.port, rd.port);
+    let k = Kspan::start(&["--pid", &go.pid().to_string()]);
+    k.wait_log("google.golang.org/grpc/internal/transport.(*http2Client).NewStream", WAIT);
+    let out = run_ok(Command::new("python3").arg("-c").arg(GRPC_CLIENT).args([
+        go.port.to_string(),
+        GO_REQUESTS.to_string(),
+        "chain".into(),
+    ]));
+    assert_eq!(out.trim(), "ok");
+    let go_pid = go.pid() as i64;
+    let servers = k.wait_spans(2 * GO_REQUESTS, WAIT, |s| kind(s) == "server" && pid_of(s) == go_pid);
+    assert_eq!(servers.len(), 2 * GO_REQUESTS, "an outer and an inner server span per call: {servers:#?}");
+    let clients = k.wait_spans(2 * GO_REQUESTS, WAIT, |s| kind(s) == "client" && pid_of(s) == go_pid);
+    let (calls, redis): (Vec<&Value>, Vec<&Value>) =
+        clients.iter().partition(|c| attr_str(c, "rpc.system") == Some("grpc"));
+    assert_eq!((calls.len(), redis.len()), (GO_REQUESTS, GO_REQUESTS), "{clients:#?}");
+    let span = |id_: &str| servers.iter().chain(&clients).find(|s| id(s, "span_id") == id_);
+    let mut outer_seen = std::collections::HashSet::new();
+    for c in &calls {
+        assert_eq!(c["name"], "grpc.health.v1.Health/Check", "{c:#}");
+        let parent = span(id(c, "parent_span_id"))
+            .unwrap_or_else(|| panic!("a call outside any request span: {c:#}\nservers: {servers:#?}"));
+        assert_eq!((kind(parent), id(parent, "parent_span_id")), ("server", ""), "an outer Check: {parent:#}");
+        assert_eq!(id(c, "trace_id"), id(parent, "trace_id"), "{c:#}");
+        assert_inside(c, parent);
+        assert!(outer_seen.insert(id(parent, "span_id").to_owned()), "two calls under one request: {parent:#}");
+    }
+    for r in &redis {
+        let inner = span(id(r, "parent_span_id")).unwrap_or_else(|| panic!("a Redis command outside a request: {r:#}"));
+        let call = span(id(inner, "parent_span_id")).unwrap_or_else(|| panic!("an inner Check not linked: {inner:#}"));
+        assert_eq!(attr_str(call, "rpc.system"), Some("grpc"), "{call:#}");
+        assert_eq!(id(r, "trace_id"), id(call, "trace_id"));
+        assert_inside(inner, call);
+    }
+    let m = k.wait_metric(&format!("kspan_go_http2_streams_total{{reason=\"caller_goroutine\"}} {GO_REQUESTS}"));
     assert!(m.lines().any(|l| l == "kspan_link_multiplexed_processes_total 0"), "no multiplexing seen:\n{m}");
     assert!(k.stop(), "kspan exits cleanly");
 }

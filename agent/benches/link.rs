@@ -59,6 +59,7 @@ fn input(span: Span, pid: u32, local: &str, peer: &str, peer_traced: bool) -> Li
         peer_traced,
         serving: true,
         stream: 0,
+        window: None,
     }
 }
 

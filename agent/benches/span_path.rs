@@ -156,8 +156,9 @@ fn run(w: &Workload, builder: &mut SpanBuilder, resource: &Arc<ProcessResource>,
     for cx in out.drain(..) {
         let span = builder.build(&cx, resource.clone());
         let stream = cx.exchange.record.stream();
-        let input =
-            LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced: cx.peer_traced, serving: cx.serving, stream };
+        let window = cx.exchange.record.handler().map(|(from, until)| (builder.unix_ns(from), builder.unix_ns(until)));
+        let (meta, peer_traced, serving) = (cx.meta, cx.peer_traced, cx.serving);
+        let input = LinkInput { span, pid: cx.tgid, meta, peer_traced, serving, stream, window };
         linker.push(input, ts, ready);
         for s in ready.drain(..) {
             // The hand-off to the exporters; dropped here instead of there.

@@ -25,9 +25,12 @@
 //!   and each stream's handler runs on a goroutine of its own, which the
 //!   probe reports for the stream. One that uses the HTTP/2 client gets
 //!   probes on `RoundTrip` and on the start and `RET`s of the goroutine that
-//!   writes each request (`doRequest`), which acts for the caller. Go 1.18+
-//!   and x86_64 as for the TLS probes; a failure is logged once per file
-//!   and counted.
+//!   writes each request (`doRequest`), which acts for the caller. One that
+//!   uses grpc-go's server or client gets a probe on its stream handling
+//!   (`(*Server).handleStream`) or on each `RET` of its stream making
+//!   (`(*http2Client).NewStream`), which read grpc-go's structs at the
+//!   offsets its DWARF gives ([`grpc_layout`]). Go 1.18+ and x86_64 as for
+//!   the TLS probes; a failure is logged once per file and counted.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -173,41 +176,76 @@ fn read_exe(path: &Path) -> ExeFacts {
     let cache = object::ReadCache::new(file);
     let Ok(obj) = object::File::parse(&cache) else { return (None, Vec::new()) };
     let Some(g_offset) = g_offset(&obj) else { return (None, Vec::new()) };
-    let mut go = GoProc { g_offset, grpc_conn: NO_OFFSET, _pad: 0 };
-    let mut probes = Vec::new();
-    for p in go_tls::NESTING_PROBES {
-        let Some(mut found) = go_tls::find_function(&obj, p.symbol) else { continue };
-        if p.nesting == go_tls::Nesting::GrpcServer && found.is_ok() {
-            // The probe reads grpc-go's structs: only where the executable
-            // says where their fields are.
-            match grpc_server_conn(&obj) {
-                Ok(off) => go.grpc_conn = off,
-                Err(e) => found = Err(e),
+    let mut go =
+        GoProc { g_offset, grpc_conn: NO_OFFSET, grpc_client_conn: NO_OFFSET, grpc_stream_ct: NO_OFFSET, _pad: 0 };
+    let mut probes: Vec<_> =
+        go_tls::NESTING_PROBES.into_iter().filter_map(|p| Some((p, go_tls::find_function(&obj, p.symbol)?))).collect();
+    // grpc-go's probes read the library's structs: only where the
+    // executable's DWARF says where their fields are.
+    let grpc =
+        |p: &go_tls::NestingProbe| matches!(p.nesting, go_tls::Nesting::GrpcServer | go_tls::Nesting::GrpcClient);
+    if probes.iter().any(|(p, found)| grpc(p) && found.is_ok()) {
+        let GrpcLayout { server, client } = grpc_layout(&obj);
+        let (mut server, mut client) = (Some(server), Some(client));
+        for (p, found) in probes.iter_mut().filter(|(p, found)| grpc(p) && found.is_ok()) {
+            let read = if p.nesting == go_tls::Nesting::GrpcServer { server.take() } else { client.take() };
+            match read {
+                Some(Ok(GrpcOffsets::Server(conn))) => go.grpc_conn = conn,
+                Some(Ok(GrpcOffsets::Client { conn, ct })) => (go.grpc_client_conn, go.grpc_stream_ct) = (conn, ct),
+                Some(Err(e)) => *found = Err(e),
+                None => {}
             }
         }
-        probes.push((p, found));
     }
     (Some(go), probes)
 }
 
-/// Where grpc-go's server transport keeps its connection
-/// (`http2Server.conn`), from the executable's DWARF, once the kernel
-/// program's reading of `Stream` holds there too (`id` first, `st` at 8:
-/// releases that split `Stream` are refused).
-fn grpc_server_conn<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Result<u32, go_tls::GoTlsError> {
-    let (transport, conn) = go_tls::GRPC_TRANSPORT;
+/// What grpc-go's kernel programs read, from DWARF.
+enum GrpcOffsets {
+    /// `http2Server.conn`.
+    Server(u32),
+    /// `http2Client.conn`, and `Stream.ct` (the client transport).
+    Client { conn: u32, ct: u32 },
+}
+
+/// grpc-go's layout for the server's probe and for the client's, each
+/// refused on its own.
+struct GrpcLayout {
+    server: Result<GrpcOffsets, go_tls::GoTlsError>,
+    client: Result<GrpcOffsets, go_tls::GoTlsError>,
+}
+
+/// Where grpc-go's transports keep their connection (`http2Server.conn`,
+/// `http2Client.conn`) and a client stream its transport (`Stream.ct`),
+/// from the executable's DWARF, once the kernel programs' reading of
+/// `Stream` holds there too (`id` first; for the server `st` at 8:
+/// releases that split `Stream` are refused). One pass over the entries.
+fn grpc_layout<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> GrpcLayout {
+    use go_tls::GoTlsError::Layout;
     let stream = go_tls::GRPC_STREAM;
-    let layout = |name| move |e| go_tls::GoTlsError::Layout(name, e);
-    let dwarf = go_dwarf::GoDwarf::load(obj).map_err(layout(transport))?;
-    let [id, st, conn] =
-        dwarf.member_offsets([(stream, "id"), (stream, "st"), (transport, conn)]).map_err(layout(transport))?;
-    for (field, found, at) in [("id", id, 0), ("st", st, 8)] {
-        match found.map_err(layout(stream))? {
-            o if o == at => {}
-            o => return Err(layout(stream)(go_dwarf::DwarfError::Parse(format!("{field} at {o}, not {at}")))),
-        }
-    }
-    Ok(u32::try_from(conn.map_err(layout(transport))?).unwrap_or(NO_OFFSET))
+    let ((server, conn), (client, client_conn)) = (go_tls::GRPC_TRANSPORT, go_tls::GRPC_CLIENT_TRANSPORT);
+    let dwarf = match go_dwarf::GoDwarf::load(obj) {
+        Ok(d) => d,
+        Err(e) => return GrpcLayout { server: Err(Layout(server, e.clone())), client: Err(Layout(client, e)) },
+    };
+    let wanted = [(stream, "id"), (stream, "st"), (stream, "ct"), (server, conn), (client, client_conn)];
+    let [id, st, ct, conn, client_conn] = match dwarf.member_offsets(wanted) {
+        Ok(found) => found,
+        Err(e) => return GrpcLayout { server: Err(Layout(server, e.clone())), client: Err(Layout(client, e)) },
+    };
+    // A field the kernel program reads at a fixed place.
+    let at = |found: &Result<u64, go_dwarf::DwarfError>, field: &str, want: u64| match found.clone() {
+        Ok(o) if o == want => Ok(()),
+        Ok(o) => Err(Layout(stream, go_dwarf::DwarfError::Parse(format!("{field} at {o}, not {want}")))),
+        Err(e) => Err(Layout(stream, e)),
+    };
+    let offset = |found: Result<u64, go_dwarf::DwarfError>, name| {
+        found.map(|o| u32::try_from(o).unwrap_or(NO_OFFSET)).map_err(|e| Layout(name, e))
+    };
+    let server = at(&id, "id", 0).and(at(&st, "st", 8)).and_then(|()| Ok(GrpcOffsets::Server(offset(conn, server)?)));
+    let client = at(&id, "id", 0)
+        .and_then(|()| Ok(GrpcOffsets::Client { conn: offset(client_conn, client)?, ct: offset(ct, stream)? }));
+    GrpcLayout { server, client }
 }
 
 /// [`g_offset_in`] on a parsed file.

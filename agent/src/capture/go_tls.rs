@@ -37,7 +37,7 @@ pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 /// The Go functions probed so that calls nest by the request they serve
 /// (`go_proc`), with the kernel programs each takes.
-pub const NESTING_PROBES: [NestingProbe; 9] = [
+pub const NESTING_PROBES: [NestingProbe; 10] = [
     // net/http's client round trip on an HTTP/1 connection: the goroutine
     // it starts on is remembered for its connection.
     NestingProbe::entry(Nesting::HttpClient, ROUND_TRIP, "kspan_go_round_trip"),
@@ -75,6 +75,14 @@ pub const NESTING_PROBES: [NestingProbe; 9] = [
     // grpc-go's server: each stream served on a goroutine of its own (the
     // transport's layout comes from DWARF: `GRPC_TRANSPORT`).
     NestingProbe::entry(Nesting::GrpcServer, GRPC_HANDLE_STREAM, "kspan_go_grpc_handler"),
+    // grpc-go's client: each call's stream is made, and numbered, on the
+    // caller's goroutine (read at each `RET`; the layout from DWARF too).
+    NestingProbe {
+        nesting: Nesting::GrpcClient,
+        symbol: GRPC_NEW_STREAM,
+        program: None,
+        rets: Some("kspan_go_grpc_new_stream_ret"),
+    },
 ];
 /// net/http's client round trip.
 pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
@@ -82,8 +90,12 @@ pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 pub const GRPC_HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
 /// grpc-go's server transport, and its field holding the connection.
 pub const GRPC_TRANSPORT: (&str, &str) = ("google.golang.org/grpc/internal/transport.http2Server", "conn");
-/// grpc-go's stream (the kernel program reads its `id` and `st`).
+/// grpc-go's stream (the kernel programs read its `id`, and `st` or `ct`).
 pub const GRPC_STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
+/// grpc-go's client: a call's stream is made.
+pub const GRPC_NEW_STREAM: &str = "google.golang.org/grpc/internal/transport.(*http2Client).NewStream";
+/// grpc-go's client transport, and its field holding the connection.
+pub const GRPC_CLIENT_TRANSPORT: (&str, &str) = ("google.golang.org/grpc/internal/transport.http2Client", "conn");
 
 /// What a nesting probe follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,11 +108,13 @@ pub enum Nesting {
     Http2Client = 2,
     /// grpc-go's server streams.
     GrpcServer = 3,
+    /// grpc-go's client calls.
+    GrpcClient = 4,
 }
 
 impl Nesting {
-    pub const ALL: [Nesting; 4] =
-        [Nesting::HttpClient, Nesting::Http2Server, Nesting::Http2Client, Nesting::GrpcServer];
+    pub const ALL: [Nesting; 5] =
+        [Nesting::HttpClient, Nesting::Http2Server, Nesting::Http2Client, Nesting::GrpcServer, Nesting::GrpcClient];
 
     /// Its `probe` label, and its name in logs.
     pub fn label(self) -> (&'static str, &'static str) {
@@ -109,6 +123,7 @@ impl Nesting {
             Nesting::Http2Server => ("http2_server", "HTTP/2 server streams"),
             Nesting::Http2Client => ("http2_client", "HTTP/2 client requests"),
             Nesting::GrpcServer => ("grpc_server", "grpc-go server streams"),
+            Nesting::GrpcClient => ("grpc_client", "grpc-go client calls"),
         }
     }
 }
@@ -120,15 +135,15 @@ pub struct NestingProbe {
     pub nesting: Nesting,
     pub symbol: &'static str,
     /// The kernel program of the stack check's jump (it knows the
-    /// function's argument layout).
-    pub program: &'static str,
+    /// function's argument layout), if the function's start matters.
+    pub program: Option<&'static str>,
     /// The kernel program of each `RET`, if the function's end matters.
     pub rets: Option<&'static str>,
 }
 
 impl NestingProbe {
     const fn entry(nesting: Nesting, symbol: &'static str, program: &'static str) -> Self {
-        Self { nesting, symbol, program, rets: None }
+        Self { nesting, symbol, program: Some(program), rets: None }
     }
 }
 

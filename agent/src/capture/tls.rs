@@ -232,7 +232,10 @@ impl Capture {
                 self.attach_uprobe(program, probe.symbol, Some(ret), path)?;
             }
         }
-        self.attach_uprobe(probe.program, probe.symbol, Some(at), path)
+        match probe.program {
+            Some(program) => self.attach_uprobe(program, probe.symbol, Some(at), path),
+            None => Ok(()),
+        }
     }
 
     /// Attaches `program` at `symbol`, or at file offset `offset` (then

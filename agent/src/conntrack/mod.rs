@@ -37,7 +37,9 @@ pub use unix::{MAX_UNIX_NAMES, dropped as unix_names_dropped};
 
 use crate::protocol::detect::{Detector, Verdict};
 use crate::protocol::http2::Http2Parser;
-use crate::protocol::{Chunk, ConnMeta, Direction, End, Exchange, ParseStats, Protocol, Role, StreamParser, UnixConn};
+use crate::protocol::{
+    Chunk, ConnMeta, Direction, End, Exchange, ParseStats, Protocol, Role, StreamParser, StreamReport, UnixConn,
+};
 
 /// Limits of the connection table.
 #[derive(Clone, Debug)]
@@ -82,10 +84,35 @@ pub struct ConnStats {
     pub unix_names_dropped: u64,
     /// Go HTTP/2 streams keyed by their handler's goroutine.
     pub go_streams: u64,
-    /// Go HTTP/2 stream handlers reported for no open request (its
-    /// connection or stream unknown here, e.g. lost data): that request
-    /// keeps the goroutine that read it.
+    /// grpc-go client calls keyed by their caller's goroutine (counted when
+    /// the report is taken, which may be before its request is written).
+    pub go_calls: u64,
+    /// Go HTTP/2 stream handlers (or grpc-go callers) reported for no open
+    /// request (its connection or stream unknown here, e.g. lost data): that
+    /// request keeps the goroutine that read (or wrote) it.
     pub go_streams_unmatched: u64,
+    /// Handler goroutines forgotten because [`MAX_GO_HANDLERS`] were
+    /// remembered: a stream those served before is not known to have ended
+    /// when its goroutine serves another (its process may then be seen as
+    /// multiplexed: nesting off, never a wrong parent).
+    pub go_handlers_forgotten: u64,
+}
+
+/// Go handler goroutines remembered at most, over all processes (see
+/// [`ConnTable::on_go_stream`]); beyond, the table starts over (counted).
+pub const MAX_GO_HANDLERS: usize = 65_536;
+
+/// A stream of a connection: its key, socket id and stream id.
+type StreamAt = ((u32, u32), u64, u32);
+
+/// A Go server stream whose handler goroutine went on to serve another
+/// stream at `ts_ns` (see [`StreamParser::handed_over`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Handover {
+    key: (u32, u32),
+    sock_id: u64,
+    stream: u32,
+    ts_ns: u64,
 }
 
 /// Most mute requests queued in one drain cycle.
@@ -180,6 +207,11 @@ pub struct ConnTable {
     /// Opaque connections found since the caller last drained this: the
     /// kernel need not copy their bytes any more.
     pub mutes: Vec<Mute>,
+    /// (process, handler goroutine's thread key) -> the server stream it
+    /// serves or served last: (connection, socket id, stream).
+    go_handlers: HashMap<(u32, u32), StreamAt>,
+    /// Handovers found while a connection was borrowed, applied after.
+    handovers: Vec<Handover>,
 }
 
 fn count_server(serving: &mut HashMap<u32, u32>, tgid: u32, role: Option<Role>, up: bool) {
@@ -246,7 +278,39 @@ fn looks_like_tls(data: &[u8]) -> bool {
     matches!(data, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
 }
 
-/// Go stream-handler reports a detector held, dropped with it: counted as
+/// Remembers that a Go server's handler goroutine serves `r.stream` of the
+/// connection `at` (key, socket id); the stream it served before, if
+/// another, is handed over: Go reuses an ended goroutine's `g`, so that
+/// handler had ended. Client reports name callers, not handlers: none.
+fn note_handler(
+    handlers: &mut HashMap<(u32, u32), StreamAt>,
+    stats: &mut ConnStats,
+    at: ((u32, u32), u64),
+    r: &StreamReport,
+) -> Option<Handover> {
+    if r.role != Role::Server {
+        return None;
+    }
+    let owner = (at.0.0, r.tid);
+    if handlers.len() >= MAX_GO_HANDLERS && !handlers.contains_key(&owner) {
+        stats.go_handlers_forgotten += handlers.len() as u64;
+        handlers.clear();
+    }
+    let (key, sock_id, stream) = handlers.insert(owner, (at.0, at.1, r.stream))?;
+    ((key, sock_id, stream) != (at.0, at.1, r.stream)).then_some(Handover { key, sock_id, stream, ts_ns: r.ts_ns })
+}
+
+/// A Go stream report (a server's handler, a client's caller: `role`),
+/// taken by its parser or not.
+fn count_go_stream(stats: &mut ConnStats, role: Role, taken: bool) {
+    match (taken, role) {
+        (false, _) => stats.go_streams_unmatched += 1,
+        (true, Role::Server) => stats.go_streams += 1,
+        (true, Role::Client) => stats.go_calls += 1,
+    }
+}
+
+/// Go stream reports a detector held, dropped with it: counted as
 /// unmatched.
 fn drop_held_streams(stats: &mut ConnStats, det: &Detector) {
     stats.go_streams_unmatched += det.held_streams().count() as u64;
@@ -273,6 +337,8 @@ impl ConnTable {
             local_pairs: HashMap::new(),
             serving: HashMap::new(),
             mutes: Vec::new(),
+            go_handlers: HashMap::new(),
+            handovers: Vec::new(),
         }
     }
 
@@ -422,11 +488,14 @@ impl ConnTable {
                     parser.feed(&c.as_chunk(), scratch, stats);
                 }
                 // Before this chunk, which may end a stream reported held.
-                for (stream, tid) in det.held_streams() {
-                    if role == Role::Server && parser.serve_stream_on(stream, tid) {
-                        self.stats.go_streams += 1;
-                    } else {
-                        self.stats.go_streams_unmatched += 1;
+                for r in det.held_streams() {
+                    let taken = parser.stream_on(&r);
+                    count_go_stream(&mut self.stats, r.role, taken);
+                    let at = (key, conn.sock_id);
+                    match taken.then(|| note_handler(&mut self.go_handlers, &mut self.stats, at, &r)).flatten() {
+                        Some(h) if (h.key, h.sock_id) == at => parser.handed_over(h.stream, h.ts_ns),
+                        Some(h) => self.handovers.push(h),
+                        None => {}
                     }
                 }
                 parser.feed(&chunk, scratch, stats);
@@ -434,7 +503,11 @@ impl ConnTable {
             }
         }
         let meta = conn.meta;
-        if scratch.is_empty() {
+        let done = scratch.is_empty();
+        for h in std::mem::take(&mut self.handovers) {
+            self.hand_over(h);
+        }
+        if done {
             return;
         }
         let (peer_traced, serving) = (self.peer_traced(&meta), self.serves(key.0));
@@ -442,30 +515,42 @@ impl ConnTable {
         out.extend(self.scratch.drain(..).map(tagged));
     }
 
-    /// A Go HTTP/2 server runs `ev.stream`'s handler on `ev.goroutine`: the
-    /// calls made there nest under that request (see [`thread_key`]).
+    /// A Go HTTP/2 server runs `ev.stream`'s handler on `ev.goroutine`, or
+    /// a grpc-go client made the call on `ev.stream` there: the calls made
+    /// on that goroutine nest under that request, and that call under the
+    /// request the goroutine serves (see [`thread_key`]).
     pub fn on_go_stream(&mut self, ev: &GoStreamEvent) {
         let conn = self.conns.get_mut(&(ev.tgid, ev.fd)).filter(|c| c.sock_id == ev.sock_id);
         let key = thread_key(ev.tid, ev.goroutine);
+        let role = if ev.role == ROLE_CLIENT { Role::Client } else { Role::Server };
         // The kernel also reports sockets of no known role (opened before
-        // kspan started): only a server's streams are served.
-        let conn = conn.filter(|c| c.role != Some(Role::Client));
-        let served = match conn.map(|c| &mut c.state) {
-            Some(State::Parsing(_, parser)) => parser.serve_stream_on(ev.stream, key),
+        // kspan started): the parser takes only reports of its own role.
+        let conn = conn.filter(|c| c.role.is_none_or(|r| r == role));
+        let report = StreamReport { role, stream: ev.stream, tid: key, ts_ns: ev.ts_ns };
+        let taken = match conn.map(|c| &mut c.state) {
+            Some(State::Parsing(_, parser)) => parser.stream_on(&report),
             // A connection taken up mid-stream may still be undecided, its
             // request held: counted once the parser had it.
             Some(State::Detecting(det)) => {
-                if det.hold_stream(ev.stream, key) {
+                if det.hold_stream(report) {
                     return;
                 }
                 false
             }
             _ => false,
         };
-        if served {
-            self.stats.go_streams += 1;
-        } else {
-            self.stats.go_streams_unmatched += 1;
+        count_go_stream(&mut self.stats, role, taken);
+        let at = ((ev.tgid, ev.fd), ev.sock_id);
+        if taken && let Some(h) = note_handler(&mut self.go_handlers, &mut self.stats, at, &report) {
+            self.hand_over(h);
+        }
+    }
+
+    /// The stream `h` names ended its handler before `h.ts_ns`.
+    fn hand_over(&mut self, h: Handover) {
+        let conn = self.conns.get_mut(&h.key).filter(|c| c.sock_id == h.sock_id);
+        if let Some(State::Parsing(_, parser)) = conn.map(|c| &mut c.state) {
+            parser.handed_over(h.stream, h.ts_ns);
         }
     }
 
@@ -513,6 +598,7 @@ impl ConnTable {
         for k in keys {
             self.close_key(k, ts, out);
         }
+        self.go_handlers.retain(|k, _| k.0 != tgid);
     }
 
     /// Every connection ends (capture resumes after a pause in which closes

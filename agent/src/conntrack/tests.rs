@@ -401,6 +401,89 @@ fn go_stream_handlers_key_their_stream() {
     assert_eq!(out[0].exchange.tid, thread_key(0, g), "served by the handler's goroutine");
 }
 
+/// Go reuses an ended handler goroutine's `g`: a report of the same
+/// goroutine for another stream (here on another connection, then on the
+/// same one) ends the earlier stream's handler window there, before its
+/// response is written. A stream whose goroutine is not reused keeps its
+/// window until its end.
+#[test]
+fn a_reused_handler_goroutine_ends_the_earlier_streams_window() {
+    use crate::protocol::Record;
+    use crate::protocol::http2::{PREFACE, encode_frame as frame};
+    use kspan_common::GoStreamEvent;
+    let mut t = ConnTable::new(limits(4));
+    let mut out = Vec::new();
+    let g = 0x00c0_0004_0000_u64;
+    for (fd, sock) in [(3, 9), (4, 10)] {
+        t.on_open(&open(1, fd, sock), &mut out);
+        let mut h = PREFACE.to_vec();
+        h.extend(frame(4, 0, 0, &[]));
+        for stream in [1, 3] {
+            // HEADERS, END_STREAM | END_HEADERS: GET / (static table).
+            h.extend(frame(1, 0x5, stream, &[0x82, 0x84, 0x86, 0x41, 0x01, b'x']));
+        }
+        t.on_data(&data(1, fd, sock, 10, &h), &h, &mut out);
+    }
+    let ev = |fd, sock_id, stream, ts_ns| GoStreamEvent {
+        stream,
+        ts_ns,
+        tgid: 1,
+        fd,
+        sock_id,
+        goroutine: g,
+        ..Default::default()
+    };
+    t.on_go_stream(&ev(3, 9, 1, 20));
+    t.on_go_stream(&ev(4, 10, 1, 30));
+    t.on_go_stream(&ev(3, 9, 3, 40));
+    assert_eq!(t.stats.go_streams, 3);
+    for (fd, sock, stream, ts) in [(3, 9, 1, 50), (4, 10, 1, 60), (3, 9, 3, 70)] {
+        let resp = frame(1, 0x5, stream, &[0x88]);
+        t.on_data(&egress(data(1, fd, sock, ts, &resp)), &resp, &mut out);
+    }
+    let windows: Vec<_> = out
+        .iter()
+        .map(|cx| match &cx.exchange.record {
+            Record::Http(h) => (cx.fd, h.stream, h.handler),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(windows, [(3, 1, Some((20, 30))), (4, 1, Some((30, 40))), (3, 3, Some((40, 70)))]);
+}
+
+/// grpc-go's client writes every call on one goroutine and reports each
+/// call's caller on its own, here before the connection's first bytes: the
+/// report waits for the parser, then for the call's request, which then
+/// carries the caller. A server's report on that client connection is
+/// refused (unmatched).
+#[test]
+fn grpc_go_callers_key_their_calls() {
+    use crate::protocol::http2::{PREFACE, encode_frame as frame};
+    use kspan_common::{GoStreamEvent, ROLE_CLIENT};
+    let mut t = ConnTable::new(limits(4));
+    let mut out = Vec::new();
+    let mut c = open(1, 3, 9);
+    c.role = ROLE_CLIENT;
+    t.on_open(&c, &mut out);
+    let g = 0x00c0_0003_0000_u64;
+    let ev =
+        |role, stream| GoStreamEvent { stream, tgid: 1, fd: 3, sock_id: 9, role, goroutine: g, ..Default::default() };
+    t.on_go_stream(&ev(ROLE_CLIENT, 1));
+    assert_eq!((t.stats.go_calls, t.stats.go_streams_unmatched), (0, 0), "held, not counted yet");
+    let mut w = PREFACE.to_vec();
+    w.extend(frame(4, 0, 0, &[]));
+    // HEADERS, END_STREAM | END_HEADERS, stream 1: GET / (static table).
+    w.extend(frame(1, 0x5, 1, &[0x82, 0x84, 0x86, 0x41, 0x01, b'x']));
+    t.on_data(&egress(data(1, 3, 9, 10, &w)), &w, &mut out);
+    assert_eq!((t.stats.go_calls, t.stats.go_streams_unmatched), (1, 0));
+    t.on_go_stream(&ev(ROLE_SERVER, 1));
+    assert_eq!((t.stats.go_streams, t.stats.go_streams_unmatched), (0, 1), "a server's report on a client");
+    let resp = frame(1, 0x5, 1, &[0x88]);
+    t.on_data(&data(1, 3, 9, 20, &resp), &resp, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].exchange.role, out[0].exchange.tid), (Role::Client, thread_key(0, g)), "the caller's call");
+}
+
 /// An HTTP/2 connection opened before kspan started: no preface, and its
 /// first frames (pings) do not tell the role; it stays undecided, not muted,
 /// until a HEADERS frame does, and the request held before that pairs.

@@ -16,7 +16,7 @@
 //! overflow their bounds they are dropped and a new run is held, so the
 //! held chunks always run without a gap up to the deciding one.
 
-use super::{Chunk, Detection, Direction, Protocol, Role};
+use super::{Chunk, Detection, Direction, Protocol, Role, StreamReport};
 
 /// Bytes of each direction kept for sniffing.
 pub const SNIFF_BYTES: usize = 64;
@@ -71,7 +71,7 @@ pub struct Detector {
     waited: u32,
     /// (stream, thread key) of Go HTTP/2 stream handlers reported while
     /// undecided (a joined connection's request may still be held).
-    streams: Vec<(u32, u32)>,
+    streams: Vec<StreamReport>,
 }
 
 fn detect_one(p: Protocol, dir: Direction, data: &[u8]) -> Detection {
@@ -152,18 +152,19 @@ impl Detector {
         self.pending.iter()
     }
 
-    /// Holds a Go HTTP/2 stream handler's report until the parser exists
-    /// (false when [`MAX_HELD_STREAMS`] are held: not held).
-    pub fn hold_stream(&mut self, stream: u32, tid: u32) -> bool {
+    /// Holds a Go HTTP/2 stream report (a server's handler, a client's
+    /// caller) until the parser exists (false when [`MAX_HELD_STREAMS`]
+    /// are held: not held).
+    pub fn hold_stream(&mut self, report: StreamReport) -> bool {
         let room = self.streams.len() < MAX_HELD_STREAMS;
         if room {
-            self.streams.push((stream, tid));
+            self.streams.push(report);
         }
         room
     }
 
     /// Reports held by [`Self::hold_stream`], oldest first.
-    pub fn held_streams(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+    pub fn held_streams(&self) -> impl Iterator<Item = StreamReport> + '_ {
         self.streams.iter().copied()
     }
 }

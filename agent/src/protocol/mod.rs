@@ -146,6 +146,15 @@ impl Record {
             _ => 0,
         }
     }
+
+    /// The window of a server's stream served by a reported handler
+    /// goroutine ([`http::HttpExchange::handler`]).
+    pub fn handler(&self) -> Option<(u64, u64)> {
+        match self {
+            Record::Http(h) => h.handler,
+            _ => None,
+        }
+    }
 }
 
 /// What the span stage needs from a record: a name, attributes and a status.
@@ -231,13 +240,36 @@ pub trait StreamParser: Send {
     /// The connection closed at `ts_ns`: emit what can still be emitted
     /// (e.g. a response delimited by close) and count what is dropped.
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats);
-    /// The request open on `stream` of a multiplexed connection is served
-    /// by thread (or goroutine) key `tid`, not by the one that read it (a Go
-    /// HTTP/2 server's stream handler). False when no such request is open
+    /// The request on `report.stream` of a multiplexed connection belongs
+    /// to thread (or goroutine) key `report.tid`, not to the one that read
+    /// or wrote it: on a `Server` connection it is served there from
+    /// `report.ts_ns` on (a Go HTTP/2 server's stream handler); on a
+    /// `Client` connection the call was made there (grpc-go's client, whose
+    /// writer goroutine writes every call), and it may be told before its
+    /// request is written. False when the report's role is not the
+    /// connection's, or no such request is (or can still be) open
     /// (protocols with one request at a time have no streams).
-    fn serve_stream_on(&mut self, _stream: u32, _tid: u32) -> bool {
+    fn stream_on(&mut self, _report: &StreamReport) -> bool {
         false
     }
+
+    /// The goroutine serving `stream` went on to serve another stream at
+    /// `ts_ns` (Go reuses an ended goroutine's `g`): its handler ended
+    /// before that.
+    fn handed_over(&mut self, _stream: u32, _ts_ns: u64) {}
+}
+
+/// A Go program's report of who serves or made the request on a stream
+/// (see [`StreamParser::stream_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamReport {
+    /// The connection's side the report is for.
+    pub role: Role,
+    pub stream: u32,
+    /// The handler's (or caller's) thread key.
+    pub tid: u32,
+    /// When the handler started (or the call's stream was made).
+    pub ts_ns: u64,
 }
 
 /// Result of sniffing the first bytes seen in one direction of a connection.

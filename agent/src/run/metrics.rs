@@ -235,7 +235,7 @@ impl PipelineMetrics {
         );
         t.register(
             "kspan_go_http2_streams",
-            "Go HTTP/2 server streams reported by the handler probe, by reason: handler_goroutine (the request is keyed by its handler's goroutine), or unmatched (no open request found: it keeps the goroutine that read it)",
+            "Go HTTP/2 streams reported by a nesting probe, by reason: handler_goroutine (a server's request is keyed by its handler's goroutine), caller_goroutine (a grpc-go client's call is keyed by its caller's goroutine), unmatched (no open request found: it keeps the goroutine that read or wrote it), or handlers_forgotten (handler goroutines dropped from the table of 65,536 kept to tell when a reused goroutine's earlier stream ended)",
             m.go_streams.clone(),
         );
         m
@@ -332,6 +332,9 @@ impl PipelineMetrics {
         }
         let g = &self.go_streams;
         delta(&g.get_or_create(&r("handler_goroutine")), now.conns.go_streams, last.conns.go_streams);
+        delta(&g.get_or_create(&r("caller_goroutine")), now.conns.go_calls, last.conns.go_calls);
+        let (forgotten, before) = (now.conns.go_handlers_forgotten, last.conns.go_handlers_forgotten);
+        delta(&g.get_or_create(&r("handlers_forgotten")), forgotten, before);
         delta(&g.get_or_create(&r("unmatched")), now.conns.go_streams_unmatched, last.conns.go_streams_unmatched);
         self.last = *now;
     }

@@ -206,7 +206,9 @@ impl Pipeline {
                 let span = self.builder.build(&cx, resource);
                 self.counters.spans_built += 1;
                 let (peer_traced, serving, stream) = (cx.peer_traced, cx.serving, cx.exchange.record.stream());
-                built.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving, stream });
+                let unix = |mono| self.builder.unix_ns(mono);
+                let window = cx.exchange.record.handler().map(|(from, until)| (unix(from), unix(until)));
+                built.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving, stream, window });
             }
             let t_link = thread_cpu_ns();
             match &mut self.linker {

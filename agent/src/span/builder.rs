@@ -64,6 +64,11 @@ pub struct SpanBuilder {
 }
 
 impl SpanBuilder {
+    /// Kernel monotonic ns as unix ns, by the clock spans are built with.
+    pub fn unix_ns(&self, mono_ns: u64) -> u64 {
+        self.clock.to_unix(mono_ns)
+    }
+
     pub fn new(clock: Clock, privacy: Privacy) -> Self {
         Self { clock, privacy, rng: SmallRng::from_os_rng(), stats: BuilderStats::default() }
     }

@@ -83,6 +83,12 @@ pub struct LinkInput {
     /// ends see the same id, so concurrent requests on one connection link
     /// each to its own peer.
     pub stream: u32,
+    /// A server span whose request a reported handler goroutine served
+    /// (`HttpExchange::handler`, in unix ns): its thread serves it only in
+    /// this window, so calls nest in the window, and windows on one thread
+    /// never overlap (Go reuses an ended goroutine for the next handler,
+    /// maybe before the ended one's response is written).
+    pub window: Option<(u64, u64)>,
 }
 
 /// A connection as (client end, server end), and a stream on it.
@@ -212,7 +218,7 @@ impl Linker {
     /// Takes one span; spans whose trace is final are appended to `out`.
     /// `now` is monotonic time (ns), used only for deadlines.
     pub fn push(&mut self, input: LinkInput, now: u64, out: &mut Vec<Span>) {
-        let LinkInput { span, pid, meta, peer_traced, serving, stream } = input;
+        let LinkInput { span, pid, meta, peer_traced, serving, stream, window } = input;
         // Only a peer that is traced can have a span to link with.
         match span.kind {
             SpanKind::Client => {
@@ -221,7 +227,7 @@ impl Linker {
             }
             SpanKind::Server => {
                 let key = if peer_traced { server_key(&meta, stream) } else { None };
-                self.push_server(span, pid, key, now, out)
+                self.push_server(span, pid, (key, window), now, out)
             }
         }
         self.enforce_total_cap(out);
@@ -281,12 +287,21 @@ impl Linker {
         }
     }
 
-    fn push_server(&mut self, mut span: Span, pid: u32, key: Option<ConnKey>, now: u64, out: &mut Vec<Span>) {
+    fn push_server(
+        &mut self,
+        mut span: Span,
+        pid: u32,
+        (key, window): (Option<ConnKey>, Option<(u64, u64)>),
+        now: u64,
+        out: &mut Vec<Span>,
+    ) {
         let joined = !span.is_root();
         let id = self.new_id();
         let mut deps = Vec::new();
         let mut note_keys = Vec::new();
-        self.note_server_range(pid, &span);
+        // Where its thread serves it.
+        let range = window.unwrap_or((span.start_unix_ns, span.end_unix_ns));
+        self.note_server_range(pid, span.tid, range);
         // Clients of this thread: nested ones become children; older ones
         // can no longer be nested in anything and leave.
         let multiplexed = self.multiplexed.contains(&pid);
@@ -296,12 +311,12 @@ impl Linker {
             let Some(h) = self.held.get(&cid) else { continue };
             if multiplexed {
                 self.release(cid, Why::Unlinked, out);
-            } else if inside(&h.span, &span) {
+            } else if range.0 <= h.span.start_unix_ns && h.span.end_unix_ns <= range.1 {
                 if let Some(c) = self.take(cid) {
                     self.stats.nested += 1;
                     self.absorb(id, &span, cid, c, &mut deps, &mut note_keys);
                 }
-            } else if h.span.start_unix_ns < span.start_unix_ns {
+            } else if h.span.start_unix_ns < range.0 {
                 self.release(cid, Why::Unlinked, out);
             }
         }
@@ -336,14 +351,14 @@ impl Linker {
         self.emit(id, span, deps, &note_keys, out);
     }
 
-    /// Remembers the thread's last server span; one that overlaps it means
-    /// the thread multiplexes requests and nesting is off for its process.
-    fn note_server_range(&mut self, pid: u32, span: &Span) {
-        let range = (span.start_unix_ns, span.end_unix_ns);
-        if self.last_server.len() >= self.limits.max_held && !self.last_server.contains_key(&(pid, span.tid)) {
+    /// Remembers where thread `tid` served its last server span; one that
+    /// overlaps it means the thread multiplexes requests and nesting is off
+    /// for its process.
+    fn note_server_range(&mut self, pid: u32, tid: u32, range: (u64, u64)) {
+        if self.last_server.len() >= self.limits.max_held && !self.last_server.contains_key(&(pid, tid)) {
             self.last_server.clear();
         }
-        let Some((start, end)) = self.last_server.insert((pid, span.tid), range) else { return };
+        let Some((start, end)) = self.last_server.insert((pid, tid), range) else { return };
         if range.0 < end && start < range.1 && !self.multiplexed.contains(&pid) {
             if self.multiplexed.len() >= self.limits.max_held {
                 self.multiplexed.clear();

@@ -48,7 +48,7 @@ fn remote() -> ConnMeta {
 }
 
 fn input(span: Span, pid: u32, meta: ConnMeta) -> LinkInput {
-    LinkInput { span, pid, meta, peer_traced: true, serving: true, stream: 0 }
+    LinkInput { span, pid, meta, peer_traced: true, serving: true, stream: 0, window: None }
 }
 
 fn find(out: &[Span], n: u8) -> &Span {
@@ -147,6 +147,34 @@ fn sequential_requests_on_one_thread_keep_nesting() {
         assert_eq!(find(&out, 2 * i + 1).parent_span_id, [2 * i + 2; 8]);
     }
     assert_eq!((l.stats.nested, l.stats.multiplexed), (5, 0));
+}
+
+/// Go reuses an ended handler goroutine's `g` for the next stream's
+/// handler, maybe before the ended one's response is written: the two
+/// server spans overlap on one thread key, but their handler windows do
+/// not. That is no multiplexing, and each call nests in the window it was
+/// made in, even where it lies inside both spans.
+#[test]
+fn handler_windows_on_a_reused_goroutine_are_not_multiplexing() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    let g = 0x8000_0042;
+    let windowed = |s: Span, w| LinkInput { window: Some(w), ..input(s, A, remote()) };
+    // Stream 1: read at 10, handler 12..30, response written at 45.
+    // Stream 2: read at 11, its handler on the same goroutine from 30.
+    l.push(input(span(SpanKind::Client, 3, g, 14, 20), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Client, 4, g, 32, 40), A, remote()), 0, &mut out);
+    l.push(windowed(span(SpanKind::Server, 1, g, 10, 45), (12, 30)), 0, &mut out);
+    l.push(windowed(span(SpanKind::Server, 2, g, 11, 60), (30, 60)), 0, &mut out);
+    assert_eq!(l.stats.multiplexed, 0);
+    assert_eq!(find(&out, 3).parent_span_id, [1; 8]);
+    assert_eq!(find(&out, 4).parent_span_id, [2; 8], "inside span 1 too, but made in stream 2's window");
+    assert_eq!(l.stats.nested, 2);
+    // Without windows the same spans overlap: multiplexing.
+    let mut l = Linker::new(limits());
+    l.push(input(span(SpanKind::Server, 1, g, 10, 45), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Server, 2, g, 11, 60), A, remote()), 0, &mut out);
+    assert_eq!(l.stats.multiplexed, 1);
 }
 
 #[test]
@@ -340,6 +368,7 @@ fn a_server_span_whose_client_is_not_traced_leaves_at_once() {
             peer_traced: false,
             serving: true,
             stream: 0,
+            window: None,
         },
         1000,
         &mut out,
@@ -349,7 +378,11 @@ fn a_server_span_whose_client_is_not_traced_leaves_at_once() {
     // And a client span to an untraced local server is not noted for linking.
     let c = span(SpanKind::Client, 4, 9, 100, 120);
     let cm = meta("127.0.0.1:41001", "127.0.0.1:9091");
-    l.push(LinkInput { span: c, pid: A, meta: cm, peer_traced: false, serving: true, stream: 0 }, 1000, &mut out);
+    l.push(
+        LinkInput { span: c, pid: A, meta: cm, peer_traced: false, serving: true, stream: 0, window: None },
+        1000,
+        &mut out,
+    );
     l.tick(1000 + 500 * MS, &mut out);
     assert_eq!(out.len(), 2);
     assert_eq!(l.stats.cross_process, 0);
@@ -360,7 +393,11 @@ fn a_client_of_a_process_that_serves_nothing_leaves_at_once() {
     let mut l = Linker::new(limits());
     let mut out = Vec::new();
     let c = span(SpanKind::Client, 2, 7, 20, 30);
-    l.push(LinkInput { span: c, pid: A, meta: remote(), peer_traced: false, serving: false, stream: 0 }, 0, &mut out);
+    l.push(
+        LinkInput { span: c, pid: A, meta: remote(), peer_traced: false, serving: false, stream: 0, window: None },
+        0,
+        &mut out,
+    );
     assert_eq!(out.len(), 1, "nothing it could be nested in");
     assert!(out[0].is_root());
     assert_eq!(l.held(), 0);

@@ -136,7 +136,10 @@ pub struct DataHeader {
 /// stream's handler on a goroutine of its own, while one goroutine per
 /// connection reads every request: this names the goroutine that serves
 /// `stream` on socket (`tgid`, `fd`, `sock_id`), so the calls it makes nest
-/// under that request.
+/// under that request. grpc-go's client writes every call of a connection
+/// on one goroutine: with `role` [`ROLE_CLIENT`] this names the goroutine
+/// that made the call on `stream`, so the call nests under the request that
+/// goroutine serves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoStreamEvent {
@@ -147,9 +150,11 @@ pub struct GoStreamEvent {
     pub tgid: u32,
     pub tid: u32,
     pub fd: u32,
-    pub _pad: u32,
+    /// The socket's side: [`ROLE_SERVER`] (a stream's handler) or
+    /// [`ROLE_CLIENT`] (a call's caller).
+    pub role: u32,
     pub sock_id: u64,
-    /// The handler's goroutine (`g` address).
+    /// The handler's (or caller's) goroutine (`g` address).
     pub goroutine: u64,
 }
 
@@ -164,6 +169,12 @@ pub struct GoProc {
     /// (`transport.http2Server`), from the executable's DWARF;
     /// [`NO_OFFSET`]: unknown (no grpc-go server, or no DWARF).
     pub grpc_conn: u32,
+    /// Offsets of `conn` in grpc-go's client transport
+    /// (`transport.http2Client`) and of `ct` (that transport) in its
+    /// `transport.Stream`; [`NO_OFFSET`]: unknown (no grpc-go client, or no
+    /// DWARF).
+    pub grpc_client_conn: u32,
+    pub grpc_stream_ct: u32,
     pub _pad: u32,
 }
 

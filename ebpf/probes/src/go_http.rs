@@ -16,6 +16,12 @@
 //!   uprobe there reports (socket, stream id, handler goroutine) to the
 //!   agent, which keys that stream's server span by the handler's
 //!   goroutine.
+//! - grpc-go client: one goroutine per connection (`loopyWriter`) writes
+//!   every call's frames, but the call's stream is created on the caller's
+//!   goroutine (`(*http2Client).NewStream`, which also gives it its id). A
+//!   uprobe on each of that function's `RET`s reports (socket, stream id,
+//!   caller goroutine), and the agent keys that call's client span by the
+//!   caller.
 //!
 //! Guarantees:
 //! - Only selected processes (the `TRACED` check), and for the HTTP/2
@@ -42,8 +48,11 @@
 //!   `rw.rws.stream.sc` is the receiver (`stream` starts with `sc` then
 //!   `id` in every release); grpc-go's `stream.st` is the transport the
 //!   handler was given (both interface words; the agent checked in DWARF
-//!   that `Stream` starts with `id` and `st`). A lost record (ring buffer
-//!   full) is counted.
+//!   that `Stream` starts with `id` and `st`); a grpc-go client's stream is
+//!   the non-nil result of `NewStream` (its `id` first, checked in DWARF
+//!   too; its transport at `Stream.ct`, that transport's `conn` at the
+//!   offset DWARF gives: `GoProc::grpc_stream_ct`, `grpc_client_conn`). A
+//!   lost record (ring buffer full) is counted.
 //! - A writer acts for its caller only between `doRequest`'s start and a
 //!   `RET` of it; the agent attaches the entry probe only after every `RET`
 //!   probe, so a goroutine never keeps a caller after it ended.
@@ -68,7 +77,7 @@ use kspan_common::{
 
 use crate::go_tls::{conn_fd, go_entry, net_conn_fd};
 use crate::maps::{EVENTS, GO_ACTS_FOR, GO_CONN_CALLER, GO_H2_REQUESTS, GO_PROCS, GoCaller, ProcPtr, SOCKS, count};
-use crate::{Res, wake_flags};
+use crate::{Res, config, is_traced, wake_flags};
 
 /// Offset of the data word of `persistConn.conn`.
 const PCONN_CONN_DATA: u64 = 80 + 8;
@@ -197,14 +206,15 @@ fn h2_handler<const CONN: u64>(ctx: &ProbeContext) -> Res {
     }
     let id = word(stream + 8)? as u32;
     let data = word(sc + CONN)?;
-    report_stream(cfg, tgid, tid, data, id, g)
+    report_stream(cfg, (tgid, tid), ROLE_SERVER, data, id, g)
 }
 
 /// Reports that goroutine `g` serves `stream` on the server connection
+/// (`role` [`ROLE_SERVER`]), or made the call on it (a client connection),
 /// whose `net.Conn` data word is `conn`.
 #[inline(always)]
-fn report_stream(cfg: &KernelConfig, tgid: u32, tid: u32, conn: u64, stream: u32, g: u64) -> Res {
-    let (fd, sock_id) = net_conn_socket(tgid, conn, ROLE_SERVER).ok_or(0u32)?;
+fn report_stream(cfg: &KernelConfig, (tgid, tid): (u32, u32), role: u32, conn: u64, stream: u32, g: u64) -> Res {
+    let (fd, sock_id) = net_conn_socket(tgid, conn, role).ok_or(0u32)?;
     let Some(mut entry) = EVENTS.reserve::<GoStreamEvent>(0) else {
         count(counter::RINGBUF_FULL_CTRL);
         return Ok(0);
@@ -217,7 +227,7 @@ fn report_stream(cfg: &KernelConfig, tgid: u32, tid: u32, conn: u64, stream: u32
         tgid,
         tid,
         fd,
-        _pad: 0,
+        role,
         sock_id,
         goroutine: g,
     });
@@ -259,7 +269,7 @@ fn grpc_handler(ctx: &ProbeContext) -> Res {
     }
     let id = word(stream)? as u32;
     let conn = word(t + u64::from(go.grpc_conn) + 8)?;
-    report_stream(cfg, tgid, tid, conn, id, g)
+    report_stream(cfg, (tgid, tid), ROLE_SERVER, conn, id, g)
 }
 
 /// Stack check of grpc-go's `(*Server).handleStream`, on the goroutine
@@ -267,6 +277,40 @@ fn grpc_handler(ctx: &ProbeContext) -> Res {
 #[uprobe]
 pub fn kspan_go_grpc_handler(ctx: ProbeContext) -> u32 {
     match grpc_handler(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn grpc_new_stream_ret(ctx: &ProbeContext) -> Res {
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if !is_traced(cfg, tgid) {
+        return Ok(0);
+    }
+    // SAFETY: plain value copied out.
+    let go = unsafe { GO_PROCS.get(&tgid) }.copied().ok_or(0u32)?;
+    if go.grpc_client_conn == NO_OFFSET || go.grpc_stream_ct == NO_OFFSET {
+        return Ok(0);
+    }
+    // SAFETY: the probe's saved user registers at a `RET`: the results
+    // (`*Stream`, then the error interface) from RAX, the goroutine in R14.
+    let (stream, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
+    if stream == 0 {
+        return Ok(0);
+    }
+    // `Stream` starts with `id` (a uint32: the low half of the word).
+    let stream_id = word(stream)? as u32;
+    let t = word(stream + u64::from(go.grpc_stream_ct))?;
+    let conn = word(t + u64::from(go.grpc_client_conn) + 8)?;
+    report_stream(cfg, (tgid, tid), ROLE_CLIENT, conn, stream_id, g)
+}
+
+/// Each `RET` of grpc-go's `(*http2Client).NewStream`, on the goroutine
+/// that makes the call: the new stream's id is set.
+#[uprobe]
+pub fn kspan_go_grpc_new_stream_ret(ctx: ProbeContext) -> u32 {
+    match grpc_new_stream_ret(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }

@@ -114,6 +114,9 @@ struct Pending {
     ex: HttpExchange,
 }
 
+// Nearly every slot is a request (a skip is rare), so boxing it would only
+// add an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Slot {
     Request(Pending),

@@ -5,7 +5,7 @@ use super::frame::{Event, Framer, Lost, scan_from_start};
 use super::hpack::{Decoder, UNKNOWN};
 use super::{MAX_STREAMS, MAX_TABLE};
 use crate::protocol::http::{HttpExchange, Method};
-use crate::protocol::{Chunk, Exchange, ParseStats, Record, Role, StreamParser};
+use crate::protocol::{Chunk, Exchange, ParseStats, Record, Role, StreamParser, StreamReport};
 
 /// Fields of one decoded header block, in one buffer.
 #[derive(Default)]
@@ -54,6 +54,10 @@ struct Stream {
     ex: HttpExchange,
     start_ns: u64,
     tid: u32,
+    /// Served by a reported handler from this time, until the given time
+    /// if its goroutine went on to another stream
+    /// ([`HttpExchange::handler`]).
+    handler: Option<(u64, Option<u64>)>,
     /// Response headers (a final `:status`) seen.
     answered: bool,
     request_body: u64,
@@ -70,6 +74,12 @@ struct State {
     fields: Fields,
     /// Taken up mid-stream: header blocks may hold unknown fields.
     joined: bool,
+    /// A client's calls told before their request was written: (stream,
+    /// the caller's thread key), at most [`MAX_STREAMS`].
+    callers: Vec<(u32, u32)>,
+    /// Highest stream id of a request seen (a client numbers its streams
+    /// upwards, in the order it writes them).
+    last_request: u32,
 }
 
 /// Per-connection HTTP/2 parser (see the module guarantees).
@@ -91,7 +101,7 @@ impl Http2Parser {
         let decoders = [Decoder::default(), Decoder::default()];
         Self {
             framers: [Framer::new(!client_writes), Framer::new(client_writes)],
-            state: State { role, decoders, streams: Vec::new(), fields: Fields::default(), joined: false },
+            state: State::new(role, decoders, false),
             lost: false,
             synced: [true; 2],
         }
@@ -105,7 +115,7 @@ impl Http2Parser {
         let decoders = [Decoder::joined(), Decoder::joined()];
         Self {
             framers: [Framer::new(false), Framer::new(false)],
-            state: State { role, decoders, streams: Vec::new(), fields: Fields::default(), joined: true },
+            state: State::new(role, decoders, true),
             lost: false,
             synced: [false; 2],
         }
@@ -145,13 +155,57 @@ impl StreamParser for Http2Parser {
         self.state.streams.clear();
     }
 
-    fn serve_stream_on(&mut self, stream: u32, tid: u32) -> bool {
+    fn stream_on(&mut self, r: &StreamReport) -> bool {
+        let state = &mut self.state;
+        let StreamReport { role, stream, tid, ts_ns } = *r;
+        if role != state.role {
+            return false;
+        }
+        if let Some(s) = state.streams.iter_mut().find(|s| s.ex.stream == stream) {
+            s.tid = tid;
+            if role == Role::Server {
+                s.handler = Some((ts_ns, None));
+            }
+            return true;
+        }
+        // A client's call told before its request was written (its writer
+        // goroutine may write it later): kept for it.
+        let ahead = role == Role::Client && stream > state.last_request;
+        let kept = ahead && state.callers.len() < MAX_STREAMS && !self.lost;
+        if kept {
+            state.callers.push((stream, tid));
+        }
+        kept
+    }
+
+    fn handed_over(&mut self, stream: u32, ts_ns: u64) {
         let open = self.state.streams.iter_mut().find(|s| s.ex.stream == stream);
-        open.map(|s| s.tid = tid).is_some()
+        if let Some((_, until @ None)) = open.and_then(|s| s.handler.as_mut()) {
+            *until = Some(ts_ns);
+        }
     }
 }
 
 impl State {
+    fn new(role: Role, decoders: [Decoder; 2], joined: bool) -> Self {
+        let (streams, fields, callers) = (Vec::new(), Fields::default(), Vec::new());
+        Self { role, decoders, streams, fields, joined, callers, last_request: 0 }
+    }
+
+    /// The thread key a request on `stream` written by `tid` counts for: its
+    /// caller's when one was told (see `stream_on`). Callers of streams
+    /// before it are dropped: a client writes its streams in order, so
+    /// theirs were not seen.
+    fn caller_of(&mut self, stream: u32, tid: u32) -> u32 {
+        self.last_request = self.last_request.max(stream);
+        if self.callers.is_empty() {
+            return tid;
+        }
+        let told = self.callers.iter().find(|c| c.0 == stream).map_or(tid, |c| c.1);
+        self.callers.retain(|c| c.0 > stream);
+        told
+    }
+
     fn on_event(
         &mut self,
         d: usize,
@@ -232,10 +286,12 @@ impl State {
             ex.method = Method::Other;
         }
         ex.stream = stream;
+        let tid = self.caller_of(stream, chunk.tid);
         self.streams.push(Stream {
             ex,
             start_ns: chunk.ts_ns,
-            tid: chunk.tid,
+            tid,
+            handler: None,
             answered: false,
             request_body: 0,
             response_body: 0,
@@ -284,6 +340,7 @@ impl State {
         let bodiless = s.ex.method == Method::Head || matches!(s.ex.status, 204 | 304);
         s.ex.response_body_size = (!bodiless).then_some(s.response_body);
         s.ex.request_body_size = (s.request_body > 0).then_some(s.request_body);
+        s.ex.handler = s.handler.map(|(from, until)| (from.min(ts), until.unwrap_or(ts).clamp(from.min(ts), ts)));
         stats.exchanges += 1;
         out.push(Exchange {
             role: self.role,

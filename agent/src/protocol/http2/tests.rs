@@ -2,7 +2,7 @@ use loona_hpack::Encoder;
 
 use super::*;
 use crate::protocol::http::{HttpExchange, Version};
-use crate::protocol::{Chunk, ConnMeta, Exchange, ParseStats, Privacy, Record, StreamParser};
+use crate::protocol::{Chunk, ConnMeta, Exchange, ParseStats, Privacy, Record, StreamParser, StreamReport};
 use crate::span::model::{AttrValue, StatusCode};
 
 const END_STREAM: u8 = 0x1;
@@ -342,6 +342,11 @@ fn golden_fixtures_recorded_from_real_servers() {
     crate::protocol::testutil::check_golden_dir(&dir, &|role| Box::new(Http2Parser::new(role)));
 }
 
+/// A Go program's report that `tid` serves (or made) `stream`, at time 0.
+fn report(role: Role, stream: u32, tid: u32) -> StreamReport {
+    StreamReport { role, stream, tid, ts_ns: 0 }
+}
+
 /// A Go HTTP/2 server reads every request on one goroutine and runs each
 /// stream's handler on another: the handler's key replaces the reader's for
 /// that stream alone, and a stream not open is refused.
@@ -352,13 +357,48 @@ fn a_stream_served_on_another_thread_carries_that_thread() {
         let req = c.get(id, "/a");
         c.client(&req);
     }
-    assert!(c.p.serve_stream_on(3, 0x8000_0042));
-    assert!(!c.p.serve_stream_on(5, 0x8000_0043), "no request on stream 5");
+    assert!(c.p.stream_on(&report(Role::Server, 3, 0x8000_0042)));
+    assert!(!c.p.stream_on(&report(Role::Server, 5, 0x8000_0043)), "no request on stream 5");
     for id in [1, 3] {
         let resp = c.response_frame(id, END_STREAM, &[(":status", "200")]);
         c.server(&resp);
     }
     let tids: Vec<(u32, u32)> = c.out.iter().map(|e| (http(e).stream, e.tid)).collect();
     assert_eq!(tids, [(1, 7), (3, 0x8000_0042)]);
-    assert!(!c.p.serve_stream_on(3, 0x8000_0042), "stream 3 is over");
+    assert!(!c.p.stream_on(&report(Role::Server, 3, 0x8000_0042)), "stream 3 is over");
+    assert!(!c.p.stream_on(&report(Role::Client, 1, 0x8000_0042)), "a client's report on a server connection");
+}
+
+/// grpc-go's client writes every call on one goroutine and tells each
+/// call's caller on its own (before or after the request is written): the
+/// caller's key replaces the writer's for that stream alone. A caller told
+/// for a stream whose request is never seen is dropped once a later stream
+/// is written (a client writes its streams in order); a stream already
+/// over, or a server's report, is refused.
+#[test]
+fn a_client_call_carries_the_thread_that_made_it() {
+    let mut c = Conn::new(Role::Client);
+    assert!(c.p.stream_on(&report(Role::Client, 3, 0x8000_0003)), "told before its request");
+    assert!(c.p.stream_on(&report(Role::Client, 5, 0x8000_0005)), "one whose request is lost");
+    for id in [1, 3, 7] {
+        let req = c.get(id, "/a");
+        c.client(&req);
+    }
+    assert!(c.p.stream_on(&report(Role::Client, 7, 0x8000_0007)), "told after its request");
+    assert!(!c.p.stream_on(&report(Role::Server, 1, 0x8000_0001)), "a server's report on a client connection");
+    assert!(!c.p.stream_on(&report(Role::Client, 5, 0x8000_0005)), "stream 5 is behind the last request");
+    for id in [1, 3, 7] {
+        let resp = c.response_frame(id, END_STREAM, &[(":status", "200")]);
+        c.server(&resp);
+    }
+    let tids: Vec<(u32, u32)> = c.out.iter().map(|e| (http(e).stream, e.tid)).collect();
+    assert_eq!(tids, [(1, 7), (3, 0x8000_0003), (7, 0x8000_0007)]);
+    assert!(!c.p.stream_on(&report(Role::Client, 7, 0x8000_0007)), "stream 7 is over");
+    // Stream 5's caller went when stream 7 was written: a request on 5 now
+    // (impossible from a real client) keeps its writer.
+    let req = c.get(5, "/late");
+    c.client(&req);
+    let resp = c.response_frame(5, END_STREAM, &[(":status", "200")]);
+    c.server(&resp);
+    assert_eq!((http(&c.out[3]).stream, c.out[3].tid), (5, 7));
 }
