@@ -214,20 +214,48 @@ fn go_http2_server_streams_nest_by_their_handler_goroutine() {
 /// server span -> Redis, in one trace.
 #[test]
 fn go_http2_connection_opened_before_kspan_is_followed_and_nests() {
+    go_pooled_connection_opened_before_kspan_nests("h2chain", true);
+}
+
+/// The same over HTTP/1.1: net/http's keep-alive connection to the
+/// service's own HTTP server, opened before kspan started (the kernel saw
+/// no connect: a socket of no known role). The round-trip probe names
+/// each call's caller on it, so each call nests the same way.
+#[test]
+fn go_http1_connection_opened_before_kspan_nests() {
+    go_pooled_connection_opened_before_kspan_nests("chain", false);
+}
+
+/// Calls `/ROUTE/N` of the Go test service, whose handler calls its own
+/// `/redis/N` on a pooled connection the first call opens before kspan
+/// starts; then checks request -> call -> its server span -> Redis.
+fn go_pooled_connection_opened_before_kspan_nests(route: &str, h2: bool) {
     let (pg, rd) = (postgres(), seeded_redis());
     let (go, _) = go_db_server(&go_db_app(), pg.port, rd.port);
-    let chain = |n: usize| format!("http://127.0.0.1:{}/h2chain/{n}", go.port);
-    // The pooled HTTP/2 connection is opened by the first call.
+    let chain = |n: usize| format!("http://127.0.0.1:{}/{route}/{n}", go.port);
+    // The pooled connection is opened by the first call.
     assert_eq!(run_ok(Command::new("curl").args(["-sSf", &chain(0)])).trim(), "v0");
+    // Local ports of the service's connections before kspan started.
+    let ss = run_ok(Command::new("ss").args(["-tnpH", "state", "established"]));
+    let before: Vec<i64> = ss
+        .lines()
+        .filter(|l| l.contains(&format!("pid={},", go.pid())))
+        .filter_map(|l| l.split_whitespace().nth(2)?.rsplit(':').next()?.parse().ok())
+        .collect();
     let k = Kspan::start(&["--pid", &go.pid().to_string()]);
     k.wait_log("\"Go crypto/tls\"", WAIT);
-    for symbol in ["net/http.(*http2serverConn).runHandler", "net/http.(*http2clientStream).doRequest"] {
+    for symbol in [
+        "net/http.(*persistConn).roundTrip",
+        "net/http.(*http2serverConn).runHandler",
+        "net/http.(*http2clientStream).doRequest",
+    ] {
         k.wait_log(symbol, WAIT);
     }
-    // The server's goroutine was already inside its TLS `Read` of the
-    // next frame header when kspan attached: that read is never seen (the
-    // probe reads a call's buffer at its entry), so the first call's
-    // request is lost on the server's end. The calls after it are whole.
+    // Over HTTP/2 the server's goroutine was already inside its TLS `Read`
+    // of the next frame header when kspan attached: that read is never
+    // seen (the probe reads a call's buffer at its entry), so the first
+    // call's request is lost on the server's end. The calls after it are
+    // whole.
     assert_eq!(run_ok(Command::new("curl").args(["-sSf", &chain(0)])).trim(), "v0");
     const CALLS: usize = 4;
     let mut curl = Command::new("curl");
@@ -238,18 +266,22 @@ fn go_http2_connection_opened_before_kspan_is_followed_and_nests() {
     let out = run_ok(&mut curl);
     assert_eq!(out.lines().collect::<Vec<_>>(), ["v1", "v2", "v3", "v4"], "{out}");
     let go_pid = go.pid() as i64;
-    let h2 = |s: &Value| attr_str(s, "network.protocol.version") == Some("2");
-    let spans = |kind_: &'static str, http2: bool| {
+    let version = if h2 { "2" } else { "1.1" };
+    let outer_path = format!("/{route}/");
+    let spans = |kind_: &'static str, prefix: String| {
         move |s: &Value| {
-            kind(s) == kind_ && pid_of(s) == go_pid && h2(s) == http2 && attr_str(s, "db.system.name").is_none()
+            let path = attr_str(s, "url.path").unwrap_or("");
+            kind(s) == kind_ && pid_of(s) == go_pid && path.starts_with(&prefix) && path != format!("{prefix}0")
         }
     };
-    let outer = k.wait_spans(CALLS, WAIT, spans("server", false));
-    let calls = k.wait_spans(CALLS, WAIT, spans("client", true));
-    let inner = k.wait_spans(CALLS, WAIT, spans("server", true));
-    let redis = k.wait_spans(CALLS, WAIT, |s| pid_of(s) == go_pid && attr_str(s, "db.system.name") == Some("redis"));
+    let outer = k.wait_spans(CALLS, WAIT, spans("server", outer_path.clone()));
+    let calls = k.wait_spans(CALLS, WAIT, spans("client", "/redis/".into()));
+    let inner = k.wait_spans(CALLS, WAIT, spans("server", "/redis/".into()));
+    let redis = k.wait_spans(CALLS, WAIT, |s| {
+        pid_of(s) == go_pid && attr_str(s, "db.query.text").is_some_and(|t| t != "GET kspan:0")
+    });
     for n in 1..=CALLS {
-        let (o, i) = (format!("/h2chain/{n}"), format!("/redis/{n}"));
+        let (o, i) = (format!("{outer_path}{n}"), format!("/redis/{n}"));
         let at = |spans: &[Value], p: &str| -> Value {
             let found = spans.iter().find(|s| attr_str(s, "url.path") == Some(p));
             found.unwrap_or_else(|| panic!("{p}: {spans:#?}")).clone()
@@ -257,6 +289,11 @@ fn go_http2_connection_opened_before_kspan_is_followed_and_nests() {
         let (o, c, s) = (&at(&outer, &o), &at(&calls, &i), &at(&inner, &i));
         assert_eq!(s["name"].as_str(), Some("GET /redis/{id}"), "{s:#}");
         assert_eq!(attr_i64(s, "http.response.status_code"), Some(200), "{s:#}");
+        for span in [c, s] {
+            assert_eq!(attr_str(span, "network.protocol.version"), Some(version), "{span:#}");
+        }
+        let port = attr_i64(c, "network.local.port").expect("port");
+        assert!(before.contains(&port), "the call is on a connection opened before kspan {before:?}: {c:#}");
         let r = redis
             .iter()
             .find(|r| attr_str(r, "db.query.text") == Some(&format!("GET kspan:{n}")))
@@ -268,8 +305,10 @@ fn go_http2_connection_opened_before_kspan_is_followed_and_nests() {
         assert_inside(c, o);
         assert_inside(r, s);
     }
-    k.wait_metric("kspan_connections_total{reason=\"http2_joined\"} 2");
-    streams_keyed_by_goroutine(&k, CALLS);
+    if h2 {
+        k.wait_metric("kspan_connections_total{reason=\"http2_joined\"} 2");
+        streams_keyed_by_goroutine(&k, CALLS);
+    }
     assert!(k.stop());
 }
 
