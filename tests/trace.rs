@@ -312,6 +312,59 @@ fn go_pooled_connection_opened_before_kspan_nests(route: &str, h2: bool) {
     assert!(k.stop());
 }
 
+/// HTTP/2 upgraded from HTTP/1.1: curl's `--http2` on an `http://` URL sends
+/// its first request with `Upgrade: h2c`, the Go service's h2c handler
+/// (golang.org/x/net/http2/h2c) answers `101` and the HTTP/2 server
+/// preface in one write, then stream 1's response; curl's later requests
+/// on that connection are HTTP/2 streams. On both ends (curl and the Go
+/// service) the upgrading request is one span with its HTTP/2 response
+/// (not a `101`), and the later requests are HTTP/2 spans; each server
+/// span is the child of curl's span.
+#[test]
+fn h2c_upgrade_from_http1_is_followed_on_both_ends() {
+    let rd = seeded_redis();
+    let (go, _) = go_db_server(&go_db_app(), 1, rd.port);
+    let k = Kspan::start(&["--pid", &go.pid().to_string(), "--exe", "^/usr/bin/curl$"]);
+    let urls: Vec<String> = (1..=3).map(|n| format!("http://127.0.0.1:{}/redis/{n}", go.port)).collect();
+    let t = std::time::Instant::now();
+    let out =
+        run_ok(Command::new("curl").args(["-sS", "--http2", "-w", "%{http_version} %{num_connects}\\n"]).args(&urls));
+    let took = t.elapsed().as_nanos() as u64;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["v1", "2 1", "v2", "2 0", "v3", "2 0"], "three answers over one upgraded connection: {out}");
+    let go_pid = go.pid() as i64;
+    let servers = k.wait_spans(3, WAIT, |s| kind(s) == "server" && pid_of(s) == go_pid);
+    let clients =
+        k.wait_spans(3, WAIT, |s| kind(s) == "client" && resource_str(s, "process.executable.name") == Some("curl"));
+    assert_eq!((servers.len(), clients.len()), (3, 3), "{servers:#?}\n{clients:#?}");
+    for n in 1..=3 {
+        let path = format!("/redis/{n}");
+        let at = |spans: &[Value]| -> Value {
+            spans
+                .iter()
+                .find(|s| attr_str(s, "url.path") == Some(&path))
+                .unwrap_or_else(|| panic!("{path}: {spans:#?}"))
+                .clone()
+        };
+        let (s, c) = (at(&servers), at(&clients));
+        for span in [&s, &c] {
+            assert_eq!(attr_i64(span, "http.response.status_code"), Some(200), "{span:#}");
+            assert_eq!(span["name"], "GET /redis/{id}", "{span:#}");
+            // The upgrading request was sent as HTTP/1.1; the others are streams.
+            let version = if n == 1 { "1.1" } else { "2" };
+            assert_eq!(attr_str(span, "network.protocol.version"), Some(version), "{span:#}");
+            assert!(duration_ns(span) <= took, "{span:#}");
+        }
+        assert_eq!(id(&s, "parent_span_id"), id(&c, "span_id"), "{s:#}\n{c:#}");
+        assert_inside(&s, &c);
+    }
+    // Both ends' exchanges are counted by the parser that took the
+    // connection up (HTTP/1.x), the HTTP/2 part too; nothing went opaque.
+    let m = k.wait_metric("kspan_parse_total{protocol=\"http\",kind=\"exchanges\"} 6");
+    assert!(m.lines().any(|l| l == "kspan_connections_total{reason=\"opaque\"} 0"), "nothing opaque:\n{m}");
+    assert!(k.stop());
+}
+
 /// The same Go service built with cgo and C thread-local data: its
 /// goroutine slot is not at Go's usual -8 from the thread pointer, and
 /// kspan reads where it is from the executable's TLS segment.

@@ -1,5 +1,7 @@
 // Go web service for kspan's end-to-end tests of goroutine nesting: an
-// HTTP and two HTTPS servers (Go's net/http and crypto/tls; HTTP/1.1, and
+// HTTP server (HTTP/1.1, and h2c: x/net's handler, with prior knowledge or
+// upgraded from HTTP/1.1) and two HTTPS servers (Go's net/http and
+// crypto/tls; HTTP/1.1, and
 // HTTP/2 through ALPN: net/http's own HTTP/2 server on the first,
 // golang.org/x/net/http2's on the second) whose handlers query PostgreSQL
 // through database/sql and lib/pq, and Redis through redigo, each from a
@@ -37,6 +39,7 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
 )
 
 func main() {
@@ -135,7 +138,9 @@ func main() {
 	}
 	fmt.Println(plainPort, tlsPort, xnetPort)
 	os.Stdout.Sync()
-	go func() { panic(http.Serve(plain, mux)) }()
+	// The plain server also speaks HTTP/2 without TLS (h2c): with prior
+	// knowledge, or upgraded from HTTP/1.1 (`Upgrade: h2c`).
+	go func() { panic(http.Serve(plain, h2c.NewHandler(mux, &http2.Server{}))) }()
 	go func() { panic(xnetServer.ServeTLS(xnet, os.Args[3], os.Args[4])) }()
 	panic(http.ServeTLS(tls, mux, os.Args[3], os.Args[4]))
 }

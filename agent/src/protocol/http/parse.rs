@@ -16,14 +16,19 @@
 //!   too until the connection is quiet (nothing queued, no response in
 //!   progress), since responses to requests lost inside the gap may follow.
 //! - After `101 Switching Protocols` or a successful `CONNECT` the connection
-//!   is opaque: later bytes are ignored.
+//!   is opaque: later bytes are ignored. Except an upgrade to HTTP/2
+//!   (`Upgrade: h2c` on the request, RFC 7540 section 3.2): the request
+//!   goes on as stream 1 of an [`Http2Parser`], which takes every byte after
+//!   the `101` head, in that chunk too, so that request's exchange has the
+//!   HTTP/2 response, and the connection's later streams are parsed.
 
 use std::collections::VecDeque;
 
 use super::body::{Body, End};
 use super::head::{self, Framing, MAX_HEAD, Parsed, RequestHead, ResponseHead, Side};
 use super::{HttpExchange, Method, Prefix};
-use crate::protocol::{Chunk, Exchange, ParseStats, Record, Role, StreamParser};
+use crate::protocol::http2::Http2Parser;
+use crate::protocol::{Chunk, Exchange, ParseStats, Record, Role, StreamParser, StreamReport};
 
 /// Requests waiting for a response, per connection.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -166,6 +171,8 @@ pub struct HttpParser {
     uncertain: bool,
     /// Upgraded, tunnelled or closed: ignore everything.
     opaque: bool,
+    /// Upgraded to HTTP/2 (h2c): it takes everything from here on.
+    h2: Option<Box<Http2Parser>>,
 }
 
 impl HttpParser {
@@ -180,6 +187,7 @@ impl HttpParser {
             answer: None,
             uncertain: false,
             opaque: false,
+            h2: None,
         }
     }
 
@@ -202,15 +210,16 @@ impl HttpParser {
         }
     }
 
-    /// Processes captured bytes of one side until they are used up.
-    fn feed_bytes(
+    /// Processes captured bytes of one side until they are used up, or
+    /// until the connection turns opaque: what is left then.
+    fn feed_bytes<'a>(
         &mut self,
         side: Side,
-        mut input: &[u8],
+        mut input: &'a [u8],
         origin: Origin,
         out: &mut Vec<Exchange>,
         stats: &mut ParseStats,
-    ) {
+    ) -> &'a [u8] {
         while !input.is_empty() && !self.opaque {
             input = match &mut self.half(side).state {
                 State::Body(body) => {
@@ -228,6 +237,7 @@ impl HttpParser {
                 State::Head => self.head(side, input, origin, out, stats),
             };
         }
+        input
     }
 
     /// Header-block state: returns the input left after what was used.
@@ -446,6 +456,9 @@ impl HttpParser {
                 (Pair::Unmatched, None)
             }
         };
+        if r.status == 101 && self.upgrade_to_h2() {
+            return;
+        }
         let tunnel = r.status == 101 || (method == Some(Method::Connect) && (200..300).contains(&r.status));
         let framing = if tunnel { Framing::None } else { r.framing(method) };
         let body = (framing != Framing::None).then_some(0);
@@ -459,6 +472,25 @@ impl HttpParser {
             Framing::Chunked => self.start_body(answer, Body::chunked()),
             Framing::UntilClose => self.start_body(answer, Body::UntilClose),
         }
+    }
+
+    /// A `101` answers the request at the head of the queue: if that asked
+    /// for h2c, it becomes stream 1 of an HTTP/2 parser that takes the
+    /// connection over (true).
+    fn upgrade_to_h2(&mut self) -> bool {
+        let h2c = |p: &Pending| {
+            p.ex.header("upgrade").is_some_and(|u| u.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
+        };
+        // Only the one request, whole (its body sent before the switch).
+        let whole = self.queue.len() == 1 && matches!(self.req.state, State::Head);
+        if !whole || !matches!(self.queue.front(), Some(Slot::Request(p)) if h2c(p)) {
+            return false;
+        }
+        let Some(Slot::Request(p)) = self.queue.pop_front() else { return false };
+        self.req_body = None;
+        self.h2 = Some(Box::new(Http2Parser::upgraded(self.role, p.ex, p.origin.ts, p.origin.tid)));
+        self.opaque = true;
+        true
     }
 
     fn start_body(&mut self, answer: Answer, body: Body) {
@@ -609,19 +641,43 @@ impl HttpParser {
 
 impl StreamParser for HttpParser {
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+        if let Some(h2) = &mut self.h2 {
+            return h2.feed(chunk, out, stats);
+        }
         if self.opaque {
             return;
         }
         let side = if chunk.dir == self.role.request_direction() { Side::Request } else { Side::Response };
         let origin = Origin { ts: chunk.ts_ns, tid: chunk.tid };
-        self.feed_bytes(side, chunk.data, origin, out, stats);
+        let rest = self.feed_bytes(side, chunk.data, origin, out, stats);
+        if let Some(h2) = &mut self.h2 {
+            // Upgraded in this chunk: the rest of it is HTTP/2.
+            let rest = Chunk { data: rest, len: rest.len() + chunk.missing(), ..*chunk };
+            if rest.len > 0 {
+                h2.feed(&rest, out, stats);
+            }
+            return;
+        }
         let missing = chunk.missing() as u64;
         if missing > 0 {
             self.skip_missing(side, missing, chunk.ts_ns, out, stats);
         }
     }
 
+    fn stream_on(&mut self, report: &StreamReport) -> bool {
+        self.h2.as_mut().is_some_and(|h2| h2.stream_on(report))
+    }
+
+    fn handed_over(&mut self, stream: u32, ts_ns: u64) {
+        if let Some(h2) = &mut self.h2 {
+            h2.handed_over(stream, ts_ns);
+        }
+    }
+
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
+        if let Some(h2) = &mut self.h2 {
+            return h2.close(ts_ns, out, stats);
+        }
         if !self.opaque
             && matches!(self.resp.state, State::Body(Body::UntilClose))
             && let Some(answer) = self.answer.take()

@@ -107,6 +107,20 @@ impl Http2Parser {
         }
     }
 
+    /// A parser for a connection upgraded from HTTP/1.1 (`Upgrade: h2c`):
+    /// the upgrading request `ex`, read (or written) at `start_ns` by
+    /// `tid`, is stream 1, answered on HTTP/2; the client's preface comes
+    /// next in its direction, the server's frames in the other.
+    pub fn upgraded(role: Role, mut ex: HttpExchange, start_ns: u64, tid: u32) -> Self {
+        let mut p = Self::new(role);
+        ex.stream = 1;
+        let state = &mut p.state;
+        state.last_request = 1;
+        let (answered, request_body, response_body) = (false, 0, 0);
+        state.streams.push(Stream { ex, start_ns, tid, handler: None, answered, request_body, response_body });
+        p
+    }
+
     /// A parser for a connection taken up mid-stream (see the module
     /// guarantees): no preface, each direction followed from its first
     /// read or write of whole frames, HPACK decoders that
@@ -119,6 +133,16 @@ impl Http2Parser {
             lost: false,
             synced: [false; 2],
         }
+    }
+}
+
+impl std::fmt::Debug for Http2Parser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http2Parser")
+            .field("role", &self.state.role)
+            .field("open_streams", &self.state.streams.len())
+            .field("lost", &self.lost)
+            .finish()
     }
 }
 
