@@ -303,7 +303,10 @@ impl Linker {
         let range = window.unwrap_or((span.start_unix_ns, span.end_unix_ns));
         self.note_server_range(pid, span.tid, range);
         // Clients of this thread: nested ones become children; older ones
-        // can no longer be nested in anything and leave.
+        // can no longer be nested in anything and leave. (Not so under a
+        // handler window: a goroutine's handlers may end out of order, an
+        // earlier one's response written after a later one's, so older
+        // clients wait for theirs, or their deadline.)
         let multiplexed = self.multiplexed.contains(&pid);
         let waiting: Vec<u64> =
             self.threads.get(&(pid, span.tid)).map(|q| q.iter().copied().collect()).unwrap_or_default();
@@ -316,7 +319,7 @@ impl Linker {
                     self.stats.nested += 1;
                     self.absorb(id, &span, cid, c, &mut deps, &mut note_keys);
                 }
-            } else if h.span.start_unix_ns < range.0 {
+            } else if window.is_none() && h.span.start_unix_ns < range.0 {
                 self.release(cid, Why::Unlinked, out);
             }
         }

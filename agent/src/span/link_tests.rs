@@ -170,6 +170,16 @@ fn handler_windows_on_a_reused_goroutine_are_not_multiplexing() {
     assert_eq!(find(&out, 3).parent_span_id, [1; 8]);
     assert_eq!(find(&out, 4).parent_span_id, [2; 8], "inside span 1 too, but made in stream 2's window");
     assert_eq!(l.stats.nested, 2);
+    // The later handler's span may come first (the earlier one's response
+    // written after it): the earlier handler's call waits for its own.
+    let mut l = Linker::new(limits());
+    l.push(input(span(SpanKind::Client, 5, g, 14, 20), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Client, 6, g, 32, 40), A, remote()), 0, &mut out);
+    l.push(windowed(span(SpanKind::Server, 7, g, 11, 50), (30, 50)), 0, &mut out);
+    l.push(windowed(span(SpanKind::Server, 8, g, 10, 60), (12, 30)), 0, &mut out);
+    assert_eq!(find(&out, 6).parent_span_id, [7; 8]);
+    assert_eq!(find(&out, 5).parent_span_id, [8; 8], "not released by the later window");
+    assert_eq!((l.stats.nested, l.stats.multiplexed), (2, 0));
     // Without windows the same spans overlap: multiplexing.
     let mut l = Linker::new(limits());
     l.push(input(span(SpanKind::Server, 1, g, 10, 45), A, remote()), 0, &mut out);
