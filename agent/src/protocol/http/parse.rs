@@ -191,6 +191,11 @@ impl HttpParser {
         }
     }
 
+    /// Upgraded to HTTP/2 (h2c): an [`Http2Parser`] has the connection.
+    pub fn upgraded(&self) -> bool {
+        self.h2.is_some()
+    }
+
     /// Queue slots in use (requests waiting, plus at most one run of skipped ones).
     #[cfg(test)]
     pub(super) fn in_flight(&self) -> usize {

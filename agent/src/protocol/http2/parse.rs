@@ -136,6 +136,27 @@ impl Http2Parser {
     }
 }
 
+impl Http2Parser {
+    /// Bytes of direction `d` went uncaptured where the frames could not
+    /// skip them (a write or read longer than the capture: a busy gRPC
+    /// channel batches many frames in one). That direction is taken up
+    /// again like a connection joined mid-stream: from its next read or
+    /// write of whole frames, its HPACK decoder knowing only what is added
+    /// from then on (an index into the older table is an unknown field,
+    /// never a guess). The open streams may have lost frames in the gap:
+    /// they are dropped (counted).
+    fn resync(&mut self, d: usize, stats: &mut ParseStats) {
+        let state = &mut self.state;
+        stats.dropped_requests += state.streams.len() as u64;
+        state.streams.clear();
+        state.callers.clear();
+        state.decoders[d] = Decoder::joined();
+        state.joined = true;
+        self.framers[d] = Framer::new(false);
+        self.synced[d] = false;
+    }
+}
+
 impl std::fmt::Debug for Http2Parser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http2Parser")
@@ -163,14 +184,18 @@ impl StreamParser for Http2Parser {
         }
         let state = &mut self.state;
         let mut on = |ev: Event<'_>| state.on_event(d, chunk, ev, out, stats);
-        if let Err(why) = self.framers[d].feed(chunk.data, chunk.missing(), &mut on) {
-            match why {
-                Lost::Truncated => stats.truncated += 1,
-                Lost::Malformed => stats.malformed += 1,
+        match self.framers[d].feed(chunk.data, chunk.missing(), &mut on) {
+            Ok(()) => {}
+            Err(Lost::Truncated) => {
+                stats.truncated += 1;
+                self.resync(d, stats);
             }
-            stats.dropped_requests += self.state.streams.len() as u64;
-            self.state.streams = Vec::new();
-            self.lost = true;
+            Err(Lost::Malformed) => {
+                stats.malformed += 1;
+                stats.dropped_requests += self.state.streams.len() as u64;
+                self.state.streams = Vec::new();
+                self.lost = true;
+            }
         }
     }
 
