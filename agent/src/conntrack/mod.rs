@@ -105,6 +105,15 @@ pub const MAX_GO_HANDLERS: usize = 65_536;
 /// A stream of a connection: its key, socket id and stream id.
 type StreamAt = ((u32, u32), u64, u32);
 
+/// Per process, handler goroutine's thread key -> the server stream it
+/// serves or served last; and how many there are in all (at most
+/// [`MAX_GO_HANDLERS`]).
+#[derive(Default)]
+struct GoHandlers {
+    by_process: HashMap<u32, HashMap<u32, StreamAt>>,
+    len: usize,
+}
+
 /// A Go server stream whose handler goroutine went on to serve another
 /// stream at `ts_ns` (see [`StreamParser::handed_over`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,9 +216,8 @@ pub struct ConnTable {
     /// Opaque connections found since the caller last drained this: the
     /// kernel need not copy their bytes any more.
     pub mutes: Vec<Mute>,
-    /// (process, handler goroutine's thread key) -> the server stream it
-    /// serves or served last: (connection, socket id, stream).
-    go_handlers: HashMap<(u32, u32), StreamAt>,
+    /// The server stream each Go handler goroutine serves or served last.
+    go_handlers: GoHandlers,
     /// Handovers found while a connection was borrowed, applied after.
     handovers: Vec<Handover>,
 }
@@ -283,7 +291,7 @@ fn looks_like_tls(data: &[u8]) -> bool {
 /// another, is handed over: Go reuses an ended goroutine's `g`, so that
 /// handler had ended. Client reports name callers, not handlers: none.
 fn note_handler(
-    handlers: &mut HashMap<(u32, u32), StreamAt>,
+    handlers: &mut GoHandlers,
     stats: &mut ConnStats,
     at: ((u32, u32), u64),
     r: &StreamReport,
@@ -291,12 +299,14 @@ fn note_handler(
     if r.role != Role::Server {
         return None;
     }
-    let owner = (at.0.0, r.tid);
-    if handlers.len() >= MAX_GO_HANDLERS && !handlers.contains_key(&owner) {
-        stats.go_handlers_forgotten += handlers.len() as u64;
-        handlers.clear();
+    let known = handlers.by_process.get(&at.0.0).is_some_and(|m| m.contains_key(&r.tid));
+    if handlers.len >= MAX_GO_HANDLERS && !known {
+        stats.go_handlers_forgotten += handlers.len as u64;
+        *handlers = GoHandlers::default();
     }
-    let (key, sock_id, stream) = handlers.insert(owner, (at.0, at.1, r.stream))?;
+    let previous = handlers.by_process.entry(at.0.0).or_default().insert(r.tid, (at.0, at.1, r.stream));
+    handlers.len += usize::from(previous.is_none());
+    let (key, sock_id, stream) = previous?;
     ((key, sock_id, stream) != (at.0, at.1, r.stream)).then_some(Handover { key, sock_id, stream, ts_ns: r.ts_ns })
 }
 
@@ -337,7 +347,7 @@ impl ConnTable {
             local_pairs: HashMap::new(),
             serving: HashMap::new(),
             mutes: Vec::new(),
-            go_handlers: HashMap::new(),
+            go_handlers: GoHandlers::default(),
             handovers: Vec::new(),
         }
     }
@@ -598,7 +608,9 @@ impl ConnTable {
         for k in keys {
             self.close_key(k, ts, out);
         }
-        self.go_handlers.retain(|k, _| k.0 != tgid);
+        if let Some(m) = self.go_handlers.by_process.remove(&tgid) {
+            self.go_handlers.len -= m.len();
+        }
     }
 
     /// Every connection ends (capture resumes after a pause in which closes
