@@ -185,34 +185,27 @@ fn read_exe(path: &Path) -> ExeFacts {
     let grpc =
         |p: &go_tls::NestingProbe| matches!(p.nesting, go_tls::Nesting::GrpcServer | go_tls::Nesting::GrpcClient);
     if probes.iter().any(|(p, found)| grpc(p) && found.is_ok()) {
-        let GrpcLayout { server, client } = grpc_layout(&obj);
-        let (mut server, mut client) = (Some(server), Some(client));
+        let layout = grpc_layout(&obj);
         for (p, found) in probes.iter_mut().filter(|(p, found)| grpc(p) && found.is_ok()) {
-            let read = if p.nesting == go_tls::Nesting::GrpcServer { server.take() } else { client.take() };
-            match read {
-                Some(Ok(GrpcOffsets::Server(conn))) => go.grpc_conn = conn,
-                Some(Ok(GrpcOffsets::Client { conn, ct })) => (go.grpc_client_conn, go.grpc_stream_ct) = (conn, ct),
-                Some(Err(e)) => *found = Err(e),
-                None => {}
+            let read = match p.nesting {
+                go_tls::Nesting::GrpcServer => layout.server.as_ref().map(|&conn| go.grpc_conn = conn),
+                _ => layout.client.as_ref().map(|&ends| (go.grpc_client_conn, go.grpc_stream_ct) = ends),
+            };
+            if let Err(e) = read {
+                *found = Err(e.clone());
             }
         }
     }
     (Some(go), probes)
 }
 
-/// What grpc-go's kernel programs read, from DWARF.
-enum GrpcOffsets {
-    /// `http2Server.conn`.
-    Server(u32),
-    /// `http2Client.conn`, and `Stream.ct` (the client transport).
-    Client { conn: u32, ct: u32 },
-}
-
 /// grpc-go's layout for the server's probe and for the client's, each
 /// refused on its own.
 struct GrpcLayout {
-    server: Result<GrpcOffsets, go_tls::GoTlsError>,
-    client: Result<GrpcOffsets, go_tls::GoTlsError>,
+    /// `http2Server.conn`.
+    server: Result<u32, go_tls::GoTlsError>,
+    /// `http2Client.conn`, and `Stream.ct` (the client transport).
+    client: Result<(u32, u32), go_tls::GoTlsError>,
 }
 
 /// Where grpc-go's transports keep their connection (`http2Server.conn`,
@@ -242,9 +235,8 @@ fn grpc_layout<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> GrpcLay
     let offset = |found: Result<u64, go_dwarf::DwarfError>, name| {
         found.map(|o| u32::try_from(o).unwrap_or(NO_OFFSET)).map_err(|e| Layout(name, e))
     };
-    let server = at(&id, "id", 0).and(at(&st, "st", 8)).and_then(|()| Ok(GrpcOffsets::Server(offset(conn, server)?)));
-    let client = at(&id, "id", 0)
-        .and_then(|()| Ok(GrpcOffsets::Client { conn: offset(client_conn, client)?, ct: offset(ct, stream)? }));
+    let server = at(&id, "id", 0).and(at(&st, "st", 8)).and_then(|()| offset(conn, server));
+    let client = at(&id, "id", 0).and_then(|()| Ok((offset(client_conn, client)?, offset(ct, stream)?)));
     GrpcLayout { server, client }
 }
 

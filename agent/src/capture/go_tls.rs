@@ -155,7 +155,7 @@ pub const PROLOGUE: usize = 4;
 const MIN_MINOR: u32 = 18;
 
 /// Why a Go executable's TLS cannot be probed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GoTlsError {
     #[error("Go {0}: kspan reads Go 1.18 or later (register ABI, inline build information)")]
     Version(String),
