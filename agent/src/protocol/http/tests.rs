@@ -249,3 +249,28 @@ fn a_request_belongs_to_the_thread_that_completed_its_head() {
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!((out[0].start_ns, out[0].end_ns, out[0].tid), (10, 30, serving));
 }
+
+/// An h2c upgrade whose `HTTP2-Settings` let the server's encoder use an
+/// 8 KiB header table: the server's first header block resizes to it and
+/// is decoded; without that header the same block is beyond what the
+/// client allowed (malformed).
+#[test]
+fn h2c_upgrade_takes_the_clients_http2_settings() {
+    use crate::protocol::http2::encode_frame as frame;
+    let request = |settings: &str| {
+        format!("GET /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n{settings}\r\n")
+    };
+    let mut response = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    response.extend(frame(4, 0, 0, &[]));
+    // Table size update to 8192, then `:status 200`; END_STREAM | END_HEADERS.
+    response.extend(frame(1, 0x5, 1, &[0x3f, 0xe1, 0x3f, 0x88]));
+    for (settings, exchanges, malformed) in [("HTTP2-Settings: AAEAACAA\r\n", 1, 0), ("", 0, 1)] {
+        let chunks =
+            [chunk(Direction::Ingress, 1, request(settings).as_bytes()), chunk(Direction::Egress, 2, &response)];
+        let (out, stats) = run(parser(Role::Server).as_mut(), &chunks, None);
+        assert_eq!((out.len(), stats.malformed), (exchanges, malformed), "{settings:?}: {stats:?}");
+        if let Some(e) = out.first() {
+            assert_eq!((http(e).status, http(e).path(), http(e).stream), (200, "/up", 1));
+        }
+    }
+}

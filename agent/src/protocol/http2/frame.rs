@@ -73,6 +73,16 @@ fn plausible_head(h: &[u8; 9]) -> bool {
     flags & !allowed == 0 && (stream != 0) == on_stream && len_ok
 }
 
+/// The last `SETTINGS_HEADER_TABLE_SIZE` in a SETTINGS payload (whole
+/// 6-byte settings; a trailing part is ignored).
+pub fn header_table_size(payload: &[u8]) -> Option<u32> {
+    payload
+        .chunks_exact(6)
+        .filter(|s| u16::from_be_bytes([s[0], s[1]]) == SETTINGS_HEADER_TABLE_SIZE)
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+        .next_back()
+}
+
 /// Reads one read or write (`data` captured of `len` bytes) as HTTP/2
 /// frames from its first byte, for a connection kspan did not see open:
 /// `None` unless every frame header in it is [plausible](plausible_head),
@@ -305,13 +315,7 @@ impl Framer {
                 if !self.payload.len().is_multiple_of(6) {
                     return Err(Lost::Malformed);
                 }
-                let header_table_size = self
-                    .payload
-                    .chunks_exact(6)
-                    .filter(|s| u16::from_be_bytes([s[0], s[1]]) == SETTINGS_HEADER_TABLE_SIZE)
-                    .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
-                    .next_back();
-                on(Event::Settings { header_table_size })
+                on(Event::Settings { header_table_size: header_table_size(&self.payload) })
             }
             _ => Ok(()),
         }

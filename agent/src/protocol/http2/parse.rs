@@ -1,7 +1,7 @@
 //! [`Http2Parser`]: the two directions' frames and HPACK decoders, and the
 //! table of open streams that pairs each request with its response.
 
-use super::frame::{Event, Framer, Lost, scan_from_start};
+use super::frame::{Event, Framer, Lost, header_table_size, scan_from_start};
 use super::hpack::{Decoder, UNKNOWN};
 use super::{MAX_STREAMS, MAX_TABLE};
 use crate::protocol::http::{HttpExchange, Method};
@@ -110,9 +110,20 @@ impl Http2Parser {
     /// A parser for a connection upgraded from HTTP/1.1 (`Upgrade: h2c`):
     /// the upgrading request `ex`, read (or written) at `start_ns` by
     /// `tid`, is stream 1, answered on HTTP/2; the client's preface comes
-    /// next in its direction, the server's frames in the other.
+    /// next in its direction, the server's frames in the other. The
+    /// request's `HTTP2-Settings` (the client's first SETTINGS, base64url)
+    /// may let the server's encoder use a larger header table.
     pub fn upgraded(role: Role, mut ex: HttpExchange, start_ns: u64, tid: u32) -> Self {
+        use base64::Engine as _;
         let mut p = Self::new(role);
+        let settings = ex.header("http2-settings").map(|v| v.trim().trim_end_matches('='));
+        let payload = settings.and_then(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).ok());
+        if let Some(n) = payload.as_deref().and_then(header_table_size) {
+            // The decoder of the server's header blocks: what a server
+            // wrote (1), what a client read (0).
+            let d = usize::from(role == Role::Server);
+            p.state.decoders[d].set_allowed((n as usize).min(MAX_TABLE));
+        }
         ex.stream = 1;
         let state = &mut p.state;
         state.last_request = 1;
