@@ -156,7 +156,7 @@ fn run(w: &Workload, builder: &mut SpanBuilder, resource: &Arc<ProcessResource>,
     for cx in out.drain(..) {
         let span = builder.build(&cx, resource.clone());
         let stream = cx.exchange.record.stream();
-        let window = cx.exchange.record.handler().map(|(from, until)| (builder.unix_ns(from), builder.unix_ns(until)));
+        let window = cx.exchange.window.map(|(from, until)| (builder.unix_ns(from), builder.unix_ns(until)));
         let (meta, peer_traced, serving) = (cx.meta, cx.peer_traced, cx.serving);
         let input = LinkInput { span, pid: cx.tgid, meta, peer_traced, serving, stream, window };
         linker.push(input, ts, ready);

@@ -444,7 +444,7 @@ fn a_reused_handler_goroutine_ends_the_earlier_streams_window() {
     let windows: Vec<_> = out
         .iter()
         .map(|cx| match &cx.exchange.record {
-            Record::Http(h) => (cx.fd, h.stream, h.handler),
+            Record::Http(h) => (cx.fd, h.stream, cx.exchange.window),
             other => panic!("{other:?}"),
         })
         .collect();

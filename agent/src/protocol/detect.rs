@@ -69,8 +69,9 @@ pub struct Detector {
     h2_seen: bool,
     /// Chunks seen while only HTTP/2 mid-stream was left.
     waited: u32,
-    /// (stream, thread key) of Go HTTP/2 stream handlers reported while
-    /// undecided (a joined connection's request may still be held).
+    /// Go HTTP/2 stream reports (a server's handler, a grpc-go client's
+    /// caller) that came while undecided (a joined connection's request
+    /// may still be held).
     streams: Vec<StreamReport>,
 }
 

@@ -118,6 +118,15 @@ pub struct Exchange {
     pub end_ns: u64,
     /// Thread that read (server) or wrote (client) the first request byte.
     pub tid: u32,
+    /// Where `tid` served the request, when narrower than the exchange: a
+    /// server's stream served by a handler goroutine the process reported
+    /// (see `StreamParser::stream_on`), from the handler's start until that
+    /// goroutine served another stream or the exchange ended (monotonic
+    /// ns). Calls nest in this window, not in the whole exchange: the
+    /// reader got the request before the handler started, and Go reuses an
+    /// ended goroutine's `g` for the next one, maybe before the ended one's
+    /// response was written.
+    pub window: Option<(u64, u64)>,
     pub record: Record,
 }
 
@@ -144,15 +153,6 @@ impl Record {
         match self {
             Record::Http(h) => h.stream,
             _ => 0,
-        }
-    }
-
-    /// The window of a server's stream served by a reported handler
-    /// goroutine ([`http::HttpExchange::handler`]).
-    pub fn handler(&self) -> Option<(u64, u64)> {
-        match self {
-            Record::Http(h) => h.handler,
-            _ => None,
         }
     }
 }

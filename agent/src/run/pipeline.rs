@@ -207,7 +207,7 @@ impl Pipeline {
                 self.counters.spans_built += 1;
                 let (peer_traced, serving, stream) = (cx.peer_traced, cx.serving, cx.exchange.record.stream());
                 let unix = |mono| self.builder.unix_ns(mono);
-                let window = cx.exchange.record.handler().map(|(from, until)| (unix(from), unix(until)));
+                let window = cx.exchange.window.map(|(from, until)| (unix(from), unix(until)));
                 built.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving, stream, window });
             }
             let t_link = thread_cpu_ns();

@@ -84,7 +84,7 @@ pub struct LinkInput {
     /// each to its own peer.
     pub stream: u32,
     /// A server span whose request a reported handler goroutine served
-    /// (`HttpExchange::handler`, in unix ns): its thread serves it only in
+    /// (`Exchange::window`, in unix ns): its thread serves it only in
     /// this window, so calls nest in the window, and windows on one thread
     /// never overlap (Go reuses an ended goroutine for the next handler,
     /// maybe before the ended one's response is written).

@@ -75,9 +75,9 @@ use kspan_common::{
     EventKind, GoStreamEvent, KernelConfig, NO_OFFSET, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, counter, sock_key,
 };
 
-use crate::go_tls::{conn_fd, go_entry, net_conn_fd};
+use crate::go_tls::{conn_fd, go_entry, go_traced, net_conn_fd};
 use crate::maps::{EVENTS, GO_ACTS_FOR, GO_CONN_CALLER, GO_H2_REQUESTS, GO_PROCS, GoCaller, ProcPtr, SOCKS, count};
-use crate::{Res, config, is_traced, wake_flags};
+use crate::{Res, wake_flags};
 
 /// Offset of the data word of `persistConn.conn`.
 const PCONN_CONN_DATA: u64 = 80 + 8;
@@ -282,12 +282,7 @@ pub fn kspan_go_grpc_handler(ctx: ProbeContext) -> u32 {
 }
 
 fn grpc_new_stream_ret(ctx: &ProbeContext) -> Res {
-    let cfg = config().ok_or(0u32)?;
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if !is_traced(cfg, tgid) {
-        return Ok(0);
-    }
+    let (cfg, tgid, tid) = go_traced().ok_or(0u32)?;
     // SAFETY: plain value copied out.
     let go = unsafe { GO_PROCS.get(&tgid) }.copied().ok_or(0u32)?;
     if go.grpc_client_conn == NO_OFFSET || go.grpc_stream_ct == NO_OFFSET {

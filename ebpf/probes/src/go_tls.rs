@@ -108,12 +108,19 @@ fn report(cfg: &KernelConfig, tgid: u32, tid: u32, g: u64, call: &GoCall, n: u64
 /// function starts over, so only the second pass goes on).
 #[inline(always)]
 pub(crate) fn go_entry(ctx: &ProbeContext) -> Option<(&'static KernelConfig, u32, u32)> {
+    // SAFETY: the probe's saved user registers.
+    let eflags = unsafe { (*ctx.regs).eflags };
+    go_traced().filter(|_| eflags & CF_ZF == 0)
+}
+
+/// The settings, tgid and tid of the calling thread when its process is
+/// selected (the probes at a Go function's `RET`s, and [`go_entry`]).
+#[inline(always)]
+pub(crate) fn go_traced() -> Option<(&'static KernelConfig, u32, u32)> {
     let cfg = config()?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    // SAFETY: the probe's saved user registers.
-    let eflags = unsafe { (*ctx.regs).eflags };
-    (is_traced(cfg, tgid) && eflags & CF_ZF == 0).then_some((cfg, tgid, tid))
+    is_traced(cfg, tgid).then_some((cfg, tgid, tid))
 }
 
 fn enter(ctx: &ProbeContext, flags: u32) -> Res {

@@ -136,14 +136,6 @@ pub struct HttpExchange {
     pub grpc_status: Option<u32>,
     /// HTTP/2 stream id (0 for HTTP/1.x).
     pub stream: u32,
-    /// A server's stream served by a handler goroutine the process reported
-    /// (see `StreamParser::stream_on`): from the handler's start until that
-    /// goroutine served another stream or the exchange ended (monotonic ns).
-    /// Calls nest in this window, not in the whole exchange: the reader got
-    /// the request before the handler started, and Go reuses an ended
-    /// goroutine's `g` for the next one, maybe before the ended one's
-    /// response was written.
-    pub handler: Option<(u64, u64)>,
     text: String,
     method_original: Option<TextRange>,
     path: TextRange,

@@ -119,9 +119,6 @@ struct Pending {
     ex: HttpExchange,
 }
 
-// Nearly every slot is a request (a skip is rare), so boxing it would only
-// add an allocation per request.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Slot {
     Request(Pending),
@@ -555,6 +552,7 @@ impl HttpParser {
                         start_ns: p.origin.ts,
                         end_ns: ts,
                         tid: p.origin.tid,
+                        window: None,
                         record: Record::Http(p.ex),
                     });
                 }

@@ -56,7 +56,7 @@ struct Stream {
     tid: u32,
     /// Served by a reported handler from this time, until the given time
     /// if its goroutine went on to another stream
-    /// ([`HttpExchange::handler`]).
+    /// ([`Exchange::window`]).
     handler: Option<(u64, Option<u64>)>,
     /// Response headers (a final `:status`) seen.
     answered: bool,
@@ -400,13 +400,13 @@ impl State {
         let bodiless = s.ex.method == Method::Head || matches!(s.ex.status, 204 | 304);
         s.ex.response_body_size = (!bodiless).then_some(s.response_body);
         s.ex.request_body_size = (s.request_body > 0).then_some(s.request_body);
-        s.ex.handler = s.handler.map(|(from, until)| (from.min(ts), until.unwrap_or(ts).clamp(from.min(ts), ts)));
         stats.exchanges += 1;
         out.push(Exchange {
             role: self.role,
             start_ns: s.start_ns,
             end_ns: ts,
             tid: s.tid,
+            window: s.handler.map(|(from, until)| (from.min(ts), until.unwrap_or(ts).clamp(from.min(ts), ts))),
             record: Record::Http(s.ex),
         });
     }

@@ -428,6 +428,7 @@ impl Session {
             start_ns: p.start_ts,
             end_ns: end_ts.max(p.start_ts),
             tid: p.tid,
+            window: None,
             record: Record::Postgres(record),
         });
     }

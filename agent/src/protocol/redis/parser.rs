@@ -387,6 +387,7 @@ impl Pairing {
             start_ns: cmd.start_ts,
             end_ns: info.end_ts.max(cmd.start_ts),
             tid: cmd.tid,
+            window: None,
             record: Record::Redis(RedisExchange {
                 command: cmd.name,
                 args: cmd.args,
