@@ -76,6 +76,11 @@ impl GoProcs {
         Self::default()
     }
 
+    /// Entries of the tables now, by name (`kspan_table_entries`).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 2] {
+        [("go_executables", self.files.len()), ("go_processes", self.pids.len())]
+    }
+
     /// A selected process started, exec'd or was found at start-up: register
     /// it if its executable is a Go program (and forget it if it no longer is).
     pub fn on_selected(&mut self, capture: &mut Capture, pid: u32) {

@@ -289,6 +289,11 @@ impl TlsAttacher {
         }
     }
 
+    /// Entries of the tables now, by name (`kspan_table_entries`).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
+        [("tls_files", self.files.len()), ("tls_executables", self.exes.len()), ("tls_pending", self.pending.len())]
+    }
+
     /// Without the loader hook (`capture.tls_loader_hook: false`), a libssl
     /// loaded late is found by the post-exec and timed scans only, and no
     /// uprobe sits in the dynamic loader that every process runs.

@@ -360,6 +360,17 @@ impl ConnTable {
         self.conns.is_empty()
     }
 
+    /// Entries of the table's parts now, by name (`kspan_table_entries`).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            ("connections", self.conns.len()),
+            ("connection_pairs", self.local_pairs.len()),
+            ("serving_processes", self.serving.len()),
+            ("go_handlers", self.go_handlers.len),
+            ("unix_socket_names", unix::len()),
+        ]
+    }
+
     /// Parse counters of one protocol.
     pub fn parse_stats(&self, p: Protocol) -> ParseStats {
         self.parse[proto_index(p)]

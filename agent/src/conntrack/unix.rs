@@ -64,6 +64,11 @@ pub fn intern(raw: &[u8]) -> &'static str {
     table().lock().map_or("", |mut t| t.name(raw))
 }
 
+/// Names in the process's table.
+pub fn len() -> usize {
+    table().lock().map_or(0, |t| t.names.len())
+}
+
 /// Names the process's table could not keep (reported unnamed).
 pub fn dropped() -> u64 {
     table().lock().map_or(0, |t| t.dropped)

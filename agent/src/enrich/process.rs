@@ -117,6 +117,15 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
+    /// Processes whose resource is cached now.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
     pub fn new(host: HostInfo, service_names: HashMap<String, String>, extra: Attributes, max: usize) -> Self {
         Self {
             host,

@@ -46,6 +46,46 @@ pub const STAGE_LINK: usize = 2;
 pub const STAGE_OTHER: usize = 3;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: String,
+}
+
+/// Most tables [`TableSizes`] holds.
+pub const MAX_TABLES: usize = 24;
+
+/// Entries of the capture thread's tables now, by name
+/// (`kspan_table_entries{table}`). Every table is bounded; one whose size
+/// follows the host's history rather than what is live on it is a leak.
+#[derive(Clone, Copy, Debug)]
+pub struct TableSizes {
+    len: usize,
+    entries: [(&'static str, u64); MAX_TABLES],
+}
+
+impl Default for TableSizes {
+    fn default() -> Self {
+        Self { len: 0, entries: [("", 0); MAX_TABLES] }
+    }
+}
+
+impl TableSizes {
+    /// Adds tables (beyond [`MAX_TABLES`] they are left out: a test keeps
+    /// the count below it).
+    pub fn extend(&mut self, sizes: impl IntoIterator<Item = (&'static str, usize)>) {
+        for (name, n) in sizes {
+            if let Some(slot) = self.entries.get_mut(self.len) {
+                *slot = (name, n as u64);
+                self.len += 1;
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.entries[..self.len].iter().copied()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtoKind {
     protocol: String,
     kind: String,
@@ -86,6 +126,7 @@ pub struct PipelineCounters {
     /// building and enrichment), link, other (selection, TLS attach,
     /// hand-off, housekeeping).
     pub stage_cpu_ns: [u64; 4],
+    pub tables: TableSizes,
 }
 
 /// Registered metric handles plus what was last published.
@@ -117,6 +158,7 @@ pub struct PipelineMetrics {
     go_full: Counter,
     go_probes: Family<ProbeReason, Counter>,
     go_streams: Family<Reason, Counter>,
+    tables: Family<TableLabel, Gauge>,
     last: PipelineCounters,
 }
 
@@ -156,6 +198,7 @@ impl PipelineMetrics {
             go_full: Counter::default(),
             go_probes: Family::default(),
             go_streams: Family::default(),
+            tables: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -238,6 +281,14 @@ impl PipelineMetrics {
             "Go HTTP/2 streams reported by a nesting probe, by reason: handler_goroutine (a server's request is keyed by its handler's goroutine), caller_goroutine (a grpc-go client's call is keyed by its caller's goroutine), unmatched (no open request found: it keeps the goroutine that read or wrote it), or handlers_forgotten (handler goroutines dropped from the table of 65,536 kept to tell when a reused goroutine's earlier stream ended)",
             m.go_streams.clone(),
         );
+        t.register(
+            "kspan_table_entries",
+            "Entries of the agent's tables now, by table (each is bounded; see the README's limits): connections, \
+             connection_pairs, serving_processes, go_handlers, unix_socket_names, process_resources, \
+             selector_decisions, pod_decisions, go_executables, go_processes, tls_files, tls_executables, \
+             tls_pending, link_*",
+            m.tables.clone(),
+        );
         m
     }
 
@@ -293,6 +344,9 @@ impl PipelineMetrics {
             }
         }
         self.open_connections.set(now.open_connections as i64);
+        for (name, n) in now.tables.iter() {
+            self.tables.get_or_create(&TableLabel { table: name.to_owned() }).set(n as i64);
+        }
         let (a, b) = (&now.links, &last.links);
         let k = |s: &str| Kind { kind: s.to_owned() };
         delta(&self.links.get_or_create(&k("nested")), a.nested, b.nested);

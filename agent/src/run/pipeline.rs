@@ -224,6 +224,9 @@ impl Pipeline {
             self.send(&mut ready);
             for pid in changes.exited.drain(..) {
                 self.procs.forget(pid);
+                if let Some(l) = &mut self.linker {
+                    l.forget_process(pid);
+                }
                 self.go.on_exit(&mut self.capture, pid);
             }
             if std::mem::take(&mut changes.forget_all) {
@@ -320,6 +323,18 @@ impl Pipeline {
             self.counters.links = l.stats;
         }
         self.counters.open_connections = self.conns.len() as u64;
+        let mut tables = crate::run::metrics::TableSizes::default();
+        tables.extend(self.conns.table_sizes());
+        tables.extend([("process_resources", self.procs.len())]);
+        tables.extend(self.selector.table_sizes());
+        tables.extend(self.go.table_sizes());
+        if let Some(tls) = &self.tls {
+            tables.extend(tls.table_sizes());
+        }
+        if let Some(l) = &self.linker {
+            tables.extend(l.table_sizes());
+        }
+        self.counters.tables = tables;
         self.counters.resources_refreshed = self.procs.refreshed;
         if let Some(p) = &self.pods {
             self.counters.k8s_pods = p.len() as u64;

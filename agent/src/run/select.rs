@@ -75,6 +75,14 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 impl Selector {
+    /// Entries of the decision tables now, by name (`kspan_table_entries`).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 2] {
+        [
+            ("selector_decisions", self.decided.len()),
+            ("pod_decisions", self.pods.as_ref().map_or(0, |p| p.decided.len())),
+        ]
+    }
+
     pub fn new(all: bool, pids: &[u32], exe: &[String]) -> Result<Self, regex::Error> {
         let exe =
             exe.iter().map(|r| regex::RegexBuilder::new(r).size_limit(1 << 20).build()).collect::<Result<_, _>>()?;

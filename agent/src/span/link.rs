@@ -19,6 +19,10 @@
 //!   waiting clients per thread; a span is held at most `hold_ns` (plus one
 //!   tick). Spans forced out by a cap or a deadline leave unlinked and are
 //!   counted. No span is ever lost: [`Linker::flush`] releases everything.
+//! - What is learnt of a process's threads (the last server span's range
+//!   per thread, whether it multiplexes) is forgotten when it exits, and a
+//!   thread's range [`SERVER_RANGE_TTL_NS`] after it ended: churning
+//!   processes and threads leave nothing behind.
 
 use std::collections::VecDeque;
 
@@ -27,6 +31,12 @@ use smallvec::SmallVec;
 
 use super::model::{Span, SpanKind};
 use crate::protocol::{ConnMeta, End};
+
+/// How long the range of a thread's last server span is remembered after
+/// it ended (unix ns; see [`Linker::tick`]). A thread-per-connection server
+/// makes a new thread for each connection, and thread exits are not
+/// reported: without this the ranges of ended threads would pile up.
+pub const SERVER_RANGE_TTL_NS: u64 = 10_000_000_000;
 
 /// Limits of the linker.
 #[derive(Clone, Copy, Debug)]
@@ -155,8 +165,16 @@ pub struct Linker {
     held_spans: usize,
     /// Waiting clients per (pid, tid), oldest first.
     threads: HashMap<(u32, u32), VecDeque<u64>>,
-    /// Time range of the last server span per (pid, tid).
-    last_server: HashMap<(u32, u32), (u64, u64)>,
+    /// Time range of the last server span per thread (tid), per process
+    /// (forgotten when it exits), and how many there are in all (at most
+    /// `max_held`).
+    last_server: HashMap<u32, HashMap<u32, (u64, u64)>>,
+    last_servers: usize,
+    /// The latest end among the ranges noted (unix ns): a range that ended
+    /// [`SERVER_RANGE_TTL_NS`] before it is forgotten at the next sweep.
+    latest_server_end: u64,
+    /// When (monotonic ns) `last_server` is swept next.
+    next_range_sweep: u64,
     /// Processes whose threads serve overlapping requests.
     multiplexed: HashSet<u32>,
     /// Waiting servers per connection (usually one: no allocation for it).
@@ -201,6 +219,9 @@ impl Linker {
             held_spans: 0,
             threads: HashMap::new(),
             last_server: HashMap::new(),
+            last_servers: 0,
+            latest_server_end: 0,
+            next_range_sweep: 0,
             multiplexed: HashSet::new(),
             servers: HashMap::new(),
             order: VecDeque::new(),
@@ -208,6 +229,20 @@ impl Linker {
             note_order: VecDeque::new(),
             stats: LinkStats::default(),
         }
+    }
+
+    /// Entries of the linker's tables now, by name (`kspan_table_entries`).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 8] {
+        [
+            ("link_held", self.held.len()),
+            ("link_threads", self.threads.len()),
+            ("link_last_server", self.last_servers),
+            ("link_multiplexed_processes", self.multiplexed.len()),
+            ("link_servers", self.servers.len()),
+            ("link_deadlines", self.order.len()),
+            ("link_notes", self.notes.len()),
+            ("link_note_deadlines", self.note_order.len()),
+        ]
     }
 
     /// Spans held now.
@@ -358,10 +393,16 @@ impl Linker {
     /// overlaps it means the thread multiplexes requests and nesting is off
     /// for its process.
     fn note_server_range(&mut self, pid: u32, tid: u32, range: (u64, u64)) {
-        if self.last_server.len() >= self.limits.max_held && !self.last_server.contains_key(&(pid, tid)) {
+        self.latest_server_end = self.latest_server_end.max(range.1);
+        let known = self.last_server.get(&pid).is_some_and(|t| t.contains_key(&tid));
+        if self.last_servers >= self.limits.max_held && !known {
             self.last_server.clear();
+            self.last_servers = 0;
         }
-        let Some((start, end)) = self.last_server.insert((pid, tid), range) else { return };
+        let Some((start, end)) = self.last_server.entry(pid).or_default().insert(tid, range) else {
+            self.last_servers += 1;
+            return;
+        };
         if range.0 < end && start < range.1 && !self.multiplexed.contains(&pid) {
             if self.multiplexed.len() >= self.limits.max_held {
                 self.multiplexed.clear();
@@ -371,8 +412,33 @@ impl Linker {
         }
     }
 
-    /// Releases spans whose deadline passed and forgets expired notes.
+    /// Forgets what was learnt of process `pid`'s threads: it exited, and
+    /// a later process given the same pid may serve differently (one found
+    /// multiplexing would have nesting off).
+    pub fn forget_process(&mut self, pid: u32) {
+        if let Some(threads) = self.last_server.remove(&pid) {
+            self.last_servers -= threads.len();
+        }
+        self.multiplexed.remove(&pid);
+    }
+
+    /// Releases spans whose deadline passed and forgets expired notes;
+    /// once a second, forgets the server ranges of threads that served
+    /// nothing for [`SERVER_RANGE_TTL_NS`] (a server span overlapping one
+    /// that ended that long before it is not seen as multiplexing; any
+    /// other overlap on the process's threads still is).
     pub fn tick(&mut self, now: u64, out: &mut Vec<Span>) {
+        if now >= self.next_range_sweep {
+            self.next_range_sweep = now.saturating_add(1_000_000_000);
+            let horizon = self.latest_server_end.saturating_sub(SERVER_RANGE_TTL_NS);
+            let mut kept = 0;
+            self.last_server.retain(|_, threads| {
+                threads.retain(|_, (_, end)| *end >= horizon);
+                kept += threads.len();
+                !threads.is_empty()
+            });
+            self.last_servers = kept;
+        }
         while let Some(&(deadline, id)) = self.order.front() {
             if deadline > now {
                 break;

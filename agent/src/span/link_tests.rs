@@ -137,6 +137,54 @@ fn event_loop_thread_with_overlapping_requests_stops_nesting() {
 }
 
 #[test]
+fn a_process_given_an_exited_event_loops_pid_nests_again() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    l.push(input(span(SpanKind::Server, 1, 7, 15, 40), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Server, 2, 7, 10, 50), A, remote()), 0, &mut out);
+    assert_eq!(l.stats.multiplexed, 1);
+    l.push(input(span(SpanKind::Server, 3, 8, 10, 20), A, remote()), 0, &mut out);
+    assert_eq!(table(&l, "link_last_server"), 2);
+    assert_eq!(table(&l, "link_multiplexed_processes"), 1);
+    // A exits; a new process gets its pid and serves one request at a time.
+    l.forget_process(A);
+    assert_eq!((table(&l, "link_last_server"), table(&l, "link_multiplexed_processes")), (0, 0));
+    l.push(input(span(SpanKind::Client, 4, 7, 120, 130), A, remote()), 0, &mut out);
+    l.push(input(span(SpanKind::Server, 5, 7, 110, 140), A, remote()), 0, &mut out);
+    assert_eq!(find(&out, 4).parent_span_id, [5; 8]);
+    assert_eq!(l.stats.multiplexed, 1);
+}
+
+#[test]
+fn ranges_of_threads_that_served_nothing_for_a_while_are_forgotten() {
+    let mut l = Linker::new(limits());
+    let mut out = Vec::new();
+    let s = 1_000_000_000;
+    // Thread-per-connection: threads 1..=3 serve once each, then thread 9
+    // serves 11 s later.
+    for tid in 1..=3u32 {
+        let t = u64::from(tid) * s;
+        l.push(input(span(SpanKind::Server, tid as u8, tid, t, t + 10), A, remote()), 0, &mut out);
+    }
+    l.tick(0, &mut out);
+    assert_eq!(table(&l, "link_last_server"), 3);
+    l.push(input(span(SpanKind::Server, 9, 9, 14 * s, 14 * s + 10), A, remote()), 0, &mut out);
+    // Swept at most once a second: not yet.
+    l.tick(500_000_000, &mut out);
+    assert_eq!(table(&l, "link_last_server"), 4);
+    l.tick(1_000_000_000, &mut out);
+    // Threads 1-3 ended more than 10 s before thread 9's span did.
+    assert_eq!(table(&l, "link_last_server"), 1);
+    // Thread 9 still tells an overlap.
+    l.push(input(span(SpanKind::Server, 10, 9, 14 * s + 5, 14 * s + 20), A, remote()), 0, &mut out);
+    assert_eq!(l.stats.multiplexed, 1);
+}
+
+fn table(l: &Linker, name: &str) -> usize {
+    l.table_sizes().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap()
+}
+
+#[test]
 fn sequential_requests_on_one_thread_keep_nesting() {
     let mut l = Linker::new(limits());
     let mut out = Vec::new();

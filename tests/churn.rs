@@ -1,0 +1,150 @@
+//! Churn: processes and connections that come and go leave nothing behind.
+//!
+//! kspan runs for days on hosts where every cron job, health check and
+//! connect-per-request client is a new process with new connections. Every
+//! table the agent keeps is bounded, but a table that keeps what has ended
+//! grows to its bound and then drops or forgets live entries too. These
+//! tests drive rounds of the same churn and read the agent's tables
+//! (`kspan_table_entries{table}`) after each round, once the spans are out:
+//! a table that grows from round to round keeps what has ended.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kspan_e2e::servers::{postgres, python_http, redis};
+use kspan_e2e::{Kspan, run_ok};
+
+/// Table sizes from the metrics text.
+fn tables(metrics: &str) -> BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("kspan_table_entries{table=\"")?;
+            let (name, value) = rest.split_once("\"} ")?;
+            Some((name.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// One round: short-lived clients, each a new process with a new
+/// connection (PostgreSQL forks a backend for each of its connections).
+fn churn_round(http: u16, redis: u16, pg: u16, pgbench_script: &std::path::Path) {
+    for i in 0..30 {
+        run_ok(Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("http://127.0.0.1:{http}/items/{i}")]));
+    }
+    for i in 0..20 {
+        run_ok(Command::new("redis-cli").args(["-p", &redis.to_string(), "set", &format!("churn:{i}"), "v"]));
+    }
+    let pg = pg.to_string();
+    for _ in 0..10 {
+        run_ok(Command::new("psql").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg,
+            "-U",
+            "postgres",
+            "-d",
+            "kspan",
+            "-c",
+            "select 1",
+        ]));
+    }
+    // A new connection (and backend process) per transaction.
+    let script = pgbench_script.to_str().unwrap();
+    run_ok(Command::new("pgbench").args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg,
+        "-U",
+        "postgres",
+        "-n",
+        "-C",
+        "-c",
+        "2",
+        "-t",
+        "40",
+        "-f",
+        script,
+        "kspan",
+    ]));
+}
+
+/// The tables once the round's spans are out and its closed connections'
+/// address pairs forgotten (kept 5 s for spans completing after a close):
+/// held spans released and the sizes steady over two publications.
+fn settled(k: &Kspan) -> BTreeMap<String, u64> {
+    std::thread::sleep(Duration::from_secs(6));
+    let t = Instant::now();
+    let mut last = BTreeMap::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = tables(&k.metrics());
+        let held = now.get("link_held").copied().unwrap_or(0);
+        if (held == 0 && now == last) || t.elapsed() > Duration::from_secs(30) {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Every process on the host: each client's exec, connections and exit go
+/// through the process cache and the linker, both ends of every connection
+/// traced.
+#[test]
+fn churn_with_every_process_traced_leaves_no_table_growing() {
+    churn_leaves_no_table_growing(&["--all"], 2);
+}
+
+/// Clients chosen by executable: every exec on the host is decided by the
+/// selector, and only the clients' ends are traced.
+#[test]
+fn churn_with_clients_selected_by_executable_leaves_no_table_growing() {
+    churn_leaves_no_table_growing(&["--exe", "/(curl|redis-cli|psql|pgbench)$"], 1);
+}
+
+/// Runs three rounds of churn under `kspan <selection>`; `ends`: how many
+/// ends of each connection are traced.
+fn churn_leaves_no_table_growing(selection: &[&str], ends: u64) {
+    let http = python_http("churn");
+    let r = redis();
+    let pg = postgres();
+    let script = std::env::temp_dir().join(format!("kspan-churn-{}.sql", std::process::id()));
+    std::fs::write(&script, "SELECT 1;\n").unwrap();
+    let k = Kspan::start(&[selection, &["--output", "none"]].concat());
+    let before = settled(&k);
+    assert!(before.len() >= 17, "kspan_table_entries lists {} tables: {before:?}", before.len());
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        churn_round(http.port, r.port, pg.port, &script);
+        after.push(settled(&k));
+    }
+    let _ = std::fs::remove_file(&script);
+    let m = k.metrics();
+    let spans: u64 =
+        m.lines().find_map(|l| l.strip_prefix("kspan_spans_built_total ")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // 30 curl + 20 redis-cli + 10 psql (several queries each) + 80 pgbench
+    // transactions per round.
+    assert!(spans >= 3 * ends * 140, "only {spans} spans built: the churn was not traced");
+    let mut grew = Vec::new();
+    for (name, &first) in &after[0] {
+        let (second, third) = (after[1][name], after[2][name]);
+        eprintln!("{name:28} before {:>6}  rounds {first:>6} {second:>6} {third:>6}", before[name]);
+        // Each round adds as much as the one before: what ended is kept.
+        // (A few entries of slack for the test's own live processes.)
+        if third > first + 4 && second > first {
+            grew.push(format!("{name}: {first} -> {second} -> {third}"));
+        }
+    }
+    assert!(grew.is_empty(), "tables that grow with every round of churn: {grew:?}");
+    // What lives on (servers, their listening sockets) is all that is left.
+    let conns = after[2]["connections"];
+    assert!(
+        conns <= before["connections"] + 8,
+        "connections: {} before the churn, {conns} after",
+        before["connections"]
+    );
+    drop(k);
+}
