@@ -4,7 +4,8 @@
 //! PostgreSQL with sslmode=require, a process that loads libssl only after
 //! kspan started, GnuTLS at both ends (gnutls-serv to wget), and Go's own
 //! crypto/tls (a Go HTTPS server, stripped or not, to curl and to a Go
-//! client, over HTTP/1.1 and HTTP/2). Spans carry
+//! client, over HTTP/1.1 and HTTP/2), Node.js and Python's asyncio
+//! (OpenSSL on memory BIOs). Spans carry
 //! the same attributes as the plaintext tests (tests/http.rs, tests/db.rs)
 //! plus url.scheme=https.
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use kspan_e2e::servers::{
     TempDir, child_pid_of, gnutls_serv, go_tls_app, go_tls_app_stripped, go_tls_server, nginx_h2_tls, nginx_tls,
-    postgres_tls,
+    node_https, postgres_tls,
 };
 use kspan_e2e::*;
 use serde_json::Value;
@@ -274,6 +275,81 @@ fn tls_from_a_library_kspan_does_not_probe_is_muted() {
 
 /// Runs the Go test client (`go_tls_app client`); returns its pid and the
 /// "STATUS PROTO" lines it printed.
+/// Node.js and Python's asyncio run OpenSSL on memory BIOs: no syscall
+/// happens inside an OpenSSL call, the event loop writes the ciphertext
+/// after it on the same thread. A Node HTTPS server (to curl, to a Node
+/// client and to an asyncio client) and both clients give the same spans
+/// as any HTTPS service, and with both ends traced each client call is the
+/// parent of the server span it caused.
+#[test]
+fn node_and_asyncio_https_on_memory_bios() {
+    let srv = node_https();
+    let k = Kspan::start(&["--exe", "/node$", "--exe", "^/usr/bin/curl$", "--exe", "/python3[.0-9]*$"]);
+    let paths = ["/items/1", "/items/2", "/missing", "/fail"];
+    assert_eq!(curl_https(srv.port, &paths, false), [200, 200, 404, 500]);
+    let port = srv.port.to_string();
+    let mut node = Command::new("node");
+    node.arg(apps_dir().join("node_https.js")).args(["get", "3"]).arg(format!("https://127.0.0.1:{port}/items/9"));
+    let mut asyncio = Command::new("python3");
+    asyncio.arg(apps_dir().join("https_client.py")).args(["asyncio", "3", &port]);
+    let mut servers_wanted = paths.len();
+    let mut clients = Vec::new();
+    for (name, mut cmd) in [("node", node), ("asyncio", asyncio)] {
+        let child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{name} client: {e}"));
+        let pid = child.id();
+        let out = child.wait_with_output().expect("client output");
+        assert!(out.status.success(), "{name} client failed");
+        let calls: Vec<Value> = serde_json::from_slice(&out.stdout).expect("client JSON");
+        assert_eq!(calls.len(), 3, "{name}: {calls:?}");
+        assert!(calls.iter().all(|c| c["status"] == 200), "{name}: {calls:?}");
+        servers_wanted += calls.len();
+        clients.push((name, pid, calls));
+    }
+
+    let servers = k.wait_spans(servers_wanted, WAIT, server_spans_of(srv.pid()));
+    assert_eq!(servers.len(), servers_wanted, "one server span per request: {servers:#?}");
+    for s in &servers {
+        assert_eq!(attr_str(s, "http.request.method"), Some("GET"), "{s:#}");
+        assert_eq!(attr_str(s, "url.scheme"), Some("https"), "{s:#}");
+        assert_eq!(attr(s, "tls.established").and_then(Value::as_bool), Some(true), "{s:#}");
+        assert_eq!(attr_i64(s, "server.port"), Some(srv.port as i64), "{s:#}");
+        assert_eq!(resource_str(s, "process.executable.name"), Some("node"), "{s:#}");
+    }
+    let status = |route: &str| {
+        by_route(&servers, route).iter().map(|s| attr_i64(s, "http.response.status_code")).collect::<Vec<_>>()
+    };
+    assert_eq!(status("/items/{id}"), vec![Some(200); servers_wanted - 2]);
+    assert_eq!(status("/missing"), [Some(404)]);
+    assert_eq!(status("/fail"), [Some(500)]);
+    assert_eq!(by_route(&servers, "/fail")[0]["status"]["code"], "error");
+
+    for (name, pid, calls) in &clients {
+        let spans = k
+            .wait_spans(3, WAIT, |s| kind(s) == "client" && s["resource"]["process.pid"].as_i64() == Some(*pid as i64));
+        assert_eq!(spans.len(), 3, "{name}: one client span per call: {spans:#?}");
+        let longest = calls.iter().filter_map(|c| c["ns"].as_u64()).max().unwrap_or(0);
+        for c in &spans {
+            assert_eq!(attr_str(c, "http.request.method"), Some("GET"), "{name}: {c:#}");
+            assert_eq!(attr_i64(c, "http.response.status_code"), Some(200), "{name}: {c:#}");
+            assert_eq!(attr_str(c, "url.scheme"), Some("https"), "{name}: {c:#}");
+            assert_eq!(attr(c, "tls.established").and_then(Value::as_bool), Some(true), "{name}: {c:#}");
+            assert!(
+                duration_ns(c) <= longest,
+                "{name}: a call lasted {} ns, the client measured at most {longest}",
+                duration_ns(c)
+            );
+            // Both ends traced: the server span of this call is its child.
+            let child = servers.iter().find(|s| s["parent_span_id"] == c["span_id"]);
+            let child = child.unwrap_or_else(|| panic!("{name}: no server span under {c:#}; servers: {servers:#?}"));
+            assert_eq!(child["trace_id"], c["trace_id"]);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(metric(&k, "kspan_kernel_lost_total{reason=\"tls_no_fd\"}"), 0.0, "{}", k.metrics());
+    assert_eq!(metric(&k, "kspan_connections_total{reason=\"opaque\"}"), 0.0, "{}", k.metrics());
+    assert!(k.stop());
+}
+
 fn go_client(args: &[&str]) -> (u32, Vec<String>) {
     let child = Command::new(go_tls_app()).arg("client").args(args).stdout(Stdio::piped()).spawn().expect("go client");
     let pid = child.id();

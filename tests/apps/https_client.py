@@ -6,6 +6,9 @@ use self-signed certificates). Prints JSON.
                      only then), waits for a line on stdin, then GETs URL
   keepalive N PORT   N GETs of / on one TLS connection to 127.0.0.1:PORT,
                      pausing 0.5 s after the 20th
+  asyncio N PORT     N GETs of /items/I on one connection made with asyncio
+                     streams (OpenSSL on memory BIOs); the response needs a
+                     Content-Length; prints status and wall ns per request
 """
 import json
 import sys
@@ -28,6 +31,29 @@ def get(urls):
                 out.append({"url": url, "status": r.status})
         except urllib.error.HTTPError as e:
             out.append({"url": url, "status": e.code})
+    return out
+
+
+async def asyncio_gets(n, port):
+    import asyncio
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    out = []
+    for i in range(n):
+        t = time.monotonic_ns()
+        writer.write(f"GET /items/{i} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        await writer.drain()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        lines = head.split("\r\n")
+        length = next(int(v) for k, _, v in (l.partition(":") for l in lines[1:]) if k.lower() == "content-length")
+        await reader.readexactly(length)
+        out.append({"status": int(lines[0].split()[1]), "ns": time.monotonic_ns() - t})
+    writer.close()
+    await writer.wait_closed()
     return out
 
 
@@ -59,6 +85,10 @@ def main():
             if i == 19:
                 time.sleep(0.5)
         print(json.dumps(codes), flush=True)
+    elif mode == "asyncio":
+        import asyncio
+
+        print(json.dumps(asyncio.run(asyncio_gets(int(sys.argv[2]), int(sys.argv[3])))), flush=True)
     else:
         sys.exit(f"unknown mode {mode}")
 

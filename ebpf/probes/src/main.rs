@@ -331,6 +331,29 @@ fn buffers(shape: Shape, a1: u64, a2: u64) -> (u64, u64) {
     }
 }
 
+/// A send that carries the ciphertext of an SSL object on memory BIOs and
+/// binds it to this socket (see [`tls::bind_unbound`]): not reported.
+#[inline(always)]
+fn binds_tls(id: u64, op: u32, fd: u32, st: &SockState, buf: u64, iovcnt: u64) -> bool {
+    (op == OP_WRITE || op == OP_WRITEV) && tls::bind_unbound(id, fd, st, || first_bytes(op, buf, iovcnt))
+}
+
+/// The first three bytes a write sends: of its buffer, or of its first
+/// iovec's.
+#[inline(always)]
+fn first_bytes(op: u32, buf: u64, iovcnt: u64) -> Option<[u8; 3]> {
+    // SAFETY: reads of the caller's memory through the fault-safe helper.
+    unsafe {
+        let base = match op {
+            OP_WRITE => buf,
+            // struct iovec: iov_base at 0.
+            OP_WRITEV if iovcnt > 0 => aya_ebpf::helpers::bpf_probe_read_user(buf as *const u64).ok()?,
+            _ => return None,
+        };
+        aya_ebpf::helpers::bpf_probe_read_user(base as *const [u8; 3]).ok()
+    }
+}
+
 /// This thread's slot of [`ENTER_TIME`].
 #[inline(always)]
 fn enter_time_slot(tid: u32) -> Option<*mut EnterTime> {
@@ -358,6 +381,9 @@ fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
         return Ok(0);
     }
     let (buf, iovcnt) = buffers(shape, arg(ctx, 1), arg(ctx, 2));
+    if binds_tls(id, op, fd, &st, buf, iovcnt) {
+        return Ok(0);
+    }
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
     let inf = Inflight { op, fd, buf, iovcnt, sock_id: st.sock_id, enter_ns };
@@ -425,6 +451,9 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
         return None;
     }
     let (buf, iovcnt) = buffers(shape, a1, a2);
+    if binds_tls(id, op, fd, &st, buf, iovcnt) {
+        return None;
+    }
     Some(Inflight { op, fd, buf, iovcnt, sock_id: st.sock_id, enter_ns })
 }
 

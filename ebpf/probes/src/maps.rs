@@ -88,6 +88,15 @@ pub static TLS_ACTIVE: Array<u64> = Array::with_max_entries(ENTER_TIME_SLOTS, 0)
 #[map]
 pub static TLS_SOCKS: LruHashMap<ProcPtr, TlsSock> = LruHashMap::with_max_entries(MAX_TLS_OBJECTS, 0);
 
+/// Per thread slot (`tid % ENTER_TIME_SLOTS`): the SSL object whose last
+/// OpenSSL call on this thread ended with no socket known for it. OpenSSL
+/// on memory BIOs (Node.js, Python's asyncio) makes no syscall inside its
+/// calls; the event loop writes the ciphertext right after, on the same
+/// thread, and that write binds the object to its socket (see
+/// `tls::bind_unbound`).
+#[map]
+pub static TLS_UNBOUND: Array<TlsUnbound> = Array::with_max_entries(ENTER_TIME_SLOTS, 0);
+
 /// Go `crypto/tls` reads in flight, by (tgid, goroutine), between the
 /// function's entry and one of its `RET`s (LRU: a call whose return was
 /// missed is evicted in time).
@@ -245,4 +254,19 @@ pub struct TlsSock {
     /// `SockState::ignored` of the socket (not 0: no data events).
     pub ignored: u32,
     pub sock_id: u64,
+    /// 1: bound by the ciphertext write after a call (memory BIOs): no
+    /// later call refreshes it, so each checks the socket still lives.
+    pub by_write: u32,
+    pub _pad: u32,
+}
+
+/// One [`TLS_UNBOUND`] slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsUnbound {
+    /// pid_tgid of the thread; 0: none.
+    pub id: u64,
+    pub ssl: u64,
+    /// When the call returned (kernel monotonic ns).
+    pub ns: u64,
 }

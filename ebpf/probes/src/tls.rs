@@ -11,6 +11,14 @@
 //! - The socket under an SSL object is learnt from the read/write syscalls the
 //!   thread makes while inside an OpenSSL call; those syscalls carry
 //!   ciphertext and produce no data event ([`claim_syscall`]).
+//! - OpenSSL on memory BIOs (Node.js, Python's asyncio) makes no syscall
+//!   inside its calls: the event loop writes the ciphertext right after, on
+//!   the same thread. A call that ends with its object's socket unknown
+//!   leaves the object pending on its thread (one per thread, for 1 s); the
+//!   thread's next socket write that starts with a TLS record header binds
+//!   it ([`bind_unbound`]), and that socket's syscalls are ignored from
+//!   then on (`IGNORED_TLS_USER`, as for Go). Such a binding is checked
+//!   against the socket's life at each call (an address may be reused).
 //! - Plaintext goes out as an ordinary data event flagged `DATA_TLS`, built by
 //!   the same `emit_data` as syscall data. Plaintext of an SSL object whose
 //!   socket is still unknown is counted (`TLS_NO_FD`) and skipped.
@@ -25,11 +33,11 @@ use aya_ebpf::{
 };
 use core::intrinsics::AtomicOrdering;
 
-use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, SockState, counter, sock_key};
+use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, IGNORED_NO, IGNORED_TLS_USER, SockState, counter, sock_key};
 
 use crate::maps::{
-    Inflight, ProcPtr, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SLOTS, TLS_SOCKS, TlsCall, TlsSlot, TlsSock, count,
-    thread_slot,
+    Inflight, ProcPtr, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SLOTS, TLS_SOCKS, TLS_UNBOUND, TlsCall, TlsSlot, TlsSock,
+    TlsUnbound, count, thread_slot,
 };
 use crate::{Res, Src, config, emit_data, emit_proc, is_traced};
 
@@ -59,7 +67,7 @@ pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
         return false;
     };
     let key = ProcPtr::new((id >> 32) as u32, call.ssl);
-    let sock = TlsSock { fd, ignored: st.ignored, sock_id: st.sock_id };
+    let sock = TlsSock { fd, ignored: st.ignored, sock_id: st.sock_id, by_write: 0, _pad: 0 };
     // An update of the LRU map costs several times a lookup, and an SSL
     // object keeps its socket: write only what changed.
     // SAFETY: plain-old-data value, compared at once.
@@ -192,37 +200,54 @@ fn take_call(id: u64) -> Option<TlsCall> {
     Some(call)
 }
 
+/// The socket of SSL object `key`, if known and (for one bound by a write)
+/// still open: a freed object's address may come back for a new one.
+#[inline(always)]
+fn socket_of(key: &ProcPtr) -> Option<TlsSock> {
+    // SAFETY: plain-old-data value, copied out at once.
+    let sock = unsafe { TLS_SOCKS.get(key) }.copied()?;
+    if sock.by_write != 0 {
+        // SAFETY: plain-old-data value, compared at once.
+        let open = unsafe { SOCKS.get(&sock_key(key.tgid, sock.fd)) }.is_some_and(|st| st.sock_id == sock.sock_id);
+        if !open {
+            let _ = TLS_SOCKS.remove(key);
+            return None;
+        }
+    }
+    Some(sock)
+}
+
 fn exit(ctx: &RetProbeContext) -> Res {
     let id = bpf_get_current_pid_tgid();
     let Some(call) = take_call(id) else {
         return Ok(0);
     };
     let ret: i32 = ctx.ret();
-    let moved: u64 = if call.out != 0 {
+    let moved: u64 = if ret <= 0 {
+        0
+    } else if call.out != 0 {
         // `_ex` and the internal functions behind both APIs: positive on
         // success, the byte count in the out-parameter.
-        if ret <= 0 {
-            return Ok(0);
-        }
         // SAFETY: the caller's size_t out-parameter in user memory.
         unsafe { bpf_probe_read_user(call.out as *const u64) }.map_err(|_| 0u32)?
     } else {
-        if ret <= 0 {
-            return Ok(0);
-        }
         ret as u64
+    };
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let key = ProcPtr::new(tgid, call.ssl);
+    // Looked up after a failed call too (a handshake step): an object on
+    // memory BIOs is bound by the ciphertext write that follows it.
+    let Some(sock) = socket_of(&key) else {
+        note_unbound(id, call.ssl);
+        if moved > 0 {
+            count(counter::TLS_NO_FD);
+        }
+        return Ok(0);
     };
     if moved == 0 {
         return Ok(0);
     }
     let cfg = config().ok_or(0u32)?;
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    let key = ProcPtr::new(tgid, call.ssl);
-    // SAFETY: plain-old-data value, copied out at once.
-    let Some(sock) = (unsafe { TLS_SOCKS.get(&key) }).copied() else {
-        count(counter::TLS_NO_FD);
-        return Ok(0);
-    };
     if sock.ignored != 0 {
         return Ok(0);
     }
@@ -267,6 +292,63 @@ pub fn kspan_ssl_ret(ctx: RetProbeContext) -> u32 {
     }
 }
 
+/// How long after an unbound call its thread's ciphertext write may bind
+/// it (an event loop writes at once; this only bounds a stale slot).
+const UNBOUND_FOR_NS: u64 = 1_000_000_000;
+
+/// Thread `id`'s call on `ssl` ended with no socket known for the object.
+#[inline(always)]
+fn note_unbound(id: u64, ssl: u64) {
+    if let Some(u) = TLS_UNBOUND.get_ptr_mut(thread_slot(id as u32)) {
+        // SAFETY: a map value; a thread sharing the slot at worst replaces
+        // it (its write is then not bound) and `id` tells whose it is.
+        unsafe { *u = TlsUnbound { id, ssl, ns: aya_ebpf::helpers::bpf_ktime_get_ns() } };
+    }
+}
+
+/// A write by thread `id` on socket `fd`, not inside an OpenSSL call: if
+/// the thread's last call left an SSL object unbound and the bytes start
+/// with a TLS record header (`first` reads them), the object is bound to
+/// this socket, the socket's syscalls are ignored from now on
+/// (`IGNORED_TLS_USER`: they carry ciphertext) and true is returned (this
+/// write's bytes are not reported). Costs an array read otherwise.
+#[inline(always)]
+pub fn bind_unbound(id: u64, fd: u32, st: &SockState, first: impl FnOnce() -> Option<[u8; 3]>) -> bool {
+    let Some(u) = TLS_UNBOUND.get_ptr_mut(thread_slot(id as u32)) else { return false };
+    // SAFETY: a map value, copied out at once.
+    let pending = unsafe { core::ptr::read_volatile(u) };
+    if pending.id != id {
+        return false;
+    }
+    // SAFETY: helper without preconditions.
+    if unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }.saturating_sub(pending.ns) > UNBOUND_FOR_NS {
+        // SAFETY: a map value; clearing a stale slot.
+        unsafe { core::ptr::write_volatile(&mut (*u).id, 0) };
+        return false;
+    }
+    // A record header: content type 20-23 (change cipher spec, alert,
+    // handshake, application data), version 3.x (SSL 3 to TLS 1.3).
+    let Some([kind, major, minor]) = first() else { return false };
+    if !(20..=23).contains(&kind) || major != 3 || minor > 4 {
+        return false;
+    }
+    // SAFETY: a map value of this thread's slot.
+    unsafe { core::ptr::write_volatile(&mut (*u).id, 0) };
+    let tgid = (id >> 32) as u32;
+    let sock = TlsSock { fd, ignored: IGNORED_NO, sock_id: st.sock_id, by_write: 1, _pad: 0 };
+    let _ = TLS_SOCKS.insert(&ProcPtr::new(tgid, pending.ssl), &sock, 0);
+    if let Some(s) = SOCKS.get_ptr_mut(&sock_key(tgid, fd)) {
+        // SAFETY: a SOCKS value; `ignored` is an aligned u32 (a racing
+        // writer, the agent muting it, leaves one of the two values).
+        unsafe {
+            if (*s).sock_id == st.sock_id && (*s).ignored == IGNORED_NO {
+                core::ptr::write_volatile(&mut (*s).ignored, IGNORED_TLS_USER);
+            }
+        }
+    }
+    true
+}
+
 fn lib_load() -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
@@ -290,7 +372,8 @@ fn set_fd(ctx: &ProbeContext) -> Res {
     // SAFETY: plain-old-data value, copied out at once.
     match (fd >= 0).then(|| unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.copied()).flatten() {
         Some(st) => {
-            let _ = TLS_SOCKS.insert(&key, &TlsSock { fd: fd as u32, ignored: st.ignored, sock_id: st.sock_id }, 0);
+            let sock = TlsSock { fd: fd as u32, ignored: st.ignored, sock_id: st.sock_id, by_write: 0, _pad: 0 };
+            let _ = TLS_SOCKS.insert(&key, &sock, 0);
         }
         // Unknown socket: forget what a freed SSL object at this address had.
         None => {
