@@ -216,20 +216,34 @@ pub fn go_tls_server(exe: &Path) -> Proc {
 /// OpenSSL on memory BIOs (libuv writes the ciphertext, outside any
 /// OpenSSL call), on a free port with a self-signed certificate.
 pub fn node_https() -> Proc {
-    let dir = TempDir::new("node-https");
+    let mut cmd = Command::new("node");
+    cmd.arg(apps_dir().join("node_https.js")).arg("serve");
+    https_app("node-https", cmd)
+}
+
+/// `apps/asyncio_https_server.py`: an HTTPS server on Python's asyncio
+/// streams (its ssl module on memory BIOs), like [`node_https`].
+pub fn asyncio_https() -> Proc {
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("asyncio_https_server.py"));
+    https_app("asyncio-https", cmd)
+}
+
+/// Starts `cmd CERT KEY PORT` (a self-signed certificate, a free port) and
+/// waits for its "listening" line.
+fn https_app(tag: &str, mut cmd: Command) -> Proc {
+    let dir = TempDir::new(tag);
     let (cert, key) = self_signed_cert(&dir.0);
     let port = free_port();
-    let mut child = Command::new("node")
-        .arg(apps_dir().join("node_https.js"))
-        .arg("serve")
+    let mut child = cmd
         .args([&cert, &key])
         .arg(port.to_string())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("start node (`cargo xtask setup` installs Node.js)");
+        .unwrap_or_else(|e| panic!("start {tag} (`cargo xtask setup` installs what it needs): {e}"));
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
-    assert_eq!(line.trim(), "listening", "node_https.js did not start");
+    assert_eq!(line.trim(), "listening", "{tag} did not start");
     Proc { child, port, _dir: Some(dir) }
 }
 

@@ -37,6 +37,8 @@ pub use super::tls_lib::{TlsLib, defined_library};
 const RET_PROGRAM: &str = "kspan_ssl_ret";
 /// Entry-only probe that binds a session to its socket.
 const SET_FD_PROGRAM: &str = "kspan_ssl_set_fd";
+/// Entry of a handshake step (its return gets [`RET_PROGRAM`]).
+const HANDSHAKE_PROGRAM: &str = "kspan_ssl_handshake";
 /// The dynamic loader's debugger hook, called around every dlopen/dlclose.
 const LOADER_SYMBOL: &str = "_dl_debug_state";
 const LOADER_PROGRAM: &str = "kspan_dl_state";
@@ -202,6 +204,18 @@ impl Capture {
         match self.attach_uprobe(SET_FD_PROGRAM, set_fd, None, path) {
             Ok(()) => probed += 1,
             Err(e) => tracing::debug!("{}: optional {set_fd} not probed: {e}", shown()),
+        }
+        // Optional: binds a session on memory BIOs (Node.js, asyncio) by
+        // its handshake's first write, before any data.
+        let handshake = lib.handshake_symbol();
+        // The return first: an entry without it would leave its thread
+        // taken for inside a call (its syscalls claimed) until the next one.
+        let attached = self
+            .attach_uprobe(RET_PROGRAM, handshake, None, path)
+            .and_then(|()| self.attach_uprobe(HANDSHAKE_PROGRAM, handshake, None, path));
+        match attached {
+            Ok(()) => probed += 1,
+            Err(e) => tracing::debug!("{}: optional {handshake} not probed: {e}", shown()),
         }
         Ok(probed)
     }

@@ -108,6 +108,16 @@ impl TlsLib {
         }
     }
 
+    /// The optional handshake step (the session first; no data moved):
+    /// probed so that a session on memory BIOs is bound to its socket by
+    /// the handshake's first write (see `ebpf/probes/src/tls.rs`).
+    pub fn handshake_symbol(self) -> &'static str {
+        match self {
+            TlsLib::OpenSsl => "SSL_do_handshake",
+            TlsLib::GnuTls => "gnutls_handshake",
+        }
+    }
+
     fn required(self) -> impl Iterator<Item = &'static str> {
         self.probes().iter().filter(|p| p.required).map(|p| p.symbol)
     }

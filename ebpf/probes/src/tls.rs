@@ -11,6 +11,9 @@
 //! - The socket under an SSL object is learnt from the read/write syscalls the
 //!   thread makes while inside an OpenSSL call; those syscalls carry
 //!   ciphertext and produce no data event ([`claim_syscall`]).
+//! - Handshake steps (`SSL_do_handshake`, `gnutls_handshake`) are probed
+//!   too (no data): a socket-BIO handshake's syscalls bind the object
+//!   before its first read or write, and are not reported.
 //! - OpenSSL on memory BIOs (Node.js, Python's asyncio) makes no syscall
 //!   inside its calls: the event loop writes the ciphertext right after, on
 //!   the same thread. A call that ends with its object's socket unknown
@@ -223,7 +226,7 @@ fn exit(ctx: &RetProbeContext) -> Res {
         return Ok(0);
     };
     let ret: i32 = ctx.ret();
-    let moved: u64 = if ret <= 0 {
+    let moved: u64 = if ret <= 0 || call.flags & CALL_HANDSHAKE != 0 {
         0
     } else if call.out != 0 {
         // `_ex` and the internal functions behind both APIs: positive on
@@ -284,7 +287,20 @@ pub fn kspan_ssl_read_ex(ctx: ProbeContext) -> u32 {
     }
 }
 
-/// One return probe for all four functions (the entry remembered what it was).
+/// `TlsCall::flags` bit of a handshake step (`SSL_do_handshake`,
+/// `gnutls_handshake`): it moves no application data; its syscalls bind
+/// the object to its socket (their ciphertext is not reported), or its
+/// return leaves the object pending for the write that follows.
+const CALL_HANDSHAKE: u32 = 1 << 31;
+
+#[uprobe]
+pub fn kspan_ssl_handshake(ctx: ProbeContext) -> u32 {
+    match enter(&ctx, CALL_HANDSHAKE, false) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// One return probe for all the functions (the entry remembered what it was).
 #[uretprobe]
 pub fn kspan_ssl_ret(ctx: RetProbeContext) -> u32 {
     match exit(&ctx) {
