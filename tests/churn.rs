@@ -36,40 +36,19 @@ fn churn_round(http: u16, redis: u16, pg: u16, pgbench_script: &std::path::Path)
     for i in 0..20 {
         run_ok(Command::new("redis-cli").args(["-p", &redis.to_string(), "set", &format!("churn:{i}"), "v"]));
     }
-    let pg = pg.to_string();
     for _ in 0..10 {
-        run_ok(Command::new("psql").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg,
-            "-U",
-            "postgres",
-            "-d",
-            "kspan",
-            "-c",
-            "select 1",
-        ]));
+        run_ok(pg_client("psql", pg).args(["-d", "kspan", "-c", "select 1"]));
     }
     // A new connection (and backend process) per transaction.
     let script = pgbench_script.to_str().unwrap();
-    run_ok(Command::new("pgbench").args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg,
-        "-U",
-        "postgres",
-        "-n",
-        "-C",
-        "-c",
-        "2",
-        "-t",
-        "40",
-        "-f",
-        script,
-        "kspan",
-    ]));
+    run_ok(pg_client("pgbench", pg).args(["-n", "-C", "-c", "2", "-t", "40", "-f", script, "kspan"]));
+}
+
+/// A PostgreSQL client program connecting to the test cluster on `port`.
+fn pg_client(program: &str, port: u16) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"]);
+    cmd
 }
 
 /// The tables once the round's spans are out and its closed connections'
