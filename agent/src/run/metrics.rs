@@ -69,8 +69,8 @@ impl Default for TableSizes {
 }
 
 impl TableSizes {
-    /// Adds tables (beyond [`MAX_TABLES`] they are left out: a test keeps
-    /// the count below it).
+    /// Adds tables (beyond [`MAX_TABLES`] they are left out; tests/churn.rs
+    /// checks that the last one the pipeline adds is published).
     pub fn extend(&mut self, sizes: impl IntoIterator<Item = (&'static str, usize)>) {
         for (name, n) in sizes {
             if let Some(slot) = self.entries.get_mut(self.len) {

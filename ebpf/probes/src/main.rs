@@ -16,8 +16,9 @@
 //!   failed user-memory copy. Nothing blocks the traced process.
 //! - TLS plaintext comes from OpenSSL and GnuTLS uprobes ([`tls`]) and Go
 //!   `crypto/tls` uprobes ([`go_tls`]); the syscalls made inside those calls,
-//!   or on a socket whose plaintext a Go probe reported (`IGNORED_TLS_USER`),
-//!   carry ciphertext and produce no data event.
+//!   or on a socket whose plaintext a Go probe reported or whose write bound
+//!   an OpenSSL object on memory BIOs (`IGNORED_TLS_USER`), carry
+//!   ciphertext and produce no data event.
 //! - An exec event carries the file name execve was given, so the agent can
 //!   decide on a process that is already gone.
 //! - Program entries are thin; logic lives in fallible `try_*` functions.
