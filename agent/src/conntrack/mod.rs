@@ -31,7 +31,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use kspan_common::{ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, GoStreamEvent, ROLE_CLIENT, ROLE_SERVER};
 
+mod threads;
 mod unix;
+
+pub use threads::ThreadTable;
 
 pub use unix::{MAX_UNIX_NAMES, dropped as unix_names_dropped};
 
@@ -104,15 +107,6 @@ pub const MAX_GO_HANDLERS: usize = 65_536;
 
 /// A stream of a connection: its key, socket id and stream id.
 type StreamAt = ((u32, u32), u64, u32);
-
-/// Per process, handler goroutine's thread key -> the server stream it
-/// serves or served last; and how many there are in all (at most
-/// [`MAX_GO_HANDLERS`]).
-#[derive(Default)]
-struct GoHandlers {
-    by_process: HashMap<u32, HashMap<u32, StreamAt>>,
-    len: usize,
-}
 
 /// A Go server stream whose handler goroutine went on to serve another
 /// stream at `ts_ns` (see [`StreamParser::handed_over`]).
@@ -217,7 +211,7 @@ pub struct ConnTable {
     /// kernel need not copy their bytes any more.
     pub mutes: Vec<Mute>,
     /// The server stream each Go handler goroutine serves or served last.
-    go_handlers: GoHandlers,
+    go_handlers: ThreadTable<StreamAt>,
     /// Handovers found while a connection was borrowed, applied after.
     handovers: Vec<Handover>,
 }
@@ -291,7 +285,7 @@ fn looks_like_tls(data: &[u8]) -> bool {
 /// another, is handed over: Go reuses an ended goroutine's `g`, so that
 /// handler had ended. Client reports name callers, not handlers: none.
 fn note_handler(
-    handlers: &mut GoHandlers,
+    handlers: &mut ThreadTable<StreamAt>,
     stats: &mut ConnStats,
     at: ((u32, u32), u64),
     r: &StreamReport,
@@ -299,13 +293,8 @@ fn note_handler(
     if r.role != Role::Server {
         return None;
     }
-    let known = handlers.by_process.get(&at.0.0).is_some_and(|m| m.contains_key(&r.tid));
-    if handlers.len >= MAX_GO_HANDLERS && !known {
-        stats.go_handlers_forgotten += handlers.len as u64;
-        *handlers = GoHandlers::default();
-    }
-    let previous = handlers.by_process.entry(at.0.0).or_default().insert(r.tid, (at.0, at.1, r.stream));
-    handlers.len += usize::from(previous.is_none());
+    let (previous, dropped) = handlers.insert(at.0.0, r.tid, (at.0, at.1, r.stream));
+    stats.go_handlers_forgotten += dropped as u64;
     let (key, sock_id, stream) = previous?;
     ((key, sock_id, stream) != (at.0, at.1, r.stream)).then_some(Handover { key, sock_id, stream, ts_ns: r.ts_ns })
 }
@@ -347,7 +336,7 @@ impl ConnTable {
             local_pairs: HashMap::new(),
             serving: HashMap::new(),
             mutes: Vec::new(),
-            go_handlers: GoHandlers::default(),
+            go_handlers: ThreadTable::new(MAX_GO_HANDLERS),
             handovers: Vec::new(),
         }
     }
@@ -366,7 +355,7 @@ impl ConnTable {
             ("connections", self.conns.len()),
             ("connection_pairs", self.local_pairs.len()),
             ("serving_processes", self.serving.len()),
-            ("go_handlers", self.go_handlers.len),
+            ("go_handlers", self.go_handlers.len()),
             ("unix_socket_names", unix::len()),
         ]
     }
@@ -619,9 +608,7 @@ impl ConnTable {
         for k in keys {
             self.close_key(k, ts, out);
         }
-        if let Some(m) = self.go_handlers.by_process.remove(&tgid) {
-            self.go_handlers.len -= m.len();
-        }
+        self.go_handlers.forget_process(tgid);
     }
 
     /// Every connection ends (capture resumes after a pause in which closes

@@ -450,9 +450,9 @@ fn a_reused_handler_goroutine_ends_the_earlier_streams_window() {
         .collect();
     assert_eq!(windows, [(3, 1, Some((20, 30))), (4, 1, Some((30, 40))), (3, 3, Some((40, 70)))]);
     // One goroutine remembered, forgotten with its process.
-    assert_eq!(t.go_handlers.len, 1);
+    assert_eq!(t.go_handlers.len(), 1);
     t.on_exit(1, 80, &mut out);
-    assert_eq!((t.go_handlers.len, t.go_handlers.by_process.len()), (0, 0));
+    assert_eq!((t.go_handlers.len(), t.go_handlers.processes()), (0, 0));
 }
 
 /// grpc-go's client writes every call on one goroutine and reports each

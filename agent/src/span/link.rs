@@ -30,6 +30,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use smallvec::SmallVec;
 
 use super::model::{Span, SpanKind};
+use crate::conntrack::ThreadTable;
 use crate::protocol::{ConnMeta, End};
 
 /// How long the range of a thread's last server span is remembered after
@@ -165,11 +166,9 @@ pub struct Linker {
     held_spans: usize,
     /// Waiting clients per (pid, tid), oldest first.
     threads: HashMap<(u32, u32), VecDeque<u64>>,
-    /// Time range of the last server span per thread (tid), per process
-    /// (forgotten when it exits), and how many there are in all (at most
-    /// `max_held`).
-    last_server: HashMap<u32, HashMap<u32, (u64, u64)>>,
-    last_servers: usize,
+    /// Time range of the last server span per thread, per process
+    /// (forgotten when it exits; at most `max_held` in all).
+    last_server: ThreadTable<(u64, u64)>,
     /// The latest end among the ranges noted (unix ns): a range that ended
     /// [`SERVER_RANGE_TTL_NS`] before it is forgotten at the next sweep.
     latest_server_end: u64,
@@ -218,8 +217,7 @@ impl Linker {
             held: HashMap::new(),
             held_spans: 0,
             threads: HashMap::new(),
-            last_server: HashMap::new(),
-            last_servers: 0,
+            last_server: ThreadTable::new(limits.max_held),
             latest_server_end: 0,
             next_range_sweep: 0,
             multiplexed: HashSet::new(),
@@ -236,7 +234,7 @@ impl Linker {
         [
             ("link_held", self.held.len()),
             ("link_threads", self.threads.len()),
-            ("link_last_server", self.last_servers),
+            ("link_last_server", self.last_server.len()),
             ("link_multiplexed_processes", self.multiplexed.len()),
             ("link_servers", self.servers.len()),
             ("link_deadlines", self.order.len()),
@@ -394,15 +392,7 @@ impl Linker {
     /// for its process.
     fn note_server_range(&mut self, pid: u32, tid: u32, range: (u64, u64)) {
         self.latest_server_end = self.latest_server_end.max(range.1);
-        let known = self.last_server.get(&pid).is_some_and(|t| t.contains_key(&tid));
-        if self.last_servers >= self.limits.max_held && !known {
-            self.last_server.clear();
-            self.last_servers = 0;
-        }
-        let Some((start, end)) = self.last_server.entry(pid).or_default().insert(tid, range) else {
-            self.last_servers += 1;
-            return;
-        };
+        let Some((start, end)) = self.last_server.insert(pid, tid, range).0 else { return };
         if range.0 < end && start < range.1 && !self.multiplexed.contains(&pid) {
             if self.multiplexed.len() >= self.limits.max_held {
                 self.multiplexed.clear();
@@ -416,9 +406,7 @@ impl Linker {
     /// a later process given the same pid may serve differently (one found
     /// multiplexing would have nesting off).
     pub fn forget_process(&mut self, pid: u32) {
-        if let Some(threads) = self.last_server.remove(&pid) {
-            self.last_servers -= threads.len();
-        }
+        self.last_server.forget_process(pid);
         self.multiplexed.remove(&pid);
     }
 
@@ -431,13 +419,7 @@ impl Linker {
         if now >= self.next_range_sweep {
             self.next_range_sweep = now.saturating_add(1_000_000_000);
             let horizon = self.latest_server_end.saturating_sub(SERVER_RANGE_TTL_NS);
-            let mut kept = 0;
-            self.last_server.retain(|_, threads| {
-                threads.retain(|_, (_, end)| *end >= horizon);
-                kept += threads.len();
-                !threads.is_empty()
-            });
-            self.last_servers = kept;
+            self.last_server.retain(|&(_, end)| end >= horizon);
         }
         while let Some(&(deadline, id)) = self.order.front() {
             if deadline > now {

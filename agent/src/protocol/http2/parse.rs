@@ -158,8 +158,7 @@ impl Http2Parser {
     /// they are dropped (counted).
     fn resync(&mut self, d: usize, stats: &mut ParseStats) {
         let state = &mut self.state;
-        stats.dropped_requests += state.streams.len() as u64;
-        state.streams.clear();
+        state.drop_open_streams(stats);
         state.callers.clear();
         state.decoders[d] = Decoder::joined();
         state.joined = true;
@@ -203,16 +202,14 @@ impl StreamParser for Http2Parser {
             }
             Err(Lost::Malformed) => {
                 stats.malformed += 1;
-                stats.dropped_requests += self.state.streams.len() as u64;
-                self.state.streams = Vec::new();
+                self.state.drop_open_streams(stats);
                 self.lost = true;
             }
         }
     }
 
     fn close(&mut self, _ts_ns: u64, _out: &mut Vec<Exchange>, stats: &mut ParseStats) {
-        stats.dropped_requests += self.state.streams.len() as u64;
-        self.state.streams.clear();
+        self.state.drop_open_streams(stats);
     }
 
     fn stream_on(&mut self, r: &StreamReport) -> bool {
@@ -247,6 +244,12 @@ impl StreamParser for Http2Parser {
 }
 
 impl State {
+    /// Drops the open streams (they will never complete), counted.
+    fn drop_open_streams(&mut self, stats: &mut ParseStats) {
+        stats.dropped_requests += self.streams.len() as u64;
+        self.streams = Vec::new();
+    }
+
     fn new(role: Role, decoders: [Decoder; 2], joined: bool) -> Self {
         let (streams, fields, callers) = (Vec::new(), Fields::default(), Vec::new());
         Self { role, decoders, streams, fields, joined, callers, last_request: 0 }
