@@ -7,6 +7,10 @@
 //! tests drive rounds of the same churn and read the agent's tables
 //! (`kspan_table_entries{table}`) after each round, once the spans are out:
 //! a table that grows from round to round keeps what has ended.
+//!
+//! The kernel's maps are bounded too, and their memory is charged to the
+//! agent's cgroup (a pod's memory limit counts it): what each costs is
+//! published (`kspan_kernel_map_bytes{map}`) and checked here.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -17,10 +21,20 @@ use kspan_e2e::{Kspan, run_ok};
 
 /// Table sizes from the metrics text.
 fn tables(metrics: &str) -> BTreeMap<String, u64> {
+    labelled(metrics, "kspan_table_entries{table=\"")
+}
+
+/// Kernel map bytes from the metrics text.
+fn map_bytes(metrics: &str) -> BTreeMap<String, u64> {
+    labelled(metrics, "kspan_kernel_map_bytes{map=\"")
+}
+
+/// The series of one metric with one label, by label value.
+fn labelled(metrics: &str, prefix: &str) -> BTreeMap<String, u64> {
     metrics
         .lines()
         .filter_map(|l| {
-            let rest = l.strip_prefix("kspan_table_entries{table=\"")?;
+            let rest = l.strip_prefix(prefix)?;
             let (name, value) = rest.split_once("\"} ")?;
             Some((name.to_owned(), value.trim().parse().ok()?))
         })
@@ -128,4 +142,73 @@ fn churn_leaves_no_table_growing(selection: &[&str], ends: u64) {
         before["connections"]
     );
     drop(k);
+}
+
+/// Kernel maps published once a second, after the agent is ready.
+fn kernel_maps(k: &Kspan) -> BTreeMap<String, u64> {
+    let t = Instant::now();
+    loop {
+        let maps = map_bytes(&k.metrics());
+        if maps.contains_key("SOCKS") || t.elapsed() > Duration::from_secs(10) {
+            return maps;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The kernel side's memory: every map published, 48 MiB at most with the
+/// defaults (the README's figure; it was 82 MiB when every map was
+/// preallocated at its bound), `capture.max_sockets` sizing the socket map
+/// (the largest), and the plain hash maps costing what they hold: 200
+/// selected processes grow the selection map, which shrinks back when they
+/// exit (a preallocated map would cost its 65,536 entries from the start).
+#[test]
+fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
+    const MIB: u64 = 1 << 20;
+    let k = Kspan::start(&["--exe", "bin/sleep$"]);
+    let idle = kernel_maps(&k);
+    for map in ["SOCKS", "EVENTS", "TRACED", "INFLIGHT", "TLS_CALLS", "TLS_SOCKS", "GO_TLS_CALLS", "COUNTERS"] {
+        assert!(idle.get(map).is_some_and(|&b| b > 0), "{map} not published: {idle:?}");
+    }
+    let total: u64 = idle.values().sum();
+    assert!(total <= 48 * MIB, "kernel maps take {} MiB: {idle:?}", total / MIB);
+    // An LRU map is preallocated: 131,072 sockets at 64-128 bytes each.
+    let socks = idle["SOCKS"];
+    assert!((131_072 * 64..=131_072 * 128).contains(&socks), "SOCKS: {socks} bytes");
+    assert!(idle["TRACED"] < 2 * MIB, "TRACED is allocated as entries come: {idle:?}");
+
+    let mut sleeps: Vec<_> = (0..200).map(|_| Command::new("sleep").arg("60").spawn().expect("spawn sleep")).collect();
+    let t = Instant::now();
+    let mut busy = kernel_maps(&k);
+    // 200 entries of at least 8 bytes of key and value each, beyond the buckets.
+    while busy["TRACED"] < idle["TRACED"] + 200 * 16 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(300));
+        busy = kernel_maps(&k);
+    }
+    assert!(busy["TRACED"] >= idle["TRACED"] + 200 * 16, "TRACED {} -> {}", idle["TRACED"], busy["TRACED"]);
+    for s in &mut sleeps {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let t = Instant::now();
+    let mut after = kernel_maps(&k);
+    while after["TRACED"] > idle["TRACED"] + 10 * 16 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(300));
+        after = kernel_maps(&k);
+    }
+    assert!(
+        after["TRACED"] <= idle["TRACED"] + 10 * 16,
+        "TRACED {} -> {} after the exits",
+        busy["TRACED"],
+        after["TRACED"]
+    );
+    assert!(k.stop());
+
+    let dir = kspan_e2e::servers::TempDir::new("max-sockets");
+    let conf = dir.0.join("kspan.yaml");
+    std::fs::write(&conf, "capture:\n  max_sockets: 16384\n").unwrap();
+    let k = Kspan::start(&["--exe", "bin/sleep$", "--config", conf.to_str().unwrap()]);
+    let small = kernel_maps(&k);
+    assert!(small["SOCKS"] * 6 < socks, "SOCKS with max_sockets 16384: {} bytes, default {socks}", small["SOCKS"]);
+    assert!(k.stop());
 }

@@ -270,6 +270,8 @@ struct Round {
     p99_with_ms: f64,
     load_rss_kib: u64,
     peak_rss_kib: u64,
+    /// Kernel memory of kspan's eBPF maps (bytes), charged to its cgroup.
+    map_bytes: f64,
     spans: f64,
     lost: f64,
 }
@@ -316,6 +318,7 @@ fn rounds(
             p99_with_ms: w.p99_ms,
             load_rss_kib: w.load_rss_kib,
             peak_rss_kib: w.peak_rss_kib,
+            map_bytes: w.metrics.sum("kspan_kernel_map_bytes{"),
             spans: w.metrics.sum("kspan_spans_built_total"),
             lost: w.metrics.sum("kspan_kernel_lost_total"),
         };
@@ -426,6 +429,10 @@ fn print_rounds(rounds: &[Round], target_ratio: f64) {
         "agent RSS under load  {:>10.1} MiB  (largest round; peak incl. start-up {:.1} MiB)",
         rounds.iter().map(|r| r.load_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
         rounds.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0
+    );
+    println!(
+        "kernel maps           {:>10.1} MiB  (kernel memory charged to the agent's cgroup besides its RSS)",
+        rounds.iter().map(|r| r.map_bytes).fold(0.0, f64::max) / f64::from(1 << 20)
     );
     println!(
         "spans built           {:>10.0}  kernel lost events {:.0} (all rounds)",

@@ -1,6 +1,6 @@
 //! Loading, configuring and attaching the eBPF programs, and draining the ring buffer.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use super::attach::{AttachFail, Attachment, Target};
@@ -48,6 +48,8 @@ pub struct CaptureConfig {
     pub capture_bytes: u32,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// Entries of the kernel's socket map (`capture.max_sockets`).
+    pub max_sockets: u32,
     /// Pending bytes before the kernel wakes the agent.
     pub wakeup_bytes: u32,
     /// Trace every process (no selector).
@@ -174,6 +176,9 @@ pub struct Capture {
     pub(super) paused: bool,
     /// The kernel can read Go programs' goroutines (see `go_proc`).
     goroutines: bool,
+    /// (name, descriptor) of every map, for [`Capture::map_bytes`]; each
+    /// descriptor is owned by a map in `ebpf` or a field above.
+    map_fds: Vec<(&'static str, std::os::fd::RawFd)>,
 }
 
 impl Capture {
@@ -212,6 +217,7 @@ impl Capture {
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ring_bytes)
+            .map_max_entries("SOCKS", cfg.max_sockets)
             .load(BPF_OBJECT)
             .map_err(|e| CaptureError::Load(e.to_string()))?;
 
@@ -246,6 +252,14 @@ impl Capture {
                 ports.insert(p, 1, 0).map_err(map_err("PORTS"))?;
             }
         }
+        let map_fds = ebpf
+            .maps()
+            .filter_map(|(name, map)| {
+                // Once per map and run: the names live as long as the agent.
+                let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+                map_data(map).map(|d| (name, d.fd().as_fd().as_raw_fd()))
+            })
+            .collect();
         let take = |ebpf: &mut Ebpf, map: &'static str| {
             ebpf.take_map(map).ok_or(CaptureError::Map { map, reason: "missing from object".into() })
         };
@@ -254,7 +268,8 @@ impl Capture {
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
 
         let goroutines = cfg.go_goroutines && offsets.goroutines();
-        let mut capture = Self { ebpf, ring, traced, counters, attachments: Vec::new(), paused: false, goroutines };
+        let mut capture =
+            Self { ebpf, ring, traced, counters, attachments: Vec::new(), paused: false, goroutines, map_fds };
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
         let args_at_exit = offsets.args_at_exit();
@@ -353,6 +368,16 @@ impl Capture {
         out
     }
 
+    /// Kernel memory of each map now, by map name, in bytes: what the kernel
+    /// charges for it (`memlock` in its fdinfo; for a hash map allocated as
+    /// entries come, its buckets and the entries it holds).
+    pub fn map_bytes(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+        self.map_fds.iter().filter_map(|&(name, fd)| {
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            Some((name, memlock(&info)?))
+        })
+    }
+
     /// Waits up to `timeout` for a wake-up, then hands pending records to `f`
     /// until the ring is empty or `f` returns false (the rest stays in the
     /// ring for the next call, which then does not wait). Returns the number
@@ -378,9 +403,33 @@ impl Capture {
     }
 }
 
+/// The loaded map behind `map`, for the kinds kspan's object has.
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// The `memlock:` bytes of a map's `/proc/PID/fdinfo/FD` text.
+fn memlock(fdinfo: &str) -> Option<usize> {
+    fdinfo.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memlock_is_read_from_a_maps_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2061\nmap_type:\t9\nkey_size:\t8\n\
+                    value_size:\t16\nmax_entries:\t131072\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
+                    memlock:\t11552960\nmap_id:\t41\nfrozen:\t0\n";
+        assert_eq!(memlock(info), Some(11_552_960));
+        assert_eq!(memlock("pos:\t0\n"), None);
+        assert_eq!(memlock("memlock:\tlots\n"), None);
+    }
 
     #[test]
     fn abi_of_what_is_not_a_versioned_object_is_unknown() {

@@ -10,6 +10,11 @@ use serde::Deserialize;
 
 use crate::protocol::Privacy;
 
+/// Bounds of `capture.max_sockets`: below the smallest, LRU eviction would
+/// churn on a quiet host; the largest is 4 Mi entries (about 360 MiB).
+pub const MIN_SOCKETS: u32 = 1_024;
+pub const MAX_SOCKETS: u32 = 4 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
@@ -55,6 +60,13 @@ pub struct CaptureSection {
     /// host whose cores are all busy does not overflow the ring buffer
     /// (needs CAP_SYS_NICE; without it the thread keeps nice 0 and says so).
     pub capture_thread_nice: i32,
+    /// Sockets the kernel remembers at most (its (process, fd) -> socket
+    /// map, least recently used evicted first). Each costs about 90 bytes of
+    /// kernel memory whether used or not (11.5 MiB at the default); an
+    /// evicted socket that is used again is looked up again (an fd-table
+    /// walk), so a host with more live sockets than this pays that on
+    /// every call of the oldest ones.
+    pub max_sockets: u32,
     /// Tracked connections at most.
     pub max_connections: usize,
     /// Connections without traffic for this long are forgotten (s).
@@ -108,6 +120,7 @@ impl Default for CaptureSection {
             wakeup_bytes: 256 << 10,
             drain_interval_ms: 50,
             capture_thread_nice: -5,
+            max_sockets: kspan_common::MAX_SOCKETS,
             max_connections: 65_536,
             idle_timeout_secs: 600,
             max_processes: 16_384,
@@ -285,6 +298,12 @@ impl Config {
         if !(-20..=19).contains(&c.capture_thread_nice) {
             return bad(format!("capture.capture_thread_nice = {}: must be between -20 and 19", c.capture_thread_nice));
         }
+        if !(MIN_SOCKETS..=MAX_SOCKETS).contains(&c.max_sockets) {
+            return bad(format!(
+                "capture.max_sockets = {}: must be between {MIN_SOCKETS} and {MAX_SOCKETS}",
+                c.max_sockets
+            ));
+        }
         if c.max_connections == 0 || c.span_queue == 0 || c.max_processes == 0 {
             return bad("capture.max_connections, span_queue and max_processes must be > 0".into());
         }
@@ -339,6 +358,14 @@ mod tests {
         let mut c = Config::default();
         c.capture.ring_buffer_bytes = 5000;
         assert!(c.validate().is_err());
+        for n in [MIN_SOCKETS - 1, MAX_SOCKETS + 1] {
+            let mut c = Config::default();
+            c.capture.max_sockets = n;
+            assert!(c.validate().unwrap_err().to_string().contains(&format!("capture.max_sockets = {n}")));
+        }
+        let c = Config::parse("capture:\n  max_sockets: 4096\n", "x.yaml").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.capture.max_sockets, 4096);
         let mut c = Config::default();
         c.select.exe = vec!["(unclosed".into()];
         assert!(c.validate().unwrap_err().to_string().contains("select.exe"));

@@ -50,11 +50,17 @@ struct TableLabel {
     table: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: String,
+}
+
 /// Most tables [`TableSizes`] holds.
 pub const MAX_TABLES: usize = 24;
 
-/// Entries of the capture thread's tables now, by name
-/// (`kspan_table_entries{table}`). Every table is bounded; one whose size
+/// Sizes by name: entries of the capture thread's tables
+/// (`kspan_table_entries{table}`) or bytes of the kernel's maps
+/// (`kspan_kernel_map_bytes{map}`). Every table is bounded; one whose size
 /// follows the host's history rather than what is live on it is a leak.
 #[derive(Clone, Copy, Debug)]
 pub struct TableSizes {
@@ -127,6 +133,8 @@ pub struct PipelineCounters {
     /// hand-off, housekeeping).
     pub stage_cpu_ns: [u64; 4],
     pub tables: TableSizes,
+    /// Kernel memory of each eBPF map (bytes).
+    pub kernel_maps: TableSizes,
 }
 
 /// Registered metric handles plus what was last published.
@@ -159,6 +167,7 @@ pub struct PipelineMetrics {
     go_probes: Family<ProbeReason, Counter>,
     go_streams: Family<Reason, Counter>,
     tables: Family<TableLabel, Gauge>,
+    kernel_maps: Family<MapLabel, Gauge>,
     last: PipelineCounters,
 }
 
@@ -199,6 +208,7 @@ impl PipelineMetrics {
             go_probes: Family::default(),
             go_streams: Family::default(),
             tables: Family::default(),
+            kernel_maps: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -289,6 +299,13 @@ impl PipelineMetrics {
              tls_pending, link_*",
             m.tables.clone(),
         );
+        t.register(
+            "kspan_kernel_map_bytes",
+            "Kernel memory of each eBPF map now, by map (what the kernel charges to the agent's cgroup; a pod's \
+             memory limit counts it besides the agent's RSS): preallocated maps cost their bound from the start, \
+             the plain hash maps (TRACED, GO_PROCS, INFLIGHT, TLS_CALLS) their buckets and the entries they hold",
+            m.kernel_maps.clone(),
+        );
         m
     }
 
@@ -344,6 +361,9 @@ impl PipelineMetrics {
             }
         }
         self.open_connections.set(now.open_connections as i64);
+        for (name, n) in now.kernel_maps.iter() {
+            self.kernel_maps.get_or_create(&MapLabel { map: name.to_owned() }).set(n as i64);
+        }
         for (name, n) in now.tables.iter() {
             self.tables.get_or_create(&TableLabel { table: name.to_owned() }).set(n as i64);
         }

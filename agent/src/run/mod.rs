@@ -175,6 +175,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut capture = Capture::load(&CaptureConfig {
         capture_bytes: c.capture_bytes,
         ring_bytes: c.ring_buffer_bytes,
+        max_sockets: c.max_sockets,
         wakeup_bytes: c.wakeup_bytes,
         trace_all: all,
         exe_filter: !all && !config.select.exe.is_empty(),

@@ -335,6 +335,9 @@ impl Pipeline {
             tables.extend(l.table_sizes());
         }
         self.counters.tables = tables;
+        let mut maps = crate::run::metrics::TableSizes::default();
+        maps.extend(self.capture.map_bytes());
+        self.counters.kernel_maps = maps;
         self.counters.resources_refreshed = self.procs.refreshed;
         if let Some(p) = &self.pods {
             self.counters.k8s_pods = p.len() as u64;

@@ -33,8 +33,9 @@ pub const MAX_IOVECS: u32 = 1024;
 pub const COMPAT_IOVECS: u64 = 8;
 /// Entries in the per-process selection map.
 pub const MAX_TRACED_PROCS: u32 = 65_536;
-/// Entries in the kernel's (tgid, fd) -> socket map (LRU: the oldest are evicted).
-pub const MAX_SOCKETS: u32 = 262_144;
+/// Entries in the kernel's (tgid, fd) -> socket map by default (LRU: the
+/// oldest are evicted; `capture.max_sockets` sets it at load time).
+pub const MAX_SOCKETS: u32 = 131_072;
 /// Entries in the per-thread in-flight syscall map.
 pub const MAX_INFLIGHT: u32 = 65_536;
 /// Slots of the per-thread send-entry times (indexed by tid modulo this;
@@ -50,11 +51,11 @@ pub const MAX_TLS_OBJECTS: u32 = 65_536;
 pub const MAX_GO_PROCS: u32 = 16_384;
 /// Go HTTP client connections remembered with the goroutine of their
 /// current round trip (LRU: the oldest are evicted).
-pub const MAX_GO_CONNS: u32 = 65_536;
+pub const MAX_GO_CONNS: u32 = 16_384;
 /// Go HTTP/2 client requests between their `RoundTrip` and the start of
 /// the goroutine that writes them, and such goroutines while they run
 /// (LRU each: the oldest are evicted).
-pub const MAX_GO_H2_REQUESTS: u32 = 65_536;
+pub const MAX_GO_H2_REQUESTS: u32 = 16_384;
 
 /// Kind tag at offset 0 of every ring buffer record.
 #[repr(u32)]

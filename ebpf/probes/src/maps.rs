@@ -1,7 +1,17 @@
 //! Every map of the kernel side, in one place. Sizes are defaults; the agent
-//! may override `EVENTS` (ring buffer bytes) at load time.
+//! may override `EVENTS` (ring buffer bytes) and `SOCKS` (sockets) at load
+//! time.
+//!
+//! Memory: a map's memory is the kernel's, charged to the agent's cgroup
+//! (a pod's memory limit counts it). Plain hash maps are allocated as
+//! entries come (`BPF_F_NO_PREALLOC`): most hold a few entries (selected
+//! processes, calls in flight) against a bound set for the worst case. LRU
+//! maps cannot be (the kernel preallocates them), so their bounds are what
+//! they cost: `SOCKS` is the largest (about 90 bytes an entry). The agent
+//! publishes each map's size (`kspan_kernel_map_bytes`).
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -16,14 +26,14 @@ pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 
 /// Selected processes by tgid (`TRACED_YES` / `TRACED_PENDING`).
 #[map]
-pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCS, 0);
+pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCS, BPF_F_NO_PREALLOC);
 
 /// Selected Go programs by tgid: the offset of the current goroutine's
 /// pointer from the thread's `fsbase` (-8 unless the program has other
 /// thread-local data; see `goroutine.rs`), and the layout of grpc-go's
 /// server transport in its executable (`go_http.rs`).
 #[map]
-pub static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
+pub static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(MAX_GO_PROCS, BPF_F_NO_PREALLOC);
 
 /// The goroutine that started the current round trip on a Go HTTP client
 /// connection, by `sock_key(tgid, fd)`: net/http's `Transport` writes the
@@ -54,7 +64,7 @@ pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(MAX_
 
 /// Syscalls in flight, by pid_tgid, between sys_enter and sys_exit.
 #[map]
-pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFLIGHT, BPF_F_NO_PREALLOC);
 
 /// When a thread of a selected process entered its current send call, in
 /// slot `tid % ENTER_TIME_SLOTS` (the exit checks the tid and clears it).
@@ -66,7 +76,7 @@ pub static ENTER_TIME: Array<EnterTime> = Array::with_max_entries(ENTER_TIME_SLO
 /// OpenSSL read/write calls in flight, by pid_tgid, between uprobe and
 /// uretprobe, of threads that could not have their `TLS_SLOTS` slot.
 #[map]
-pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_TLS_CALLS, 0);
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_TLS_CALLS, BPF_F_NO_PREALLOC);
 
 /// The OpenSSL read/write call in flight of one thread, in slot
 /// `tid % ENTER_TIME_SLOTS` (owned by one thread at a time, taken with a
