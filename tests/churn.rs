@@ -10,7 +10,8 @@
 //!
 //! The kernel's maps are bounded too, and their memory is charged to the
 //! agent's cgroup (a pod's memory limit counts it): what each costs is
-//! published (`kspan_kernel_map_bytes{map}`) and checked here.
+//! published (`kspan_kernel_map_bytes{map}`) and checked here, and a
+//! socket the full socket map evicts while it is open keeps its connection.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -210,5 +211,31 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
     let k = Kspan::start(&["--exe", "bin/sleep$", "--config", conf.to_str().unwrap()]);
     let small = kernel_maps(&k);
     assert!(small["SOCKS"] * 6 < socks, "SOCKS with max_sockets 16384: {} bytes, default {socks}", small["SOCKS"]);
+    assert!(k.stop());
+}
+
+/// A connection that stays open while the host opens more sockets than the
+/// kernel's socket map holds (`capture.max_sockets`, LRU) is evicted from it
+/// and met again on its next syscall: the agent keeps the connection, so the
+/// statement prepared before the eviction still names its SQL.
+#[test]
+fn a_socket_evicted_from_the_kernel_map_keeps_its_connection() {
+    let pg = postgres();
+    let dir = kspan_e2e::servers::TempDir::new("evicted");
+    let conf = dir.0.join("kspan.yaml");
+    std::fs::write(&conf, "capture:\n  max_sockets: 1024\n").unwrap();
+    let k = Kspan::start(&["--exe", "pg_evicted\\.py", "--config", conf.to_str().unwrap()]);
+    let app = kspan_e2e::apps_dir().join("pg_evicted.py");
+    let out = run_ok(Command::new("python3").arg(app).arg(pg.port.to_string()).arg("4096"));
+    assert!(out.contains("opened 4096") && out.contains("done"), "{out}");
+    let is_select = |s: &serde_json::Value| kspan_e2e::attr_str(s, "db.operation.name") == Some("SELECT");
+    let spans = k.wait_spans(2, Duration::from_secs(30), is_select);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    for s in &spans {
+        let text = kspan_e2e::attr_str(s, "db.query.text");
+        assert_eq!(text, Some("SELECT count(*) FROM pg_class WHERE relpages >= $1"), "{s}");
+    }
+    let relearned = labelled(&k.metrics(), "kspan_connections_total{reason=\"")["relearned"];
+    assert!(relearned >= 1, "the database socket was not evicted: the test proves nothing");
     assert!(k.stop());
 }

@@ -6,6 +6,10 @@
 //! - Bounded: at most `max_connections` entries; a new socket beyond that is
 //!   not tracked and counted (`rejected_full`); idle entries are swept.
 //! - A reused fd (different kernel socket id) starts a fresh connection.
+//! - A socket the kernel forgot while it was open (its socket map is LRU,
+//!   `capture.max_sockets`) and looked up again on its next syscall keeps
+//!   its state here (parser, prepared statements, TLS, role): counted in
+//!   `relearned`, and muted again if it was muted.
 //! - Entries are removed on close and when their process exits.
 //! - [`ConnTable::peer_traced`] tells whether the other end of a loopback
 //!   connection is (or was, within [`PAIR_LINGER_NS`]) a tracked socket, so
@@ -29,7 +33,9 @@
 use foldhash::{HashMap, HashMapExt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use kspan_common::{ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, GoStreamEvent, ROLE_CLIENT, ROLE_SERVER};
+use kspan_common::{
+    ConnEvent, DATA_EGRESS, DATA_TLS, DataHeader, GoStreamEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
+};
 
 mod threads;
 mod unix;
@@ -61,6 +67,10 @@ pub struct ConnStats {
     pub swept_idle: u64,
     pub opaque: u64,
     pub fd_reused: u64,
+    /// Sockets the kernel reported again as first seen (no accept or
+    /// connect), with the same socket id as the open connection on that fd:
+    /// its socket map had evicted them while they were open (LRU, full).
+    pub relearned: u64,
     /// Connections switched to TLS plaintext.
     pub tls: u64,
     /// Connections that began with TLS records: a handshake, or application
@@ -391,6 +401,9 @@ impl ConnTable {
     /// A socket seen for the first time (accept, connect or first data).
     pub fn on_open(&mut self, ev: &ConnEvent, out: &mut Vec<ConnExchange>) {
         let key = (ev.tgid, ev.fd);
+        if ev.role == ROLE_UNKNOWN && self.relearn(key, ev) {
+            return;
+        }
         if self.conns.contains_key(&key) {
             self.close_key(key, ev.ts_ns, out);
             self.stats.fd_reused += 1;
@@ -412,6 +425,27 @@ impl ConnTable {
             }),
         };
         self.insert(key, ev.sock_id, role, meta, ev.ts_ns);
+    }
+
+    /// `ev` reports a socket met on a syscall, not made by accept or connect:
+    /// if it is the open connection on its fd, the kernel had forgotten it
+    /// (evicted from its full socket map) and the connection goes on as it
+    /// was. The kernel's new entry is not muted: one that was is muted again.
+    fn relearn(&mut self, key: (u32, u32), ev: &ConnEvent) -> bool {
+        let Some(conn) = self.conns.get_mut(&key).filter(|c| c.sock_id == ev.sock_id) else {
+            return false;
+        };
+        self.stats.relearned += 1;
+        conn.last_ts = conn.last_ts.max(ev.ts_ns);
+        let muted = match conn.state {
+            State::Opaque => true,
+            State::Tls(events) => events >= TLS_EVENTS_BEFORE_MUTE,
+            _ => false,
+        };
+        if muted {
+            queue_mute(&mut self.mutes, &mut self.stats, Mute { tgid: key.0, fd: key.1, sock_id: ev.sock_id });
+        }
+        true
     }
 
     /// Bytes moved on a socket.

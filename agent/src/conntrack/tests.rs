@@ -100,6 +100,55 @@ fn reused_fd_starts_a_new_connection() {
     assert_eq!(t.conns[&(1, 3)].sock_id, 77);
 }
 
+/// The kernel's socket map is LRU: a socket it evicted while open is looked
+/// up again on its next syscall and reported as first seen (no role). The
+/// connection goes on: a request split across the eviction still pairs.
+#[test]
+fn a_socket_the_kernel_forgot_keeps_its_connection() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let head = b"GET /a HTTP/1.1\r\nHo";
+    t.on_data(&data(1, 3, 9, 10, head), head, &mut out);
+    let mut again = open(1, 3, 9);
+    again.role = kspan_common::ROLE_UNKNOWN;
+    again.ts_ns = 15;
+    t.on_open(&again, &mut out);
+    let rest = b"st: h\r\n\r\n";
+    t.on_data(&data(1, 3, 9, 20, rest), rest, &mut out);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    t.on_data(&egress(data(1, 3, 9, 30, resp)), resp, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].exchange.role, out[0].exchange.start_ns), (Role::Server, 10));
+    assert_eq!((t.stats.relearned, t.stats.fd_reused, t.stats.closed), (1, 0, 0));
+    // Another socket on that fd, or one made by accept or connect (a freed
+    // socket's address may come back), is a new connection.
+    for (role, sock) in [(kspan_common::ROLE_UNKNOWN, 10), (ROLE_SERVER, 10)] {
+        let mut other = open(1, 3, sock);
+        other.role = role;
+        t.on_open(&other, &mut out);
+    }
+    assert_eq!((t.stats.relearned, t.stats.fd_reused, t.stats.closed), (1, 2, 2));
+}
+
+/// The kernel's new entry for a socket it had forgotten copies bytes again:
+/// a muted connection is muted again.
+#[test]
+fn a_muted_socket_the_kernel_forgot_is_muted_again() {
+    let mut t = ConnTable::new(limits(8));
+    let mut out = Vec::new();
+    t.on_open(&open(1, 3, 9), &mut out);
+    let payload = [0xffu8; 100];
+    t.on_data(&data(1, 3, 9, 10, &payload), &payload, &mut out);
+    t.on_data(&egress(data(1, 3, 9, 11, &payload)), &payload, &mut out);
+    assert_eq!(t.mutes.drain(..).count(), 1);
+    let mut again = open(1, 3, 9);
+    again.role = kspan_common::ROLE_UNKNOWN;
+    t.on_open(&again, &mut out);
+    assert_eq!(t.mutes, [Mute { tgid: 1, fd: 3, sock_id: 9 }]);
+    assert_eq!((t.stats.relearned, t.stats.opaque), (1, 1));
+}
+
 #[test]
 fn idle_connections_are_swept() {
     let mut t = ConnTable::new(limits(8));

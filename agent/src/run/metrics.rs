@@ -334,6 +334,7 @@ impl PipelineMetrics {
             ("swept_idle", c.swept_idle, l.swept_idle),
             ("opaque", c.opaque, l.opaque),
             ("fd_reused", c.fd_reused, l.fd_reused),
+            ("relearned", c.relearned, l.relearned),
             ("tls", c.tls, l.tls),
             ("tls_handshake", c.tls_handshake, l.tls_handshake),
             ("http2_joined", c.http2_joined, l.http2_joined),
