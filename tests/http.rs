@@ -148,6 +148,28 @@ fn spliced_bodies_keep_every_request_on_a_keepalive_connection() {
     assert!(k.stop());
 }
 
+#[test]
+fn peeked_bytes_are_read_once() {
+    // A receive with MSG_PEEK leaves its bytes for the next one: reported,
+    // they would be in the stream twice (`HHTTP/1.1 200`).
+    let app = python_http("peeked");
+    let k = Kspan::start(&["--exe", r"http_client\.py peeked"]);
+    let r = client(&["peeked", &app.port.to_string()]);
+    let paths = ["/users/1", "/users/2", "/users/3", "/users/4"];
+    assert_eq!(r.iter().map(|x| x["status"].as_i64()).collect::<Vec<_>>(), [Some(200); 4], "{r:#?}");
+    let spans = k.wait_spans(4, WAIT, |s| kind(s) == "client");
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    for (s, p) in spans.iter().zip(paths) {
+        assert_eq!(attr_str(s, "url.path"), Some(p), "in order: {spans:#?}");
+        assert_eq!(attr_i64(s, "http.response.status_code"), Some(200), "{s:#}");
+    }
+    let m = k.metrics();
+    for kind in ["resyncs", "malformed"] {
+        assert_eq!(metric(&m, &format!("kspan_parse_total{{protocol=\"http\",kind=\"{kind}\"}}")), 0.0, "{m}");
+    }
+    assert!(k.stop());
+}
+
 fn client(args: &[&str]) -> Vec<Value> {
     let out = run_ok(Command::new("python3").arg(apps_dir().join("http_client.py")).args(args));
     serde_json::from_str(out.trim()).expect("client JSON")

@@ -109,9 +109,13 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
     let regs = if cfg!(target_arch = "x86_64") {
         // The kernel side loads these fields at fixed offsets (a BTF pointer
         // only allows constant ones): any other layout takes the fallback.
-        use kspan_common::{PT_REGS_DI, PT_REGS_DX, PT_REGS_SI};
-        match (r.plain("pt_regs", "di"), r.plain("pt_regs", "si"), r.plain("pt_regs", "dx")) {
-            (Ok(a), Ok(b), Ok(c)) if (a, b, c) == (PT_REGS_DI, PT_REGS_SI, PT_REGS_DX) => (a, b, c),
+        // r10 too: `recvfrom`'s flags (a peek is not reported).
+        use kspan_common::{PT_REGS_DI, PT_REGS_DX, PT_REGS_R10, PT_REGS_SI};
+        let (di, si, dx) = (r.plain("pt_regs", "di"), r.plain("pt_regs", "si"), r.plain("pt_regs", "dx"));
+        match (di, si, dx, r.plain("pt_regs", "r10")) {
+            (Ok(a), Ok(b), Ok(c), Ok(d)) if (a, b, c, d) == (PT_REGS_DI, PT_REGS_SI, PT_REGS_DX, PT_REGS_R10) => {
+                (a, b, c)
+            }
             _ => (u32::MAX, u32::MAX, u32::MAX),
         }
     } else {

@@ -392,6 +392,9 @@ pub struct KernelOffsets {
 pub const PT_REGS_DI: u32 = 112;
 pub const PT_REGS_SI: u32 = 104;
 pub const PT_REGS_DX: u32 = 96;
+/// x86_64 `struct pt_regs` offset of r10, the fourth syscall argument
+/// (`recvfrom`'s flags).
+pub const PT_REGS_R10: u32 = 56;
 /// x86_64 `struct pt_regs` offset of the user stack pointer.
 pub const PT_REGS_SP: u32 = 152;
 

@@ -19,6 +19,8 @@
 //!   or on a socket whose plaintext a Go probe reported or whose write bound
 //!   an OpenSSL object on memory BIOs (`IGNORED_TLS_USER`), carry
 //!   ciphertext and produce no data event.
+//! - Bytes are reported once: a receive that only peeks (`MSG_PEEK`) makes
+//!   no data event, since the next receive returns its bytes again.
 //! - An exec event carries the file name execve was given, so the agent can
 //!   decide on a process that is already gone.
 //! - Program entries are thin; logic lives in fallible `try_*` functions.
@@ -51,8 +53,8 @@ use aya_ebpf::{
 };
 use kspan_common::{
     CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, ExecEvent, IGNORED_PORT, KernelConfig, KernelOffsets,
-    MAX_CAPTURE, PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState,
-    TRACED_PENDING, UNIX_PATH_MAX, counter, sock_key,
+    MAX_CAPTURE, PT_REGS_DI, PT_REGS_DX, PT_REGS_R10, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
+    SockState, TRACED_PENDING, UNIX_PATH_MAX, counter, sock_key,
 };
 use maps::{
     CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, PROC_WAKE, SCRATCH, SOCKS, TRACED, WAKE, count,
@@ -361,7 +363,9 @@ fn enter_time_slot(tid: u32) -> Option<*mut EnterTime> {
     ENTER_TIME.get_ptr_mut(thread_slot(tid))
 }
 
-fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
+/// A data syscall's entry; `FLAGS_ARG`: the index of a receive's flags
+/// argument (a peek is not reported, see [`peeks`]), 0 for other calls.
+fn enter_data<const FLAGS_ARG: usize>(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
@@ -375,6 +379,11 @@ fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
             // makes the exit fall back to its own time (tid check).
             unsafe { *slot = EnterTime { tid, _pad: 0, ns: bpf_ktime_get_ns() } };
         }
+        return Ok(0);
+    }
+    // Only the receive programs read their flags: an access past the
+    // record of a syscall with fewer arguments would fail the attach.
+    if FLAGS_ARG != 0 && arg(ctx, FLAGS_ARG) & MSG_PEEK != 0 {
         return Ok(0);
     }
     let (op, fd, st) = data_socket(cfg, tgid, tid, op, shape, arg(ctx, 0), arg(ctx, 2)).ok_or(0u32)?;
@@ -392,6 +401,22 @@ fn enter_data(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
         count(counter::INFLIGHT_FULL);
     }
     Ok(0)
+}
+
+/// `MSG_PEEK`: the bytes are looked at and left in the socket.
+const MSG_PEEK: u64 = 2;
+
+/// Whether syscall `nr` is a receive that only peeks (recvfrom's flags are
+/// its fourth argument, recvmsg's its third): its bytes are read again by a
+/// later call, and reporting them twice would put them twice in the stream
+/// (curl peeks at a kept-alive connection before it reuses it).
+#[inline(always)]
+fn peeks(nr: i32, arg2: u64, arg3: impl FnOnce() -> u64) -> bool {
+    match nr {
+        45 => arg3() & MSG_PEEK != 0,
+        47 => arg2 & MSG_PEEK != 0,
+        _ => false,
+    }
 }
 
 /// x86_64 syscall numbers of the data syscalls.
@@ -433,6 +458,9 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
             return None;
         }
         let rd = |off: u32| core::ptr::read_volatile(regs.add(off as usize).cast::<u64>());
+        if peeks(nr, rd(PT_REGS_DX), || rd(PT_REGS_R10)) {
+            return None;
+        }
         (rd(PT_REGS_DI), rd(PT_REGS_SI), rd(PT_REGS_DX))
     };
     let mut enter_ns = 0;
@@ -528,9 +556,12 @@ fn data_socket(
 
 macro_rules! data_enter {
     ($name:ident, $op:expr, $shape:expr) => {
+        data_enter!($name, $op, $shape, 0);
+    };
+    ($name:ident, $op:expr, $shape:expr, $flags_arg:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            match enter_data(&ctx, $op, $shape) {
+            match enter_data::<$flags_arg>(&ctx, $op, $shape) {
                 Ok(r) | Err(r) => r,
             }
         }
@@ -549,12 +580,12 @@ macro_rules! data_exit {
 }
 
 data_enter!(kspan_enter_read, OP_READ, Shape::Buf);
-data_enter!(kspan_enter_recvfrom, OP_READ, Shape::Buf);
+data_enter!(kspan_enter_recvfrom, OP_READ, Shape::Buf, 3);
 data_enter!(kspan_enter_write, OP_WRITE, Shape::Buf);
 data_enter!(kspan_enter_sendto, OP_WRITE, Shape::Buf);
 data_enter!(kspan_enter_readv, OP_READV, Shape::Iov);
 data_enter!(kspan_enter_writev, OP_WRITEV, Shape::Iov);
-data_enter!(kspan_enter_recvmsg, OP_READV, Shape::Msg);
+data_enter!(kspan_enter_recvmsg, OP_READV, Shape::Msg, 2);
 data_enter!(kspan_enter_sendmsg, OP_WRITEV, Shape::Msg);
 data_enter!(kspan_enter_sendfile, OP_SENDFILE, Shape::Buf);
 data_enter!(kspan_enter_splice, OP_SPLICE_OUT, Shape::Splice);
