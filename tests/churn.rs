@@ -205,10 +205,8 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
     );
     assert!(k.stop());
 
-    let dir = kspan_e2e::servers::TempDir::new("max-sockets");
-    let conf = dir.0.join("kspan.yaml");
-    std::fs::write(&conf, "capture:\n  max_sockets: 16384\n").unwrap();
-    let k = Kspan::start(&["--exe", "bin/sleep$", "--config", conf.to_str().unwrap()]);
+    let (_dir, conf) = kspan_e2e::config_file("max-sockets", "capture:\n  max_sockets: 16384\n");
+    let k = Kspan::start(&["--exe", "bin/sleep$", "--config", &conf]);
     let small = kernel_maps(&k);
     assert!(small["SOCKS"] * 6 < socks, "SOCKS with max_sockets 16384: {} bytes, default {socks}", small["SOCKS"]);
     assert!(k.stop());
@@ -221,10 +219,8 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
 #[test]
 fn a_socket_evicted_from_the_kernel_map_keeps_its_connection() {
     let pg = postgres();
-    let dir = kspan_e2e::servers::TempDir::new("evicted");
-    let conf = dir.0.join("kspan.yaml");
-    std::fs::write(&conf, "capture:\n  max_sockets: 1024\n").unwrap();
-    let k = Kspan::start(&["--exe", "pg_evicted\\.py", "--config", conf.to_str().unwrap()]);
+    let (_dir, conf) = kspan_e2e::config_file("evicted", "capture:\n  max_sockets: 1024\n");
+    let k = Kspan::start(&["--exe", "pg_evicted\\.py", "--config", &conf]);
     let app = kspan_e2e::apps_dir().join("pg_evicted.py");
     let out = run_ok(Command::new("python3").arg(app).arg(pg.port.to_string()).arg("4096"));
     assert!(out.contains("opened 4096") && out.contains("done"), "{out}");

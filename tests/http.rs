@@ -426,10 +426,8 @@ fn vectored_sends_and_receives_are_one_stream() {
 
 #[test]
 fn vectored_calls_without_bpf_loop_use_the_compat_program() {
-    let dir = kspan_e2e::servers::TempDir::new("no-bpf-loop");
-    let conf = dir.0.join("kspan.yaml");
-    std::fs::write(&conf, "capture:\n  bpf_loop: false\n").unwrap();
-    let k = vectored(&["--config", conf.to_str().unwrap()]);
+    let (_dir, conf) = kspan_e2e::config_file("no-bpf-loop", "capture:\n  bpf_loop: false\n");
+    let k = vectored(&["--config", &conf]);
     assert!(k.log().contains("capture.bpf_loop is off"), "{}", k.log());
     assert!(k.stop());
 }
@@ -467,10 +465,8 @@ fn vectored(extra: &[&str]) -> Kspan {
 #[test]
 fn attach_only_attaches_every_hook_and_reports_nothing() {
     let ng = nginx();
-    let dir = kspan_e2e::servers::TempDir::new("attach-only");
-    let conf = dir.0.join("kspan.yaml");
-    std::fs::write(&conf, "capture:\n  attach_only: true\n").unwrap();
-    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--config", conf.to_str().unwrap()]);
+    let (_dir, conf) = kspan_e2e::config_file("attach-only", "capture:\n  attach_only: true\n");
+    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--config", &conf]);
     curl_keepalive(ng.port, &["/index.html", "/nope"]);
     // Counters are published once a second.
     std::thread::sleep(Duration::from_millis(2500));

@@ -250,10 +250,8 @@ fn tls_from_a_library_kspan_does_not_probe_is_muted() {
     // connection shows only ciphertext, like Go's crypto/tls or rustls would.
     const REQUESTS: usize = 1000;
     let ng = nginx_tls();
-    let dir = TempDir::new("tls-unprobed");
-    let conf = dir.0.join("kspan.yaml");
-    std::fs::write(&conf, "capture:\n  tls: false\n").unwrap();
-    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--config", conf.to_str().unwrap()]);
+    let (_dir, conf) = kspan_e2e::config_file("tls-unprobed", "capture:\n  tls: false\n");
+    let k = Kspan::start(&["--pid", &ng.pid().to_string(), "--config", &conf]);
     let out = run_ok(Command::new("python3").arg(apps_dir().join("https_client.py")).args([
         "keepalive",
         &REQUESTS.to_string(),

@@ -322,6 +322,17 @@ impl Drop for Interactive {
     }
 }
 
+/// A kspan config file holding `yaml`, in a temporary directory named after
+/// `tag`: the path for `--config`, and the directory (removed when dropped,
+/// so it is kept as long as kspan runs).
+pub fn config_file(tag: &str, yaml: &str) -> (servers::TempDir, String) {
+    let dir = servers::TempDir::new(tag);
+    let conf = dir.0.join("kspan.yaml");
+    std::fs::write(&conf, yaml).expect("write kspan.yaml");
+    let path = conf.to_str().expect("UTF-8 temporary path").to_owned();
+    (dir, path)
+}
+
 /// Minimal HTTP GET over loopback (for the metrics endpoint).
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};

@@ -364,7 +364,7 @@ fn enter_time_slot(tid: u32) -> Option<*mut EnterTime> {
 }
 
 /// A data syscall's entry; `FLAGS_ARG`: the index of a receive's flags
-/// argument (a peek is not reported, see [`peeks`]), 0 for other calls.
+/// argument (a peek is not reported, see [`MSG_PEEK`]), 0 for other calls.
 fn enter_data<const FLAGS_ARG: usize>(ctx: &TracePointContext, op: u32, shape: Shape) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
@@ -403,21 +403,12 @@ fn enter_data<const FLAGS_ARG: usize>(ctx: &TracePointContext, op: u32, shape: S
     Ok(0)
 }
 
-/// `MSG_PEEK`: the bytes are looked at and left in the socket.
+/// `MSG_PEEK` in a receive's flags (recvfrom's fourth argument, recvmsg's
+/// third): the bytes are looked at and left in the socket. Such a receive
+/// makes no data event: the next one reads its bytes again, and reporting
+/// them twice would put them twice in the stream (curl peeks at a
+/// kept-alive connection before it reuses it).
 const MSG_PEEK: u64 = 2;
-
-/// Whether syscall `nr` is a receive that only peeks (recvfrom's flags are
-/// its fourth argument, recvmsg's its third): its bytes are read again by a
-/// later call, and reporting them twice would put them twice in the stream
-/// (curl peeks at a kept-alive connection before it reuses it).
-#[inline(always)]
-fn peeks(nr: i32, arg2: u64, arg3: impl FnOnce() -> u64) -> bool {
-    match nr {
-        45 => arg3() & MSG_PEEK != 0,
-        47 => arg2 & MSG_PEEK != 0,
-        _ => false,
-    }
-}
 
 /// x86_64 syscall numbers of the data syscalls.
 fn op_of_syscall(nr: i32) -> Option<(u32, Shape)> {
@@ -458,10 +449,16 @@ fn inflight_at_exit(ctx: &TracePointContext, cfg: &KernelConfig, id: u64) -> Opt
             return None;
         }
         let rd = |off: u32| core::ptr::read_volatile(regs.add(off as usize).cast::<u64>());
-        if peeks(nr, rd(PT_REGS_DX), || rd(PT_REGS_R10)) {
+        let (fd, a1, a2) = (rd(PT_REGS_DI), rd(PT_REGS_SI), rd(PT_REGS_DX));
+        let flags = match nr {
+            45 => rd(PT_REGS_R10), // recvfrom
+            47 => a2,              // recvmsg
+            _ => 0,
+        };
+        if flags & MSG_PEEK != 0 {
             return None;
         }
-        (rd(PT_REGS_DI), rd(PT_REGS_SI), rd(PT_REGS_DX))
+        (fd, a1, a2)
     };
     let mut enter_ns = 0;
     if is_send(op) {
