@@ -12,11 +12,10 @@
 //!   were not seen: sockets are found afresh on their next call.
 //! - A link that cannot be made again is logged and counted, never fatal.
 
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
 use aya::Ebpf;
-use aya::maps::{Map, MapData};
+use aya::maps::Map;
 use aya::programs::trace_point::TracePointLink;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
@@ -142,14 +141,17 @@ impl Capture {
         let mut failed = 0;
         for name in CONNECTION_MAPS {
             let cleared = match self.ebpf.map(name) {
-                Some(Map::HashMap(m) | Map::LruHashMap(m)) => clear(m),
+                Some(Map::HashMap(m) | Map::LruHashMap(m)) => super::census::clear(m),
                 _ => Err("missing or not a hash map".into()),
             };
-            if let Err(reason) = cleared {
-                // Resuming matters more: stale entries only mislabel
-                // connections that were reused during the pause.
-                failed += 1;
-                tracing::error!(map = name, "not cleared on resume: {reason}");
+            match cleared {
+                Ok(n) => self.lru.deleted_by_agent(name, n),
+                Err(reason) => {
+                    // Resuming matters more: stale entries only mislabel
+                    // connections that were reused during the pause.
+                    failed += 1;
+                    tracing::error!(map = name, "not cleared on resume: {reason}");
+                }
             }
         }
         let Self { ebpf, attachments, .. } = self;
@@ -164,56 +166,4 @@ impl Capture {
         }
         failed
     }
-}
-
-/// `union bpf_attr` for the map element commands.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    next_key: u64,
-    flags: u64,
-}
-
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-
-fn bpf_elem(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
-    // SAFETY: `attr` is a valid bpf_attr prefix for this command; the key
-    // pointers it holds point to buffers of the map's key size.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
-    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// Deletes every entry of a hash map nobody writes to meanwhile; returns
-/// how many. Keys are collected first (deleting while walking a hash map
-/// restarts the walk), at most `max_entries` of them.
-fn clear(map: &MapData) -> Result<usize, String> {
-    let info = map.info().map_err(|e| e.to_string())?;
-    let (size, max) = (info.key_size() as usize, info.max_entries() as usize);
-    let fd = map.fd().as_fd().as_raw_fd() as u32;
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    let mut next = vec![0u8; size];
-    loop {
-        let key = keys.last().map_or(0, |k| k.as_ptr() as u64);
-        let mut attr = ElemAttr { map_fd: fd, _pad: 0, key, next_key: next.as_mut_ptr() as u64, flags: 0 };
-        match bpf_elem(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-            Ok(()) => keys.push(next.clone()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(format!("walking keys: {e}")),
-        }
-        if keys.len() >= max {
-            break;
-        }
-    }
-    for k in &keys {
-        let mut attr = ElemAttr { map_fd: fd, _pad: 0, key: k.as_ptr() as u64, next_key: 0, flags: 0 };
-        match bpf_elem(BPF_MAP_DELETE_ELEM, &mut attr) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(format!("deleting an entry: {e}")),
-        }
-    }
-    Ok(keys.len())
 }

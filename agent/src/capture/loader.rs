@@ -1,15 +1,17 @@
 //! Loading, configuring and attaching the eBPF programs, and draining the ring buffer.
 
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::attach::{AttachFail, Attachment, Target};
+use super::census::{self, LruCounts};
 use super::{btf, sys};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use kspan_common::{
     ABI_VERSION, GoProc, IGNORED_MUTED, IGNORED_NO, KernelConfig, MAX_CAPTURE, MIN_CAPTURE, SockState, TRACED_YES,
-    counter, sock_key,
+    counter, lru, sock_key,
 };
 
 /// The eBPF object built by `cargo xtask build` (empty if it was not built).
@@ -179,6 +181,8 @@ pub struct Capture {
     /// (name, descriptor) of every map, for [`Capture::map_bytes`]; each
     /// descriptor is owned by a map in `ebpf` or a field above.
     map_fds: Vec<(&'static str, std::os::fd::RawFd)>,
+    /// Evictions of the LRU maps, found by the census thread.
+    pub(super) lru: Arc<LruCounts>,
 }
 
 impl Capture {
@@ -263,13 +267,22 @@ impl Capture {
         let take = |ebpf: &mut Ebpf, map: &'static str| {
             ebpf.take_map(map).ok_or(CaptureError::Map { map, reason: "missing from object".into() })
         };
+        let lru = Arc::new(LruCounts::default());
+        let ops = ebpf
+            .map("LRU_OPS")
+            .and_then(map_data)
+            .ok_or(CaptureError::Map { map: "LRU_OPS", reason: "missing".into() })?;
+        let lrus = ebpf.maps().filter_map(|(name, map)| Some((name, map_data(map)?)));
+        if let Err(e) = census::start(lrus, ops, &lru) {
+            tracing::warn!("the kernel's LRU maps' evictions will not be counted: {e}");
+        }
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
         let traced = HashMap::try_from(take(&mut ebpf, "TRACED")?).map_err(map_err("TRACED"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
 
         let goroutines = cfg.go_goroutines && offsets.goroutines();
         let mut capture =
-            Self { ebpf, ring, traced, counters, attachments: Vec::new(), paused: false, goroutines, map_fds };
+            Self { ebpf, ring, traced, counters, attachments: Vec::new(), paused: false, goroutines, map_fds, lru };
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
         let args_at_exit = offsets.args_at_exit();
@@ -366,6 +379,12 @@ impl Capture {
             }
         }
         out
+    }
+
+    /// Entries each kernel LRU map evicted so far, by `kspan_common::lru`
+    /// index (a lower bound, see [`census`]).
+    pub fn lru_evictions(&self) -> [u64; lru::COUNT as usize] {
+        self.lru.evicted()
     }
 
     /// Kernel memory of each map now, by map name, in bytes: what the kernel

@@ -23,6 +23,7 @@ pub mod decode;
 mod attach;
 #[cfg(feature = "runtime")]
 pub mod btf;
+pub mod census;
 #[cfg(feature = "runtime")]
 pub mod go_dwarf;
 #[cfg(feature = "runtime")]

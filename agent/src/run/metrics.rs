@@ -135,6 +135,8 @@ pub struct PipelineCounters {
     pub tables: TableSizes,
     /// Kernel memory of each eBPF map (bytes).
     pub kernel_maps: TableSizes,
+    /// Entries each kernel LRU map evicted (`kspan_common::lru` order).
+    pub lru_evicted: [u64; kspan_common::lru::COUNT as usize],
 }
 
 /// Registered metric handles plus what was last published.
@@ -168,6 +170,7 @@ pub struct PipelineMetrics {
     go_streams: Family<Reason, Counter>,
     tables: Family<TableLabel, Gauge>,
     kernel_maps: Family<MapLabel, Gauge>,
+    lru_evicted: Family<MapLabel, Counter>,
     last: PipelineCounters,
 }
 
@@ -209,6 +212,7 @@ impl PipelineMetrics {
             go_streams: Family::default(),
             tables: Family::default(),
             kernel_maps: Family::default(),
+            lru_evicted: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -306,6 +310,13 @@ impl PipelineMetrics {
              the plain hash maps (TRACED, GO_PROCS, INFLIGHT, TLS_CALLS) their buckets and the entries they hold",
             m.kernel_maps.clone(),
         );
+        t.register(
+            "kspan_kernel_map_evictions",
+            "Entries the kernel's LRU maps dropped because they were full, by map (a lower bound, counted every \
+             10 s): SOCKS (raise capture.max_sockets: an evicted socket is relearned on its next call), TLS_SOCKS, \
+             GO_TLS_CALLS, GO_CONN_CALLER, GO_H2_REQUESTS, GO_ACTS_FOR",
+            m.lru_evicted.clone(),
+        );
         m
     }
 
@@ -362,6 +373,10 @@ impl PipelineMetrics {
             }
         }
         self.open_connections.set(now.open_connections as i64);
+        for (i, name) in kspan_common::lru::NAMES.iter().enumerate() {
+            let c = self.lru_evicted.get_or_create(&MapLabel { map: (*name).to_owned() });
+            delta(&c, now.lru_evicted[i], last.lru_evicted[i]);
+        }
         for (name, n) in now.kernel_maps.iter() {
             self.kernel_maps.get_or_create(&MapLabel { map: name.to_owned() }).set(n as i64);
         }

@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 14;
+pub const ABI_VERSION: u32 = 15;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -441,6 +441,25 @@ pub mod counter {
     pub const TLS_CALLS_FULL: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
+}
+
+/// The kernel's LRU maps, which evict their least recently used entry when
+/// full instead of failing an insert (and the kernel counts nothing). The
+/// eBPF side counts each one's new entries (`LRU_OPS[2 * i]`) and deletions
+/// (`LRU_OPS[2 * i + 1]`); the agent tells evictions from those and the
+/// entries it finds (`kspan_kernel_map_evictions_total{map}`).
+pub mod lru {
+    pub const SOCKS: u32 = 0;
+    pub const TLS_SOCKS: u32 = 1;
+    pub const GO_TLS_CALLS: u32 = 2;
+    pub const GO_CONN_CALLER: u32 = 3;
+    pub const GO_H2_REQUESTS: u32 = 4;
+    pub const GO_ACTS_FOR: u32 = 5;
+    /// Number of LRU maps.
+    pub const COUNT: u32 = 6;
+    /// Map names, by index.
+    pub const NAMES: [&str; COUNT as usize] =
+        ["SOCKS", "TLS_SOCKS", "GO_TLS_CALLS", "GO_CONN_CALLER", "GO_H2_REQUESTS", "GO_ACTS_FOR"];
 }
 
 /// `SockState::ignored`: traced (data, open and close events).

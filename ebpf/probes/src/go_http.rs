@@ -72,11 +72,14 @@ use aya_ebpf::{
 };
 
 use kspan_common::{
-    EventKind, GoStreamEvent, KernelConfig, NO_OFFSET, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, counter, sock_key,
+    EventKind, GoStreamEvent, KernelConfig, NO_OFFSET, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, counter, lru, sock_key,
 };
 
 use crate::go_tls::{conn_fd, go_entry, go_traced, net_conn_fd};
-use crate::maps::{EVENTS, GO_ACTS_FOR, GO_CONN_CALLER, GO_H2_REQUESTS, GO_PROCS, GoCaller, ProcPtr, SOCKS, count};
+use crate::maps::{
+    EVENTS, GO_ACTS_FOR, GO_CONN_CALLER, GO_H2_REQUESTS, GO_PROCS, GoCaller, ProcPtr, SOCKS, count, lru_insert,
+    lru_remove,
+};
 use crate::{Res, wake_flags};
 
 /// Offset of the data word of `persistConn.conn`.
@@ -112,7 +115,7 @@ fn round_trip(ctx: &ProbeContext) -> Res {
     // goroutine in R14.
     let (pc, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
     let (fd, sock_id) = net_conn_socket(tgid, word(pc + PCONN_CONN_DATA)?, ROLE_CLIENT).ok_or(0u32)?;
-    let _ = GO_CONN_CALLER.insert(&sock_key(tgid, fd), &GoCaller { g, sock_id }, 0);
+    let _ = lru_insert(&GO_CONN_CALLER, lru::GO_CONN_CALLER, &sock_key(tgid, fd), &GoCaller { g, sock_id });
     Ok(0)
 }
 
@@ -141,7 +144,7 @@ fn h2_round_trip(ctx: &ProbeContext) -> Res {
     // SAFETY: the probe's saved user registers: the request in RBX, the
     // calling goroutine in R14.
     let (req, g) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).r14) };
-    let _ = GO_H2_REQUESTS.insert(&ProcPtr::new(tgid, req), &g, 0);
+    let _ = lru_insert(&GO_H2_REQUESTS, lru::GO_H2_REQUESTS, &ProcPtr::new(tgid, req), &g);
     Ok(0)
 }
 
@@ -161,9 +164,9 @@ fn h2_do_request(ctx: &ProbeContext) -> Res {
     let key = ProcPtr::new(tgid, req);
     // SAFETY: plain value copied out before removal.
     let caller = unsafe { GO_H2_REQUESTS.get(&key) }.copied().ok_or(0u32)?;
-    let _ = GO_H2_REQUESTS.remove(&key);
+    lru_remove(&GO_H2_REQUESTS, lru::GO_H2_REQUESTS, &key);
     if caller != g {
-        let _ = GO_ACTS_FOR.insert(&ProcPtr::new(tgid, g), &caller, 0);
+        let _ = lru_insert(&GO_ACTS_FOR, lru::GO_ACTS_FOR, &ProcPtr::new(tgid, g), &caller);
     }
     Ok(0)
 }
@@ -184,7 +187,7 @@ pub fn kspan_go_h2_do_request_ret(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the probe's saved user registers: the goroutine in R14.
     let g = unsafe { (*ctx.regs).r14 };
-    let _ = GO_ACTS_FOR.remove(&ProcPtr::new(tgid, g));
+    lru_remove(&GO_ACTS_FOR, lru::GO_ACTS_FOR, &ProcPtr::new(tgid, g));
     0
 }
 

@@ -37,9 +37,9 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-use kspan_common::{DATA_EGRESS, DATA_TLS, IGNORED_NO, IGNORED_TLS_USER, KernelConfig, counter, sock_key};
+use kspan_common::{DATA_EGRESS, DATA_TLS, IGNORED_NO, IGNORED_TLS_USER, KernelConfig, counter, lru, sock_key};
 
-use crate::maps::{GO_TLS_CALLS, GoCall, Inflight, ProcPtr, SOCKS, count};
+use crate::maps::{GO_TLS_CALLS, GoCall, Inflight, ProcPtr, SOCKS, count, lru_insert, lru_remove};
 use crate::{Res, Src, config, emit_data, goroutine, is_traced};
 
 /// Offset of the interface's data word in `tls.Conn` (`conn net.Conn` is
@@ -143,7 +143,7 @@ fn enter(ctx: &ProbeContext, flags: u32) -> Res {
         }
         return Ok(0);
     }
-    if GO_TLS_CALLS.insert(&ProcPtr::new(tgid, g), &call, 0).is_err() {
+    if lru_insert(&GO_TLS_CALLS, lru::GO_TLS_CALLS, &ProcPtr::new(tgid, g), &call).is_err() {
         count(counter::TLS_CALLS_FULL);
     }
     Ok(0)
@@ -158,7 +158,7 @@ fn ret(ctx: &ProbeContext) -> Res {
     let key = ProcPtr::new(tgid, g);
     // SAFETY: plain-old-data value, copied out before removal.
     let call = unsafe { GO_TLS_CALLS.get(&key) }.copied().ok_or(0u32)?;
-    let _ = GO_TLS_CALLS.remove(&key);
+    lru_remove(&GO_TLS_CALLS, lru::GO_TLS_CALLS, &key);
     if n <= 0 {
         return Ok(0);
     }

@@ -38,6 +38,8 @@ mod go_http;
 mod go_tls;
 mod goroutine;
 mod maps;
+mod proc;
+pub(crate) use proc::emit_proc;
 mod sock;
 mod tls;
 
@@ -45,20 +47,20 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{self as helpers_raw, bpf_probe_read_user},
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, ExecEvent, IGNORED_PORT, KernelConfig, KernelOffsets,
-    MAX_CAPTURE, PT_REGS_DI, PT_REGS_DX, PT_REGS_R10, PT_REGS_SI, ProcEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
-    SockState, TRACED_PENDING, UNIX_PATH_MAX, counter, sock_key,
+    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, IGNORED_PORT, KernelConfig, KernelOffsets, MAX_CAPTURE,
+    PT_REGS_DI, PT_REGS_DX, PT_REGS_R10, PT_REGS_SI, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, UNIX_PATH_MAX,
+    counter, lru, sock_key,
 };
 use maps::{
-    CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, PROC_WAKE, SCRATCH, SOCKS, TRACED, WAKE, count,
-    thread_slot,
+    CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, SCRATCH, SOCKS, TRACED, WAKE, count, lru_insert,
+    lru_remove, thread_slot,
 };
 
 const OP_READ: u32 = 1;
@@ -130,7 +132,7 @@ pub(crate) fn wake_flags(cfg: &KernelConfig, size: u64) -> u64 {
 /// # Safety
 /// `off` must be a constant offset of a `T` inside the record.
 #[inline(always)]
-unsafe fn field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+pub(crate) unsafe fn field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
     // SAFETY: per the contract above.
     unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off).cast::<T>()) }
 }
@@ -166,7 +168,7 @@ fn socket_state(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, role: u32, fre
     let info = sock::lookup(&cfg.offsets, fd)?;
     let ignored = cfg.port_filter != 0 && !port_selected(info.lport, info.rport);
     let st = SockState { sock_id: info.sk, role, ignored: ignored as u32 };
-    if SOCKS.insert(&key, &st, 0).is_err() {
+    if lru_insert(&SOCKS, lru::SOCKS, &key, &st).is_err() {
         count(counter::SOCKS_FULL);
     }
     if !ignored {
@@ -672,7 +674,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Res {
         Some(s) => *s,
         None => return Ok(0),
     };
-    let _ = SOCKS.remove(&key);
+    lru_remove(&SOCKS, lru::SOCKS, &key);
     if st.ignored == IGNORED_PORT {
         return Ok(0);
     }
@@ -698,178 +700,6 @@ fn try_enter_close(ctx: &TracePointContext) -> Res {
 #[tracepoint]
 pub fn kspan_enter_close(ctx: TracePointContext) -> u32 {
     match try_enter_close(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-/// Least time between two forced wake-ups of the agent for process events,
-/// per CPU (see [`proc_wake_flags`]).
-const PROC_WAKE_GAP_NS: u64 = 5_000_000;
-
-/// Submit flags for a process event. An exec or a library load may have the
-/// agent attach TLS probes to a process that just started, so it is woken at
-/// once, but each CPU at most once per [`PROC_WAKE_GAP_NS`]: a forced wake-up
-/// is a whole drain cycle of the agent (tens of us), which a host starting
-/// many short-lived processes would otherwise pay several times per process.
-/// Forks and exits, and the events inside the gap, are batched like data.
-#[inline(always)]
-fn proc_wake_flags(cfg: &KernelConfig, kind: EventKind, size: u64) -> u64 {
-    if matches!(kind, EventKind::ProcExec | EventKind::LibLoad)
-        && let Some(last) = PROC_WAKE.get_ptr_mut(0)
-    {
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: this CPU's slot; programs do not migrate while they run.
-        unsafe {
-            if now.wrapping_sub(*last) >= PROC_WAKE_GAP_NS {
-                *last = now;
-                return BPF_RB_FORCE_WAKEUP as u64;
-            }
-        }
-    }
-    wake_flags(cfg, size)
-}
-
-fn proc_event(kind: EventKind, tgid: u32, tid: u32) -> ProcEvent {
-    ProcEvent {
-        kind: kind as u32,
-        _pad: 0,
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        tgid,
-        tid,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    }
-}
-
-pub(crate) fn emit_proc(cfg: &KernelConfig, kind: EventKind, tgid: u32, tid: u32) {
-    if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
-        entry.write(proc_event(kind, tgid, tid));
-        entry.submit(proc_wake_flags(cfg, kind, core::mem::size_of::<ProcEvent>() as u64));
-    } else {
-        count(counter::RINGBUF_FULL_CTRL);
-    }
-}
-
-/// The exec event, with the file name from the tracepoint record
-/// (`__data_loc char[] filename` at offset 8: its offset in the low 16 bits).
-fn emit_exec(ctx: &TracePointContext, cfg: &KernelConfig, tgid: u32, tid: u32) {
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count(counter::RINGBUF_FULL_CTRL);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is the reserved record, written before it is submitted;
-    // the name is read with the fault-safe string helper and always ends
-    // with a NUL inside the array.
-    unsafe {
-        (*ev).proc = proc_event(EventKind::ProcExec, tgid, tid);
-        let name = &mut (*ev).filename;
-        name[0] = 0;
-        let loc: u32 = field::<u32>(ctx, 8);
-        let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
-        if aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(src, name).is_err() {
-            name[0] = 0;
-        }
-    }
-    entry.submit(proc_wake_flags(cfg, EventKind::ProcExec, core::mem::size_of::<ExecEvent>() as u64));
-}
-
-fn try_exec(ctx: &TracePointContext) -> Res {
-    let cfg = config().ok_or(0u32)?;
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if tgid == cfg.self_tgid {
-        return Ok(0);
-    }
-    if cfg.trace_all == 0 {
-        // SAFETY: read-only lookup.
-        let known = unsafe { TRACED.get(&tgid).is_some() };
-        if cfg.exe_filter != 0 {
-            if !known && TRACED.insert(&tgid, &TRACED_PENDING, 0).is_err() {
-                count(counter::TRACED_FULL);
-            }
-        } else if !known {
-            // Selection by pid alone: forks of traced processes are traced
-            // from task_newtask on, so a process not traced now descends from
-            // no selected pid, and exec does not change its ancestry. Nothing
-            // for the agent to decide: no event, no wake-up (a busy host runs
-            // many short-lived processes).
-            return Ok(0);
-        }
-    }
-    emit_exec(ctx, cfg, tgid, tid);
-    Ok(0)
-}
-
-#[tracepoint]
-pub fn kspan_sched_exec(ctx: TracePointContext) -> u32 {
-    match try_exec(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-fn try_exit(_ctx: &TracePointContext) -> Res {
-    let cfg = config().ok_or(0u32)?;
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, pid) = ((id >> 32) as u32, id as u32);
-    // A thread that dies inside an OpenSSL call never returns from it.
-    tls::forget_thread(id);
-    if pid != tgid {
-        return Ok(0);
-    }
-    if !is_traced(cfg, tgid) {
-        return Ok(0);
-    }
-    if cfg.trace_all == 0 {
-        let _ = TRACED.remove(&tgid);
-    }
-    emit_proc(cfg, EventKind::ProcExit, tgid, pid);
-    Ok(0)
-}
-
-#[tracepoint]
-pub fn kspan_sched_exit(ctx: TracePointContext) -> u32 {
-    match try_exit(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-/// `CLONE_THREAD` from linux/sched.h: the new task joins the caller's
-/// thread group (already traced by tgid).
-const CLONE_THREAD: u64 = 0x0001_0000;
-
-/// task_newtask runs in the parent while the child is not yet runnable, so
-/// a child of a traced process is traced before its first syscall.
-fn try_newtask(ctx: &TracePointContext) -> Res {
-    let cfg = config().ok_or(0u32)?;
-    if cfg.trace_all != 0 {
-        return Ok(0);
-    }
-    // SAFETY: the offset comes from the tracepoint's format file.
-    let flags = unsafe { ctx.read_at::<u64>(cfg.newtask_flags_off as usize) }.map_err(|_| 0u32)?;
-    if flags & CLONE_THREAD != 0 {
-        return Ok(0);
-    }
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    // SAFETY: plain u8 value copied out.
-    let Some(v) = (unsafe { TRACED.get(&tgid) }).copied() else {
-        return Ok(0);
-    };
-    // SAFETY: as above.
-    let child = unsafe { ctx.read_at::<i32>(cfg.newtask_pid_off as usize) }.map_err(|_| 0u32)? as u32;
-    if TRACED.insert(&child, &v, 0).is_err() {
-        count(counter::TRACED_FULL);
-        return Ok(0);
-    }
-    emit_proc(cfg, EventKind::ProcFork, child, tgid);
-    Ok(0)
-}
-
-#[tracepoint]
-pub fn kspan_task_newtask(ctx: TracePointContext) -> u32 {
-    match try_newtask(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }

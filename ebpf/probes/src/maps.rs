@@ -8,16 +8,19 @@
 //! processes, calls in flight) against a bound set for the worst case. LRU
 //! maps cannot be (the kernel preallocates them), so their bounds are what
 //! they cost: `SOCKS` is the largest (about 90 bytes an entry). The agent
-//! publishes each map's size (`kspan_kernel_map_bytes`).
+//! publishes each map's size (`kspan_kernel_map_bytes`). LRU maps evict
+//! instead of failing an insert: they are written through [`lru_insert`] and
+//! [`lru_remove`], which count new entries and deletions for the agent's
+//! eviction census.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use kspan_common::{
     ENTER_TIME_SLOTS, GoProc, KernelConfig, MAX_CAPTURE, MAX_GO_CONNS, MAX_GO_H2_REQUESTS, MAX_GO_PROCS, MAX_INFLIGHT,
-    MAX_PORTS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS, MAX_TRACED_PROCS, SockState, counter,
+    MAX_PORTS, MAX_SOCKETS, MAX_TLS_CALLS, MAX_TLS_OBJECTS, MAX_TRACED_PROCS, SockState, counter, lru,
 };
 
 /// Agent settings (element 0).
@@ -129,6 +132,10 @@ pub static PROC_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// New entries and deletions of each LRU map (see `kspan_common::lru`).
+#[map]
+pub static LRU_OPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * lru::COUNT, 0);
+
 /// The one ring buffer to the agent.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
@@ -183,9 +190,38 @@ pub fn thread_slot(tid: u32) -> u32 {
 
 #[inline(always)]
 pub fn count(idx: u32) {
-    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+    bump(&COUNTERS, idx);
+}
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<u64>, idx: u32) {
+    if let Some(p) = map.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *p += 1 };
+    }
+}
+
+const EEXIST: i32 = 17;
+
+/// Inserts or replaces `k` in LRU map `which` (`kspan_common::lru`),
+/// counting a new entry: the agent tells evictions from these counts.
+#[inline(always)]
+pub fn lru_insert<K, V>(map: &LruHashMap<K, V>, which: u32, k: &K, v: &V) -> Result<(), i32> {
+    match map.insert(k, v, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            bump(&LRU_OPS, 2 * which);
+            Ok(())
+        }
+        Err(e) if e == -EEXIST => map.insert(k, v, BPF_ANY as u64),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes `k` from LRU map `which`, counting it if it was there.
+#[inline(always)]
+pub fn lru_remove<K, V>(map: &LruHashMap<K, V>, which: u32, k: &K) {
+    if map.remove(k).is_ok() {
+        bump(&LRU_OPS, 2 * which + 1);
     }
 }
 

@@ -36,11 +36,11 @@ use aya_ebpf::{
 };
 use core::intrinsics::AtomicOrdering;
 
-use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, IGNORED_NO, IGNORED_TLS_USER, SockState, counter, sock_key};
+use kspan_common::{DATA_EGRESS, DATA_TLS, EventKind, IGNORED_NO, IGNORED_TLS_USER, SockState, counter, lru, sock_key};
 
 use crate::maps::{
     Inflight, ProcPtr, SOCKS, TLS_ACTIVE, TLS_CALLS, TLS_SLOTS, TLS_SOCKS, TLS_UNBOUND, TlsCall, TlsSlot, TlsSock,
-    TlsUnbound, count, thread_slot,
+    TlsUnbound, count, lru_insert, lru_remove, thread_slot,
 };
 use crate::{Res, Src, config, emit_data, emit_proc, is_traced};
 
@@ -77,7 +77,7 @@ pub fn claim_syscall(id: u64, fd: u32, st: &SockState) -> bool {
     let known = unsafe { TLS_SOCKS.get(&key) }
         .is_some_and(|k| k.fd == sock.fd && k.sock_id == sock.sock_id && k.ignored == sock.ignored);
     if !known {
-        let _ = TLS_SOCKS.insert(&key, &sock, 0);
+        let _ = lru_insert(&TLS_SOCKS, lru::TLS_SOCKS, &key, &sock);
     }
     true
 }
@@ -213,7 +213,7 @@ fn socket_of(key: &ProcPtr) -> Option<TlsSock> {
         // SAFETY: plain-old-data value, compared at once.
         let open = unsafe { SOCKS.get(&sock_key(key.tgid, sock.fd)) }.is_some_and(|st| st.sock_id == sock.sock_id);
         if !open {
-            let _ = TLS_SOCKS.remove(key);
+            lru_remove(&TLS_SOCKS, lru::TLS_SOCKS, key);
             return None;
         }
     }
@@ -352,7 +352,7 @@ pub fn bind_unbound(id: u64, fd: u32, st: &SockState, first: impl FnOnce() -> Op
     unsafe { core::ptr::write_volatile(&mut (*u).id, 0) };
     let tgid = (id >> 32) as u32;
     let sock = TlsSock { fd, ignored: IGNORED_NO, sock_id: st.sock_id, by_write: 1, _pad: 0 };
-    let _ = TLS_SOCKS.insert(&ProcPtr::new(tgid, pending.ssl), &sock, 0);
+    let _ = lru_insert(&TLS_SOCKS, lru::TLS_SOCKS, &ProcPtr::new(tgid, pending.ssl), &sock);
     if let Some(s) = SOCKS.get_ptr_mut(&sock_key(tgid, fd)) {
         // SAFETY: a SOCKS value; `ignored` is an aligned u32 (a racing
         // writer, the agent muting it, leaves one of the two values).
@@ -389,11 +389,11 @@ fn set_fd(ctx: &ProbeContext) -> Res {
     match (fd >= 0).then(|| unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.copied()).flatten() {
         Some(st) => {
             let sock = TlsSock { fd: fd as u32, ignored: st.ignored, sock_id: st.sock_id, by_write: 0, _pad: 0 };
-            let _ = TLS_SOCKS.insert(&key, &sock, 0);
+            let _ = lru_insert(&TLS_SOCKS, lru::TLS_SOCKS, &key, &sock);
         }
         // Unknown socket: forget what a freed SSL object at this address had.
         None => {
-            let _ = TLS_SOCKS.remove(&key);
+            lru_remove(&TLS_SOCKS, lru::TLS_SOCKS, &key);
         }
     }
     Ok(0)

@@ -1,0 +1,241 @@
+//! The kernel maps' entries seen from user space: walking a hash map's keys
+//! (one system call a key), clearing a map on resume, and telling how many
+//! entries each LRU map evicted (`kspan_common::lru`).
+//!
+//! Guarantees:
+//! - An LRU map drops its least recently used entry when it is full, and
+//!   the kernel counts nothing. The eBPF side counts each LRU map's new
+//!   entries and deletions; an entry that came and was neither deleted nor
+//!   is still there was evicted. New entries are read before the walk that
+//!   counts the live ones and deletions after it, so an entry added or
+//!   deleted during the walk can only lower the estimate: evictions are never
+//!   over-counted, and the published count never goes down.
+//! - The walks run on their own thread (`kspan-census`), at most once per
+//!   [`CENSUS_PERIOD`], and only for a map whose entries not yet accounted
+//!   for reach half its bound (a map far from full evicts nothing); a walk
+//!   reads at most twice the bound in keys.
+//! - Entries the agent deletes itself (clearing on resume) count as deleted.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use aya::maps::MapData;
+use kspan_common::lru;
+
+/// Time between two census rounds.
+pub const CENSUS_PERIOD: Duration = Duration::from_secs(10);
+
+const N: usize = lru::COUNT as usize;
+
+/// Evictions found so far and the agent's own deletions, by LRU map
+/// (indexed like `kspan_common::lru`).
+#[derive(Default)]
+pub struct LruCounts {
+    evicted: [AtomicU64; N],
+    agent_deleted: [AtomicU64; N],
+}
+
+impl LruCounts {
+    /// Entries each LRU map evicted so far (a lower bound).
+    pub fn evicted(&self) -> [u64; N] {
+        std::array::from_fn(|i| self.evicted[i].load(Ordering::Relaxed))
+    }
+
+    /// The agent deleted `n` entries of map `name` (ignored unless an LRU map).
+    pub(super) fn deleted_by_agent(&self, name: &str, n: usize) {
+        if let Some(i) = lru::NAMES.iter().position(|m| *m == name) {
+            self.agent_deleted[i].fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Evictions explained by the counts: what came, less what was deleted and
+/// what is still there (never negative).
+pub fn evictions(inserted: u64, deleted: u64, live: u64) -> u64 {
+    inserted.saturating_sub(deleted).saturating_sub(live)
+}
+
+/// One LRU map as the census thread reads it.
+struct LruMap {
+    index: usize,
+    fd: OwnedFd,
+    key_size: usize,
+    max: u64,
+}
+
+/// Starts the census thread over the LRU maps of `maps` (by name), with
+/// `ops` the `LRU_OPS` per-CPU counters. It ends once `counts` is dropped.
+/// A map that cannot be read is left out (logged).
+pub(super) fn start<'a>(
+    maps: impl Iterator<Item = (&'a str, &'a MapData)>,
+    ops: &MapData,
+    counts: &Arc<LruCounts>,
+) -> std::io::Result<()> {
+    let mut lrus = Vec::new();
+    for (name, map) in maps {
+        let Some(index) = lru::NAMES.iter().position(|m| *m == name) else { continue };
+        let described = map.info().map_err(|e| e.to_string()).and_then(|info| {
+            let fd = map.fd().as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+            Ok(LruMap { index, fd, key_size: info.key_size() as usize, max: u64::from(info.max_entries()) })
+        });
+        match described {
+            Ok(m) => lrus.push(m),
+            Err(reason) => tracing::warn!(map = name, %reason, "its evictions will not be counted"),
+        }
+    }
+    let ops = ops.fd().as_fd().try_clone_to_owned()?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let counts = Arc::downgrade(counts);
+    std::thread::Builder::new().name("kspan-census".into()).spawn(move || run(&lrus, &ops, cpus, &counts))?;
+    Ok(())
+}
+
+fn run(maps: &[LruMap], ops: &OwnedFd, cpus: usize, counts: &Weak<LruCounts>) {
+    let mut warned = [false; N];
+    loop {
+        std::thread::sleep(CENSUS_PERIOD);
+        let Some(counts) = counts.upgrade() else { return };
+        for m in maps {
+            let i = m.index;
+            let inserted = per_cpu_sum(ops, 2 * i as u32, cpus);
+            let deleted =
+                |c: &LruCounts| per_cpu_sum(ops, 2 * i as u32 + 1, cpus) + c.agent_deleted[i].load(Ordering::Relaxed);
+            let known = counts.evicted[i].load(Ordering::Relaxed);
+            if evictions(inserted, deleted(&counts), known) < m.max / 2 {
+                continue;
+            }
+            let live = match count_keys(m) {
+                Ok(n) => n,
+                Err(e) => {
+                    if !std::mem::replace(&mut warned[i], true) {
+                        tracing::warn!(map = lru::NAMES[i], "cannot count its entries: {e}");
+                    }
+                    continue;
+                }
+            };
+            let found = evictions(inserted, deleted(&counts), live);
+            counts.evicted[i].fetch_max(found, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Live entries of `m`, walking its keys (at most twice its bound: a key
+/// deleted under the walk restarts it from the first key).
+fn count_keys(m: &LruMap) -> std::io::Result<u64> {
+    let fd = m.fd.as_raw_fd() as u32;
+    let (mut key, mut next) = (vec![0u8; m.key_size], vec![0u8; m.key_size]);
+    let mut n = 0u64;
+    while n < 2 * m.max {
+        if !next_key(fd, (n > 0).then_some(&key[..]), &mut next)? {
+            break;
+        }
+        std::mem::swap(&mut key, &mut next);
+        n += 1;
+    }
+    Ok(n.min(m.max))
+}
+
+/// `union bpf_attr` for the map element commands.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// `value` for lookups, `next_key` for walks.
+    out: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+fn bpf_elem(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command; the
+    // pointers it holds point to buffers of the map's key (and value) size.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The key after `key` (the first one for `None`) into `next`; false when
+/// there is none. `key` and `next` have the map's key size.
+fn next_key(fd: u32, key: Option<&[u8]>, next: &mut [u8]) -> std::io::Result<bool> {
+    let key = key.map_or(0, |k| k.as_ptr() as u64);
+    let mut attr = ElemAttr { map_fd: fd, _pad: 0, key, out: next.as_mut_ptr() as u64, flags: 0 };
+    match bpf_elem(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sum over CPUs of element `index` of a per-CPU array of u64 (0 if unreadable).
+fn per_cpu_sum(fd: &OwnedFd, index: u32, cpus: usize) -> u64 {
+    let mut values = vec![0u64; cpus];
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&index) as u64,
+        out: values.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    match bpf_elem(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(()) => values.iter().sum(),
+        Err(_) => 0,
+    }
+}
+
+/// Deletes every entry of a hash map nobody writes to meanwhile; returns
+/// how many. Keys are collected first (deleting while walking a hash map
+/// restarts the walk), at most `max_entries` of them.
+pub(super) fn clear(map: &MapData) -> Result<usize, String> {
+    let info = map.info().map_err(|e| e.to_string())?;
+    let (size, max) = (info.key_size() as usize, info.max_entries() as usize);
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut next = vec![0u8; size];
+    while keys.len() < max
+        && next_key(fd, keys.last().map(Vec::as_slice), &mut next).map_err(|e| format!("walking keys: {e}"))?
+    {
+        keys.push(next.clone());
+    }
+    for k in &keys {
+        let mut attr = ElemAttr { map_fd: fd, _pad: 0, key: k.as_ptr() as u64, out: 0, flags: 0 };
+        match bpf_elem(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(format!("deleting an entry: {e}")),
+        }
+    }
+    Ok(keys.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evictions_are_what_came_less_what_left_or_stayed() {
+        assert_eq!(evictions(4096, 0, 1024), 3072);
+        assert_eq!(evictions(4096, 96, 1000), 3000);
+        // Entries added during the walk (seen live, not yet counted as new)
+        // lower the estimate; it never goes below zero.
+        assert_eq!(evictions(10, 2, 12), 0);
+        assert_eq!(evictions(10, 20, 0), 0);
+    }
+
+    #[test]
+    fn agent_deletions_count_only_for_lru_maps() {
+        let c = LruCounts::default();
+        c.deleted_by_agent("SOCKS", 5);
+        c.deleted_by_agent("INFLIGHT", 7);
+        c.deleted_by_agent("TLS_SOCKS", 2);
+        assert_eq!(c.agent_deleted[lru::SOCKS as usize].load(Ordering::Relaxed), 5);
+        assert_eq!(c.agent_deleted[lru::TLS_SOCKS as usize].load(Ordering::Relaxed), 2);
+        let total: u64 = c.agent_deleted.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+        assert_eq!(total, 7);
+        assert_eq!(c.evicted(), [0; N]);
+    }
+}
