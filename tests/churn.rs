@@ -129,8 +129,11 @@ fn churn_leaves_no_table_growing(selection: &[&str], ends: u64) {
         let (second, third) = (after[1][name], after[2][name]);
         eprintln!("{name:28} before {:>6}  rounds {first:>6} {second:>6} {third:>6}", before[name]);
         // Each round adds as much as the one before: what ended is kept.
-        // (A few entries of slack for the test's own live processes.)
-        if third > first + 4 && second > first {
+        // (A few entries of slack for the test's own live processes. One
+        // step of growth is not a leak: under `--all`, the caches keyed by
+        // executable file grow once when the host runs binaries it had not
+        // run before, as a CI run once did between rounds 1 and 2.)
+        if third > first + 4 && second > first && third > second {
             grew.push(format!("{name}: {first} -> {second} -> {third}"));
         }
     }
