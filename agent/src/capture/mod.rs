@@ -23,6 +23,7 @@ pub mod decode;
 mod attach;
 #[cfg(feature = "runtime")]
 pub mod btf;
+#[cfg(feature = "runtime")]
 pub mod census;
 #[cfg(feature = "runtime")]
 pub mod go_dwarf;
