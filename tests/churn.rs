@@ -219,6 +219,27 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
 /// kernel's socket map holds (`capture.max_sockets`, LRU) is evicted from it
 /// and met again on its next syscall: the agent keeps the connection, so the
 /// statement prepared before the eviction still names its SQL.
+/// A process that exits with its sockets open leaves their entries in the
+/// kernel's socket map (the kernel closes them, with no close call kspan's
+/// programs see); once they fill half the map, the census deletes them.
+#[test]
+fn sockets_of_an_exited_process_are_swept_from_the_kernel_map() {
+    let (_dir, conf) = kspan_e2e::config_file("swept", "capture:\n  max_sockets: 1024\n");
+    let k = Kspan::start(&["--exe", "sockets_exit\\.py", "--config", &conf]);
+    let app = kspan_e2e::apps_dir().join("sockets_exit.py");
+    let out = run_ok(Command::new("python3").arg(app).arg("800"));
+    assert!(out.contains("opened 800"), "{out}");
+    let socks = |metric: &str| labelled(&k.metrics(), &format!("{metric}{{map=\"")).get("SOCKS").copied();
+    let t = Instant::now();
+    while socks("kspan_kernel_map_swept_total").unwrap_or(0) < 790 && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let swept = socks("kspan_kernel_map_swept_total").unwrap_or(0);
+    assert!((790..=810).contains(&swept), "stale SOCKS entries swept: {swept}");
+    assert_eq!(socks("kspan_kernel_map_evictions_total"), Some(0), "a map never full evicted");
+    assert!(k.stop());
+}
+
 #[test]
 fn a_socket_evicted_from_the_kernel_map_keeps_its_connection() {
     let pg = postgres();

@@ -14,7 +14,14 @@
 //!   [`CENSUS_PERIOD`], and only for a map whose entries not yet accounted
 //!   for reach half its bound (a map far from full evicts nothing); a walk
 //!   reads at most twice the bound in keys.
-//! - Entries the agent deletes itself (clearing on resume) count as deleted.
+//! - A walk also deletes the entries of processes that have exited (their
+//!   process id, which every LRU map's key holds, has no `/proc` entry): a
+//!   process that exits closes its sockets with no close call the kernel
+//!   side sees, so only eviction would free them, and a map full of them
+//!   would evict live ones. Not when kspan runs in a pid namespace of its
+//!   own (its `/proc` then does not show the host's process ids).
+//! - Entries the agent deletes itself (clearing on resume, sweeping) count
+//!   as deleted.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,12 +42,18 @@ const N: usize = lru::COUNT as usize;
 pub struct LruCounts {
     evicted: [AtomicU64; N],
     agent_deleted: [AtomicU64; N],
+    swept: [AtomicU64; N],
 }
 
 impl LruCounts {
     /// Entries each LRU map evicted so far (a lower bound).
     pub fn evicted(&self) -> [u64; N] {
         std::array::from_fn(|i| self.evicted[i].load(Ordering::Relaxed))
+    }
+
+    /// Entries of exited processes the census deleted, by LRU map.
+    pub fn swept(&self) -> [u64; N] {
+        std::array::from_fn(|i| self.swept[i].load(Ordering::Relaxed))
     }
 
     /// The agent deleted `n` entries of map `name` (ignored unless an LRU map).
@@ -94,6 +107,12 @@ pub(super) fn start<'a>(
 
 fn run(maps: &[LruMap], ops: &OwnedFd, cpus: usize, counts: &Weak<LruCounts>) {
     let mut warned = [false; N];
+    let sweep = host_pids();
+    if !sweep {
+        tracing::warn!(
+            "kspan runs in a pid namespace of its own: the kernel maps' entries of exited processes are not swept"
+        );
+    }
     loop {
         std::thread::sleep(CENSUS_PERIOD);
         let Some(counts) = counts.upgrade() else { return };
@@ -106,8 +125,9 @@ fn run(maps: &[LruMap], ops: &OwnedFd, cpus: usize, counts: &Weak<LruCounts>) {
             if evictions(inserted, deleted(&counts), known) < m.max / 2 {
                 continue;
             }
-            let live = match count_keys(m) {
-                Ok(n) => n,
+            let walked = walk(m, sweep).and_then(|(live, stale)| Ok((live, delete(m, &stale)?)));
+            let (live, swept) = match walked {
+                Ok(w) => w,
                 Err(e) => {
                     if !std::mem::replace(&mut warned[i], true) {
                         tracing::warn!(map = lru::NAMES[i], "cannot count its entries: {e}");
@@ -115,26 +135,66 @@ fn run(maps: &[LruMap], ops: &OwnedFd, cpus: usize, counts: &Weak<LruCounts>) {
                     continue;
                 }
             };
+            counts.agent_deleted[i].fetch_add(swept, Ordering::Relaxed);
+            counts.swept[i].fetch_add(swept, Ordering::Relaxed);
             let found = evictions(inserted, deleted(&counts), live);
             counts.evicted[i].fetch_max(found, Ordering::Relaxed);
         }
     }
 }
 
-/// Live entries of `m`, walking its keys (at most twice its bound: a key
-/// deleted under the walk restarts it from the first key).
-fn count_keys(m: &LruMap) -> std::io::Result<u64> {
+/// Whether this process sees the host's process ids, which the kernel's
+/// keys hold: no pid namespace of its own (one `NSpid` entry).
+fn host_pids() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|v| v.split_whitespace().count() == 1)
+}
+
+/// The process id in a key of LRU map `index`: `sock_key(tgid, fd)` (a u64,
+/// tgid in its high half) or a `ProcPtr` (tgid first).
+fn key_tgid(index: usize, key: &[u8]) -> Option<u32> {
+    let at = match index as u32 {
+        lru::SOCKS | lru::GO_CONN_CALLER => 4,
+        _ => 0,
+    };
+    Some(u32::from_le_bytes(key.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Walks the keys of `m` (at most twice its bound: a key deleted under the
+/// walk restarts it from the first key): the live entries, and with
+/// `sweep` the keys of processes that have exited (a process that exits
+/// closes its sockets with no close call for the kernel side to see, so
+/// only eviction would free them), which are not counted as live.
+fn walk(m: &LruMap, sweep: bool) -> std::io::Result<(u64, Vec<Vec<u8>>)> {
     let fd = m.fd.as_raw_fd() as u32;
     let (mut key, mut next) = (vec![0u8; m.key_size], vec![0u8; m.key_size]);
-    let mut n = 0u64;
+    let mut alive: std::collections::HashMap<u32, bool> = std::collections::HashMap::new();
+    let (mut n, mut stale) = (0u64, Vec::new());
     while n < 2 * m.max {
         if !next_key(fd, (n > 0).then_some(&key[..]), &mut next)? {
             break;
         }
         std::mem::swap(&mut key, &mut next);
         n += 1;
+        if let Some(tgid) = key_tgid(m.index, &key).filter(|_| sweep)
+            && !*alive.entry(tgid).or_insert_with(|| std::path::Path::new(&format!("/proc/{tgid}")).exists())
+        {
+            stale.push(key.clone());
+        }
     }
-    Ok(n.min(m.max))
+    Ok((n.min(m.max).saturating_sub(stale.len() as u64), stale))
+}
+
+/// Deletes `keys` from `m`; returns how many were still there.
+fn delete(m: &LruMap, keys: &[Vec<u8>]) -> std::io::Result<u64> {
+    let fd = m.fd.as_raw_fd() as u32;
+    let mut n = 0;
+    for k in keys {
+        if delete_key(fd, k)? {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// `union bpf_attr` for the map element commands.
@@ -165,6 +225,16 @@ fn next_key(fd: u32, key: Option<&[u8]>, next: &mut [u8]) -> std::io::Result<boo
     let key = key.map_or(0, |k| k.as_ptr() as u64);
     let mut attr = ElemAttr { map_fd: fd, _pad: 0, key, out: next.as_mut_ptr() as u64, flags: 0 };
     match bpf_elem(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes `key`; false when it was not there.
+fn delete_key(fd: u32, key: &[u8]) -> std::io::Result<bool> {
+    let mut attr = ElemAttr { map_fd: fd, _pad: 0, key: key.as_ptr() as u64, out: 0, flags: 0 };
+    match bpf_elem(BPF_MAP_DELETE_ELEM, &mut attr) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
@@ -202,12 +272,7 @@ pub(super) fn clear(map: &MapData) -> Result<usize, String> {
         keys.push(next.clone());
     }
     for k in &keys {
-        let mut attr = ElemAttr { map_fd: fd, _pad: 0, key: k.as_ptr() as u64, out: 0, flags: 0 };
-        match bpf_elem(BPF_MAP_DELETE_ELEM, &mut attr) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(format!("deleting an entry: {e}")),
-        }
+        delete_key(fd, k).map_err(|e| format!("deleting an entry: {e}"))?;
     }
     Ok(keys.len())
 }
@@ -224,6 +289,26 @@ mod tests {
         // lower the estimate; it never goes below zero.
         assert_eq!(evictions(10, 2, 12), 0);
         assert_eq!(evictions(10, 20, 0), 0);
+    }
+
+    #[test]
+    fn keys_name_their_process() {
+        let sock = kspan_common::sock_key(4242, 7).to_le_bytes();
+        assert_eq!(key_tgid(lru::SOCKS as usize, &sock), Some(4242));
+        assert_eq!(key_tgid(lru::GO_CONN_CALLER as usize, &sock), Some(4242));
+        let mut proc_ptr = [0u8; 16];
+        proc_ptr[..4].copy_from_slice(&4343u32.to_le_bytes());
+        proc_ptr[8..].copy_from_slice(&0x7f00_dead_beefu64.to_le_bytes());
+        for map in [lru::TLS_SOCKS, lru::GO_TLS_CALLS, lru::GO_H2_REQUESTS, lru::GO_ACTS_FOR] {
+            assert_eq!(key_tgid(map as usize, &proc_ptr), Some(4343));
+        }
+        assert_eq!(key_tgid(lru::SOCKS as usize, &[1, 2]), None);
+    }
+
+    #[test]
+    fn this_test_sees_host_process_ids() {
+        // The test runs on the host (CI as root), as kspan must.
+        assert!(host_pids());
     }
 
     #[test]

@@ -387,6 +387,11 @@ impl Capture {
         self.lru.evicted()
     }
 
+    /// Entries of exited processes the census deleted from each LRU map.
+    pub fn lru_swept(&self) -> [u64; lru::COUNT as usize] {
+        self.lru.swept()
+    }
+
     /// Kernel memory of each map now, by map name, in bytes: what the kernel
     /// charges for it (`memlock` in its fdinfo; for a hash map allocated as
     /// entries come, its buckets and the entries it holds).

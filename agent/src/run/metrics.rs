@@ -137,6 +137,8 @@ pub struct PipelineCounters {
     pub kernel_maps: TableSizes,
     /// Entries each kernel LRU map evicted (`kspan_common::lru` order).
     pub lru_evicted: [u64; kspan_common::lru::COUNT as usize],
+    /// Entries of exited processes the census deleted from each LRU map.
+    pub lru_swept: [u64; kspan_common::lru::COUNT as usize],
 }
 
 /// Registered metric handles plus what was last published.
@@ -171,6 +173,7 @@ pub struct PipelineMetrics {
     tables: Family<TableLabel, Gauge>,
     kernel_maps: Family<MapLabel, Gauge>,
     lru_evicted: Family<MapLabel, Counter>,
+    lru_swept: Family<MapLabel, Counter>,
     last: PipelineCounters,
 }
 
@@ -213,6 +216,7 @@ impl PipelineMetrics {
             tables: Family::default(),
             kernel_maps: Family::default(),
             lru_evicted: Family::default(),
+            lru_swept: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -317,6 +321,12 @@ impl PipelineMetrics {
              GO_TLS_CALLS, GO_CONN_CALLER, GO_H2_REQUESTS, GO_ACTS_FOR",
             m.lru_evicted.clone(),
         );
+        t.register(
+            "kspan_kernel_map_swept",
+            "Entries of exited processes the census deleted from the kernel's LRU maps, by map (a process that \
+             exits closes its sockets with no close call the kernel side sees)",
+            m.lru_swept.clone(),
+        );
         m
     }
 
@@ -376,6 +386,8 @@ impl PipelineMetrics {
         for (i, name) in kspan_common::lru::NAMES.iter().enumerate() {
             let c = self.lru_evicted.get_or_create(&MapLabel { map: (*name).to_owned() });
             delta(&c, now.lru_evicted[i], last.lru_evicted[i]);
+            let c = self.lru_swept.get_or_create(&MapLabel { map: (*name).to_owned() });
+            delta(&c, now.lru_swept[i], last.lru_swept[i]);
         }
         for (name, n) in now.kernel_maps.iter() {
             self.kernel_maps.get_or_create(&MapLabel { map: name.to_owned() }).set(n as i64);

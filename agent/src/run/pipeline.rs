@@ -339,6 +339,7 @@ impl Pipeline {
         maps.extend(self.capture.map_bytes());
         self.counters.kernel_maps = maps;
         self.counters.lru_evicted = self.capture.lru_evictions();
+        self.counters.lru_swept = self.capture.lru_swept();
         self.counters.resources_refreshed = self.procs.refreshed;
         if let Some(p) = &self.pods {
             self.counters.k8s_pods = p.len() as u64;
