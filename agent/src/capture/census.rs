@@ -182,7 +182,10 @@ fn walk(m: &LruMap, sweep: bool) -> std::io::Result<(u64, Vec<Vec<u8>>)> {
             stale.push(key.clone());
         }
     }
-    Ok((n.min(m.max).saturating_sub(stale.len() as u64), stale))
+    // `n` and `stale` both count a key met twice (a restarted walk), so
+    // their difference counts each live key met at least once: live entries
+    // are never under-counted, and so evictions never over-counted.
+    Ok(((n - stale.len() as u64).min(m.max), stale))
 }
 
 /// Deletes `keys` from `m`; returns how many were still there.
