@@ -28,13 +28,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use aya::maps::MapData;
+use aya::maps::{MapData, PerCpuArray};
 use kspan_common::lru;
 
 /// Time between two census rounds.
 pub const CENSUS_PERIOD: Duration = Duration::from_secs(10);
 
 const N: usize = lru::COUNT as usize;
+
+/// The kernel's `LRU_OPS` counters: new entries of LRU map `i` at `2 * i`,
+/// its deletions at `2 * i + 1`.
+pub type LruOps = PerCpuArray<MapData, u64>;
 
 /// Evictions found so far and the agent's own deletions, by LRU map
 /// (indexed like `kspan_common::lru`).
@@ -58,10 +62,15 @@ impl LruCounts {
 
     /// The agent deleted `n` entries of map `name` (ignored unless an LRU map).
     pub(super) fn deleted_by_agent(&self, name: &str, n: usize) {
-        if let Some(i) = lru::NAMES.iter().position(|m| *m == name) {
+        if let Some(i) = lru_index(name) {
             self.agent_deleted[i].fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Index of LRU map `name` in `kspan_common::lru`.
+fn lru_index(name: &str) -> Option<usize> {
+    lru::NAMES.iter().position(|m| *m == name)
 }
 
 /// Evictions explained by the counts: what came, less what was deleted and
@@ -79,16 +88,17 @@ struct LruMap {
 }
 
 /// Starts the census thread over the LRU maps of `maps` (by name), with
-/// `ops` the `LRU_OPS` per-CPU counters. It ends once `counts` is dropped.
+/// `ops` the `LRU_OPS` per-CPU counters, which it owns from then on. It ends
+/// once `counts` is dropped.
 /// A map that cannot be read is left out (logged).
 pub(super) fn start<'a>(
     maps: impl Iterator<Item = (&'a str, &'a MapData)>,
-    ops: &MapData,
+    ops: LruOps,
     counts: &Arc<LruCounts>,
 ) -> std::io::Result<()> {
     let mut lrus = Vec::new();
     for (name, map) in maps {
-        let Some(index) = lru::NAMES.iter().position(|m| *m == name) else { continue };
+        let Some(index) = lru_index(name) else { continue };
         let described = map.info().map_err(|e| e.to_string()).and_then(|info| {
             let fd = map.fd().as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
             Ok(LruMap { index, fd, key_size: info.key_size() as usize, max: u64::from(info.max_entries()) })
@@ -98,14 +108,12 @@ pub(super) fn start<'a>(
             Err(reason) => tracing::warn!(map = name, %reason, "its evictions will not be counted"),
         }
     }
-    let ops = ops.fd().as_fd().try_clone_to_owned()?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     let counts = Arc::downgrade(counts);
-    std::thread::Builder::new().name("kspan-census".into()).spawn(move || run(&lrus, &ops, cpus, &counts))?;
+    std::thread::Builder::new().name("kspan-census".into()).spawn(move || run(&lrus, &ops, &counts))?;
     Ok(())
 }
 
-fn run(maps: &[LruMap], ops: &OwnedFd, cpus: usize, counts: &Weak<LruCounts>) {
+fn run(maps: &[LruMap], ops: &LruOps, counts: &Weak<LruCounts>) {
     let mut warned = [false; N];
     let sweep = host_pids();
     if !sweep {
@@ -118,9 +126,9 @@ fn run(maps: &[LruMap], ops: &OwnedFd, cpus: usize, counts: &Weak<LruCounts>) {
         let Some(counts) = counts.upgrade() else { return };
         for m in maps {
             let i = m.index;
-            let inserted = per_cpu_sum(ops, 2 * i as u32, cpus);
+            let inserted = per_cpu_sum(ops, 2 * i as u32);
             let deleted =
-                |c: &LruCounts| per_cpu_sum(ops, 2 * i as u32 + 1, cpus) + c.agent_deleted[i].load(Ordering::Relaxed);
+                |c: &LruCounts| per_cpu_sum(ops, 2 * i as u32 + 1) + c.agent_deleted[i].load(Ordering::Relaxed);
             let known = counts.evicted[i].load(Ordering::Relaxed);
             if evictions(inserted, deleted(&counts), known) < m.max / 2 {
                 continue;
@@ -206,18 +214,16 @@ struct ElemAttr {
     map_fd: u32,
     _pad: u32,
     key: u64,
-    /// `value` for lookups, `next_key` for walks.
-    out: u64,
+    next_key: u64,
     flags: u64,
 }
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 
 fn bpf_elem(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
-    // SAFETY: `attr` is a valid bpf_attr prefix for this command; the
-    // pointers it holds point to buffers of the map's key (and value) size.
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command; the key
+    // pointers it holds point to buffers of the map's key size.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
@@ -226,7 +232,7 @@ fn bpf_elem(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
 /// there is none. `key` and `next` have the map's key size.
 fn next_key(fd: u32, key: Option<&[u8]>, next: &mut [u8]) -> std::io::Result<bool> {
     let key = key.map_or(0, |k| k.as_ptr() as u64);
-    let mut attr = ElemAttr { map_fd: fd, _pad: 0, key, out: next.as_mut_ptr() as u64, flags: 0 };
+    let mut attr = ElemAttr { map_fd: fd, _pad: 0, key, next_key: next.as_mut_ptr() as u64, flags: 0 };
     match bpf_elem(BPF_MAP_GET_NEXT_KEY, &mut attr) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
@@ -236,7 +242,7 @@ fn next_key(fd: u32, key: Option<&[u8]>, next: &mut [u8]) -> std::io::Result<boo
 
 /// Deletes `key`; false when it was not there.
 fn delete_key(fd: u32, key: &[u8]) -> std::io::Result<bool> {
-    let mut attr = ElemAttr { map_fd: fd, _pad: 0, key: key.as_ptr() as u64, out: 0, flags: 0 };
+    let mut attr = ElemAttr { map_fd: fd, _pad: 0, key: key.as_ptr() as u64, next_key: 0, flags: 0 };
     match bpf_elem(BPF_MAP_DELETE_ELEM, &mut attr) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
@@ -244,20 +250,9 @@ fn delete_key(fd: u32, key: &[u8]) -> std::io::Result<bool> {
     }
 }
 
-/// Sum over CPUs of element `index` of a per-CPU array of u64 (0 if unreadable).
-fn per_cpu_sum(fd: &OwnedFd, index: u32, cpus: usize) -> u64 {
-    let mut values = vec![0u64; cpus];
-    let mut attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        _pad: 0,
-        key: std::ptr::from_ref(&index) as u64,
-        out: values.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    match bpf_elem(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-        Ok(()) => values.iter().sum(),
-        Err(_) => 0,
-    }
+/// Sum over CPUs of element `index` of `LRU_OPS` (0 if unreadable).
+fn per_cpu_sum(ops: &LruOps, index: u32) -> u64 {
+    ops.get(&index, 0).map_or(0, |v| v.iter().sum())
 }
 
 /// Deletes every entry of a hash map nobody writes to meanwhile; returns

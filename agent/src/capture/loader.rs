@@ -179,7 +179,8 @@ pub struct Capture {
     /// The kernel can read Go programs' goroutines (see `go_proc`).
     goroutines: bool,
     /// (name, descriptor) of every map, for [`Capture::map_bytes`]; each
-    /// descriptor is owned by a map in `ebpf` or a field above.
+    /// descriptor is owned by a map in `ebpf`, a field above, or the census
+    /// thread (`LRU_OPS`), which ends only after `lru` is dropped.
     map_fds: Vec<(&'static str, std::os::fd::RawFd)>,
     /// Evictions of the LRU maps, found by the census thread.
     pub(super) lru: Arc<LruCounts>,
@@ -268,10 +269,7 @@ impl Capture {
             ebpf.take_map(map).ok_or(CaptureError::Map { map, reason: "missing from object".into() })
         };
         let lru = Arc::new(LruCounts::default());
-        let ops = ebpf
-            .map("LRU_OPS")
-            .and_then(map_data)
-            .ok_or(CaptureError::Map { map: "LRU_OPS", reason: "missing".into() })?;
+        let ops = PerCpuArray::try_from(take(&mut ebpf, "LRU_OPS")?).map_err(map_err("LRU_OPS"))?;
         let lrus = ebpf.maps().filter_map(|(name, map)| Some((name, map_data(map)?)));
         if let Err(e) = census::start(lrus, ops, &lru) {
             tracing::warn!("the kernel's LRU maps' evictions will not be counted: {e}");
