@@ -219,25 +219,52 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
 /// kernel's socket map holds (`capture.max_sockets`, LRU) is evicted from it
 /// and met again on its next syscall: the agent keeps the connection, so the
 /// statement prepared before the eviction still names its SQL.
-/// A process that exits with its sockets open leaves their entries in the
-/// kernel's socket map (the kernel closes them, with no close call kspan's
-/// programs see); once they fill half the map, the census deletes them.
-#[test]
-fn sockets_of_an_exited_process_are_swept_from_the_kernel_map() {
-    let (_dir, conf) = kspan_e2e::config_file("swept", "capture:\n  max_sockets: 1024\n");
+/// Runs `sockets_exit.py 800` (800 sockets used once, then an exit with
+/// no close call) under kspan with `capture` settings `yaml`; returns the
+/// SOCKS series of `metric` once `done` holds for them (or after 30 s).
+fn sockets_exit(tag: &str, yaml: &str, done: impl Fn(&BTreeMap<String, u64>) -> bool) -> BTreeMap<String, u64> {
+    let (_dir, conf) = kspan_e2e::config_file(tag, &format!("capture:\n  max_sockets: 1024\n{yaml}"));
     let k = Kspan::start(&["--exe", "sockets_exit\\.py", "--config", &conf]);
     let app = kspan_e2e::apps_dir().join("sockets_exit.py");
     let out = run_ok(Command::new("python3").arg(app).arg("800"));
     assert!(out.contains("opened 800"), "{out}");
-    let socks = |metric: &str| labelled(&k.metrics(), &format!("{metric}{{map=\"")).get("SOCKS").copied();
+    let socks = || {
+        let m = k.metrics();
+        ["swept", "deletes", "evictions"]
+            .into_iter()
+            .filter_map(|n| {
+                Some((n.to_owned(), *labelled(&m, &format!("kspan_kernel_map_{n}_total{{map=\"")).get("SOCKS")?))
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
     let t = Instant::now();
-    while socks("kspan_kernel_map_swept_total").unwrap_or(0) < 790 && t.elapsed() < Duration::from_secs(30) {
+    while !done(&socks()) && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let swept = socks("kspan_kernel_map_swept_total").unwrap_or(0);
-    assert!((790..=810).contains(&swept), "stale SOCKS entries swept: {swept}");
-    assert_eq!(socks("kspan_kernel_map_evictions_total"), Some(0), "a map never full evicted");
+    let found = socks();
     assert!(k.stop());
+    found
+}
+
+/// A process that exits with its sockets open has them closed by the
+/// kernel, with no close call: the exit program deletes their entries from
+/// the kernel's socket map (so a later process with the same pid meets
+/// none), and the census has none left to sweep.
+#[test]
+fn sockets_of_an_exited_process_leave_the_kernel_map_at_its_exit() {
+    let socks = sockets_exit("exit-sweep", "", |s| s.get("deletes").is_some_and(|d| *d >= 790));
+    assert!((790..=810).contains(&socks["deletes"]), "deleted at the exit: {socks:?}");
+    assert_eq!((socks["swept"], socks["evictions"]), (0, 0), "{socks:?}");
+}
+
+/// Without `bpf_loop` (kernels before 5.17; here `capture.bpf_loop: false`)
+/// the exit program cannot sweep: the entries stay until they fill half
+/// the map, and then the census deletes them.
+#[test]
+fn sockets_of_an_exited_process_are_swept_by_the_census_without_bpf_loop() {
+    let socks = sockets_exit("census-sweep", "  bpf_loop: false\n", |s| s.get("swept").is_some_and(|d| *d >= 790));
+    assert!((790..=810).contains(&socks["swept"]), "stale SOCKS entries swept: {socks:?}");
+    assert_eq!(socks["evictions"], 0, "a map never full evicted: {socks:?}");
 }
 
 #[test]
@@ -266,5 +293,34 @@ fn a_socket_evicted_from_the_kernel_map_keeps_its_connection() {
     }
     let evicted = socks_evicted().unwrap_or(0);
     assert!((3000..=4200).contains(&evicted), "SOCKS evictions counted: {evicted}");
+    assert!(k.stop());
+}
+
+/// A socket's fd number taken over by a file with no close call on the
+/// socket: by `exec` (the kernel closes a close-on-exec socket) or by
+/// `dup2` onto it. The file's bytes, an HTTP request written and an HTTP
+/// response read, must not be taken for the connection's, and the
+/// connection ends there.
+#[test]
+fn a_socket_closed_by_exec_or_dup2_leaves_its_fd_number_to_files() {
+    let app = python_http("fdreuse");
+    let k = Kspan::start(&["--exe", "fd_reuse\\.py"]);
+    let dir = kspan_e2e::servers::TempDir::new("fdreuse");
+    let script = kspan_e2e::apps_dir().join("fd_reuse.py");
+    for mode in ["exec", "dup2"] {
+        let out = run_ok(Command::new("python3").arg(&script).arg(app.port.to_string()).arg(mode).arg(&dir.0));
+        assert!(out.contains("done"), "{mode}: {out}");
+    }
+    let is_client = |s: &serde_json::Value| kspan_e2e::kind(s) == "client";
+    let spans = k.wait_spans(2, Duration::from_secs(20), is_client);
+    let paths: Vec<_> = spans.iter().map(|s| kspan_e2e::attr_str(s, "url.path").unwrap_or("?")).collect();
+    assert_eq!(paths, ["/users/1", "/users/1"], "one span per real request, none for the file: {spans:#?}");
+    // Give a span for the file's bytes time to show up, then check again.
+    std::thread::sleep(Duration::from_secs(1));
+    let m = k.metrics();
+    let all = k.spans();
+    assert!(all.iter().all(|s| kspan_e2e::attr_str(s, "url.path") != Some("/secret-file")), "{all:#?}");
+    let http = labelled(&m, "kspan_parse_total{protocol=\"http\",kind=\"");
+    assert_eq!((http["malformed"], http["resyncs"]), (0, 0), "the file's bytes reached the parser: {m}");
     assert!(k.stop());
 }

@@ -60,7 +60,7 @@ pub(super) enum AttachFail {
 }
 
 /// Maps whose entries describe live sockets, calls and SSL objects.
-const CONNECTION_MAPS: [&str; 5] = ["SOCKS", "INFLIGHT", "TLS_CALLS", "TLS_SOCKS", "GO_TLS_CALLS"];
+const CONNECTION_MAPS: [&str; 6] = ["SOCKS", "SOCK_PROCS", "INFLIGHT", "TLS_CALLS", "TLS_SOCKS", "GO_TLS_CALLS"];
 
 /// Loads `program` if needed and, unless `paused`, attaches it at `target`.
 fn link(ebpf: &mut Ebpf, program: &'static str, target: &Target, paused: bool) -> Result<Option<Link>, AttachFail> {

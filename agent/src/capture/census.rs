@@ -15,11 +15,14 @@
 //!   for reach half its bound (a map far from full evicts nothing); a walk
 //!   reads at most twice the bound in keys.
 //! - A walk also deletes the entries of processes that have exited (their
-//!   process id, which every LRU map's key holds, has no `/proc` entry): a
-//!   process that exits closes its sockets with no close call the kernel
-//!   side sees, so only eviction would free them, and a map full of them
-//!   would evict live ones. Not when kspan runs in a pid namespace of its
-//!   own (its `/proc` then does not show the host's process ids).
+//!   process id, which every LRU map's key holds, has no `/proc` entry):
+//!   the kernel side deletes a process's socket entries at its exit, but
+//!   not its TLS and Go ones, nor any without `bpf_loop`, so only eviction
+//!   would free those, and a map full of them would evict live ones. Not
+//!   when kspan runs in a pid namespace of its own (its `/proc` then does
+//!   not show the host's process ids).
+//! - Each map's deletions (the kernel side's and the agent's) are published
+//!   as of the last round.
 //! - Entries the agent deletes itself (clearing on resume, sweeping) count
 //!   as deleted.
 
@@ -40,24 +43,34 @@ const N: usize = lru::COUNT as usize;
 /// its deletions at `2 * i + 1`.
 pub type LruOps = PerCpuArray<MapData, u64>;
 
-/// Evictions found so far and the agent's own deletions, by LRU map
-/// (indexed like `kspan_common::lru`).
+/// Evictions found so far, deletions, and the agent's own deletions, by LRU
+/// map (indexed like `kspan_common::lru`).
 #[derive(Default)]
 pub struct LruCounts {
     evicted: [AtomicU64; N],
     agent_deleted: [AtomicU64; N],
     swept: [AtomicU64; N],
+    /// All deletions (the kernel's and the agent's) at the last census round.
+    deleted: [AtomicU64; N],
+}
+
+/// What the census knows of the LRU maps, by map (`kspan_common::lru` order).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LruTally {
+    /// Entries evicted (a lower bound).
+    pub evicted: [u64; N],
+    /// Entries of exited processes the census deleted.
+    pub swept: [u64; N],
+    /// Entries deleted, by the kernel side (a socket's close, a process's
+    /// exit) or the agent, as of the last census round.
+    pub deleted: [u64; N],
 }
 
 impl LruCounts {
-    /// Entries each LRU map evicted so far (a lower bound).
-    pub fn evicted(&self) -> [u64; N] {
-        std::array::from_fn(|i| self.evicted[i].load(Ordering::Relaxed))
-    }
-
-    /// Entries of exited processes the census deleted, by LRU map.
-    pub fn swept(&self) -> [u64; N] {
-        std::array::from_fn(|i| self.swept[i].load(Ordering::Relaxed))
+    /// The counts now.
+    pub fn tally(&self) -> LruTally {
+        let read = |a: &[AtomicU64; N]| std::array::from_fn(|i| a[i].load(Ordering::Relaxed));
+        LruTally { evicted: read(&self.evicted), swept: read(&self.swept), deleted: read(&self.deleted) }
     }
 
     /// The agent deleted `n` entries of map `name` (ignored unless an LRU map).
@@ -130,6 +143,7 @@ fn run(maps: &[LruMap], ops: &LruOps, counts: &Weak<LruCounts>) {
             let deleted =
                 |c: &LruCounts| per_cpu_sum(ops, 2 * i as u32 + 1) + c.agent_deleted[i].load(Ordering::Relaxed);
             let known = counts.evicted[i].load(Ordering::Relaxed);
+            counts.deleted[i].fetch_max(deleted(&counts), Ordering::Relaxed);
             if evictions(inserted, deleted(&counts), known) < m.max / 2 {
                 continue;
             }
@@ -145,6 +159,7 @@ fn run(maps: &[LruMap], ops: &LruOps, counts: &Weak<LruCounts>) {
             };
             counts.agent_deleted[i].fetch_add(swept, Ordering::Relaxed);
             counts.swept[i].fetch_add(swept, Ordering::Relaxed);
+            counts.deleted[i].fetch_max(deleted(&counts), Ordering::Relaxed);
             let found = evictions(inserted, deleted(&counts), live);
             counts.evicted[i].fetch_max(found, Ordering::Relaxed);
         }
@@ -170,9 +185,8 @@ fn key_tgid(index: usize, key: &[u8]) -> Option<u32> {
 
 /// Walks the keys of `m` (at most twice its bound: a key deleted under the
 /// walk restarts it from the first key): the live entries, and with
-/// `sweep` the keys of processes that have exited (a process that exits
-/// closes its sockets with no close call for the kernel side to see, so
-/// only eviction would free them), which are not counted as live.
+/// `sweep` the keys of processes that have exited (see the module header),
+/// which are not counted as live.
 fn walk(m: &LruMap, sweep: bool) -> std::io::Result<(u64, Vec<Vec<u8>>)> {
     let fd = m.fd.as_raw_fd() as u32;
     let (mut key, mut next) = (vec![0u8; m.key_size], vec![0u8; m.key_size]);
@@ -319,6 +333,6 @@ mod tests {
         assert_eq!(c.agent_deleted[lru::TLS_SOCKS as usize].load(Ordering::Relaxed), 2);
         let total: u64 = c.agent_deleted.iter().map(|a| a.load(Ordering::Relaxed)).sum();
         assert_eq!(total, 7);
-        assert_eq!(c.evicted(), [0; N]);
+        assert_eq!(c.tally(), LruTally::default());
     }
 }

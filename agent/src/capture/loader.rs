@@ -11,7 +11,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use kspan_common::{
     ABI_VERSION, GoProc, IGNORED_MUTED, IGNORED_NO, KernelConfig, MAX_CAPTURE, MIN_CAPTURE, SockState, TRACED_YES,
-    counter, lru, sock_key,
+    counter, sock_key,
 };
 
 /// The eBPF object built by `cargo xtask build` (empty if it was not built).
@@ -100,6 +100,8 @@ const ATTACH: &[(&str, &str, &str)] = &[
     ("syscalls", "sys_enter_connect", "kspan_enter_connect"),
     ("syscalls", "sys_exit_connect", "kspan_exit_connect"),
     ("syscalls", "sys_enter_close", "kspan_enter_close"),
+    ("syscalls", "sys_exit_dup2", "kspan_exit_dup"),
+    ("syscalls", "sys_exit_dup3", "kspan_exit_dup"),
     ("sched", "sched_process_exec", "kspan_sched_exec"),
     ("sched", "sched_process_exit", "kspan_sched_exit"),
     ("task", "task_newtask", "kspan_task_newtask"),
@@ -109,6 +111,23 @@ const ATTACH: &[(&str, &str, &str)] = &[
 /// stand-in for kernels before 5.17 (the first 8 iovecs).
 const DATA_EXIT: &str = "kspan_exit_data";
 const DATA_EXIT_COMPAT: &str = "kspan_exit_data_compat";
+
+/// The programs that use `bpf_loop`, each with its stand-in for kernels
+/// before 5.17: the data exit (all iovecs / the first 8), and the exec and
+/// exit programs (which sweep the process's socket entries / do not).
+const LOOP_PROGRAMS: [(&str, &str); 3] = [
+    (DATA_EXIT, DATA_EXIT_COMPAT),
+    ("kspan_sched_exec", "kspan_sched_exec_compat"),
+    ("kspan_sched_exit", "kspan_sched_exit_compat"),
+];
+
+/// `program`, or its stand-in when the kernel has no `bpf_loop`.
+fn loop_variant(program: &'static str, bpf_loop: bool) -> &'static str {
+    match LOOP_PROGRAMS.iter().find(|(p, _)| *p == program) {
+        Some((_, compat)) if !bpf_loop => compat,
+        _ => program,
+    }
+}
 
 /// Loads the data exit program that this kernel accepts: the `bpf_loop` one
 /// unless `bpf_loop` is off or the verifier refuses it (logged once).
@@ -164,6 +183,7 @@ pub const COUNTER_NAMES: [&str; counter::COUNT as usize] = [
     "traced_map_full",
     "tls_no_fd",
     "tls_calls_full",
+    "socket_processes_full",
 ];
 
 /// Loaded and attached eBPF programs plus the maps the agent drives.
@@ -284,9 +304,14 @@ impl Capture {
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
         let args_at_exit = offsets.args_at_exit();
-        let exit_data = data_exit_program(&mut capture.ebpf, cfg.bpf_loop);
+        let bpf_loop = data_exit_program(&mut capture.ebpf, cfg.bpf_loop) == DATA_EXIT;
+        if !bpf_loop {
+            tracing::warn!(
+                "without bpf_loop, exec and exit do not sweep the socket map: a file that gets the fd number of a socket an exec closed is taken for that socket until it is closed"
+            );
+        }
         for &(category, name, program) in ATTACH {
-            let program = if program == DATA_EXIT { exit_data } else { program };
+            let program = loop_variant(program, bpf_loop);
             if args_at_exit && RECEIVE_ENTERS.contains(&program) {
                 continue;
             }
@@ -379,15 +404,9 @@ impl Capture {
         out
     }
 
-    /// Entries each kernel LRU map evicted so far, by `kspan_common::lru`
-    /// index (a lower bound, see [`census`]).
-    pub fn lru_evictions(&self) -> [u64; lru::COUNT as usize] {
-        self.lru.evicted()
-    }
-
-    /// Entries of exited processes the census deleted from each LRU map.
-    pub fn lru_swept(&self) -> [u64; lru::COUNT as usize] {
-        self.lru.swept()
+    /// What the census knows of the kernel's LRU maps (see [`census`]).
+    pub fn lru_tally(&self) -> census::LruTally {
+        self.lru.tally()
     }
 
     /// Kernel memory of each map now, by map name, in bytes: what the kernel

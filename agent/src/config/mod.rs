@@ -106,9 +106,11 @@ pub struct CaptureSection {
     /// kernel's tracepoint and uprobe machinery alone costs on this host,
     /// the floor under kspan's own overhead (`cargo xtask bench` reports it).
     pub attach_only: bool,
-    /// Capture every iovec of a vectored call with `bpf_loop` (Linux 5.17+).
-    /// kspan falls back by itself on kernels without it (then only the
-    /// first 8 iovecs of a call are captured); `false` forces that fallback.
+    /// Capture every iovec of a vectored call, and sweep a process's socket
+    /// entries at its exec and exit, with `bpf_loop` (Linux 5.17+). kspan
+    /// falls back by itself on kernels without it (then only the first 8
+    /// iovecs of a call are captured, and exec and exit do not sweep);
+    /// `false` forces that fallback.
     pub bpf_loop: bool,
 }
 

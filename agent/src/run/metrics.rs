@@ -135,10 +135,8 @@ pub struct PipelineCounters {
     pub tables: TableSizes,
     /// Kernel memory of each eBPF map (bytes).
     pub kernel_maps: TableSizes,
-    /// Entries each kernel LRU map evicted (`kspan_common::lru` order).
-    pub lru_evicted: [u64; kspan_common::lru::COUNT as usize],
-    /// Entries of exited processes the census deleted from each LRU map.
-    pub lru_swept: [u64; kspan_common::lru::COUNT as usize],
+    /// Evictions, sweeps and deletions of each kernel LRU map.
+    pub lru: crate::capture::census::LruTally,
 }
 
 /// Registered metric handles plus what was last published.
@@ -174,6 +172,7 @@ pub struct PipelineMetrics {
     kernel_maps: Family<MapLabel, Gauge>,
     lru_evicted: Family<MapLabel, Counter>,
     lru_swept: Family<MapLabel, Counter>,
+    lru_deleted: Family<MapLabel, Counter>,
     last: PipelineCounters,
 }
 
@@ -217,6 +216,7 @@ impl PipelineMetrics {
             kernel_maps: Family::default(),
             lru_evicted: Family::default(),
             lru_swept: Family::default(),
+            lru_deleted: Family::default(),
             last: PipelineCounters::default(),
         };
         t.register("kspan_events_read", "Ring buffer records read", m.events_read.clone());
@@ -323,9 +323,15 @@ impl PipelineMetrics {
         );
         t.register(
             "kspan_kernel_map_swept",
-            "Entries of exited processes the census deleted from the kernel's LRU maps, by map (a process that \
-             exits closes its sockets with no close call the kernel side sees)",
+            "Entries of exited processes the census deleted from the kernel's LRU maps, by map (what the kernel \
+             side did not delete at the exit: TLS and Go entries, sockets on kernels without bpf_loop)",
             m.lru_swept.clone(),
+        );
+        t.register(
+            "kspan_kernel_map_deletes",
+            "Entries deleted from the kernel's LRU maps, by the kernel side (a close, an exec, an exit) or the \
+             agent, by map, as of the last census (every 10 s)",
+            m.lru_deleted.clone(),
         );
         m
     }
@@ -384,10 +390,10 @@ impl PipelineMetrics {
         }
         self.open_connections.set(now.open_connections as i64);
         for (i, name) in kspan_common::lru::NAMES.iter().enumerate() {
-            let c = self.lru_evicted.get_or_create(&MapLabel { map: (*name).to_owned() });
-            delta(&c, now.lru_evicted[i], last.lru_evicted[i]);
-            let c = self.lru_swept.get_or_create(&MapLabel { map: (*name).to_owned() });
-            delta(&c, now.lru_swept[i], last.lru_swept[i]);
+            let label = MapLabel { map: (*name).to_owned() };
+            delta(&self.lru_evicted.get_or_create(&label), now.lru.evicted[i], last.lru.evicted[i]);
+            delta(&self.lru_swept.get_or_create(&label), now.lru.swept[i], last.lru.swept[i]);
+            delta(&self.lru_deleted.get_or_create(&label), now.lru.deleted[i], last.lru.deleted[i]);
         }
         for (name, n) in now.kernel_maps.iter() {
             self.kernel_maps.get_or_create(&MapLabel { map: name.to_owned() }).set(n as i64);

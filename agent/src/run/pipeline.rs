@@ -338,8 +338,7 @@ impl Pipeline {
         let mut maps = crate::run::metrics::TableSizes::default();
         maps.extend(self.capture.map_bytes());
         self.counters.kernel_maps = maps;
-        self.counters.lru_evicted = self.capture.lru_evictions();
-        self.counters.lru_swept = self.capture.lru_swept();
+        self.counters.lru = self.capture.lru_tally();
         self.counters.resources_refreshed = self.procs.refreshed;
         if let Some(p) = &self.pods {
             self.counters.k8s_pods = p.len() as u64;

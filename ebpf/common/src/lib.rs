@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 15;
+pub const ABI_VERSION: u32 = 16;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -439,8 +439,11 @@ pub mod counter {
     pub const TLS_NO_FD: u32 = 6;
     /// OpenSSL calls not followed: TLS call map full.
     pub const TLS_CALLS_FULL: u32 = 7;
+    /// Processes whose exec and exit will not sweep their socket entries:
+    /// the map of processes holding sockets was full.
+    pub const SOCK_PROCS_FULL: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// The kernel's LRU maps, which evict their least recently used entry when

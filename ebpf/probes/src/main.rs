@@ -11,7 +11,9 @@
 //!   either, only its close.
 //! - A socket is recognised by walking the task's fd table (offsets from the
 //!   running kernel's BTF, given by the agent), so sockets opened before kspan
-//!   started, or inherited across fork, are traced like new ones.
+//!   started, or inherited across fork, are traced like new ones; a socket
+//!   whose fd a `dup2`, an exec or an exit took with no close call is
+//!   forgotten then ([`fds`]), so the fd's next file is not taken for it.
 //! - Every loss is counted (`COUNTERS`): a full ring buffer, a full map, a
 //!   failed user-memory copy. Nothing blocks the traced process.
 //! - TLS plaintext comes from OpenSSL and GnuTLS uprobes ([`tls`]) and Go
@@ -34,6 +36,7 @@
 
 mod iov;
 use iov::{copy_iovecs, copy_iovecs_unrolled};
+mod fds;
 mod go_http;
 mod go_tls;
 mod goroutine;
@@ -144,7 +147,7 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 }
 
 #[inline(always)]
-fn ret(ctx: &TracePointContext) -> i64 {
+pub(crate) fn ret(ctx: &TracePointContext) -> i64 {
     // SAFETY: sys_exit records hold the i64 return value at RET.
     unsafe { field::<i64>(ctx, RET) }
 }
@@ -170,6 +173,8 @@ fn socket_state(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, role: u32, fre
     let st = SockState { sock_id: info.sk, role, ignored: ignored as u32 };
     if lru_insert(&SOCKS, lru::SOCKS, &key, &st).is_err() {
         count(counter::SOCKS_FULL);
+    } else {
+        fds::note_process(tgid);
     }
     if !ignored {
         if let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) {
@@ -674,9 +679,17 @@ fn try_enter_close(ctx: &TracePointContext) -> Res {
         Some(s) => *s,
         None => return Ok(0),
     };
-    lru_remove(&SOCKS, lru::SOCKS, &key);
+    forget_socket(cfg, tgid, tid, fd, &st);
+    Ok(0)
+}
+
+/// Removes the socket entry of (`tgid`, `fd`), whose value is `st`, and
+/// reports the socket's close (unless the port filter left it out).
+#[inline(always)]
+pub(crate) fn forget_socket(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, st: &SockState) {
+    lru_remove(&SOCKS, lru::SOCKS, &sock_key(tgid, fd));
     if st.ignored == IGNORED_PORT {
-        return Ok(0);
+        return;
     }
     if let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) {
         entry.write(CloseEvent {
@@ -694,7 +707,6 @@ fn try_enter_close(ctx: &TracePointContext) -> Res {
     } else {
         count(counter::RINGBUF_FULL_CTRL);
     }
-    Ok(0)
 }
 
 #[tracepoint]

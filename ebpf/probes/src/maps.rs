@@ -65,6 +65,12 @@ pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 #[map]
 pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
+/// Processes that may hold `SOCKS` entries (one was inserted since the
+/// process started, or capture resumed): only their exec and exit sweep
+/// the socket map (`fds.rs`). Deleted at the exit.
+#[map]
+pub static SOCK_PROCS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCS, BPF_F_NO_PREALLOC);
+
 /// Syscalls in flight, by pid_tgid, between sys_enter and sys_exit.
 #[map]
 pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(MAX_INFLIGHT, BPF_F_NO_PREALLOC);

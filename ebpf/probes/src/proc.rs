@@ -1,6 +1,7 @@
 //! Process lifecycle: exec (with the file name execve was given, so the
 //! agent can decide on a process that is already gone), exit, and fork of
-//! a traced process (the child is traced before its first syscall). Exec and
+//! a traced process (the child is traced before its first syscall). Exec
+//! and exit sweep the process's socket entries first ([`fds::sweep`]). Exec and
 //! library-load events wake the agent at once, at most once per CPU per
 //! [`PROC_WAKE_GAP_NS`]; the rest are batched like data.
 
@@ -14,7 +15,7 @@ use aya_ebpf::{
 use kspan_common::{EventKind, ExecEvent, KernelConfig, ProcEvent, TRACED_PENDING, counter};
 
 use crate::maps::{EVENTS, PROC_WAKE, TRACED, count};
-use crate::{Res, config, field, is_traced, tls, wake_flags};
+use crate::{Res, config, fds, field, is_traced, tls, wake_flags};
 /// Least time between two forced wake-ups of the agent for process events,
 /// per CPU (see [`proc_wake_flags`]).
 const PROC_WAKE_GAP_NS: u64 = 5_000_000;
@@ -88,12 +89,17 @@ fn emit_exec(ctx: &TracePointContext, cfg: &KernelConfig, tgid: u32, tid: u32) {
     entry.submit(proc_wake_flags(cfg, EventKind::ProcExec, core::mem::size_of::<ExecEvent>() as u64));
 }
 
-fn try_exec(ctx: &TracePointContext) -> Res {
+/// The exec of a process: with `SWEEP` (`bpf_loop`), the sockets it closed
+/// are forgotten first ([`fds::sweep`]).
+fn try_exec<const SWEEP: bool>(ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if tgid == cfg.self_tgid {
         return Ok(0);
+    }
+    if SWEEP {
+        fds::sweep(cfg, tgid, tid, false);
     }
     if cfg.trace_all == 0 {
         // SAFETY: read-only lookup.
@@ -115,14 +121,9 @@ fn try_exec(ctx: &TracePointContext) -> Res {
     Ok(0)
 }
 
-#[tracepoint]
-pub fn kspan_sched_exec(ctx: TracePointContext) -> u32 {
-    match try_exec(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-fn try_exit(_ctx: &TracePointContext) -> Res {
+/// The exit of a process (its first thread): with `SWEEP`, its socket
+/// entries are deleted ([`fds::sweep`]).
+fn try_exit<const SWEEP: bool>(_ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, pid) = ((id >> 32) as u32, id as u32);
@@ -130,6 +131,11 @@ fn try_exit(_ctx: &TracePointContext) -> Res {
     tls::forget_thread(id);
     if pid != tgid {
         return Ok(0);
+    }
+    if SWEEP {
+        fds::sweep(cfg, tgid, pid, true);
+    } else {
+        fds::forget_process(tgid);
     }
     if !is_traced(cfg, tgid) {
         return Ok(0);
@@ -141,12 +147,21 @@ fn try_exit(_ctx: &TracePointContext) -> Res {
     Ok(0)
 }
 
-#[tracepoint]
-pub fn kspan_sched_exit(ctx: TracePointContext) -> u32 {
-    match try_exit(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
+macro_rules! lifecycle {
+    ($name:ident, $try:ident, $sweep:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match $try::<$sweep>(&ctx) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
 }
+
+lifecycle!(kspan_sched_exec, try_exec, true);
+lifecycle!(kspan_sched_exec_compat, try_exec, false);
+lifecycle!(kspan_sched_exit, try_exit, true);
+lifecycle!(kspan_sched_exit_compat, try_exit, false);
 
 /// `CLONE_THREAD` from linux/sched.h: the new task joins the caller's
 /// thread group (already traced by tgid).

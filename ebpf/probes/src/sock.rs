@@ -30,23 +30,31 @@ unsafe fn rd<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
 
-/// The TCP or Unix domain stream socket behind `fd` of the current task, if
-/// it is one (Unix domain ones only when the agent gave their offsets).
+/// The current task's fd table: (its array of `struct file *`, its size).
+/// Every fd number the task has is below the size.
 #[inline(always)]
-pub fn lookup(o: &KernelOffsets, fd: u32) -> Option<SockInfo> {
+pub fn fd_table(o: &KernelOffsets) -> Option<(u64, u32)> {
     // SAFETY: every dereference goes through bpf_probe_read_kernel.
     unsafe {
-        let task = bpf_get_current_task();
-        let files: u64 = rd(task, o.task_files)?;
+        let files: u64 = rd(bpf_get_current_task(), o.task_files)?;
         if files == 0 {
             return None;
         }
         let fdt: u64 = rd(files, o.files_fdt)?;
-        let max_fds: u32 = rd(fdt, o.fdt_max_fds)?;
-        if fd >= max_fds {
-            return None;
-        }
-        let fd_array: u64 = rd(fdt, o.fdt_fd)?;
+        Some((rd(fdt, o.fdt_fd)?, rd(fdt, o.fdt_max_fds)?))
+    }
+}
+
+/// The TCP or Unix domain stream socket behind `fd` of the current task, if
+/// it is one (Unix domain ones only when the agent gave their offsets).
+#[inline(always)]
+pub fn lookup(o: &KernelOffsets, fd: u32) -> Option<SockInfo> {
+    let (fd_array, max_fds) = fd_table(o)?;
+    if fd >= max_fds {
+        return None;
+    }
+    // SAFETY: every dereference goes through bpf_probe_read_kernel.
+    unsafe {
         let file: u64 = rd(fd_array, fd.wrapping_mul(8))?;
         if file == 0 {
             return None;

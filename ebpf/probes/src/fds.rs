@@ -1,0 +1,143 @@
+//! Socket fd numbers a process lets go of with no close call on them:
+//! `dup2`/`dup3` onto a socket's fd closes that socket, `exec` closes the
+//! close-on-exec ones, and exit closes them all. The close program never
+//! sees these; without them, the next file to get such an fd number would
+//! be taken for the socket (its bytes reported as the connection's).
+//!
+//! Guarantees:
+//! - After a `dup2`/`dup3` onto a socket's fd, the socket's entry is gone
+//!   and its close reported before the call returns to the process.
+//! - After an exec, every socket entry of the process whose fd no longer
+//!   holds that socket is gone and its close reported before the new
+//!   program's first instruction; sockets the new program inherited (not
+//!   close-on-exec) are kept.
+//! - At a process's exit its socket entries are deleted, so a process that
+//!   later gets the same pid meets none of them.
+//! - The exec and exit sweeps look at each fd number below the size of the
+//!   process's fd table (at most [`MAX_SWEPT_FDS`]), one map lookup each,
+//!   with `bpf_loop` (5.17+), and only for a process that has had a socket
+//!   entry (`SOCK_PROCS`): most processes never have one. Their `_compat` programs (older kernels) do
+//!   not sweep: there the agent's census deletes exited processes' entries
+//!   later, and an exec leaves stale entries until the fd is closed.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated as helpers_raw},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use kspan_common::{KernelConfig, counter, lru, sock_key};
+
+use crate::maps::{SOCK_PROCS, SOCKS, count, lru_remove};
+use crate::{Res, config, forget_socket, ret, sock};
+
+/// Most fd numbers an exec or exit sweep looks at (a process whose fd table
+/// is larger keeps its entries above this until the census finds them).
+pub const MAX_SWEPT_FDS: u32 = 1 << 20;
+
+/// Forgets the socket entry of (`tgid`, `fd`) unless `fd` still holds that
+/// socket, reporting its close.
+#[inline(always)]
+fn forget_if_replaced(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32) {
+    // SAFETY: plain-old-data value, copied out at once.
+    let Some(st) = (unsafe { SOCKS.get(&sock_key(tgid, fd)) }).copied() else { return };
+    if sock::lookup(&cfg.offsets, fd).is_some_and(|s| s.sk == st.sock_id) {
+        return;
+    }
+    forget_socket(cfg, tgid, tid, fd, &st);
+}
+
+fn try_exit_dup(ctx: &TracePointContext) -> Res {
+    // dup2 and dup3 return the fd they (re)used.
+    let fd = ret(ctx);
+    if fd < 0 {
+        return Ok(0);
+    }
+    let cfg = config().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if tgid != cfg.self_tgid {
+        forget_if_replaced(cfg, tgid, tid, fd as u32);
+    }
+    Ok(0)
+}
+
+/// sys_exit of `dup2` and `dup3`.
+#[tracepoint]
+pub fn kspan_exit_dup(ctx: TracePointContext) -> u32 {
+    match try_exit_dup(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// One sweep over a process's fd numbers (on the program's stack, handed
+/// to each step of `bpf_loop`).
+#[repr(C)]
+struct Sweep {
+    tgid: u32,
+    tid: u32,
+    /// 1: the process exits (delete every entry); 0: it exec'd.
+    exit: u32,
+    _pad: u32,
+}
+
+/// Notes that process `tgid` has a socket entry (so its exec and exit
+/// sweep).
+#[inline(always)]
+pub(crate) fn note_process(tgid: u32) {
+    // SAFETY: read-only lookup; a lookup first spares the update (and its
+    // bucket lock) for every socket after a process's first.
+    if unsafe { SOCK_PROCS.get(&tgid) }.is_none() && SOCK_PROCS.insert(&tgid, &1, 0).is_err() {
+        count(counter::SOCK_PROCS_FULL);
+    }
+}
+
+/// Process `tgid` ended (its exit, without a sweep).
+#[inline(always)]
+pub(crate) fn forget_process(tgid: u32) {
+    // SAFETY: as above: most processes have no entry.
+    if unsafe { SOCK_PROCS.get(&tgid) }.is_some() {
+        let _ = SOCK_PROCS.remove(&tgid);
+    }
+}
+
+/// Sweeps the socket entries of the current process (see the module
+/// header): at exit (`exit`) all of them, after an exec those whose fd no
+/// longer holds their socket. Nothing for a process that never had one.
+#[inline(always)]
+pub(crate) fn sweep(cfg: &KernelConfig, tgid: u32, tid: u32, exit: bool) {
+    // SAFETY: read-only lookup.
+    if unsafe { SOCK_PROCS.get(&tgid) }.is_none() {
+        return;
+    }
+    if exit {
+        let _ = SOCK_PROCS.remove(&tgid);
+    }
+    let Some((_, max_fds)) = sock::fd_table(&cfg.offsets) else { return };
+    let n = if max_fds > MAX_SWEPT_FDS { MAX_SWEPT_FDS } else { max_fds };
+    let mut s = Sweep { tgid, tid, exit: exit as u32, _pad: 0 };
+    // SAFETY: the helper calls `sweep_step` with a pointer to `s`, which
+    // outlives the call.
+    unsafe {
+        helpers_raw::bpf_loop(n, sweep_step as *mut core::ffi::c_void, (&raw mut s).cast(), 0);
+    }
+}
+
+/// One fd number of [`sweep`]; returns 1 to stop.
+#[inline(always)]
+extern "C" fn sweep_step(fd: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `Sweep` that `sweep` passed to bpf_loop.
+    let s = unsafe { &*ctx.cast::<Sweep>() };
+    let Some(cfg) = config() else { return 1 };
+    let key = sock_key(s.tgid, fd as u32);
+    // SAFETY: a read-only lookup (lockless, where a delete takes the
+    // bucket's lock: most fd numbers have no entry).
+    if unsafe { SOCKS.get(&key) }.is_none() {
+        return 0;
+    }
+    if s.exit != 0 {
+        lru_remove(&SOCKS, lru::SOCKS, &key);
+    } else {
+        forget_if_replaced(cfg, s.tgid, s.tid, fd as u32);
+    }
+    0
+}
