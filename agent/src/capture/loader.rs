@@ -107,6 +107,10 @@ const ATTACH: &[(&str, &str, &str)] = &[
     ("task", "task_newtask", "kspan_task_newtask"),
 ];
 
+/// Tracepoints of system calls some architectures lack (`dup2`: arm64 has
+/// `dup3` only), skipped where tracefs has no such event.
+const OPTIONAL: [&str; 1] = ["sys_exit_dup2"];
+
 /// The data syscalls' exit program (all iovecs, with `bpf_loop`), and its
 /// stand-in for kernels before 5.17 (the first 8 iovecs).
 const DATA_EXIT: &str = "kspan_exit_data";
@@ -312,6 +316,10 @@ impl Capture {
         }
         for &(category, name, program) in ATTACH {
             let program = loop_variant(program, bpf_loop);
+            if OPTIONAL.contains(&name) && !sys::tracepoint_exists(category, name) {
+                tracing::debug!(category, name, "no such tracepoint on this kernel");
+                continue;
+            }
             if args_at_exit && RECEIVE_ENTERS.contains(&program) {
                 continue;
             }

@@ -91,6 +91,12 @@ pub fn ensure_tracefs() -> Result<(), CaptureError> {
     Ok(())
 }
 
+/// Whether this kernel has tracepoint `category`/`name` (arm64, for one,
+/// has no `dup2` system call).
+pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+    std::path::Path::new(&format!("{TRACEFS}/events/{category}/{name}")).exists()
+}
+
 /// Byte offset of `field` in a tracepoint record, from its format file.
 pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<u32, CaptureError> {
     let path = format!("{TRACEFS}/events/{category}/{name}/format");
