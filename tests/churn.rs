@@ -297,24 +297,24 @@ fn a_socket_evicted_from_the_kernel_map_keeps_its_connection() {
 }
 
 /// A socket's fd number taken over by a file with no close call on the
-/// socket: by `exec` (the kernel closes a close-on-exec socket) or by
-/// `dup2` onto it. The file's bytes, an HTTP request written and an HTTP
+/// socket: by `exec` (the kernel closes a close-on-exec socket), by `dup2`
+/// onto it, or after `close_range` (Python's `os.closerange`). The file's bytes, an HTTP request written and an HTTP
 /// response read, must not be taken for the connection's, and the
 /// connection ends there.
 #[test]
-fn a_socket_closed_by_exec_or_dup2_leaves_its_fd_number_to_files() {
+fn a_socket_closed_by_exec_dup2_or_close_range_leaves_its_fd_number_to_files() {
     let app = python_http("fdreuse");
     let k = Kspan::start(&["--exe", "fd_reuse\\.py"]);
     let dir = kspan_e2e::servers::TempDir::new("fdreuse");
     let script = kspan_e2e::apps_dir().join("fd_reuse.py");
-    for mode in ["exec", "dup2"] {
+    for mode in ["exec", "dup2", "close_range"] {
         let out = run_ok(Command::new("python3").arg(&script).arg(app.port.to_string()).arg(mode).arg(&dir.0));
         assert!(out.contains("done"), "{mode}: {out}");
     }
     let is_client = |s: &serde_json::Value| kspan_e2e::kind(s) == "client";
-    let spans = k.wait_spans(2, Duration::from_secs(20), is_client);
+    let spans = k.wait_spans(3, Duration::from_secs(20), is_client);
     let paths: Vec<_> = spans.iter().map(|s| kspan_e2e::attr_str(s, "url.path").unwrap_or("?")).collect();
-    assert_eq!(paths, ["/users/1", "/users/1"], "one span per real request, none for the file: {spans:#?}");
+    assert_eq!(paths, ["/users/1"; 3], "one span per real request, none for the file: {spans:#?}");
     // Give a span for the file's bytes time to show up, then check again.
     std::thread::sleep(Duration::from_secs(1));
     let m = k.metrics();

@@ -1,10 +1,11 @@
 """A socket's fd number reused with no close call on it. Usage:
-fd_reuse.py PORT exec|dup2 WORKDIR
+fd_reuse.py PORT exec|dup2|close_range WORKDIR
 
 Makes one HTTP/1.1 request on a keep-alive connection whose socket sits at
-fd 100, then ends that socket without closing it: `exec` re-executes this
-script (the socket is close-on-exec, so the kernel closes it during the
-exec), `dup2` puts a file on fd 100 (which closes the socket). Either way a
+fd 100, then ends that socket without a close call on it: `exec`
+re-executes this script (the socket is close-on-exec, so the kernel closes
+it during the exec), `dup2` puts a file on fd 100 (which closes the
+socket), `close_range` closes fds 100..=100 (os.closerange). Either way a
 file in WORKDIR then sits at fd 100 and gets an HTTP request written to it
 and an HTTP response read from it: bytes of a file, which must never be
 taken for the connection's. Prints `done` at the end."""
@@ -69,8 +70,12 @@ def main():
     if mode == "exec":
         # `conn` still owns fd 100: no close call before the exec.
         os.execv(sys.executable, [sys.executable, sys.argv[0], str(port), "stage2", workdir])
-    file_at_fd(workdir, replace=True)
     conn.detach()
+    if mode == "close_range":
+        os.closerange(FD, FD + 1)
+        file_at_fd(workdir, replace=False)
+    else:
+        file_at_fd(workdir, replace=True)
     use_file()
 
 

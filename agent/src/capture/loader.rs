@@ -102,6 +102,7 @@ const ATTACH: &[(&str, &str, &str)] = &[
     ("syscalls", "sys_enter_close", "kspan_enter_close"),
     ("syscalls", "sys_exit_dup2", "kspan_exit_dup"),
     ("syscalls", "sys_exit_dup3", "kspan_exit_dup"),
+    ("syscalls", "sys_enter_close_range", "kspan_enter_close_range"),
     ("sched", "sched_process_exec", "kspan_sched_exec"),
     ("sched", "sched_process_exit", "kspan_sched_exit"),
     ("task", "task_newtask", "kspan_task_newtask"),
@@ -117,19 +118,22 @@ const DATA_EXIT: &str = "kspan_exit_data";
 const DATA_EXIT_COMPAT: &str = "kspan_exit_data_compat";
 
 /// The programs that use `bpf_loop`, each with its stand-in for kernels
-/// before 5.17: the data exit (all iovecs / the first 8), and the exec and
-/// exit programs (which sweep the process's socket entries / do not).
-const LOOP_PROGRAMS: [(&str, &str); 3] = [
-    (DATA_EXIT, DATA_EXIT_COMPAT),
-    ("kspan_sched_exec", "kspan_sched_exec_compat"),
-    ("kspan_sched_exit", "kspan_sched_exit_compat"),
+/// before 5.17: the data exit (all iovecs / the first 8), the exec and
+/// exit programs (which sweep the process's socket entries / do not), and
+/// `close_range`'s (none).
+const LOOP_PROGRAMS: [(&str, Option<&str>); 4] = [
+    (DATA_EXIT, Some(DATA_EXIT_COMPAT)),
+    ("kspan_sched_exec", Some("kspan_sched_exec_compat")),
+    ("kspan_sched_exit", Some("kspan_sched_exit_compat")),
+    ("kspan_enter_close_range", None),
 ];
 
-/// `program`, or its stand-in when the kernel has no `bpf_loop`.
-fn loop_variant(program: &'static str, bpf_loop: bool) -> &'static str {
+/// `program`, or its stand-in when the kernel has no `bpf_loop` (`None`:
+/// nothing to attach).
+fn loop_variant(program: &'static str, bpf_loop: bool) -> Option<&'static str> {
     match LOOP_PROGRAMS.iter().find(|(p, _)| *p == program) {
-        Some((_, compat)) if !bpf_loop => compat,
-        _ => program,
+        Some((_, compat)) if !bpf_loop => *compat,
+        _ => Some(program),
     }
 }
 
@@ -311,11 +315,11 @@ impl Capture {
         let bpf_loop = data_exit_program(&mut capture.ebpf, cfg.bpf_loop) == DATA_EXIT;
         if !bpf_loop {
             tracing::warn!(
-                "without bpf_loop, exec and exit do not sweep the socket map: a file that gets the fd number of a socket an exec closed is taken for that socket until it is closed"
+                "without bpf_loop, exec, exit and close_range do not sweep the socket map: a file that gets the fd number of a socket an exec or a close_range closed is taken for that socket until it is closed"
             );
         }
         for &(category, name, program) in ATTACH {
-            let program = loop_variant(program, bpf_loop);
+            let Some(program) = loop_variant(program, bpf_loop) else { continue };
             if OPTIONAL.contains(&name) && !sys::tracepoint_exists(category, name) {
                 tracing::debug!(category, name, "no such tracepoint on this kernel");
                 continue;

@@ -107,9 +107,9 @@ pub struct CaptureSection {
     /// the floor under kspan's own overhead (`cargo xtask bench` reports it).
     pub attach_only: bool,
     /// Capture every iovec of a vectored call, and sweep a process's socket
-    /// entries at its exec and exit, with `bpf_loop` (Linux 5.17+). kspan
-    /// falls back by itself on kernels without it (then only the first 8
-    /// iovecs of a call are captured, and exec and exit do not sweep);
+    /// entries at its exec, exit and `close_range`, with `bpf_loop` (Linux
+    /// 5.17+). kspan falls back by itself on kernels without it (then only
+    /// the first 8 iovecs of a call are captured, and there are no sweeps);
     /// `false` forces that fallback.
     pub bpf_loop: bool,
 }

@@ -141,7 +141,7 @@ pub(crate) unsafe fn field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
 }
 
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+pub(crate) fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: syscall tracepoint records hold 6 u64 arguments after the header.
     unsafe { field::<u64>(ctx, ARG0 + n * 8) }
 }

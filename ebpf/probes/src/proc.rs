@@ -99,7 +99,7 @@ fn try_exec<const SWEEP: bool>(ctx: &TracePointContext) -> Res {
         return Ok(0);
     }
     if SWEEP {
-        fds::sweep(cfg, tgid, tid, false);
+        fds::sweep(cfg, tgid, tid, fds::Sweep::Exec, 0, u32::MAX);
     }
     if cfg.trace_all == 0 {
         // SAFETY: read-only lookup.
@@ -133,7 +133,7 @@ fn try_exit<const SWEEP: bool>(_ctx: &TracePointContext) -> Res {
         return Ok(0);
     }
     if SWEEP {
-        fds::sweep(cfg, tgid, pid, true);
+        fds::sweep(cfg, tgid, pid, fds::Sweep::Exit, 0, u32::MAX);
     } else {
         fds::forget_process(tgid);
     }
