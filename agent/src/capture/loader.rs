@@ -137,25 +137,28 @@ fn loop_variant(program: &'static str, bpf_loop: bool) -> Option<&'static str> {
     }
 }
 
-/// Loads the data exit program that this kernel accepts: the `bpf_loop` one
-/// unless `bpf_loop` is off or the verifier refuses it (logged once).
-fn data_exit_program(ebpf: &mut Ebpf, bpf_loop: bool) -> &'static str {
+/// What kspan goes without when it cannot use `bpf_loop` (logged once).
+const WITHOUT_BPF_LOOP: &str = "vectored calls are captured up to their first 8 iovecs, and exec, exit and \
+     close_range do not sweep the socket map (a file that gets the fd number of a socket an exec or a close_range \
+     closed is taken for that socket until it is closed)";
+
+/// Whether the `bpf_loop` programs ([`LOOP_PROGRAMS`]) are used: unless
+/// `bpf_loop` is off or the verifier refuses the data exit one (loaded here
+/// to find out; logged once).
+fn use_bpf_loop(ebpf: &mut Ebpf, bpf_loop: bool) -> bool {
     if !bpf_loop {
-        tracing::warn!("capture.bpf_loop is off: vectored calls are captured up to their first 8 iovecs");
-        return DATA_EXIT_COMPAT;
+        tracing::warn!("capture.bpf_loop is off: {WITHOUT_BPF_LOOP}");
+        return false;
     }
     let loaded = match ebpf.program_mut(DATA_EXIT).map(<&mut aya::programs::TracePoint>::try_from) {
         Some(Ok(tp)) => tp.load().map_err(|e| crate::telemetry::error_chain(&e)),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("missing from the object".into()),
     };
-    match loaded {
-        Ok(()) => DATA_EXIT,
-        Err(reason) => {
-            tracing::warn!(%reason, "the kernel refused the bpf_loop data program (Linux < 5.17?): vectored calls are captured up to their first 8 iovecs");
-            DATA_EXIT_COMPAT
-        }
+    if let Err(reason) = &loaded {
+        tracing::warn!(%reason, "the kernel refused the bpf_loop data program (Linux < 5.17?): {WITHOUT_BPF_LOOP}");
     }
+    loaded.is_ok()
 }
 
 /// sys_enter programs of receive calls: only needed when arguments cannot be
@@ -312,12 +315,7 @@ impl Capture {
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
         let args_at_exit = offsets.args_at_exit();
-        let bpf_loop = data_exit_program(&mut capture.ebpf, cfg.bpf_loop) == DATA_EXIT;
-        if !bpf_loop {
-            tracing::warn!(
-                "without bpf_loop, exec, exit and close_range do not sweep the socket map: a file that gets the fd number of a socket an exec or a close_range closed is taken for that socket until it is closed"
-            );
-        }
+        let bpf_loop = use_bpf_loop(&mut capture.ebpf, cfg.bpf_loop);
         for &(category, name, program) in ATTACH {
             let Some(program) = loop_variant(program, bpf_loop) else { continue };
             if OPTIONAL.contains(&name) && !sys::tracepoint_exists(category, name) {

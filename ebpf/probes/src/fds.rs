@@ -30,25 +30,22 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use kspan_common::{KernelConfig, counter, lru, sock_key};
+use kspan_common::{KernelConfig, SockState, counter, lru, sock_key};
 
 use crate::maps::{SOCK_PROCS, SOCKS, count, lru_remove};
 use crate::{Res, arg, config, forget_socket, ret, sock};
 
-/// Most fd numbers an exec or exit sweep looks at (a process whose fd table
-/// is larger keeps its entries above this until the census finds them).
+/// Most fd numbers a sweep looks at (a process whose fd table is larger
+/// keeps its entries above this until the census finds them).
 pub const MAX_SWEPT_FDS: u32 = 1 << 20;
 
-/// Forgets the socket entry of (`tgid`, `fd`) unless `fd` still holds that
-/// socket, reporting its close.
+/// Forgets the socket entry `st` of (`tgid`, `fd`) unless `fd` still holds
+/// that socket, reporting its close.
 #[inline(always)]
-fn forget_if_replaced(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32) {
-    // SAFETY: plain-old-data value, copied out at once.
-    let Some(st) = (unsafe { SOCKS.get(&sock_key(tgid, fd)) }).copied() else { return };
-    if sock::lookup(&cfg.offsets, fd).is_some_and(|s| s.sk == st.sock_id) {
-        return;
+fn forget_if_replaced(cfg: &KernelConfig, tgid: u32, tid: u32, fd: u32, st: &SockState) {
+    if !sock::lookup(&cfg.offsets, fd).is_some_and(|s| s.sk == st.sock_id) {
+        forget_socket(cfg, tgid, tid, fd, st);
     }
-    forget_socket(cfg, tgid, tid, fd, &st);
 }
 
 fn try_exit_dup(ctx: &TracePointContext) -> Res {
@@ -60,8 +57,12 @@ fn try_exit_dup(ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if tgid != cfg.self_tgid {
-        forget_if_replaced(cfg, tgid, tid, fd as u32);
+    if tgid == cfg.self_tgid {
+        return Ok(0);
+    }
+    // SAFETY: plain-old-data value, copied out at once.
+    if let Some(st) = unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.copied() {
+        forget_if_replaced(cfg, tgid, tid, fd as u32, &st);
     }
     Ok(0)
 }
@@ -159,7 +160,7 @@ extern "C" fn sweep_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let Some(st) = (unsafe { SOCKS.get(&key) }).copied() else { return 0 };
     match s.what {
         Sweep::Exit => lru_remove(&SOCKS, lru::SOCKS, &key),
-        Sweep::Exec => forget_if_replaced(cfg, s.tgid, s.tid, fd),
+        Sweep::Exec => forget_if_replaced(cfg, s.tgid, s.tid, fd, &st),
         Sweep::Close => forget_socket(cfg, s.tgid, s.tid, fd, &st),
     }
     0

@@ -12,8 +12,9 @@
 //! - A socket is recognised by walking the task's fd table (offsets from the
 //!   running kernel's BTF, given by the agent), so sockets opened before kspan
 //!   started, or inherited across fork, are traced like new ones; a socket
-//!   whose fd a `dup2`, an exec or an exit took with no close call is
-//!   forgotten then ([`fds`]), so the fd's next file is not taken for it.
+//!   whose fd a `dup2`, a `close_range`, an exec or an exit took with no
+//!   close call is forgotten then ([`fds`]), so the fd's next file is not
+//!   taken for it.
 //! - Every loss is counted (`COUNTERS`): a full ring buffer, a full map, a
 //!   failed user-memory copy. Nothing blocks the traced process.
 //! - TLS plaintext comes from OpenSSL and GnuTLS uprobes ([`tls`]) and Go

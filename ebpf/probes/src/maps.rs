@@ -66,8 +66,8 @@ pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// Processes that may hold `SOCKS` entries (one was inserted since the
-/// process started, or capture resumed): only their exec and exit sweep
-/// the socket map (`fds.rs`). Deleted at the exit.
+/// process started, or capture resumed): only their exec, exit and
+/// `close_range` sweep the socket map (`fds.rs`). Deleted at the exit.
 #[map]
 pub static SOCK_PROCS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED_PROCS, BPF_F_NO_PREALLOC);
 

@@ -1,9 +1,9 @@
 //! Process lifecycle: exec (with the file name execve was given, so the
 //! agent can decide on a process that is already gone), exit, and fork of
 //! a traced process (the child is traced before its first syscall). Exec
-//! and exit sweep the process's socket entries first ([`fds::sweep`]). Exec and
-//! library-load events wake the agent at once, at most once per CPU per
-//! [`PROC_WAKE_GAP_NS`]; the rest are batched like data.
+//! and exit sweep the process's socket entries first ([`fds::sweep`]).
+//! Exec and library-load events wake the agent at once, at most once per
+//! CPU per [`PROC_WAKE_GAP_NS`]; the rest are batched like data.
 
 use aya_ebpf::{
     EbpfContext,
