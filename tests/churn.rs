@@ -324,3 +324,28 @@ fn a_socket_closed_by_exec_dup2_or_close_range_leaves_its_fd_number_to_files() {
     assert_eq!((http["malformed"], http["resyncs"]), (0, 0), "the file's bytes reached the parser: {m}");
     assert!(k.stop());
 }
+
+/// A process whose main thread ends first (pthread_exit) has not exited:
+/// its other thread's requests on the connection it keeps are still
+/// traced, and its socket stays known until the last thread ends.
+#[test]
+fn a_process_whose_main_thread_ends_first_is_traced_until_its_last_thread_ends() {
+    let app = python_http("leaderexit");
+    let k = Kspan::start(&["--exe", "leader_exit\\.py"]);
+    let script = kspan_e2e::apps_dir().join("leader_exit.py");
+    let out = run_ok(Command::new("python3").arg(&script).arg(app.port.to_string()));
+    assert!(out.contains("done"), "{out}");
+    let is_client = |s: &serde_json::Value| kspan_e2e::kind(s) == "client";
+    let spans = k.wait_spans(3, Duration::from_secs(20), is_client);
+    let conns: std::collections::BTreeSet<_> =
+        spans.iter().map(|s| kspan_e2e::attr_i64(s, "network.local.port")).collect();
+    assert_eq!((spans.len(), conns.len()), (3, 1), "three requests on one connection: {spans:#?}");
+    // The socket left the kernel map once, at the process's exit.
+    let deletes = |m: &str| labelled(m, "kspan_kernel_map_deletes_total{map=\"").get("SOCKS").copied().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deletes(&k.metrics()) < 1 {
+        assert!(Instant::now() < deadline, "the socket's entry was not deleted at the exit: {}", k.metrics());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(k.stop());
+}

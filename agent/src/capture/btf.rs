@@ -162,6 +162,8 @@ pub fn resolve_offsets(path: &str) -> Result<KernelOffsets, CaptureError> {
         unix_address_len: unix.2,
         unix_address_name: unix.3,
         task_fsbase,
+        task_signal: r.plain("task_struct", "signal").unwrap_or(u32::MAX),
+        signal_live: r.plain("signal_struct", "live").unwrap_or(u32::MAX),
     })
 }
 
@@ -180,6 +182,7 @@ mod tests {
         assert!(o.sk_family >= 8 && o.sk_family < 64, "{o:?}");
         assert!(o.sk_daddr < o.sk_rcv_saddr.max(8), "{o:?}");
         assert!(o.task_files > 0 && o.file_inode > 0 && o.socket_sk > 0, "{o:?}");
+        assert!(o.task_signal > 0 && o.signal_live != u32::MAX, "{o:?}");
         assert_ne!(o.sk_type, u32::MAX, "sk_type is a plain field on modern kernels");
         // unix_sock starts with its struct sock; unix_address.name follows refcnt and len.
         assert!(o.unix_sock_addr > o.sk_family && o.unix_sock_peer > o.unix_sock_addr, "{o:?}");

@@ -250,6 +250,9 @@ impl Capture {
         }
         let newtask_pid_off = sys::tracepoint_field_offset("task", "task_newtask", "pid")?;
         let newtask_flags_off = sys::tracepoint_field_offset("task", "task_newtask", "clone_flags")?;
+        // Linux 6.16 added it; older kernels' exit program reads the task.
+        let exit_group_dead_off =
+            sys::tracepoint_field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(u32::MAX);
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ring_bytes)
@@ -267,6 +270,7 @@ impl Capture {
             exe_filter: cfg.exe_filter as u32,
             newtask_pid_off,
             newtask_flags_off,
+            exit_group_dead_off,
             attach_only: cfg.attach_only as u32,
             offsets,
         };

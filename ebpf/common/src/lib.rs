@@ -16,7 +16,7 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 16;
+pub const ABI_VERSION: u32 = 17;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
@@ -339,6 +339,10 @@ pub struct KernelConfig {
     /// record.
     pub newtask_pid_off: u32,
     pub newtask_flags_off: u32,
+    /// Offset of `group_dead` in the `sched_process_exit` record (Linux
+    /// 6.16 and later); `u32::MAX`: absent, the exit program reads
+    /// `task->signal->live` instead (see [`KernelOffsets::task_signal`]).
+    pub exit_group_dead_off: u32,
     /// 1: every program returns at once (`capture.attach_only`, a diagnostic).
     pub attach_only: u32,
     pub offsets: KernelOffsets,
@@ -383,6 +387,13 @@ pub struct KernelOffsets {
     /// and so its current goroutine, is found; `u32::MAX`: goroutines are
     /// not read.
     pub task_fsbase: u32,
+    /// `task_struct.signal` and `signal_struct.live` (the thread group's
+    /// threads that have not begun to exit): where kernels whose exit
+    /// tracepoint lacks `group_dead` tell the last thread's exit.
+    /// `u32::MAX`: neither, and the main thread's exit is taken for the
+    /// process's.
+    pub task_signal: u32,
+    pub signal_live: u32,
 }
 
 /// x86_64 `struct pt_regs` offsets of di, si and dx (the first three syscall

@@ -1,21 +1,22 @@
 //! Process lifecycle: exec (with the file name execve was given, so the
 //! agent can decide on a process that is already gone), exit, and fork of
 //! a traced process (the child is traced before its first syscall). Exec
-//! and exit sweep the process's socket entries first ([`fds::sweep`]).
+//! and exit sweep the process's socket entries first ([`fds::sweep`]). A
+//! process exits with its last thread, not its main one ([`group_dead`]).
 //! Exec and library-load events wake the agent at once, at most once per
 //! CPU per [`PROC_WAKE_GAP_NS`]; the rest are batched like data.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use kspan_common::{EventKind, ExecEvent, KernelConfig, ProcEvent, TRACED_PENDING, counter};
 
 use crate::maps::{EVENTS, PROC_WAKE, TRACED, count};
-use crate::{Res, config, fds, field, is_traced, tls, wake_flags};
+use crate::{Res, config, fds, field, is_traced, sock, tls, wake_flags};
 /// Least time between two forced wake-ups of the agent for process events,
 /// per CPU (see [`proc_wake_flags`]).
 const PROC_WAKE_GAP_NS: u64 = 5_000_000;
@@ -121,15 +122,45 @@ fn try_exec<const SWEEP: bool>(ctx: &TracePointContext) -> Res {
     Ok(0)
 }
 
-/// The exit of a process (its first thread): with `SWEEP`, its socket
-/// entries are deleted ([`fds::sweep`]).
-fn try_exit<const SWEEP: bool>(_ctx: &TracePointContext) -> Res {
+/// Whether the exiting thread (`pid` of `tgid`) is its process's last: the
+/// tracepoint's `group_dead` where the kernel has it, else the count of
+/// the thread group's threads that have not begun to exit
+/// (`task->signal->live`, decremented before the tracepoint fires), else
+/// (neither known) whether it is the main thread. A main thread may end
+/// first (pthread_exit) while the others go on using the process's sockets;
+/// the old main thread of a process that a non-main thread exec'd ends
+/// inside the exec. Two threads ending at once may both read a count of 0:
+/// both then sweep, which only repeats the work.
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext, cfg: &KernelConfig, tgid: u32, pid: u32) -> bool {
+    if cfg.exit_group_dead_off != u32::MAX {
+        // SAFETY: the offset comes from the tracepoint's format file.
+        if let Ok(dead) = unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_off as usize) } {
+            return dead != 0;
+        }
+    }
+    let o = &cfg.offsets;
+    if o.task_signal != u32::MAX && o.signal_live != u32::MAX {
+        // SAFETY: both reads go through bpf_probe_read_kernel.
+        let live = unsafe {
+            sock::rd::<u64>(bpf_get_current_task(), o.task_signal).and_then(|s| sock::rd::<i32>(s, o.signal_live))
+        };
+        if let Some(live) = live {
+            return live <= 0;
+        }
+    }
+    pid == tgid
+}
+
+/// The exit of a process (its last thread, [`group_dead`]): with `SWEEP`,
+/// its socket entries are deleted ([`fds::sweep`]).
+fn try_exit<const SWEEP: bool>(ctx: &TracePointContext) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     let (tgid, pid) = ((id >> 32) as u32, id as u32);
     // A thread that dies inside an OpenSSL call never returns from it.
     tls::forget_thread(id);
-    if pid != tgid {
+    if !group_dead(ctx, cfg, tgid, pid) {
         return Ok(0);
     }
     if SWEEP {

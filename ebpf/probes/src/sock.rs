@@ -25,7 +25,7 @@ pub struct SockInfo {
 }
 
 #[inline(always)]
-unsafe fn rd<T>(base: u64, off: u32) -> Option<T> {
+pub(crate) unsafe fn rd<T>(base: u64, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel tolerates any address.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
 }
