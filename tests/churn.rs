@@ -298,9 +298,10 @@ fn a_socket_evicted_from_the_kernel_map_keeps_its_connection() {
 
 /// A socket's fd number taken over by a file with no close call on the
 /// socket: by `exec` (the kernel closes a close-on-exec socket), by `dup2`
-/// onto it, or after `close_range` (Python's `os.closerange`). The file's bytes, an HTTP request written and an HTTP
-/// response read, must not be taken for the connection's, and the
-/// connection ends there.
+/// onto it, or after `close_range` (Python's `os.closerange`). The file's
+/// bytes, an HTTP request written and an HTTP response read, must not be
+/// taken for the connection's, and the connection ends there. The request
+/// before the exec keeps the old program's identity (service name).
 #[test]
 fn a_socket_closed_by_exec_dup2_or_close_range_leaves_its_fd_number_to_files() {
     let app = python_http("fdreuse");
@@ -308,13 +309,19 @@ fn a_socket_closed_by_exec_dup2_or_close_range_leaves_its_fd_number_to_files() {
     let dir = kspan_e2e::servers::TempDir::new("fdreuse");
     let script = kspan_e2e::apps_dir().join("fd_reuse.py");
     for mode in ["exec", "dup2", "close_range"] {
-        let out = run_ok(Command::new("python3").arg(&script).arg(app.port.to_string()).arg(mode).arg(&dir.0));
+        let mut client = Command::new("python3");
+        client.arg(&script).arg(app.port.to_string()).arg(mode).arg(&dir.0).env("OTEL_SERVICE_NAME", "fd-reuse");
+        let out = run_ok(&mut client);
         assert!(out.contains("done"), "{mode}: {out}");
     }
     let is_client = |s: &serde_json::Value| kspan_e2e::kind(s) == "client";
     let spans = k.wait_spans(3, Duration::from_secs(20), is_client);
     let paths: Vec<_> = spans.iter().map(|s| kspan_e2e::attr_str(s, "url.path").unwrap_or("?")).collect();
     assert_eq!(paths, ["/users/1"; 3], "one span per real request, none for the file: {spans:#?}");
+    // The request before the exec was the old program's, whose spans are
+    // built after the agent has read the exec.
+    let services: Vec<_> = spans.iter().map(|s| kspan_e2e::resource_str(s, "service.name").unwrap_or("?")).collect();
+    assert_eq!(services, ["fd-reuse"; 3], "{spans:#?}");
     // Give a span for the file's bytes time to show up, then check again.
     std::thread::sleep(Duration::from_secs(1));
     let m = k.metrics();

@@ -8,7 +8,8 @@ it during the exec), `dup2` puts a file on fd 100 (which closes the
 socket), `close_range` closes fds 100..=100 (os.closerange). Either way a
 file in WORKDIR then sits at fd 100 and gets an HTTP request written to it
 and an HTTP response read from it: bytes of a file, which must never be
-taken for the connection's. Prints `done` at the end."""
+taken for the connection's. After `exec` the program's environment names
+another service (OTEL_SERVICE_NAME=after-exec). Prints `done` at the end."""
 import fcntl
 import os
 import socket
@@ -68,8 +69,10 @@ def main():
     status = get(conn, b"/users/1")
     assert status == b"HTTP/1.1 200 OK", status
     if mode == "exec":
-        # `conn` still owns fd 100: no close call before the exec.
-        os.execv(sys.executable, [sys.executable, sys.argv[0], str(port), "stage2", workdir])
+        # `conn` still owns fd 100: no close call before the exec. The new
+        # program has a service name of its own; the request was the old one's.
+        env = dict(os.environ, OTEL_SERVICE_NAME="after-exec")
+        os.execve(sys.executable, [sys.executable, sys.argv[0], str(port), "stage2", workdir], env)
     conn.detach()
     if mode == "close_range":
         os.closerange(FD, FD + 1)

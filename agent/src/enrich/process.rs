@@ -234,6 +234,11 @@ impl ProcessTable {
         self.insert(pid, info);
     }
 
+    /// The resource of `pid` if it is cached (no /proc read).
+    pub fn cached(&self, pid: u32) -> Option<Arc<ProcessResource>> {
+        self.cache.get(&pid).map(|e| e.resource.clone())
+    }
+
     /// Forgets a pid (exec changes its identity; exit ends it).
     pub fn forget(&mut self, pid: u32) {
         self.cache.remove(&pid);

@@ -22,7 +22,7 @@ use crate::enrich::process::ProcessTable;
 use crate::protocol::Protocol;
 use crate::span::builder::{Clock, SpanBuilder};
 use crate::span::link::{LinkInput, Linker};
-use crate::span::model::Span;
+use crate::span::model::{ProcessResource, Span};
 
 /// Exchanges collected per drain cycle before spans are built and handed
 /// on. Without this bound a cycle drained the ring until it was empty: when
@@ -75,6 +75,20 @@ struct ProcChanges {
     lib_loads: Vec<u32>,
     /// Forget every process after this batch (capture resumed after a pause).
     forget_all: bool,
+    /// `(tgid, n, resource)`: the exchanges of `tgid` among the first `n`
+    /// of this batch came before its exec (`n` was the batch's count at the
+    /// exec), and their spans get the resource it had then, not the one
+    /// the exec'd program has. At most one per exchange, so bounded by
+    /// [`MAX_EXCHANGES_PER_CYCLE`].
+    pinned: Vec<(u32, usize, Arc<ProcessResource>)>,
+}
+
+impl ProcChanges {
+    /// The resource an exchange at `index` of this batch had before an exec
+    /// of its process, if there was one in the batch after it.
+    fn pinned(&self, index: usize, tgid: u32) -> Option<Arc<ProcessResource>> {
+        self.pinned.iter().find(|(t, n, _)| *t == tgid && index < *n).map(|(_, _, r)| r.clone())
+    }
 }
 
 /// Processes one ring buffer record.
@@ -117,6 +131,13 @@ fn handle(
         RawEvent::GoStream(g) => conns.on_go_stream(&g),
         RawEvent::Exec(e) => {
             let (tgid, file) = (e.proc.tgid, crate::capture::decode::exec_filename(&e));
+            // Exchanges before the exec (the closes of its close-on-exec
+            // sockets come just before it) keep the old program's identity.
+            if let Some(old) = procs.cached(tgid)
+                && out.iter().any(|cx| cx.tgid == tgid)
+            {
+                changes.pinned.push((tgid, out.len(), old));
+            }
             procs.forget(tgid);
             if selector.on_exec(tgid, &file) {
                 procs.exec(tgid, &file);
@@ -201,8 +222,8 @@ impl Pipeline {
             changes.lib_loads.clear();
             let now = Clock::monotonic_now();
             let t_build = thread_cpu_ns();
-            for cx in out.drain(..) {
-                let resource = self.procs.resource(cx.tgid);
+            for (i, cx) in out.drain(..).enumerate() {
+                let resource = changes.pinned(i, cx.tgid).unwrap_or_else(|| self.procs.resource(cx.tgid));
                 let span = self.builder.build(&cx, resource);
                 self.counters.spans_built += 1;
                 let (peer_traced, serving, stream) = (cx.peer_traced, cx.serving, cx.exchange.record.stream());
@@ -210,6 +231,7 @@ impl Pipeline {
                 let window = cx.exchange.window.map(|(from, until)| (unix(from), unix(until)));
                 built.push(LinkInput { span, pid: cx.tgid, meta: cx.meta, peer_traced, serving, stream, window });
             }
+            changes.pinned.clear();
             let t_link = thread_cpu_ns();
             match &mut self.linker {
                 Some(l) => {
@@ -348,5 +370,22 @@ impl Pipeline {
         for (i, p) in Protocol::ALL.iter().enumerate() {
             self.counters.parse[i] = self.conns.parse_stats(*p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchanges_before_an_exec_keep_the_resource_of_their_program() {
+        let res = |pid| Arc::new(ProcessResource { pid, ..Default::default() });
+        // Process 7 exec'd twice in the batch: after 2 exchanges and after 5;
+        // process 9 once, after 3.
+        let changes =
+            ProcChanges { pinned: vec![(7, 2, res(1)), (9, 3, res(2)), (7, 5, res(3))], ..Default::default() };
+        let pid = |i, tgid| changes.pinned(i, tgid).map(|r| r.pid);
+        assert_eq!((pid(0, 7), pid(1, 7), pid(2, 7), pid(4, 7), pid(5, 7)), (Some(1), Some(1), Some(3), Some(3), None));
+        assert_eq!((pid(2, 9), pid(3, 9), pid(0, 8)), (Some(2), None, None));
     }
 }
