@@ -250,7 +250,7 @@ impl Capture {
         }
         let newtask_pid_off = sys::tracepoint_field_offset("task", "task_newtask", "pid")?;
         let newtask_flags_off = sys::tracepoint_field_offset("task", "task_newtask", "clone_flags")?;
-        // Linux 6.16 added it; older kernels' exit program reads the task.
+        // Newer kernels have it (this VM's 6.18 does); on older ones the exit program reads the task.
         let exit_group_dead_off =
             sys::tracepoint_field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(u32::MAX);
 

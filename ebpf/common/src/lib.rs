@@ -339,8 +339,8 @@ pub struct KernelConfig {
     /// record.
     pub newtask_pid_off: u32,
     pub newtask_flags_off: u32,
-    /// Offset of `group_dead` in the `sched_process_exit` record (Linux
-    /// 6.16 and later); `u32::MAX`: absent, the exit program reads
+    /// Offset of `group_dead` in the `sched_process_exit` record (recent
+    /// kernels); `u32::MAX`: absent, the exit program reads
     /// `task->signal->live` instead (see [`KernelOffsets::task_signal`]).
     pub exit_group_dead_off: u32,
     /// 1: every program returns at once (`capture.attach_only`, a diagnostic).
