@@ -215,13 +215,10 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
     assert!(k.stop());
 }
 
-/// A connection that stays open while the host opens more sockets than the
-/// kernel's socket map holds (`capture.max_sockets`, LRU) is evicted from it
-/// and met again on its next syscall: the agent keeps the connection, so the
-/// statement prepared before the eviction still names its SQL.
 /// Runs `sockets_exit.py 800` (800 sockets used once, then an exit with
 /// no close call) under kspan with `capture` settings `yaml`; returns the
-/// SOCKS series of `metric` once `done` holds for them (or after 30 s).
+/// SOCKS series of `kspan_kernel_map_{swept,deletes,evictions}_total` once
+/// `done` holds for them (or after 30 s).
 fn sockets_exit(tag: &str, yaml: &str, done: impl Fn(&BTreeMap<String, u64>) -> bool) -> BTreeMap<String, u64> {
     let (_dir, conf) = kspan_e2e::config_file(tag, &format!("capture:\n  max_sockets: 1024\n{yaml}"));
     let k = Kspan::start(&["--exe", "sockets_exit\\.py", "--config", &conf]);
@@ -267,6 +264,10 @@ fn sockets_of_an_exited_process_are_swept_by_the_census_without_bpf_loop() {
     assert_eq!(socks["evictions"], 0, "a map never full evicted: {socks:?}");
 }
 
+/// A connection that stays open while the host opens more sockets than the
+/// kernel's socket map holds (`capture.max_sockets`, LRU) is evicted from it
+/// and met again on its next syscall: the agent keeps the connection, so the
+/// statement prepared before the eviction still names its SQL.
 #[test]
 fn a_socket_evicted_from_the_kernel_map_keeps_its_connection() {
     let pg = postgres();
