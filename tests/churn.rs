@@ -163,7 +163,7 @@ fn kernel_maps(k: &Kspan) -> BTreeMap<String, u64> {
 /// The kernel side's memory: every map published, 48 MiB at most with the
 /// defaults (the README's figure; it was 82 MiB when every map was
 /// preallocated at its bound), `capture.max_sockets` sizing the socket map
-/// (the largest), and the plain hash maps costing what they hold: 200
+/// (the largest) and the SSL object map, and the plain hash maps costing what they hold: 200
 /// selected processes grow the selection map, which shrinks back when they
 /// exit (a preallocated map would cost its 65,536 entries from the start).
 #[test]
@@ -212,6 +212,13 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
     let k = Kspan::start(&["--exe", "bin/sleep$", "--config", &conf]);
     let small = kernel_maps(&k);
     assert!(small["SOCKS"] * 6 < socks, "SOCKS with max_sockets 16384: {} bytes, default {socks}", small["SOCKS"]);
+    // The SSL object map follows it (half as many entries).
+    let tls = idle["TLS_SOCKS"];
+    assert!(
+        small["TLS_SOCKS"] * 6 < tls,
+        "TLS_SOCKS with max_sockets 16384: {} bytes, default {tls}",
+        small["TLS_SOCKS"]
+    );
     assert!(k.stop());
 }
 

@@ -257,6 +257,7 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ring_bytes)
             .map_max_entries("SOCKS", cfg.max_sockets)
+            .map_max_entries("TLS_SOCKS", kspan_common::tls_objects(cfg.max_sockets))
             .load(BPF_OBJECT)
             .map_err(|e| CaptureError::Load(e.to_string()))?;
 

@@ -65,7 +65,8 @@ pub struct CaptureSection {
     /// kernel memory whether used or not (11.5 MiB at the default); an
     /// evicted socket that is used again is looked up again (an fd-table
     /// walk), so a host with more live sockets than this pays that on
-    /// every call of the oldest ones.
+    /// every call of the oldest ones. The map of SSL objects' sockets gets
+    /// half as many entries ([`kspan_common::tls_objects`]).
     pub max_sockets: u32,
     /// Tracked connections at most.
     pub max_connections: usize,

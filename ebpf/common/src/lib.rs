@@ -45,8 +45,18 @@ pub const ENTER_TIME_SLOTS: u32 = 16_384;
 pub const MAX_PORTS: u32 = 1_024;
 /// Threads remembered as being inside an OpenSSL read/write call.
 pub const MAX_TLS_CALLS: u32 = 65_536;
-/// (tgid, SSL object) -> socket entries (LRU: the oldest are evicted).
+/// (tgid, SSL object) -> socket entries (LRU: the oldest are evicted) with
+/// the default [`MAX_SOCKETS`]; the agent sizes the map with the socket
+/// map ([`tls_objects`]).
 pub const MAX_TLS_OBJECTS: u32 = 65_536;
+
+/// Entries of the SSL object map for a socket map of `max_sockets`: half
+/// as many (TLS connections are some of the sockets), at least 512.
+pub const fn tls_objects(max_sockets: u32) -> u32 {
+    let n = max_sockets / 2;
+    if n < 512 { 512 } else { n }
+}
+const _: () = assert!(tls_objects(MAX_SOCKETS) == MAX_TLS_OBJECTS, "the map's default follows the socket map's");
 /// Go processes whose goroutine the kernel reads at each data event.
 pub const MAX_GO_PROCS: u32 = 16_384;
 /// Go HTTP client connections remembered with the goroutine of their
