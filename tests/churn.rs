@@ -163,9 +163,9 @@ fn kernel_maps(k: &Kspan) -> BTreeMap<String, u64> {
 /// The kernel side's memory: every map published, 48 MiB at most with the
 /// defaults (the README's figure; it was 82 MiB when every map was
 /// preallocated at its bound), `capture.max_sockets` sizing the socket map
-/// (the largest) and the SSL object map, and the plain hash maps costing what they hold: 200
-/// selected processes grow the selection map, which shrinks back when they
-/// exit (a preallocated map would cost its 65,536 entries from the start).
+/// (the largest) and the SSL object map, and the plain hash maps costing
+/// what they hold: 200 selected processes grow the selection map, which
+/// shrinks back when they exit (a preallocated map would cost its 65,536 entries from the start).
 #[test]
 fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
     const MIB: u64 = 1 << 20;
@@ -342,7 +342,9 @@ fn a_socket_closed_by_exec_dup2_or_close_range_leaves_its_fd_number_to_files() {
 
 /// A process whose main thread ends first (pthread_exit) has not exited:
 /// its other thread's requests on the connection it keeps are still
-/// traced, and its socket stays known until the last thread ends.
+/// traced (before, the main thread's end swept the socket's entry and
+/// dropped the process from the selection), and the entry leaves the
+/// kernel map when that thread closes the connection.
 #[test]
 fn a_process_whose_main_thread_ends_first_is_traced_until_its_last_thread_ends() {
     let app = python_http("leaderexit");
@@ -355,7 +357,7 @@ fn a_process_whose_main_thread_ends_first_is_traced_until_its_last_thread_ends()
     let conns: std::collections::BTreeSet<_> =
         spans.iter().map(|s| kspan_e2e::attr_i64(s, "network.local.port")).collect();
     assert_eq!((spans.len(), conns.len()), (3, 1), "three requests on one connection: {spans:#?}");
-    // The socket left the kernel map once, at the process's exit.
+    // The entry did not outlive the connection.
     let deletes = |m: &str| labelled(m, "kspan_kernel_map_deletes_total{map=\"").get("SOCKS").copied().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while deletes(&k.metrics()) < 1 {

@@ -133,8 +133,8 @@ fn handle(
             let (tgid, file) = (e.proc.tgid, crate::capture::decode::exec_filename(&e));
             // Exchanges before the exec (the closes of its close-on-exec
             // sockets come just before it) keep the old program's identity.
-            if let Some(old) = procs.cached(tgid)
-                && out.iter().any(|cx| cx.tgid == tgid)
+            if out.iter().any(|cx| cx.tgid == tgid)
+                && let Some(old) = procs.cached(tgid)
             {
                 changes.pinned.push((tgid, out.len(), old));
             }

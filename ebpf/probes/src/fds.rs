@@ -131,7 +131,7 @@ pub(crate) fn sweep(cfg: &KernelConfig, tgid: u32, tid: u32, what: Sweep, first:
         let _ = SOCK_PROCS.remove(&tgid);
     }
     let Some((_, max_fds)) = sock::fd_table(&cfg.offsets) else { return };
-    if max_fds == 0 || first >= max_fds || first > last {
+    if first >= max_fds || first > last {
         return;
     }
     let last = if last >= max_fds { max_fds - 1 } else { last };
