@@ -401,6 +401,45 @@ fn with_agent(
     })
 }
 
+/// CPU time (ns) and context switches of all of a process's threads
+/// (`/proc/PID/task/*/schedstat`: exact, where `stat` counts 10 ms ticks).
+fn sched_totals(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (0, 0) };
+    let mut total = (0, 0);
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        total.0 += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        total.1 += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// kspan's own cost on a host with nothing to trace: started with
+/// `agent_args`, left 3 s to settle (start-up scans), then measured for
+/// `secs`. Prints its CPU per second and its threads' wake-ups.
+fn print_idle(bin: &std::path::Path, agent_args: &[String], secs: u32) -> Result<()> {
+    let agent = Agent::start(bin, agent_args)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = agent.child.id();
+    let (ns0, cs0) = sched_totals(pid);
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(u64::from(secs)));
+    let (ns1, cs1) = sched_totals(pid);
+    let elapsed = started.elapsed().as_secs_f64();
+    let ms_per_s = (ns1.saturating_sub(ns0)) as f64 / 1e6 / elapsed;
+    println!(
+        "agent idle (no traffic) {ms_per_s:>8.2} ms CPU per second ({:.3} % of one core), {:.1} context switches/s",
+        ms_per_s / 10.0,
+        (cs1.saturating_sub(cs0)) as f64 / elapsed
+    );
+    Ok(())
+}
+
 /// The median of `f` over the rounds, with the smallest and largest value.
 fn median_of<T>(rounds: &[T], f: impl Fn(&T) -> f64) -> (f64, f64, f64) {
     let mut v: Vec<f64> = rounds.iter().map(f).collect();
@@ -486,6 +525,9 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
         p.p99_base_ms,
         p.p99_with_ms
     );
+    if !tls {
+        print_idle(bin, &pid_args, secs.max(10))?;
+    }
     print_floor(&rounds_with_config(n_rounds, bin, &pid_args, FLOOR_CONFIG, ng.pid(), &load)?);
     // HTTPS: the same agent with TLS capture off (syscall tracepoints only),
     // to tell the uprobes' share of the cost.

@@ -351,6 +351,12 @@ impl TlsAttacher {
         self.pending.push_back((pid, now + EXEC_SCAN_DELAY));
     }
 
+    /// When the next exec scan falls due, if one is pending (the capture
+    /// thread wakes by then).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pending.front().map(|&(_, due)| due)
+    }
+
     /// Runs due exec scans, and a bounded round-robin rescan every
     /// [`SCAN_PERIOD`]; `selected` lists the selected processes.
     pub fn tick(&mut self, capture: &mut Capture, now: Instant, selected: impl FnOnce() -> Vec<u32>) {

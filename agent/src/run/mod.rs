@@ -106,12 +106,13 @@ async fn shutdown_signal() {
 /// SIGUSR1 toggles `pause`: the capture thread detaches every program (the
 /// host runs as without kspan) or attaches them again. For measuring what
 /// kspan costs a service in place: compare its throughput in the two states.
-fn listen_for_pause(pause: Arc<AtomicBool>) {
+fn listen_for_pause(pause: Arc<AtomicBool>, nudge: Arc<pipeline::Nudge>) {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
         Ok(mut sig) => {
             tokio::spawn(async move {
                 while sig.recv().await.is_some() {
                     pause.fetch_xor(true, Ordering::Relaxed);
+                    nudge.nudge();
                 }
             });
         }
@@ -231,7 +232,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     let (span_tx, span_rx) = queue::span_queue(c.span_queue);
     let pause = Arc::new(AtomicBool::new(false));
-    listen_for_pause(pause.clone());
+    let nudge = Arc::new(pipeline::Nudge::new().map_err(|e| RunError::Thread(format!("eventfd: {e}")))?);
+    listen_for_pause(pause.clone(), nudge.clone());
     let pipeline = pipeline::Pipeline {
         capture,
         selector,
@@ -264,6 +266,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         drain_interval: Duration::from_millis(c.drain_interval_ms.max(1)),
         counters: Default::default(),
         pause: pause.clone(),
+        nudge: nudge.clone(),
     };
     // Loading parsed the kernel's BTF and the eBPF object and scanned /proc:
     // tens of MiB that are free now but would stay in the heap's RSS.
@@ -289,6 +292,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     tracing::info!("shutting down: stopping capture");
     telemetry.set_ready(false);
     stop.store(true, Ordering::Relaxed);
+    nudge.nudge();
     let counters = tokio::task::spawn_blocking(move || capture_thread.join())
         .await
         .map_err(|e| RunError::Thread(e.to_string()))?

@@ -4,7 +4,14 @@
 //! bounded queue, one batch per drain cycle (full: dropped and counted). A
 //! cycle takes at most [`MAX_EXCHANGES_PER_CYCLE`] exchanges' worth of
 //! records; the rest waits in the ring buffer.
+//!
+//! An idle host costs few wake-ups: after a cycle that read nothing the
+//! wait doubles, up to [`idle_wait`] (400 ms with the default 50 ms drain
+//! interval), unless spans are held for linking or a TLS scan falls due
+//! sooner; the first record read brings it back to the drain interval.
+//! Stop and pause do not wait for it: they [`Nudge`] the thread.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -54,6 +61,55 @@ pub struct Pipeline {
     pub counters: PipelineCounters,
     /// Set (by SIGUSR1) to pause capture, cleared to resume it.
     pub pause: Arc<AtomicBool>,
+    /// Ends the wait on the ring buffer early (stop, pause).
+    pub nudge: Arc<Nudge>,
+}
+
+/// Wakes the capture thread out of its wait on the ring buffer, so that a
+/// stop or pause is acted on at once however long the thread sleeps.
+pub struct Nudge(OwnedFd);
+
+impl Nudge {
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; a valid fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Wakes the thread (a counter add: never blocks, cannot fail short of
+    /// 2^64 nudges).
+    pub fn nudge(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: 8 readable bytes for the duration of the call.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Takes the pending nudges (the fd reads as not ready again).
+    fn clear(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: 8 writable bytes; the fd is non-blocking.
+        unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// The longest wait on an idle ring buffer: 8 drain intervals, at most 1 s
+/// (never below the interval itself).
+pub fn idle_wait(drain_interval: Duration) -> Duration {
+    (drain_interval * 8).min(Duration::from_secs(1)).max(drain_interval)
+}
+
+/// The next wait: the drain interval after a cycle that read records,
+/// doubled after one that read none, up to `idle_max`.
+fn next_wait(wait: Duration, read: usize, drain_interval: Duration, idle_max: Duration) -> Duration {
+    if read > 0 { drain_interval } else { (wait * 2).clamp(drain_interval, idle_max) }
 }
 
 /// This thread's CPU time in ns (read a few times per drain cycle).
@@ -174,6 +230,8 @@ impl Pipeline {
         // stage's CPU time is read twice per cycle, not per span).
         let mut built: Vec<LinkInput> = Vec::new();
         let mut last_housekeeping = Instant::now();
+        let idle_max = idle_wait(self.drain_interval);
+        let mut wait = self.drain_interval;
         while !stop.load(Ordering::Relaxed) {
             let paused = self.pause.load(Ordering::Relaxed);
             if paused != self.capture.paused() {
@@ -181,17 +239,25 @@ impl Pipeline {
                 self.snapshot();
                 publish(&self.counters);
             }
-            let interval = self.drain_interval;
             let t_drain = thread_cpu_ns();
-            let Self { capture, selector, conns, procs, counters, .. } = &mut self;
+            let Self { capture, selector, conns, procs, counters, nudge, .. } = &mut self;
             let drain = |b: &[u8]| {
                 handle(b, selector, conns, procs, counters, &mut out, &mut changes);
                 out.len() < MAX_EXCHANGES_PER_CYCLE
             };
-            if let Err(e) = capture.poll(interval, drain) {
-                tracing::error!("{e}");
-                std::thread::sleep(self.drain_interval);
-            }
+            let read = match capture.poll(wait, Some(nudge.fd()), drain) {
+                Ok((read, nudged)) => {
+                    if nudged {
+                        nudge.clear();
+                    }
+                    read
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    std::thread::sleep(self.drain_interval);
+                    0
+                }
+            };
             let t_other = thread_cpu_ns();
             self.mute_opaque();
             for u in self.selector.updates.drain(..) {
@@ -268,6 +334,7 @@ impl Pipeline {
             stage[STAGE_BUILD] += t_link.saturating_sub(t_build);
             stage[STAGE_LINK] += t_send.saturating_sub(t_link);
             stage[STAGE_OTHER] += t_build.saturating_sub(t_other) + thread_cpu_ns().saturating_sub(t_send);
+            wait = self.bound_wait(next_wait(wait, read, self.drain_interval, idle_max));
         }
         if let Some(l) = &mut self.linker {
             l.flush(&mut ready);
@@ -324,6 +391,18 @@ impl Pipeline {
                     tracing::debug!("cannot mute an opaque connection: {e}");
                 }
             }
+        }
+    }
+
+    /// `wait`, shortened to the drain interval while spans are held for
+    /// linking (they leave on time) and to a TLS scan that falls due sooner.
+    fn bound_wait(&self, wait: Duration) -> Duration {
+        if self.linker.as_ref().is_some_and(|l| l.held() > 0) {
+            return self.drain_interval;
+        }
+        match self.tls.as_ref().and_then(TlsAttacher::next_due) {
+            Some(due) => wait.min(due.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))),
+            None => wait,
         }
     }
 
@@ -387,5 +466,38 @@ mod tests {
         let pid = |i, tgid| changes.pinned(i, tgid).map(|r| r.pid);
         assert_eq!((pid(0, 7), pid(1, 7), pid(2, 7), pid(4, 7), pid(5, 7)), (Some(1), Some(1), Some(3), Some(3), None));
         assert_eq!((pid(2, 9), pid(3, 9), pid(0, 8)), (Some(2), None, None));
+    }
+
+    #[test]
+    fn an_idle_ring_is_waited_on_longer_and_a_record_brings_the_interval_back() {
+        let ms = Duration::from_millis;
+        let (interval, max) = (ms(50), idle_wait(ms(50)));
+        assert_eq!(max, ms(400));
+        let mut wait = interval;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            wait = next_wait(wait, 0, interval, max);
+            seen.push(wait.as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 400, 400]);
+        assert_eq!(next_wait(wait, 3, interval, max), interval);
+        // Long intervals are not shortened; the idle wait stays under 1 s.
+        assert_eq!((idle_wait(ms(2000)), idle_wait(ms(500)), idle_wait(ms(1))), (ms(2000), ms(1000), ms(8)));
+    }
+
+    #[test]
+    fn a_nudge_ends_a_wait_and_is_cleared() {
+        let n = Nudge::new().expect("eventfd");
+        let ready = |n: &Nudge| {
+            let mut p = libc::pollfd { fd: n.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; zero timeout.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        assert!(!ready(&n));
+        n.nudge();
+        n.nudge();
+        assert!(ready(&n));
+        n.clear();
+        assert!(!ready(&n), "one read takes every pending nudge");
     }
 }

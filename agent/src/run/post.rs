@@ -157,7 +157,9 @@ pub async fn run(
                     None => batch.into_iter().for_each(|span| exporters.submit(Arc::new(span))),
                 }
             }
-            _ = tick.tick() => {
+            // Only rules hold spans or counters to publish: without them the
+            // task sleeps until a batch comes.
+            _ = tick.tick(), if rules.is_some() => {
                 if let Some(r) = rules.as_mut() {
                     r.buffer.tick(Clock::monotonic_now(), &mut out);
                     ticks += 1;
