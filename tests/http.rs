@@ -275,6 +275,69 @@ fn connection_opened_before_kspan_started() {
     assert_eq!(attr_i64(&spans[0], "client.port"), Some(client_port as i64));
 }
 
+/// Steps the wall clock by `secs` (relative to what it reads, so no time
+/// is lost) and steps it back when dropped, also when the test fails.
+struct ClockStep(i64);
+
+impl ClockStep {
+    fn by(secs: i64) -> Self {
+        step_wall_clock(secs);
+        Self(secs)
+    }
+}
+
+impl Drop for ClockStep {
+    fn drop(&mut self) {
+        step_wall_clock(-self.0);
+    }
+}
+
+fn step_wall_clock(secs: i64) {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec for both calls.
+    let r = unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+        ts.tv_sec += secs as libc::time_t;
+        libc::clock_settime(libc::CLOCK_REALTIME, &ts)
+    };
+    assert_eq!(r, 0, "clock_settime: {}", std::io::Error::last_os_error());
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_nanos() as u64
+}
+
+/// The wall clock stepped while kspan runs (NTP's first correction on a
+/// host that booted with a wrong time, `date -s`): spans made after the
+/// step carry the new wall-clock time, inside what the client measured,
+/// and the step is counted. Before, every span kept the offset sampled at
+/// start-up for the agent's whole life (here: an hour early).
+#[test]
+fn span_times_follow_a_stepped_wall_clock() {
+    let app = python_http("clockstep");
+    let k = Kspan::start(&["--pid", &app.pid().to_string()]);
+    curl_keepalive(app.port, &["/users/1"]);
+    k.wait_spans(1, WAIT, server_spans_of(app.pid()));
+    let step = ClockStep::by(3600);
+    // kspan samples the clocks about once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = unix_now_ns();
+    curl_keepalive(app.port, &["/users/2"]);
+    let after = unix_now_ns();
+    let spans = k.wait_spans(2, WAIT, server_spans_of(app.pid()));
+    let m = k.metrics();
+    drop(step);
+    let s = spans.iter().find(|s| attr_str(s, "url.path") == Some("/users/2")).expect("span of the second request");
+    let (start, end) = (s["start_unix_nanos"].as_u64().expect("start"), s["end_unix_nanos"].as_u64().expect("end"));
+    assert!(
+        before <= start && end <= after,
+        "span {start}..{end} outside the client's {before}..{after} (off by {:.3} s)",
+        (start as f64 - before as f64) / 1e9
+    );
+    assert_eq!(metric(&m, "kspan_clock_steps_total"), 1.0, "{m}");
+    assert!(k.stop());
+}
+
 #[test]
 fn pid_selects_only_that_process() {
     let a = python_http("selected");

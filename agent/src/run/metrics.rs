@@ -119,6 +119,8 @@ pub struct PipelineCounters {
     pub k8s_watch_errors: u64,
     /// Cached process resources rebuilt after their pod metadata changed.
     pub resources_refreshed: u64,
+    /// Steps of the wall clock (or suspends) that span times now follow.
+    pub clock_steps: u64,
     pub tls: TlsStats,
     pub go: GoProcStats,
     /// Capture is paused (SIGUSR1): no program attached.
@@ -162,6 +164,7 @@ pub struct PipelineMetrics {
     k8s_pods_dropped: Counter,
     k8s_watch_errors: Counter,
     resources_refreshed: Counter,
+    clock_steps: Counter,
     tls_attached: Counter,
     tls_failed: Family<Reason, Counter>,
     go_processes: Gauge,
@@ -206,6 +209,7 @@ impl PipelineMetrics {
             k8s_pods_dropped: Counter::default(),
             k8s_watch_errors: Counter::default(),
             resources_refreshed: Counter::default(),
+            clock_steps: Counter::default(),
             tls_attached: Counter::default(),
             tls_failed: Family::default(),
             go_processes: Gauge::default(),
@@ -268,6 +272,12 @@ impl PipelineMetrics {
             "kspan_resources_refreshed",
             "Cached process resources rebuilt after their pod metadata arrived or changed",
             m.resources_refreshed.clone(),
+        );
+        t.register(
+            "kspan_clock_steps",
+            "Steps of the wall clock against the monotonic clock (NTP steps, date -s, a suspended host) that span \
+             times were moved to follow",
+            m.clock_steps.clone(),
         );
         t.register(
             "kspan_tls_libraries_attached",
@@ -422,6 +432,7 @@ impl PipelineMetrics {
         delta(&self.k8s_pods_dropped, now.k8s_pods_dropped, last.k8s_pods_dropped);
         delta(&self.k8s_watch_errors, now.k8s_watch_errors, last.k8s_watch_errors);
         delta(&self.resources_refreshed, now.resources_refreshed, last.resources_refreshed);
+        delta(&self.clock_steps, now.clock_steps, last.clock_steps);
         let (a, b) = (&now.tls, &last.tls);
         delta(&self.tls_attached, a.attached, b.attached);
         for (i, name) in FAILURE_REASONS.iter().enumerate() {

@@ -322,6 +322,10 @@ impl Pipeline {
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 last_housekeeping = Instant::now();
+                if let Some(step) = self.builder.resync_clock() {
+                    self.counters.clock_steps += 1;
+                    tracing::info!("the wall clock moved by {:+.3} s: span times follow it", step as f64 / 1e9);
+                }
                 let swept = self.conns.sweep(Clock::monotonic_now());
                 if swept > 0 {
                     tracing::debug!("forgot {swept} idle connections");
