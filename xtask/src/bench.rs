@@ -513,17 +513,18 @@ fn http_bench(bin: &std::path::Path, secs: u32, n_rounds: u32, tls: bool) -> Res
     let script = wrk_libs.0.join("pace.lua");
     std::fs::write(&script, "function delay()\n  return 1\nend\n")?;
     let paced = || wrk(scheme, lib_dir, ng.port, secs.max(10), Some(&script)).map(|l| (l.rps, l.p99_ms));
-    let p = rounds(1, bin, &pid_args, ng.pid(), &paced)?[0];
+    let ps = rounds(n_rounds, bin, &pid_args, ng.pid(), &paced)?;
+    let med = |f: &dyn Fn(&Round) -> f64| median_of(&ps, f).0;
+    let (agent_us, lo, hi) = median_of(&ps, |r| r.agent_us);
     // A paced client's rate also falls as latency grows, so its ratio is
     // not a capacity figure; the agent's CPU per request is the point.
     println!(
-        "paced (wrk -t1 -c{PACED_CONNECTIONS}, 1 ms pause per response): {:.0} -> {:.0} req/s; agent {:.2} % of one \
-         core per 10k req/s (target <= 2 %); p99 {:.3} -> {:.3} ms",
-        (p.base1 + p.base2) / 2.0,
-        p.with,
-        p.agent_us,
-        p.p99_base_ms,
-        p.p99_with_ms
+        "paced (wrk -t1 -c{PACED_CONNECTIONS}, 1 ms pause per response): {:.0} -> {:.0} req/s; agent {agent_us:.2} % of \
+         one core per 10k req/s (rounds {lo:.2}-{hi:.2}; target <= 2 %); p99 {:.3} -> {:.3} ms",
+        med(&|r| (r.base1 + r.base2) / 2.0),
+        med(&|r| r.with),
+        med(&|r| r.p99_base_ms),
+        med(&|r| r.p99_with_ms)
     );
     if !tls {
         print_idle(bin, &pid_args, secs.max(10))?;
