@@ -204,6 +204,8 @@ pub struct Capture {
     ring: RingBuf<MapData>,
     traced: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
+    /// Bytes each CPU wrote since it last woke the agent (`WAKE`).
+    wake: PerCpuArray<MapData, u64>,
     /// Every link made, so that capture can be paused and resumed.
     pub(super) attachments: Vec<Attachment>,
     pub(super) paused: bool,
@@ -313,10 +315,21 @@ impl Capture {
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
         let traced = HashMap::try_from(take(&mut ebpf, "TRACED")?).map_err(map_err("TRACED"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
+        let wake = PerCpuArray::try_from(take(&mut ebpf, "WAKE")?).map_err(map_err("WAKE"))?;
 
         let goroutines = cfg.go_goroutines && offsets.goroutines();
-        let mut capture =
-            Self { ebpf, ring, traced, counters, attachments: Vec::new(), paused: false, goroutines, map_fds, lru };
+        let mut capture = Self {
+            ebpf,
+            ring,
+            traced,
+            counters,
+            wake,
+            attachments: Vec::new(),
+            paused: false,
+            goroutines,
+            map_fds,
+            lru,
+        };
         // With the syscall arguments readable from the saved registers at
         // exit, receive calls need no sys_enter program (see the eBPF side).
         let args_at_exit = offsets.args_at_exit();
@@ -406,6 +419,21 @@ impl Capture {
     /// Removes a process from the kernel selection (missing is fine).
     pub fn unselect(&mut self, tgid: u32) {
         let _ = self.traced.remove(&tgid);
+    }
+
+    /// Has the next record any CPU writes wake the agent at once: each CPU's
+    /// byte count (`WAKE`) is set past its threshold, so its next record
+    /// forces the wake-up and starts the count again (the eBPF side's
+    /// `wake_flags`; nothing is added to its path). For a thread about to
+    /// wait long on an idle ring. A CPU writing its count at that moment
+    /// may keep its own: the wait's timeout then ends it.
+    pub fn wake_on_next_record(&mut self) {
+        let Ok(cpus) = aya::util::nr_cpus() else { return };
+        if let Ok(values) = aya::maps::PerCpuValues::try_from(vec![u64::from(u32::MAX); cpus])
+            && let Err(e) = self.wake.set(0, values, 0)
+        {
+            tracing::debug!("cannot arm the ring buffer's wake-up: {e}");
+        }
     }
 
     /// Kernel-side loss counters, summed over CPUs.

@@ -8,8 +8,12 @@
 //! An idle host costs few wake-ups: after a cycle that read nothing the
 //! wait doubles, up to [`idle_wait`] (400 ms with the default 50 ms drain
 //! interval), unless spans are held for linking or a TLS scan falls due
-//! sooner; the first record read brings it back to the drain interval.
-//! Stop and pause do not wait for it: they [`Nudge`] the thread.
+//! sooner. Before such a wait the kernel side is told to wake the thread
+//! with the first record any CPU writes ([`Capture::wake_on_next_record`]),
+//! so traffic after a quiet spell is read at once, not up to a long wait
+//! later (an opaque connection is muted as soon as before); reading records
+//! brings the wait back to the drain interval. Stop and pause do not wait
+//! either: they [`Nudge`] the thread.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -338,7 +342,12 @@ impl Pipeline {
             stage[STAGE_BUILD] += t_link.saturating_sub(t_build);
             stage[STAGE_LINK] += t_send.saturating_sub(t_link);
             stage[STAGE_OTHER] += t_build.saturating_sub(t_other) + thread_cpu_ns().saturating_sub(t_send);
-            wait = self.bound_wait(next_wait(wait, read, self.drain_interval, idle_max));
+            let next = self.bound_wait(next_wait(wait, read, self.drain_interval, idle_max));
+            if next > self.drain_interval && wait <= self.drain_interval {
+                // Entering a long wait: the counts stay armed until a record comes.
+                self.capture.wake_on_next_record();
+            }
+            wait = next;
         }
         if let Some(l) = &mut self.linker {
             l.flush(&mut ready);
