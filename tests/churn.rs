@@ -165,7 +165,8 @@ fn kernel_maps(k: &Kspan) -> BTreeMap<String, u64> {
 /// preallocated at its bound), `capture.max_sockets` sizing the socket map
 /// (the largest) and the SSL object map, and the plain hash maps costing
 /// what they hold: 200 selected processes grow the selection map, which
-/// shrinks back when they exit (a preallocated map would cost its 65,536 entries from the start).
+/// shrinks back when they exit (a preallocated map would cost its 65,536
+/// entries from the start).
 #[test]
 fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
     const MIB: u64 = 1 << 20;
@@ -363,7 +364,11 @@ fn a_process_whose_main_thread_ends_first_is_traced_until_its_last_thread_ends()
     // then at the agent's next counter snapshot (about every second).
     let deadline = Instant::now() + Duration::from_secs(15);
     while deletes(&k.metrics()) < 1 {
-        assert!(Instant::now() < deadline, "the socket's entry was not deleted at the exit: {}", k.metrics());
+        assert!(
+            Instant::now() < deadline,
+            "the socket's entry was not deleted at the connection's close: {}",
+            k.metrics()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(k.stop());

@@ -462,25 +462,24 @@ impl Capture {
         })
     }
 
-    /// Waits up to `timeout` for a wake-up (of the ring, or of `nudge` when
-    /// given), then hands pending records to `f` until the ring is empty or
-    /// `f` returns false (the rest stays in the ring for the next call,
-    /// which then does not wait). Returns the number of records and whether
-    /// `nudge` was ready (the caller clears it).
+    /// Waits up to `timeout` for a wake-up of the ring or of `nudge`, then
+    /// hands pending records to `f` until the ring is empty or `f` returns
+    /// false (the rest stays in the ring for the next call, which then does
+    /// not wait). Returns the number of records and whether `nudge` was
+    /// ready (the caller clears it).
     pub fn poll(
         &mut self,
         timeout: Duration,
-        nudge: Option<std::os::fd::BorrowedFd<'_>>,
+        nudge: std::os::fd::BorrowedFd<'_>,
         mut f: impl FnMut(&[u8]) -> bool,
     ) -> Result<(usize, bool), CaptureError> {
         use std::os::fd::AsRawFd as _;
         let mut pfds = [
             libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: nudge.map_or(-1, |n| n.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: nudge.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
-        let count = if nudge.is_some() { 2 } else { 1 };
-        // SAFETY: `count` valid pollfds for the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), count, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        // SAFETY: two valid pollfds for the duration of the call.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout.as_millis().min(i32::MAX as u128) as i32) };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {

@@ -249,7 +249,7 @@ impl Pipeline {
                 handle(b, selector, conns, procs, counters, &mut out, &mut changes);
                 out.len() < MAX_EXCHANGES_PER_CYCLE
             };
-            let read = match capture.poll(wait, Some(nudge.fd()), drain) {
+            let read = match capture.poll(wait, nudge.fd(), drain) {
                 Ok((read, nudged)) => {
                     if nudged {
                         nudge.clear();
