@@ -10,8 +10,9 @@
 //!
 //! The kernel's maps are bounded too, and their memory is charged to the
 //! agent's cgroup (a pod's memory limit counts it): what each costs is
-//! published (`kspan_kernel_map_bytes{map}`) and checked here, and a
-//! socket the full socket map evicts while it is open keeps its connection.
+//! published (`kspan_kernel_map_bytes{map}`) and checked here, as is the
+//! agent's own memory peak at start-up, and a socket the full socket map
+//! evicts while it is open keeps its connection.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -219,6 +220,31 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
         small["TLS_SOCKS"] * 6 < tls,
         "TLS_SOCKS with max_sockets 16384: {} bytes, default {tls}",
         small["TLS_SOCKS"]
+    );
+    assert!(k.stop());
+}
+
+/// A line of `/proc/PID/status` in KiB (`VmHWM:`, `VmRSS:`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    let line = status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or_else(|| panic!("no {field}"));
+    line.trim().trim_end_matches("kB").trim().parse().expect("KiB")
+}
+
+/// The agent's memory at start-up (the kernel's BTF, the eBPF object, the
+/// scan of running processes) peaks little above what it keeps: a
+/// container's memory limit must fit the peak, not the steady state.
+/// Parsing every type of the kernel's BTF once made the peak 25 MiB more.
+#[test]
+fn start_up_peaks_little_above_the_agents_steady_memory() {
+    let k = Kspan::start(&["--exe", "bin/sleep$"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let (peak, rss) = (status_kib(k.pid(), "VmHWM:"), status_kib(k.pid(), "VmRSS:"));
+    assert!(
+        peak <= rss + 12 * 1024,
+        "agent memory peaked at {} MiB at start-up and holds {} MiB since",
+        peak / 1024,
+        rss / 1024
     );
     assert!(k.stop());
 }
