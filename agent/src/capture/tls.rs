@@ -39,6 +39,10 @@ const RET_PROGRAM: &str = "kspan_ssl_ret";
 const SET_FD_PROGRAM: &str = "kspan_ssl_set_fd";
 /// Entry of a handshake step (its return gets [`RET_PROGRAM`]).
 const HANDSHAKE_PROGRAM: &str = "kspan_ssl_handshake";
+/// GnuTLS's internal receive function (see `tls_entry::find_gnutls_recv`).
+const GNUTLS_RECV_PROGRAM: &str = "kspan_gnutls_recv_int";
+const GNUTLS_RECV_RET_PROGRAM: &str = "kspan_gnutls_recv_ret";
+const GNUTLS_RECV: &str = "_gnutls_recv_int";
 /// The dynamic loader's debugger hook, called around every dlopen/dlclose.
 const LOADER_SYMBOL: &str = "_dl_debug_state";
 const LOADER_PROGRAM: &str = "kspan_dl_state";
@@ -186,7 +190,18 @@ impl Capture {
                 tracing::debug!("{}: probed at OpenSSL's internal read/write entries", shown());
             }
             None => {
+                // GnuTLS's receive entry behind both public receive functions.
+                let gnutls_recv = if lib == TlsLib::GnuTls { super::tls_entry::find_gnutls_recv(path) } else { None };
+                if let Some(offset) = gnutls_recv {
+                    self.attach_uprobe(GNUTLS_RECV_RET_PROGRAM, GNUTLS_RECV, Some(offset), path)?;
+                    self.attach_uprobe(GNUTLS_RECV_PROGRAM, GNUTLS_RECV, Some(offset), path)?;
+                    probed += 1;
+                    tracing::debug!("{}: probed at GnuTLS's internal receive entry", shown());
+                }
                 for p in lib.probes() {
+                    if gnutls_recv.is_some() && p.symbol.starts_with("gnutls_record_recv") {
+                        continue;
+                    }
                     let attached = self
                         .attach_uprobe(p.program, p.symbol, None, path)
                         .and_then(|()| self.attach_uprobe(RET_PROGRAM, p.symbol, None, path));

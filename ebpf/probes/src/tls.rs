@@ -156,14 +156,24 @@ fn uncount(id: u64) {
 }
 
 fn enter(ctx: &ProbeContext, flags: u32, ex: bool) -> Res {
+    enter_at(ctx, flags, 1, if ex { Some(3) } else { None })
+}
+
+/// [`enter`] of a function whose buffer is argument `buf_arg` and, for the
+/// `_ex` semantics, whose byte count goes to the pointer in `out_arg`.
+#[inline(always)]
+fn enter_at(ctx: &ProbeContext, flags: u32, buf_arg: usize, out_arg: Option<usize>) -> Res {
     let cfg = config().ok_or(0u32)?;
     let id = bpf_get_current_pid_tgid();
     if !is_traced(cfg, (id >> 32) as u32) {
         return Ok(0);
     }
     let ssl: u64 = ctx.arg(0).ok_or(0u32)?;
-    let buf: u64 = ctx.arg(1).ok_or(0u32)?;
-    let out: u64 = if ex { ctx.arg(3).ok_or(0u32)? } else { 0 };
+    let buf: u64 = ctx.arg(buf_arg).ok_or(0u32)?;
+    let out: u64 = match out_arg {
+        Some(n) => ctx.arg(n).ok_or(0u32)?,
+        None => 0,
+    };
     // SAFETY: helper without preconditions.
     let enter_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let call = TlsCall { ssl, buf, out, flags, _pad: 0, enter_ns };
@@ -255,7 +265,8 @@ fn exit(ctx: &RetProbeContext) -> Res {
         return Ok(0);
     }
     let inf = Inflight { op: 0, fd: sock.fd, buf: call.buf, iovcnt: 0, sock_id: sock.sock_id, enter_ns: call.enter_ns };
-    emit_data::<false>(cfg, tgid, tid, 0, &inf, call.flags | DATA_TLS, Src::Buf(call.buf), moved);
+    let flags = (call.flags & !CALL_RECV_INT) | DATA_TLS;
+    emit_data::<false>(cfg, tgid, tid, 0, &inf, flags, Src::Buf(call.buf), moved);
     Ok(0)
 }
 
@@ -283,6 +294,49 @@ pub fn kspan_ssl_write_ex(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn kspan_ssl_read_ex(ctx: ProbeContext) -> u32 {
     match enter(&ctx, 0, true) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// GnuTLS's record receive, `_gnutls_recv_int(session, type, data,
+/// data_size, seq, ms)`, which `gnutls_record_recv` and
+/// `gnutls_record_recv_seq` lead to (they start with instructions the
+/// kernel single-steps; this one with a `push`). Only application data
+/// (record type 23) is a read; the agent checks the wrappers pass it so.
+#[uprobe]
+pub fn kspan_gnutls_recv_int(ctx: ProbeContext) -> u32 {
+    const APPLICATION_DATA: u64 = 23;
+    match ctx.arg::<u64>(1) {
+        Some(t) if t & 0xffff_ffff == APPLICATION_DATA => match enter_at(&ctx, CALL_RECV_INT, 2, None) {
+            Ok(r) | Err(r) => r,
+        },
+        _ => 0,
+    }
+}
+
+/// `TlsCall::flags` bit of a call [`kspan_gnutls_recv_int`] recorded.
+const CALL_RECV_INT: u32 = 1 << 30;
+
+/// The return of `_gnutls_recv_int`: ends the thread's call only if that
+/// function's entry recorded it. A record of another type read inside a
+/// probed call (the ChangeCipherSpec a TLS 1.2 handshake reads) leaves
+/// that call alone.
+#[uretprobe]
+pub fn kspan_gnutls_recv_ret(ctx: RetProbeContext) -> u32 {
+    if config().is_none() {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let recorded = match owned_slot(id) {
+        // SAFETY: a TLS_SLOTS value this thread owns.
+        Some(s) => unsafe { (*s).call.flags },
+        // SAFETY: plain-old-data value, read at once.
+        None => unsafe { TLS_CALLS.get(&id) }.map_or(0, |c| c.flags),
+    };
+    if recorded & CALL_RECV_INT == 0 {
+        return 0;
+    }
+    match exit(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }
