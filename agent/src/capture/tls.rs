@@ -166,8 +166,18 @@ pub fn system_libraries() -> Vec<PathBuf> {
 
 impl Capture {
     /// Attaches the library-load hook to a dynamic loader file.
+    /// The hook is a lone `ret` (single-stepped in the trap): its callers'
+    /// `call` instructions are probed instead where they can be found.
     pub fn attach_loader(&mut self, path: &Path) -> Result<(), TlsAttachError> {
-        self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, None, path)
+        match super::tls_entry::call_sites(path, LOADER_SYMBOL) {
+            Some(sites) => {
+                for site in sites {
+                    self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, Some(site), path)?;
+                }
+                Ok(())
+            }
+            None => self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, None, path),
+        }
     }
 
     /// Attaches the TLS uprobes of `lib` to every process's use of the file

@@ -1,6 +1,7 @@
 //! Where the TLS entry uprobes go: OpenSSL's internal read and write
 //! functions (and GnuTLS's internal receive function) when they can be
-//! found, the public symbols otherwise.
+//! found, the public symbols otherwise; and the dynamic loader's calls to
+//! its debugger hook rather than the hook ([`call_sites`]).
 //!
 //! Why: a uprobe traps, then runs the probed instruction. The kernel
 //! emulates a few instructions (push, call, jmp, nop) in the trap; any other
@@ -121,6 +122,44 @@ pub fn recv_tail_jump(addr: u64, code: &[u8]) -> Option<u64> {
         }
     }
     None
+}
+
+/// Most call sites probed in place of one function.
+const MAX_CALL_SITES: usize = 16;
+
+/// File offsets of the direct calls to the function `name` in the code of
+/// the object file at `path`, to probe in its place: the dynamic loader's
+/// `_dl_debug_state` (called at every library load and unload) is a lone
+/// `ret`, which the kernel single-steps (16 us a hit on the development VM),
+/// where a relative `call` is emulated in the trap (0.4 us). The code is
+/// decoded in order from the start of each executable section; None (probe
+/// the function itself) when an instruction does not decode, when no call
+/// or more than [`MAX_CALL_SITES`] are found.
+pub fn call_sites(path: &Path, name: &str) -> Option<Vec<u64>> {
+    with_x86_64(path, |obj| {
+        let (target, _) = symbol(obj, name)?;
+        let mut sites = Vec::new();
+        for section in obj.sections().filter(|s| s.kind() == object::SectionKind::Text) {
+            let data = section.data().ok()?;
+            let mut decoder = Decoder::with_ip(64, data, section.address(), DecoderOptions::NONE);
+            while decoder.can_decode() {
+                let ins = decoder.decode();
+                if ins.is_invalid() {
+                    return None;
+                }
+                if ins.mnemonic() == Mnemonic::Call
+                    && ins.op0_kind() == OpKind::NearBranch64
+                    && ins.near_branch_target() == target
+                {
+                    if sites.len() == MAX_CALL_SITES {
+                        return None;
+                    }
+                    sites.push(file_offset(obj, ins.ip())?);
+                }
+            }
+        }
+        (!sites.is_empty()).then_some(sites)
+    })
 }
 
 /// File offset of the probe point in the function both `ex` and `plain` call.
@@ -266,6 +305,23 @@ mod tests {
             return;
         }
         assert!(find_gnutls_recv(path).is_some(), "Debian's GnuTLS tail-jumps to _gnutls_recv_int");
+    }
+
+    /// Debian's dynamic loader calls its debugger hook from a few places
+    /// (library loads in `dl_main` and `dl_open`, unloads in `dl_close`).
+    #[test]
+    fn system_loader_hook_call_sites() {
+        let path = Path::new("/lib64/ld-linux-x86-64.so.2");
+        if !path.exists() {
+            return;
+        }
+        let sites = call_sites(path, "_dl_debug_state").expect("direct calls to _dl_debug_state");
+        assert!((2..=MAX_CALL_SITES).contains(&sites.len()), "{sites:?}");
+        // Each is a 5-byte `call rel32` to the hook.
+        let bytes = std::fs::read(path).expect("read ld.so");
+        for s in &sites {
+            assert_eq!(bytes[*s as usize], 0xe8, "call at {s:#x}");
+        }
     }
 
     /// The system OpenSSL of the development and CI machines (Debian 12,
