@@ -19,11 +19,7 @@ fn db_system(s: &Value) -> &str {
 
 /// The `Uid:` (real, effective, ...) and `CapEff:` lines of a process.
 fn uid_and_caps(pid: u32) -> (String, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("kspan status");
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).expect("status field")
-    };
-    (field("Uid:"), u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff hex"))
+    (status_field(pid, "Uid:"), u64::from_str_radix(&status_field(pid, "CapEff:"), 16).expect("CapEff hex"))
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kspan_e2e::servers::{postgres, python_http, redis};
-use kspan_e2e::{Kspan, run_ok};
+use kspan_e2e::{Kspan, run_ok, status_field};
 
 /// Table sizes from the metrics text.
 fn tables(metrics: &str) -> BTreeMap<String, u64> {
@@ -226,9 +226,7 @@ fn kernel_maps_cost_what_they_hold_or_their_configured_bound() {
 
 /// A line of `/proc/PID/status` in KiB (`VmHWM:`, `VmRSS:`).
 fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
-    let line = status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or_else(|| panic!("no {field}"));
-    line.trim().trim_end_matches("kB").trim().parse().expect("KiB")
+    status_field(pid, field).trim_end_matches("kB").trim().parse().expect("KiB")
 }
 
 /// The agent's memory at start-up (the kernel's BTF, the eBPF object, the

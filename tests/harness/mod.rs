@@ -370,6 +370,14 @@ pub fn duration_ns(span: &Value) -> u64 {
     e.saturating_sub(s)
 }
 
+/// The value of line `field` (`Uid:`, `VmRSS:`...) of `/proc/PID/status`,
+/// trimmed; panics if the process or the line is missing.
+pub fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let value = status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or_else(|| panic!("no {field} in status"));
+    value.trim().to_owned()
+}
+
 /// Runs a command to completion, panicking with its output on failure.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));

@@ -206,6 +206,8 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     /// Bytes each CPU wrote since it last woke the agent (`WAKE`).
     wake: PerCpuArray<MapData, u64>,
+    /// Possible CPUs (a per-CPU map's value count), read once at load.
+    cpus: Option<usize>,
     /// Every link made, so that capture can be paused and resumed.
     pub(super) attachments: Vec<Attachment>,
     pub(super) paused: bool,
@@ -324,6 +326,7 @@ impl Capture {
             traced,
             counters,
             wake,
+            cpus: aya::util::nr_cpus().ok(),
             attachments: Vec::new(),
             paused: false,
             goroutines,
@@ -428,7 +431,7 @@ impl Capture {
     /// wait long on an idle ring. A CPU writing its count at that moment
     /// may keep its own: the wait's timeout then ends it.
     pub fn wake_on_next_record(&mut self) {
-        let Ok(cpus) = aya::util::nr_cpus() else { return };
+        let Some(cpus) = self.cpus else { return };
         if let Ok(values) = aya::maps::PerCpuValues::try_from(vec![u64::from(u32::MAX); cpus])
             && let Err(e) = self.wake.set(0, values, 0)
         {

@@ -209,7 +209,7 @@ impl Capture {
                     tracing::debug!("{}: probed at GnuTLS's internal receive entry", shown());
                 }
                 for p in lib.probes() {
-                    if gnutls_recv.is_some() && p.symbol.starts_with("gnutls_record_recv") {
+                    if gnutls_recv.is_some() && super::tls_entry::GNUTLS_RECV_WRAPPERS.contains(&p.symbol) {
                         continue;
                     }
                     let attached = self

@@ -69,6 +69,9 @@ fn with_x86_64<T>(
     f(&obj)
 }
 
+/// The public GnuTLS functions [`find_gnutls_recv`] probes in place of.
+pub const GNUTLS_RECV_WRAPPERS: [&str; 2] = ["gnutls_record_recv", "gnutls_record_recv_seq"];
+
 /// GnuTLS's receive functions, `gnutls_record_recv` and
 /// `gnutls_record_recv_seq`, start with `sub $8,%rsp` and `mov`, which the
 /// kernel single-steps (16 us a call on the development VM, against 0.4 us
@@ -81,10 +84,9 @@ fn with_x86_64<T>(
 pub fn find_gnutls_recv(path: &Path) -> Option<u64> {
     with_x86_64(path, |obj| {
         let mut target = None;
-        for name in ["gnutls_record_recv", "gnutls_record_recv_seq"] {
-            let (addr, size) = symbol(obj, name)?;
-            let size = if size == 0 { MAX_WRAPPER } else { size.min(MAX_WRAPPER) };
-            let t = recv_tail_jump(addr, &code(obj, addr, size)?)?;
+        for name in GNUTLS_RECV_WRAPPERS {
+            let (addr, body) = wrapper_code(obj, name)?;
+            let t = recv_tail_jump(addr, &body)?;
             if target.is_some_and(|known| known != t) {
                 return None;
             }
@@ -166,13 +168,20 @@ pub fn call_sites(path: &Path, name: &str) -> Option<Vec<u64>> {
 fn internal_entry<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, ex: &str, plain: &str) -> Option<u64> {
     let (ex_addr, _) = symbol(obj, ex)?;
     let target = wrapper_target(ex_addr, &code(obj, ex_addr, 16)?)?;
-    let (plain_addr, plain_size) = symbol(obj, plain)?;
-    let size = if plain_size == 0 { MAX_WRAPPER } else { plain_size.min(MAX_WRAPPER) };
-    if !calls(plain_addr, &code(obj, plain_addr, size)?, target) {
+    let (plain_addr, body) = wrapper_code(obj, plain)?;
+    if !calls(plain_addr, &body, target) {
         return None;
     }
     let entry = target + push_entry(&code(obj, target, 8)?)?;
     file_offset(obj, entry)
+}
+
+/// Address and code (its symbol's size, at most [`MAX_WRAPPER`] bytes; that
+/// much when the size is unknown) of the public wrapper function `name`.
+fn wrapper_code<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> Option<(u64, Vec<u8>)> {
+    let (addr, size) = symbol(obj, name)?;
+    let len = if size == 0 { MAX_WRAPPER } else { size.min(MAX_WRAPPER) };
+    Some((addr, code(obj, addr, len)?))
 }
 
 /// Address and size of a defined function symbol (dynamic table first).
