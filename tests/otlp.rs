@@ -150,3 +150,56 @@ fn exports_over_otlp_grpc_with_gzip_to_a_real_collector() {
         &rotel,
     );
 }
+
+/// A stop spends its grace period on exporting first. The OTLP batch is
+/// held (a 60 s schedule) until SIGTERM; the agent is then killed 1.5 s
+/// later, as an orchestrator does when the grace period runs out, while
+/// its programs are still detaching (each detach waits for the kernel's
+/// grace periods: 3-5 s for the whole set on this VM). The spans must be
+/// at the collector all the same.
+#[test]
+fn held_spans_reach_the_collector_before_a_kill_cuts_the_detach_short() {
+    let rotel = Rotel::start();
+    let app = python_http("otlp-stop");
+    let conf = format!(
+        "otlp:\n  - endpoint: http://127.0.0.1:{}\n    protocol: http/protobuf\n    scheduled_delay_ms: 60000\n",
+        rotel.http_port
+    );
+    let (_dir, conf) = config_file("otlp-stop", &conf);
+    let k = Kspan::start(&["--output", "otlp", "--pid", &app.pid().to_string(), "--config", &conf]);
+    for i in 0..3 {
+        run_ok(
+            std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{}/users/{i}", app.port)),
+        );
+    }
+    k.wait_spans(3, Duration::from_secs(20), |s| kind(s) == "server");
+    let pid = k.pid() as i32;
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(1500));
+    let detached = k.log().contains("programs detached");
+    // SAFETY: as above; the harness reaps the child when `k` drops.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t = Instant::now();
+    let count = || {
+        let logged = parse(&rotel.output());
+        logged
+            .iter()
+            .filter(|r| r.resource.get("process.pid") == Some(&app.pid().to_string()))
+            .map(|r| r.spans.len())
+            .sum::<usize>()
+    };
+    while count() < 3 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        count(),
+        3,
+        "spans at the collector after SIGTERM and a kill 1.5 s later (detach finished by then: {detached}); \
+         kspan log:\n{}\ncollector:\n{}",
+        k.log(),
+        rotel.output()
+    );
+}

@@ -293,10 +293,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     telemetry.set_ready(false);
     stop.store(true, Ordering::Relaxed);
     nudge.nudge();
-    let counters = tokio::task::spawn_blocking(move || capture_thread.join())
+    let (counters, mut capture) = tokio::task::spawn_blocking(move || capture_thread.join())
         .await
         .map_err(|e| RunError::Thread(e.to_string()))?
         .map_err(|_| RunError::Thread("panicked".into()))?;
+    // The programs detach while the outputs flush: the spans leave first
+    // even when detaching outlasts the stop's grace period (a kill then
+    // only cuts the detach short, which the kernel completes anyway).
+    let detach = tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let links = capture.drop_links();
+        drop(capture);
+        (links, t.elapsed())
+    });
     // The capture thread dropped its sender: the forwarder ends after the queue drains.
     if let Err(e) = forward.await {
         tracing::error!("post-processing task failed: {e}");
@@ -309,6 +318,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = stop_tx.send(true);
     if let Some(t) = metrics_task {
         let _ = t.await;
+    }
+    match detach.await {
+        Ok((links, took)) => tracing::info!(links, seconds = took.as_secs_f64(), "programs detached"),
+        Err(e) => tracing::error!("detaching failed: {e}"),
     }
     let kernel_lost: u64 = counters.kernel.iter().sum();
     tracing::info!(

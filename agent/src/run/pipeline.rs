@@ -225,8 +225,15 @@ fn handle(
 
 impl Pipeline {
     /// Runs until `stop` is set; then closes nothing (connections may live
-    /// on) and returns its counters.
-    pub fn run(mut self, stop: Arc<AtomicBool>, mut publish: impl FnMut(&PipelineCounters)) -> PipelineCounters {
+    /// on), hands on the spans built so far, closes the span queue and
+    /// returns its counters and the capture, still attached: detaching
+    /// takes seconds ([`Capture::drop_links`]), and the caller does it while
+    /// the outputs flush, so a stop's grace period goes to exporting first.
+    pub fn run(
+        mut self,
+        stop: Arc<AtomicBool>,
+        mut publish: impl FnMut(&PipelineCounters),
+    ) -> (PipelineCounters, Capture) {
         let mut out = Vec::new();
         let mut changes = ProcChanges::default();
         let mut ready = Vec::new();
@@ -355,7 +362,8 @@ impl Pipeline {
         self.send(&mut ready);
         self.snapshot();
         publish(&self.counters);
-        self.counters
+        // Everything else, the span queue's sender among it, is dropped here.
+        (self.counters, self.capture)
     }
 
     /// Pauses capture (every program detached; records already written are
