@@ -150,12 +150,10 @@ fn python_urllib_https_client_spans() {
     assert!(k.stop());
 }
 
-#[test]
-fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
-    let ng = nginx_tls();
-    // A private copy of libssl (a file kspan has not seen) that Python loads
-    // only on `import ssl`, a second after it started (after kspan).
-    let dir = TempDir::new("late-ssl");
+/// A private copy of the system's libssl.so.3 (a file kspan has not seen),
+/// in a temporary directory to put on `LD_LIBRARY_PATH`.
+fn private_libssl(tag: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new(tag);
     let system =
         ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3"]
             .into_iter()
@@ -163,6 +161,15 @@ fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
             .expect("system libssl.so.3");
     let copy = dir.0.join("libssl.so.3");
     std::fs::copy(system, &copy).expect("copy libssl");
+    (dir, copy)
+}
+
+#[test]
+fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
+    let ng = nginx_tls();
+    // A private copy of libssl that Python loads only on `import ssl`, a
+    // second after it started (after kspan).
+    let (dir, copy) = private_libssl("late-ssl");
     let tag = format!("late-{}", free_port());
     let k = Kspan::start(&["--exe", &format!("https_client\\.py late .*{tag}")]);
     assert!(!k.log().contains(copy.to_str().unwrap()));
@@ -185,6 +192,48 @@ fn libssl_loaded_after_start_by_a_late_process_is_attached_and_traced() {
     let spans = k.wait_spans(1, WAIT, |s| kind(s) == "client" && attr_str(s, "url.path") == Some("/api/items.json"));
     assert_eq!(spans.len(), 1, "{spans:#?}");
     assert_eq!(attr_str(&spans[0], "url.scheme"), Some("https"));
+    assert_eq!(attr_i64(&spans[0], "http.response.status_code"), Some(200));
+    assert!(k.stop());
+}
+
+/// With only `--pid` selected, processes kspan does not trace carry none of
+/// its uprobes: the system's TLS libraries are not probed ahead, and the
+/// loader hook sits in the selected process alone, not in the loader every
+/// process runs. A process gets a `[uprobes]` mapping on its first uprobe
+/// hit: the selected one has it, a process doing HTTPS beside it must not.
+#[test]
+fn with_only_pids_selected_a_process_kspan_does_not_trace_hits_no_uprobe() {
+    let ng = nginx_tls();
+    let url = format!("https://127.0.0.1:{}/api/items.json", ng.port);
+    // Selected: loads its own libssl copy 3 s after it started, by then
+    // (most likely) after kspan started: found through its loader hook.
+    let (dir, copy) = private_libssl("pids-only-ssl");
+    let lib_path = dir.0.to_str().unwrap();
+    let mut traced = Interactive::start("https_client.py", &["late", "3", &url], &[("LD_LIBRARY_PATH", lib_path)]);
+    let traced_pid = traced.child.id();
+    let k = Kspan::start(&["--pid", &traced_pid.to_string()]);
+    // Not selected: started after kspan, HTTPS through the system libssl.
+    let mut other = Interactive::start("https_client.py", &["late", "0", &url], &[]);
+    assert_eq!(other.line().trim(), "loaded");
+    other.go_on();
+    let reply = other.line();
+    assert!(reply.contains("200"), "{reply}");
+    let maps = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let other_maps = maps(other.child.id());
+    assert!(!other_maps.contains("[uprobes]"), "an untraced process hit kspan's uprobes:\n{other_maps}");
+    assert!(other.wait());
+
+    assert_eq!(traced.line().trim(), "loaded");
+    k.wait_log(&format!("/proc/{traced_pid}/root{}", copy.display()), WAIT);
+    traced.go_on();
+    let reply = traced.line();
+    assert!(reply.contains("200"), "{reply}");
+    assert!(maps(traced_pid).contains("[uprobes]"), "the traced process hit its uprobes");
+    assert!(traced.wait());
+    let spans = k.wait_spans(1, WAIT, |s| {
+        kind(s) == "client" && s["resource"]["process.pid"].as_i64() == Some(i64::from(traced_pid))
+    });
+    assert_eq!(attr_str(&spans[0], "url.scheme"), Some("https"), "{spans:#?}");
     assert_eq!(attr_i64(&spans[0], "http.response.status_code"), Some(200));
     assert!(k.stop());
 }

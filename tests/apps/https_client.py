@@ -4,6 +4,7 @@ use self-signed certificates). Prints JSON.
   get URL...         one GET per URL (urllib opens a connection per request)
   late SECONDS URL   sleeps before importing ssl/urllib (libssl is loaded
                      only then), waits for a line on stdin, then GETs URL
+                     and exits when stdin closes
   keepalive N PORT   N GETs of / on one TLS connection to 127.0.0.1:PORT,
                      pausing 0.5 s after the 20th
   asyncio N PORT     N GETs of /items/I on one connection made with asyncio
@@ -68,6 +69,7 @@ def main():
         print("loaded", flush=True)
         sys.stdin.readline()
         print(json.dumps(get(sys.argv[3:])), flush=True)
+        sys.stdin.readline()  # held until stdin closes (its maps can be read)
     elif mode == "keepalive":
         import http.client
         import ssl

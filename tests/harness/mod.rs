@@ -309,8 +309,9 @@ impl Interactive {
         writeln!(self.child.stdin.as_mut().expect("stdin")).expect("write app input");
     }
 
-    /// Waits for the app to exit; true if it succeeded.
+    /// Closes its stdin and waits for the app to exit; true if it succeeded.
     pub fn wait(mut self) -> bool {
+        drop(self.child.stdin.take());
         self.child.wait().is_ok_and(|s| s.success())
     }
 }

@@ -12,6 +12,7 @@
 //!   were not seen: sockets are found afresh on their next call.
 //! - A link that cannot be made again is logged and counted, never fatal.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use aya::Ebpf;
@@ -30,11 +31,13 @@ pub(super) enum Target {
         name: &'static str,
     },
     /// At `symbol`, or at file offset `offset` (then `symbol` only names
-    /// the place in messages).
+    /// the place in messages); in every process that maps the file, or in
+    /// process `pid` only (the kernel then plants no breakpoint elsewhere).
     Uprobe {
         symbol: &'static str,
         offset: Option<u64>,
         path: PathBuf,
+        pid: Option<u32>,
     },
 }
 
@@ -81,7 +84,7 @@ fn link(ebpf: &mut Ebpf, program: &'static str, target: &Target, paused: bool) -
             let id = tp.attach(category, name).map_err(|e| AttachFail::Target(e.to_string()))?;
             tp.take_link(id).map(|l| Some(Link::Tracepoint(l))).map_err(|e| AttachFail::Target(e.to_string()))
         }
-        Target::Uprobe { symbol, offset, path } => {
+        Target::Uprobe { symbol, offset, path, pid } => {
             let up: &mut UProbe =
                 prog.try_into().map_err(|e: aya::programs::ProgramError| AttachFail::Program(e.to_string()))?;
             if up.fd().is_err() {
@@ -95,9 +98,8 @@ fn link(ebpf: &mut Ebpf, program: &'static str, target: &Target, paused: bool) -
                 None => UProbeAttachLocation::Symbol(symbol),
             };
             // aya wraps the useful part (e.g. the errno) in a source.
-            let id = up
-                .attach(at, path, UProbeScope::AllProcesses)
-                .map_err(|e| AttachFail::Target(crate::telemetry::error_chain(&e)))?;
+            let scope = pid.and_then(NonZeroU32::new).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+            let id = up.attach(at, path, scope).map_err(|e| AttachFail::Target(crate::telemetry::error_chain(&e)))?;
             up.take_link(id).map(|l| Some(Link::Uprobe(l))).map_err(|e| AttachFail::Target(e.to_string()))
         }
     }
@@ -138,6 +140,28 @@ impl Capture {
                 });
             }
         });
+        n
+    }
+
+    /// Forgets the attachments made for process `pid` alone (it exited);
+    /// returns how many. Their links are dropped on a thread of their own:
+    /// each detach waits for the kernel's grace periods, which the capture
+    /// thread must not.
+    pub fn drop_links_of(&mut self, pid: u32) -> usize {
+        let mut links = Vec::new();
+        self.attachments.retain_mut(|a| match a.target {
+            Target::Uprobe { pid: Some(p), .. } if p == pid => {
+                links.extend(a.link.take());
+                false
+            }
+            _ => true,
+        });
+        let n = links.len();
+        if n > 0 {
+            // A thread that cannot start drops its closure, and so the
+            // links, right here.
+            let _ = std::thread::Builder::new().name("kspan-detach".into()).spawn(move || drop(links));
+        }
         n
     }
 

@@ -20,6 +20,11 @@
 //!   loaded later (dlopen, Python `import ssl`) is covered within
 //!   milliseconds (or the next timed scan). Work per tick is bounded
 //!   ([`MAX_PIDS_PER_SCAN`]).
+//! - Scoped mode ([`TlsAttacher::scoped`], only `--pid` selects): no file
+//!   is probed ahead of a selected process mapping it, and the loader hook
+//!   is attached per selected process (at most [`MAX_HOOKED`], dropped at
+//!   its exit), so processes kspan does not trace carry no kspan uprobe
+//!   unless they map a TLS library file a selected process maps.
 //! - A failure (missing symbol, stripped or unreadable file, kernel refusal)
 //!   is logged once per file with its reason, counted, and never fatal.
 
@@ -57,6 +62,9 @@ pub const MAX_PIDS_PER_SCAN: usize = 128;
 pub const MAX_PENDING_EXECS: usize = 1_024;
 /// Delay between exec and the scan (the dynamic loader maps libraries first).
 pub const EXEC_SCAN_DELAY: Duration = Duration::from_millis(150);
+/// Processes given a loader hook of their own (scoped mode, see
+/// [`TlsAttacher::scoped`]); each costs a few uprobe links.
+pub const MAX_HOOKED: usize = 16;
 /// Period of the round-robin rescan of selected processes.
 pub const SCAN_PERIOD: Duration = Duration::from_secs(2);
 
@@ -107,6 +115,9 @@ pub struct TlsStats {
     pub files_full: u64,
     /// Exec'd processes not scanned early: pending queue full.
     pub pending_full: u64,
+    /// Selected processes left without a loader hook of their own
+    /// ([`MAX_HOOKED`] reached; scoped mode): late libraries wait for a scan.
+    pub hooks_full: u64,
 }
 
 /// Metric labels of [`TlsStats::failed`], same order.
@@ -168,15 +179,16 @@ impl Capture {
     /// Attaches the library-load hook to a dynamic loader file.
     /// The hook is a lone `ret` (single-stepped in the trap): its callers'
     /// `call` instructions are probed instead where they can be found.
-    pub fn attach_loader(&mut self, path: &Path) -> Result<(), TlsAttachError> {
+    /// `pid`: in that process only (else in every process that runs it).
+    pub fn attach_loader(&mut self, path: &Path, pid: Option<u32>) -> Result<(), TlsAttachError> {
         match super::tls_entry::call_sites(path, LOADER_SYMBOL) {
             Some(sites) => {
                 for site in sites {
-                    self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, Some(site), path)?;
+                    self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, Some(site), path, pid)?;
                 }
                 Ok(())
             }
-            None => self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, None, path),
+            None => self.attach_uprobe(LOADER_PROGRAM, LOADER_SYMBOL, None, path, pid),
         }
     }
 
@@ -193,8 +205,8 @@ impl Capture {
                     ("ssl_read_internal", entries.read, "kspan_ssl_read_ex"),
                     ("ssl_write_internal", entries.write, "kspan_ssl_write_ex"),
                 ] {
-                    self.attach_uprobe(program, name, Some(offset), path)?;
-                    self.attach_uprobe(RET_PROGRAM, name, Some(offset), path)?;
+                    self.attach_uprobe(program, name, Some(offset), path, None)?;
+                    self.attach_uprobe(RET_PROGRAM, name, Some(offset), path, None)?;
                     probed += 1;
                 }
                 tracing::debug!("{}: probed at OpenSSL's internal read/write entries", shown());
@@ -203,8 +215,8 @@ impl Capture {
                 // GnuTLS's receive entry behind both public receive functions.
                 let gnutls_recv = if lib == TlsLib::GnuTls { super::tls_entry::find_gnutls_recv(path) } else { None };
                 if let Some(offset) = gnutls_recv {
-                    self.attach_uprobe(GNUTLS_RECV_RET_PROGRAM, GNUTLS_RECV, Some(offset), path)?;
-                    self.attach_uprobe(GNUTLS_RECV_PROGRAM, GNUTLS_RECV, Some(offset), path)?;
+                    self.attach_uprobe(GNUTLS_RECV_RET_PROGRAM, GNUTLS_RECV, Some(offset), path, None)?;
+                    self.attach_uprobe(GNUTLS_RECV_PROGRAM, GNUTLS_RECV, Some(offset), path, None)?;
                     probed += 1;
                     tracing::debug!("{}: probed at GnuTLS's internal receive entry", shown());
                 }
@@ -213,8 +225,8 @@ impl Capture {
                         continue;
                     }
                     let attached = self
-                        .attach_uprobe(p.program, p.symbol, None, path)
-                        .and_then(|()| self.attach_uprobe(RET_PROGRAM, p.symbol, None, path));
+                        .attach_uprobe(p.program, p.symbol, None, path, None)
+                        .and_then(|()| self.attach_uprobe(RET_PROGRAM, p.symbol, None, path, None));
                     match attached {
                         Ok(()) => probed += 1,
                         Err(e) if p.required => return Err(e),
@@ -226,7 +238,7 @@ impl Capture {
         // Optional: tells a reused session's new socket at once (users of
         // custom transports, e.g. libpq's BIO, never call it).
         let set_fd = lib.set_fd_symbol();
-        match self.attach_uprobe(SET_FD_PROGRAM, set_fd, None, path) {
+        match self.attach_uprobe(SET_FD_PROGRAM, set_fd, None, path, None) {
             Ok(()) => probed += 1,
             Err(e) => tracing::debug!("{}: optional {set_fd} not probed: {e}", shown()),
         }
@@ -236,8 +248,8 @@ impl Capture {
         // The return first: an entry without it would leave its thread
         // taken for inside a call (its syscalls claimed) until the next one.
         let attached = self
-            .attach_uprobe(RET_PROGRAM, handshake, None, path)
-            .and_then(|()| self.attach_uprobe(HANDSHAKE_PROGRAM, handshake, None, path));
+            .attach_uprobe(RET_PROGRAM, handshake, None, path, None)
+            .and_then(|()| self.attach_uprobe(HANDSHAKE_PROGRAM, handshake, None, path, None));
         match attached {
             Ok(()) => probed += 1,
             Err(e) => tracing::debug!("{}: optional {handshake} not probed: {e}", shown()),
@@ -250,10 +262,10 @@ impl Capture {
     /// how many probes were attached.
     pub fn attach_go(&mut self, path: &Path, probes: &GoTlsProbes) -> Result<usize, TlsAttachError> {
         for ret in &probes.read_rets {
-            self.attach_uprobe(GO_RET_PROGRAM, go_tls::READ, Some(*ret), path)?;
+            self.attach_uprobe(GO_RET_PROGRAM, go_tls::READ, Some(*ret), path, None)?;
         }
-        self.attach_uprobe("kspan_go_tls_read", go_tls::READ, Some(probes.read), path)?;
-        self.attach_uprobe("kspan_go_tls_write", go_tls::WRITE, Some(probes.write), path)?;
+        self.attach_uprobe("kspan_go_tls_read", go_tls::READ, Some(probes.read), path, None)?;
+        self.attach_uprobe("kspan_go_tls_write", go_tls::WRITE, Some(probes.write), path, None)?;
         Ok(probes.read_rets.len() + 2)
     }
 
@@ -268,11 +280,11 @@ impl Capture {
     ) -> Result<(), TlsAttachError> {
         if let Some(program) = probe.rets {
             for ret in rets {
-                self.attach_uprobe(program, probe.symbol, Some(ret), path)?;
+                self.attach_uprobe(program, probe.symbol, Some(ret), path, None)?;
             }
         }
         match probe.program {
-            Some(program) => self.attach_uprobe(program, probe.symbol, Some(at), path),
+            Some(program) => self.attach_uprobe(program, probe.symbol, Some(at), path, None),
             None => Ok(()),
         }
     }
@@ -285,8 +297,9 @@ impl Capture {
         symbol: &'static str,
         offset: Option<u64>,
         path: &Path,
+        pid: Option<u32>,
     ) -> Result<(), TlsAttachError> {
-        let target = Target::Uprobe { symbol, offset, path: path.to_path_buf() };
+        let target = Target::Uprobe { symbol, offset, path: path.to_path_buf(), pid };
         self.attach_recorded(program, target).map_err(|e| match e {
             AttachFail::Program(reason) => TlsAttachError::Program { program, reason },
             AttachFail::Target(reason) => TlsAttachError::Attach { path: path.display().to_string(), symbol, reason },
@@ -306,6 +319,12 @@ pub struct TlsAttacher {
     exes: HashSet<(u64, u64)>,
     /// Attach the library-load hook to dynamic loaders.
     loader_hook: bool,
+    /// Only explicitly selected processes are traced (see [`Self::scoped`]).
+    scoped: bool,
+    /// Scoped mode: processes with a loader hook of their own.
+    hooked: HashSet<u32>,
+    /// Scoped mode: processes over [`MAX_HOOKED`] (counted once each).
+    unhooked: HashSet<u32>,
     pub stats: TlsStats,
 }
 
@@ -324,6 +343,9 @@ impl TlsAttacher {
             cursor: 0,
             exes: HashSet::new(),
             loader_hook: true,
+            scoped: false,
+            hooked: HashSet::new(),
+            unhooked: HashSet::new(),
             stats: TlsStats::default(),
         }
     }
@@ -341,15 +363,33 @@ impl TlsAttacher {
         self
     }
 
+    /// For a selection of explicit processes (`--pid` and their
+    /// descendants, no executable filter, not the whole host): nothing is
+    /// probed for processes kspan does not trace where that can be helped.
+    /// The system's TLS libraries are not probed ahead (only the files the
+    /// selected processes map, found by their scans), and the loader hook
+    /// sits in the first [`MAX_HOOKED`] selected processes only, each its
+    /// own, rather than in the loader file every process on the host runs
+    /// (94 us added to each process start here). A TLS library a selected
+    /// process maps is still probed in every process mapping it: the kernel
+    /// skips the others in the programs, not in the trap.
+    pub fn scoped(mut self, on: bool) -> Self {
+        self.scoped = on;
+        self
+    }
+
     /// Attaches the system libssl (so processes started later are covered
     /// from their first request) and, with the loader hook, the agent's own
-    /// dynamic loader (library load reports), and scans the already selected
-    /// processes.
+    /// dynamic loader (library load reports), unless scoped; and scans the
+    /// already selected processes.
     pub fn start(&mut self, capture: &mut Capture, selected: &[u32]) {
-        for p in system_libraries() {
-            self.consider(capture, &p, Kind::Library);
+        if !self.scoped {
+            for p in system_libraries() {
+                self.consider(capture, &p, Kind::Library);
+            }
         }
         if self.loader_hook
+            && !self.scoped
             && let Ok(maps) = std::fs::read_to_string("/proc/self/maps")
         {
             for p in mapped_paths(&maps, is_loader) {
@@ -407,6 +447,14 @@ impl TlsAttacher {
         self.cursor = start + MAX_PIDS_PER_SCAN.min(pids.len());
     }
 
+    /// A selected process exited: its own loader hook goes.
+    pub fn on_exit(&mut self, capture: &mut Capture, pid: u32) {
+        self.unhooked.remove(&pid);
+        if self.hooked.remove(&pid) {
+            capture.drop_links_of(pid);
+        }
+    }
+
     /// Looks at one process's mapped libssl files and its executable.
     fn scan_pid(&mut self, capture: &mut Capture, pid: u32) {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
@@ -418,7 +466,11 @@ impl TlsAttacher {
             {
                 // Through the process's root: right in containers too.
                 let path = root.join(lib.trim_start_matches('/'));
-                self.consider(capture, &path, kind);
+                if kind == Kind::Loader && self.scoped {
+                    self.hook_process(capture, &path, pid);
+                } else {
+                    self.consider(capture, &path, kind);
+                }
             }
         }
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
@@ -437,6 +489,27 @@ impl TlsAttacher {
         }
     }
 
+    /// Scoped mode: the loader hook for process `pid` alone, once, within
+    /// [`MAX_HOOKED`] processes.
+    fn hook_process(&mut self, capture: &mut Capture, loader: &Path, pid: u32) {
+        if self.hooked.contains(&pid) || self.unhooked.contains(&pid) {
+            return;
+        }
+        if self.hooked.len() >= MAX_HOOKED {
+            if self.unhooked.len() < MAX_FILES {
+                self.unhooked.insert(pid);
+                self.stats.hooks_full += 1;
+            }
+            return;
+        }
+        self.hooked.insert(pid);
+        match capture.attach_loader(loader, Some(pid)) {
+            Ok(()) => tracing::debug!(loader = %loader.display(), pid, "library-load hook attached for the process"),
+            // Late libraries are still found by the timed scans.
+            Err(e) => tracing::debug!(loader = %loader.display(), pid, "no library-load hook: {e}"),
+        }
+    }
+
     /// Attaches one file unless already done (or failed) for its inode.
     fn consider(&mut self, capture: &mut Capture, path: &Path, kind: Kind) {
         let Some(id) = file_id(path) else { return };
@@ -449,7 +522,7 @@ impl TlsAttacher {
         }
         let loader = kind == Kind::Loader;
         let result = match kind {
-            Kind::Loader => capture.attach_loader(path).map(|()| (1, None)),
+            Kind::Loader => capture.attach_loader(path, None).map(|()| (1, None)),
             Kind::Executable(lib) => capture.attach_tls(path, lib).map(|n| (n, Some(lib))),
             Kind::Go(Ok(probes)) => capture.attach_go(path, &probes).map(|n| (n, None)),
             Kind::Go(Err(source)) => Err(TlsAttachError::Go { path: path.display().to_string(), source }),

@@ -286,7 +286,7 @@ impl PipelineMetrics {
         );
         t.register(
             "kspan_tls_attach_failures",
-            "TLS library files not attached, by reason (files_full, pending_full: a cap was hit)",
+            "TLS library files not attached, by reason (files_full, pending_full, hooks_full: a cap was hit)",
             m.tls_failed.clone(),
         );
         t.register(
@@ -440,6 +440,7 @@ impl PipelineMetrics {
         }
         delta(&self.tls_failed.get_or_create(&r("files_full")), a.files_full, b.files_full);
         delta(&self.tls_failed.get_or_create(&r("pending_full")), a.pending_full, b.pending_full);
+        delta(&self.tls_failed.get_or_create(&r("hooks_full")), a.hooks_full, b.hooks_full);
         self.go_processes.set(now.go.registered as i64);
         delta(&self.go_full, now.go.full, last.go.full);
         for n in crate::capture::go_tls::Nesting::ALL {

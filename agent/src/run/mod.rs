@@ -221,7 +221,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         go.on_selected(&mut capture, pid);
     }
     let tls = c.tls.then(|| {
-        let mut tls = TlsAttacher::new().with_loader_hook(c.tls_loader_hook);
+        let mut tls = TlsAttacher::new().with_loader_hook(c.tls_loader_hook).scoped(selector.pids_only());
         tls.start(&mut capture, &selector.selected());
         tls
     });

@@ -327,6 +327,9 @@ impl Pipeline {
                     l.forget_process(pid);
                 }
                 self.go.on_exit(&mut self.capture, pid);
+                if let Some(tls) = &mut self.tls {
+                    tls.on_exit(&mut self.capture, pid);
+                }
             }
             if std::mem::take(&mut changes.forget_all) {
                 self.procs.clear();
@@ -380,6 +383,9 @@ impl Pipeline {
                 self.selector.on_exit(pid);
                 self.capture.unselect(pid);
                 self.go.on_exit(&mut self.capture, pid);
+                if let Some(tls) = &mut self.tls {
+                    tls.on_exit(&mut self.capture, pid);
+                }
             }
             changes.forget_all = true;
             for pid in self.selector.initial() {

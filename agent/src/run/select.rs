@@ -96,6 +96,12 @@ impl Selector {
         })
     }
 
+    /// Only explicit pids (and their descendants) are traced: not the whole
+    /// host, no executable filter.
+    pub fn pids_only(&self) -> bool {
+        !self.all && self.exe.is_empty() && !self.roots.is_empty()
+    }
+
     /// Also requires the process's pod to match `filter` (no-op when empty).
     pub fn with_pod_filter(mut self, filter: PodFilter, store: PodStore) -> Self {
         if !filter.is_empty() {
