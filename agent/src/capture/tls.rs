@@ -387,13 +387,12 @@ impl TlsAttacher {
             for p in system_libraries() {
                 self.consider(capture, &p, Kind::Library);
             }
-        }
-        if self.loader_hook
-            && !self.scoped
-            && let Ok(maps) = std::fs::read_to_string("/proc/self/maps")
-        {
-            for p in mapped_paths(&maps, is_loader) {
-                self.consider(capture, Path::new(p), Kind::Loader);
+            if self.loader_hook
+                && let Ok(maps) = std::fs::read_to_string("/proc/self/maps")
+            {
+                for p in mapped_paths(&maps, is_loader) {
+                    self.consider(capture, Path::new(p), Kind::Loader);
+                }
             }
         }
         for pid in selected.iter().take(MAX_PIDS_PER_SCAN * 8) {

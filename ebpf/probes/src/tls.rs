@@ -194,19 +194,23 @@ fn enter_at(ctx: &ProbeContext, flags: u32, buf_arg: usize, out_arg: Option<usiz
     Ok(0)
 }
 
-/// Ends thread `id`'s OpenSSL call: frees its slot or its [`TLS_CALLS`] entry.
+/// Ends thread `id`'s OpenSSL call, if `wanted` accepts it: frees its
+/// slot or its [`TLS_CALLS`] entry (another call is left in place).
 #[inline(always)]
-fn take_call(id: u64) -> Option<TlsCall> {
+fn take_call_if(id: u64, wanted: impl Fn(&TlsCall) -> bool) -> Option<TlsCall> {
     if let Some(s) = owned_slot(id) {
         // SAFETY: a TLS_SLOTS value this thread owns.
         unsafe {
             let call = (*s).call;
+            if !wanted(&call) {
+                return None;
+            }
             core::ptr::write_volatile(&mut (*s).id, 0);
             return Some(call);
         }
     }
     // SAFETY: plain-old-data value, copied out before removal.
-    let call = unsafe { TLS_CALLS.get(&id) }.copied()?;
+    let call = unsafe { TLS_CALLS.get(&id) }.copied().filter(|c| wanted(c))?;
     if TLS_CALLS.remove(&id).is_ok() {
         uncount(id);
     }
@@ -231,8 +235,14 @@ fn socket_of(key: &ProcPtr) -> Option<TlsSock> {
 }
 
 fn exit(ctx: &RetProbeContext) -> Res {
+    exit_if(ctx, |_| true)
+}
+
+/// [`exit`] of the thread's call only if `wanted` accepts it.
+#[inline(always)]
+fn exit_if(ctx: &RetProbeContext, wanted: impl Fn(&TlsCall) -> bool) -> Res {
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = take_call(id) else {
+    let Some(call) = take_call_if(id, wanted) else {
         return Ok(0);
     };
     let ret: i32 = ctx.ret();
@@ -323,20 +333,7 @@ const CALL_RECV_INT: u32 = 1 << 30;
 /// that call alone.
 #[uretprobe]
 pub fn kspan_gnutls_recv_ret(ctx: RetProbeContext) -> u32 {
-    if config().is_none() {
-        return 0;
-    }
-    let id = bpf_get_current_pid_tgid();
-    let recorded = match owned_slot(id) {
-        // SAFETY: a TLS_SLOTS value this thread owns.
-        Some(s) => unsafe { (*s).call.flags },
-        // SAFETY: plain-old-data value, read at once.
-        None => unsafe { TLS_CALLS.get(&id) }.map_or(0, |c| c.flags),
-    };
-    if recorded & CALL_RECV_INT == 0 {
-        return 0;
-    }
-    match exit(&ctx) {
+    match exit_if(&ctx, |c| c.flags & CALL_RECV_INT != 0) {
         Ok(r) | Err(r) => r,
     }
 }
