@@ -258,7 +258,9 @@ pub(super) fn plausible_start(side: Side, data: &[u8]) -> Prefix {
         Side::Request => {
             let n = data.iter().take(MAX_METHOD + 1).take_while(|b| is_tchar(**b)).count();
             match data.get(n) {
-                Some(b' ') if n > 0 => Prefix::Yes,
+                // At most MAX_METHOD bytes, as a partial start is judged:
+                // a longer token is refused whatever the chunking.
+                Some(b' ') if n > 0 && n <= MAX_METHOD => Prefix::Yes,
                 None if n <= MAX_METHOD => Prefix::Partial,
                 _ => Prefix::No,
             }
@@ -377,5 +379,11 @@ mod tests {
         assert_eq!(find_start(Side::Response, b"xHTTP/1.1 200", 0), Some((1, Prefix::Yes)));
         assert_eq!(plausible_start(Side::Request, b"PROPFIND /x HTTP/1.1"), Prefix::Yes);
         assert_eq!(plausible_start(Side::Request, b"\x16\x03\x01"), Prefix::No);
+        // The method length bound holds for a whole line and its prefixes alike.
+        let long = [b'X'; MAX_METHOD + 1];
+        assert_eq!(plausible_start(Side::Request, &long), Prefix::No);
+        assert_eq!(plausible_start(Side::Request, &[&long[..], b" / HTTP/1.1"].concat()), Prefix::No);
+        assert_eq!(plausible_start(Side::Request, &long[..MAX_METHOD]), Prefix::Partial);
+        assert_eq!(plausible_start(Side::Request, &[&long[..MAX_METHOD], b" / HTTP/1.1"].concat()), Prefix::Yes);
     }
 }
