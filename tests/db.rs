@@ -256,3 +256,61 @@ fn redis_benchmark_pipelines_pair_every_command() {
     assert!(unmatched.ends_with(" 0"), "no mis-pairing: {unmatched}");
     assert!(k.stop());
 }
+
+/// The value of `kspan_parse_total{protocol="postgresql",kind=...}` once
+/// published (0 while absent: a counter is published from its first count).
+fn pg_parse_count(k: &Kspan, kind: &str) -> u64 {
+    let needle = format!("kspan_parse_total{{protocol=\"postgresql\",kind=\"{kind}\"}} ");
+    k.metrics().lines().find_map(|l| l.strip_prefix(&needle)?.trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn results_and_copies_larger_than_the_capture_keep_their_counts() {
+    let pg = postgres();
+    let postmaster = child_pid_of(pg.pid());
+    let k = Kspan::start(&[
+        "--exe",
+        "bin/psql$",
+        "--exe",
+        "bin/pgbench$",
+        "--exe",
+        "python3",
+        "--pid",
+        &postmaster.to_string(),
+    ]);
+    // COPY FROM STDIN of 100,000 rows in writes far larger than the capture.
+    pgbench(pg.port, &["-i", "-s", "1", "-q"]);
+    // Each response is 100-300 KB, written in 8 KiB sends and read in large
+    // receives, captured to 4 KiB plus the last 256 bytes of each.
+    assert!(psql(pg.port, "SELECT * FROM pgbench_accounts WHERE aid <= 1000").success());
+    assert!(psql(pg.port, "COPY (SELECT * FROM pgbench_accounts WHERE aid <= 3000) TO STDOUT").success());
+    let script = "import psycopg, sys\n\
+                  c = psycopg.connect(f'host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=kspan sslmode=disable')\n\
+                  print(len(c.execute('SELECT * FROM pgbench_accounts WHERE aid < %s', (2000,)).fetchall()))\n";
+    let out = run_ok(Command::new("python3").args(["-c", script, &pg.port.to_string()]));
+    assert_eq!(out.trim(), "1999");
+
+    let accounts = |s: &Value, op: &str, role: &str| {
+        is_pg(s)
+            && kind(s) == role
+            && attr_str(s, "db.operation.name") == Some(op)
+            && attr_str(s, "db.query.text").is_some_and(|t| t.contains("pgbench_accounts WHERE aid"))
+    };
+    for role in ["client", "server"] {
+        let selects = k.wait_spans(2, WAIT, |s| accounts(s, "SELECT", role));
+        let mut rows: Vec<_> = selects.iter().map(|s| attr_i64(s, "db.response.returned_rows")).collect();
+        rows.sort();
+        assert_eq!(rows, vec![Some(1000), Some(1999)], "{role}: psql's simple and psycopg's extended SELECT");
+        let copy = k.wait_spans(1, WAIT, |s| accounts(s, "COPY", role));
+        assert_eq!(attr_i64(&copy[0], "db.response.returned_rows"), Some(3000), "{role}: {:#?}", copy[0]);
+        let load = k.wait_spans(1, WAIT, |s| is_pg(s) && kind(s) == role && s["name"] == "COPY pgbench_accounts");
+        assert_eq!(attr_i64(&load[0], "db.response.returned_rows"), Some(100_000), "{role}");
+    }
+    // Valid traffic too large for the capture is not malformed, and no
+    // request went without its span.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pg_parse_count(&k, "malformed"), 0);
+    assert_eq!(pg_parse_count(&k, "dropped_requests"), 0);
+    assert!(pg_parse_count(&k, "truncated") > 0, "the responses were larger than the capture");
+    assert!(k.stop());
+}

@@ -83,7 +83,11 @@ fn run(chunks: &[(Direction, Vec<u8>)]) -> usize {
     let mut stats = ParseStats::default();
     let mut described = 0;
     for (i, (dir, data)) in chunks.iter().enumerate() {
-        parser.feed(&Chunk { dir: *dir, ts_ns: i as u64, tid: 1, data, len: data.len() }, &mut out, &mut stats);
+        parser.feed(
+            &Chunk { dir: *dir, ts_ns: i as u64, tid: 1, data, len: data.len(), tail: &[] },
+            &mut out,
+            &mut stats,
+        );
         for e in out.drain(..) {
             if let Record::Postgres(r) = &e.record {
                 described += describe(r, e.role, &conn, &privacy).attributes.len();

@@ -83,7 +83,7 @@ fn batch() -> (Vec<u8>, Vec<u8>) {
 }
 
 fn chunk(dir: Direction, ts: u64, data: &[u8]) -> Chunk<'_> {
-    Chunk { dir, ts_ns: ts, tid: 1, data, len: data.len() }
+    Chunk { dir, ts_ns: ts, tid: 1, data, len: data.len(), tail: &[] }
 }
 
 fn bench(c: &mut Criterion<ThreadCpu>) {

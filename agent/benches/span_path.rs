@@ -57,6 +57,7 @@ fn data(ts: u64, payload: &[u8], egress: bool) -> DataHeader {
         len: payload.len() as u64,
         sock_id: 42,
         goroutine: 0,
+        ..Default::default()
     }
 }
 

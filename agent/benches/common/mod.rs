@@ -10,7 +10,7 @@ pub fn feed_all<P: StreamParser>(
 ) -> ParseStats {
     let mut stats = ParseStats::default();
     for (i, (dir, data)) in writes.iter().enumerate() {
-        let chunk = Chunk { dir: *dir, ts_ns: i as u64, tid: 1, data, len: data.len() };
+        let chunk = Chunk { dir: *dir, ts_ns: i as u64, tid: 1, data, len: data.len(), tail: &[] };
         parser.feed(&chunk, out, &mut stats);
     }
     stats

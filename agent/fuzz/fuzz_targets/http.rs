@@ -47,7 +47,7 @@ fn run(role: Role, pieces: &[Piece<'_>], bytewise: bool) -> (Vec<Exchange>, Pars
     for p in pieces {
         last = p.ts;
         let feed = |parser: &mut HttpParser, data: &[u8], len, out: &mut Vec<Exchange>, stats: &mut ParseStats| {
-            parser.feed(&Chunk { dir: p.dir, ts_ns: p.ts, tid: 1, data, len }, out, stats)
+            parser.feed(&Chunk { dir: p.dir, ts_ns: p.ts, tid: 1, data, len, tail: &[] }, out, stats)
         };
         if bytewise && p.missing == 0 {
             for b in p.data.chunks(1) {

@@ -52,7 +52,7 @@ fn run_cut(
     for (i, &(from_client, bytes, missing)) in records.iter().enumerate() {
         let dir = if from_client == (role == Role::Client) { Direction::Egress } else { Direction::Ingress };
         let ts = i as u64;
-        let mut feed = |data: &[u8], len| p.feed(&Chunk { dir, ts_ns: ts, tid: 1, data, len }, &mut out, &mut stats);
+        let mut feed = |data: &[u8], len| p.feed(&Chunk { dir, ts_ns: ts, tid: 1, data, len, tail: &[] }, &mut out, &mut stats);
         if bytewise && missing == 0 {
             bytes.chunks(1).for_each(|b| feed(b, 1));
         } else {

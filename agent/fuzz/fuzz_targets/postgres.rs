@@ -4,7 +4,9 @@
 //!
 //! Input layout: a sequence of records `[ctl, n, n bytes of data]` where
 //! `ctl` bit 0 = direction (0 egress, 1 ingress), bit 1 = the chunk lost
-//! `ctl >> 2` bytes after its data (capture truncation).
+//! `ctl >> 2` bytes after its data (capture truncation), of which the last
+//! `n % 7` (at most all of them) are captured after all: the chunk's tail,
+//! taken from the end of its data.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -29,12 +31,10 @@ fuzz_target!(|data: &[u8]| {
             let (chunk, next) = tail.split_at(take);
             let dir = if ctl & 1 == 0 { Direction::Egress } else { Direction::Ingress };
             let missing = if ctl & 2 != 0 { usize::from(ctl >> 2) } else { 0 };
+            let t = (usize::from(*n) % 7).min(missing).min(chunk.len());
+            let (head, tail) = chunk.split_at(chunk.len() - t);
             ts += 1;
-            parser.feed(
-                &Chunk { dir, ts_ns: ts, tid: 1, data: chunk, len: chunk.len() + missing },
-                &mut out,
-                &mut stats,
-            );
+            parser.feed(&Chunk { dir, ts_ns: ts, tid: 1, data: head, len: head.len() + missing, tail }, &mut out, &mut stats);
             rest = next;
         }
         parser.close(ts + 1, &mut out, &mut stats);

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
             ts += 1;
             let dir = if ctl & 1 == 0 { Direction::Egress } else { Direction::Ingress };
             let missing = if ctl & 2 != 0 { usize::from(ctl >> 2) * 97 } else { 0 };
-            let chunk = Chunk { dir, ts_ns: ts, tid: 1, data: bytes, len: bytes.len() + missing };
+            let chunk = Chunk { dir, ts_ns: ts, tid: 1, data: bytes, len: bytes.len() + missing, tail: &[] };
             p.feed(&chunk, &mut out, &mut stats);
         }
         p.close(ts + 1, &mut out, &mut stats);

@@ -8,6 +8,7 @@ use kspan_common::{CloseEvent, ConnEvent, DataHeader, EventKind, ExecEvent, GoSt
 pub enum RawEvent<'a> {
     Data {
         hdr: DataHeader,
+        /// The captured prefix, then `hdr.tail` bytes that end the call.
         payload: &'a [u8],
     },
     ConnOpen(ConnEvent),
@@ -30,6 +31,8 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("data event claims {claimed} payload bytes but carries {present}")]
     PayloadMismatch { claimed: u32, present: usize },
+    #[error("data event claims a tail of {tail} bytes in {captured} captured of {len} moved")]
+    BadTail { tail: u32, captured: u32, len: u64 },
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -50,6 +53,11 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
             let n = hdr.captured as usize;
             if n > rest.len() {
                 return Err(DecodeError::PayloadMismatch { claimed: hdr.captured, present: rest.len() });
+            }
+            // The tail follows a prefix and ends the bytes moved: it cannot
+            // be longer than the payload, nor the payload than the call.
+            if hdr.tail > hdr.captured || (hdr.tail > 0 && u64::from(hdr.captured) > hdr.len) {
+                return Err(DecodeError::BadTail { tail: hdr.tail, captured: hdr.captured, len: hdr.len });
             }
             Ok(RawEvent::Data { hdr, payload: &rest[..n] })
         }
@@ -89,6 +97,8 @@ mod tests {
             len: 9000,
             sock_id: 0xdead,
             goroutine: 0x00c0_001a_2bc0,
+            tail: 2,
+            reserved: 0,
         };
         let mut buf = [0u8; 128];
         let n = encode::data(&hdr, b"hello", &mut buf).expect("fits");
@@ -125,9 +135,14 @@ mod tests {
         assert_eq!(decode(&[]), Err(DecodeError::Short(0)));
         assert_eq!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
         let hdr = DataHeader { kind: 1, captured: 100, ..Default::default() };
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 128];
         let n = encode::data(&hdr, b"abc", &mut buf).expect("fits");
         assert_eq!(decode(&buf[..n]), Err(DecodeError::PayloadMismatch { claimed: 100, present: 3 }));
         assert!(matches!(decode(&[2, 0, 0, 0, 1]), Err(DecodeError::Short(5))));
+        for (tail, captured, len) in [(4, 3, 10), (1, 3, 2)] {
+            let hdr = DataHeader { kind: 1, captured, len, tail, ..Default::default() };
+            let n = encode::data(&hdr, b"abc", &mut buf).expect("fits");
+            assert_eq!(decode(&buf[..n]), Err(DecodeError::BadTail { tail, captured, len }));
+        }
     }
 }

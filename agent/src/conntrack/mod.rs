@@ -478,12 +478,15 @@ impl ConnTable {
             }
             _ => {}
         }
+        // The decoder checked that the tail fits the payload.
+        let (data, tail) = payload.split_at(payload.len().saturating_sub(hdr.tail as usize));
         let chunk = Chunk {
             dir: if hdr.flags & DATA_EGRESS != 0 { Direction::Egress } else { Direction::Ingress },
             ts_ns: hdr.ts_ns,
             tid: thread_key(hdr.tid, hdr.goroutine),
-            data: payload,
+            data,
             len: usize::try_from(hdr.len).unwrap_or(usize::MAX),
+            tail,
         };
         let scratch = &mut self.scratch;
         scratch.clear();

@@ -34,6 +34,7 @@ fn data(tgid: u32, fd: u32, sock: u64, ts: u64, payload: &[u8]) -> DataHeader {
         len: payload.len() as u64,
         sock_id: sock,
         goroutine: 0,
+        ..Default::default()
     }
 }
 

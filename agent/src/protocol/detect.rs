@@ -38,11 +38,12 @@ pub struct PendingChunk {
     pub tid: u32,
     pub data: Vec<u8>,
     pub len: usize,
+    pub tail: Vec<u8>,
 }
 
 impl PendingChunk {
     pub fn as_chunk(&self) -> Chunk<'_> {
-        Chunk { dir: self.dir, ts_ns: self.ts_ns, tid: self.tid, data: &self.data, len: self.len }
+        Chunk { dir: self.dir, ts_ns: self.ts_ns, tid: self.tid, data: &self.data, len: self.len, tail: &self.tail }
     }
 }
 
@@ -137,13 +138,14 @@ impl Detector {
         } else if full {
             return Verdict::Opaque;
         }
-        self.pending_bytes += chunk.data.len();
+        self.pending_bytes += chunk.data.len() + chunk.tail.len();
         self.pending.push(PendingChunk {
             dir: chunk.dir,
             ts_ns: chunk.ts_ns,
             tid: chunk.tid,
             data: chunk.data.to_vec(),
             len: chunk.len,
+            tail: chunk.tail.to_vec(),
         });
         Verdict::Undecided
     }

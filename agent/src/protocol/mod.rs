@@ -73,6 +73,10 @@ pub struct Chunk<'a> {
     /// Bytes really moved (>= `data.len()`); `len - data.len()` bytes after
     /// `data` were not captured and are unknown.
     pub len: usize,
+    /// The last bytes moved, when the capture has them though bytes before
+    /// them are unknown: the final `tail.len()` of the `missing()` bytes
+    /// (empty otherwise; a parser may ignore it and treat them as unknown).
+    pub tail: &'a [u8],
 }
 
 impl Chunk<'_> {

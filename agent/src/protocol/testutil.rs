@@ -13,7 +13,9 @@
 //! ```
 //! `dir` is seen from the traced process (`in` = it read, `out` = it wrote);
 //! each chunk has `text` (JSON string, escapes allowed) or `hex`; `len`
-//! (optional) is the real length when the capture was truncated.
+//! (optional) is the real length when the capture was truncated, and
+//! `tail_hex` (optional) the last bytes of those `len`, captured past the
+//! gap (`Chunk::tail`).
 //! The expected output lives in `<name>.expected.json`; run the tests with
 //! `KSPAN_BLESS=1` to rewrite it after an intended change, then review the diff.
 
@@ -32,11 +34,13 @@ pub struct OwnedChunk {
     pub tid: u32,
     pub data: Vec<u8>,
     pub len: usize,
+    /// The last bytes moved, within the uncaptured ones (`Chunk::tail`).
+    pub tail: Vec<u8>,
 }
 
 impl OwnedChunk {
     pub fn as_chunk(&self) -> Chunk<'_> {
-        Chunk { dir: self.dir, ts_ns: self.ts_ns, tid: self.tid, data: &self.data, len: self.len }
+        Chunk { dir: self.dir, ts_ns: self.ts_ns, tid: self.tid, data: &self.data, len: self.len, tail: &self.tail }
     }
 }
 
@@ -91,12 +95,15 @@ pub fn load(path: &Path) -> Fixture {
                 _ => panic!("{}: chunk needs text or hex", path.display()),
             };
             let len = c["len"].as_u64().map_or(data.len(), |l| l as usize);
+            let tail = c["tail_hex"].as_str().map(hex_decode).unwrap_or_default();
+            assert!(data.len() + tail.len() <= len, "{}: tail_hex needs a len past data and tail", path.display());
             OwnedChunk {
                 dir,
                 ts_ns: c["ts"].as_u64().unwrap_or(0),
                 tid: c["tid"].as_u64().unwrap_or(1) as u32,
                 data,
                 len,
+                tail,
             }
         })
         .collect();
@@ -123,7 +130,7 @@ pub fn split_at(chunks: &[OwnedChunk], i: usize, at: usize) -> Vec<OwnedChunk> {
     v.extend_from_slice(&chunks[..i]);
     let c = &chunks[i];
     let (a, b) = c.data.split_at(at);
-    v.push(OwnedChunk { data: a.to_vec(), len: a.len(), ..c.clone() });
+    v.push(OwnedChunk { data: a.to_vec(), len: a.len(), tail: Vec::new(), ..c.clone() });
     v.push(OwnedChunk { data: b.to_vec(), len: c.len - a.len(), ..c.clone() });
     v.extend_from_slice(&chunks[i + 1..]);
     v

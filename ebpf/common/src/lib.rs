@@ -16,12 +16,18 @@
 pub mod encode;
 
 /// Bumped on every layout change of anything in this crate.
-pub const ABI_VERSION: u32 = 17;
+pub const ABI_VERSION: u32 = 18;
 
 /// Size of the per-CPU scratch payload buffer in the kernel; the largest
 /// capture a single data event can carry. Must be a power of two (the kernel
 /// masks lengths with `MAX_CAPTURE - 1` so the verifier can bound them).
 pub const MAX_CAPTURE: usize = 16 * 1024;
+/// Bytes copied from the end of a call that moved more than the capture
+/// size, besides its prefix (`DataHeader::tail`): where a response ends
+/// (PostgreSQL's CommandComplete and ReadyForQuery, about 30 bytes; an
+/// ErrorResponse and its message) is in the last bytes of the server's
+/// last write of it, past what a prefix holds when the response is large.
+pub const DATA_TAIL: usize = 256;
 /// Smallest capture size the agent accepts (a request header block must fit).
 pub const MIN_CAPTURE: usize = 4 * 1024;
 /// How many iovecs of one readv/writev/recvmsg/sendmsg call are captured:
@@ -131,16 +137,24 @@ pub struct DataHeader {
     pub tgid: u32,
     pub tid: u32,
     pub fd: u32,
-    /// Payload bytes that follow this header.
+    /// Payload bytes that follow this header: a prefix of the bytes moved,
+    /// then the `tail` last ones.
     pub captured: u32,
     /// Bytes the call really moved (all its buffers); may be larger than
-    /// `captured`, which is always a prefix of them.
+    /// `captured`.
     pub len: u64,
     /// Kernel address of the `struct sock`: tells a reused fd from the old one.
     pub sock_id: u64,
     /// Go programs: the address of the goroutine (`g`) that made the call,
     /// 0 when unknown or not a Go program (see `GO_PROCS` on the kernel side).
     pub goroutine: u64,
+    /// The last `tail` of the `captured` payload bytes are the call's last
+    /// `tail` bytes (at most [`DATA_TAIL`]), not part of the prefix: set only
+    /// when the call moved more than the prefix and the tail together, so
+    /// unknown bytes lie between them (single-buffer calls only: read,
+    /// write, recvfrom, sendto, and TLS plaintext).
+    pub tail: u32,
+    pub reserved: u32,
 }
 
 /// A Go HTTP/2 server (net/http's, golang.org/x/net/http2, grpc-go) runs each

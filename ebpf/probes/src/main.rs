@@ -58,9 +58,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kspan_common::{
-    CloseEvent, ConnEvent, DATA_EGRESS, DataHeader, EventKind, IGNORED_PORT, KernelConfig, KernelOffsets, MAX_CAPTURE,
-    PT_REGS_DI, PT_REGS_DX, PT_REGS_R10, PT_REGS_SI, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState, UNIX_PATH_MAX,
-    counter, lru, sock_key,
+    CloseEvent, ConnEvent, DATA_EGRESS, DATA_TAIL, DataHeader, EventKind, IGNORED_PORT, KernelConfig, KernelOffsets,
+    MAX_CAPTURE, PT_REGS_DI, PT_REGS_DX, PT_REGS_R10, PT_REGS_SI, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockState,
+    UNIX_PATH_MAX, counter, lru, sock_key,
 };
 use maps::{
     CONFIG, ENTER_TIME, EVENTS, EnterTime, INFLIGHT, Inflight, PORTS, SCRATCH, SOCKS, TRACED, WAKE, count, lru_insert,
@@ -276,13 +276,15 @@ pub(crate) fn emit_data<const LOOP: bool>(
     // SCRATCH_PAYLOAD (see copy_iovecs for the vectored case).
     unsafe {
         let payload = (*scratch).payload.as_mut_ptr();
+        let mut tail = 0u64;
         let captured = match src {
             Src::Buf(addr) => {
                 if cap > 0 && bpf_probe_read_user(payload.cast(), cap as u32, addr as *const _) != 0 {
                     count(counter::READ_USER_FAILED);
                     0
                 } else {
-                    cap
+                    tail = copy_tail(payload, cap, addr, len);
+                    cap + tail
                 }
             }
             Src::Iov(iov, n) if LOOP => copy_iovecs(iov, n, len, cap),
@@ -300,16 +302,39 @@ pub(crate) fn emit_data<const LOOP: bool>(
             len,
             sock_id: inf.sock_id,
             goroutine,
+            tail: tail as u32,
+            reserved: 0,
         };
         let mut size = core::mem::size_of::<DataHeader>() + captured as usize;
-        if size > core::mem::size_of::<DataHeader>() + MAX_CAPTURE {
-            size = core::mem::size_of::<DataHeader>() + MAX_CAPTURE;
+        if size > core::mem::size_of::<DataHeader>() + MAX_CAPTURE + DATA_TAIL {
+            size = core::mem::size_of::<DataHeader>() + MAX_CAPTURE + DATA_TAIL;
         }
         let bytes = core::slice::from_raw_parts(scratch as *const u8, size);
         if EVENTS.output::<[u8]>(bytes, wake_flags(cfg, size as u64)).is_err() {
             count(counter::RINGBUF_FULL_DATA);
         }
     }
+}
+
+/// Copies the last bytes of a call that moved more than its `cap`-byte
+/// prefix (already at `payload`) right after that prefix; returns how many
+/// (0 when the prefix holds it all or the read fails).
+#[inline(always)]
+unsafe fn copy_tail(payload: *mut u8, cap: u64, addr: u64, len: u64) -> u64 {
+    if len <= cap || cap > MAX_CAPTURE as u64 {
+        return 0;
+    }
+    let mut n = len - cap;
+    if n > DATA_TAIL as u64 {
+        n = DATA_TAIL as u64;
+    }
+    // SAFETY: cap <= MAX_CAPTURE and n <= DATA_TAIL: inside the scratch
+    // payload (SCRATCH_PAYLOAD >= MAX_CAPTURE + DATA_TAIL).
+    let dst = unsafe { payload.add(cap as usize) };
+    if unsafe { bpf_probe_read_user(dst.cast(), n as u32, (addr + len - n) as *const _) } != 0 {
+        return 0;
+    }
+    n
 }
 
 /// How a data syscall passes its buffer.

@@ -11,7 +11,7 @@ fn parser(role: Role) -> Box<dyn StreamParser> {
 }
 
 fn chunk(dir: Direction, ts: u64, data: &[u8]) -> OwnedChunk {
-    OwnedChunk { dir, ts_ns: ts, tid: 1, data: data.to_vec(), len: data.len() }
+    OwnedChunk { dir, ts_ns: ts, tid: 1, data: data.to_vec(), len: data.len(), tail: Vec::new() }
 }
 
 fn http(e: &Exchange) -> &HttpExchange {
@@ -218,7 +218,7 @@ fn random_garbage_and_mangled_http_never_panic_and_stay_bounded() {
                 }
                 let dir = if rng.below(2) == 0 { Direction::Ingress } else { Direction::Egress };
                 let len = data.len() + if rng.below(10) == 0 { rng.below(100_000) } else { 0 };
-                p.feed(&Chunk { dir, ts_ns: step, tid: round, data: &data, len }, &mut out, &mut stats);
+                p.feed(&Chunk { dir, ts_ns: step, tid: round, data: &data, len, tail: &[] }, &mut out, &mut stats);
                 assert!(p.in_flight() <= MAX_IN_FLIGHT + 1);
                 assert!(p.buffered() <= head::MAX_HEAD);
             }

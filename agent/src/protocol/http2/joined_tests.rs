@@ -286,7 +286,7 @@ impl Joined {
 
     fn feed(&mut self, dir: Direction, data: &[u8]) {
         self.ts += 10;
-        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data, len: data.len() };
+        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data, len: data.len(), tail: &[] };
         self.p.feed(&c, &mut self.out, &mut self.stats);
     }
 

@@ -49,7 +49,7 @@ impl Conn {
 
     fn feed(&mut self, dir: Direction, data: &[u8], len: usize) {
         self.ts += 10;
-        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data, len };
+        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data, len, tail: &[] };
         self.p.feed(&c, &mut self.out, &mut self.stats);
     }
 
@@ -288,7 +288,14 @@ fn garbage_or_bad_hpack_is_malformed_and_never_panics() {
     // A preface that is not one.
     let mut p = Http2Parser::new(Role::Server);
     let mut stats = ParseStats::default();
-    let chunk = Chunk { dir: Direction::Ingress, ts_ns: 1, tid: 1, data: b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", len: 24 };
+    let chunk = Chunk {
+        dir: Direction::Ingress,
+        ts_ns: 1,
+        tid: 1,
+        data: b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+        len: 24,
+        tail: &[],
+    };
     p.feed(&chunk, &mut Vec::new(), &mut stats);
     assert_eq!(stats.malformed, 1);
     // A header block over the bound.

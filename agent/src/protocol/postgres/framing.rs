@@ -8,9 +8,18 @@
 //!   (DataRow, CopyData, passwords...) are skipped by length, never stored.
 //! - A bad header (unknown type, length < 4 or > [`MAX_MSG_LEN`]) or bytes lost
 //!   at a message boundary make the framer resynchronise on an anchor message
-//!   (backend: `ReadyForQuery`; frontend: `Query` or `Sync`); after
-//!   [`MAX_SCAN`] captured bytes without one it gives the direction up (opaque).
+//!   (backend: `CommandComplete` or `ReadyForQuery`; frontend: `Query`,
+//!   `Sync` or `CopyDone`); after [`MAX_SCAN`] captured bytes without one it
+//!   gives the direction up (opaque). Bytes searched after a bad header
+//!   count as malformed; after a capture gap (bytes not captured: valid
+//!   traffic, too large for the capture) they do not, and the search limit
+//!   starts again at each gap.
 //! - Uncaptured bytes inside a body are skipped by length without losing sync.
+//! - A chunk's tail (its last bytes, captured past a gap: `Chunk::tail`) is
+//!   read where it lies: in sync if the gap ended inside a body, else
+//!   searched for an anchor. A large response's CommandComplete and
+//!   ReadyForQuery end the server's last write of it, so they are read
+//!   there whatever the capture size.
 
 use crate::protocol::ParseStats;
 
@@ -27,6 +36,9 @@ pub(super) const MAX_SCAN: usize = 4 << 20;
 const MAX_FIRST_MSG_LEN: usize = 1 << 20;
 /// Largest `Query` accepted as a resync anchor.
 const MAX_ANCHOR_QUERY: usize = MAX_BODY_KEEP;
+/// Largest `CommandComplete` accepted as a resync anchor (its tag, such as
+/// `INSERT 0 1000000`, is short).
+const MAX_ANCHOR_TAG: usize = 64;
 
 /// Pseudo type of an untyped startup-phase message (StartupMessage,
 /// SSLRequest, GSSENCRequest, CancelRequest); its body starts with the code.
@@ -63,6 +75,14 @@ impl Side {
         }
     }
 
+    /// Where the next byte that may start an anchor message is in `rest`.
+    fn next_anchor_type(self, rest: &[u8]) -> Option<usize> {
+        match self {
+            Side::Backend => memchr::memchr2(b'Z', b'C', rest),
+            Side::Frontend => memchr::memchr3(b'Q', b'S', b'c', rest),
+        }
+    }
+
     /// Types whose body the session reads; all others are skipped by length.
     fn keeps_body(self, ty: u8) -> bool {
         match self {
@@ -76,8 +96,10 @@ impl Side {
 pub(super) struct Input<'c> {
     pub data: &'c [u8],
     pub pos: usize,
-    /// Uncaptured bytes that follow `data`.
+    /// Uncaptured bytes that follow `data`, `tail` included.
     pub missing: usize,
+    /// The last `tail.len()` of the `missing` bytes, captured after all.
+    pub tail: &'c [u8],
     pub ts: u64,
     pub tid: u32,
 }
@@ -132,6 +154,11 @@ pub(super) struct Framer {
     buf: Vec<u8>,
     start: (u64, u32),
     scanned: usize,
+    /// The search for an anchor follows a capture gap, not a bad header.
+    gap_scan: bool,
+    /// Where in the current input the open anchor candidate began (None if
+    /// in an earlier one): a failed candidate is searched again from there.
+    cand_pos: Option<usize>,
     /// No message has been framed yet in this direction.
     first: bool,
     /// Frontend: the next message may be an untyped startup-phase message.
@@ -150,6 +177,8 @@ impl Framer {
             buf: Vec::new(),
             start: (0, 0),
             scanned: 0,
+            gap_scan: false,
+            cand_pos: None,
             first: true,
             startup_phase: side == Side::Frontend,
             expect_ssl_reply: false,
@@ -170,8 +199,16 @@ impl Framer {
     pub fn next(&mut self, inp: &mut Input<'_>, stats: &mut ParseStats) -> Option<Event<'_>> {
         loop {
             let Some(&b) = inp.data.get(inp.pos) else {
+                self.cand_pos = None;
                 if inp.missing == 0 {
                     return None;
+                }
+                if inp.missing == inp.tail.len() {
+                    // The gap is behind: the call's last bytes follow it.
+                    inp.data = std::mem::take(&mut inp.tail);
+                    inp.pos = 0;
+                    inp.missing = 0;
+                    continue;
                 }
                 match self.skip_missing(inp, stats) {
                     Step::Continue => continue,
@@ -217,6 +254,15 @@ impl Framer {
                     self.state = State::Body { ty, remaining: remaining - n, keep, lost, capped };
                     if remaining == n {
                         return Some(Event::Msg(self.frame(inp.ts, stats)));
+                    }
+                }
+                State::Scan { cand: 0, .. } if !self.is_anchor_type(b) => {
+                    // No candidate open: jump to the next byte that could start one.
+                    let rest = inp.data.get(inp.pos..).unwrap_or_default();
+                    let skip = self.side.next_anchor_type(rest).unwrap_or(rest.len());
+                    inp.pos += skip;
+                    if self.scanned_past(skip, stats) {
+                        return Some(Event::Lost);
                     }
                 }
                 State::Scan { .. } => {
@@ -290,14 +336,14 @@ impl Framer {
             }
             let len = be32(&self.hdr[0..4]);
             if !(8..=MAX_STARTUP_LEN).contains(&len) {
-                self.lose_sync();
+                self.lose_sync(false);
                 return false;
             }
             (STARTUP, len - 4)
         } else {
             if self.hdr_len == 1 {
                 if !self.side.known_type(b) {
-                    self.lose_sync();
+                    self.lose_sync(false);
                 }
                 return false;
             }
@@ -307,7 +353,7 @@ impl Framer {
             let len = be32(&self.hdr[1..5]);
             let max = if self.first { MAX_FIRST_MSG_LEN } else { MAX_MSG_LEN };
             if !(4..=max).contains(&len) {
-                self.lose_sync();
+                self.lose_sync(false);
                 return false;
             }
             (self.hdr[0], len - 4)
@@ -320,42 +366,63 @@ impl Framer {
         need == 0
     }
 
-    fn lose_sync(&mut self) {
+    /// Starts the search for an anchor: after a capture gap (`gap`) or a
+    /// bad header.
+    fn lose_sync(&mut self, gap: bool) {
         self.state = State::Scan { cand: 0, remaining: 0 };
         self.scanned = 0;
+        self.gap_scan = gap;
     }
 
-    /// Skips uncaptured bytes after the captured data of a chunk.
+    /// Counts `n` bytes searched past without an anchor; true when that
+    /// ends the search (the direction is given up).
+    fn scanned_past(&mut self, n: usize, stats: &mut ParseStats) -> bool {
+        if !self.gap_scan {
+            stats.malformed += n as u64;
+        }
+        self.scanned += n;
+        if self.scanned > MAX_SCAN {
+            self.go_opaque();
+            return true;
+        }
+        false
+    }
+
+    /// Skips the uncaptured bytes after the captured data of a chunk, up
+    /// to its tail (if any).
     fn skip_missing(&mut self, inp: &mut Input<'_>, stats: &mut ParseStats) -> Step {
+        let gap = inp.missing.saturating_sub(inp.tail.len());
         match self.state {
             State::Body { ty, remaining, keep, lost, capped } => {
-                let n = remaining.min(inp.missing);
+                let n = remaining.min(gap);
                 inp.missing -= n;
                 self.state = State::Body { ty, remaining: remaining - n, keep, lost: lost || n > 0, capped };
                 if remaining == n { Step::Frame } else { Step::Continue }
             }
             State::Header => {
-                inp.missing = 0;
+                // Valid traffic too large for the capture: not malformed.
+                inp.missing -= gap;
                 stats.resyncs += 1;
-                stats.malformed += self.hdr_len as u64;
+                stats.truncated += 1;
                 self.hdr_len = 0;
-                self.lose_sync();
+                self.lose_sync(true);
                 Step::Lost
             }
             State::Scan { .. } => {
-                inp.missing = 0;
-                self.state = State::Scan { cand: 0, remaining: 0 };
+                inp.missing -= gap;
+                self.lose_sync(true);
                 Step::Continue
             }
             State::Opaque => {
                 inp.missing = 0;
+                inp.tail = &[];
                 Step::Continue
             }
         }
     }
 
     /// Feeds one byte to the anchor search; true when an anchor message is complete.
-    fn scan_byte(&mut self, b: u8, inp: &Input<'_>, stats: &mut ParseStats) -> bool {
+    fn scan_byte(&mut self, b: u8, inp: &mut Input<'_>, stats: &mut ParseStats) -> bool {
         let State::Scan { cand, remaining } = self.state else {
             return false;
         };
@@ -370,19 +437,26 @@ impl Framer {
             _ => self.anchor_body_byte_ok(b, remaining),
         };
         if !accepted {
-            // The candidate failed; this byte may still start a new one.
-            stats.malformed += cand as u64;
-            self.scanned += cand;
             self.state = State::Scan { cand: 0, remaining: 0 };
-            if self.is_anchor_type(b) {
+            // A candidate that failed in its length, or a short anchor, is
+            // searched again from its second byte when that byte is still in
+            // this input: a tag's text or a length can hide the start of the
+            // anchor that follows (`...SELECT\0` then `Z`). A Query's text
+            // (up to 64 KiB) is not searched twice.
+            let short = cand <= 4 || self.hdr[0] != b'Q';
+            if let Some(start) = self.cand_pos.take().filter(|_| short && cand > 0) {
+                inp.pos = start + 1;
+                self.scanned_past(1, stats);
+                return false;
+            }
+            // This byte may still start a new one.
+            let past = if self.is_anchor_type(b) {
                 self.begin_candidate(b, inp);
+                cand
             } else {
-                stats.malformed += 1;
-                self.scanned += 1;
-            }
-            if self.scanned > MAX_SCAN {
-                self.go_opaque();
-            }
+                cand + 1
+            };
+            self.scanned_past(past, stats);
             return false;
         }
         match cand {
@@ -409,6 +483,7 @@ impl Framer {
 
     fn begin_candidate(&mut self, b: u8, inp: &Input<'_>) {
         self.hdr[0] = b;
+        self.cand_pos = inp.pos.checked_sub(1);
         self.start = (inp.ts, inp.tid);
         self.buf.clear();
         self.state = State::Scan { cand: 1, remaining: 0 };
@@ -416,6 +491,7 @@ impl Framer {
 
     fn finish_anchor(&mut self) -> bool {
         let ty = self.hdr[0];
+        self.cand_pos = None;
         self.state = State::Body { ty, remaining: 0, keep: true, lost: false, capped: false };
         if self.side == Side::Frontend {
             self.startup_phase = false;
@@ -425,8 +501,8 @@ impl Framer {
 
     fn is_anchor_type(&self, b: u8) -> bool {
         match self.side {
-            Side::Backend => b == b'Z',
-            Side::Frontend => b == b'Q' || b == b'S',
+            Side::Backend => matches!(b, b'Z' | b'C'),
+            Side::Frontend => matches!(b, b'Q' | b'S' | b'c'),
         }
     }
 
@@ -434,17 +510,23 @@ impl Framer {
         let len = be32(&self.hdr[1..5]);
         match self.hdr[0] {
             b'Z' => len == 5,
-            b'S' => len == 4,
+            b'C' => (6..=MAX_ANCHOR_TAG + 4).contains(&len),
+            b'S' | b'c' => len == 4,
             b'Q' => (6..=MAX_ANCHOR_QUERY + 4).contains(&len),
             _ => false,
         }
     }
 
-    /// Body byte check for anchors: ReadyForQuery's status, or a Query's
-    /// text (no control bytes; NUL exactly at the end).
+    /// Body byte check for anchors: ReadyForQuery's status, a command tag
+    /// (an upper-case word, then upper-case words and numbers: `SELECT 3`,
+    /// `INSERT 0 1`, `CREATE TABLE`), or a Query's text (no control bytes);
+    /// a tag or a text has its NUL exactly at the end.
     fn anchor_body_byte_ok(&self, b: u8, remaining: usize) -> bool {
         match self.hdr[0] {
             b'Z' => matches!(b, b'I' | b'T' | b'E'),
+            b'C' if remaining == 1 => b == 0,
+            b'C' if self.buf.is_empty() => b.is_ascii_uppercase(),
+            b'C' => b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ',
             b'Q' if remaining == 1 => b == 0,
             b'Q' => b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'),
             _ => false,
@@ -503,7 +585,7 @@ mod tests {
         let mut stats = ParseStats::default();
         let (mut out, mut lost) = (Vec::new(), 0);
         for (i, (data, missing)) in parts.iter().enumerate() {
-            let mut inp = Input { data, pos: 0, missing: *missing, ts: i as u64, tid: 1 };
+            let mut inp = Input { data, pos: 0, missing: *missing, tail: &[], ts: i as u64, tid: 1 };
             while let Some(ev) = f.next(&mut inp, &mut stats) {
                 match ev {
                     Event::Msg(m) => out.push((m.ty, m.body.to_vec(), m.complete)),
@@ -593,7 +675,7 @@ mod tests {
         let junk = vec![0xaau8; MAX_SCAN + 10];
         let mut f = Framer::new(Side::Backend);
         let mut stats = ParseStats::default();
-        let mut inp = Input { data: &junk, pos: 0, missing: 0, ts: 0, tid: 0 };
+        let mut inp = Input { data: &junk, pos: 0, missing: 0, tail: &[], ts: 0, tid: 0 };
         while f.next(&mut inp, &mut stats).is_some() {}
         assert!(f.is_opaque());
     }
@@ -614,7 +696,7 @@ mod tests {
         let mut f = Framer::new(Side::Backend);
         f.expect_ssl_reply = true;
         let mut stats = ParseStats::default();
-        let mut inp = Input { data: b"N", pos: 0, missing: 0, ts: 0, tid: 0 };
+        let mut inp = Input { data: b"N", pos: 0, missing: 0, tail: &[], ts: 0, tid: 0 };
         match f.next(&mut inp, &mut stats) {
             Some(Event::Msg(m)) => assert_eq!((m.ty, m.body), (SSL_REPLY, &b"N"[..])),
             other => panic!("{other:?}"),

@@ -206,7 +206,9 @@ impl PgParser {
 
 impl StreamParser for PgParser {
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
-        let mut inp = Input { data: chunk.data, pos: 0, missing: chunk.missing(), ts: chunk.ts_ns, tid: chunk.tid };
+        let missing = chunk.missing();
+        let tail = if chunk.tail.len() <= missing { chunk.tail } else { &[] };
+        let mut inp = Input { data: chunk.data, pos: 0, missing, tail, ts: chunk.ts_ns, tid: chunk.tid };
         if chunk.dir == self.role.request_direction() {
             while let Some(ev) = self.front.next(&mut inp, stats) {
                 let effect = match ev {
@@ -237,5 +239,7 @@ impl StreamParser for PgParser {
     }
 }
 
+#[cfg(test)]
+mod tail_tests;
 #[cfg(test)]
 mod tests;

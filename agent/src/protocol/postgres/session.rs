@@ -296,6 +296,12 @@ impl Session {
                 }
             }
             b'C' => {
+                if self.back_lost.is_some() && self.pending.len() > 1 {
+                    // Found after a loss with several requests waiting: the
+                    // lost bytes may have answered some; ReadyForQuery sorts
+                    // them out.
+                    return Effect::None;
+                }
                 let tag = backend::parse_tag(f.body);
                 let Some(p) = self.current() else {
                     stats.unmatched_responses += 1;
@@ -409,7 +415,8 @@ impl Session {
 
     fn emit(&self, p: Pending, end_ts: u64, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
         stats.exchanges += 1;
-        let rows = p.tag_rows.or((p.data_rows > 0).then_some(p.data_rows));
+        // DataRows counted before a loss are not all of them.
+        let rows = p.tag_rows.or((p.data_rows > 0 && self.back_lost.is_none()).then_some(p.data_rows));
         let record = PgExchange {
             prepared_unknown: p.statement.is_none(),
             statement: p.statement,

@@ -7,7 +7,7 @@ use super::*;
 use crate::protocol::testutil::{OwnedChunk, check_golden_dir, run};
 use crate::protocol::{ConnMeta, Privacy, Record};
 
-fn m(ty: u8, body: &[u8]) -> Vec<u8> {
+pub(super) fn m(ty: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![ty];
     v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
     v.extend_from_slice(body);
@@ -30,25 +30,25 @@ fn startup(db: &str) -> Vec<u8> {
     v
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub(super) fn query(sql: &str) -> Vec<u8> {
     m(b'Q', &cs(sql))
 }
-fn parse(name: &str, sql: &str) -> Vec<u8> {
+pub(super) fn parse(name: &str, sql: &str) -> Vec<u8> {
     m(b'P', &[cs(name), cs(sql), vec![0, 0]].concat())
 }
-fn bind(portal: &str, stmt: &str) -> Vec<u8> {
+pub(super) fn bind(portal: &str, stmt: &str) -> Vec<u8> {
     m(b'B', &[cs(portal), cs(stmt), vec![0; 6]].concat())
 }
-fn execute(portal: &str) -> Vec<u8> {
+pub(super) fn execute(portal: &str) -> Vec<u8> {
     m(b'E', &[cs(portal), vec![0; 4]].concat())
 }
-fn sync() -> Vec<u8> {
+pub(super) fn sync() -> Vec<u8> {
     m(b'S', b"")
 }
-fn complete(tag: &str) -> Vec<u8> {
+pub(super) fn complete(tag: &str) -> Vec<u8> {
     m(b'C', &cs(tag))
 }
-fn ready() -> Vec<u8> {
+pub(super) fn ready() -> Vec<u8> {
     m(b'Z', b"I")
 }
 fn row() -> Vec<u8> {
@@ -62,32 +62,32 @@ fn error(code: &str, msg: &str) -> Vec<u8> {
 
 /// A client-side conversation: `out` = the client wrote, `inn` = it read.
 #[derive(Default)]
-struct Conv {
+pub(super) struct Conv {
     chunks: Vec<OwnedChunk>,
 }
 
 impl Conv {
-    fn push(&mut self, dir: Direction, data: Vec<u8>, len: usize) -> &mut Self {
+    pub(super) fn push(&mut self, dir: Direction, data: Vec<u8>, len: usize) -> &mut Self {
         let ts = 1000 * (self.chunks.len() as u64 + 1);
-        self.chunks.push(OwnedChunk { dir, ts_ns: ts, tid: 7, data, len });
+        self.chunks.push(OwnedChunk { dir, ts_ns: ts, tid: 7, data, len, tail: Vec::new() });
         self
     }
-    fn out(&mut self, parts: &[Vec<u8>]) -> &mut Self {
+    pub(super) fn out(&mut self, parts: &[Vec<u8>]) -> &mut Self {
         let data = parts.concat();
         let len = data.len();
         self.push(Direction::Egress, data, len)
     }
-    fn inn(&mut self, parts: &[Vec<u8>]) -> &mut Self {
+    pub(super) fn inn(&mut self, parts: &[Vec<u8>]) -> &mut Self {
         let data = parts.concat();
         let len = data.len();
         self.push(Direction::Ingress, data, len)
     }
-    fn run(&self) -> (Vec<Exchange>, ParseStats) {
+    pub(super) fn run(&self) -> (Vec<Exchange>, ParseStats) {
         run(&mut PgParser::new(Role::Client), &self.chunks, Some(1_000_000))
     }
 }
 
-fn pg(e: &Exchange) -> &PgExchange {
+pub(super) fn pg(e: &Exchange) -> &PgExchange {
     match &e.record {
         Record::Postgres(p) => p,
         other => panic!("not postgres: {other:?}"),
@@ -189,15 +189,27 @@ fn named_statements_are_capped_and_evictions_counted() {
     let mut out = Vec::new();
     for i in 0..MAX_STATEMENTS + 10 {
         let data = parse(&format!("s{i}"), "SELECT 1");
-        p.feed(&Chunk { dir: Direction::Egress, ts_ns: 1, tid: 1, data: &data, len: data.len() }, &mut out, &mut stats);
+        p.feed(
+            &Chunk { dir: Direction::Egress, ts_ns: 1, tid: 1, data: &data, len: data.len(), tail: &[] },
+            &mut out,
+            &mut stats,
+        );
     }
     assert_eq!(p.evictions(), 10);
     // The oldest statement is gone, the newest is known.
     let data =
         [bind("", "s0"), execute(""), bind("", &format!("s{}", MAX_STATEMENTS + 9)), execute(""), sync()].concat();
-    p.feed(&Chunk { dir: Direction::Egress, ts_ns: 2, tid: 1, data: &data, len: data.len() }, &mut out, &mut stats);
+    p.feed(
+        &Chunk { dir: Direction::Egress, ts_ns: 2, tid: 1, data: &data, len: data.len(), tail: &[] },
+        &mut out,
+        &mut stats,
+    );
     let resp = [complete("SELECT 1"), complete("SELECT 1"), ready()].concat();
-    p.feed(&Chunk { dir: Direction::Ingress, ts_ns: 3, tid: 1, data: &resp, len: resp.len() }, &mut out, &mut stats);
+    p.feed(
+        &Chunk { dir: Direction::Ingress, ts_ns: 3, tid: 1, data: &resp, len: resp.len(), tail: &[] },
+        &mut out,
+        &mut stats,
+    );
     assert_eq!(out.iter().map(|e| pg(e).prepared_unknown).collect::<Vec<_>>(), vec![true, false]);
 }
 
@@ -331,13 +343,14 @@ fn close_reports_finished_simple_query_and_drops_the_rest() {
 #[test]
 fn server_role_reads_requests_as_ingress() {
     let chunks = [
-        OwnedChunk { dir: Direction::Ingress, ts_ns: 10, tid: 3, data: query("SELECT 1"), len: 13 },
+        OwnedChunk { dir: Direction::Ingress, ts_ns: 10, tid: 3, data: query("SELECT 1"), len: 13, tail: Vec::new() },
         OwnedChunk {
             dir: Direction::Egress,
             ts_ns: 20,
             tid: 3,
             data: [complete("SELECT 0"), ready()].concat(),
             len: 22,
+            tail: Vec::new(),
         },
     ];
     let (exs, _) = run(&mut PgParser::new(Role::Server), &chunks, None);

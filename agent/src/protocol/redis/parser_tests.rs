@@ -28,7 +28,7 @@ impl Conn {
 
     fn chunk(&mut self, dir: Direction, data: &[u8], len: usize) -> u64 {
         self.ts += 10;
-        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data, len };
+        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data, len, tail: &[] };
         self.p.feed(&c, &mut self.out, &mut self.stats);
         self.ts
     }
@@ -86,8 +86,16 @@ fn server_role_reads_commands_and_writes_replies() {
     let mut p = RedisParser::new(Role::Server);
     let (mut out, mut stats) = (Vec::new(), ParseStats::default());
     let cmd = resp(&[b"GET", b"k"]);
-    p.feed(&Chunk { dir: Direction::Ingress, ts_ns: 5, tid: 3, data: &cmd, len: cmd.len() }, &mut out, &mut stats);
-    p.feed(&Chunk { dir: Direction::Egress, ts_ns: 9, tid: 3, data: b"$-1\r\n", len: 5 }, &mut out, &mut stats);
+    p.feed(
+        &Chunk { dir: Direction::Ingress, ts_ns: 5, tid: 3, data: &cmd, len: cmd.len(), tail: &[] },
+        &mut out,
+        &mut stats,
+    );
+    p.feed(
+        &Chunk { dir: Direction::Egress, ts_ns: 9, tid: 3, data: b"$-1\r\n", len: 5, tail: &[] },
+        &mut out,
+        &mut stats,
+    );
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].role, out[0].start_ns, out[0].end_ns), (Role::Server, 5, 9));
 }

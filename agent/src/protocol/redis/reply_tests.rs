@@ -5,7 +5,7 @@ fn decode(parts: &[&[u8]]) -> Vec<ReplyEvent> {
     let mut d = ReplyDecoder::default();
     let mut events = Vec::new();
     for (i, p) in parts.iter().enumerate() {
-        let c = Chunk { dir: Direction::Ingress, ts_ns: 10 + i as u64, tid: 1, data: p, len: p.len() };
+        let c = Chunk { dir: Direction::Ingress, ts_ns: 10 + i as u64, tid: 1, data: p, len: p.len(), tail: &[] };
         d.feed(&c, &mut |e| events.push(e));
     }
     events
@@ -69,7 +69,9 @@ fn uncaptured_bytes_past_a_value_report_the_partial_reply() {
     let mut d = ReplyDecoder::default();
     let mut events = Vec::new();
     let data = b"*3\r\n:1\r\n";
-    d.feed(&Chunk { dir: Direction::Ingress, ts_ns: 3, tid: 1, data, len: data.len() + 50 }, &mut |e| events.push(e));
+    d.feed(&Chunk { dir: Direction::Ingress, ts_ns: 3, tid: 1, data, len: data.len() + 50, tail: &[] }, &mut |e| {
+        events.push(e)
+    });
     let [ReplyEvent::Lost { partial: Some(r) }] = events.as_slice() else { panic!("{events:?}") };
     assert!(r.truncated);
     assert_eq!((r.kind, r.end_ts), (ReplyKind::Array, 3));

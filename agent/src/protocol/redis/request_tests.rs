@@ -5,7 +5,7 @@ fn decode(parts: &[&[u8]]) -> Vec<CmdEvent> {
     let mut d = RequestDecoder::default();
     let mut events = Vec::new();
     for (i, p) in parts.iter().enumerate() {
-        let c = Chunk { dir: Direction::Egress, ts_ns: i as u64, tid: 1, data: p, len: p.len() };
+        let c = Chunk { dir: Direction::Egress, ts_ns: i as u64, tid: 1, data: p, len: p.len(), tail: &[] };
         d.feed(&c, &mut |e| events.push(e));
     }
     events
@@ -100,7 +100,7 @@ fn uncaptured_bytes_inside_a_value_are_skipped_by_count() {
     let mut d = RequestDecoder::default();
     let mut events = Vec::new();
     let head = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\nabc";
-    let c = Chunk { dir: Direction::Egress, ts_ns: 1, tid: 1, data: head, len: head.len() + 997 + 2 };
+    let c = Chunk { dir: Direction::Egress, ts_ns: 1, tid: 1, data: head, len: head.len() + 997 + 2, tail: &[] };
     d.feed(&c, &mut |e| events.push(e));
     let [CmdEvent::Command(cmd)] = events.as_slice() else { panic!("{events:?}") };
     assert!(cmd.truncated);
