@@ -149,6 +149,38 @@ fn spliced_bodies_keep_every_request_on_a_keepalive_connection() {
 }
 
 #[test]
+fn a_chunked_body_written_in_pieces_larger_than_the_capture_is_followed_to_its_end() {
+    // Five 10,000-byte chunks, one write each, 30 ms apart: each write (and
+    // curl's read of it) is over the 4 KiB capture, its middle uncaptured.
+    let app = python_http("stream");
+    let k = Kspan::start(&["--pid", &app.pid().to_string(), "--exe", "bin/curl$"]);
+    let times = curl_keepalive(app.port, &["/stream?chunks=5&bytes=10000&ms=30", "/users/7"]);
+    let spans = k.wait_spans(4, WAIT, |s| attr_str(s, "url.path").is_some());
+    for side in ["server", "client"] {
+        let mine: Vec<_> = spans.iter().filter(|s| kind(s) == side).collect();
+        let paths: Vec<_> = mine.iter().map(|s| attr_str(s, "url.path")).collect();
+        assert_eq!(paths, [Some("/stream"), Some("/users/7")], "{side}: both requests of the connection");
+        let stream = mine[0];
+        assert_eq!(attr_i64(stream, "http.response.body.size"), Some(50_000), "{side}: {stream:#}");
+        let d = duration_ns(stream);
+        assert!(d >= 120_000_000, "{side}: ends at the last chunk, after the four pauses: {d} ns");
+        assert!(d as f64 <= times[0] * 1e9, "{side}: inside what curl measured ({} s): {d} ns", times[0]);
+    }
+    // Parse counters are published once a second: wait for these exchanges.
+    let exchanges = "kspan_parse_total{protocol=\"http\",kind=\"exchanges\"}";
+    let t = std::time::Instant::now();
+    let mut m = k.metrics();
+    while metric(&m, exchanges) < 4.0 && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(200));
+        m = k.metrics();
+    }
+    assert!(metric(&m, exchanges) >= 4.0, "{m}");
+    assert_eq!(metric(&m, "kspan_parse_total{protocol=\"http\",kind=\"truncated\"}"), 0.0, "{m}");
+    assert_eq!(metric(&m, "kspan_parse_total{protocol=\"http\",kind=\"resyncs\"}"), 0.0, "{m}");
+    assert!(k.stop());
+}
+
+#[test]
 fn peeked_bytes_are_read_once() {
     // A receive with MSG_PEEK leaves its bytes for the next one: reported,
     // they would be in the stream twice (`HHTTP/1.1 200`).

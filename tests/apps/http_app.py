@@ -2,6 +2,8 @@
 
 Routes: GET /users/<n> -> 200, /missing -> 404, /boom -> 500, /slow?ms=N,
 /spliced?bytes=N -> 200 with N bytes sent by splice(2) from a pipe,
+/stream?chunks=N&bytes=B&ms=M -> 200 with a chunked body of N chunks of B
+bytes, one write each, M ms apart,
 POST /upload -> 200 with the body length. Usage: http_app.py PORT [TAG]
 (TAG is ignored; it lets tests select the process by command line). A PORT
 that starts with `/` is the path of a Unix domain socket to serve on.
@@ -43,6 +45,9 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(500, b"internal error\n")
         elif u.path == "/spliced":
             self.spliced(int(parse_qs(u.query).get("bytes", ["1000"])[0]))
+        elif u.path == "/stream":
+            q = parse_qs(u.query)
+            self.stream(int(q["chunks"][0]), int(q["bytes"][0]), int(q["ms"][0]))
         elif u.path == "/slow":
             ms = int(parse_qs(u.query).get("ms", ["100"])[0])
             time.sleep(ms / 1000.0)
@@ -67,6 +72,17 @@ class Handler(BaseHTTPRequestHandler):
         while sent < n:
             sent += os.splice(r, self.connection.fileno(), n - sent)
         os.close(r)
+
+    def stream(self, chunks, size, ms):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(chunks):
+            if i:
+                time.sleep(ms / 1000.0)
+            self.wfile.write(b"%x\r\n%s\r\n" % (size, b"c" * size))
+        self.wfile.write(b"0\r\n\r\n")
 
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))

@@ -2,7 +2,9 @@
 //!
 //! Input: a sequence of pieces `[ctl, len, data[..len]]`. `ctl` bit 0 picks
 //! the direction, bit 1 marks the piece as partly uncaptured (the real length
-//! is `len + ctl as usize * 64`), bits 2.. advance the timestamp. Then the
+//! is `len + ctl as usize * 64`, and its last `len % 5` captured bytes are
+//! the call's last bytes, past the gap: `Chunk::tail`), bits 2.. advance the
+//! timestamp. Then the
 //! connection closes and every exchange is described. The same input fed one
 //! captured byte at a time must give the same exchanges, up to where an
 //! HTTP/2 connection upgraded from HTTP/1.1 (h2c) lost uncaptured bytes it
@@ -19,6 +21,7 @@ struct Piece<'a> {
     ts: u64,
     data: &'a [u8],
     missing: usize,
+    tail: &'a [u8],
 }
 
 fn pieces(mut rest: &[u8]) -> Vec<Piece<'_>> {
@@ -30,8 +33,10 @@ fn pieces(mut rest: &[u8]) -> Vec<Piece<'_>> {
         rest = next;
         let dir = if ctl & 1 == 0 { Direction::Ingress } else { Direction::Egress };
         let missing = if ctl & 2 != 0 { *ctl as usize * 64 } else { 0 };
+        let t = if missing > 0 { (*len as usize % 5).min(data.len()) } else { 0 };
+        let (data, tail) = data.split_at(data.len() - t);
         ts += u64::from(ctl >> 2);
-        v.push(Piece { dir, ts, data, missing });
+        v.push(Piece { dir, ts, data, missing: missing + t, tail });
     }
     v
 }
@@ -47,7 +52,8 @@ fn run(role: Role, pieces: &[Piece<'_>], bytewise: bool) -> (Vec<Exchange>, Pars
     for p in pieces {
         last = p.ts;
         let feed = |parser: &mut HttpParser, data: &[u8], len, out: &mut Vec<Exchange>, stats: &mut ParseStats| {
-            parser.feed(&Chunk { dir: p.dir, ts_ns: p.ts, tid: 1, data, len, tail: &[] }, out, stats)
+            let tail = if len > data.len() { p.tail } else { &[] };
+            parser.feed(&Chunk { dir: p.dir, ts_ns: p.ts, tid: 1, data, len, tail }, out, stats)
         };
         if bytewise && p.missing == 0 {
             for b in p.data.chunks(1) {

@@ -3,7 +3,9 @@
 //!
 //! Input layout: repeated records of `[ctl: u8][len: u8][bytes; len]`.
 //! `ctl` bit 0: direction; bit 1: mark part of the chunk as uncaptured
-//! (`len` grows by `ctl >> 2` times 97 bytes).
+//! (`len` grows by `ctl >> 2` times 97 bytes), of which the last `len % 7`
+//! captured bytes (at most all of them) are the call's last bytes, past the
+//! gap (`Chunk::tail`).
 #![no_main]
 use kspan::protocol::redis::{RedisParser, describe};
 use kspan::protocol::{Chunk, ConnMeta, Direction, ParseStats, Privacy, Record, Role, StreamParser};
@@ -23,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
             ts += 1;
             let dir = if ctl & 1 == 0 { Direction::Egress } else { Direction::Ingress };
             let missing = if ctl & 2 != 0 { usize::from(ctl >> 2) * 97 } else { 0 };
-            let chunk = Chunk { dir, ts_ns: ts, tid: 1, data: bytes, len: bytes.len() + missing, tail: &[] };
+            let t = if missing > 0 { (*len as usize % 7).min(bytes.len()) } else { 0 };
+            let (head, tail) = bytes.split_at(bytes.len() - t);
+            let chunk = Chunk { dir, ts_ns: ts, tid: 1, data: head, len: head.len() + missing + t, tail };
             p.feed(&chunk, &mut out, &mut stats);
         }
         p.close(ts + 1, &mut out, &mut stats);

@@ -662,8 +662,19 @@ impl StreamParser for HttpParser {
             return;
         }
         let missing = chunk.missing() as u64;
-        if missing > 0 {
-            self.skip_missing(side, missing, chunk.ts_ns, out, stats);
+        let tail = if chunk.tail.len() as u64 <= missing { chunk.tail } else { &[] };
+        let gap = missing - tail.len() as u64;
+        if gap > 0 {
+            self.skip_missing(side, gap, chunk.ts_ns, out, stats);
+        }
+        // The call's last bytes, captured past the gap: read in place when
+        // the gap ended inside a body (a chunked body's CRLF and next size
+        // line, or its last chunk, are there), dropped once the place is lost.
+        if !tail.is_empty() && !self.opaque && !matches!(self.half(side).state, State::Resync) {
+            let rest = self.feed_bytes(side, tail, origin, out, stats);
+            if let Some(h2) = self.h2.as_mut().filter(|_| !rest.is_empty()) {
+                h2.feed(&Chunk { data: rest, len: rest.len(), tail: &[], ..*chunk }, out, stats);
+            }
         }
     }
 

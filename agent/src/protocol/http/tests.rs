@@ -274,3 +274,58 @@ fn h2c_upgrade_takes_the_clients_http2_settings() {
         }
     }
 }
+
+/// `bytes` as the kernel captures them: a `head`-byte prefix and, past the
+/// gap, the last `tail` bytes.
+fn captured(dir: Direction, ts: u64, bytes: &[u8], head: usize, tail: usize) -> OwnedChunk {
+    let head = head.min(bytes.len());
+    let tail = tail.min(bytes.len() - head);
+    OwnedChunk {
+        dir,
+        ts_ns: ts,
+        tid: 1,
+        data: bytes[..head].to_vec(),
+        len: bytes.len(),
+        tail: bytes[bytes.len() - tail..].to_vec(),
+    }
+}
+
+#[test]
+fn a_chunked_body_in_writes_larger_than_the_capture_ends_at_its_last_chunk() {
+    // Go's net/http writes a chunked response in chunks of its 4 KiB
+    // buffer, each write a few bytes over a 4 KiB capture; Python's
+    // http.server writes what the handler writes.
+    let piece = [b"1000\r\n".to_vec(), vec![b'j'; 4096], b"\r\n".to_vec()].concat();
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (last, what) in [
+        (b"0\r\n\r\n".to_vec(), "last chunk alone"),
+        ([piece.clone(), b"0\r\n\r\n".to_vec()].concat(), "last chunk in the tail"),
+    ] {
+        for tail in [256, 0] {
+            let mut chunks = vec![
+                chunk(Direction::Egress, 10, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n"),
+                chunk(Direction::Ingress, 20, head),
+            ];
+            for i in 0..5 {
+                chunks.push(captured(Direction::Ingress, 30 + i, &piece, 4096, tail));
+            }
+            chunks.push(captured(Direction::Ingress, 50, &last, 4096, tail));
+            chunks.push(chunk(Direction::Egress, 60, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"));
+            chunks.push(chunk(Direction::Ingress, 70, b"HTTP/1.1 204 No Content\r\n\r\n"));
+            let (exs, stats) = run(parser(Role::Client).as_mut(), &chunks, None);
+            let got: Vec<_> = exs.iter().map(|e| (http(e).path(), e.end_ns)).collect();
+            if tail > 0 {
+                assert_eq!(got, vec![("/big", 50), ("/next", 70)], "{what}");
+                assert_eq!((stats.truncated, stats.resyncs), (0, 0), "{what}: in sync throughout");
+                let body = 4096 * (5 + u64::from(last.len() > 5));
+                assert_eq!(http(&exs[0]).response_body_size, Some(body), "{what}");
+            } else {
+                // Without the tail the chunk framing is lost at the first
+                // cut: the response is ended there, its length unknown.
+                assert_eq!(got, vec![("/big", 30), ("/next", 70)], "{what}");
+                assert_eq!(stats.truncated, 1, "{what}");
+                assert_eq!(http(&exs[0]).response_body_size, None, "{what}");
+            }
+        }
+    }
+}

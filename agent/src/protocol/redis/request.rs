@@ -223,8 +223,15 @@ impl RequestDecoder {
             }
         }
         let missing = chunk.missing();
-        if missing > 0 {
-            self.skip_missing(missing as u64, sink);
+        let tail = if chunk.tail.len() <= missing { chunk.tail } else { &[] };
+        let gap = missing - tail.len();
+        if gap > 0 {
+            self.skip_missing(gap as u64, sink);
+        }
+        // The call's last bytes, past the gap: read in place when the gap
+        // ended inside an argument (the commands after a large value).
+        if !tail.is_empty() && !matches!(self.state, State::Resync) {
+            self.feed(&Chunk { data: tail, len: tail.len(), tail: &[], ..*chunk }, sink);
         }
     }
 
