@@ -136,6 +136,21 @@ pub fn split_at(chunks: &[OwnedChunk], i: usize, at: usize) -> Vec<OwnedChunk> {
     v
 }
 
+/// `bytes` moved by one call, as the kernel captures them: a `head`-byte
+/// prefix and, past the gap, the call's last `tail` bytes (`Chunk::tail`).
+pub fn captured(dir: Direction, ts: u64, bytes: &[u8], head: usize, tail: usize) -> OwnedChunk {
+    let head = head.min(bytes.len());
+    let tail = tail.min(bytes.len() - head);
+    OwnedChunk {
+        dir,
+        ts_ns: ts,
+        tid: 1,
+        data: bytes[..head].to_vec(),
+        len: bytes.len(),
+        tail: bytes[bytes.len() - tail..].to_vec(),
+    }
+}
+
 /// Splits every chunk into one-byte chunks.
 pub fn one_byte_chunks(chunks: &[OwnedChunk]) -> Vec<OwnedChunk> {
     let mut v = Vec::new();

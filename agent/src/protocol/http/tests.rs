@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::protocol::testutil::{OwnedChunk, check_golden_dir, run};
+use crate::protocol::testutil::{OwnedChunk, captured, check_golden_dir, run};
 use crate::protocol::{Chunk, ConnMeta, Exchange, ParseStats, Privacy, Record, StreamParser};
 
 fn parser(role: Role) -> Box<dyn StreamParser> {
@@ -272,21 +272,6 @@ fn h2c_upgrade_takes_the_clients_http2_settings() {
         if let Some(e) = out.first() {
             assert_eq!((http(e).status, http(e).path(), http(e).stream), (200, "/up", 1));
         }
-    }
-}
-
-/// `bytes` as the kernel captures them: a `head`-byte prefix and, past the
-/// gap, the last `tail` bytes.
-fn captured(dir: Direction, ts: u64, bytes: &[u8], head: usize, tail: usize) -> OwnedChunk {
-    let head = head.min(bytes.len());
-    let tail = tail.min(bytes.len() - head);
-    OwnedChunk {
-        dir,
-        ts_ns: ts,
-        tid: 1,
-        data: bytes[..head].to_vec(),
-        len: bytes.len(),
-        tail: bytes[bytes.len() - tail..].to_vec(),
     }
 }
 

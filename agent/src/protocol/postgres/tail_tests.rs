@@ -4,22 +4,7 @@
 
 use super::tests::{Conv, bind, complete, execute, m, parse, pg, query, ready, sync};
 use super::*;
-use crate::protocol::testutil::OwnedChunk;
-
-/// The kernel's shape of a call that moved `bytes`: a `head`-byte prefix,
-/// then (if `tail` > 0) its last `tail` bytes; the rest is unknown.
-fn captured(dir: Direction, ts: u64, bytes: &[u8], head: usize, tail: usize) -> OwnedChunk {
-    let head = head.min(bytes.len());
-    let tail = if bytes.len() > head { tail.min(bytes.len() - head) } else { 0 };
-    OwnedChunk {
-        dir,
-        ts_ns: ts,
-        tid: 7,
-        data: bytes[..head].to_vec(),
-        len: bytes.len(),
-        tail: bytes[bytes.len() - tail..].to_vec(),
-    }
-}
+use crate::protocol::testutil::{OwnedChunk, captured};
 
 /// A DataRow of one text column of `n` bytes.
 fn wide_row(n: usize) -> Vec<u8> {
