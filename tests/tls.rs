@@ -564,8 +564,17 @@ fn psql_sslmode_require_client_and_server_spans() {
     assert!(psql_ssl(pg.port, "INSERT INTO users VALUES (1, 'secret@example.com')").success());
     assert!(psql_ssl(pg.port, "SELECT email FROM users WHERE id = 1 AND email = 'secret@example.com'").success());
     assert!(!psql_ssl(pg.port, "INSERT INTO users VALUES (1, 'dup@example.com')").success());
+    // About 200 KB of rows: plaintext reads and writes far larger than the
+    // capture, whose last bytes hold the row count.
+    assert!(psql_ssl(pg.port, "SELECT g, repeat('x', 90) FROM generate_series(1, 2000) g").success());
 
     let want = |s: &Value, op: &str| is_pg(s) && kind(s) == "client" && attr_str(s, "db.operation.name") == Some(op);
+    for role in ["client", "server"] {
+        let big = k.wait_spans(1, WAIT, |s| {
+            is_pg(s) && kind(s) == role && attr_str(s, "db.query.text").is_some_and(|t| t.contains("generate_series"))
+        });
+        assert_eq!(attr_i64(&big[0], "db.response.returned_rows"), Some(2000), "{role}: {:#}", big[0]);
+    }
     let inserts = k.wait_spans(2, WAIT, |s| want(s, "INSERT"));
     let select = k.wait_spans(1, WAIT, |s| want(s, "SELECT") && attr_str(s, "db.collection.name") == Some("users"));
     let ok_insert = inserts.iter().find(|s| s["status"]["code"] != "error").expect("successful insert");
