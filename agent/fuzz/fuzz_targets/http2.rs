@@ -13,7 +13,8 @@
 //!
 //! Input: repeated `[ctl: u8][len: u8][bytes; len]`. `ctl` bit 0: the
 //! client's (0) or the server's (1) bytes; bit 1: `(ctl >> 2) * 113` more
-//! bytes moved but were not captured.
+//! bytes moved but were not captured, and then the last `len % 5` bytes are
+//! the call's last bytes, past the gap (`Chunk::tail`).
 #![no_main]
 use kspan::protocol::http2::{Http2Parser, PREFACE, hpack};
 use kspan::protocol::{Chunk, ConnMeta, Direction, Exchange, ParseStats, Privacy, Record, Role, StreamParser};
@@ -52,11 +53,13 @@ fn run_cut(
     for (i, &(from_client, bytes, missing)) in records.iter().enumerate() {
         let dir = if from_client == (role == Role::Client) { Direction::Egress } else { Direction::Ingress };
         let ts = i as u64;
-        let mut feed = |data: &[u8], len| p.feed(&Chunk { dir, ts_ns: ts, tid: 1, data, len, tail: &[] }, &mut out, &mut stats);
+        let mut feed = |data: &[u8], len, tail| p.feed(&Chunk { dir, ts_ns: ts, tid: 1, data, len, tail }, &mut out, &mut stats);
         if bytewise && missing == 0 {
-            bytes.chunks(1).for_each(|b| feed(b, 1));
+            bytes.chunks(1).for_each(|b| feed(b, 1, &[]));
         } else {
-            feed(bytes, bytes.len() + missing);
+            let t = if missing > 0 { bytes.len() % 5 } else { 0 };
+            let (head, tail) = bytes.split_at(bytes.len() - t);
+            feed(head, bytes.len() + missing, tail);
         }
         if stats.truncated > 0 && cut.is_none() {
             cut = Some(i);

@@ -209,12 +209,16 @@ impl Framer {
     }
 
     /// Reads `data`, then `missing` bytes that moved but were not captured,
+    /// of which the last `tail.len()` were captured after all (`tail`, the
+    /// call's last bytes: read in place when the uncaptured ones before it
+    /// ended inside a DATA payload, as a message's trailers often are),
     /// calling `on` for every event. On `Err` the direction is lost: later
     /// calls must not be made.
     pub fn feed(
         &mut self,
         mut data: &[u8],
         missing: usize,
+        tail: &[u8],
         on: &mut dyn FnMut(Event<'_>) -> Result<(), Lost>,
     ) -> Result<(), Lost> {
         while !data.is_empty() {
@@ -249,14 +253,19 @@ impl Framer {
             data = &data[n..];
             self.end_frame_if_done(on)?;
         }
-        if missing > 0 {
+        let tail = if tail.len() <= missing { tail } else { &[] };
+        let gap = missing - tail.len();
+        if gap > 0 {
             match self.frame.as_mut() {
-                Some(f) if !f.keep && missing <= f.left && self.preface_left == 0 => {
-                    f.left -= missing;
+                Some(f) if !f.keep && gap <= f.left && self.preface_left == 0 => {
+                    f.left -= gap;
                     self.end_frame_if_done(on)?;
                 }
                 _ => return Err(Lost::Truncated),
             }
+        }
+        if !tail.is_empty() {
+            return self.feed(tail, 0, &[], on);
         }
         Ok(())
     }

@@ -53,6 +53,15 @@ impl Conn {
         self.p.feed(&c, &mut self.out, &mut self.stats);
     }
 
+    /// One call's `bytes` captured as the kernel does: a 4 KiB prefix and,
+    /// past the gap, the last `tail` bytes.
+    fn feed_cut(&mut self, dir: Direction, bytes: &[u8], tail: usize) {
+        self.ts += 10;
+        let tail = &bytes[bytes.len() - tail.min(bytes.len() - 4096)..];
+        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data: &bytes[..4096], len: bytes.len(), tail };
+        self.p.feed(&c, &mut self.out, &mut self.stats);
+    }
+
     fn client_dir(&self) -> Direction {
         self.role.request_direction()
     }
@@ -243,6 +252,38 @@ fn bytes_not_captured_in_a_data_frame_are_skipped() {
     c.server(&r);
     assert_eq!(c.out.len(), 2);
     assert_eq!(c.stats.truncated, 0);
+}
+
+#[test]
+fn trailers_after_a_large_message_are_read_in_the_tail() {
+    // A gRPC reply of 10 KB: response headers, one DATA frame and the
+    // trailers in one write, as grpc-go writes them.
+    for (tail, ends) in [(256, true), (0, false)] {
+        let mut c = Conn::new(Role::Client);
+        let f = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/kspan.test.Echo/Say"),
+            ("content-type", "application/grpc"),
+        ];
+        let mut req = c.request_frame(1, 0, &f);
+        req.extend(frame(0, END_STREAM, 1, &[0, 0, 0, 0, 1, 7]));
+        c.client(&req);
+        let mut bytes = c.response_frame(1, 0, &[(":status", "200"), ("content-type", "application/grpc")]);
+        bytes.extend(frame(0, 0, 1, &[b'm'; 10_005]));
+        bytes.extend(c.response_frame(1, END_STREAM, &[("grpc-status", "0")]));
+        let dir = c.server_dir();
+        c.feed_cut(dir, &bytes, tail);
+        if ends {
+            assert_eq!(c.out.len(), 1, "ended by its trailers");
+            assert_eq!(http(&c.out[0]).grpc_status, Some(0));
+            assert_eq!(http(&c.out[0]).response_body_size, Some(10_005));
+            assert_eq!((c.stats.truncated, c.stats.dropped_requests), (0, 0));
+        } else {
+            assert!(c.out.is_empty(), "the trailers' frame header went uncaptured");
+            assert_eq!(c.stats.truncated, 1);
+        }
+    }
 }
 
 /// Bytes that cannot be skipped went uncaptured (a read longer than the
