@@ -694,6 +694,36 @@ fn grpc_unary_calls_client_and_server_spans() {
     assert!(k.stop());
 }
 
+#[test]
+fn grpc_messages_larger_than_the_capture_keep_their_calls() {
+    // 10 KB messages: grpcio sends each call's frames with one sendmsg of
+    // several iovecs, larger than the 4 KiB capture; the call's trailers
+    // (or its END_STREAM) are in the last bytes, copied past the gap.
+    let srv = grpc_server();
+    let tag = format!("grpc-big-{}", free_port());
+    let k = Kspan::start(&["--pid", &srv.pid().to_string(), "--exe", &format!(r"grpc_app\.py client .*{tag}")]);
+    let out = run_ok(
+        Command::new("python3")
+            .arg(apps_dir().join("grpc_app.py"))
+            .args(["client", &srv.port.to_string(), "5", &tag])
+            .env("KSPAN_MSG_BYTES", "10000"),
+    );
+    assert!(out.contains("Fail NOT_FOUND 'no such thing'"), "{out}");
+    for side in ["server", "client"] {
+        let spans = in_start_order(k.wait_spans(6, WAIT, |s| kind(s) == side && attr_str(s, "rpc.system").is_some()));
+        assert_eq!(spans.len(), 6, "{side}: one span per call: {spans:#?}");
+        let codes: Vec<_> = spans.iter().map(|s| attr_i64(s, "rpc.grpc.status_code")).collect();
+        assert_eq!(codes, [Some(0), Some(0), Some(0), Some(0), Some(0), Some(5)], "{side}");
+        for s in &spans[..5] {
+            assert_eq!(attr_i64(s, "http.request.body.size"), Some(10_005), "{side}: {s:#}");
+            assert_eq!(attr_i64(s, "http.response.body.size"), Some(10_005), "{side}: {s:#}");
+        }
+    }
+    let m = k.metrics();
+    assert_eq!(metric(&m, "kspan_parse_total{protocol=\"http2\",kind=\"dropped_requests\"}"), 0.0, "{m}");
+    assert!(k.stop());
+}
+
 /// A gRPC channel opened before kspan started (an agent restarted under
 /// long-lived connections): its HTTP/2 connection is taken up mid-stream
 /// at its next call, on both ends. HPACK fields the peers indexed before

@@ -9,10 +9,12 @@ Service `kspan.test.Echo`: `Say` answers with the request bytes (status OK),
                           sequence; prints one line per call and exits 0 if
                           every outcome was the expected one (TAG is ignored;
                           it lets tests select the process by command line)
+                          (KSPAN_MSG_BYTES=B pads each Say message to B bytes)
   joined PORT N [TAG]     like client, on a channel that first calls Say
                           three times, prints "warm" and waits for a line on
                           stdin (a connection open before kspan starts)
 """
+import os
 import sys
 import time
 from concurrent import futures
@@ -61,11 +63,12 @@ def client(port, n, warm=False):
                 ok = ok and say_rpc(b"warm", timeout=10) == b"warm"
             print("warm", flush=True)
             sys.stdin.readline()
+        size = int(os.environ.get("KSPAN_MSG_BYTES", "0"))
         for i in range(n):
-            msg = b"hello %d" % i
+            msg = (b"hello %d " % i).ljust(size, b".")
             t0 = time.time_ns()
             got = say_rpc(msg, timeout=10)
-            print("Say %d OK %r %d" % (i, got, time.time_ns() - t0), flush=True)
+            print("Say %d OK %r %d" % (i, got[:32], time.time_ns() - t0), flush=True)
             ok = ok and got == msg
         try:
             fail_rpc(b"missing", timeout=10)

@@ -151,8 +151,8 @@ pub struct DataHeader {
     /// The last `tail` of the `captured` payload bytes are the call's last
     /// `tail` bytes (at most [`DATA_TAIL`]), not part of the prefix: set only
     /// when the call moved more than the prefix and the tail together, so
-    /// unknown bytes lie between them (single-buffer calls only: read,
-    /// write, recvfrom, sendto, and TLS plaintext).
+    /// unknown bytes lie between them (vectored calls only on kernels with
+    /// `bpf_loop`).
     pub tail: u32,
     pub reserved: u32,
 }

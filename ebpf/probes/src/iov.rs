@@ -7,7 +7,7 @@
 //! be read, so the payload is always a prefix of what the call moved.
 
 use aya_ebpf::helpers::generated::{self as helpers_raw, bpf_probe_read_user};
-use kspan_common::{COMPAT_IOVECS, MAX_CAPTURE, MAX_IOVECS, counter};
+use kspan_common::{COMPAT_IOVECS, DATA_TAIL, MAX_CAPTURE, MAX_IOVECS, counter};
 
 use crate::count;
 use crate::maps::{MAX_COPY_AT_OFFSET, SCRATCH};
@@ -66,6 +66,93 @@ pub(crate) fn copy_iovecs_unrolled(iov: u64, n: u64, len: u64, cap: u64) -> u64 
         }
     }
     walk.captured
+}
+
+/// Where [`copy_iov_tail`] is in its walk (on the program's stack, handed to
+/// each step of `bpf_loop`).
+#[repr(C)]
+struct TailWalk {
+    iov: u64,
+    n: u64,
+    /// Offset of the tail's first byte among the bytes the call moved.
+    start: u64,
+    /// Payload offset the tail goes to (right after the prefix).
+    dst: u64,
+    /// Bytes of the iovecs before the current one.
+    at: u64,
+    copied: u64,
+    want: u64,
+}
+
+/// Copies the last bytes a vectored call moved (up to `DATA_TAIL`) right
+/// after its `head`-byte prefix in this CPU's scratch payload, when it moved
+/// more than that prefix; returns how many (0 unless all of them could be
+/// read: the tail is contiguous or absent). A `bpf_loop` walk like
+/// [`copy_iovecs`]: iovecs before the tail are only added up.
+#[inline(always)]
+pub(crate) fn copy_iov_tail(iov: u64, n: u64, len: u64, head: u64) -> u64 {
+    if len <= head || head > MAX_CAPTURE as u64 {
+        return 0;
+    }
+    let mut want = len - head;
+    if want > DATA_TAIL as u64 {
+        want = DATA_TAIL as u64;
+    }
+    let mut walk = TailWalk { iov, n, start: len - want, dst: head, at: 0, copied: 0, want };
+    // SAFETY: the helper calls `tail_step` with a pointer to `walk`, which
+    // outlives the call.
+    unsafe {
+        helpers_raw::bpf_loop(MAX_IOVECS, tail_step as *mut core::ffi::c_void, (&raw mut walk).cast(), 0);
+    }
+    if walk.copied == walk.want { walk.want } else { 0 }
+}
+
+/// One step of [`copy_iov_tail`]: iovec `i`; returns 1 to stop.
+#[inline(always)]
+extern "C" fn tail_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `TailWalk` that `copy_iov_tail` passed to bpf_loop.
+    let w = unsafe { &mut *ctx.cast::<TailWalk>() };
+    if i >= w.n || w.copied >= w.want {
+        return 1;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: reading the caller's iovec array from user memory.
+    let Ok(v) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user((w.iov + i * 16) as *const Iovec) }) else {
+        return 1;
+    };
+    let end = w.at + v.len;
+    let pos = w.start + w.copied;
+    if end <= pos {
+        w.at = end;
+        return 0;
+    }
+    // pos >= w.at: the first iovec the tail touches starts before it, the
+    // next ones where it goes on.
+    let from = pos - w.at;
+    let mut take = end - pos;
+    if take > w.want - w.copied {
+        take = w.want - w.copied;
+    }
+    // Bounds the verifier can see: off <= MAX_CAPTURE + DATA_TAIL, take <= DATA_TAIL.
+    if take > DATA_TAIL as u64 {
+        take = DATA_TAIL as u64;
+    }
+    let off = w.dst + w.copied;
+    if off > (MAX_CAPTURE + DATA_TAIL) as u64 || pos < w.at {
+        return 1;
+    }
+    // SAFETY: off + take < SCRATCH_PAYLOAD, inside this CPU's scratch buffer.
+    if take > 0
+        && unsafe {
+            let payload = (*scratch).payload.as_mut_ptr();
+            bpf_probe_read_user(payload.add(off as usize).cast(), take as u32, (v.base + from) as *const _)
+        } != 0
+    {
+        return 1;
+    }
+    w.copied += take;
+    w.at = end;
+    0
 }
 
 /// One step of [`copy_iovecs`]: copies iovec `i`; returns 1 to stop.

@@ -36,7 +36,7 @@
 )]
 
 mod iov;
-use iov::{copy_iovecs, copy_iovecs_unrolled};
+use iov::{copy_iov_tail, copy_iovecs, copy_iovecs_unrolled};
 mod fds;
 mod go_http;
 mod go_tls;
@@ -287,7 +287,11 @@ pub(crate) fn emit_data<const LOOP: bool>(
                     cap + tail
                 }
             }
-            Src::Iov(iov, n) if LOOP => copy_iovecs(iov, n, len, cap),
+            Src::Iov(iov, n) if LOOP => {
+                let head = copy_iovecs(iov, n, len, cap);
+                tail = copy_iov_tail(iov, n, len, head);
+                head + tail
+            }
             Src::Iov(iov, n) => copy_iovecs_unrolled(iov, n, len, cap),
             Src::Uncopied => 0,
         };
