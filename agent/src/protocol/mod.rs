@@ -79,10 +79,26 @@ pub struct Chunk<'a> {
     pub tail: &'a [u8],
 }
 
-impl Chunk<'_> {
+impl<'a> Chunk<'a> {
     /// Bytes moved but not captured.
     pub fn missing(&self) -> usize {
         self.len.saturating_sub(self.data.len())
+    }
+
+    /// The uncaptured bytes before the tail, and the tail itself: empty
+    /// when there is none or when it does not fit the uncaptured bytes
+    /// (a hand-built chunk; the decoder refuses such a kernel record).
+    pub fn gap_and_tail(&self) -> (usize, &'a [u8]) {
+        let missing = self.missing();
+        let tail = if self.tail.len() <= missing { self.tail } else { &[] };
+        (missing - tail.len(), tail)
+    }
+
+    /// The tail as a chunk of its own: the bytes that follow the gap, all
+    /// captured, at this chunk's time and thread.
+    pub fn tail_chunk(&self) -> Chunk<'a> {
+        let (_, tail) = self.gap_and_tail();
+        Chunk { data: tail, len: tail.len(), tail: &[], ..*self }
     }
 }
 

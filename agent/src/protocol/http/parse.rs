@@ -661,11 +661,9 @@ impl StreamParser for HttpParser {
             }
             return;
         }
-        let missing = chunk.missing() as u64;
-        let tail = if chunk.tail.len() as u64 <= missing { chunk.tail } else { &[] };
-        let gap = missing - tail.len() as u64;
+        let (gap, tail) = chunk.gap_and_tail();
         if gap > 0 {
-            self.skip_missing(side, gap, chunk.ts_ns, out, stats);
+            self.skip_missing(side, gap as u64, chunk.ts_ns, out, stats);
         }
         // The call's last bytes, captured past the gap: read in place when
         // the gap ended inside a body (a chunked body's CRLF and next size

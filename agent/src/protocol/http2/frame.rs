@@ -208,16 +208,15 @@ impl Framer {
         }
     }
 
-    /// Reads `data`, then `missing` bytes that moved but were not captured,
-    /// of which the last `tail.len()` were captured after all (`tail`, the
-    /// call's last bytes: read in place when the uncaptured ones before it
-    /// ended inside a DATA payload, as a message's trailers often are),
-    /// calling `on` for every event. On `Err` the direction is lost: later
-    /// calls must not be made.
+    /// Reads `data`, then `gap` bytes that moved but were not captured,
+    /// then `tail` (the call's last bytes, captured past the gap: read in
+    /// place when the gap ended inside a DATA payload, as a message's
+    /// trailers often are), calling `on` for every event. On `Err` the
+    /// direction is lost: later calls must not be made.
     pub fn feed(
         &mut self,
         mut data: &[u8],
-        missing: usize,
+        gap: usize,
         tail: &[u8],
         on: &mut dyn FnMut(Event<'_>) -> Result<(), Lost>,
     ) -> Result<(), Lost> {
@@ -253,8 +252,6 @@ impl Framer {
             data = &data[n..];
             self.end_frame_if_done(on)?;
         }
-        let tail = if tail.len() <= missing { tail } else { &[] };
-        let gap = missing - tail.len();
         if gap > 0 {
             match self.frame.as_mut() {
                 Some(f) if !f.keep && gap <= f.left && self.preface_left == 0 => {

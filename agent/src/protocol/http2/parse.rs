@@ -194,7 +194,8 @@ impl StreamParser for Http2Parser {
         }
         let state = &mut self.state;
         let mut on = |ev: Event<'_>| state.on_event(d, chunk, ev, out, stats);
-        match self.framers[d].feed(chunk.data, chunk.missing(), chunk.tail, &mut on) {
+        let (gap, tail) = chunk.gap_and_tail();
+        match self.framers[d].feed(chunk.data, gap, tail, &mut on) {
             Ok(()) => {}
             Err(Lost::Truncated) => {
                 stats.truncated += 1;

@@ -2,6 +2,7 @@ use loona_hpack::Encoder;
 
 use super::*;
 use crate::protocol::http::{HttpExchange, Version};
+use crate::protocol::testutil::{OwnedChunk, captured};
 use crate::protocol::{Chunk, ConnMeta, Exchange, ParseStats, Privacy, Record, StreamParser, StreamReport};
 use crate::span::model::{AttrValue, StatusCode};
 
@@ -57,9 +58,8 @@ impl Conn {
     /// past the gap, the last `tail` bytes.
     fn feed_cut(&mut self, dir: Direction, bytes: &[u8], tail: usize) {
         self.ts += 10;
-        let tail = &bytes[bytes.len() - tail.min(bytes.len() - 4096)..];
-        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data: &bytes[..4096], len: bytes.len(), tail };
-        self.p.feed(&c, &mut self.out, &mut self.stats);
+        let c = OwnedChunk { ts_ns: self.ts, tid: 7, ..captured(dir, 0, bytes, 4096, tail) };
+        self.p.feed(&c.as_chunk(), &mut self.out, &mut self.stats);
     }
 
     fn client_dir(&self) -> Direction {

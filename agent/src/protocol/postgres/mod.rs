@@ -206,9 +206,9 @@ impl PgParser {
 
 impl StreamParser for PgParser {
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, stats: &mut ParseStats) {
-        let missing = chunk.missing();
-        let tail = if chunk.tail.len() <= missing { chunk.tail } else { &[] };
-        let mut inp = Input { data: chunk.data, pos: 0, missing, tail, ts: chunk.ts_ns, tid: chunk.tid };
+        let (_, tail) = chunk.gap_and_tail();
+        let mut inp =
+            Input { data: chunk.data, pos: 0, missing: chunk.missing(), tail, ts: chunk.ts_ns, tid: chunk.tid };
         if chunk.dir == self.role.request_direction() {
             while let Some(ev) = self.front.next(&mut inp, stats) {
                 let effect = match ev {

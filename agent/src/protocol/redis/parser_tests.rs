@@ -1,5 +1,6 @@
 use super::*;
 use crate::protocol::redis::{MAX_ARG_BYTES, MAX_STORED_ARGS, describe};
+use crate::protocol::testutil::{OwnedChunk, captured};
 use crate::protocol::{ConnMeta, Direction, Privacy};
 
 /// Encodes a command as a RESP array of bulk strings.
@@ -37,9 +38,8 @@ impl Conn {
     /// prefix and, past the gap, the last `tail` bytes.
     fn cut(&mut self, dir: Direction, bytes: &[u8], head: usize, tail: usize) -> u64 {
         self.ts += 10;
-        let tail = &bytes[bytes.len() - tail.min(bytes.len() - head)..];
-        let c = Chunk { dir, ts_ns: self.ts, tid: 7, data: &bytes[..head], len: bytes.len(), tail };
-        self.p.feed(&c, &mut self.out, &mut self.stats);
+        let c = OwnedChunk { ts_ns: self.ts, tid: 7, ..captured(dir, 0, bytes, head, tail) };
+        self.p.feed(&c.as_chunk(), &mut self.out, &mut self.stats);
         self.ts
     }
 

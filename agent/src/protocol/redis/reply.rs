@@ -212,16 +212,14 @@ impl ReplyDecoder {
                 return;
             }
         }
-        let missing = chunk.missing();
-        let tail = if chunk.tail.len() <= missing { chunk.tail } else { &[] };
-        let gap = missing - tail.len();
+        let (gap, tail) = chunk.gap_and_tail();
         if gap > 0 {
             self.skip_missing(gap as u64, chunk.ts_ns, sink);
         }
         // The call's last bytes, past the gap: read in place when the gap
         // ended inside a bulk string (the replies after a large value).
         if !tail.is_empty() && self.state != State::Resync {
-            self.feed(&Chunk { data: tail, len: tail.len(), tail: &[], ..*chunk }, sink);
+            self.feed(&chunk.tail_chunk(), sink);
         }
     }
 

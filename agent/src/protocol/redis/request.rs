@@ -222,16 +222,14 @@ impl RequestDecoder {
                 sink(CmdEvent::Garbage);
             }
         }
-        let missing = chunk.missing();
-        let tail = if chunk.tail.len() <= missing { chunk.tail } else { &[] };
-        let gap = missing - tail.len();
+        let (gap, tail) = chunk.gap_and_tail();
         if gap > 0 {
             self.skip_missing(gap as u64, sink);
         }
         // The call's last bytes, past the gap: read in place when the gap
         // ended inside an argument (the commands after a large value).
         if !tail.is_empty() && !matches!(self.state, State::Resync) {
-            self.feed(&Chunk { data: tail, len: tail.len(), tail: &[], ..*chunk }, sink);
+            self.feed(&chunk.tail_chunk(), sink);
         }
     }
 
