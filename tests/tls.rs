@@ -311,11 +311,14 @@ fn tls_from_a_library_kspan_does_not_probe_is_muted() {
     assert_eq!(metric(&k, "kspan_connections_total{reason=\"tls_unprobed\"}"), 1.0, "{}", k.metrics());
     assert_eq!(metric(&k, "kspan_connections_total{reason=\"muted\"}"), 1.0);
     // Unmuted, nginx's read and write of every request are records (2 per
-    // request). Muted, only the 64 events before the mute and those written
-    // while the agent's request reaches the kernel (more with a slow debug
-    // build: 240-370 seen) are.
+    // request). Muted, only the events before the client's pause after its
+    // 50th request are (the handshake and about 100: the mute is decided at
+    // the 64th and reaches the kernel within a drain cycle, long before the
+    // pause ends), not the 1,900 after it: 106 here, where a pause before
+    // the mute was decided left 572-1,087 depending on the machine's speed.
     let read = metric(&k, "kspan_events_read_total");
-    assert!(read < REQUESTS as f64, "{read} records for {REQUESTS} requests:\n{}", k.metrics());
+    eprintln!("{read} ring records for {REQUESTS} requests");
+    assert!(read < 250.0, "{read} records for {REQUESTS} requests:\n{}", k.metrics());
     assert!(k.spans().is_empty(), "ciphertext makes no span");
     assert!(k.stop());
 }

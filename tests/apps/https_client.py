@@ -6,7 +6,10 @@ use self-signed certificates). Prints JSON.
                      only then), waits for a line on stdin, then GETs URL
                      and exits when stdin closes
   keepalive N PORT   N GETs of / on one TLS connection to 127.0.0.1:PORT,
-                     pausing 0.5 s after the 20th
+                     pausing 0.5 s after the 50th (the server has then made
+                     about 100 reads and writes: past the 64 ciphertext
+                     events after which kspan mutes a connection whose TLS
+                     library it does not probe)
   asyncio N PORT     N GETs of /items/I on one connection made with asyncio
                      streams (OpenSSL on memory BIOs); the response needs a
                      Content-Length; prints status and wall ns per request
@@ -84,7 +87,7 @@ def main():
             r = c.getresponse()
             r.read()
             codes[r.status] = codes.get(r.status, 0) + 1
-            if i == 19:
+            if i == 49:
                 time.sleep(0.5)
         print(json.dumps(codes), flush=True)
     elif mode == "asyncio":
