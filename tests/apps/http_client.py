@@ -19,7 +19,10 @@
                            buffers and read with recvmsg_into into 3; then a
                            POST whose head and 1100-byte body go in one
                            sendmsg of 12 buffers (more than the 8 kspan
-                           captures without bpf_loop); then a GET /users/7
+                           captures without bpf_loop); then GET
+                           /stream?chunks=3&bytes=10000&ms=30, each of its
+                           chunks (over the 4 KiB capture) read with one
+                           recvmsg_into into 2 buffers; then a GET /users/7
   spliced PORT             on one connection: GET /spliced?bytes=3000,
                            GET /users/5, GET /spliced?bytes=500; each head
                            read with 1-byte recvs, each body moved out of the
@@ -150,6 +153,16 @@ def main():
         t0 = time.time_ns()
         s.sendmsg([head] + body)
         reply("/upload", t0)
+        t0 = time.time_ns()
+        s.sendall(b"GET /stream?chunks=3&bytes=10000&ms=30 HTTP/1.1\r\nHost: test\r\n\r\n")
+        bufs = [bytearray(16), bytearray(65536)]
+        resp = b""
+        while not resp.endswith(b"\r\n0\r\n\r\n"):
+            n = s.recvmsg_into(bufs)[0]
+            if n == 0:
+                break
+            resp += (bytes(bufs[0]) + bytes(bufs[1]))[:n]
+        out.append({"path": "/stream", "status": int(resp.split()[1]), "start": t0, "end": time.time_ns()})
         t0 = time.time_ns()
         s.sendall(b"GET /users/7 HTTP/1.1\r\nHost: test\r\n\r\n")
         reply("/users/7", t0)

@@ -91,20 +91,49 @@ struct TailWalk {
 /// [`copy_iovecs`]: iovecs before the tail are only added up.
 #[inline(always)]
 pub(crate) fn copy_iov_tail(iov: u64, n: u64, len: u64, head: u64) -> u64 {
-    if len <= head || head > MAX_CAPTURE as u64 {
-        return 0;
-    }
-    let mut want = len - head;
-    if want > DATA_TAIL as u64 {
-        want = DATA_TAIL as u64;
-    }
-    let mut walk = TailWalk { iov, n, start: len - want, dst: head, at: 0, copied: 0, want };
+    let Some(mut walk) = TailWalk::new(iov, n, len, head) else { return 0 };
     // SAFETY: the helper calls `tail_step` with a pointer to `walk`, which
     // outlives the call.
     unsafe {
         helpers_raw::bpf_loop(MAX_IOVECS, tail_step as *mut core::ffi::c_void, (&raw mut walk).cast(), 0);
     }
-    if walk.copied == walk.want { walk.want } else { 0 }
+    walk.copied_all()
+}
+
+/// [`copy_iov_tail`] for kernels without `bpf_loop`: the same walk unrolled
+/// over the first [`COMPAT_IOVECS`] iovecs, so a tail that ends in a later
+/// one is not copied (all or none, as there).
+#[inline(always)]
+pub(crate) fn copy_iov_tail_unrolled(iov: u64, n: u64, len: u64, head: u64) -> u64 {
+    let Some(mut walk) = TailWalk::new(iov, n, len, head) else { return 0 };
+    for i in 0..COMPAT_IOVECS {
+        if tail_step(i, (&raw mut walk).cast()) != 0 {
+            break;
+        }
+    }
+    walk.copied_all()
+}
+
+impl TailWalk {
+    /// The walk for a call that moved `len` bytes of which `head` are
+    /// captured; `None` when nothing lies past the prefix.
+    #[inline(always)]
+    fn new(iov: u64, n: u64, len: u64, head: u64) -> Option<Self> {
+        if len <= head || head > MAX_CAPTURE as u64 {
+            return None;
+        }
+        let mut want = len - head;
+        if want > DATA_TAIL as u64 {
+            want = DATA_TAIL as u64;
+        }
+        Some(TailWalk { iov, n, start: len - want, dst: head, at: 0, copied: 0, want })
+    }
+
+    /// The tail's length if all of it was copied, else 0.
+    #[inline(always)]
+    fn copied_all(&self) -> u64 {
+        if self.copied == self.want { self.want } else { 0 }
+    }
 }
 
 /// One step of [`copy_iov_tail`]: iovec `i`; returns 1 to stop.
@@ -126,8 +155,11 @@ extern "C" fn tail_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         w.at = end;
         return 0;
     }
-    // pos >= w.at: the first iovec the tail touches starts before it, the
-    // next ones where it goes on.
+    // The first iovec the tail touches starts before it, the next ones
+    // where it goes on: pos < w.at would be a tail not contiguous.
+    if pos < w.at {
+        return 1;
+    }
     let from = pos - w.at;
     let mut take = end - pos;
     if take > w.want - w.copied {
@@ -138,7 +170,7 @@ extern "C" fn tail_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         take = DATA_TAIL as u64;
     }
     let off = w.dst + w.copied;
-    if off > (MAX_CAPTURE + DATA_TAIL) as u64 || pos < w.at {
+    if off > (MAX_CAPTURE + DATA_TAIL) as u64 {
         return 1;
     }
     // SAFETY: off + take < SCRATCH_PAYLOAD, inside this CPU's scratch buffer.

@@ -36,7 +36,7 @@
 )]
 
 mod iov;
-use iov::{copy_iov_tail, copy_iovecs, copy_iovecs_unrolled};
+use iov::{copy_iov_tail, copy_iov_tail_unrolled, copy_iovecs, copy_iovecs_unrolled};
 mod fds;
 mod go_http;
 mod go_tls;
@@ -292,7 +292,11 @@ pub(crate) fn emit_data<const LOOP: bool>(
                 tail = copy_iov_tail(iov, n, len, head);
                 head + tail
             }
-            Src::Iov(iov, n) => copy_iovecs_unrolled(iov, n, len, cap),
+            Src::Iov(iov, n) => {
+                let head = copy_iovecs_unrolled(iov, n, len, cap);
+                tail = copy_iov_tail_unrolled(iov, n, len, head);
+                head + tail
+            }
             Src::Uncopied => 0,
         };
         (*scratch).hdr = DataHeader {
