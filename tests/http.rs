@@ -387,6 +387,25 @@ fn pid_selects_only_that_process() {
 }
 
 #[test]
+fn a_pid_that_names_no_process_is_refused_at_start() {
+    // The pid of a process that has ended: kspan must not start and trace
+    // nothing (as it did, silently, before).
+    let mut done = Command::new("true").spawn().expect("spawn true");
+    let pid = done.id().to_string();
+    done.wait().expect("wait true");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(kspan_bin())
+        .args(["run", "--pid", &pid, "--output", "none", "--metrics-addr", &metrics])
+        .output()
+        .expect("run kspan");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "kspan exits with an error at once:\n{err}");
+    assert!(err.contains(&format!("select.pids (--pid): no process {pid} on this host")), "{err}");
+}
+
+#[test]
 fn exe_picks_up_a_process_started_later_and_curl_client_spans() {
     let tag = format!("late-{}", free_port());
     let k = Kspan::start(&["--exe", &tag, "--exe", "^/usr/bin/curl$"]);

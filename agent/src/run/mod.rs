@@ -47,6 +47,8 @@ pub enum RunError {
     Rules(#[from] crate::rules::RulesError),
     #[error("capture thread: {0}")]
     Thread(String),
+    #[error("select.pids (--pid): no process {0} on this host")]
+    NoSuchPid(u32),
 }
 
 /// Which outputs to start: explicit ones, else OTLP when an endpoint is
@@ -143,6 +145,9 @@ fn start_pod_watch(config: &Config) -> Option<PodStore> {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), RunError> {
     config.validate()?;
+    if let Some(pid) = select::missing_pid(&config.select.pids) {
+        return Err(RunError::NoSuchPid(pid));
+    }
     let telemetry = Telemetry::new();
     let exporters = build_outputs(&config, &telemetry)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

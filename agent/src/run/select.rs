@@ -74,6 +74,13 @@ fn parent_of(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The first of `pids` that names no process on this host (no
+/// `/proc/PID`): a `--pid` must name a running process, or kspan would run
+/// and trace nothing.
+pub fn missing_pid(pids: &[u32]) -> Option<u32> {
+    pids.iter().copied().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+}
+
 impl Selector {
     /// Entries of the decision tables now, by name (`kspan_table_entries`).
     pub fn table_sizes(&self) -> [(&'static str, usize); 2] {
@@ -251,6 +258,14 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_of_no_process_is_found_missing() {
+        let me = std::process::id();
+        assert_eq!(missing_pid(&[me]), None);
+        // Above any pid_max (2^22 at most).
+        assert_eq!(missing_pid(&[me, 4_294_967_294]), Some(4_294_967_294));
+    }
 
     #[test]
     fn a_forked_child_takes_its_parents_decision_without_proc() {
