@@ -10,6 +10,26 @@ use serde::Deserialize;
 
 use crate::protocol::Privacy;
 
+/// Longest quoted value kept in a YAML error message.
+const QUOTED_KEEP: usize = 48;
+
+/// serde_yaml quotes the offending value whole (`invalid type: string
+/// "..."`): a file of the wrong kind, read as one long string, would be
+/// printed entire (and it may hold secrets). Keeps the value's first
+/// characters and says how long it is.
+pub(crate) fn shorten_quoted(message: &str) -> String {
+    let (Some(open), Some(close)) = (message.find('"'), message.rfind('"')) else {
+        return message.to_owned();
+    };
+    let value = message.get(open + 1..close).unwrap_or("");
+    let n = value.chars().count();
+    if n <= QUOTED_KEEP {
+        return message.to_owned();
+    }
+    let kept: String = value.chars().take(QUOTED_KEEP).collect();
+    format!("{}\"{kept}...\" ({n} characters){}", &message[..open], &message[close + 1..])
+}
+
 /// Bounds of `capture.max_sockets`: below the smallest, LRU eviction would
 /// churn on a quiet host; the largest is 4 Mi entries (about 360 MiB).
 pub const MIN_SOCKETS: u32 = 1_024;
@@ -257,7 +277,7 @@ impl Config {
         }
         serde_yaml::from_str(text).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            ConfigError::Parse { file: file.to_owned(), line, column, message: e.to_string() }
+            ConfigError::Parse { file: file.to_owned(), line, column, message: shorten_quoted(&e.to_string()) }
         })
     }
 
@@ -331,6 +351,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_quoted_value_is_shortened_in_errors() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n".repeat(20);
+        let msg = Config::parse(&passwd, "/etc/passwd").unwrap_err().to_string();
+        assert!(msg.starts_with("/etc/passwd:1:1: invalid type: string \"root:x:0:0:root:"), "{msg}");
+        assert!(msg.contains("...\" (1599 characters), expected"), "{msg}");
+        assert!(msg.len() < 200, "{msg}");
+        assert_eq!(shorten_quoted("unknown field `x`, expected `y`"), "unknown field `x`, expected `y`");
+        assert_eq!(
+            shorten_quoted("invalid type: string \"abc\", expected u32"),
+            "invalid type: string \"abc\", expected u32"
+        );
+    }
 
     #[test]
     fn empty_file_is_all_defaults() {

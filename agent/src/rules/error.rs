@@ -30,7 +30,7 @@ pub enum RulesError {
 impl RulesError {
     /// Wraps a serde_yaml error, keeping its position.
     pub fn from_yaml(file: &str, e: &serde_yaml::Error) -> RulesError {
-        let text = e.to_string();
+        let text = crate::config::shorten_quoted(&e.to_string());
         match e.location() {
             Some(loc) => {
                 // serde_yaml inserts " at line L column C"; we print it up front.
