@@ -1,6 +1,6 @@
 //! End-to-end: PostgreSQL 15 and Redis 7 (real servers on free, non-default
 //! ports, so detection is by content) driven by psql, pgbench, psycopg,
-//! redis-cli and redis-benchmark, traced by the real kspan.
+//! asyncpg, redis-cli and redis-benchmark, traced by the real kspan.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -177,6 +177,39 @@ fn psycopg_extended_protocol() {
     let sel = k.wait_spans(1, WAIT, |s| is_pg(s) && attr_str(s, "db.operation.name") == Some("SELECT"));
     assert_eq!(attr_i64(&sel[0], "db.response.returned_rows"), Some(1));
     assert!(k.spans().iter().all(|s| !s.to_string().contains("alice@example.com")), "bound values never exported");
+}
+
+/// asyncpg speaks the extended protocol with its own code (no libpq):
+/// executemany pipelines its Bind/Execute pairs under one Sync, and a cursor
+/// fetches with a row limit, the server stopping with PortalSuspended.
+#[test]
+fn asyncpg_pipelines_and_cursor_portals() {
+    let pg = postgres();
+    let k = Kspan::start(&["--exe", "asyncpg_app\\.py"]);
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("asyncpg_app.py")).arg(pg.port.to_string()));
+    let run: Value = serde_json::from_str(out.trim()).expect("asyncpg_app JSON");
+    assert_eq!(run["inserted"], 50, "{run}");
+    assert_eq!(run["cursor_rows"], 50, "{run}");
+    assert_eq!(run["error"], "23505", "{run}");
+    let text = |s: &Value| attr_str(s, "db.query.text").unwrap_or("").to_owned();
+    let inserts = k.wait_spans(50, WAIT, |s| is_pg(s) && text(s) == "INSERT INTO apg VALUES ($1, $2)");
+    assert_eq!(inserts.len(), 50, "one span per pipelined INSERT: {inserts:#?}");
+    for s in &inserts {
+        assert_eq!(attr_i64(s, "db.response.returned_rows"), Some(1), "{s:#}");
+        assert_ne!(s["status"]["code"], "error", "{s:#}");
+    }
+    let mut fetches = k.wait_spans(3, WAIT, |s| is_pg(s) && text(s) == "SELECT id FROM apg ORDER BY id");
+    fetches.sort_by_key(|s| s["start_unix_nanos"].as_u64());
+    let rows: Vec<_> = fetches.iter().map(|s| attr_i64(s, "db.response.returned_rows")).collect();
+    assert_eq!(rows, [Some(20), Some(20), Some(10)], "a span per fetch of the portal: {fetches:#?}");
+    let prepared = k.wait_spans(3, WAIT, |s| is_pg(s) && text(s) == "SELECT email FROM apg WHERE id = $1");
+    assert_eq!(prepared.len(), 3, "{prepared:#?}");
+    assert!(prepared.iter().all(|s| attr_i64(s, "db.response.returned_rows") == Some(1)), "{prepared:#?}");
+    let failed = k.wait_spans(1, WAIT, |s| is_pg(s) && attr_str(s, "db.response.status_code") == Some("23505"));
+    assert_eq!(failed[0]["status"]["code"], "error", "{:#}", failed[0]);
+    assert_eq!(attr_str(&failed[0], "db.operation.name"), Some("INSERT"));
+    assert!(k.spans().iter().all(|s| !s.to_string().contains("secret.example")), "no bound value or literal exported");
+    assert!(k.stop());
 }
 
 fn redis_cli(port: u16, input: &str) -> String {

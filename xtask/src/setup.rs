@@ -53,9 +53,11 @@ const PIP_PACKAGES: &[&str] = &[
     "kubernetes-validate",
     // tests/apps/grpc_app.py: a real gRPC server and client (HTTP/2)
     "grpcio",
+    // tests/apps/asyncpg_app.py: PostgreSQL's extended protocol without libpq
+    "asyncpg",
 ];
 const PY_IMPORTS: &str = "import rotel, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, redis, \
-                          kubernetes_validate, grpc";
+                          kubernetes_validate, grpc, asyncpg";
 
 fn quiet(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
