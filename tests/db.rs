@@ -249,6 +249,26 @@ fn redis_cli_commands_errors_and_transactions() {
     assert!(k.stop());
 }
 
+/// 16 SETs of 1,000-byte values per write (16.7 KB): the capture (4 KiB
+/// and the last 256 bytes) shows the first three whole and the fourth's
+/// name; their replies come first, so they pair, and the twelve behind
+/// them, never seen, pair with nothing. Before, the lost commands made the
+/// parser drop the four as well: no SET had a span.
+#[test]
+fn pipelined_values_larger_than_the_capture_keep_the_commands_it_shows() {
+    let r = redis();
+    let k = Kspan::start(&["--exe", "redis-benchmark$"]);
+    let port = r.port.to_string();
+    let args = ["-p", &port, "-P", "16", "-d", "1000", "-n", "320", "-c", "1", "-t", "set", "-q"];
+    run_ok(Command::new("redis-benchmark").args(args));
+    let set = |s: &Value| is_redis(s) && kind(s) == "client" && attr_str(s, "db.operation.name") == Some("SET");
+    let spans = k.wait_spans(80, WAIT, set);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(k.spans().iter().filter(|s| set(s)).count(), 80, "4 SETs of each of the 20 pipelines");
+    assert!(spans.iter().all(|s| s["status"]["code"] != "error"), "{spans:#?}");
+    assert!(k.stop());
+}
+
 #[test]
 fn redis_benchmark_pipelines_pair_every_command() {
     let r = redis();

@@ -14,7 +14,9 @@
 //! - Uncaptured or malformed command bytes: a command whose start was seen
 //!   in a chunk of its own still expects one reply (kept as a truncated
 //!   command when its name is known, otherwise its reply is skipped); when
-//!   unknown commands may be hidden, the parser goes blind.
+//!   unknown commands may be hidden, the commands seen before them (and the
+//!   one cut short, when its name is known) still pair, since their replies
+//!   come first, and the parser goes blind once they have.
 //! - Pub/Sub: the subscribing command gets a span ended by its first
 //!   confirmation; further confirmations, messages and pushes never pair and
 //!   are counted in [`RedisParser::push_messages`]. After MONITOR nothing
@@ -109,6 +111,10 @@ struct Pairing {
     skip_front: u64,
     /// Pairing suspended: the reply count of lost commands is unknown.
     blind: bool,
+    /// Commands were lost behind the pending ones: those still pair, then
+    /// pairing is suspended, with this many replies owed (the lost
+    /// command cut short, commands seen since).
+    blind_after: Option<i64>,
     /// While blind: commands seen minus replies seen (plus replies thought
     /// still owed at the time framing was lost).
     balance: i64,
@@ -135,6 +141,7 @@ impl Pairing {
             queue: VecDeque::new(),
             skip_front: 0,
             blind: false,
+            blind_after: None,
             balance: 0,
             db: 0,
             sub_mode: false,
@@ -151,6 +158,10 @@ impl Pairing {
     fn on_cmd_event(&mut self, ev: CmdEvent, reply_idle: bool, stats: &mut ParseStats) {
         match ev {
             CmdEvent::Command(cmd) => self.on_command(cmd, reply_idle, stats),
+            CmdEvent::Unnamed => {
+                stats.truncated += 1;
+                self.expect_unknown_reply();
+            }
             CmdEvent::Garbage => {
                 stats.malformed += 1;
                 stats.resyncs += 1;
@@ -162,9 +173,25 @@ impl Pairing {
                 match cmd {
                     Some(c) if single => self.on_command(c, reply_idle, stats),
                     None if partial && single => self.expect_unknown_reply(),
-                    _ => self.go_blind(i64::from(partial), stats),
+                    Some(c) => {
+                        // Its reply is the next after those pending.
+                        self.on_command(c, reply_idle, stats);
+                        self.blind_after_pending(0, stats);
+                    }
+                    None => self.blind_after_pending(i64::from(partial), stats),
                 }
             }
+        }
+    }
+
+    /// Commands of unknown count were lost after those pending (`owed`:
+    /// replies known to be owed beyond them): the pending ones still pair,
+    /// in order, and pairing is suspended once they have.
+    fn blind_after_pending(&mut self, owed: i64, stats: &mut ParseStats) {
+        if self.blind || self.queue.is_empty() {
+            self.go_blind(owed, stats);
+        } else {
+            *self.blind_after.get_or_insert(0) += owed;
         }
     }
 
@@ -172,6 +199,8 @@ impl Pairing {
     fn expect_unknown_reply(&mut self) {
         if self.blind {
             self.balance += 1;
+        } else if let Some(owed) = &mut self.blind_after {
+            *owed += 1;
         } else if let Some(tail) = self.queue.back_mut() {
             tail.skip_after += 1;
         } else {
@@ -187,7 +216,7 @@ impl Pairing {
         self.confirm_skip = 0;
         self.unsub_all = false;
         self.blind = true;
-        self.balance = owed;
+        self.balance = owed + self.blind_after.take().unwrap_or(0);
     }
 
     fn on_command(&mut self, cmd: ParsedCommand, reply_idle: bool, stats: &mut ParseStats) {
@@ -248,6 +277,12 @@ impl Pairing {
                 stats.dropped_requests += 1;
                 return;
             }
+        }
+        if let Some(owed) = &mut self.blind_after {
+            // Behind lost commands: its reply's place is unknown.
+            *owed += 1;
+            stats.dropped_requests += 1;
+            return;
         }
         if self.queue.len() >= MAX_IN_FLIGHT {
             stats.dropped_requests += 1;
@@ -380,6 +415,12 @@ impl Pairing {
             return;
         };
         self.skip_front += p.skip_after;
+        if self.queue.is_empty()
+            && let Some(owed) = self.blind_after.take()
+        {
+            self.blind = true;
+            self.balance = owed;
+        }
         let ok = !info.kind.is_error();
         let cmd = p.cmd;
         out.push(Exchange {

@@ -50,6 +50,9 @@ pub(super) enum CmdEvent {
     /// Malformed bytes were skipped (typically the tail of a command whose
     /// start was not captured); the server answers them with one reply.
     Garbage,
+    /// A whole command whose name was not captured (the capture's gap fell
+    /// inside it): one reply is owed to it.
+    Unnamed,
     /// Uncaptured bytes broke framing. `partial`: a command had started;
     /// `cmd`: it, when its name was known; `single`: it began its chunk, so
     /// the lost bytes most likely held nothing else.
@@ -96,6 +99,9 @@ struct Builder {
     args: ArgList,
     truncated: bool,
     arg_truncated: bool,
+    /// The command word (or a container's subcommand) was not captured
+    /// whole: the command's name is unknown.
+    name_cut: bool,
 }
 
 impl Builder {
@@ -115,6 +121,7 @@ impl Builder {
             args: ArgList::default(),
             truncated: false,
             arg_truncated: false,
+            name_cut: false,
         }
     }
 
@@ -421,8 +428,12 @@ impl RequestDecoder {
         }
         cur.index += 1;
         if cur.index >= cur.argc {
-            let cmd = cur.finish(false);
-            sink(CmdEvent::Command(cmd));
+            if cur.name_cut {
+                sink(CmdEvent::Unnamed);
+            } else {
+                let cmd = cur.finish(false);
+                sink(CmdEvent::Command(cmd));
+            }
             self.state = State::Idle;
         } else {
             self.state = State::ArgHeader;
@@ -520,6 +531,7 @@ impl RequestDecoder {
             n -= take;
             self.cur.truncated = true;
             self.cur.arg_truncated = true;
+            self.cur.name_cut |= self.cur.index == 0 || self.cur.index == 1 && self.cur.container;
             if take == remaining {
                 self.end_arg(sink);
             } else {
@@ -537,7 +549,7 @@ impl RequestDecoder {
             }
             _ => {
                 let cur = &mut self.cur;
-                let named = cur.index >= 1 && cur.argc > 0;
+                let named = cur.index >= 1 && cur.argc > 0 && !cur.name_cut;
                 let cmd = named.then(|| {
                     cur.args.close(true);
                     cur.truncated = true;
