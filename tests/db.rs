@@ -1,6 +1,6 @@
 //! End-to-end: PostgreSQL 15 and Redis 7 (real servers on free, non-default
 //! ports, so detection is by content) driven by psql, pgbench, psycopg,
-//! asyncpg, redis-cli and redis-benchmark, traced by the real kspan.
+//! asyncpg, redis-cli, redis-benchmark and redis-py, traced by the real kspan.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -246,6 +246,61 @@ fn redis_cli_commands_errors_and_transactions() {
     assert_eq!(wrong["status"]["code"], "error");
     assert_eq!(attr_str(wrong, "db.response.status_code"), Some("WRONGTYPE"));
     assert!(spans.iter().all(|s| attr_i64(s, "server.port") == Some(r.port as i64)));
+    assert!(k.stop());
+}
+
+/// redis-py, RESP2 and RESP3: a transaction and a plain pipeline (one write
+/// each), an error, and Pub/Sub (messages, RESP3 pushes, a PING answered in
+/// subscribe mode) on a connection of its own.
+#[test]
+fn redis_py_transactions_pipelines_and_pub_sub_in_resp2_and_resp3() {
+    let r = redis();
+    let k = Kspan::start(&["--exe", "redis_py_app\\.py"]);
+    let out = run_ok(Command::new("python3").arg(apps_dir().join("redis_py_app.py")).arg(r.port.to_string()));
+    for line in out.lines() {
+        let run: Value = serde_json::from_str(line).expect("redis_py_app JSON");
+        assert_eq!((&run["tx"][0], &run["tx"][2]), (&Value::Bool(true), &Value::from("secret-value-1")), "{run}");
+        assert_eq!((&run["wrongtype"], &run["messages"], &run["pong"]), (&"WRONGTYPE".into(), &3.into(), &true.into()));
+    }
+    let text = |s: &Value| attr_str(s, "db.query.text").unwrap_or("").to_owned();
+    let client = |s: &Value| is_redis(s) && kind(s) == "client";
+    for p in ["p2", "p3"] {
+        let bulk = k.wait_spans(20, WAIT, |s| client(s) && text(s).starts_with(&format!("SET {p}:bulk")));
+        assert_eq!(bulk.len(), 20, "{p}: a span per pipelined SET");
+        // MULTI, the three queued commands, EXEC; the queued ones say so.
+        let tx = k.wait_spans(3, WAIT, |s| {
+            client(s)
+                && attr(s, "db.redis.transaction") == Some(&Value::Bool(true))
+                && text(s).contains(&format!(" {p}:"))
+        });
+        let mut queued: Vec<_> = tx.iter().map(text).collect();
+        queued.sort();
+        assert_eq!(queued, [format!("GET {p}:k"), format!("INCRBY {p}:n"), format!("SET {p}:k")]);
+        let wrong = k.wait_spans(1, WAIT, |s| client(s) && text(s) == format!("LPUSH {p}:k"));
+        assert_eq!(
+            (wrong[0]["status"]["code"].as_str(), attr_str(&wrong[0], "db.response.status_code")),
+            (Some("error"), Some("WRONGTYPE"))
+        );
+        // After the transaction and the pipeline, the connection still pairs.
+        let last = k.wait_spans(2, WAIT, |s| client(s) && text(s) == format!("GET {p}:k"));
+        assert_eq!(last.len(), 2, "{p}: the GET in the transaction and the one after it");
+    }
+    let count = |op: &str, n: usize| {
+        let spans = k.wait_spans(n, WAIT, |s| client(s) && attr_str(s, "db.operation.name") == Some(op));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            k.spans().iter().filter(|s| client(s) && attr_str(s, "db.operation.name") == Some(op)).count(),
+            n,
+            "{op}: {spans:#?}"
+        );
+    };
+    // Per protocol: one MULTI/EXEC, one SUBSCRIBE (ended by its
+    // confirmation), three PUBLISHes, one PING in subscribe mode; the
+    // messages themselves are not replies and make no span.
+    for (op, n) in [("MULTI", 2), ("EXEC", 2), ("SUBSCRIBE", 2), ("PUBLISH", 6), ("PING", 2)] {
+        count(op, n);
+    }
+    assert!(k.spans().iter().all(|s| !s.to_string().contains("secret-value")), "values are never exported");
     assert!(k.stop());
 }
 
