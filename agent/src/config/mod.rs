@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 use crate::protocol::Privacy;
 
+/// Largest `output_queue` (spans a line output may hold).
+pub const MAX_OUTPUT_QUEUE: usize = 1 << 20;
+
 /// Longest quoted value kept in a YAML error message.
 const QUOTED_KEEP: usize = 48;
 
@@ -236,6 +239,9 @@ pub struct Config {
     pub privacy: Privacy,
     /// Outputs; empty means `otlp` if an endpoint is configured, else `stdout`.
     pub outputs: Vec<OutputKind>,
+    /// Spans each line output (`stdout`, `jsonl`) may hold before dropping;
+    /// `None`: [`crate::export::stdout::DEFAULT_CAPACITY`].
+    pub output_queue: Option<usize>,
     /// `executable name -> service.name` when a process sets no OTEL_SERVICE_NAME.
     pub service_names: HashMap<String, String>,
     /// Extra resource attributes on every span.
@@ -307,6 +313,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.capture;
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(n) = self.output_queue
+            && !(1..=MAX_OUTPUT_QUEUE).contains(&n)
+        {
+            return bad(format!("output_queue = {n}: must be between 1 and {MAX_OUTPUT_QUEUE}"));
+        }
         if !(kspan_common::MIN_CAPTURE as u32..=kspan_common::MAX_CAPTURE as u32).contains(&c.capture_bytes) {
             return bad(format!(
                 "capture.capture_bytes = {}: must be between {} and {}",
@@ -351,6 +362,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_queue_is_bounded() {
+        let c = Config::parse("output_queue: 65536\n", "k.yaml").unwrap();
+        assert_eq!(c.output_queue, Some(65536));
+        c.validate().unwrap();
+        for bad in ["output_queue: 0\n", "output_queue: 2000000\n"] {
+            let e = Config::parse(bad, "k.yaml").unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains("output_queue = ") && e.contains("must be between 1 and 1048576"), "{e}");
+        }
+    }
 
     #[test]
     fn a_long_quoted_value_is_shortened_in_errors() {

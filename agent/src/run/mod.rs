@@ -66,16 +66,17 @@ fn build_outputs(config: &Config, telemetry: &Arc<Telemetry>) -> Result<Exporter
     let env = |k: &str| std::env::var(k).ok();
     let metrics = ExportMetrics::register(telemetry);
     let mut outputs = Vec::new();
+    let line_queue = config.output_queue.unwrap_or(crate::export::stdout::DEFAULT_CAPACITY);
     for kind in resolve_outputs(config, &env) {
         match kind {
             OutputKind::Stdout => outputs.push(Output::Stream(StreamSink::stdout(
                 LineFormat::Text,
-                crate::export::stdout::DEFAULT_CAPACITY,
+                line_queue,
                 metrics.for_exporter("stdout"),
             )?)),
             OutputKind::Jsonl => outputs.push(Output::Stream(StreamSink::stdout(
                 LineFormat::Jsonl,
-                crate::export::stdout::DEFAULT_CAPACITY,
+                line_queue,
                 metrics.for_exporter("jsonl"),
             )?)),
             OutputKind::Otlp => {
