@@ -173,6 +173,8 @@ impl Pairing {
                 match cmd {
                     Some(c) if single => self.on_command(c, reply_idle, stats),
                     None if partial && single => self.expect_unknown_reply(),
+                    // Already blind: one more reply owed, as before.
+                    Some(_) if self.blind => self.go_blind(1, stats),
                     Some(c) => {
                         // Its reply is the next after those pending.
                         self.on_command(c, reply_idle, stats);

@@ -394,6 +394,23 @@ fn a_command_whose_name_was_not_captured_is_not_named_by_its_first_bytes() {
 }
 
 #[test]
+fn a_command_cut_short_while_blind_leaves_the_reply_count_as_any_loss() {
+    let mut c = Conn::client();
+    let mut data = resp(&[b"INCR", b"a"]);
+    data.extend(resp(&[b"SET", b"k", b"hello"]));
+    c.chunk(Direction::Egress, &data[..data.len() - 22], data.len() + 500);
+    c.reply(b":1\r\n");
+    assert!(c.p.pair.blind);
+    // While blind: PING, then GET cut inside its key's header.
+    let mut more = resp(&[b"PING"]);
+    more.extend(b"*2\r\n$3\r\nGET\r\n$1");
+    c.chunk(Direction::Egress, &more, more.len() + 500);
+    // As for any loss while blind: one reply owed, the cut command's.
+    assert!(c.p.pair.blind);
+    assert_eq!(c.p.pair.balance, 1);
+}
+
+#[test]
 fn commands_sent_behind_lost_ones_are_not_paired_with_their_replies() {
     let mut c = Conn::client();
     let mut data = resp(&[b"INCR", b"a"]);
